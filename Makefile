@@ -1,0 +1,62 @@
+# Two commands matter: `make demo` (lab cluster + live failover drill) and `make test`.
+# Both set everything up first: Debian packages, a venv with the Python deps, the generated gRPC code.
+SHELL := /bin/bash
+PY ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || command -v python3)
+VENV := .venv
+VPY := $(VENV)/bin/python
+DEB_PKGS := etcd-server iproute2 nftables ethtool netsniff-ng iperf3 tcpdump python3-venv python3-pip
+PROTOS := $(wildcard proto/*.proto)
+
+.PHONY: setup test lint typecheck pytest demo bench proto lab-up lab-down clean
+
+setup: .stamp-deb .stamp-venv .stamp-proto
+
+.stamp-deb:
+	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "==> installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@touch $@
+
+.stamp-venv: pyproject.toml .stamp-deb
+	@echo "==> venv $(VENV) from $(PY)"
+	@[ -x $(VPY) ] || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+.stamp-proto: $(PROTOS) .stamp-venv
+	@echo "==> generating gRPC code into director/pb"
+	$(VPY) -m grpc_tools.protoc -Iproto --python_out=director/pb --grpc_python_out=director/pb \
+	  --mypy_out=director/pb --mypy_grpc_out=director/pb $(PROTOS)
+	@sed -i -E 's/^import ([a-z_]+_pb2)( as |$$)/from director.pb import \1\2/' director/pb/*_pb2*.py director/pb/*_pb2*.pyi
+	@touch $@
+
+proto: .stamp-proto
+
+lint: setup
+	$(VENV)/bin/ruff check director syncd tests bench deploy
+
+typecheck: setup
+	$(VENV)/bin/mypy director syncd
+
+pytest: setup
+	$(VPY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+demo: setup
+	$(VPY) -m director.drill --report demo-report.json
+
+bench: setup
+	$(VPY) -m bench.run
+
+lab-up: setup
+	$(VPY) -m deploy.lab up
+
+lab-down: setup
+	$(VPY) -m deploy.lab down
+
+clean:
+	rm -rf $(VENV) .stamp-* director/pb/*_pb2*.py director/pb/*_pb2*.pyi

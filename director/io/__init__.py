@@ -1,0 +1,1 @@
+"""Packet I/O: the only code in director/ that opens sockets."""

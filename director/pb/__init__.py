@@ -1,0 +1,1 @@
+"""Generated protobuf/gRPC code (built by `make proto`; do not edit)."""

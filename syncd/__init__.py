@@ -1,0 +1,1 @@
+"""syncd: streams the connection table from the master to backups over gRPC."""
