@@ -1,0 +1,34 @@
+"""The scheduler interface: pick a dest for a new connection of a virtual service.
+
+Theory of operation
+-------------------
+A scheduler is created per virtual service (``registry.create(name)``). The service calls
+``update(dests)`` whenever its dest list, a weight or a dest's availability changes, so a
+scheduler may precompute (wrr's sequence, sh/dh buckets, mh's Maglev lookup table). On every
+new connection the packet path calls ``schedule(dests, caddr, cport)``; it returns a dest or
+``None`` when no dest is usable. Every scheduler skips dests that are overloaded
+(``DestFlags.OVERLOAD``), unavailable, or have weight 0. Schedulers do no I/O and keep no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from director.types import DestFlags
+
+if TYPE_CHECKING:
+    from director.service import Dest
+
+
+class Scheduler(Protocol):
+    name: str
+
+    def update(self, dests: Sequence[Dest]) -> None: ...
+
+    def schedule(self, dests: Sequence[Dest], caddr: int, cport: int) -> Dest | None: ...
+
+
+def usable(dest: Dest) -> bool:
+    """A dest a scheduler may pick: available, weight > 0, not overloaded."""
+    return dest.weight > 0 and (dest.flags & (DestFlags.AVAILABLE | DestFlags.OVERLOAD)) == DestFlags.AVAILABLE
