@@ -1,0 +1,213 @@
+"""Drill traffic: long-lived verified TCP streams plus a steady stream of new sticky connections.
+
+Theory of operation
+-------------------
+Runs inside the lab's client namespace (``python -m deploy.traffic ...``). It opens ``--conns``
+long-lived TCP connections to an echo service through the VIP. Each connection sends a chunk whose bytes
+are a function of (connection id, offset), reads the echo back and compares it byte for byte, then
+pauses ``--interval`` seconds. The time between two completed round trips of a connection is its gap; the
+worst gap is what a failover costs that connection. A reset, an EOF or a mismatch kills the connection and
+is counted. In parallel it opens ``--new-rate`` new HTTP connections per second to a persistent service,
+each from one of several client source addresses, and records which real server answered (the servers
+return their name): a source that lands on another server after a failover lost its persistence template.
+
+Control is line-based on stdin, results are JSON lines on stdout:
+  ``phase NAME`` starts a new measurement phase (per-phase counters reset; sticky bindings are kept);
+  ``report`` prints the current phase's figures; ``stop`` prints a final report and exits.
+Nothing here sleeps to wait for a condition: the drill polls ``report`` output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+
+CHUNK = 512
+
+
+_CYCLE = bytes(i % 251 for i in range(251 + CHUNK))
+
+
+def pattern(conn_id: int, offset: int, size: int = CHUNK) -> bytes:
+    """Deterministic payload: byte i of connection c is (c*131 + offset + i) mod 251."""
+    start = (conn_id * 131 + offset) % 251
+    return _CYCLE[start:start + size]
+
+
+@dataclass
+class PhaseStats:
+    name: str
+    started: float = field(default_factory=time.monotonic)
+    resets: int = 0
+    mismatches: int = 0
+    bytes_verified: int = 0
+    max_gap_ms: float = 0.0
+    new_ok: int = 0
+    new_failed: int = 0
+    sticky_checked: int = 0
+    sticky_moved: int = 0
+    sources_moved: set[str] = field(default_factory=set)
+    sources_seen: set[str] = field(default_factory=set)
+
+
+class Traffic:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.phase = PhaseStats("warmup")
+        self.alive: set[int] = set()
+        self.opened = 0
+        self.last_progress: dict[int, float] = {}
+        self.sticky: dict[str, str] = {}
+        self.stopping = False
+
+    # -- long-lived verified streams ------------------------------------------------------------
+    async def stream(self, conn_id: int, src: str) -> None:
+        a = self.args
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(a.echo_vip, a.echo_port, local_addr=(src, 0)), 10)
+        except (TimeoutError, OSError):
+            self.phase.new_failed += 1
+            return
+        self.alive.add(conn_id)
+        self.opened += 1
+        offset = 0
+        self.last_progress[conn_id] = time.monotonic()
+        try:
+            while not self.stopping:
+                out = pattern(conn_id, offset, CHUNK)
+                writer.write(out)
+                await writer.drain()
+                got = await reader.readexactly(CHUNK)
+                if got != out:
+                    self.phase.mismatches += 1
+                    break
+                now = time.monotonic()
+                gap = (now - self.last_progress[conn_id]) * 1000.0
+                self.phase.max_gap_ms = max(self.phase.max_gap_ms, gap)
+                self.last_progress[conn_id] = now
+                self.phase.bytes_verified += CHUNK
+                offset += CHUNK
+                await asyncio.sleep(a.interval)
+        except (OSError, asyncio.IncompleteReadError):
+            self.phase.resets += 1
+        finally:
+            self.alive.discard(conn_id)
+            writer.close()
+
+    # -- new sticky connections ------------------------------------------------------------------
+    async def one_request(self, src: str) -> None:
+        a = self.args
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(a.http_vip, a.http_port, local_addr=(src, 0)), 5)
+            writer.write(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n")
+            await writer.drain()
+            body = await asyncio.wait_for(reader.read(65536), 5)
+            writer.close()
+        except (TimeoutError, OSError):
+            self.phase.new_failed += 1
+            return
+        server = body.split(b"\r\n\r\n", 1)[-1].strip().decode(errors="replace")
+        if not server:
+            self.phase.new_failed += 1
+            return
+        self.phase.new_ok += 1
+        before = self.sticky.setdefault(src, server)
+        self.phase.sources_seen.add(src)
+        self.phase.sticky_checked += 1
+        if before != server:
+            self.phase.sticky_moved += 1
+            self.phase.sources_moved.add(src)
+
+    async def new_conns(self, sources: list[str]) -> None:
+        i = 0
+        period = 1.0 / self.args.new_rate
+        while not self.stopping:
+            asyncio.ensure_future(self.one_request(sources[i % len(sources)]))
+            i += 1
+            await asyncio.sleep(period)
+
+    # -- control ---------------------------------------------------------------------------------
+    def report(self) -> dict[str, object]:
+        p = self.phase
+        now = time.monotonic()
+        stalled = max(((now - t) * 1000.0 for c, t in self.last_progress.items() if c in self.alive),
+                      default=0.0)
+        return {
+            "phase": p.name, "opened": self.opened, "alive": len(self.alive), "resets": p.resets,
+            "mismatches": p.mismatches, "bytes_verified": p.bytes_verified,
+            "max_gap_ms": round(max(p.max_gap_ms, stalled), 1), "current_stall_ms": round(stalled, 1),
+            "new_ok": p.new_ok, "new_failed": p.new_failed, "sticky_sources": len(self.sticky),
+            "sticky_checked": p.sticky_checked, "sticky_moved": p.sticky_moved,
+            "sources_moved": sorted(p.sources_moved), "sources_seen": len(p.sources_seen),
+        }
+
+    async def control(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while True:
+            line = (await reader.readline()).decode().strip()
+            if not line or line == "stop":
+                self.emit(self.report())
+                self.stopping = True
+                return
+            cmd, _, arg = line.partition(" ")
+            if cmd == "phase":
+                self.phase = PhaseStats(arg or "phase")
+                self.emit({"phase_started": self.phase.name})
+            elif cmd == "report":
+                self.emit(self.report())
+
+    @staticmethod
+    def emit(obj: dict[str, object]) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    async def main(self) -> None:
+        sources = expand_sources(self.args.sources)
+        tasks = [asyncio.ensure_future(self.stream(i, sources[i % len(sources)]))
+                 for i in range(self.args.conns)]
+        tasks.append(asyncio.ensure_future(self.new_conns(sources)))
+        await self.control()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def expand_sources(spec: str) -> list[str]:
+    """'198.18.0.100-198.18.0.119' or a comma list -> addresses."""
+    out: list[str] = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        first = ipaddress.IPv4Address(lo)
+        last = ipaddress.IPv4Address(hi) if hi else first
+        out.extend(str(ipaddress.IPv4Address(a)) for a in range(int(first), int(last) + 1))
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--echo-vip", required=True)
+    p.add_argument("--echo-port", type=int, default=7)
+    p.add_argument("--http-vip", required=True)
+    p.add_argument("--http-port", type=int, default=80)
+    p.add_argument("--conns", type=int, default=200)
+    p.add_argument("--interval", type=float, default=0.05)
+    p.add_argument("--new-rate", type=float, default=20.0)
+    p.add_argument("--sources", required=True)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    asyncio.run(Traffic(parse_args(argv)).main())
+
+
+if __name__ == "__main__":
+    main()
