@@ -85,7 +85,8 @@ def render(figures: dict[str, float], failures: dict[str, str], quick: bool) -> 
         ref, what, target = REFERENCES.get(name, ("", "", ""))
         rv = figures.get(ref)
         ratio = f"{v / rv:.2f}x" if rv else ""
-        lines.append(f"| `{name}` | {fmt(v)} | {what} | {fmt(rv) if rv is not None else ''} | {ratio} | {target} |")
+        rvs = fmt(rv) if rv is not None else ""
+        lines.append(f"| `{name}` | {fmt(v)} | {what} | {rvs} | {ratio} | {target} |")
     if failures:
         lines += ["", "## Failed benchmark modules", ""]
         lines += [f"- `{k}`: {v}" for k, v in failures.items()]
