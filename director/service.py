@@ -99,6 +99,12 @@ class VirtualService:
     netmask: int = 0xFFFFFFFF
     dests: list[Dest] = field(default_factory=list)
     counters: Counters = field(default_factory=Counters)
+    name: str = ""
+    """The config's service name (director.config); informational."""
+    expire_nodest_conn: bool = False
+    """Per-service expire_nodest_conn (set from the config; Linux has it as a sysctl)."""
+    expire_quiescent_template: bool = False
+    """Per-service expire_quiescent_template (set from the config; Linux has it as a sysctl)."""
 
     @property
     def key(self) -> SvcKey:

@@ -31,4 +31,5 @@ class Scheduler(Protocol):
 
 def usable(dest: Dest) -> bool:
     """A dest a scheduler may pick: available, weight > 0, not overloaded."""
-    return dest.weight > 0 and (dest.flags & (DestFlags.AVAILABLE | DestFlags.OVERLOAD)) == DestFlags.AVAILABLE
+    mask = DestFlags.AVAILABLE | DestFlags.OVERLOAD
+    return dest.weight > 0 and (dest.flags & mask) == DestFlags.AVAILABLE

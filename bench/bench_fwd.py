@@ -1,0 +1,242 @@
+"""Forwarding benchmarks: our director vs the kernel (ip_forward + nftables DNAT) vs a scapy forwarder.
+
+Theory of operation
+-------------------
+One lab, three forwarders side by side, each on its own director namespace and its own VIP:
+
+* d1: our data plane (``python -m director.io.dataplane``), VIP 198.18.0.10, NAT to r1, pinned to
+  CPU 1 (``1core``) or as two PACKET_FANOUT workers on both CPUs (``all_cores``);
+* d2: a naive scapy forwarder (``sniff`` + ``sendp`` per packet), VIP 198.18.0.21, pinned to CPU 1;
+* d3: the kernel: ``ip_forward=1`` + nftables DNAT 198.18.0.20 -> r1, RPS steering its receive work
+  to CPU 1.
+
+``trafgen`` (pinned to CPU 0) sends 60-byte UDP frames (1024 flows: 10 client addresses x ports)
+straight to a forwarder's MAC for a fixed window; the figure is what r1 *receives* per second (its
+eth0 rx counter), which drops them at netdev ingress so no replies or ICMP errors load the box. TCP
+throughput is ``iperf3`` from the client through the VIP (our NAT) or through d3 (kernel DNAT; the
+replies find d3 by a source-port policy rule on r1). Cases are interleaved (A B A B ...) and the
+medians are reported; ratios within one run are what to compare.
+
+``python -m bench.bench_fwd`` prints the figures; ``python -m bench.bench_fwd scapy-fwd ...`` is the
+scapy forwarder process itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+from deploy.lab import PYTHON, VIP_NAT, Lab, client_addr, mac_for, new_name, real_addr
+
+log = logging.getLogger(__name__)
+
+VIP_KERNEL = "198.18.0.20"
+VIP_SCAPY = "198.18.0.21"
+UDP_PORT = 9
+IPERF_NAT_PORT = 5201
+IPERF_KERNEL_PORT = 5202
+KERNEL_REPLY_TABLE = 101
+VMAC = "00:00:5e:00:01:01"
+DIRECTOR_CPU = 1
+GEN_CPU = 0
+
+
+def services_yaml() -> str:
+    """The director's config for the benchmark: UDP and TCP NAT services on VIP_NAT -> r1."""
+    r1 = real_addr(1)
+    return (
+        "vmac_id: 1\n"
+        "services:\n"
+        f"  - {{protocol: udp, vaddr: {VIP_NAT}, vport: {UDP_PORT}, scheduler: rr,\n"
+        f"     dests: [{{addr: {r1}, port: {UDP_PORT}, fwd: nat}}]}}\n"
+        f"  - {{protocol: tcp, vaddr: {VIP_NAT}, vport: {IPERF_NAT_PORT}, scheduler: rr,\n"
+        f"     dests: [{{addr: {r1}, port: {IPERF_NAT_PORT}, fwd: nat}}]}}\n"
+    )
+
+
+def trafgen_config(dst_mac: str, vip: str, flows: int = 1024) -> str:
+    """1024 distinct 60-byte UDP frames (10 client addresses x ports), as raw trafgen packets."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    base = client_addr(1).rsplit(".", 1)[0]
+    first = int(client_addr(1).rsplit(".", 1)[1])
+    packets = []
+    for i in range(flows):
+        src = f"{base}.{first + i % 10}"
+        pkt = (Ether(dst=dst_mac, src=mac_for(1, 1)) / IP(src=src, dst=vip, ttl=64)
+               / UDP(sport=1024 + i, dport=UDP_PORT) / (b"\0" * 18))
+        packets.append("{ " + ", ".join(f"0x{b:02x}" for b in bytes(pkt)) + " }")
+    return "\n".join(packets) + "\n"
+
+
+class FwdBench:
+    def __init__(self, lab: Lab, seconds: float) -> None:
+        self.lab = lab
+        self.seconds = seconds
+        self.r1 = lab.reals[0]
+        self.c1 = lab.client
+        self._director: subprocess.Popen[bytes] | None = None
+        self._scapy: subprocess.Popen[bytes] | None = None
+
+    # -- setup --------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        lab, r1 = self.lab, self.r1
+        lab.exec(r1.ns, "nft add table netdev sink")
+        lab.exec(r1.ns, ["nft", "add chain netdev sink in { type filter hook ingress device eth0 priority 0 ; }"])
+        lab.exec(r1.ns, f"nft add rule netdev sink in udp dport {UDP_PORT} drop")
+        for port in (IPERF_NAT_PORT, IPERF_KERNEL_PORT):
+            lab.popen(r1.ns, ["iperf3", "-s", "-p", str(port)], stdout=subprocess.DEVNULL,
+                      stderr=subprocess.DEVNULL)
+        d3 = lab.directors[2]
+        lab.exec(r1.ns, f"ip route add default via {d3.addrs['int']} dev eth0 table {KERNEL_REPLY_TABLE}")
+        lab.exec(r1.ns, f"ip rule add ipproto tcp sport {IPERF_KERNEL_PORT} lookup {KERNEL_REPLY_TABLE}")
+        self._prepare_kernel()
+        for d in lab.directors:
+            for dev in ("ext", "int"):
+                self._rps(d.ns, dev, 1 << DIRECTOR_CPU)
+        self._wait_port(IPERF_KERNEL_PORT)
+        self._wait_port(IPERF_NAT_PORT)
+
+    def _rps(self, ns: str, dev: str, mask: int) -> None:
+        self.lab.exec(ns, ["sh", "-c", f"echo {mask:x} > /sys/class/net/{dev}/queues/rx-0/rps_cpus"])
+
+    def _prepare_kernel(self) -> None:
+        lab = self.lab
+        d3 = lab.directors[2]
+        lab.exec(d3.ns, "nft delete table netdev lbvip")
+        lab.sysctl(d3.ns, "net.ipv4.ip_forward", "1")
+        r1 = real_addr(1)
+        rules = (
+            "table ip knat {\n chain pre {\n  type nat hook prerouting priority -100\n"
+            f"  ip daddr {VIP_KERNEL} udp dport {UDP_PORT} dnat to {r1}\n"
+            f"  ip daddr {VIP_KERNEL} tcp dport {IPERF_KERNEL_PORT} dnat to {r1}\n }}\n}}\n"
+        )
+        lab.exec(d3.ns, ["nft", "-f", str(lab.write_file("knat.nft", rules))])
+        lab.exec(self.c1.ns, f"ip neigh replace {VIP_KERNEL} lladdr {d3.macs['ext']} dev eth0")
+
+    def _wait_port(self, port: int, timeout: float = 20.0) -> None:
+        """Wait until r1 listens on ``port`` (checked from inside r1)."""
+        code = (f"import socket,time\nd=time.time()+{timeout}\n"
+                "while True:\n try:\n  socket.create_connection(('%s',%d),1).close(); break\n"
+                " except OSError:\n  assert time.time()<d\n  time.sleep(0.05)\n" % ("127.0.0.1", port))
+        self.lab.run_python(self.r1.ns, code)
+
+    def start_director(self, workers: int, rps: bool = False) -> None:
+        """Our director in d1: one worker pinned to DIRECTOR_CPU, or ``workers`` fanout workers on all
+        CPUs. ``rps`` steers d1's receive softirq work to DIRECTOR_CPU too (else it runs where the
+        frame was sent: the generator's CPU)."""
+        self.stop_director()
+        cfg = self.lab.write_file("bench-services.yaml", services_yaml())
+        d1 = self.lab.directors[0]
+        argv = [PYTHON, "-m", "director.io.dataplane", "--ext", "ext", "--int", "int", "--config", str(cfg),
+                "--workers", str(workers), "--ready-file", str(self.lab.workdir / "d1.ready")]
+        if workers == 1:
+            argv = ["taskset", "-c", str(DIRECTOR_CPU), *argv]
+        (self.lab.workdir / "d1.ready").unlink(missing_ok=True)
+        self._rps(d1.ns, "ext", (1 << DIRECTOR_CPU) if rps else 0)
+        self._rps(d1.ns, "int", (1 << DIRECTOR_CPU) if rps else 0)
+        self._director = self.lab.popen(d1.ns, argv)
+        deadline = time.monotonic() + 20
+        while not (self.lab.workdir / "d1.ready").exists():
+            if self._director.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("director did not start")
+            time.sleep(0.05)
+
+    def stop_director(self) -> None:
+        if self._director is not None:
+            self.lab.stop(self._director)
+            self._director = None
+
+    def start_scapy(self) -> None:
+        d2 = self.lab.directors[1]
+        self.lab.exec(d2.ns, "nft delete table netdev lbvip", check=False)
+        argv = ["taskset", "-c", str(DIRECTOR_CPU), PYTHON, "-m", "bench.bench_fwd", "scapy-fwd",
+                VIP_SCAPY, real_addr(1), mac_for(3, 1), d2.macs["int"]]
+        self._scapy = self.lab.popen(d2.ns, argv, stderr=subprocess.DEVNULL)
+
+    # -- measurements ---------------------------------------------------------------------------------
+    def rx_packets(self) -> int:
+        out = self.lab.exec(self.r1.ns, "ip -s -j link show eth0").stdout
+        return int(json.loads(out)[0]["stats64"]["rx"]["packets"])
+
+    def pps(self, dst_mac: str, vip: str) -> float:
+        cfg = self.lab.write_file(f"trafgen-{vip}.cfg", trafgen_config(dst_mac, vip))
+        gen = self.lab.popen(self.c1.ns, ["taskset", "-c", str(GEN_CPU), "trafgen", "-o", "eth0", "-i",
+                                          str(cfg), "-P", "1", "--no-sock-mem", "-Q", "-C"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.5)  # warm-up: rings, neighbour entries, conn creation
+            n0, t0 = self.rx_packets(), time.monotonic()
+            time.sleep(self.seconds)
+            n1, t1 = self.rx_packets(), time.monotonic()
+        finally:
+            self.lab.stop(gen, signal.SIGINT)
+        return (n1 - n0) / (t1 - t0)
+
+    def tcp_mbit(self, vip: str, port: int) -> float:
+        res = self.lab.exec(self.c1.ns, ["iperf3", "-c", vip, "-p", str(port), "-t", str(self.seconds), "-J"],
+                            timeout=self.seconds + 30)
+        return float(json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e6
+
+
+def run(quick: bool = False) -> dict[str, float]:
+    rounds, seconds = (1, 1.0) if quick else (3, 2.0)
+    with Lab(new_name(), n_directors=3, n_reals=1) as lab:
+        b = FwdBench(lab, seconds)
+        b.prepare()
+        d3 = lab.directors[2]
+        res: dict[str, list[float]] = {k: [] for k in (
+            "fwd_nat_pps_1core", "fwd_nat_pps_all_cores", "fwd_kernel_pps", "fwd_scapy_pps",
+            "fwd_tcp_mbit_s", "fwd_kernel_tcp_mbit_s", "fwd_nat_pps_1core_rps")}
+        for _ in range(rounds):
+            res["fwd_kernel_pps"].append(b.pps(d3.macs["ext"], VIP_KERNEL))
+            b.start_director(1, rps=True)
+            res["fwd_nat_pps_1core_rps"].append(b.pps(VMAC, VIP_NAT))
+            b.start_director(1)
+            res["fwd_nat_pps_1core"].append(b.pps(VMAC, VIP_NAT))
+            res["fwd_kernel_tcp_mbit_s"].append(b.tcp_mbit(VIP_KERNEL, IPERF_KERNEL_PORT))
+            res["fwd_tcp_mbit_s"].append(b.tcp_mbit(VIP_NAT, IPERF_NAT_PORT))
+            b.start_director(2)
+            res["fwd_nat_pps_all_cores"].append(b.pps(VMAC, VIP_NAT))
+            b.stop_director()
+        b.start_scapy()
+        time.sleep(1.0)  # scapy's sniff start-up
+        res["fwd_scapy_pps"].append(b.pps(lab.directors[1].macs["ext"], VIP_SCAPY))
+        return {k: statistics.median(v) for k, v in res.items() if v}
+
+
+def scapy_forwarder(vip: str, daddr: str, dmac: str, own_mac: str) -> None:
+    """The naive reference: sniff on ext, rewrite dst IP/MAC, ``sendp`` each packet on int."""
+    from scapy.all import sendp, sniff
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    def fwd(pkt: Ether) -> None:
+        pkt[Ether].dst, pkt[Ether].src = dmac, own_mac
+        pkt[IP].dst = daddr
+        del pkt[IP].chksum
+        del pkt[UDP].chksum
+        sendp(pkt, iface="int", verbose=False)
+
+    sniff(iface="ext", filter=f"udp and dst host {vip}", prn=fwd, store=False)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO)
+    if len(sys.argv) > 1 and sys.argv[1] == "scapy-fwd":
+        scapy_forwarder(*sys.argv[2:6])
+        return
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=1))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
+

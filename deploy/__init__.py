@@ -1,0 +1,1 @@
+"""Deployment helpers: the network-namespace lab, lab servers and traffic tools."""

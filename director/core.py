@@ -1,0 +1,467 @@
+"""The packet path: one frame in, at most one frame out (pure, single-threaded, no clock reads).
+
+Theory of operation
+-------------------
+:meth:`Director.handle` takes a frame received on one side (``EXT`` = clients, ``INT`` = real
+servers) and returns an :data:`Action` ``(out_side, frame)`` for the I/O layer to send, or
+``None`` when the frame is consumed (every such case is counted in :class:`DropCounters`). The
+steps, in order, each a small method so the hot path stays short:
+
+1. **parse** (:func:`director.packet.parse_ipv4`); non-IPv4 -> ARP step or drop.
+2. **ARP**: learn the sender into that side's neighbour cache; answer requests for owned
+   addresses (VIPs outside, NAT gateway addresses inside) from the virtual MAC, only if active.
+3. **guards**: ICMP goes to the ICMP step; TTL <= 1 and "not active" (backup) are dropped.
+4. **out-lookup** (frames from the inside): ``out_get`` finds a NAT reply -> state machine ->
+   counters -> rewrite source back to the VIP -> ``(EXT, frame)``.
+5. **in-lookup**: ``in_get``; a hit whose dest was removed follows ``expire_nodest_conn``.
+6. **miss**: find the service; TCP needs a SYN (or ``sloppy_until > now``: mid-flow after a
+   takeover), UDP any datagram; persistent services look up the template
+   (``ct_in_get(caddr & netmask, 0, vaddr, vport or 0)`` + ``check_template``) and reuse its
+   dest, else the service's scheduler picks one (and a template is created); then the conn is
+   created and attached to its template (``control_add``).
+7. **state**: ``director.proto_state.update`` (DR/TUN conns see one direction only); an
+   ESTABLISHED TCP conn hit by a plain ACK only needs its timer refreshed (fast path, same result).
+8. **count** ``in_pkts`` and per-service / per-dest packets and bytes.
+9. **transmit** by the conn's forwarding method (:mod:`director.xmit`): NAT rewrites the
+   destination, DR the MACs, TUN encapsulates; out of the INT side.
+
+ICMP errors (dest unreachable incl. frag-needed, source quench, time exceeded) quoting a known
+flow are translated (NAT) or forwarded (DR/TUN) to the other side; other ICMP is dropped.
+A next hop whose MAC is unknown turns the packet into an ARP request (rate-limited) and a drop.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from director import proto_state
+from director.arp import (
+    ARP_REQUEST,
+    NeighCache,
+    arp_reply,
+    arp_request,
+    gratuitous_arp,
+    parse_arp,
+    vrrp_mac,
+)
+from director.conn import Conn, ConnTable
+from director.packet import (
+    ETH_P_ARP,
+    TH_ACK,
+    TH_FIN,
+    TH_RST,
+    TH_SYN,
+    Drop,
+    DropCounters,
+    IPv4Info,
+    parse_ipv4,
+)
+from director.service import Dest, ServiceTable, VirtualService
+from director.tcp import Direction, TcpState, Timeouts
+from director.types import Clock, ConnFlags, DestFlags
+from director.xmit import IP_DF, dr_rewrite, icmp_error, icmp_quote, nat_icmp, nat_rewrite, tun_encap
+
+log = logging.getLogger(__name__)
+
+EXT = 0
+"""Side facing the clients (the VIPs live here)."""
+INT = 1
+"""Side facing the real servers."""
+
+Action = tuple[int, bytes | bytearray]
+"""(out_side, frame): what the I/O layer sends."""
+
+_MASQ = int(ConnFlags.MASQ)
+_TUNNEL = int(ConnFlags.TUNNEL)
+_DROUTE = int(ConnFlags.DROUTE)
+_AVAILABLE = int(DestFlags.AVAILABLE)
+_ESTABLISHED = int(TcpState.ESTABLISHED)
+_ICMP_ERRORS = frozenset((3, 4, 11))
+_IN = int(Direction.INPUT)
+_OUT = int(Direction.OUTPUT)
+
+
+@dataclass
+class CoreConfig:
+    """Node-level settings of the packet path."""
+
+    vmac: bytes = field(default_factory=lambda: vrrp_mac(1))
+    """Virtual MAC: source of every frame sent and the answer to ARP for owned addresses."""
+    ext_addr: int = 0
+    """The director's own address on the external side (sender of its ARP requests; 0 = probe)."""
+    int_addr: int = 0
+    """The director's own address on the internal side (ARP sender, IPIP outer source)."""
+    gw_addrs: frozenset[int] = frozenset()
+    """Addresses answered on the INT side: the real servers' default gateway for NAT."""
+    extra_vips: frozenset[int] = frozenset()
+    """Addresses answered on the EXT side besides the services' VIPs."""
+    ext_gateway: int = 0
+    """Router for clients not on the external subnet (0 = every client is on-link)."""
+    ext_net: int = 0
+    ext_prefixlen: int = 0
+    tun_src: int = 0
+    """Outer source address of IPIP packets (0 = int_addr)."""
+    mtu: int = 1500
+    """MTU of the internal side (TUN: bigger packets get frag-needed)."""
+    expire_nodest_conn: bool = False
+    expire_quiescent_template: bool = False
+    verify_ip_csum: bool = True
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+class Director:
+    """The whole packet path of one node over a :class:`ConnTable` and a :class:`ServiceTable`."""
+
+    def __init__(self, table: ConnTable, services: ServiceTable, clock: Clock, cfg: CoreConfig) -> None:
+        self.table = table
+        self.services = services
+        self.clock = clock
+        self.cfg = cfg
+        self.active = False
+        self.sloppy_until = 0.0
+        self.counters = DropCounters()
+        self.neigh = (NeighCache(cfg.vmac), NeighCache(cfg.vmac))
+        self.arp_replies = 0
+        self._ipid = 0
+        self._drops = self.counters.counts
+        self._int_hdr = self.neigh[INT].hdr
+        self._ext_hdr = self.neigh[EXT].hdr
+        self._in_get = table.in_get
+        self._out_get = table.out_get
+        self._refresh = table.refresh
+        self._update = proto_state.update
+        self._timeouts = cfg.timeouts
+        self._verify = cfg.verify_ip_csum
+
+    # ---- the hot path ---------------------------------------------------------------------
+
+    def handle(self, frame: bytearray, side: int) -> Action | None:
+        """Process one received frame; the returned action (if any) is to be sent."""
+        r = parse_ipv4(frame, self._verify)
+        if isinstance(r, Drop):
+            return self._not_ip(frame, side, r)
+        proto, saddr, sport, daddr, dport, l4, end, ttl, tflags = r
+        if proto == 1 or ttl <= 1 or not self.active:
+            return self._guard(frame, side, r)
+        if side:
+            conn = self._out_get(proto, saddr, sport, daddr, dport)
+            if conn is not None and not conn.flags & 7:
+                return self._nat_out(frame, conn, r)
+        conn = self._in_get(proto, saddr, sport, daddr, dport)
+        if conn is None:
+            conn = self._miss(frame, side, r)
+            if conn is None:
+                return None
+        dest = conn.dest
+        if dest is not None:
+            if not dest.flags & _AVAILABLE:
+                return self._nodest(frame, side, conn, r)
+            n = end - 14
+            c = dest.counters
+            c.inpkts += 1
+            c.inbytes += n
+            c = dest.svc.counters
+            c.inpkts += 1
+            c.inbytes += n
+        conn.in_pkts += 1
+        tmo = self._timeouts
+        if proto == 6:
+            if conn.state == _ESTABLISHED and tflags & 0x17 == 0x10 and conn.timeout == tmo.tcp[1]:
+                self._refresh(conn)  # ES + plain ACK -> ES with the same timeout: timer only
+            else:
+                self._update(self.table, conn, _IN, tflags, tmo)
+        elif conn.timeout == tmo.udp:
+            self._refresh(conn)
+        else:
+            self._update(self.table, conn, _IN, tflags, tmo)
+        fwd = conn.flags & 7
+        if fwd == _MASQ:
+            hdr = self._int_hdr.get(conn.daddr)
+            if hdr is None:
+                return self._neigh_miss(INT, conn.daddr, dest)
+            nat_rewrite(frame, hdr, ttl, l4, proto, 30, 2, daddr, conn.daddr, dport, conn.dport)
+            return INT, frame
+        return self._xmit_other(frame, conn, fwd, r)
+
+    def _nat_out(self, frame: bytearray, conn: Conn, r: IPv4Info) -> Action | None:
+        """A NAT reply from a real server: source back to the VIP, out to the client."""
+        proto, saddr, sport, daddr, _dport, l4, end, ttl, tflags = r
+        dest = conn.dest
+        if dest is not None:
+            n = end - 14
+            c = dest.counters
+            c.outpkts += 1
+            c.outbytes += n
+            c = dest.svc.counters
+            c.outpkts += 1
+            c.outbytes += n
+        tmo = self._timeouts
+        if proto == 6:
+            if conn.state == _ESTABLISHED and tflags & 0x17 == 0x10 and conn.timeout == tmo.tcp[1]:
+                self._refresh(conn)
+            else:
+                self._update(self.table, conn, _OUT, tflags, tmo)
+        elif conn.timeout == tmo.udp:
+            self._refresh(conn)
+        else:
+            self._update(self.table, conn, _OUT, tflags, tmo)
+        hdr = self._ext_hdr.get(daddr)  # daddr == conn.caddr (out_get matched it)
+        if hdr is None:
+            hdr = self._ext_route(daddr)
+            if hdr is None:
+                return self._neigh_miss(EXT, self._ext_nexthop(daddr), None)
+        nat_rewrite(frame, hdr, ttl, l4, proto, 26, 0, saddr, conn.vaddr, sport, conn.vport)
+        return EXT, frame
+
+    # ---- new connections ------------------------------------------------------------------
+
+    def _miss(self, frame: bytearray, side: int, r: IPv4Info) -> Conn | None:
+        """No entry: schedule and create one if this packet may open a conn; else count a drop."""
+        proto, saddr, sport, daddr, dport, _l4, _end, _ttl, tflags = r
+        svc = self.services.get(proto, daddr, dport)
+        if svc is None:
+            self._drops[Drop.NO_SERVICE] += 1
+            return None
+        if proto == 6 and not self._may_open(tflags):
+            return None
+        conn = self._schedule(svc, proto, saddr, sport, daddr, dport)
+        if conn is not None:
+            self.neigh[side].learn(saddr, bytes(frame[6:12]), self.clock())
+        return conn
+
+    def _may_open(self, tflags: int) -> bool:
+        """TCP: a SYN without ACK opens a conn; any non-RST segment does while sloppy."""
+        if tflags & TH_RST:
+            self._drops[Drop.RST_NO_CONN] += 1
+            return False
+        if tflags & (TH_SYN | TH_ACK | TH_FIN) == TH_SYN or self.sloppy_until > self.clock():
+            return True
+        self._drops[Drop.NO_CONN] += 1
+        return False
+
+    def _schedule(self, svc: VirtualService, proto: int, caddr: int, cport: int, vaddr: int,
+                  vport: int) -> Conn | None:
+        """Pick a dest (persistence template first) and create the conn (ip_vs_schedule)."""
+        template: Conn | None = None
+        if svc.persistent:
+            template = self._template(svc, proto, caddr, cport, vaddr, vport)
+            dest = template.dest if template is not None else None
+        else:
+            dest = svc.scheduler.schedule(svc.dests, caddr, cport)
+        if dest is None:
+            self._drops[Drop.NO_DEST] += 1
+            return None
+        dport = dest.port or vport
+        conn = self.table.new(proto, caddr, cport, vaddr, vport, dest.addr, dport, dest.conn_flags, dest,
+                              control=template)
+        if template is not None:
+            self.table.refresh(template, svc.timeout)
+        dest.counters.conns += 1
+        svc.counters.conns += 1
+        return conn
+
+    def _template(self, svc: VirtualService, proto: int, caddr: int, cport: int, vaddr: int,
+                  vport: int) -> Conn | None:
+        """The persistence template of this client network (ip_vs_sched_persist); None: no dest."""
+        snet = caddr & svc.netmask
+        tvport = vport if svc.port else 0
+        table = self.table
+        ct = table.ct_in_get(proto, snet, 0, vaddr, tvport)
+        if ct is not None and ct.dest is not None and table.check_template(
+                ct, self.cfg.expire_quiescent_template):
+            return ct
+        dest = svc.scheduler.schedule(svc.dests, caddr, cport)
+        if dest is None:
+            return None
+        tdport = dest.port if svc.port else 0
+        return table.new(proto, snet, 0, vaddr, tvport, dest.addr, tdport,
+                         ConnFlags.TEMPLATE | dest.conn_flags, dest, timeout=svc.timeout)
+
+    def _nodest(self, frame: bytearray, side: int, conn: Conn, r: IPv4Info) -> Action | None:
+        """The conn's dest was removed: drop; with expire_nodest_conn expire it and reschedule
+        if the packet may open a new conn (like current IPVS)."""
+        if not self.cfg.expire_nodest_conn or not self.table.expire(conn):
+            self._drops[Drop.DEST_UNAVAILABLE] += 1
+            return None
+        proto, _s, _sp, _d, _dp, _l4, _end, _ttl, tflags = r
+        if proto == 6 and tflags & (TH_SYN | TH_ACK | TH_RST | TH_FIN) != TH_SYN:
+            self._drops[Drop.DEST_UNAVAILABLE] += 1
+            return None
+        if self._in_get(r[0], r[1], r[2], r[3], r[4]) is not None:  # still there: give up
+            self._drops[Drop.DEST_UNAVAILABLE] += 1
+            return None
+        return self.handle(frame, side)
+
+    # ---- transmitters other than NAT in ----------------------------------------------------
+
+    def _xmit_other(self, frame: bytearray, conn: Conn, fwd: int, r: IPv4Info) -> Action | None:
+        ttl = r[7]
+        hdr = self._int_hdr.get(conn.daddr)
+        if hdr is None:
+            return self._neigh_miss(INT, conn.daddr, conn.dest)
+        if fwd == _DROUTE:
+            dr_rewrite(frame, hdr, ttl)
+            return INT, frame
+        if fwd == _TUNNEL:
+            return self._tun(frame, conn, hdr, r)
+        self._drops[Drop.NO_DEST] += 1  # LOCALNODE / BYPASS: nothing to forward to
+        return None
+
+    def _tun(self, frame: bytearray, conn: Conn, hdr: bytes, r: IPv4Info) -> Action | None:
+        end = r[6]
+        if end - 14 + 20 > self.cfg.mtu:
+            return self._too_big(frame, r)
+        self._ipid = (self._ipid + 1) & 0xFFFF
+        src = self.cfg.tun_src or self.cfg.int_addr
+        return INT, tun_encap(frame, end, hdr, r[7], src, conn.daddr, self._ipid)
+
+    def _too_big(self, frame: bytearray, r: IPv4Info) -> Action | None:
+        """TUN would exceed the MTU: frag-needed to the client if DF is set, else drop."""
+        self._drops[Drop.TOO_BIG] += 1
+        saddr, daddr, end = r[1], r[3], r[6]
+        if not (frame[20] << 8) & IP_DF:
+            return None
+        hdr = self._ext_hdr.get(saddr) or self._ext_route(saddr)
+        if hdr is None:
+            return None
+        mtu = self.cfg.mtu - 20
+        return EXT, icmp_error(hdr, daddr, saddr, 3, 4, mtu, memoryview(frame)[14:end])
+
+    # ---- neighbours ------------------------------------------------------------------------
+
+    def _ext_nexthop(self, addr: int) -> int:
+        cfg = self.cfg
+        if cfg.ext_gateway and cfg.ext_prefixlen:
+            mask = (0xFFFFFFFF << (32 - cfg.ext_prefixlen)) & 0xFFFFFFFF
+            if addr & mask != cfg.ext_net & mask:
+                return cfg.ext_gateway
+        return addr
+
+    def _ext_route(self, addr: int) -> bytes | None:
+        """Ethernet prefix towards ``addr`` through its next hop (gateway for off-link clients)."""
+        nh = self._ext_nexthop(addr)
+        return self._ext_hdr.get(nh) if nh != addr else None
+
+    def _neigh_miss(self, side: int, addr: int, dest: Dest | None) -> Action | None:
+        """No MAC for the next hop: use the dest's configured MAC, else send an ARP request."""
+        neigh = self.neigh[side]
+        now = self.clock()
+        if dest is not None and dest.mac is not None and dest.addr == addr:
+            neigh.learn(addr, dest.mac, now)
+        self._drops[Drop.NO_NEIGH] += 1
+        if not neigh.should_probe(addr, now):
+            return None
+        own = self.cfg.int_addr if side == INT else self.cfg.ext_addr
+        return side, arp_request(self.cfg.vmac, own, addr)
+
+    # ---- slow paths: not IPv4, ARP, guards, ICMP ------------------------------------------
+
+    def _not_ip(self, frame: bytearray, side: int, reason: Drop) -> Action | None:
+        if reason == Drop.NOT_IPV4 and len(frame) >= 14 and frame[12] << 8 | frame[13] == ETH_P_ARP:
+            return self._arp(frame, side)
+        self._drops[reason] += 1
+        return None
+
+    def owned(self, side: int) -> set[int] | frozenset[int]:
+        """Addresses this node answers ARP for on ``side`` while active."""
+        if side == INT:
+            return self.cfg.gw_addrs
+        return self.services.vaddrs() | self.cfg.extra_vips
+
+    def _arp(self, frame: bytearray, side: int) -> Action | None:
+        a = parse_arp(frame)
+        if a is None:
+            self._drops[Drop.ARP_IGNORED] += 1
+            return None
+        op, sha, spa, _tha, tpa = a
+        owned = self.owned(side)
+        if spa and spa not in owned:
+            self.neigh[side].learn(spa, sha, self.clock())
+        if op != ARP_REQUEST:
+            return None
+        if tpa not in owned or spa == tpa:
+            self._drops[Drop.ARP_IGNORED] += 1
+            return None
+        if not self.active:
+            self._drops[Drop.NOT_ACTIVE] += 1
+            return None
+        self.arp_replies += 1
+        return side, arp_reply(self.cfg.vmac, tpa, sha, spa)
+
+    def _guard(self, frame: bytearray, side: int, r: IPv4Info) -> Action | None:
+        if not self.active:
+            self._drops[Drop.NOT_ACTIVE] += 1
+            return None
+        if r[7] <= 1:
+            self._drops[Drop.TTL_EXCEEDED] += 1
+            return None
+        return self._icmp(frame, side, r)
+
+    def _icmp(self, frame: bytearray, side: int, r: IPv4Info) -> Action | None:
+        """ICMP errors about a known flow: translate (NAT) or forward (DR/TUN) to the other side."""
+        _p, _saddr, icmp_type, _daddr, _code, l4, end, ttl, _ = r
+        q = icmp_quote(frame, l4, end) if icmp_type in _ICMP_ERRORS else None
+        if q is None:
+            self._drops[Drop.ICMP_UNRELATED] += 1
+            return None
+        qproto, qsaddr, qsport, qdaddr, qdport, ql4 = q
+        # From the servers' side: the quote is client -> dest (what the dest received).
+        conn = self._out_get(qproto, qdaddr, qdport, qsaddr, qsport)
+        if conn is not None and conn.flags & 7 == _MASQ:
+            hdr = self._ext_hdr.get(conn.caddr) or self._ext_route(conn.caddr)
+            if hdr is None:
+                return self._neigh_miss(EXT, self._ext_nexthop(conn.caddr), None)
+            self._count(conn, end - 14, False)
+            nat_icmp(frame, hdr, ttl, l4, end, ql4, qproto, True, conn.vaddr, conn.vport, 0, 0)
+            return EXT, frame
+        # From the clients' side: the quote is VIP -> client (a reply we sent).
+        conn = self._in_get(qproto, qdaddr, qdport, qsaddr, qsport)
+        if conn is None:
+            self._drops[Drop.ICMP_UNRELATED] += 1
+            return None
+        self._count(conn, end - 14, True)
+        fwd = conn.flags & 7
+        if fwd != _MASQ:
+            return self._xmit_other(frame, conn, fwd, r)
+        hdr = self._int_hdr.get(conn.daddr)
+        if hdr is None:
+            return self._neigh_miss(INT, conn.daddr, conn.dest)
+        nat_icmp(frame, hdr, ttl, l4, end, ql4, qproto, False, 0, 0, conn.daddr, conn.dport)
+        return INT, frame
+
+    @staticmethod
+    def _count(conn: Conn, n: int, inbound: bool) -> None:
+        dest = conn.dest
+        if dest is None:
+            return
+        for c in (dest.counters, dest.svc.counters):
+            if inbound:
+                c.inpkts += 1
+                c.inbytes += n
+            else:
+                c.outpkts += 1
+                c.outbytes += n
+
+    # ---- role ------------------------------------------------------------------------------
+
+    def set_active(self, active: bool) -> list[Action]:
+        """Become master (returns the gratuitous ARPs to send) or backup (returns nothing)."""
+        was = self.active
+        self.active = active
+        if active and not was:
+            log.info("director active: announcing %d addresses", len(self.owned(EXT)) + len(self.owned(INT)))
+            return self.garp_actions()
+        if was and not active:
+            log.info("director inactive: no more ARP answers, no forwarding")
+        return []
+
+    def garp_actions(self) -> list[Action]:
+        """Gratuitous ARPs for every owned address, both sides (sent on takeover)."""
+        vmac = self.cfg.vmac
+        out: list[Action] = [(EXT, gratuitous_arp(vmac, ip)) for ip in sorted(self.owned(EXT))]
+        out += [(INT, gratuitous_arp(vmac, ip)) for ip in sorted(self.owned(INT))]
+        return out
+
+
+__all__ = ["EXT", "INT", "Action", "CoreConfig", "Director"]

@@ -1,0 +1,250 @@
+"""Backup side over gRPC: follow the master's stream, apply it, ack it, reconnect when it breaks.
+
+Theory of operation
+-------------------
+A ``Follower`` runs one task on the node's loop. It dials the current master address (from the
+election record via ``set_master``, or node config), sends a hello with its resume point
+(incarnation, last applied seq, epoch seen) and reads SyncMessages: each is decoded (convert.py),
+validated and applied by ``BackupApplier``; a second task writes acks (the latest applied seq,
+coalesced: one in flight at a time). Any refusal - garbage, unknown version, stale epoch,
+sequence gap, oversize message (gRPC limit), heartbeat silence - ends the stream *before* the
+offending message touches the table; the follower logs it (rate-limited) and reconnects after a
+backoff of ``reconnect_min``..``reconnect_max`` seconds (doubling, reset after progress), resuming
+from its last applied seq (the master answers with the missing batches or a snapshot).
+
+``set_master(addr, epoch)`` switches masters at once (the running stream is cancelled) and raises the
+epoch floor so the old master is refused even if it is still streaming. ``in_sync`` is True while
+connected, with a snapshot applied (or a resume accepted) and no snapshot in progress.
+Lag samples (wall clock from the master seeing a batch's first event to applying it here; the
+nodes' clocks must be NTP-synced for cross-host figures) feed p50/p99 for the admin API and
+benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from director.service import ServiceTable
+from syncd.backup import BackupApplier
+from syncd.convert import decode_sync_message, encode_ack, encode_hello, identity
+from syncd.model import AckMsg, BatchMsg, LogLimiter, SyncError, TableLike
+from syncd.server import FOLLOW_METHOD
+from syncd.tls import TlsFilesLike, channel_credentials, channel_options
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FollowerConfig:
+    reconnect_min: float = 0.2
+    reconnect_max: float = 1.0
+    heartbeat_timeout: float = 3.5
+    """Silence (no batch, chunk or heartbeat) after which the master is presumed gone."""
+    max_message: int = 16 << 20
+    lag_samples: int = 200_000
+
+
+class Follower:
+    """Follows one master at a time and keeps `table` a copy of its table."""
+
+    def __init__(self, target: str | None, node_id: str, table: TableLike,
+                 services: ServiceTable | None = None, epoch_source: Callable[[], int] | None = None,
+                 *, tls: TlsFilesLike | None = None,
+                 cfg: FollowerConfig | None = None) -> None:
+        self.target = target
+        self.node_id = node_id
+        self.tls = tls
+        self.cfg = cfg or FollowerConfig()
+        self._epoch_source = epoch_source or (lambda: 0)
+        self._epoch_hint = 0
+        self.applier = BackupApplier(table, services, self._epoch_floor)
+        self.connected = False
+        self.lags_ms: deque[float] = deque(maxlen=self.cfg.lag_samples)
+        self.stats = {"connects": 0, "stream_errors": 0, "refused": 0, "messages": 0}
+        self.last_error = ""
+        self._logs = LogLimiter()
+        self._task: asyncio.Task[None] | None = None
+        self._session: asyncio.Task[bool] | None = None
+        self._changed = asyncio.Event()
+        self._ack_needed = asyncio.Event()
+
+    # --- public ----------------------------------------------------------------------------------
+
+    @property
+    def in_sync(self) -> bool:
+        a = self.applier
+        return self.connected and a.live and not a.in_snapshot
+
+    @property
+    def applied_seq(self) -> int:
+        return self.applier.applied_seq
+
+    def start(self) -> None:
+        if self._task is None:
+            loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self._run(), name=f"sync-follower-{self.node_id}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.connected = False
+        self.applier.stream_lost()
+
+    def set_master(self, addr: str | None, epoch: int = 0) -> None:
+        """Follow `addr` from now on (None: follow nobody); messages below `epoch` are refused."""
+        self._epoch_hint = max(self._epoch_hint, epoch)
+        if addr == self.target:
+            return
+        log.info("sync: following %s (epoch %d) instead of %s", addr, epoch, self.target)
+        self.target = addr
+        self._changed.set()
+        if self._session is not None:
+            self._session.cancel()
+
+    def rebind_pending(self) -> int:
+        return self.applier.rebind_pending()
+
+    def lag_percentile(self, p: float) -> float:
+        """p-th percentile (0..100) of the recent lag samples in ms (0 if none)."""
+        if not self.lags_ms:
+            return 0.0
+        data = sorted(self.lags_ms)
+        return data[min(len(data) - 1, int(len(data) * p / 100.0))]
+
+    def status(self) -> dict[str, Any]:
+        a = self.applier
+        return {"target": self.target, "connected": self.connected, "in_sync": self.in_sync,
+                "applied_seq": a.applied_seq, "head_seq": a.head_seq, "epoch": a.epoch,
+                "in_snapshot": a.in_snapshot, "pending_dests": a.pending_dests,
+                "lag_p50_ms": self.lag_percentile(50), "lag_p99_ms": self.lag_percentile(99),
+                "last_error": self.last_error, **self.stats, **{f"apply_{k}": v for k, v in a.stats.items()}}
+
+    # --- loop ------------------------------------------------------------------------------------
+
+    def _epoch_floor(self) -> int:
+        return max(self._epoch_hint, self._epoch_source())
+
+    async def _run(self) -> None:
+        delay = self.cfg.reconnect_min
+        while True:
+            target = self.target
+            if target is None:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            self._changed.clear()
+            self._session = asyncio.get_running_loop().create_task(self._follow_once(target))
+            progressed = False
+            try:
+                await asyncio.wait({self._session})
+                progressed = self._session_result(self._session, target)
+            finally:
+                if not self._session.done():
+                    self._session.cancel()
+                self._session = None
+                self.connected = False
+                self.applier.stream_lost()
+            if progressed:
+                delay = self.cfg.reconnect_min
+            if self.target != target:
+                continue  # switched masters: dial the new one at once
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), delay * random.uniform(0.8, 1.2))
+            delay = min(self.cfg.reconnect_max, delay * 2)
+
+    def _session_result(self, task: asyncio.Task[bool], target: str) -> bool:
+        if task.cancelled():
+            return True
+        exc = task.exception()
+        if exc is None:
+            return task.result()
+        self.stats["stream_errors"] += 1
+        progressed = getattr(exc, "progressed", False)
+        if isinstance(exc, SyncError):
+            self.stats["refused"] += 1
+            what = type(exc).__name__
+        elif isinstance(exc, grpc.aio.AioRpcError):
+            what = str(exc.code())
+            exc = f"{exc.code()}: {exc.details()}"  # type: ignore[assignment]
+        elif isinstance(exc, TimeoutError):
+            what = "heartbeat"
+            exc = f"no message for {self.cfg.heartbeat_timeout} s"  # type: ignore[assignment]
+        else:
+            what = type(exc).__name__
+            log.error("sync follower of %s failed", target, exc_info=exc)
+        self.last_error = f"{what}: {exc}"
+        if self._logs.should_log(what):
+            log.warning("sync stream from %s ended: %s (%s #%d)", target, exc, what, self._logs.counts[what])
+        return bool(progressed)
+
+    def _channel(self, target: str) -> Any:
+        opts: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", self.cfg.max_message),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.initial_reconnect_backoff_ms", int(self.cfg.reconnect_min * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(self.cfg.reconnect_max * 1000)),
+            ("grpc.use_local_subchannel_pool", 1),
+        ]
+        if self.tls is None:
+            return grpc.aio.insecure_channel(target, options=opts)
+        opts += channel_options(self.tls)
+        return grpc.aio.secure_channel(target, channel_credentials(self.tls), options=opts)
+
+    async def _follow_once(self, target: str) -> bool:
+        """One stream; returns whether it applied anything (raises on refusal/transport errors)."""
+        progressed = False
+        async with self._channel(target) as channel:
+            call = channel.stream_stream(FOLLOW_METHOD, request_serializer=identity,
+                                         response_deserializer=identity)()
+            acker = asyncio.get_running_loop().create_task(self._ack_loop(call))
+            try:
+                await call.write(encode_hello(self.applier.hello(self.node_id)))
+                self.stats["connects"] += 1
+                while True:
+                    data = await asyncio.wait_for(call.read(), self.cfg.heartbeat_timeout)
+                    if data is grpc.aio.EOF:
+                        code = await call.code()
+                        raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                                   details=await call.details())
+                    self._handle(data)
+                    progressed = True
+            except BaseException as exc:
+                if progressed and not isinstance(exc, asyncio.CancelledError):
+                    exc.progressed = True  # type: ignore[attr-defined]
+                raise
+            finally:
+                acker.cancel()
+                call.cancel()
+
+    def _handle(self, data: bytes) -> None:
+        msg = decode_sync_message(data)
+        self.applier.handle(msg)
+        self.connected = True
+        self.stats["messages"] += 1
+        if isinstance(msg, BatchMsg) and msg.first_event_ns:
+            self.lags_ms.append((time.time_ns() - msg.first_event_ns) / 1e6)
+        self._ack_needed.set()
+
+    async def _ack_loop(self, call: Any) -> None:
+        sent: tuple[int, bool] | None = None
+        while True:
+            await self._ack_needed.wait()
+            self._ack_needed.clear()
+            now = (self.applier.applied_seq, self.in_sync)
+            if now != sent:
+                await call.write(encode_ack(AckMsg(*now)))
+                sent = now

@@ -1,0 +1,244 @@
+"""Records of syncd.model <-> protobuf bytes of proto/sync.proto (the only module importing *_pb2).
+
+Theory of operation
+-------------------
+Encoding goes straight to bytes: a batch is serialized once on the master and the same bytes are
+written to every follower (the gRPC method uses identity serializers). Decoding takes bytes and
+returns plain records; anything that does not parse, carries an unknown version or lacks a required
+part raises ``ProtocolError`` so callers can refuse and log it without touching their table.
+Addresses travel as big-endian bytes (4 bytes when the int fits in 32 bits, else 16); ints decode
+back to the same value either way. Timeouts travel as integer milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from google.protobuf.message import DecodeError
+
+from director.pb import sync_pb2 as pb
+from director.service import DestKey
+from director.types import LOCAL_CONN_FLAGS
+from syncd.model import (
+    PROTOCOL_VERSION,
+    AckMsg,
+    BatchMsg,
+    ConnKey,
+    FollowHello,
+    HeartbeatMsg,
+    ProtocolError,
+    SnapshotBeginMsg,
+    SnapshotChunkMsg,
+    SnapshotEndMsg,
+    SyncKind,
+    SyncMsg,
+    Update,
+)
+
+_LOCAL = int(LOCAL_CONN_FLAGS)
+_TEMPLATE = 0x1000
+_U32 = 0xFFFFFFFF
+
+
+def _ab(addr: int) -> bytes:
+    return addr.to_bytes(4 if addr <= _U32 else 16, "big")
+
+
+def _ai(data: bytes) -> int:
+    if len(data) not in (0, 4, 16):
+        raise ProtocolError(f"address of {len(data)} bytes")
+    return int.from_bytes(data, "big")
+
+
+def _ms(seconds: float) -> int:
+    return min(_U32, max(0, int(seconds * 1000.0 + 0.5)))
+
+
+def _fill_entry(e: pb.ConnEntry, u: Update) -> None:
+    proto, caddr, cport, vaddr, vport, daddr, dport, fwmark, is_tpl = u.key
+    e.kind = int(u.kind)  # type: ignore[assignment]
+    e.protocol = proto
+    e.caddr = _ab(caddr)
+    e.cport = cport
+    e.vaddr = _ab(vaddr)
+    e.vport = vport
+    e.daddr = _ab(daddr)
+    e.dport = dport
+    e.fwmark = fwmark
+    flags = u.flags & ~_LOCAL
+    e.flags = (flags | _TEMPLATE) if is_tpl else (flags & ~_TEMPLATE)
+    e.remaining_ms = _ms(u.remaining)
+    if u.kind == SyncKind.EXPIRE:
+        return
+    e.timeout_ms = _ms(u.timeout)
+    if u.kind == SyncKind.REFRESH:
+        return
+    e.state = u.state
+    e.in_pkts = max(0, u.in_pkts)
+    if u.dest_key is not None:
+        d = e.dest
+        d.protocol, vaddr, d.vport, d.fwmark, daddr, d.dport = u.dest_key
+        d.vaddr = _ab(vaddr)
+        d.daddr = _ab(daddr)
+    if u.control_key is not None:
+        _fill_ref(e.control, u.control_key)
+    if u.old_key is not None:
+        _fill_ref(e.old_key, u.old_key)
+
+
+def _fill_ref(c: pb.ConnRef, key: ConnKey) -> None:
+    c.protocol, caddr, c.cport, vaddr, c.vport, daddr, c.dport, c.fwmark, c.is_template = key
+    c.caddr = _ab(caddr)
+    c.vaddr = _ab(vaddr)
+    c.daddr = _ab(daddr)
+
+
+def _ref_key(c: pb.ConnRef) -> ConnKey:
+    return (c.protocol, _ai(c.caddr), c.cport, _ai(c.vaddr), c.vport, _ai(c.daddr), c.dport, c.fwmark,
+            c.is_template)
+
+
+def _fill_entries(entries: object, updates: Iterable[Update]) -> int:
+    add = entries.add  # type: ignore[attr-defined]
+    n = 0
+    for u in updates:
+        _fill_entry(add(), u)
+        n += 1
+    return n
+
+
+def _header(epoch: int, incarnation: int) -> pb.SyncMessage:
+    return pb.SyncMessage(version=PROTOCOL_VERSION, epoch=epoch, incarnation=incarnation)
+
+
+def encode_batch(epoch: int, incarnation: int, seq: int, first_event_ns: int,
+                 updates: Iterable[Update]) -> bytes:
+    m = _header(epoch, incarnation)
+    m.batch.seq = seq
+    m.batch.first_event_unix_ns = first_event_ns
+    _fill_entries(m.batch.entries, updates)
+    return m.SerializeToString()
+
+
+def encode_snapshot_begin(epoch: int, incarnation: int, after_seq: int, entries_estimate: int) -> bytes:
+    m = _header(epoch, incarnation)
+    m.snapshot_begin.after_seq = after_seq
+    m.snapshot_begin.entries_estimate = entries_estimate
+    return m.SerializeToString()
+
+
+def encode_snapshot_chunk(epoch: int, incarnation: int, index: int, updates: Iterable[Update]) -> bytes:
+    m = _header(epoch, incarnation)
+    m.snapshot_chunk.index = index
+    _fill_entries(m.snapshot_chunk.entries, updates)
+    return m.SerializeToString()
+
+
+def encode_snapshot_end(epoch: int, incarnation: int, chunks: int, entries: int) -> bytes:
+    m = _header(epoch, incarnation)
+    m.snapshot_end.chunks = chunks
+    m.snapshot_end.entries = entries
+    return m.SerializeToString()
+
+
+def encode_heartbeat(epoch: int, incarnation: int, last_seq: int, head_seq: int, sent_ns: int) -> bytes:
+    m = _header(epoch, incarnation)
+    hb = m.heartbeat
+    hb.last_seq, hb.head_seq, hb.sent_unix_ns = last_seq, head_seq, sent_ns
+    return m.SerializeToString()
+
+
+def _conn_key(e: pb.ConnEntry) -> ConnKey:
+    return (e.protocol, _ai(e.caddr), e.cport, _ai(e.vaddr), e.vport, _ai(e.daddr), e.dport, e.fwmark,
+            bool(e.flags & _TEMPLATE))
+
+
+def _decode_entry(e: pb.ConnEntry) -> Update:
+    try:
+        kind = SyncKind(e.kind)
+    except ValueError:
+        raise ProtocolError(f"unknown update kind {e.kind}") from None
+    key = _conn_key(e)
+    flags = e.flags & ~_LOCAL
+    if kind == SyncKind.EXPIRE:
+        return Update(kind, key, flags)
+    if kind == SyncKind.REFRESH:
+        return Update(kind, key, flags, timeout=e.timeout_ms / 1000.0, remaining=e.remaining_ms / 1000.0)
+    dest_key: DestKey | None = None
+    if e.HasField("dest"):
+        d = e.dest
+        dest_key = (d.protocol, _ai(d.vaddr), d.vport, d.fwmark, _ai(d.daddr), d.dport)
+    control_key = _ref_key(e.control) if e.HasField("control") else None
+    old_key = _ref_key(e.old_key) if e.HasField("old_key") else None
+    return Update(kind, key, flags, e.state, e.timeout_ms / 1000.0, e.remaining_ms / 1000.0,
+                  dest_key, control_key, e.in_pkts, old_key)
+
+
+def _decode_entries(entries: Iterable[pb.ConnEntry]) -> list[Update]:
+    return [_decode_entry(e) for e in entries]
+
+
+def decode_sync_message(data: bytes) -> SyncMsg:
+    """Parse one SyncMessage; raises ProtocolError on garbage, unknown version or empty body."""
+    try:
+        m = pb.SyncMessage.FromString(data)
+    except (DecodeError, ValueError) as exc:
+        raise ProtocolError(f"undecodable sync message ({len(data)} bytes): {exc}") from None
+    if m.version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unknown sync protocol version {m.version}")
+    body = m.WhichOneof("body")
+    ep, inc = m.epoch, m.incarnation
+    if body == "batch":
+        b = m.batch
+        return BatchMsg(ep, inc, b.seq, b.first_event_unix_ns, _decode_entries(b.entries))
+    if body == "snapshot_begin":
+        return SnapshotBeginMsg(ep, inc, m.snapshot_begin.after_seq, m.snapshot_begin.entries_estimate)
+    if body == "snapshot_chunk":
+        return SnapshotChunkMsg(ep, inc, m.snapshot_chunk.index, _decode_entries(m.snapshot_chunk.entries))
+    if body == "snapshot_end":
+        return SnapshotEndMsg(ep, inc, m.snapshot_end.chunks, m.snapshot_end.entries)
+    if body == "heartbeat":
+        hb = m.heartbeat
+        return HeartbeatMsg(ep, inc, hb.last_seq, hb.head_seq, hb.sent_unix_ns)
+    raise ProtocolError("sync message without a body")
+
+
+def encode_hello(hello: FollowHello) -> bytes:
+    m = pb.FollowerMessage()
+    h = m.hello
+    h.version, h.node_id, h.last_applied_seq = hello.version, hello.node_id, hello.last_applied_seq
+    h.epoch_seen, h.incarnation = hello.epoch_seen, hello.incarnation
+    return m.SerializeToString()
+
+
+def encode_ack(ack: AckMsg) -> bytes:
+    m = pb.FollowerMessage()
+    m.ack.applied_seq = ack.applied_seq
+    m.ack.in_sync = ack.in_sync
+    return m.SerializeToString()
+
+
+def decode_follower_message(data: bytes) -> FollowHello | AckMsg:
+    """Parse a follower's message; hello versions are checked by the server (to answer with a status)."""
+    try:
+        m = pb.FollowerMessage.FromString(data)
+    except (DecodeError, ValueError) as exc:
+        raise ProtocolError(f"undecodable follower message ({len(data)} bytes): {exc}") from None
+    body = m.WhichOneof("body")
+    if body == "hello":
+        h = m.hello
+        return FollowHello(h.node_id, h.last_applied_seq, h.epoch_seen, h.incarnation, h.version)
+    if body == "ack":
+        return AckMsg(m.ack.applied_seq, m.ack.in_sync)
+    raise ProtocolError("follower message without a body")
+
+
+def identity(data: bytes) -> bytes:
+    """Serializer for pre-encoded messages (gRPC method handlers move bytes; this module parses)."""
+    return data
+
+
+__all__ = [
+    "decode_follower_message", "decode_sync_message", "encode_ack", "encode_batch", "encode_heartbeat",
+    "encode_hello", "encode_snapshot_begin", "encode_snapshot_chunk", "encode_snapshot_end", "identity",
+]

@@ -1,0 +1,344 @@
+"""Master side: table events -> coalesced, numbered batches in a retention ring; refreshes.
+
+Theory of operation
+-------------------
+The conn table pushes events into its bounded ``EventFeed`` and calls ``on_ready`` on the first
+event after the feed was empty. That hook (cheap, called from the packet path) arms one timer of
+``batch_window`` seconds; when it fires ``cut_batch`` drains the feed, keeps only the latest state
+per entry (``policy.coalesce_kind``), filters with ``SyncPolicy.should_sync``, and encodes the result
+once into ``max_batch``-sized batch messages with seq = previous + 1. Encoded batches go into a
+retention ring (bounded by batch count and update count) shared by every follower session: a
+session is just a cursor into the ring, so a slow follower costs nothing but ring space, never
+blocks the packet path or the other followers, and when it falls out of the ring (or more than
+``follower_max_lag`` batches behind) it is switched to a snapshot (see session.py).
+
+A refresh task looks at ``RefreshTracker`` every ``refresh_interval`` seconds (real time; the
+deadlines themselves are on the table's clock) and emits REFRESH updates for entries whose backup
+copy is about to expire while the master's entry lives on.
+
+Sequence numbers belong to an *incarnation* (random, new on every ``start()``): a follower may
+resume only within the same incarnation. Changing the epoch starts a new incarnation too, so every
+message of an incarnation carries the same epoch and followers can check epochs monotonically.
+If the event feed overflows, events were lost: every follower is sent a new snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from director.types import Clock
+from syncd.convert import encode_batch
+from syncd.model import ConnKey, SyncKind, TableLike, Update, update_from_conn, update_from_snap
+from syncd.policy import RefreshTracker, SyncPolicy, coalesce_kind
+
+if TYPE_CHECKING:
+    from syncd.session import FollowerSession
+
+log = logging.getLogger(__name__)
+
+_Pending = list[Any]
+"""[first kind, last kind, last ConnSnapshot, key the backups know it by (if re-keyed) or None]."""
+
+
+@dataclass
+class MasterConfig:
+    batch_window: float = 0.005
+    """Seconds events are collected (and coalesced per entry) before a batch is cut."""
+    max_batch: int = 2048
+    """Updates per batch message (bigger windows are split into several batches)."""
+    retention_batches: int = 65536
+    retention_updates: int = 2_000_000
+    follower_max_lag: int = 16384
+    """Batches a follower may be behind (its queue bound) before it is switched to a snapshot."""
+    snapshot_chunk: int = 1024
+    heartbeat_interval: float = 1.0
+    refresh_interval: float = 0.05
+    policy: SyncPolicy = field(default_factory=SyncPolicy)
+
+
+class RingEntry:
+    __slots__ = ("seq", "data", "n", "created")
+
+    def __init__(self, seq: int, data: bytes, n: int, created: float) -> None:
+        self.seq = seq
+        self.data = data
+        self.n = n
+        self.created = created
+
+
+class SyncMaster:
+    """Turns one table's event feed into numbered batches; owns the follower sessions."""
+
+    def __init__(self, table: TableLike, clock: Clock, epoch: int = 0,
+                 cfg: MasterConfig | None = None) -> None:
+        self.table = table
+        self.clock = clock
+        self.cfg = cfg or MasterConfig()
+        self.epoch = epoch
+        self.incarnation = 0
+        self.head_seq = 0
+        self.ring: deque[RingEntry] = deque()
+        self._ring_updates = 0
+        self.tracker = RefreshTracker(self.cfg.policy)
+        self.sessions: set[FollowerSession] = set()
+        self.running = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._first_ns = 0
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._ack_waiters: list[Callable[[], None]] = []
+        self.stats = {"batches": 0, "updates": 0, "refreshes": 0, "coalesced": 0, "feed_overflows": 0,
+                      "snapshots": 0}
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin a new incarnation: consume the feed from now on (earlier events are unknown)."""
+        if self.running:
+            return
+        self._new_incarnation()
+        feed = self.table.events
+        feed.drain(1 << 30)
+        feed.clear_overflow()
+        feed.on_ready = self._on_ready
+        feed.enabled = True
+        self.running = True
+        self._refresh_task = asyncio.get_running_loop().create_task(self._refresh_loop())
+        log.info("sync master started: epoch %d incarnation %x", self.epoch, self.incarnation)
+
+    def stop(self) -> None:
+        if not self.running:
+            return
+        self.running = False
+        feed = self.table.events
+        feed.on_ready = None
+        feed.enabled = False
+        feed.drain(1 << 30)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+            self._refresh_task = None
+        for s in list(self.sessions):
+            s.close("master stopped", "stopped")
+        log.info("sync master stopped at seq %d", self.head_seq)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch == self.epoch:
+            return
+        log.info("sync epoch %d -> %d: new incarnation, followers resnapshot", self.epoch, epoch)
+        self.epoch = epoch
+        if self.running:
+            self._new_incarnation()
+            for s in self.sessions:
+                s.request_snapshot("epoch changed")
+
+    def _new_incarnation(self) -> None:
+        self.incarnation = random.getrandbits(63) | 1
+        self.head_seq = 0
+        self.ring.clear()
+        self._ring_updates = 0
+        self.tracker.clear()
+
+    # --- batching --------------------------------------------------------------------------------
+
+    def _on_ready(self) -> None:
+        if self._timer is None and self.running:
+            self._first_ns = time.time_ns()
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.cfg.batch_window, self._window_closed)
+
+    def _window_closed(self) -> None:
+        self._timer = None
+        try:
+            self.cut_batch()
+        except Exception:  # a bug here must not kill the loop's timer machinery
+            log.exception("cutting a sync batch failed")
+
+    def cut_batch(self) -> int:
+        """Drain the feed now and emit its coalesced updates; returns the number of updates sent."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        first_ns = self._first_ns or time.time_ns()
+        self._first_ns = 0
+        pending = self._drain()
+        feed = self.table.events
+        if feed.overflowed:
+            feed.clear_overflow()
+            self.stats["feed_overflows"] += 1
+            log.warning("conn event feed overflowed: every follower gets a snapshot")
+            for s in self.sessions:
+                s.request_snapshot("event feed overflow")
+        updates = self._updates(pending)
+        self.emit(updates, first_ns)
+        return len(updates)
+
+    def _drain(self) -> dict[ConnKey, _Pending]:
+        """Events of the window, per key: [first kind, last kind, last snapshot, key known to backups]."""
+        pending: dict[ConnKey, _Pending] = {}
+        drain = self.table.events.drain
+        n = 0
+        while True:
+            events = drain(8192)
+            if not events:
+                break
+            n += len(events)
+            for ev in events:
+                snap = ev.snap
+                p = pending.get(snap.key)
+                old_key = getattr(ev, "old_key", None)
+                if old_key is not None and old_key != snap.key:
+                    p = self._rekeyed(pending, old_key, snap.key)
+                if p is None:
+                    pending[snap.key] = [ev.kind, ev.kind, snap, None]
+                else:
+                    p[1] = ev.kind
+                    p[2] = snap
+        self.stats["coalesced"] += n - len(pending)
+        return pending
+
+    @staticmethod
+    def _rekeyed(pending: dict[ConnKey, _Pending], old_key: ConnKey, new_key: ConnKey) -> _Pending:
+        """An entry changed key: carry its window history over, remembering the key backups know."""
+        prev = pending.pop(old_key, None)
+        if prev is None:
+            p: _Pending = [SyncKind.UPDATE, SyncKind.UPDATE, None, old_key]
+        elif prev[0] == SyncKind.NEW:
+            p = [SyncKind.NEW, SyncKind.NEW, None, None]  # backups never saw the old key
+        else:
+            p = [prev[0], prev[1], None, prev[3] if prev[3] is not None else old_key]
+        pending[new_key] = p
+        return p
+
+    def _updates(self, pending: dict[ConnKey, _Pending]) -> list[Update]:
+        now = self.clock()
+        policy, tracker = self.cfg.policy, self.tracker
+        out: list[Update] = []
+        for key, (first, last, snap, old_key) in pending.items():
+            kind = coalesce_kind(SyncKind(first), SyncKind(last))
+            if kind is None:
+                continue
+            if kind == SyncKind.EXPIRE:
+                tracker.forget(key)
+                out.append(Update(SyncKind.EXPIRE, key if old_key is None else old_key))
+                continue
+            assert snap is not None
+            if old_key is not None:
+                tracker.forget(old_key)
+            if not policy.should_sync(snap):
+                continue
+            out.append(update_from_snap(kind, snap, now, old_key))
+            tracker.sent(key, snap.expires, snap.timeout)
+        return out
+
+    def emit(self, updates: list[Update], first_ns: int) -> None:
+        """Append `updates` to the stream as one or more batches and wake the followers."""
+        if not updates:
+            return
+        step = self.cfg.max_batch
+        created = time.monotonic()
+        for i in range(0, len(updates), step):
+            part = updates[i:i + step]
+            self.head_seq += 1
+            data = encode_batch(self.epoch, self.incarnation, self.head_seq, first_ns, part)
+            self.ring.append(RingEntry(self.head_seq, data, len(part), created))
+            self._ring_updates += len(part)
+            self.stats["batches"] += 1
+            self.stats["updates"] += len(part)
+        self._trim_ring()
+        for s in self.sessions:
+            s.wake()
+
+    def _trim_ring(self) -> None:
+        ring, cfg = self.ring, self.cfg
+        while len(ring) > cfg.retention_batches or (
+                self._ring_updates > cfg.retention_updates and len(ring) > 1):
+            self._ring_updates -= ring.popleft().n
+
+    def batches_after(self, seq: int, limit: int) -> list[RingEntry] | None:
+        """Up to `limit` retained batches with seq > `seq`; None if seq+1 is no longer retained."""
+        if seq >= self.head_seq:
+            return [] if seq == self.head_seq else None
+        ring = self.ring
+        if not ring or ring[0].seq > seq + 1:
+            return None
+        start = seq + 1 - ring[0].seq
+        return [ring[i] for i in range(start, min(len(ring), start + limit))]
+
+    def retained(self, seq: int) -> bool:
+        return self.batches_after(seq, 0) is not None
+
+    # --- refresh ---------------------------------------------------------------------------------
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.refresh_interval)
+            try:
+                self.run_refresh()
+            except Exception:
+                log.exception("sync refresh pass failed")
+
+    def run_refresh(self) -> int:
+        """Send REFRESH for entries whose backup copy is about to expire before the master's."""
+        now = self.clock()
+        tracker, table = self.tracker, self.table
+        out: list[Update] = []
+        for key, deadline in tracker.due(now):
+            conn = table.get(key)
+            if conn is None:
+                continue  # its EXPIRE is (or was) in the stream
+            if conn.expires > deadline + 1e-3:
+                out.append(Update(SyncKind.REFRESH, key, conn.flags, timeout=conn.timeout,
+                                  remaining=conn.expires - now))
+                tracker.sent(key, conn.expires, conn.timeout)
+            else:  # not longer-lived (yet): look again soon, its timer may be re-armed
+                tracker.recheck(key, deadline, max(deadline, now + self.cfg.policy.refresh_min_margin / 2))
+        self.stats["refreshes"] += len(out)
+        self.emit(out, time.time_ns())
+        return len(out)
+
+    # --- snapshots and acks ----------------------------------------------------------------------
+
+    def snapshot_update(self, conn: Any, now: float) -> Update | None:
+        """The NEW update a snapshot chunk carries for a live entry (None if gone or filtered)."""
+        key = conn.key
+        if self.table.get(key) is not conn:
+            return None
+        if not self.cfg.policy.should_sync(conn):
+            return None
+        u = update_from_conn(SyncKind.NEW, conn, now)
+        self.tracker.ensure(key, u.remaining + now, u.timeout)
+        return u
+
+    def acked(self) -> None:
+        waiters, self._ack_waiters = self._ack_waiters, []
+        for w in waiters:
+            w()
+
+    async def flush(self, timeout: float = 5.0) -> bool:
+        """Cut pending events now and wait until every follower applied them; False on timeout."""
+        if self.running:
+            self.cut_batch()
+        target = self.head_seq
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(s.acked_seq < target or s.incarnation_acked != self.incarnation
+                  for s in self.sessions if not s.closed):
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            fut: asyncio.Future[None] = loop.create_future()
+            self._ack_waiters.append(lambda f=fut: f.done() or f.set_result(None))  # type: ignore[misc]
+            try:
+                await asyncio.wait_for(fut, left)
+            except TimeoutError:
+                return False
+        return True

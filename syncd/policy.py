@@ -1,0 +1,160 @@
+"""What to sync and when (pure: no I/O, no clock reads; times are passed in).
+
+Theory of operation
+-------------------
+``SyncPolicy`` holds the knobs and ``should_sync(snap)`` is the IPVS-style predicate "is this entry
+worth sending?" (complete sync by default; optionally skip half-open TCP entries like IPVS does).
+
+``coalesce`` merges the events of one batch window per entry: only the latest state of an entry is
+sent, and an entry both created and removed inside the window is not sent at all.
+
+``RefreshTracker`` is the answer to IPVS's sync_threshold/refresh_period: for every entry the
+backups hold it remembers when their copy would expire (the master-clock deadline that was sent).
+``due(now)`` yields the entries whose backup copy enters the refresh margin; the master then sends a
+REFRESH with the remaining time if (and only if) its own entry lives longer. An entry kept alive by
+traffic (``ConnTable.refresh`` emits no event) or a template held by its children therefore never
+expires on a backup first. A heap with lazy invalidation keeps it O(log n) per sent entry.
+
+``TokenBucket`` is the rate limit used for Follow attempts and acks.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from syncd.model import ConnKey, SyncKind
+
+TCP = 6
+TCP_SYN_RECV = 3
+TCP_SYNACK = 10
+
+
+class SnapLike(Protocol):
+    """The fields of director.conn.ConnSnapshot the policy reads."""
+
+    @property
+    def key(self) -> ConnKey: ...
+    @property
+    def state(self) -> int: ...
+    @property
+    def timeout(self) -> float: ...
+    @property
+    def expires(self) -> float: ...
+
+
+@dataclass
+class SyncPolicy:
+    sync_syn_recv: bool = True
+    """Send half-open TCP entries (SYN_RECV / SYNACK). IPVS never does; complete sync does."""
+    sync_templates: bool = True
+    refresh_margin: float = 2.0
+    """Refresh a backup's copy when it would expire within this many seconds (capped at half the
+    entry's timeout so short-lived entries are not refreshed continuously)."""
+    refresh_min_margin: float = 0.25
+    """Lower bound of the per-entry margin (must exceed batch window + lag)."""
+
+    def should_sync(self, snap: SnapLike) -> bool:
+        key = snap.key
+        if key[8]:
+            return self.sync_templates
+        if key[0] == TCP and snap.state in (TCP_SYN_RECV, TCP_SYNACK):
+            return self.sync_syn_recv
+        return True
+
+    def margin(self, timeout: float) -> float:
+        return max(self.refresh_min_margin, min(self.refresh_margin, timeout * 0.5))
+
+
+def coalesce_kind(first: SyncKind, last: SyncKind) -> SyncKind | None:
+    """Kind to send for an entry whose first event in a window was `first` and last was `last`.
+
+    None = send nothing (created and removed within the window).
+    """
+    if last == SyncKind.EXPIRE:
+        return None if first == SyncKind.NEW else SyncKind.EXPIRE
+    if first == SyncKind.NEW:
+        return SyncKind.NEW
+    return last
+
+
+class RefreshTracker:
+    """Backup-copy deadlines (master clock) of every entry sent, ordered by when to look at them."""
+
+    def __init__(self, policy: SyncPolicy) -> None:
+        self.policy = policy
+        self._deadline: dict[ConnKey, float] = {}
+        self._heap: list[tuple[float, float, ConnKey]] = []
+
+    def __len__(self) -> int:
+        return len(self._deadline)
+
+    def sent(self, key: ConnKey, deadline: float, timeout: float) -> None:
+        """The backups were told `key` expires at `deadline` (master clock)."""
+        self._deadline[key] = deadline
+        heapq.heappush(self._heap, (deadline - self.policy.margin(timeout), deadline, key))
+
+    def ensure(self, key: ConnKey, deadline: float, timeout: float) -> None:
+        """Track `key` if it is not tracked yet (a snapshot sent it; batches may have sent it earlier)."""
+        if key not in self._deadline:
+            self.sent(key, deadline, timeout)
+
+    def recheck(self, key: ConnKey, deadline: float, at: float) -> None:
+        """Look at `key` again at `at` (its backup deadline is unchanged)."""
+        self._deadline[key] = deadline
+        heapq.heappush(self._heap, (at, deadline, key))
+
+    def forget(self, key: ConnKey) -> None:
+        self._deadline.pop(key, None)
+
+    def clear(self) -> None:
+        self._deadline.clear()
+        self._heap.clear()
+
+    def next_due(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def due(self, now: float, limit: int = 65536) -> list[tuple[ConnKey, float]]:
+        """Pop entries whose backup copy enters its margin by `now`: [(key, deadline sent)]."""
+        out: list[tuple[ConnKey, float]] = []
+        heap, deadlines = self._heap, self._deadline
+        while heap and heap[0][0] <= now and len(out) < limit:
+            _, deadline, key = heapq.heappop(heap)
+            if deadlines.get(key) == deadline:
+                del deadlines[key]
+                out.append((key, deadline))
+        if len(heap) > 4 * len(deadlines) + 1024:
+            self._compact()
+        return out
+
+    def _compact(self) -> None:
+        live = [(d - m, d, k) for (_, d, k), m in self._live_margins()]
+        heapq.heapify(live)
+        self._heap = live
+
+    def _live_margins(self) -> Iterable[tuple[tuple[float, float, ConnKey], float]]:
+        deadlines = self._deadline
+        for item in self._heap:
+            if deadlines.get(item[2]) == item[1]:
+                yield item, item[1] - item[0]
+
+
+class TokenBucket:
+    """`rate` tokens per second, at most `burst` saved; take() is False when empty."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._t: float | None = None
+
+    def take(self, now: float, n: float = 1.0) -> bool:
+        if self._t is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._t) * self.rate)
+        self._t = now
+        if self._tokens >= n:
+            self._tokens -= n
+            return True
+        return False

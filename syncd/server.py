@@ -1,0 +1,257 @@
+"""The sync service over gRPC (grpc.aio): Follow streams, acks, serving state, limits, status.
+
+Theory of operation
+-------------------
+``create_sync_server`` builds a ``grpc.aio`` server (TLS/mTLS when given files) with one
+generic handler for ``lbd.sync.v1.Sync/Follow`` whose (de)serializers move raw bytes: batches are
+encoded once by the master and written as-is to every follower, and parsing happens in convert.py
+where garbage is caught and answered with a status instead of an exception in gRPC internals.
+
+Every node runs the server; only the master serves: ``start_serving()`` starts a new master
+incarnation on the table's event feed, ``stop_serving()`` ends it and closes every stream
+(UNAVAILABLE); a backup answers Follow with FAILED_PRECONDITION. Follow attempts are rate-limited
+(token bucket, RESOURCE_EXHAUSTED), followers are capped, follower messages are capped in size
+(gRPC limit) and acks are rate-limited per stream. A follower's first message must be a hello of a
+known version (else INVALID_ARGUMENT / FAILED_PRECONDITION); later messages are acks.
+
+Status codes: FAILED_PRECONDITION = not master or unknown version; INVALID_ARGUMENT = undecodable
+or out-of-order follower message; RESOURCE_EXHAUSTED = limits; UNAVAILABLE = master stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import grpc
+
+from director.service import ServiceTable
+from director.types import Clock
+from syncd.convert import decode_follower_message, identity
+from syncd.master import MasterConfig, SyncMaster
+from syncd.model import PROTOCOL_VERSION, AckMsg, FollowHello, LogLimiter, ProtocolError, TableLike
+from syncd.policy import TokenBucket
+from syncd.session import FollowerSession
+from syncd.tls import TlsFilesLike, server_credentials
+
+log = logging.getLogger(__name__)
+
+SERVICE = "lbd.sync.v1.Sync"
+FOLLOW_METHOD = f"/{SERVICE}/Follow"
+
+
+@dataclass
+class ServerConfig:
+    max_send_message: int = 16 << 20
+    max_follower_message: int = 64 << 10
+    follow_rate: float = 10.0
+    """Follow attempts per second (all peers), with `follow_burst` saved."""
+    follow_burst: float = 20.0
+    max_followers: int = 64
+    ack_rate: float = 5000.0
+    ack_burst: float = 10000.0
+    hello_timeout: float = 10.0
+    master: MasterConfig = field(default_factory=MasterConfig)
+
+
+class FollowerStatus(NamedTuple):
+    node_id: str
+    peer: str
+    state: str
+    """"snapshot" while a snapshot is being sent, else "live"."""
+    in_sync: bool
+    sent_seq: int
+    acked_seq: int
+    lag_seqs: int
+    lag_ms: float
+    snapshots: int
+    connected_at: float
+
+
+class SyncServer:
+    """One node's sync endpoint; master role toggled with start_serving / stop_serving."""
+
+    def __init__(self, table: TableLike, services: ServiceTable | None = None, epoch: int = 0, *,
+                 clock: Clock | None = None, cfg: ServerConfig | None = None) -> None:
+        self.cfg = cfg or ServerConfig()
+        self.table = table
+        self.services = services
+        clk: Clock = clock or getattr(table, "clock", None) or table._clock  # type: ignore[attr-defined]
+        self.master = SyncMaster(table, clk, epoch, self.cfg.master)
+        self.grpc_server: Any = None
+        self.port = 0
+        self._follow_rate = TokenBucket(self.cfg.follow_rate, self.cfg.follow_burst)
+        self._logs = LogLimiter()
+        self.refused: dict[str, int] = {}
+
+    # --- role ------------------------------------------------------------------------------------
+
+    @property
+    def serving(self) -> bool:
+        return self.master.running
+
+    @property
+    def epoch(self) -> int:
+        return self.master.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.master.set_epoch(epoch)
+
+    def start_serving(self) -> None:
+        """Become the sync master (call from the loop; the table's events are consumed from now)."""
+        self.master.start()
+
+    def stop_serving(self) -> None:
+        """Stop being master: close every follower stream, stop consuming the table's events."""
+        self.master.stop()
+
+    async def flush(self, timeout: float = 5.0) -> bool:
+        """Send what is pending now and wait until every follower acked it (graceful handover)."""
+        return await self.master.flush(timeout)
+
+    def followers(self) -> list[FollowerStatus]:
+        head = self.master.head_seq
+        out = []
+        for s in self.master.sessions:
+            out.append(FollowerStatus(
+                s.node_id, s.peer, "snapshot" if s.in_snapshot or s.needs_snapshot else "live", s.in_sync,
+                s.sent_seq, s.acked_seq, max(0, head - s.acked_seq), s.lag_seconds() * 1000.0, s.snapshots,
+                s.connected_at))
+        return sorted(out, key=lambda f: f.node_id)
+
+    async def stop(self, grace: float | None = 0.5) -> None:
+        self.stop_serving()
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace)
+
+    # --- gRPC ------------------------------------------------------------------------------------
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        follow = grpc.stream_stream_rpc_method_handler(
+            self._follow, request_deserializer=identity, response_serializer=identity)
+        return grpc.method_handlers_generic_handler(SERVICE, {"Follow": follow})
+
+    def _refuse(self, what: str, peer: str, detail: str) -> None:
+        self.refused[what] = self.refused.get(what, 0) + 1
+        if self._logs.should_log(what):
+            log.warning("sync: refused %s from %s: %s (#%d)", what, peer, detail, self.refused[what])
+
+    async def _follow(self, request_iterator: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        peer = context.peer()
+        if not self.master.running:
+            self._refuse("not_master", peer, "this node is not the sync master")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not the sync master")
+        if not self._follow_rate.take(time.monotonic()):
+            self._refuse("follow_rate", peer, "Follow rate limit")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "Follow rate limit exceeded")
+        if len(self.master.sessions) >= self.cfg.max_followers:
+            self._refuse("max_followers", peer, "too many followers")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many followers")
+        hello = await self._hello(request_iterator, context, peer)
+        session = FollowerSession(self.master, hello, peer)
+        self.master.sessions.add(session)
+        reader = asyncio.get_running_loop().create_task(self._read_acks(request_iterator, session))
+        try:
+            async for data in session.stream():
+                yield data
+        finally:
+            reader.cancel()
+            self.master.sessions.discard(session)
+            self.master.acked()
+        log.info("follower %s (%s) stream ended: %s", session.node_id, peer, session.close_reason)
+        code = _CLOSE_CODES.get(session.close_kind, grpc.StatusCode.UNAVAILABLE)
+        await context.abort(code, session.close_reason)
+
+    async def _hello(self, request_iterator: AsyncIterator[bytes], context: Any, peer: str) -> FollowHello:
+        try:
+            data = await asyncio.wait_for(anext(request_iterator), self.cfg.hello_timeout)
+            msg = decode_follower_message(data)
+        except (StopAsyncIteration, TimeoutError):
+            self._refuse("no_hello", peer, "no hello")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected a hello")
+            raise AssertionError("unreachable") from None
+        except ProtocolError as exc:
+            self._refuse("garbage", peer, str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise AssertionError("unreachable") from None
+        if not isinstance(msg, FollowHello):
+            self._refuse("no_hello", peer, "first message is not a hello")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first message must be a hello")
+            raise AssertionError("unreachable")
+        if msg.version != PROTOCOL_VERSION:
+            self._refuse("version", peer, f"version {msg.version}")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"unsupported sync version {msg.version} (speaking {PROTOCOL_VERSION})")
+        if not msg.node_id or len(msg.node_id) > 256:
+            self._refuse("bad_hello", peer, "node id")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id must be 1..256 characters")
+        return msg
+
+    async def _read_acks(self, request_iterator: AsyncIterator[bytes], session: FollowerSession) -> None:
+        bucket = TokenBucket(self.cfg.ack_rate, self.cfg.ack_burst)
+        try:
+            async for data in request_iterator:
+                try:
+                    msg = decode_follower_message(data)
+                except ProtocolError as exc:
+                    self._refuse("garbage", session.peer, str(exc))
+                    session.close(f"undecodable follower message: {exc}", "bad_input")
+                    return
+                if not isinstance(msg, AckMsg):
+                    self._refuse("bad_ack", session.peer, "hello after hello")
+                    session.close("unexpected hello", "bad_input")
+                    return
+                if not bucket.take(time.monotonic()):
+                    self._refuse("ack_rate", session.peer, "ack rate limit")
+                    session.close("ack rate limit exceeded", "rate")
+                    return
+                session.on_ack(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the follower went away (stream reset, cancelled)
+            log.debug("follower %s ack stream: %s", session.node_id, exc)
+        session.close("follower closed its stream", "gone")
+
+
+_CLOSE_CODES = {
+    "bad_input": grpc.StatusCode.INVALID_ARGUMENT,
+    "rate": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "stopped": grpc.StatusCode.UNAVAILABLE,
+    "gone": grpc.StatusCode.CANCELLED,
+}
+
+
+def server_options(cfg: ServerConfig) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", cfg.max_follower_message),
+        ("grpc.max_send_message_length", cfg.max_send_message),
+        ("grpc.max_concurrent_streams", cfg.max_followers + 8),
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+async def create_sync_server(addr: str, table: TableLike, services: ServiceTable | None = None,
+                             epoch: int = 0, tls: TlsFilesLike | None = None, *, clock: Clock | None = None,
+                             cfg: ServerConfig | None = None) -> tuple[SyncServer, int]:
+    """Build and start the gRPC server on `addr` ("host:port", port 0 = any); not serving yet."""
+    sync = SyncServer(table, services, epoch, clock=clock, cfg=cfg)
+    server = grpc.aio.server(options=server_options(sync.cfg))
+    server.add_generic_rpc_handlers((sync.handler(),))
+    if tls is not None:
+        port = server.add_secure_port(addr, server_credentials(tls))
+    else:
+        port = server.add_insecure_port(addr)
+    if port == 0:
+        raise OSError(f"cannot listen on {addr}")
+    await server.start()
+    sync.grpc_server = server
+    sync.port = port
+    log.info("sync server on %s (port %d, %s)", addr, port, "mTLS" if tls is not None else "plaintext")
+    return sync, port

@@ -1,0 +1,190 @@
+"""One follower's stream on the master: resume from the ring, or snapshot interleaved with live batches.
+
+Theory of operation
+-------------------
+A session is a cursor (``sent_seq``) into the master's retention ring plus the follower's last ack.
+``stream()`` is an async generator of encoded SyncMessages that the gRPC layer writes out:
+
+* live: every retained batch after ``sent_seq``; when idle, a heartbeat each heartbeat interval;
+* snapshot (first follow, resume impossible, queue overflow, feed overflow, epoch change):
+  ``snapshot_begin{after_seq = head}``, then the table in chunks of ``snapshot_chunk`` entries, each
+  chunk read from the live table right before it is sent and preceded by the live batches that
+  appeared meanwhile (so chunks are never older than what was sent before them), then
+  ``snapshot_end``. The entry list is taken once at the start (a list of references, cheap) and
+  walked in slices with a yield to the loop between chunks: the packet path never pauses for it.
+  Entries removed meanwhile are skipped; entries created meanwhile come through the live batches.
+
+Being slow is never the master's problem: the generator only advances when gRPC took the previous
+message. If the follower falls more than ``follower_max_lag`` batches behind, or out of the ring,
+the session restarts with a snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from syncd.convert import encode_heartbeat, encode_snapshot_begin, encode_snapshot_chunk, encode_snapshot_end
+from syncd.master import SyncMaster
+from syncd.model import AckMsg, FollowHello, Update
+
+log = logging.getLogger(__name__)
+
+_LIVE_SLICE = 64
+
+
+class FollowerSession:
+    """State of one connected follower (also what the admin API lists)."""
+
+    def __init__(self, master: SyncMaster, hello: FollowHello, peer: str) -> None:
+        self.master = master
+        self.node_id = hello.node_id
+        self.peer = peer
+        self.connected_at = time.time()
+        self.sent_seq = hello.last_applied_seq
+        self.acked_seq = hello.last_applied_seq
+        self.incarnation_acked = hello.incarnation
+        self.in_sync = False
+        self.snapshots = 0
+        self.closed = False
+        self.close_reason = ""
+        self.close_kind = ""
+        self.snapshot_reason = ""
+        self.in_snapshot = False
+        self._wake = asyncio.Event()
+        resumable = (hello.incarnation == master.incarnation and hello.epoch_seen == master.epoch
+                     and master.retained(hello.last_applied_seq))
+        self.needs_snapshot = not resumable
+        if not resumable:
+            self.snapshot_reason = "first follow" if hello.incarnation == 0 else "resume point not retained"
+        log.info("follower %s (%s) from seq %d: %s", self.node_id, peer, hello.last_applied_seq,
+                 "resume" if resumable else f"snapshot ({self.snapshot_reason})")
+
+    # --- control ---------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def close(self, reason: str, kind: str = "stopped") -> None:
+        """End the stream; `kind` (stopped, bad_input, rate, gone) picks the status the server returns."""
+        if not self.closed:
+            self.closed = True
+            self.close_reason = reason
+            self.close_kind = kind
+            self._wake.set()
+
+    def request_snapshot(self, reason: str) -> None:
+        self.needs_snapshot = True
+        self.snapshot_reason = reason
+        self._wake.set()
+
+    def on_ack(self, ack: AckMsg) -> None:
+        if ack.applied_seq > self.sent_seq:
+            log.warning("follower %s acked seq %d beyond sent %d: ignored", self.node_id, ack.applied_seq,
+                        self.sent_seq)
+            return
+        self.acked_seq = ack.applied_seq
+        self.in_sync = ack.in_sync
+        if ack.in_sync:
+            self.incarnation_acked = self.master.incarnation
+        self.master.acked()
+
+    def lag_seconds(self) -> float:
+        """Age of the oldest batch the follower has not acknowledged (0 when caught up)."""
+        if self.acked_seq >= self.master.head_seq:
+            return 0.0
+        entries = self.master.batches_after(self.acked_seq, 1)
+        if not entries:
+            return 0.0
+        return max(0.0, time.monotonic() - entries[0].created)
+
+    # --- the stream ------------------------------------------------------------------------------
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        m = self.master
+        hb = m.cfg.heartbeat_interval
+        while not self.closed:
+            if self.needs_snapshot:
+                async for data in self._snapshot():
+                    yield data
+                continue
+            sent = False
+            for data in self._live():
+                yield data
+                sent = True
+            if sent or self.needs_snapshot or self.closed:
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), hb)
+            except TimeoutError:
+                yield encode_heartbeat(m.epoch, m.incarnation, self.sent_seq, m.head_seq, time.time_ns())
+
+    def _live(self) -> list[bytes]:
+        """Next retained batches for this follower, or [] and a snapshot request if it fell behind."""
+        m = self.master
+        if m.head_seq - self.sent_seq > m.cfg.follower_max_lag:
+            self.request_snapshot(f"{m.head_seq - self.sent_seq} batches behind")
+            return []
+        entries = m.batches_after(self.sent_seq, _LIVE_SLICE)
+        if entries is None:
+            self.request_snapshot("fell out of the retention ring")
+            return []
+        if entries:
+            self.sent_seq = entries[-1].seq
+        return [e.data for e in entries]
+
+    async def _snapshot(self) -> AsyncIterator[bytes]:
+        m = self.master
+        self.needs_snapshot = False
+        self.in_snapshot = True
+        self.in_sync = False
+        self.snapshots += 1
+        m.stats["snapshots"] += 1
+        log.info("snapshot for follower %s (%s): %d entries after seq %d", self.node_id,
+                 self.snapshot_reason, len(m.table), m.head_seq)
+        epoch, inc = m.epoch, m.incarnation
+        conns = iter(m.table)
+        self.sent_seq = m.head_seq
+        yield encode_snapshot_begin(epoch, inc, self.sent_seq, len(m.table))
+        step = m.cfg.snapshot_chunk
+        n_chunks = n_entries = 0
+        while True:
+            for data in self._live():
+                yield data
+            if self.needs_snapshot or self.closed or m.incarnation != inc:
+                self.in_snapshot = False
+                return  # restart (or stop): what was sent so far is harmless, the next begin resets it
+            updates, more = self._chunk(conns, step)
+            if updates:
+                yield encode_snapshot_chunk(epoch, inc, n_chunks, updates)
+                n_chunks += 1
+                n_entries += len(updates)
+            if not more:
+                break
+            await asyncio.sleep(0)
+        for data in self._live():
+            yield data
+        if self.needs_snapshot or self.closed or m.incarnation != inc:
+            self.in_snapshot = False
+            return
+        yield encode_snapshot_end(epoch, inc, n_chunks, n_entries)
+        self.in_snapshot = False
+        log.info("snapshot for follower %s sent: %d entries in %d chunks", self.node_id, n_entries, n_chunks)
+
+    def _chunk(self, conns: Iterator[Any], step: int) -> tuple[list[Update], bool]:
+        """Next `step` live entries of the table walk; (updates, whether the walk goes on)."""
+        m = self.master
+        now = m.clock()
+        out: list[Update] = []
+        taken = 0
+        for conn in itertools.islice(conns, step):
+            taken += 1
+            u = m.snapshot_update(conn, now)
+            if u is not None:
+                out.append(u)
+        return out, taken == step

@@ -1,0 +1,467 @@
+"""The packet path on a real ConnTable with a fake clock, frames built with scapy (no sockets)."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from dataclasses import dataclass, field
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror
+from scapy.layers.l2 import ARP, Ether
+
+from director.arp import vrrp_mac
+from director.conn import ConnTable
+from director.core import EXT, INT, CoreConfig, Director
+from director.packet import Drop
+from director.sched import registry
+from director.service import Dest, ServiceTable, VirtualService
+from director.tcp import TcpState
+from director.types import ConnFlags, FwdMethod, SvcFlags
+
+VIP = "198.18.0.100"
+GW = "198.18.2.254"
+DIR_INT = "198.18.2.253"
+RS = ["198.18.2.1", "198.18.2.2", "198.18.2.3"]
+RS_MAC = ["02:00:00:00:02:01", "02:00:00:00:02:02", "02:00:00:00:02:03"]
+CLIENT_MAC = "02:00:00:00:01:01"
+VMAC = "00:00:5e:00:01:01"
+
+
+def _i(a: str) -> int:
+    return int(ipaddress.IPv4Address(a))
+
+
+@dataclass
+class Lab:
+    director: Director
+    table: ConnTable
+    svc: VirtualService
+    now: list[float] = field(default_factory=lambda: [1000.0])
+
+    def advance(self, dt: float) -> None:
+        self.now[0] += dt
+        self.table.tick()
+
+    def dest(self, addr: str) -> Dest:
+        d = self.svc.find_dest(_i(addr), 8080 if self.svc.port else 0)
+        assert d is not None
+        return d
+
+
+def make_lab(fwd: FwdMethod = FwdMethod.NAT, sched: str = "rr", proto: int = 6, port: int = 80,
+             persistent: bool = False, ndests: int = 2, **cfg_kw: object) -> Lab:
+    now = [1000.0]
+
+    def clock() -> float:
+        return now[0]
+
+    table = ConnTable(clock)
+    services = ServiceTable()
+    svc = VirtualService(protocol=proto, addr=_i(VIP), port=port, scheduler=registry.create(sched),
+                         flags=SvcFlags.PERSISTENT if persistent else SvcFlags(0), timeout=300.0,
+                         netmask=0xFFFFFF00)
+    for a in RS[:ndests]:
+        svc.add_dest(Dest(svc, _i(a), 8080 if port else 0, fwd=fwd))
+    services.add(svc)
+    cfg = CoreConfig(vmac=vrrp_mac(1), int_addr=_i(DIR_INT), gw_addrs=frozenset({_i(GW)}),
+                     **cfg_kw)  # type: ignore[arg-type]
+    d = Director(table, services, clock, cfg)
+    assert d.set_active(True)  # gratuitous ARPs
+    lab = Lab(d, table, svc, now)
+    for a, m in zip(RS, RS_MAC, strict=True):  # the real servers announce themselves
+        assert d.handle(bytearray(bytes(Ether(src=m, dst="ff:ff:ff:ff:ff:ff") /
+                                        ARP(op=1, hwsrc=m, psrc=a, pdst=GW))), INT) is not None
+    return lab
+
+
+def client_pkt(flags: str = "S", sport: int = 40000, src: str = "198.18.1.10", dport: int = 80,
+               payload: bytes = b"", ttl: int = 64) -> Ether:
+    return (Ether(src=CLIENT_MAC, dst=VMAC) / IP(src=src, dst=VIP, ttl=ttl) /
+            TCP(sport=sport, dport=dport, flags=flags, seq=1000) / payload)
+
+
+def server_pkt(rs: str, flags: str = "SA", dport: int = 40000, dst: str = "198.18.1.10",
+               payload: bytes = b"") -> Ether:
+    return (Ether(src=RS_MAC[RS.index(rs)], dst=VMAC) / IP(src=rs, dst=dst, ttl=64) /
+            TCP(sport=8080, dport=dport, flags=flags, seq=5000) / payload)
+
+
+def expect_in(pkt: Ether, rs: str, dport: int = 8080) -> bytes:
+    e = Ether(bytes(pkt))
+    e.src, e.dst = VMAC, RS_MAC[RS.index(rs)]
+    e[IP].dst = rs
+    e[IP].ttl -= 1
+    del e[IP].chksum
+    l4 = e[TCP] if TCP in e else e[UDP]
+    l4.dport = dport
+    del l4.chksum
+    return bytes(e)
+
+
+def expect_out(pkt: Ether, vport: int = 80, dmac: str = CLIENT_MAC) -> bytes:
+    e = Ether(bytes(pkt))
+    e.src, e.dst = VMAC, dmac
+    e[IP].src = VIP
+    e[IP].ttl -= 1
+    del e[IP].chksum
+    l4 = e[TCP] if TCP in e else e[UDP]
+    l4.sport = vport
+    del l4.chksum
+    return bytes(e)
+
+
+def send(lab: Lab, pkt: Ether, side: int) -> tuple[int, bytes] | None:
+    a = lab.director.handle(bytearray(bytes(pkt)), side)
+    return None if a is None else (a[0], bytes(a[1]))
+
+
+def drops(lab: Lab, reason: Drop) -> int:
+    return lab.director.counters[reason]
+
+
+# ---- NAT -----------------------------------------------------------------------------------
+
+
+def test_nat_tcp_flow_both_directions_byte_exact() -> None:
+    lab = make_lab()
+    syn = client_pkt("S")
+    out = send(lab, syn, EXT)
+    assert out is not None and out[0] == INT
+    conn = lab.table.in_get(6, _i("198.18.1.10"), 40000, _i(VIP), 80)
+    assert conn is not None and conn.state == TcpState.SYN_RECV
+    rs = ipaddress.IPv4Address(conn.daddr).compressed
+    assert out[1] == expect_in(syn, rs)
+    synack = server_pkt(rs, "SA")
+    assert send(lab, synack, INT) == (EXT, expect_out(synack))
+    ack = client_pkt("A", payload=b"GET / HTTP/1.0\r\n\r\n")
+    assert send(lab, ack, EXT) == (INT, expect_in(ack, rs))
+    assert conn.state == TcpState.ESTABLISHED
+    dest = lab.dest(rs)
+    assert (dest.activeconns, dest.inactconns) == (1, 0)
+    data = server_pkt(rs, "PA", payload=b"HTTP/1.0 200 OK\r\n\r\n" * 20)
+    assert send(lab, data, INT) == (EXT, expect_out(data))
+    # counters: 2 in, 2 out, bytes = IP lengths; service and dest agree
+    for c in (dest.counters, lab.svc.counters):
+        assert (c.conns, c.inpkts, c.outpkts) == (1, 2, 2)
+        assert c.inbytes == len(syn[IP]) + len(ack[IP])
+        assert c.outbytes == len(synack[IP]) + len(data[IP])
+    assert conn.in_pkts == 2
+    # close: client FIN, server FIN+ACK, client ACK
+    assert send(lab, client_pkt("FA"), EXT) is not None
+    assert conn.state == TcpState.CLOSE_WAIT
+    assert send(lab, server_pkt(rs, "FA"), INT) is not None
+    assert send(lab, client_pkt("A"), EXT) is not None
+    assert conn.state in (TcpState.TIME_WAIT, TcpState.CLOSE, TcpState.LAST_ACK)
+    assert (dest.activeconns, dest.inactconns) == (0, 1)
+
+
+def test_many_random_flows_equal_scapy() -> None:
+    lab = make_lab(ndests=3)
+    rng = random.Random(5)
+    for _ in range(150):
+        src = f"198.18.1.{rng.randrange(1, 250)}"
+        sport = rng.randrange(1024, 65536)
+        if lab.table.in_get(6, _i(src), sport, _i(VIP), 80) is not None:
+            continue
+        payload = rng.randbytes(rng.randrange(0, 200))
+        syn = client_pkt("S", sport=sport, src=src, payload=payload, ttl=rng.randrange(2, 256))
+        out = send(lab, syn, EXT)
+        conn = lab.table.in_get(6, _i(src), sport, _i(VIP), 80)
+        assert out is not None and conn is not None
+        rs = ipaddress.IPv4Address(conn.daddr).compressed
+        assert out == (INT, expect_in(syn, rs))
+        reply = server_pkt(rs, "SA", dport=sport, dst=src, payload=rng.randbytes(rng.randrange(0, 200)))
+        assert send(lab, reply, INT) == (EXT, expect_out(reply))
+
+
+def test_rr_spreads_new_conns_over_dests() -> None:
+    lab = make_lab(ndests=3)
+    for port in range(30000, 30030):
+        assert send(lab, client_pkt("S", sport=port), EXT) is not None
+    assert sorted(lab.dest(a).inactconns for a in RS) == [10, 10, 10]
+    assert lab.svc.counters.conns == 30
+
+
+def test_udp_first_datagram_creates_conn_and_reply_is_translated() -> None:
+    lab = make_lab(proto=17, port=53)
+    q = Ether(src=CLIENT_MAC, dst=VMAC) / IP(src="198.18.1.10", dst=VIP) / UDP(sport=5353, dport=53) / b"q"
+    out = send(lab, q, EXT)
+    conn = lab.table.in_get(17, _i("198.18.1.10"), 5353, _i(VIP), 53)
+    assert out is not None and conn is not None
+    rs = ipaddress.IPv4Address(conn.daddr).compressed
+    assert out == (INT, expect_in(q, rs))
+    assert conn.timeout == lab.director.cfg.timeouts.udp
+    r = (Ether(src=RS_MAC[RS.index(rs)], dst=VMAC) / IP(src=rs, dst="198.18.1.10") /
+         UDP(sport=8080, dport=5353) / b"answer")
+    assert send(lab, r, INT) == (EXT, expect_out(r, vport=53))
+    # a second datagram reuses the conn
+    assert send(lab, q, EXT) == (INT, expect_in(q, rs))
+    assert lab.table.count == 1
+
+
+def test_non_syn_without_entry_is_dropped_unless_sloppy() -> None:
+    lab = make_lab(sched="sh")
+    assert send(lab, client_pkt("A"), EXT) is None
+    assert drops(lab, Drop.NO_CONN) == 1
+    assert send(lab, client_pkt("R"), EXT) is None
+    assert drops(lab, Drop.RST_NO_CONN) == 1
+    assert lab.table.count == 0
+    # a conn made by SYN, then lost (as on a backup that never heard of it)
+    assert send(lab, client_pkt("S"), EXT) is not None
+    conn = lab.table.in_get(6, _i("198.18.1.10"), 40000, _i(VIP), 80)
+    assert conn is not None
+    first_dest = conn.daddr
+    lab.table.flush()
+    lab.director.sloppy_until = lab.now[0] + 10
+    out = send(lab, client_pkt("A", payload=b"mid-flow"), EXT)
+    conn = lab.table.in_get(6, _i("198.18.1.10"), 40000, _i(VIP), 80)
+    assert out is not None and conn is not None
+    assert conn.daddr == first_dest  # a consistent scheduler picks the same dest again
+    lab.now[0] += 11  # sloppy window over
+    assert send(lab, client_pkt("A", sport=40001), EXT) is None
+    assert drops(lab, Drop.NO_CONN) == 2
+
+
+def test_no_service_and_no_dest() -> None:
+    lab = make_lab()
+    assert send(lab, client_pkt("S", dport=81), EXT) is None
+    assert drops(lab, Drop.NO_SERVICE) == 1
+    for d in list(lab.svc.dests):
+        lab.svc.edit_dest(d, weight=0)
+    assert send(lab, client_pkt("S"), EXT) is None
+    assert drops(lab, Drop.NO_DEST) == 1
+
+
+# ---- persistence ------------------------------------------------------------------------------
+
+
+def test_persistent_service_reuses_template_dest() -> None:
+    lab = make_lab(persistent=True, ndests=3)
+    chosen = set()
+    for port in (41000, 41001, 41002):
+        assert send(lab, client_pkt("S", sport=port, src="198.18.1.10"), EXT) is not None
+        conn = lab.table.in_get(6, _i("198.18.1.10"), port, _i(VIP), 80)
+        assert conn is not None
+        chosen.add(conn.daddr)
+    assert len(chosen) == 1  # rr alone would have used three dests
+    ct = lab.table.ct_in_get(6, _i("198.18.1.0"), 0, _i(VIP), 80)
+    assert ct is not None and ct.flags & ConnFlags.TEMPLATE and ct.n_control == 3
+    assert ct.daddr in chosen and ct.timeout == 300.0
+    # same /24 -> same template; another /24 -> rr moves on
+    assert send(lab, client_pkt("S", sport=41003, src="198.18.1.77"), EXT) is not None
+    c2 = lab.table.in_get(6, _i("198.18.1.77"), 41003, _i(VIP), 80)
+    assert c2 is not None and c2.daddr in chosen and c2.control is ct
+    assert send(lab, client_pkt("S", sport=41004, src="198.18.9.77"), EXT) is not None
+    c3 = lab.table.in_get(6, _i("198.18.9.77"), 41004, _i(VIP), 80)
+    assert c3 is not None and c3.daddr not in chosen
+
+
+def test_persistent_template_with_removed_dest_is_replaced() -> None:
+    lab = make_lab(persistent=True, ndests=2)
+    assert send(lab, client_pkt("S", sport=41000), EXT) is not None
+    ct = lab.table.ct_in_get(6, _i("198.18.1.0"), 0, _i(VIP), 80)
+    assert ct is not None and ct.dest is not None
+    old = ct.dest
+    lab.svc.remove_dest(old)
+    assert send(lab, client_pkt("S", sport=41001), EXT) is not None
+    c = lab.table.in_get(6, _i("198.18.1.10"), 41001, _i(VIP), 80)
+    assert c is not None and c.dest is not old and c.control is not None and c.control is not ct
+    assert ct.vport == 65535  # the old template was invalidated
+
+
+def test_persistent_port_zero_service_keeps_client_ports() -> None:
+    lab = make_lab(persistent=True, port=0)
+    for dport in (80, 443):
+        pkt = client_pkt("S", dport=dport)
+        out = send(lab, pkt, EXT)
+        conn = lab.table.in_get(6, _i("198.18.1.10"), 40000, _i(VIP), dport)
+        assert out is not None and conn is not None and conn.dport == dport
+        assert out[1] == expect_in(pkt, ipaddress.IPv4Address(conn.daddr).compressed, dport=dport)
+    assert lab.table.ct_in_get(6, _i("198.18.1.0"), 0, _i(VIP), 0) is not None
+
+
+# ---- dest removal ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("expire_nodest", [False, True])
+def test_expire_nodest_conn(expire_nodest: bool) -> None:
+    lab = make_lab(ndests=2, expire_nodest_conn=expire_nodest)
+    assert send(lab, client_pkt("S"), EXT) is not None
+    conn = lab.table.in_get(6, _i("198.18.1.10"), 40000, _i(VIP), 80)
+    assert conn is not None and conn.dest is not None
+    gone = conn.dest
+    lab.svc.remove_dest(gone)
+    assert send(lab, client_pkt("A"), EXT) is None
+    assert drops(lab, Drop.DEST_UNAVAILABLE) == 1
+    assert (lab.table.count == 0) is expire_nodest
+    # a new SYN on the same tuple: rescheduled to the remaining dest only when the entry is gone
+    out = send(lab, client_pkt("S"), EXT)
+    again = lab.table.in_get(6, _i("198.18.1.10"), 40000, _i(VIP), 80)
+    assert again is not None
+    if expire_nodest:
+        assert out is not None and again.dest is not gone
+    else:
+        assert out is None and again is conn
+
+
+# ---- DR and TUN ------------------------------------------------------------------------------
+
+
+def test_dr_rewrites_macs_only_and_runs_input_only_states() -> None:
+    lab = make_lab(fwd=FwdMethod.DR)
+    syn = client_pkt("S")
+    out = send(lab, syn, EXT)
+    conn = lab.table.in_get(6, _i("198.18.1.10"), 40000, _i(VIP), 80)
+    assert out is not None and conn is not None
+    assert conn.flags & ConnFlags.FWD_MASK == ConnFlags.DROUTE
+    rs = ipaddress.IPv4Address(conn.daddr).compressed
+    e = Ether(bytes(syn))
+    e.src, e.dst = VMAC, RS_MAC[RS.index(rs)]
+    e[IP].ttl -= 1
+    del e[IP].chksum
+    assert out == (INT, bytes(e))
+    assert conn.state == TcpState.SYN_RECV
+    assert send(lab, client_pkt("A"), EXT) is not None  # the client's ACK: input-only rows
+    assert conn.state == TcpState.ESTABLISHED
+    assert send(lab, client_pkt("FA"), EXT) is not None
+    assert conn.state == TcpState.FIN_WAIT  # INPUT_ONLY fin (NAT INPUT would give CLOSE_WAIT)
+
+
+def test_tun_encapsulates_and_sends_frag_needed_when_too_big() -> None:
+    lab = make_lab(fwd=FwdMethod.TUN, mtu=1500)
+    syn = client_pkt("S")
+    out = send(lab, syn, EXT)
+    conn = lab.table.in_get(6, _i("198.18.1.10"), 40000, _i(VIP), 80)
+    assert out is not None and conn is not None and out[0] == INT
+    rs = ipaddress.IPv4Address(conn.daddr).compressed
+    inner = Ether(bytes(syn))[IP]
+    inner.ttl -= 1
+    del inner.chksum
+    p = Ether(out[1])
+    assert p[IP].proto == 4 and p[IP].src == DIR_INT and p[IP].dst == rs and p.dst == RS_MAC[RS.index(rs)]
+    expected = (Ether(src=VMAC, dst=RS_MAC[RS.index(rs)]) /
+                IP(src=DIR_INT, dst=rs, proto=4, id=p[IP].id, ttl=63) / inner)
+    assert out[1] == bytes(expected)
+    big = Ether(src=CLIENT_MAC, dst=VMAC) / IP(src="198.18.1.10", dst=VIP, flags="DF") / TCP(
+        sport=40000, dport=80, flags="A") / (b"x" * 1460)
+    a = send(lab, big, EXT)
+    assert a is not None and a[0] == EXT
+    icmp = Ether(a[1])
+    assert icmp[ICMP].type == 3 and icmp[ICMP].code == 4 and icmp[ICMP].nexthopmtu == 1480
+    assert icmp[IP].dst == "198.18.1.10" and icmp.dst == CLIENT_MAC
+    assert drops(lab, Drop.TOO_BIG) == 1
+
+
+# ---- ICMP ------------------------------------------------------------------------------------
+
+
+def test_icmp_errors_are_translated_both_ways() -> None:
+    lab = make_lab(proto=17, port=53)
+    q = Ether(src=CLIENT_MAC, dst=VMAC) / IP(src="198.18.1.10", dst=VIP) / UDP(sport=5353, dport=53) / b"q"
+    fwd = send(lab, q, EXT)
+    conn = lab.table.in_get(17, _i("198.18.1.10"), 5353, _i(VIP), 53)
+    assert fwd is not None and conn is not None
+    rs = ipaddress.IPv4Address(conn.daddr).compressed
+    # the dest says port unreachable about what it received
+    err = (Ether(src=RS_MAC[RS.index(rs)], dst=VMAC) / IP(src=rs, dst="198.18.1.10") /
+           ICMP(type=3, code=3) / IPerror(fwd[1][14:]))
+    out = send(lab, err, INT)
+    assert out is not None and out[0] == EXT
+    p = Ether(out[1])
+    assert p[IP].src == VIP and p[IPerror].dst == VIP and p[IPerror].dport == 53
+    assert bytes(p[IPerror])[:20] != fwd[1][14:34]
+    assert lab.dest(rs).counters.outpkts == 1
+    # the client's side says time exceeded about a reply from the VIP
+    reply = IP(src=VIP, dst="198.18.1.10", ttl=1) / UDP(sport=53, dport=5353) / b"a"
+    err2 = Ether(src=CLIENT_MAC, dst=VMAC) / IP(src="198.18.1.1", dst=VIP) / ICMP(type=11) / IPerror(bytes(reply))
+    out2 = send(lab, err2, EXT)
+    assert out2 is not None and out2[0] == INT
+    p2 = Ether(out2[1])
+    assert p2[IP].dst == rs and p2[IPerror].src == rs and p2[IPerror].sport == 8080
+    assert p2.dst == RS_MAC[RS.index(rs)]
+    # echo requests to the VIP and errors about unknown flows are dropped
+    assert send(lab, Ether(dst=VMAC) / IP(src="198.18.1.10", dst=VIP) / ICMP(), EXT) is None
+    unknown = IP(src=VIP, dst="198.18.1.99") / UDP(sport=53, dport=1)
+    assert send(lab, Ether(dst=VMAC) / IP(src="198.18.1.99", dst=VIP) / ICMP(type=3) / IPerror(bytes(unknown)),
+                EXT) is None
+    assert drops(lab, Drop.ICMP_UNRELATED) == 2
+
+
+# ---- ARP, roles, neighbours --------------------------------------------------------------------
+
+
+def test_arp_answered_only_for_owned_addresses_and_only_when_active() -> None:
+    lab = make_lab()
+    req = Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=CLIENT_MAC, psrc="198.18.1.10",
+                                                                pdst=VIP)
+    out = send(lab, req, EXT)
+    assert out is not None and out[0] == EXT
+    rep = Ether(out[1])
+    assert rep[ARP].op == 2 and rep[ARP].hwsrc == VMAC and rep[ARP].psrc == VIP and rep.dst == CLIENT_MAC
+    assert lab.director.neigh[EXT].get(_i("198.18.1.10")) == bytes.fromhex(CLIENT_MAC.replace(":", ""))
+    gw_req = Ether(src=RS_MAC[0]) / ARP(op=1, hwsrc=RS_MAC[0], psrc=RS[0], pdst=GW)
+    gw = send(lab, gw_req, INT)
+    assert gw is not None and Ether(gw[1])[ARP].psrc == GW
+    assert send(lab, Ether(src=CLIENT_MAC) / ARP(op=1, psrc="198.18.1.10", pdst="198.18.1.1"), EXT) is None
+    assert drops(lab, Drop.ARP_IGNORED) == 1
+    assert send(lab, Ether(src=CLIENT_MAC) / ARP(op=1, psrc="198.18.1.10", pdst=GW), EXT) is None  # wrong side
+    assert lab.director.set_active(False) == []
+    assert send(lab, req, EXT) is None
+    assert drops(lab, Drop.NOT_ACTIVE) == 1
+
+
+def test_backup_forwards_nothing_but_counts_and_garp_on_takeover() -> None:
+    lab = make_lab()
+    lab.director.set_active(False)
+    assert send(lab, client_pkt("S"), EXT) is None
+    assert drops(lab, Drop.NOT_ACTIVE) == 1 and lab.table.count == 0
+    garps = lab.director.set_active(True)
+    assert {(side, Ether(f)[ARP].psrc) for side, f in garps} == {(EXT, VIP), (INT, GW)}
+    assert all(Ether(f).src == VMAC and Ether(f).dst == "ff:ff:ff:ff:ff:ff" for _, f in garps)
+    assert send(lab, client_pkt("S"), EXT) is not None
+
+
+def test_unknown_dest_mac_sends_rate_limited_arp_request() -> None:
+    lab = make_lab()
+    lab.director.neigh[INT].forget(_i(RS[0]))
+    lab.director.neigh[INT].forget(_i(RS[1]))
+    a = send(lab, client_pkt("S"), EXT)
+    assert a is not None and a[0] == INT
+    arp = Ether(a[1])
+    assert arp[ARP].op == 1 and arp[ARP].psrc == DIR_INT and arp[ARP].hwsrc == VMAC
+    target = arp[ARP].pdst
+    assert send(lab, client_pkt("S"), EXT) is None  # retransmission within the probe interval
+    assert drops(lab, Drop.NO_NEIGH) == 2
+    m = RS_MAC[RS.index(target)]
+    assert send(lab, Ether(src=m) / ARP(op=2, hwsrc=m, psrc=target, pdst=DIR_INT), INT) is None
+    syn = client_pkt("S")
+    assert send(lab, syn, EXT) == (INT, expect_in(syn, target))
+
+
+def test_ttl_expiry_and_malformed_frames_are_counted_never_raised() -> None:
+    lab = make_lab()
+    assert send(lab, client_pkt("S", ttl=1), EXT) is None
+    assert drops(lab, Drop.TTL_EXCEEDED) == 1
+    rng = random.Random(3)
+    base = bytes(client_pkt("S", payload=b"abcdefgh"))
+    before = lab.director.counters.total()
+    handled = 0
+    for _ in range(2000):
+        f = bytearray(base)
+        for _ in range(rng.randrange(1, 4)):
+            f[rng.randrange(12, len(f))] = rng.randrange(256)
+        f = f[: rng.randrange(0, len(f) + 1)]
+        if lab.director.handle(f, rng.randrange(2)) is not None:
+            handled += 1
+    assert lab.director.counters.total() - before + handled >= 2000 - 5  # (ARP learning returns None)
+    assert lab.director.counters[Drop.TRUNCATED] > 0
+
+
+def test_conn_expiry_after_timeout_and_template_outlives_conn() -> None:
+    lab = make_lab(persistent=True)
+    assert send(lab, client_pkt("S"), EXT) is not None
+    assert lab.table.count == 2  # conn + template
+    lab.advance(lab.director.cfg.timeouts.tcp[TcpState.SYN_RECV] + 1)
+    assert lab.table.count == 1  # the conn went, the template stays for its persistence timeout
+    assert lab.table.ct_in_get(6, _i("198.18.1.0"), 0, _i(VIP), 80) is not None

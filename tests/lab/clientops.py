@@ -1,0 +1,171 @@
+"""Client-side operations the lab tests run inside the client namespace; JSON on stdout.
+
+``python -m tests.lab.clientops http VIP PORT N [--sources A,B] [--repeat K]``
+    N sequential HTTP GETs (each source K times); prints ``[[source, server], ...]``.
+``python -m tests.lab.clientops echo VIP PORT CONNS BYTES``
+    CONNS concurrent TCP connections each sending BYTES of its own pattern and reading the echo
+    back; prints ``{"ok": n, "failed": [...]}`` (a connection is ok only if every byte matches).
+``python -m tests.lab.clientops udp VIP PORT N [--cport P]``
+    N request/response datagrams; prints ``[[sent, reply], ...]`` (reply null if none came).
+``python -m tests.lab.clientops garbage VIP DMAC COUNT``
+    COUNT malformed frames built with scapy, sent from eth0; prints the count per kind.
+``python -m tests.lab.clientops hold VIP PORT``
+    Opens one TCP connection and then obeys stdin lines: ``get`` sends an HTTP request on it and
+    prints the answer (or ``null`` after 3 s); ``quit``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sys
+from typing import Any
+
+
+def http_get(vip: str, port: int, source: str | None, timeout: float = 10.0) -> str:
+    src = (source, 0) if source else None
+    with socket.create_connection((vip, port), timeout=timeout, source_address=src) as s:
+        s.sendall(b"GET / HTTP/1.0\r\nHost: lab\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data.split(b"\r\n\r\n", 1)[1].decode().strip()
+
+
+def pattern(conn_id: int, size: int) -> bytes:
+    seed = bytes((conn_id * 7 + i) % 251 for i in range(251))
+    return (seed * (size // 251 + 1))[:size]
+
+
+async def echo_one(vip: str, port: int, conn_id: int, size: int) -> str | None:
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(vip, port), 20)
+        data = pattern(conn_id, size)
+        writer.write(data)
+        await writer.drain()
+        got = await asyncio.wait_for(reader.readexactly(size), 60)
+        writer.close()
+        return None if got == data else f"conn {conn_id}: bytes differ"
+    except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+        return f"conn {conn_id}: {type(exc).__name__} {exc}"
+
+
+async def echo_many(vip: str, port: int, conns: int, size: int) -> dict[str, Any]:
+    results = await asyncio.gather(*(echo_one(vip, port, i, size) for i in range(conns)))
+    failed = [r for r in results if r is not None]
+    return {"ok": conns - len(failed), "failed": failed}
+
+
+def udp(vip: str, port: int, n: int, cport: int) -> list[list[str | None]]:
+    out: list[list[str | None]] = []
+    for i in range(n):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(1.0)
+            s.bind(("0.0.0.0", cport))
+            msg = f"ping-{i}"
+            reply: str | None = None
+            for _ in range(5):  # UDP may lose the first datagram while the director resolves a MAC
+                s.sendto(msg.encode(), (vip, port))
+                try:
+                    reply = s.recv(2048).decode()
+                    break
+                except TimeoutError:
+                    continue
+            out.append([msg, reply])
+    return out
+
+
+def garbage(vip: str, dmac: str, count: int) -> dict[str, int]:
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.l2 import Ether
+
+    eth = Ether(dst=dmac, src="02:1b:01:00:00:01")
+    bad_version = bytearray(bytes(eth / IP(dst=vip) / UDP(dport=7)))
+    bad_version[14] = 0x65  # version 6, IHL 5 behind an IPv4 ethertype
+    kinds: dict[str, bytes] = {
+        "truncated": bytes(eth / IP(dst=vip))[:14 + 12],
+        "bad_ihl": bytes(eth / IP(dst=vip, ihl=3) / UDP(dport=7)),
+        "bad_totlen": bytes(eth / IP(dst=vip, len=1400) / UDP(dport=7)),
+        "fragment": bytes(eth / IP(dst=vip, flags="MF") / UDP(dport=7) / b"y" * 16),
+        "bad_ip_csum": bytes(eth / IP(dst=vip, chksum=0x1234) / UDP(dport=7)),
+        "unknown_proto": bytes(eth / IP(dst=vip, proto=47) / b"z" * 20),
+        "bad_version": bytes(bad_version),
+        "bad_l4": bytes(eth / IP(dst=vip) / TCP(dport=7, dataofs=15)),
+    }
+    sent = {k: 0 for k in kinds}
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind(("eth0", 0))
+    names = list(kinds)
+    for i in range(count):
+        k = names[i % len(names)]
+        s.send(kinds[k])
+        sent[k] += 1
+    s.close()
+    return sent
+
+
+def hold(vip: str, port: int) -> None:
+    s = socket.create_connection((vip, port), timeout=10)
+    print(json.dumps("connected"), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "get":
+            s.settimeout(3.0)
+            try:
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                data = s.recv(65536)
+                print(json.dumps(data.decode(errors="replace")), flush=True)
+            except OSError:
+                print(json.dumps(None), flush=True)
+        elif line.strip() == "quit":
+            break
+    s.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("http")
+    p.add_argument("vip")
+    p.add_argument("port", type=int)
+    p.add_argument("n", type=int)
+    p.add_argument("--sources", default="")
+    p.add_argument("--repeat", type=int, default=1)
+    p = sub.add_parser("echo")
+    p.add_argument("vip")
+    p.add_argument("port", type=int)
+    p.add_argument("conns", type=int)
+    p.add_argument("bytes", type=int)
+    p = sub.add_parser("udp")
+    p.add_argument("vip")
+    p.add_argument("port", type=int)
+    p.add_argument("n", type=int)
+    p.add_argument("--cport", type=int, default=0)
+    p = sub.add_parser("garbage")
+    p.add_argument("vip")
+    p.add_argument("dmac")
+    p.add_argument("count", type=int)
+    p = sub.add_parser("hold")
+    p.add_argument("vip")
+    p.add_argument("port", type=int)
+    a = ap.parse_args()
+    result: Any
+    if a.cmd == "http":
+        sources = [s for s in a.sources.split(",") if s] or [None]
+        result = [[src, http_get(a.vip, a.port, src)] for _ in range(a.n) for src in sources
+                  for _ in range(a.repeat)]
+    elif a.cmd == "echo":
+        result = asyncio.run(echo_many(a.vip, a.port, a.conns, a.bytes))
+    elif a.cmd == "udp":
+        result = udp(a.vip, a.port, a.n, a.cport)
+    elif a.cmd == "garbage":
+        result = garbage(a.vip, a.dmac, a.count)
+    else:
+        hold(a.vip, a.port)
+        return
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Shared pytest plugins (register with ``-p tests.plugins.<name>`` or ``pytest_plugins``)."""

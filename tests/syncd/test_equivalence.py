@@ -1,0 +1,71 @@
+"""A randomized workload on the master; at quiescence every backup's table equals the master's."""
+
+from __future__ import annotations
+
+import asyncio
+
+from director.conn import ConnTable
+from syncd.client import FollowerConfig
+from syncd.master import MasterConfig
+from tests.syncd.helpers import Cluster, FakeClock, dest_counters, run, table_view, wait_until
+from tests.syncd.workload import Workload
+
+
+def _diff(a: dict[object, object], b: dict[object, object]) -> str:
+    only_a = [k for k in a if k not in b][:3]
+    only_b = [k for k in b if k not in a][:3]
+    differ = [(a[k], b[k]) for k in a if k in b and a[k] != b[k]][:3]
+    return f"only master: {only_a} only backup: {only_b} differ: {differ}"
+
+
+def _timers_ok(master: ConnTable, backup: ConnTable, now: float) -> bool:
+    """Backup copies never outlive the master's entry, and never expire much earlier."""
+    for c in master:
+        b = backup.get(c.key)
+        if b is None:
+            return False
+        m_rem, b_rem = c.expires - now, b.expires - now
+        if not (min(m_rem, 0.25) - 0.01 <= b_rem <= m_rem + 0.01):
+            return False
+    return True
+
+
+async def _quiesce(cluster: Cluster, clock: FakeClock) -> None:
+    clock.advance(1.0)  # let the refresher see entries whose master timer moved silently
+    await cluster.synced()
+    master = cluster.table
+
+    def equal() -> bool:
+        view = table_view(master)
+        return all(table_view(b) == view and _timers_ok(master, b, clock()) for b in cluster.backup_tables)
+
+    try:
+        await wait_until(equal, 20.0, "backup tables equal to the master's")
+    except AssertionError:
+        for b in cluster.backup_tables:
+            print(_diff(table_view(master), table_view(b)))
+        raise
+    for svcs in cluster.backup_services:
+        assert dest_counters(svcs) == dest_counters(cluster.services)
+
+
+def test_randomized_workload_two_backups_equal_master() -> None:
+    async def body() -> None:
+        clock = FakeClock()
+        cluster = Cluster(clock, MasterConfig(batch_window=0.002, max_batch=64),
+                          FollowerConfig(reconnect_min=0.05, reconnect_max=0.2))
+        await cluster.start(2)
+        try:
+            work = Workload(cluster.table, cluster.services, clock, seed=4)
+            for round_ in range(6):
+                for _ in range(400):
+                    work.step()
+                    if work.ops % 25 == 0:
+                        await asyncio.sleep(0)  # let batches flow mid-workload
+                await _quiesce(cluster, clock)
+                assert len(cluster.table) > 0 or round_ > 0
+            assert cluster.server.master.stats["batches"] > 10
+            assert all(f.applier.stats["refused"] == 0 for f in cluster.followers)
+        finally:
+            await cluster.close()
+    run(body())
