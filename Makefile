@@ -28,7 +28,7 @@ setup: .stamp-deb .stamp-venv .stamp-proto
 
 .stamp-proto: $(PROTOS) .stamp-venv
 	@echo "==> generating gRPC code into director/pb"
-	$(VPY) -m grpc_tools.protoc -Iproto --python_out=director/pb --grpc_python_out=director/pb \
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m grpc_tools.protoc -Iproto --python_out=director/pb --grpc_python_out=director/pb \
 	  --mypy_out=director/pb --mypy_grpc_out=director/pb $(PROTOS)
 	@sed -i -E 's/^import ([a-z_]+_pb2)( as |$$)/from director.pb import \1\2/' director/pb/*_pb2*.py director/pb/*_pb2*.pyi
 	@touch $@

@@ -134,6 +134,7 @@ class Lab:
                            {"ext": mac_for(4, 1, 0), "int": mac_for(4, 1, 1)})
         self.ctl = Host(f"{self.name}-ctl", "ctl", 1, {"eth0": CTL_ADDR}, {"eth0": mac_for(5, 1)})
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._detached: list[subprocess.Popen[bytes]] = []
 
     # -- topology description -------------------------------------------------------------------
     def _client(self, i: int) -> Host:
@@ -187,6 +188,10 @@ class Lab:
             if ns.startswith(prefix):
                 self._kill_ns_pids(ns)
                 _run(["ip", "netns", "del", ns], check=False)
+        for p in self._detached:
+            if p.poll() is None:
+                self.stop(p, signal.SIGKILL)
+        self._detached.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _kill_ns_pids(self, ns: str) -> None:
@@ -323,8 +328,7 @@ class Lab:
         full = ["ip", "netns", "exec", ns, *argv]
         p: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
             full, cwd=str(REPO), env=env, start_new_session=True, **kw)
-        if not detach:
-            self._procs.append(p)
+        (self._detached if detach else self._procs).append(p)
         return p
 
     @staticmethod

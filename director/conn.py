@@ -251,7 +251,10 @@ class ConnTable:
         c.flags = _canon(flags | F_HASHED)
         self._wheel.arm(c, c.expires)
         if control is not None:
-            self._control_add(c, control)
+            if self.alive(control):
+                self._control_add(c, control)
+            else:
+                self._error("control_add_removed", "new() controlled by removed %r", control)
         if self.events.enabled:
             self.events.push(_NEW, snapshot(c))
         return c
@@ -302,9 +305,14 @@ class ConnTable:
         if _int_and(dest.flags, D_OVERLOAD):
             dest.flags &= ~DestFlags.OVERLOAD
 
+    @staticmethod
+    def alive(conn: Conn) -> bool:
+        """Still in the table (hashed, or armed while briefly unhashed)."""
+        return bool(conn.flags & F_HASHED) or conn._tslot is not None
+
     def bind_dest(self, conn: Conn, dest: Dest) -> None:
         """(Re)bind an entry to ``dest`` (sync): counters follow its INACTIVE/TEMPLATE flags."""
-        if conn.dest is dest:
+        if conn.dest is dest or not self.alive(conn):
             return
         self._unbind(conn)
         conn.flags = _canon(self._bind(conn, conn.flags, dest, new=False))
@@ -333,7 +341,7 @@ class ConnTable:
                         dest.inactconns += 1
                         conn.flags = _canon(f | F_INACTIVE)
                 elif state == S_ESTABLISHED:
-                    dest.inactconns -= 1
+                    pass
                     dest.activeconns += 1
                     conn.flags = _canon(f & ~F_INACTIVE)
         conn.timeout = timeout
@@ -435,7 +443,11 @@ class ConnTable:
     # ---- templates -------------------------------------------------------------------------
 
     def control_add(self, conn: Conn, template: Conn) -> None:
-        """conn.control = template; template.n_control += 1 (re-links if already controlled)."""
+        """conn.control = template; template.n_control += 1 (re-links if already controlled).
+        Linking a removed entry, or to a removed template, is reported and ignored."""
+        if not (self.alive(conn) and self.alive(template)) or conn is template:
+            self._error("control_add_removed", "control ADD with removed/self entry %r", conn)
+            return
         self._control_add(conn, template)
         self._emit(_UPDATE, conn)
 

@@ -33,6 +33,7 @@ A next hop whose MAC is unknown turns the packet into an ARP request (rate-limit
 from __future__ import annotations
 
 import logging
+import struct
 from dataclasses import dataclass, field
 
 from director import proto_state
@@ -78,6 +79,9 @@ _DROUTE = int(ConnFlags.DROUTE)
 _AVAILABLE = int(DestFlags.AVAILABLE)
 _ESTABLISHED = int(TcpState.ESTABLISHED)
 _ICMP_ERRORS = frozenset((3, 4, 11))
+_int_and = int.__and__  # dest.flags is an IntFlag: test bits without its Python-level __and__
+_FAST = struct.Struct("!12xHBxHxxHBBxxIIHHH6xBB").unpack_from
+"""ethertype ver_ihl tot_len frag ttl proto saddr daddr | sport dport (UDP len) (TCP doff) (TCP flags)"""
 _IN = int(Direction.INPUT)
 _OUT = int(Direction.OUTPUT)
 
@@ -138,25 +142,70 @@ class Director:
 
     def handle(self, frame: bytearray, side: int) -> Action | None:
         """Process one received frame; the returned action (if any) is to be sent."""
-        r = parse_ipv4(frame, self._verify)
-        if isinstance(r, Drop):
-            return self._not_ip(frame, side, r)
-        proto, saddr, sport, daddr, dport, l4, end, ttl, tflags = r
-        if proto == 1 or ttl <= 1 or not self.active:
-            return self._guard(frame, side, r)
-        if side:
+        # Fast parse of the common case (Ethernet II, IPv4 without options, not a fragment, TCP or
+        # UDP header within the packet); everything else goes through parse_ipv4's full checks.
+        n = len(frame)
+        fast = False
+        if n >= 48:
+            etype, ver_ihl, tot_len, frag, ttl, proto, saddr, daddr, sport, dport, ulen, doff, tflags = \
+                _FAST(frame, 0)
+            end = tot_len + 14
+            if etype == 0x800 and ver_ihl == 0x45 and not frag & 0x3FFF and 34 <= end <= n and (
+                    not self._verify or not int.from_bytes(frame[14:34], "big") % 0xFFFF):
+                if proto == 6:
+                    fast = end >= 54 and 0x50 <= doff and (doff >> 4) * 4 <= tot_len - 20
+                elif proto == 17:
+                    fast = 8 <= ulen <= tot_len - 20
+                    tflags = 0
+        if fast:
+            l4 = 34
+            if ttl <= 1 or not self.active:
+                return self._guard(frame, side, (proto, saddr, sport, daddr, dport, l4, end, ttl, tflags))
+        else:
+            r = parse_ipv4(frame, self._verify)
+            if isinstance(r, Drop):
+                return self._not_ip(frame, side, r)
+            proto, saddr, sport, daddr, dport, l4, end, ttl, tflags = r
+            if proto == 1 or ttl <= 1 or not self.active:
+                return self._guard(frame, side, r)
+        tmo = self._timeouts
+        if side:  # from the real servers: a NAT reply?
             conn = self._out_get(proto, saddr, sport, daddr, dport)
             if conn is not None and not conn.flags & 7:
-                return self._nat_out(frame, conn, r)
+                dest = conn.dest
+                if dest is not None:
+                    n = end - 14
+                    c = dest.counters
+                    c.outpkts += 1
+                    c.outbytes += n
+                    c = dest.svc.counters
+                    c.outpkts += 1
+                    c.outbytes += n
+                if proto == 6:
+                    if conn.state == _ESTABLISHED and tflags & 0x17 == 0x10 and conn.timeout == tmo.tcp[1]:
+                        self._refresh(conn)  # ES + plain ACK -> ES with the same timeout: timer only
+                    else:
+                        self._update(self.table, conn, _OUT, tflags, tmo)
+                elif conn.timeout == tmo.udp:
+                    self._refresh(conn)
+                else:
+                    self._update(self.table, conn, _OUT, tflags, tmo)
+                hdr = self._ext_hdr.get(daddr)  # daddr == conn.caddr (out_get matched it)
+                if hdr is None:
+                    return self._ext_miss(frame, daddr, (proto, saddr, sport, daddr, dport, l4, end, ttl,
+                                                         tflags), conn)
+                nat_rewrite(frame, hdr, ttl, l4, proto, 26, 0, saddr, conn.vaddr, sport, conn.vport)
+                return EXT, frame
         conn = self._in_get(proto, saddr, sport, daddr, dport)
         if conn is None:
-            conn = self._miss(frame, side, r)
+            conn = self._miss(frame, side, (proto, saddr, sport, daddr, dport, l4, end, ttl, tflags))
             if conn is None:
                 return None
         dest = conn.dest
         if dest is not None:
-            if not dest.flags & _AVAILABLE:
-                return self._nodest(frame, side, conn, r)
+            if not _int_and(dest.flags, _AVAILABLE):
+                return self._nodest(frame, side, conn, (proto, saddr, sport, daddr, dport, l4, end, ttl,
+                                                        tflags))
             n = end - 14
             c = dest.counters
             c.inpkts += 1
@@ -165,10 +214,9 @@ class Director:
             c.inpkts += 1
             c.inbytes += n
         conn.in_pkts += 1
-        tmo = self._timeouts
         if proto == 6:
             if conn.state == _ESTABLISHED and tflags & 0x17 == 0x10 and conn.timeout == tmo.tcp[1]:
-                self._refresh(conn)  # ES + plain ACK -> ES with the same timeout: timer only
+                self._refresh(conn)
             else:
                 self._update(self.table, conn, _IN, tflags, tmo)
         elif conn.timeout == tmo.udp:
@@ -182,35 +230,14 @@ class Director:
                 return self._neigh_miss(INT, conn.daddr, dest)
             nat_rewrite(frame, hdr, ttl, l4, proto, 30, 2, daddr, conn.daddr, dport, conn.dport)
             return INT, frame
-        return self._xmit_other(frame, conn, fwd, r)
+        return self._xmit_other(frame, conn, fwd, (proto, saddr, sport, daddr, dport, l4, end, ttl, tflags))
 
-    def _nat_out(self, frame: bytearray, conn: Conn, r: IPv4Info) -> Action | None:
-        """A NAT reply from a real server: source back to the VIP, out to the client."""
-        proto, saddr, sport, daddr, _dport, l4, end, ttl, tflags = r
-        dest = conn.dest
-        if dest is not None:
-            n = end - 14
-            c = dest.counters
-            c.outpkts += 1
-            c.outbytes += n
-            c = dest.svc.counters
-            c.outpkts += 1
-            c.outbytes += n
-        tmo = self._timeouts
-        if proto == 6:
-            if conn.state == _ESTABLISHED and tflags & 0x17 == 0x10 and conn.timeout == tmo.tcp[1]:
-                self._refresh(conn)
-            else:
-                self._update(self.table, conn, _OUT, tflags, tmo)
-        elif conn.timeout == tmo.udp:
-            self._refresh(conn)
-        else:
-            self._update(self.table, conn, _OUT, tflags, tmo)
-        hdr = self._ext_hdr.get(daddr)  # daddr == conn.caddr (out_get matched it)
+    def _ext_miss(self, frame: bytearray, caddr: int, r: IPv4Info, conn: Conn) -> Action | None:
+        """NAT reply whose client has no neighbour entry: route via the gateway or ARP for it."""
+        hdr = self._ext_route(caddr)
         if hdr is None:
-            hdr = self._ext_route(daddr)
-            if hdr is None:
-                return self._neigh_miss(EXT, self._ext_nexthop(daddr), None)
+            return self._neigh_miss(EXT, self._ext_nexthop(caddr), None)
+        proto, saddr, sport, _daddr, _dport, l4, _end, ttl, _tflags = r
         nat_rewrite(frame, hdr, ttl, l4, proto, 26, 0, saddr, conn.vaddr, sport, conn.vport)
         return EXT, frame
 

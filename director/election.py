@@ -155,6 +155,7 @@ class ElectionMachine:
     stepped_down_at: float | None = None  # when forwarding last stopped (for safety checks)
     pending: set[Act] = field(default_factory=set)
     handover_to: str | None = None  # a pending preemption request names this node
+    handover_asked: int = 0  # epoch of the leader we last asked to hand over to us
 
     # -- time and readiness ----------------------------------------------------------
     def tick(self, now: float) -> list[Action]:
@@ -176,7 +177,7 @@ class ElectionMachine:
     def set_ready(self, now: float, ready: bool) -> list[Action]:
         self.ready = ready
         if self.role is Role.FOLLOWER:
-            return self._maybe_campaign(now)
+            return self._maybe_campaign(now) + self._maybe_preempt()
         return []
 
     def next_deadline(self) -> float | None:
@@ -344,8 +345,9 @@ class ElectionMachine:
         ldr = self.leader
         if not self.params.preempt or ldr is None or not self.ready or self.handover_to:
             return []
-        if self.params.priority <= ldr.priority:
+        if self.params.priority <= ldr.priority or self.handover_asked == ldr.epoch:
             return []
+        self.handover_asked = ldr.epoch  # once per leader term
         return [Action(Act.REQUEST_HANDOVER, epoch=ldr.epoch)]
 
     def _campaign(self) -> list[Action]:

@@ -53,6 +53,14 @@ class NodeConfig:
     priority: int = 0
     preempt: bool = False
     log_json: bool = True
+    gateways: tuple[str, ...] = ()
+    """Addresses the active director answers ARP for on the internal side (the NAT real servers' gateway)."""
+    int_addr: str | None = None
+    """This node's own address on the internal side (ARP sender, IPIP source); default: the gateway."""
+    int_mtu: int = 1500
+    table_bits: int = 16
+    events_file: str | None = None
+    """Append role changes and takeover timings as JSON lines here (drills read it)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -61,7 +69,8 @@ class NodeConfig:
 
 
 _KNOWN = {"node_id", "cluster", "etcd", "interfaces", "vmac_id", "sync", "admin", "lease_ttl",
-          "sloppy_grace", "metrics", "priority", "preempt", "log_json"}
+          "sloppy_grace", "metrics", "priority", "preempt", "log_json", "gateways", "int_addr", "int_mtu",
+          "table_bits", "events_file"}
 
 
 def _req(d: dict[str, Any], key: str, path: str, typ: type) -> Any:
@@ -138,4 +147,16 @@ def parse_node_config(text: str) -> NodeConfig:
         priority=_opt(raw, "priority", "", int, 0),
         preempt=_opt(raw, "preempt", "", bool, False),
         log_json=_opt(raw, "log_json", "", bool, True),
+        gateways=tuple(_str_list(raw, "gateways")),
+        int_addr=_opt(raw, "int_addr", "", str, None),
+        int_mtu=_opt(raw, "int_mtu", "", int, 1500),
+        table_bits=_opt(raw, "table_bits", "", int, 16),
+        events_file=_opt(raw, "events_file", "", str, None),
     )
+
+
+def _str_list(d: dict[str, Any], key: str) -> list[str]:
+    v = d.get(key) or []
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise NodeConfigError(f"{key}: must be a list of strings, got {v!r}")
+    return v

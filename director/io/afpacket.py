@@ -285,17 +285,19 @@ def blocking_loop(socks: list[PacketSocket], handler: Handler, should_stop: Call
         poller.register(ps.fileno(), select.POLLIN)
         by_fd[ps.fileno()] = (side, ps.recv_batch)
     sends = [ps.send for ps in socks]
-    handled = 0
+    handled = errors = 0
     while not should_stop():
         for fd, _ev in poller.poll(poll_ms):
             side, recv = by_fd[fd]
             frames = recv(64)
             handled += len(frames)
             for frame in frames:
-                act = handler(frame, side)
-                if act is not None:
-                    try:
+                try:
+                    act = handler(frame, side)
+                    if act is not None:
                         sends[act[0]](act[1])
-                    except OSError:
-                        pass
+                except Exception:  # never let one frame stop the loop
+                    errors += 1
+                    if errors & (errors - 1) == 0:
+                        log.exception("handler/send failed (%d so far)", errors)
     return handled

@@ -73,6 +73,8 @@ class DataPlane:
         self.rx_frames = [0, 0]
         self.tx_frames = [0, 0]
         self.tx_errors = 0
+        self.handler_errors = 0
+        """Frames on which ``Director.handle`` raised (it never should; counted and logged, not fatal)."""
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- sockets ------------------------------------------------------------------------------------
@@ -133,16 +135,23 @@ class DataPlane:
             frames = recv(blocks)
             rx[side] += len(frames)
             for frame in frames:
-                act = handle(frame, side)
-                if act is not None:
-                    out = act[0]
-                    try:
+                try:
+                    act = handle(frame, side)
+                    if act is not None:
+                        out = act[0]
                         sends[out](act[1])
                         tx[out] += 1
-                    except OSError:
-                        self.tx_errors += 1
+                except OSError:
+                    self.tx_errors += 1
+                except Exception:  # a packet-path bug must not take the batch (or the loop) down
+                    self._handler_error(frame)
 
         return on_readable
+
+    def _handler_error(self, frame: bytearray) -> None:
+        self.handler_errors += 1
+        if self.handler_errors & (self.handler_errors - 1) == 0:  # 1st, 2nd, 4th, 8th ...: rate-limited
+            log.exception("packet path raised on a %d-byte frame (%d so far)", len(frame), self.handler_errors)
 
     # -- control ----------------------------------------------------------------------------------
     def send(self, actions: Iterable[Action]) -> int:
@@ -185,7 +194,7 @@ class DataPlane:
         d = self.director
         return {
             "rx_frames": list(self.rx_frames), "tx_frames": list(self.tx_frames),
-            "tx_errors": self.tx_errors, "csum_fixed": self.csum_fixed,
+            "tx_errors": self.tx_errors, "handler_errors": self.handler_errors, "csum_fixed": self.csum_fixed,
             "arp_replies": d.arp_replies, "conns": d.table.count, "active": d.active,
             "drops": d.counters.as_dict(),
             "services": [

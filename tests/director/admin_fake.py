@@ -81,6 +81,12 @@ class FakeNode:
 
     # ---- test helpers (call in the loop thread) ----------------------------------------------
 
+    def docs_from(self, document: str) -> None:
+        """Load a config synchronously (what apply_config does, without the coroutine)."""
+        for svc in config.parse_config(document).services:
+            self.docs[svc.name] = config.service_dict(svc)
+        self._commit()
+
     def svc(self, port: int) -> VirtualService:
         return next(s for s in self.services_tab if s.port == port)
 

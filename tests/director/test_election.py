@@ -195,6 +195,10 @@ def test_priority_preemption() -> None:
     follower.set_ready(0.0, True)
     out = follower.leader_observed(0.0, record("lo", priority=1))
     assert acts(out) == [Act.REQUEST_HANDOVER]
+    assert follower.set_ready(0.05, True) == []  # asked once per leader term
+    late = ElectionMachine(ElectionParams(priority=5, preempt=True, node_id="late"))
+    late.leader_observed(0.0, record("lo", priority=1))
+    assert acts(late.set_ready(0.1, True)) == [Act.REQUEST_HANDOVER]  # asks once it is synced
     leader = leader_machine(t=0.0, preempt=True, priority=1)
     assert acts(leader.handover_requested(0.1, "hi", 5)) == [Act.STOP_FORWARDING, Act.REVOKE]
     bystander = ElectionMachine(ElectionParams(priority=3, node_id="mid"))

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from director.election import Role
-from director.elector import Membership, members
+from director.elector import Elector, Membership, NodeInfo, members
 from director.etcd_server import EtcdServer
 from director.etcdstore import EtcdStore
 from tests.director.etcd_helpers import Cluster, wait_async, wait_until
@@ -201,4 +201,30 @@ def test_membership_lives_with_its_lease(etcd: EtcdServer, etcd_cluster: str) ->
             finally:
                 await mem.stop()
             assert "n7" not in await members(st)
+    run(main)
+
+
+def test_priority_preemption_hands_over_to_the_preferred_node_once_ready(
+        etcd: EtcdServer, etcd_cluster: str) -> None:
+    async def main() -> None:
+        ready = {"lo": True, "hi": False}
+        stores = [EtcdStore(etcd.endpoint, prefix="lbd-test", cluster=etcd_cluster) for _ in range(2)]
+        lo = Elector(stores[0], NodeInfo("lo", priority=1), preempt=True, ready=lambda: ready["lo"])
+        hi = Elector(stores[1], NodeInfo("hi", priority=5), preempt=True, ready=lambda: ready["hi"])
+        try:
+            await lo.start()
+            await wait_until(lambda: lo.is_leader, what="lo leads")
+            await hi.start()
+            await wait_until(lambda: hi.leader is not None and hi.leader.node_id == "lo", what="hi follows")
+            assert lo.is_leader  # hi is not in sync yet: no preemption
+            ready["hi"] = True
+            hi.poke()
+            await wait_until(lambda: hi.is_leader and lo.leader is not None and lo.leader.node_id == "hi",
+                             what="handover to hi")
+            assert not lo.is_leader
+        finally:
+            for e in (lo, hi):
+                await e.stop()
+            for st in stores:
+                await st.close()
     run(main)

@@ -1,83 +1,17 @@
 """Lab fixtures: one network-namespace lab per session, a stand-alone director process in it.
 
 ``lab`` builds a uniquely named lab (``lb<4 hex>``) with three directors and three real servers (their
-HTTP / echo / UDP servers running) and removes it at the end, also when tests fail. ``DirectorProc``
-runs ``python -m director.io.dataplane`` in a director namespace and reads its JSON stats file;
-everything waits on conditions with generous deadlines, never on fixed sleeps.
+HTTP / echo / UDP servers running) and removes it at the end, also when tests fail. Helpers to run a
+director in it are in ``tests/lab/labutil.py``.
 """
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
 from deploy.lab import Lab, new_name
-
-DEADLINE = 30.0
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = DEADLINE, what: str = "condition") -> Any:
-    """Poll ``cond()`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    end = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
-
-
-class DirectorProc:
-    """A stand-alone data plane process in director namespace ``n`` of ``lab``."""
-
-    def __init__(self, lab: Lab, n: int, config_text: str, tag: str) -> None:
-        self.lab = lab
-        self.config = lab.write_file(f"{tag}.yaml", config_text)
-        self.stats_file = lab.workdir / f"{tag}.stats.json"
-        self.ready_file = lab.workdir / f"{tag}.ready"
-        self.log = lab.workdir / f"{tag}.log"
-        for p in (self.stats_file, self.ready_file):
-            p.unlink(missing_ok=True)
-        with open(self.log, "ab") as logf:
-            self.proc = lab.start_director(n, self.config, "--stats-file", str(self.stats_file),
-                                           "--ready-file", str(self.ready_file),
-                                           stdout=logf, stderr=subprocess.STDOUT)
-        wait_for(lambda: self._alive() and self.ready_file.exists() and self.stats_file.exists(),
-                 what=f"director {tag} to start (log: {self.log})")
-
-    def _alive(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"director exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-        return True
-
-    def stats(self) -> dict[str, Any]:
-        self._alive()
-        data: dict[str, Any] = json.loads(Path(self.stats_file).read_text())
-        return data
-
-    def fresh_stats(self) -> dict[str, Any]:
-        """Stats written after this call (the file is rewritten every 200 ms)."""
-        before = self.stats_file.stat().st_mtime_ns
-        wait_for(lambda: self.stats_file.stat().st_mtime_ns != before, what="a fresh stats snapshot")
-        return self.stats()
-
-    def reload(self, config_text: str) -> None:
-        """Rewrite the services file and SIGHUP the director; returns once a new snapshot shows it."""
-        self.config.write_text(config_text)
-        self.proc.send_signal(signal.SIGHUP)
-        self.fresh_stats()
-        self.fresh_stats()
-
-    def stop(self) -> None:
-        Lab.stop(self.proc)
 
 
 @pytest.fixture(scope="session")

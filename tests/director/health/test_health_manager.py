@@ -154,12 +154,15 @@ def test_quiesce_sets_weight_zero_and_recovery_restores() -> None:
     dead = svc.dests[0]
     ct = table.new(6, 10, 0, 1, 80, dead.addr, 8080, int(ConnFlags.TEMPLATE), dead, timeout=300)
     conn = table.new(6, 10, 5555, 1, 80, dead.addr, 8080, 0, dead)
+    ct_key = ct.key
     apply_verdict(services, table, dead.key, False, on_failure="quiesce", expire_quiescent_template=False)
     assert dead.weight == 0 and dead in svc.dests
     assert all(svc.scheduler.schedule(svc.dests, 20 + i, 1000) is not dead for i in range(20))
     assert table.get(ct.key) is ct and table.get(conn.key) is conn  # existing conns/templates live on
     apply_verdict(services, table, dead.key, False, on_failure="quiesce", expire_quiescent_template=True)
-    assert table.get(ct.key) is None and ct.vport == 65535  # template invalidated (check_template)
+    # template invalidated by check_template: rehashed as vport = dport = 65535, never matches again
+    assert table.get(ct_key) is None and (ct.vport, ct.dport) == (65535, 65535)
+    assert table.ct_in_get(6, 10, 0, 1, 80) is None
     apply_verdict(services, table, dead.key, True, on_failure="quiesce", configured=Dest(svc, 2, 8080, 5))
     assert dead.weight == 5
     assert any(svc.scheduler.schedule(svc.dests, 20 + i, 1000) is dead for i in range(20))
@@ -169,9 +172,10 @@ def test_remove_unlinks_and_recovery_relinks() -> None:
     services, table, svc, _ = tables()
     dead = svc.dests[1]
     ct = table.new(6, 11, 0, 1, 80, dead.addr, 8080, int(ConnFlags.TEMPLATE), dead, timeout=300)
+    ct_key = ct.key
     apply_verdict(services, table, dead.key, False, on_failure="remove")
     assert dead not in svc.dests and not dead.flags & DestFlags.AVAILABLE
-    assert table.get(ct.key) is None  # an unavailable dest's template never matches again
+    assert table.get(ct_key) is None and ct.vport == 65535  # an unavailable dest's template is invalidated
     back = apply_verdict(services, table, dead.key, True, on_failure="remove", configured=dead)
     assert back is dead and dead in svc.dests and dead.flags & DestFlags.AVAILABLE
     assert apply_verdict(services, table, (6, 9, 9, 0, 2, 8080), False, on_failure="remove") is None
@@ -188,10 +192,11 @@ async def _drill() -> None:
     servers = [await HttpServer({"/healthz": (200, b"ok")}).start() for _ in range(2)]
     services = ServiceTable()
     svc = VirtualService(int(Proto.TCP), 1, 80, registry.create("wrr"))
-    for i, s in enumerate(servers):
-        svc.add_dest(Dest(svc, 0x7F000001 + i * 0, s.port, weight=3))  # both on 127.0.0.1, by port
+    for s in servers:
+        svc.add_dest(Dest(svc, 0x7F000001, s.port, weight=3))  # both on 127.0.0.1, told apart by port
     services.add(svc)
-    spec = HealthSpec(kind="http", path="/healthz", expect_body="ok", interval=0.1, timeout=0.5, rise=2, fall=3)
+    spec = HealthSpec(kind="http", path="/healthz", expect_body="ok", interval=0.1, timeout=0.5, rise=2,
+                      fall=3)
     specs = {d.key: spec for d in svc.dests}
     configured = {d.key: Dest(svc, d.addr, d.port, weight=3) for d in svc.dests}
     m = HealthManager()
@@ -221,7 +226,8 @@ async def _drill() -> None:
         servers[0].port = victim.port
         await servers[0].start()
         await _until(lambda: victim.weight == 3)
-        assert [f.up for f in flips] == [False, True] and m.get(victim.key).ok_streak >= spec.rise  # type: ignore[union-attr]
+        h = m.get(victim.key)
+        assert [f.up for f in flips] == [False, True] and h is not None and h.ok_streak >= spec.rise
         assert svc.dests[1].weight == 3 and all(f.key == victim.key for f in flips)
     finally:
         await runner.stop()

@@ -1,0 +1,342 @@
+"""`directord`: one director node — data plane, conn table, sync, election, config, admin.
+
+Theory of operation
+-------------------
+Everything runs on one asyncio loop, so the conn table needs no locks: the AF_PACKET fds are loop
+readers (director.io.dataplane), gRPC is grpc.aio (sync and admin), etcd is aetcd. ``main`` only
+parses arguments and wires the parts; `Node` owns them and reacts to role changes:
+
+* **backup** (FOLLOWER / STEPPED_DOWN): the director answers no ARP and forwards nothing; the sync
+  follower copies the master's table (its address and epoch come from the leader record in etcd);
+  the node becomes *ready* to campaign once that copy is live (or when no master exists).
+* **master** (LEADER): the elector calls `_start_forwarding(epoch)` synchronously, inside the loop
+  turn that won the election: stop following, serve the sync stream with the new epoch, activate the
+  director (ARP answers + gratuitous ARPs), accept mid-flow TCP without an entry for `sloppy_grace`
+  seconds (consistent schedulers pick the same dest again), and run the health checks.
+* **step down** (lease renewal overdue, resign, shutdown): `_stop_forwarding()` deactivates the
+  director at once, before the lease can expire anywhere else.
+
+Config comes from etcd (``config/``), is validated by director.config and applied in place; invalid
+config is refused with a log line naming the field, and the running config stays. SIGTERM resigns
+(after flushing sync to every follower), SIGUSR1 resigns and stays as a backup (graceful failover).
+Role changes and the first forwarded packet after a takeover are appended to ``events_file`` as
+JSON lines with wall-clock times, so drills can measure takeover and check for split brain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from director.arp import vrrp_mac
+from director.config import ConfigError, apply_timeouts, apply_to_services, config_from_texts
+from director.conn import ConnTable
+from director.core import CoreConfig, Director
+from director.election import LeaderRecord, Role
+from director.elector import Elector, Membership, NodeInfo, RoleChange
+from director.etcdstore import ConfigSnapshot, EtcdStore
+from director.io.dataplane import DataPlane
+from director.nodeconfig import NodeConfig, NodeConfigError, parse_node_config
+from director.service import ServiceTable
+from syncd.client import Follower
+from syncd.server import SyncServer, create_sync_server
+
+log = logging.getLogger("directord")
+
+VERSION = "0.1.0"
+
+
+def _ip(text: str) -> int:
+    return int(ipaddress.IPv4Address(text))
+
+
+def core_config_for(cfg: NodeConfig) -> CoreConfig:
+    gws = frozenset(_ip(g) for g in cfg.gateways)
+    int_addr = _ip(cfg.int_addr) if cfg.int_addr else (min(gws) if gws else 0)
+    return CoreConfig(vmac=vrrp_mac(cfg.vmac_id), gw_addrs=gws, int_addr=int_addr, mtu=cfg.int_mtu)
+
+
+class EventLog:
+    """Role changes and takeover timings as JSON lines (wall clock), for drills and operators."""
+
+    def __init__(self, path: str | None, node_id: str) -> None:
+        self.path = path
+        self.node_id = node_id
+        self.recent: list[dict[str, Any]] = []
+
+    def write(self, kind: str, **fields: Any) -> None:
+        rec = {"t": time.time(), "node": self.node_id, "event": kind, **fields}
+        self.recent = [*self.recent[-199:], rec]
+        log.info("event %s %s", kind, fields)
+        if self.path:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(rec) + "\n")
+
+
+class Node:
+    """One director node. Build with `Node(cfg)`, then `await node.start()` / `await node.run()`."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.clock = time.monotonic
+        self.started = time.time()
+        self.table = ConnTable(self.clock, bits=cfg.table_bits)
+        self.services = ServiceTable()
+        self.core_cfg = core_config_for(cfg)
+        self.director = Director(self.table, self.services, self.clock, self.core_cfg)
+        self.dataplane = DataPlane(self.director, cfg.external, cfg.internal)
+        self.store = EtcdStore(list(cfg.etcd_endpoints), prefix=cfg.etcd_prefix, cluster=cfg.cluster)
+        self.events = EventLog(cfg.events_file, cfg.node_id)
+        self.follower = Follower(None, cfg.node_id, self.table, self.services,
+                                 epoch_source=self._known_epoch, tls=cfg.sync_tls)
+        self.sync: SyncServer | None = None
+        self.elector: Elector | None = None
+        self.membership: Membership | None = None
+        self.config_revision = 0
+        self.config_error = ""
+        self.config_snapshot: ConfigSnapshot | None = None
+        self.role = Role.FOLLOWER
+        self.leader: LeaderRecord | None = None
+        self.role_changes = 0
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopping = asyncio.Event()
+        self._first_forward_task: asyncio.Task[None] | None = None
+        self.health: Any = None
+
+    # -- readiness and epochs ---------------------------------------------------------------------
+    def _known_epoch(self) -> int:
+        return self.leader.epoch if self.leader is not None else 0
+
+    def ready(self) -> bool:
+        """Campaign only with a table in sync with the current master, or when there is none."""
+        if self.config_snapshot is None:
+            return False
+        ldr = self.leader
+        if ldr is None or ldr.node_id == self.cfg.node_id:
+            return True
+        return self.follower.in_sync
+
+    # -- role callbacks (synchronous: they run inside the elector's loop turn) ------------------------
+    def _start_forwarding(self, epoch: int) -> None:
+        self.role = Role.LEADER
+        self.events.write("master", epoch=epoch)
+        self.follower.set_master(None, epoch)
+        if self.sync is not None:
+            self.sync.set_epoch(epoch)
+            self.sync.start_serving()
+        self.director.sloppy_until = self.clock() + self.cfg.sloppy_grace
+        self.dataplane.send(self.director.set_active(True))
+        self.events.write("forwarding", epoch=epoch)
+        self._first_forward_task = asyncio.ensure_future(self._watch_first_forward(epoch))
+        asyncio.ensure_future(self._repeat_garp())
+        if self.health is not None:
+            self.health.set_master(True)
+
+    def _stop_forwarding(self) -> None:
+        was = self.director.active
+        self.director.set_active(False)
+        if self.sync is not None and self.sync.serving:
+            self.sync.stop_serving()
+        if self._first_forward_task is not None:
+            self._first_forward_task.cancel()
+        if self.health is not None:
+            self.health.set_master(False)
+        if was:
+            self.events.write("stopped_forwarding")
+
+    def _on_change(self, change: RoleChange) -> None:
+        self.role = change.role
+        self.role_changes += 1
+        self.leader = change.leader
+        self.events.write("role", role=change.role.name, epoch=change.epoch,
+                          leader=change.leader.node_id if change.leader else None)
+        ldr = change.leader
+        if change.role is not Role.LEADER and ldr is not None and ldr.node_id != self.cfg.node_id:
+            self.follower.set_master(ldr.sync_addr or None, ldr.epoch)
+            self.follower.start()
+
+    async def _repeat_garp(self) -> None:
+        """Gratuitous ARPs again after 0.2 s and 1 s: one lost frame must not strand clients."""
+        for delay in (0.2, 1.0):
+            await asyncio.sleep(delay)
+            if self.director.active:
+                self.dataplane.send_gratuitous_arp()
+
+    def _forwarded(self) -> int:
+        return sum(s.counters.inpkts + s.counters.outpkts for s in self.services)
+
+    async def _watch_first_forward(self, epoch: int) -> None:
+        base = self._forwarded()
+        while self.director.active:
+            if self._forwarded() != base:
+                self.events.write("first_forward", epoch=epoch)
+                return
+            await asyncio.sleep(0.002)
+
+    # -- config -----------------------------------------------------------------------------------
+    def apply_snapshot(self, snap: ConfigSnapshot) -> bool:
+        """Validate and apply one config snapshot; on error keep the running config."""
+        try:
+            cfg = config_from_texts(snap.services, snap.timeouts)
+        except ConfigError as err:
+            self.config_error = str(err)
+            log.error("config at revision %d refused, running config kept: %s", snap.revision, err)
+            self.events.write("config_refused", revision=snap.revision, error=str(err))
+            return False
+        down = self.health.down_keys() if self.health is not None else ()
+        apply_to_services(cfg, self.services, down=down)
+        apply_timeouts(cfg.timeouts, self.core_cfg.timeouts)
+        self.config_snapshot = snap
+        self.config_revision = snap.revision
+        self.config_error = ""
+        self.follower.rebind_pending()
+        if self.health is not None:
+            self.health.reconfigure(cfg)
+        log.info("config revision %d applied: %d services", snap.revision, len(self.services))
+        return True
+
+    async def _config_loop(self) -> None:
+        async for snap in self.store.watch_config():
+            self.apply_snapshot(snap)
+            if self.elector is not None:
+                self.elector.poke()
+
+    # -- periodic work ----------------------------------------------------------------------------
+    async def _timer_loop(self) -> None:
+        """Conn timers, neighbour probes. Sleeps until the table's next deadline (at most 100 ms)."""
+        last_probe = 0.0
+        while True:
+            self.table.tick()
+            now = self.clock()
+            if now - last_probe > 1.0:
+                last_probe = now
+                with contextlib.suppress(OSError):
+                    self.dataplane.probe_neighbours()
+            nxt = self.table.next_deadline()
+            delay = 0.1 if nxt is None else min(0.1, max(0.005, nxt - now))
+            await asyncio.sleep(delay)
+
+    async def _ready_loop(self) -> None:
+        """Tell the elector when readiness may have changed (sync state flips)."""
+        last = None
+        while True:
+            r = self.ready()
+            if r != last and self.elector is not None:
+                self.elector.poke()
+                last = r
+            await asyncio.sleep(0.05)
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        self.sync, _port = await create_sync_server(cfg.sync_listen, self.table, self.services, 0,
+                                                    cfg.sync_tls, clock=self.clock)
+        self.dataplane.attach(loop)
+        await self.store.connect()
+        self._tasks.append(asyncio.create_task(self._config_loop(), name="config"))
+        self._tasks.append(asyncio.create_task(self._timer_loop(), name="timers"))
+        self._tasks.append(asyncio.create_task(self._ready_loop(), name="ready"))
+        await self._start_admin()
+        node = NodeInfo(cfg.node_id, cfg.sync_advertise, cfg.admin_listen or "", cfg.priority)
+        self.elector = Elector(self.store, node, ttl=max(1, round(cfg.lease_ttl)), ready=self.ready,
+                               on_start_forwarding=self._start_forwarding,
+                               on_stop_forwarding=self._stop_forwarding, on_change=self._on_change,
+                               preempt=cfg.preempt)
+        await self.elector.start()
+        self.membership = Membership(self.store, cfg.node_id, {
+            "sync_addr": cfg.sync_advertise, "admin_addr": cfg.admin_listen or "", "version": VERSION})
+        with contextlib.suppress(Exception):
+            await self.membership.start()
+        self.events.write("started", pid=os.getpid())
+
+    async def _start_admin(self) -> None:
+        from director.node_api import start_admin  # noqa: PLC0415 (keeps the import graph acyclic)
+
+        await start_admin(self)
+
+    async def resign(self) -> None:
+        """Graceful failover: flush sync to every follower, then hand the lease over."""
+        if self.elector is None or self.role is not Role.LEADER:
+            return
+        if self.sync is not None:
+            acked = await self.sync.flush(timeout=5.0)
+            self.events.write("sync_flushed", all_acked=acked)
+        await self.elector.resign()
+
+    async def stop(self) -> None:
+        self.events.write("stopping")
+        if self.role is Role.LEADER:
+            await self.resign()
+        if self.elector is not None:
+            await self.elector.stop()
+        if self.membership is not None:
+            with contextlib.suppress(Exception):
+                await self.membership.stop()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.follower.stop()
+        if self.sync is not None:
+            await self.sync.stop()
+        self.dataplane.detach()
+        await self.store.close()
+        self.events.write("stopped")
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self._stopping.set)
+        loop.add_signal_handler(signal.SIGUSR1, lambda: asyncio.ensure_future(self.resign()))
+        await self.start()
+        await self._stopping.wait()
+        await self.stop()
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"t": round(record.created, 3), "level": record.levelname, "logger": record.name,
+               "msg": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(node_id: str, as_json: bool, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if as_json:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {node_id} %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="directord", description="run one director node")
+    p.add_argument("-c", "--config", required=True, help="node YAML file")
+    p.add_argument("--log-level", default=os.environ.get("DIRECTORD_LOG", "info"))
+    args = p.parse_args(argv)
+    try:
+        cfg = parse_node_config(Path(args.config).read_text())
+    except (OSError, NodeConfigError) as err:
+        print(f"directord: {args.config}: {err}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.node_id, cfg.log_json, args.log_level)
+    log.info("directord %s node %s on %s (pid %d)", VERSION, cfg.node_id, socket.gethostname(), os.getpid())
+    asyncio.run(Node(cfg).run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
