@@ -89,7 +89,8 @@ class FwdBench:
     def prepare(self) -> None:
         lab, r1 = self.lab, self.r1
         lab.exec(r1.ns, "nft add table netdev sink")
-        lab.exec(r1.ns, ["nft", "add chain netdev sink in { type filter hook ingress device eth0 priority 0 ; }"])
+        lab.exec(r1.ns, ["nft", "add chain netdev sink in "
+                                "{ type filter hook ingress device eth0 priority 0 ; }"])
         lab.exec(r1.ns, f"nft add rule netdev sink in udp dport {UDP_PORT} drop")
         for port in (IPERF_NAT_PORT, IPERF_KERNEL_PORT):
             lab.popen(r1.ns, ["iperf3", "-s", "-p", str(port)], stdout=subprocess.DEVNULL,

@@ -33,6 +33,7 @@ which the I/O layer must handle) but have TSO/GSO off so no frame is larger than
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import logging
@@ -198,10 +199,8 @@ class Lab:
         out = _run(["ip", "netns", "pids", ns], check=False).stdout.split()
         pids = [int(p) for p in out if p.isdigit() and int(p) != os.getpid()]
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + 5.0
         while pids and time.monotonic() < deadline:
             pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _is_zombie(p)]
@@ -364,7 +363,7 @@ class Lab:
         d = self.directors[n - 1]
         argv = [PYTHON, "-m", "director.io.dataplane", "--ext", "ext", "--int", "int",
                 "--config", str(config), *extra]
-        return self.popen(d.ns, argv, **kw)
+        return self.popen(d.ns, argv, **kw)  # type: ignore[arg-type]
 
     def sysctl(self, ns: str, key: str, value: str) -> None:
         self.exec(ns, ["sysctl", "-qw", f"{key}={value}"])

@@ -20,9 +20,11 @@ Health and reflection need no credential.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import importlib
+import itertools
 import logging
 import os
 import re
@@ -72,6 +74,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Admin"].full_name
 WRITE_ROLES = frozenset({"admin", "operator"})
 READ_ROLES = WRITE_ROLES | {"reader", "viewer"}
 CONN_CHUNK = 512
+COLLECT_SLICE = 4096
 
 STATUS_OF: dict[type[AdminError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -340,11 +343,25 @@ class AdminServicer(pb_grpc.AdminServicer):
                         ) -> AsyncIterator[pb.ListConnsResponse]:
         flt = conn_filter(request)
         after = page_token(request.page_token)
-        items, last = page(self.api.conns(flt), request.page_size, after)
+        views = iter(self.api.conns(flt))
+        if not request.page_size and after is None:
+            # everything, in table order: stream slice by slice, the loop runs between slices
+            sent = False
+            while chunk := list(itertools.islice(views, CONN_CHUNK)):
+                sent = True
+                yield pb.ListConnsResponse(conns=[conn_pb(c) for c in chunk])
+            if not sent:
+                yield pb.ListConnsResponse()
+            return
+        collected: list[ConnView] = []
+        while chunk := list(itertools.islice(views, COLLECT_SLICE)):
+            collected += chunk
+            await asyncio.sleep(0)  # let the packet path run while a big table is read
+        items, last = page(collected, request.page_size, after)
         out = list(chunks(items, CONN_CHUNK)) or [[]]
-        for i, chunk in enumerate(out):
+        for i, part in enumerate(out):
             token = ".".join(map(str, last)) if last is not None and i == len(out) - 1 else ""
-            yield pb.ListConnsResponse(conns=[conn_pb(c) for c in chunk], next_page_token=token)
+            yield pb.ListConnsResponse(conns=[conn_pb(c) for c in part], next_page_token=token)
 
     @_guard(write=False)
     async def GetStats(self, request: pb.GetStatsRequest, context: Any) -> pb.GetStatsResponse:

@@ -299,8 +299,8 @@ class NodeApi(Protocol):
 
     def services(self) -> list[ServiceView]: ...
 
-    def conns(self, flt: ConnFilter) -> list[ConnView]:
-        """Matching entries (templates included) as a snapshot, any order."""
+    def conns(self, flt: ConnFilter) -> Iterable[ConnView]:
+        """Matching entries (templates included), any order; may be lazy (see `table_conns`)."""
         ...
 
     def stats(self) -> StatsView: ...
@@ -501,12 +501,33 @@ def select_conns(views: Iterable[ConnView], flt: ConnFilter) -> list[ConnView]:
     return [c for c in views if flt.accepts(c)]
 
 
+def table_conns(table: Iterable[Conn], flt: ConnFilter, now: float) -> Iterator[ConnView]:
+    """Lazily yield views of the matching entries of a ConnTable (cheap raw checks first).
+
+    Suitable as `NodeApi.conns`: ConnTable iteration tolerates table changes between entries, so
+    the admin layer may consume it in slices while the event loop keeps forwarding.
+    """
+    svc = flt.service
+    for c in table:
+        if flt.templates_only and not c.flags & ConnFlags.TEMPLATE:
+            continue
+        if flt.caddr is not None and c.caddr != flt.caddr:
+            continue
+        if flt.daddr is not None and c.daddr != flt.daddr:
+            continue
+        if svc is not None and not svc.matches((c.protocol, c.vaddr, c.vport, c.fwmark)):
+            continue
+        v = conn_view(c, now)
+        if flt.accepts(v):
+            yield v
+
+
 def page(conns: list[ConnView], page_size: int, after: tuple[int, ...] | None
          ) -> tuple[list[ConnView], tuple[int, ...] | None]:
     """Sort by key, skip up to `after`, take page_size (0 = all); returns (page, last key if more)."""
-    conns.sort(key=lambda c: c.sort_key)
     if after is not None:
         conns = [c for c in conns if c.sort_key > after]
+    conns.sort(key=lambda c: c.sort_key)
     if page_size <= 0 or len(conns) <= page_size:
         return conns, None
     chunk = conns[:page_size]

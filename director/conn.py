@@ -341,7 +341,7 @@ class ConnTable:
                         dest.inactconns += 1
                         conn.flags = _canon(f | F_INACTIVE)
                 elif state == S_ESTABLISHED:
-                    pass
+                    dest.inactconns -= 1
                     dest.activeconns += 1
                     conn.flags = _canon(f & ~F_INACTIVE)
         conn.timeout = timeout

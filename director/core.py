@@ -80,8 +80,13 @@ _AVAILABLE = int(DestFlags.AVAILABLE)
 _ESTABLISHED = int(TcpState.ESTABLISHED)
 _ICMP_ERRORS = frozenset((3, 4, 11))
 _int_and = int.__and__  # dest.flags is an IntFlag: test bits without its Python-level __and__
-_FAST = struct.Struct("!12xHBxHxxHBBxxIIHHH6xBB").unpack_from
-"""ethertype ver_ihl tot_len frag ttl proto saddr daddr | sport dport (UDP len) (TCP doff) (TCP flags)"""
+_FAST = struct.Struct("!12xHBxHxxHBBHIIHHHH4xBB2xH").unpack_from
+"""52 bytes: ethertype ver_ihl tot_len frag ttl proto ip_csum saddr daddr | sport dport, then at 38/40 the
+UDP length/checksum, at 46/47 the TCP data offset/flags and at 50 the TCP checksum (for the fast path)."""
+_IP_TAIL = struct.Struct("!BBHII").pack_into  # ttl proto csum saddr daddr at offset 22
+_PORTS_CSUM_UDP = struct.Struct("!HHHH").pack_into  # sport dport len csum at 34
+_PORTS = struct.Struct("!HH").pack_into
+_U16 = struct.Struct("!H").pack_into
 _IN = int(Direction.INPUT)
 _OUT = int(Direction.OUTPUT)
 
@@ -146,9 +151,9 @@ class Director:
         # UDP header within the packet); everything else goes through parse_ipv4's full checks.
         n = len(frame)
         fast = False
-        if n >= 48:
-            etype, ver_ihl, tot_len, frag, ttl, proto, saddr, daddr, sport, dport, ulen, doff, tflags = \
-                _FAST(frame, 0)
+        if n >= 52:
+            (etype, ver_ihl, tot_len, frag, ttl, proto, ipsum, saddr, daddr, sport, dport, ulen, usum, doff,
+             tflags, tsum) = _FAST(frame, 0)
             end = tot_len + 14
             if etype == 0x800 and ver_ihl == 0x45 and not frag & 0x3FFF and 34 <= end <= n and (
                     not self._verify or not int.from_bytes(frame[14:34], "big") % 0xFFFF):
@@ -191,10 +196,21 @@ class Director:
                 else:
                     self._update(self.table, conn, _OUT, tflags, tmo)
                 hdr = self._ext_hdr.get(daddr)  # daddr == conn.caddr (out_get matched it)
-                if hdr is None:
-                    return self._ext_miss(frame, daddr, (proto, saddr, sport, daddr, dport, l4, end, ttl,
-                                                         tflags), conn)
-                nat_rewrite(frame, hdr, ttl, l4, proto, 26, 0, saddr, conn.vaddr, sport, conn.vport)
+                if hdr is None or not fast:
+                    return self._ext_miss(frame, hdr, daddr, (proto, saddr, sport, daddr, dport, l4, end, ttl,
+                                                              tflags), conn)
+                # nat_rewrite(..., 26, 0, saddr, vaddr, sport, vport) inlined, fewest writes
+                na = conn.vaddr
+                np = conn.vport
+                frame[0:12] = hdr
+                da = na - saddr
+                _IP_TAIL(frame, 22, ttl - 1, proto, (ipsum - da + 0x100) % 0xFFFF, na, daddr)
+                if proto == 6:
+                    _PORTS(frame, 34, np, dport)
+                    _U16(frame, 50, (tsum - da - np + sport) % 0xFFFF)
+                else:
+                    _PORTS_CSUM_UDP(frame, 34, np, dport, ulen,
+                                    ((usum - da - np + sport) % 0xFFFF or 0xFFFF) if usum else 0)
                 return EXT, frame
         conn = self._in_get(proto, saddr, sport, daddr, dport)
         if conn is None:
@@ -225,18 +241,35 @@ class Director:
             self._update(self.table, conn, _IN, tflags, tmo)
         fwd = conn.flags & 7
         if fwd == _MASQ:
-            hdr = self._int_hdr.get(conn.daddr)
+            na = conn.daddr
+            hdr = self._int_hdr.get(na)
             if hdr is None:
-                return self._neigh_miss(INT, conn.daddr, dest)
-            nat_rewrite(frame, hdr, ttl, l4, proto, 30, 2, daddr, conn.daddr, dport, conn.dport)
+                return self._neigh_miss(INT, na, dest)
+            np = conn.dport
+            if not fast:
+                nat_rewrite(frame, hdr, ttl, l4, proto, 30, 2, daddr, na, dport, np)
+                return INT, frame
+            # nat_rewrite(..., 30, 2, daddr, conn.daddr, dport, conn.dport) inlined, fewest writes
+            frame[0:12] = hdr
+            da = na - daddr
+            _IP_TAIL(frame, 22, ttl - 1, proto, (ipsum - da + 0x100) % 0xFFFF, saddr, na)
+            if proto == 6:
+                _PORTS(frame, 34, sport, np)
+                _U16(frame, 50, (tsum - da - np + dport) % 0xFFFF)
+            else:
+                _PORTS_CSUM_UDP(frame, 34, sport, np, ulen,
+                                ((usum - da - np + dport) % 0xFFFF or 0xFFFF) if usum else 0)
             return INT, frame
         return self._xmit_other(frame, conn, fwd, (proto, saddr, sport, daddr, dport, l4, end, ttl, tflags))
 
-    def _ext_miss(self, frame: bytearray, caddr: int, r: IPv4Info, conn: Conn) -> Action | None:
-        """NAT reply whose client has no neighbour entry: route via the gateway or ARP for it."""
-        hdr = self._ext_route(caddr)
+    def _ext_miss(self, frame: bytearray, hdr: bytes | None, caddr: int, r: IPv4Info, conn: Conn
+                  ) -> Action | None:
+        """NAT reply (slow parse, or the client has no neighbour entry: route via the gateway or
+        ARP for it)."""
         if hdr is None:
-            return self._neigh_miss(EXT, self._ext_nexthop(caddr), None)
+            hdr = self._ext_route(caddr)
+            if hdr is None:
+                return self._neigh_miss(EXT, self._ext_nexthop(caddr), None)
         proto, saddr, sport, _daddr, _dport, l4, _end, ttl, _tflags = r
         nat_rewrite(frame, hdr, ttl, l4, proto, 26, 0, saddr, conn.vaddr, sport, conn.vport)
         return EXT, frame

@@ -228,13 +228,19 @@ class Node:
             await asyncio.sleep(delay)
 
     async def _ready_loop(self) -> None:
-        """Tell the elector when readiness may have changed (sync state flips)."""
-        last = None
+        """Tell the elector when readiness may have changed; log sync state flips as events."""
+        last: bool | None = None
+        last_sync: bool | None = None
         while True:
             r = self.ready()
             if r != last and self.elector is not None:
                 self.elector.poke()
                 last = r
+            in_sync = self.follower.in_sync
+            if in_sync != last_sync:
+                self.events.write("sync_state", in_sync=in_sync, conns=self.table.count,
+                                  master=self.follower.target)
+                last_sync = in_sync
             await asyncio.sleep(0.05)
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -262,9 +268,14 @@ class Node:
         self.events.write("started", pid=os.getpid())
 
     async def _start_admin(self) -> None:
-        from director.node_api import start_admin  # noqa: PLC0415 (keeps the import graph acyclic)
+        import importlib
 
-        await start_admin(self)
+        try:
+            mod = importlib.import_module("director.node_api")
+        except ImportError:
+            log.warning("admin API not available in this build")
+            return
+        await mod.start_admin(self)
 
     async def resign(self) -> None:
         """Graceful failover: flush sync to every follower, then hand the lease over."""

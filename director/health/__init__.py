@@ -10,6 +10,9 @@ Theory of operation
   after `fall` consecutive failures; a down dest comes back after `rise` consecutive successes.
   A dest without a known verdict starts up (keepalived's default, no "alpha" mode), so adding a
   dest never black-holes traffic while its first checks run. `HealthRunner` drives it on asyncio.
+* **`service.HealthService`** is the node component the daemon wires: `reconfigure(cfg)`,
+  `set_master(bool)`, `down_keys()` (for `config.apply_to_services(..., down=...)`), `run(store)`
+  (follows the published verdicts in etcd) and `invalidate_down(table, keys)`.
 * **Effect of a verdict** (`manager.apply_verdict`): `on_failure: quiesce` (default, like
   keepalived's `inhibit_on_failure`) sets the dest's weight to 0, so no new connection goes to it
   while existing ones live on; `on_failure: remove` unlinks it (existing conns then follow
@@ -46,8 +49,10 @@ from director.health.manager import (
     encode_verdict,
     verdict_key,
 )
+from director.health.service import HealthService
 
 __all__ = [
-    "CheckResult", "DestHealth", "HealthManager", "HealthRunner", "HealthSpec", "Probe", "Transition",
+    "CheckResult", "DestHealth", "HealthManager", "HealthRunner", "HealthService", "HealthSpec", "Probe",
+    "Transition",
     "apply_verdict", "decode_verdict", "encode_verdict", "verdict_key",
 ]

@@ -195,9 +195,9 @@ class PacketSocket:
                 break
             frame = bytearray(data)
             for level, kind, cdata in anc:
-                if level == SOL_PACKET and kind == PACKET_AUXDATA and len(cdata) >= 4:
-                    if _U32.unpack_from(cdata)[0] & TP_STATUS_CSUMNOTREADY and fix_partial_csum(frame):
-                        self.csum_fixed += 1
+                if (level == SOL_PACKET and kind == PACKET_AUXDATA and len(cdata) >= 4
+                        and _U32.unpack_from(cdata)[0] & TP_STATUS_CSUMNOTREADY and fix_partial_csum(frame)):
+                    self.csum_fixed += 1
             out.append(frame)
         return out
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -53,13 +54,14 @@ from director.service import Dest, ServiceTable, VirtualService
 from director.types import FwdMethod, Proto, SvcFlags
 
 log = logging.getLogger(__name__)
+DEFAULT_RING = RingSpec()
 
 
 class DataPlane:
     """Moves frames between two interfaces and a :class:`Director`."""
 
     def __init__(self, director: Director, ext_ifname: str, int_ifname: str, *,
-                 ring: RingSpec | None = RingSpec(), fanout_group: int | None = None,
+                 ring: RingSpec | None = DEFAULT_RING, fanout_group: int | None = None,
                  batch_blocks: int = 64) -> None:
         self.director = director
         self.ifnames = (ext_ifname, int_ifname)
@@ -151,7 +153,8 @@ class DataPlane:
     def _handler_error(self, frame: bytearray) -> None:
         self.handler_errors += 1
         if self.handler_errors & (self.handler_errors - 1) == 0:  # 1st, 2nd, 4th, 8th ...: rate-limited
-            log.exception("packet path raised on a %d-byte frame (%d so far)", len(frame), self.handler_errors)
+            log.exception("packet path raised on a %d-byte frame (%d so far)", len(frame),
+                          self.handler_errors)
 
     # -- control ----------------------------------------------------------------------------------
     def send(self, actions: Iterable[Action]) -> int:
@@ -199,12 +202,14 @@ class DataPlane:
             "drops": d.counters.as_dict(),
             "services": [
                 {"key": list(s.key), "counters": s.counters.as_dict(),
-                 "dests": {str(ipaddress.IPv4Address(x.addr)): {"weight": x.weight, **x.counters.as_dict(),
-                                                                "activeconns": x.activeconns,
-                                                                "inactconns": x.inactconns}
-                           for x in s.dests}}
+                 "dests": {str(ipaddress.IPv4Address(x.addr)): _dest_stats(x) for x in s.dests}}
                 for s in d.services],
         }
+
+
+def _dest_stats(dest: Dest) -> dict[str, int]:
+    return {"weight": dest.weight, "activeconns": dest.activeconns, "inactconns": dest.inactconns,
+            **dest.counters.as_dict()}
 
 
 # -- stand-alone director: config file, reload, stats ---------------------------------------------
@@ -331,10 +336,8 @@ async def _serve(args: argparse.Namespace, fanout_group: int | None, worker: int
         dp.probe_neighbours()
         if args.stats_file and worker == 0:
             _write_json(args.stats_file, dp.stats())
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.2)
-        except TimeoutError:
-            pass
     dp.detach()
 
 
@@ -355,10 +358,8 @@ def _run_workers(args: argparse.Namespace) -> int:
 
     def forward(sig: int, _frame: object) -> None:
         for p in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(p, sig)
-            except ProcessLookupError:
-                pass
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)

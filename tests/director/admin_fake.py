@@ -15,7 +15,7 @@ import asyncio
 import copy
 import ipaddress
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -40,11 +40,10 @@ from director.adminapi import (
     Subscription,
     SvcRef,
     conn_event,
-    conn_view,
     diff_documents,
     find_service,
-    select_conns,
     service_view,
+    table_conns,
 )
 from director.conn import ConnTable
 from director.service import Dest, DestKey, ServiceTable, VirtualService
@@ -130,8 +129,8 @@ class FakeNode:
         return [service_view(s, health=self.health, configured=self._configured(), estimator=self.est)
                 for s in self.services_tab]
 
-    def conns(self, flt: ConnFilter) -> list[ConnView]:
-        return select_conns((conn_view(c, self.now) for c in self.table), flt)
+    def conns(self, flt: ConnFilter) -> Iterator[ConnView]:
+        return table_conns(self.table, flt, self.now)
 
     def stats(self) -> StatsView:
         t = self.est.totals

@@ -66,6 +66,21 @@ class ConnTableMachine(RuleBasedStateMachine):
         self.seen.append(t)
         return t
 
+    @rule(target=conns, t=templates, cport=st.sampled_from([3000, 3001, 3002]), state=STATES,
+          timeout=TIMEOUTS)
+    def new_child(self, t: Conn | None, cport: int, state: TcpState, timeout: float) -> Conn | None:
+        """Persistent-service path: a conn on the template's dest, controlled by it."""
+        if t is None or not t.hashed or t.dest is None:
+            return None
+        tab, dest = self.tab, t.dest
+        if tab.in_get(TCP, t.caddr, cport, VIP, t.vport) or tab.out_get(
+                TCP, dest.addr, dest.port, t.caddr, cport):
+            return None
+        c = tab.new(TCP, t.caddr, cport, VIP, t.vport, dest.addr, dest.port, 0, dest, control=t)
+        tab.set_state(c, int(state), timeout)
+        self.seen.append(c)
+        return c
+
     @rule(c=conns, t=templates)
     def control_add(self, c: Conn | None, t: Conn | None) -> None:
         if c is not None and t is not None:
@@ -191,7 +206,7 @@ class ConnTableMachine(RuleBasedStateMachine):
 
 
 ConnTableMachine.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=40, deadline=None,
+    max_examples=200, stateful_step_count=50, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestConnTable = ConnTableMachine.TestCase

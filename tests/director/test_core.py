@@ -465,3 +465,41 @@ def test_conn_expiry_after_timeout_and_template_outlives_conn() -> None:
     lab.advance(lab.director.cfg.timeouts.tcp[TcpState.SYN_RECV] + 1)
     assert lab.table.count == 1  # the conn went, the template stays for its persistence timeout
     assert lab.table.ct_in_get(6, _i("198.18.1.0"), 0, _i(VIP), 80) is not None
+
+
+def test_slow_parse_path_ip_options_and_small_udp_equal_scapy() -> None:
+    """Frames the fast parser declines (IP options, tiny UDP) are forwarded identically."""
+    from scapy.layers.inet import IPOption_RR
+
+    lab = make_lab(proto=17, port=53, ndests=1)
+    for i, (opts, payload) in enumerate([([IPOption_RR()], b"q" * 30), ([], b""), ([], b"abc"),
+                                         ([IPOption_RR()], b"")]):
+        q = (Ether(src=CLIENT_MAC, dst=VMAC) / IP(src="198.18.1.10", dst=VIP, options=opts) /
+             UDP(sport=6000 + i, dport=53) / payload)
+        assert send(lab, q, EXT) == (INT, expect_in(q, RS[0]))
+        r = (Ether(src=RS_MAC[0], dst=VMAC) / IP(src=RS[0], dst="198.18.1.10", options=opts) /
+             UDP(sport=8080, dport=6000 + i) / payload)
+        assert send(lab, r, INT) == (EXT, expect_out(r, vport=53))
+
+
+def test_handle_drop_reasons_match_the_parser() -> None:
+    """The fast parse in handle() and parse_ipv4 agree on every malformed frame."""
+    from director.packet import parse_ipv4
+
+    lab = make_lab()
+    rng = random.Random(11)
+    bases = [bytes(client_pkt("A", payload=b"x" * 10)),
+             bytes(Ether(dst=VMAC) / IP(src="198.18.1.10", dst=VIP) / UDP(sport=1, dport=80) / (b"y" * 12))]
+    checked = 0
+    for k in range(3000):
+        f = bytearray(bases[k % 2])
+        for _ in range(rng.randrange(1, 3)):
+            f[rng.randrange(14, 52)] = rng.randrange(256)
+        expected = parse_ipv4(f, verify=True)
+        if not isinstance(expected, Drop) or expected == Drop.NOT_IPV4:
+            continue
+        before = lab.director.counters[expected]
+        assert lab.director.handle(f, EXT) is None
+        assert lab.director.counters[expected] == before + 1, expected
+        checked += 1
+    assert checked > 1000

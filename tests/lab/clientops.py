@@ -88,9 +88,9 @@ def garbage(vip: str, dmac: str, count: int) -> dict[str, int]:
         "truncated": bytes(eth / IP(dst=vip))[:14 + 12],
         "bad_ihl": bytes(eth / IP(dst=vip, ihl=3) / UDP(dport=7)),
         "bad_totlen": bytes(eth / IP(dst=vip, len=1400) / UDP(dport=7)),
-        "fragment": bytes(eth / IP(dst=vip, flags="MF") / UDP(dport=7) / b"y" * 16),
+        "fragment": bytes(eth / IP(dst=vip, flags="MF") / UDP(dport=7) / (b"y" * 16)),
         "bad_ip_csum": bytes(eth / IP(dst=vip, chksum=0x1234) / UDP(dport=7)),
-        "unknown_proto": bytes(eth / IP(dst=vip, proto=47) / b"z" * 20),
+        "unknown_proto": bytes(eth / IP(dst=vip, proto=47) / (b"z" * 20)),
         "bad_version": bytes(bad_version),
         "bad_l4": bytes(eth / IP(dst=vip) / TCP(dport=7, dataofs=15)),
     }

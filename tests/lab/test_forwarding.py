@@ -48,7 +48,8 @@ services:
   - {{protocol: udp, vaddr: {VIP_NAT}, vport: {UDP_ECHO}, scheduler: rr, dests: {_dests("nat")}}}
   - {{protocol: tcp, vaddr: {VIP_NAT}, vport: {PERSIST}, scheduler: rr, persistent: 120,
      dests: {_dests("nat", HTTP)}}}
-  - {{protocol: tcp, vaddr: {VIP_NAT}, vport: {WEIGHTED}, scheduler: wrr, dests: {_dests("nat", HTTP, WEIGHTS)}}}
+  - {{protocol: tcp, vaddr: {VIP_NAT}, vport: {WEIGHTED}, scheduler: wrr,
+     dests: {_dests("nat", HTTP, WEIGHTS)}}}
   - {{protocol: tcp, vaddr: {VIP_NAT}, vport: {NODEST_TCP}, scheduler: rr,
      dests: {_dests("nat", HTTP, skip=tcp_skip)}}}
   - {{protocol: udp, vaddr: {VIP_NAT}, vport: {NODEST_UDP}, scheduler: rr,
@@ -214,8 +215,14 @@ def test_malformed_frames_counted_and_dropped_while_traffic_flows(lab: Lab, dire
     sent: dict[str, int] = json.loads(out)
     assert {s for _src, s in good} <= servers(lab) and len(good) == 30
 
+    deltas: dict[str, int] = {}
+
     def all_counted() -> bool:
         drops = director.stats()["drops"]
-        return all(drops[k] - before[k] >= n for k, n in sent.items())
+        deltas.update({k: drops[k] - before[k] for k in sent})
+        return all(deltas[k] >= n for k, n in sent.items())
 
-    wait_for(all_counted, what=f"drop counters to cover {sent}")
+    try:
+        wait_for(all_counted, what=f"drop counters to cover {sent}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; counted {deltas}") from None

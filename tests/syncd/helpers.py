@@ -135,6 +135,7 @@ class Cluster:
 
     async def synced(self, timeout: float = 30.0) -> None:
         """Wait until every follower is in sync and has applied the master's head."""
+        self.server.master.run_refresh()
         self.server.master.cut_batch()
         head = self.server.master.head_seq
         await wait_until(lambda: all(f.in_sync and f.applied_seq >= head for f in self.followers),
