@@ -226,6 +226,9 @@ class Lab:
         self.exec(self.ctl.ns, f"ip addr add {CTL_ADDR}/24 dev eth0")
 
     def _build_switch(self) -> None:
+        # A plain L2 switch: no br_netfilter (it would validate and drop malformed IPv4 in transit).
+        for proto in ("arptables", "iptables", "ip6tables"):
+            self.exec(self.switch, ["sysctl", "-qw", f"net.bridge.bridge-nf-call-{proto}=0"], check=False)
         for br in ("brext", "brint"):
             self.exec(self.switch, f"ip link add {br} type bridge forward_delay 0 stp_state 0")
             self.exec(self.switch, f"ip link set {br} up")

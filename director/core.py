@@ -158,7 +158,7 @@ class Director:
             if etype == 0x800 and ver_ihl == 0x45 and not frag & 0x3FFF and 34 <= end <= n and (
                     not self._verify or not int.from_bytes(frame[14:34], "big") % 0xFFFF):
                 if proto == 6:
-                    fast = end >= 54 and 0x50 <= doff and (doff >> 4) * 4 <= tot_len - 20
+                    fast = end >= 54 and doff >= 0x50 and (doff >> 4) * 4 <= tot_len - 20
                 elif proto == 17:
                     fast = 8 <= ulen <= tot_len - 20
                     tflags = 0

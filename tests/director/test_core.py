@@ -374,7 +374,8 @@ def test_icmp_errors_are_translated_both_ways() -> None:
     assert lab.dest(rs).counters.outpkts == 1
     # the client's side says time exceeded about a reply from the VIP
     reply = IP(src=VIP, dst="198.18.1.10", ttl=1) / UDP(sport=53, dport=5353) / b"a"
-    err2 = Ether(src=CLIENT_MAC, dst=VMAC) / IP(src="198.18.1.1", dst=VIP) / ICMP(type=11) / IPerror(bytes(reply))
+    err2 = (Ether(src=CLIENT_MAC, dst=VMAC) / IP(src="198.18.1.1", dst=VIP) / ICMP(type=11) /
+            IPerror(bytes(reply)))
     out2 = send(lab, err2, EXT)
     assert out2 is not None and out2[0] == INT
     p2 = Ether(out2[1])
@@ -383,8 +384,8 @@ def test_icmp_errors_are_translated_both_ways() -> None:
     # echo requests to the VIP and errors about unknown flows are dropped
     assert send(lab, Ether(dst=VMAC) / IP(src="198.18.1.10", dst=VIP) / ICMP(), EXT) is None
     unknown = IP(src=VIP, dst="198.18.1.99") / UDP(sport=53, dport=1)
-    assert send(lab, Ether(dst=VMAC) / IP(src="198.18.1.99", dst=VIP) / ICMP(type=3) / IPerror(bytes(unknown)),
-                EXT) is None
+    err3 = Ether(dst=VMAC) / IP(src="198.18.1.99", dst=VIP) / ICMP(type=3) / IPerror(bytes(unknown))
+    assert send(lab, err3, EXT) is None
     assert drops(lab, Drop.ICMP_UNRELATED) == 2
 
 
@@ -405,7 +406,8 @@ def test_arp_answered_only_for_owned_addresses_and_only_when_active() -> None:
     assert gw is not None and Ether(gw[1])[ARP].psrc == GW
     assert send(lab, Ether(src=CLIENT_MAC) / ARP(op=1, psrc="198.18.1.10", pdst="198.18.1.1"), EXT) is None
     assert drops(lab, Drop.ARP_IGNORED) == 1
-    assert send(lab, Ether(src=CLIENT_MAC) / ARP(op=1, psrc="198.18.1.10", pdst=GW), EXT) is None  # wrong side
+    wrong_side = Ether(src=CLIENT_MAC) / ARP(op=1, psrc="198.18.1.10", pdst=GW)
+    assert send(lab, wrong_side, EXT) is None
     assert lab.director.set_active(False) == []
     assert send(lab, req, EXT) is None
     assert drops(lab, Drop.NOT_ACTIVE) == 1

@@ -31,6 +31,7 @@ def l4_packets(draw: st.DrawFn) -> Ether:
             tos=draw(st.integers(0, 255)), id=draw(ports), flags=draw(st.sampled_from([0, 2])),
             options=[IPOption_RR()] if draw(st.booleans()) else [])
     payload = draw(st.binary(max_size=64))
+    l4: TCP | UDP
     if draw(st.booleans()):
         l4 = TCP(sport=draw(ports), dport=draw(ports), flags=draw(st.sampled_from(["S", "A", "PA", "FA"])),
                  seq=draw(st.integers(0, 2**32 - 1)), ack=draw(st.integers(0, 2**32 - 1)))

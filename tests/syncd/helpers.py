@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from director.conn import Conn, ConnTable
 from director.service import Dest, ServiceTable, VirtualService
-from director.types import LOCAL_CONN_FLAGS, Proto
+from director.types import LOCAL_CONN_FLAGS, ConnFlags, Proto
 from syncd.client import Follower, FollowerConfig
 from syncd.master import MasterConfig
 from syncd.server import ServerConfig, SyncServer, create_sync_server
@@ -70,11 +70,11 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 20.0, what: str 
 def entry_view(c: Conn) -> tuple[Any, ...]:
     """What must be equal between master and backup for one entry (timers compared separately).
 
-    An expiry deferred because the entry still controls others sets its timeout to 60 s without an
-    event (ip_vs_conn_expire); the backup learns it with the next REFRESH, so that one value is
-    not compared.
+    A template's expiry deferred because it still controls conns sets its timeout to 60 s without
+    an event (ip_vs_conn_expire); the backup learns it only with the next REFRESH, so template
+    timeouts are not compared (their timers are, by the callers).
     """
-    timeout = None if c.n_control else c.timeout
+    timeout = None if c.flags & ConnFlags.TEMPLATE else c.timeout
     return (c.key, c.flags & ~int(LOCAL_CONN_FLAGS), c.state, timeout,
             c.dest.key if c.dest is not None else None,
             c.control.key if c.control is not None else None, c.n_control)

@@ -42,7 +42,7 @@ class Workload:
         tpl = None
         if persistent:
             tpl = self.table.ct_in_get(TCP, caddr, 0, VIP, 80)
-            if tpl is None or tpl.dest is None:
+            if tpl is None or not self.table.check_template(tpl, False):  # as ip_vs_sched_persist
                 tpl = self.table.new(TCP, caddr, 0, VIP, 80, dest.addr, dest.port, TEMPLATE, dest,
                                      timeout=self.rng.choice([3.0, 20.0, 300.0]))
             dest = tpl.dest
@@ -58,12 +58,14 @@ class Workload:
         self.ops += 1
         r = self.rng.random()
         t = self.table
+        self.last = f"r={r:.3f}"
         if r < 0.30 and len(t) < self.max_entries:
             self.new_conn(persistent=self.rng.random() < 0.4, no_cport=self.rng.random() < 0.05)
             return
         c = self._pick()
         if c is None:
             return
+        self.last += f" on {c!r} n_control={c.n_control} control={c.control!r}"
         if r < 0.50:
             state, timeout = self.rng.choice(STATES)
             t.set_state(c, int(state), timeout)
