@@ -286,6 +286,9 @@ def _guard(*, write: bool) -> Callable[[F], F]:
                 await context.abort(status_code(exc), str(exc))
             except _config_error_types() as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except Exception:
+                log.exception("admin %s failed", fn.__name__)
+                await context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__} failed; see directord's log")
         return wrapper  # type: ignore[return-value]
     return deco
 
@@ -299,6 +302,11 @@ def _guard_stream(fn: F) -> F:
                 yield item
         except AdminError as exc:
             await context.abort(status_code(exc), str(exc))
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception:
+            log.exception("admin %s failed", fn.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__} failed; see directord's log")
     return wrapper  # type: ignore[return-value]
 
 

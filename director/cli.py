@@ -241,7 +241,7 @@ def render_diff(changes: Sequence[pb.ConfigChange]) -> str:
     for ch in changes:
         mark = {"add": "+", "delete": "-", "change": "~"}.get(ch.op, "?")
         lines.append(f"{mark} {ch.op} {ch.key}")
-        diff = difflib.unified_diff(ch.before.splitlines(), ch.after.splitlines(), lineterm="", n=2)
+        diff = difflib.unified_diff(ch.before.splitlines(), ch.after.splitlines(), lineterm="", n=4)
         lines.extend("    " + d for d in list(diff)[2:])
     return "\n".join(lines) + "\n"
 

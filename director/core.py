@@ -10,7 +10,8 @@ steps, in order, each a small method so the hot path stays short:
 1. **parse** (:func:`director.packet.parse_ipv4`); non-IPv4 -> ARP step or drop.
 2. **ARP**: learn the sender into that side's neighbour cache; answer requests for owned
    addresses (VIPs outside, NAT gateway addresses inside) from the virtual MAC, only if active.
-3. **guards**: ICMP goes to the ICMP step; TTL <= 1 and "not active" (backup) are dropped.
+3. **guards**: ICMP goes to the ICMP step; "not active" (backup) drops; TTL <= 1 drops and
+   answers a client with ICMP time exceeded (rate-limited).
 4. **out-lookup** (frames from the inside): ``out_get`` finds a NAT reply -> state machine ->
    counters -> rewrite source back to the VIP -> ``(EXT, frame)``.
 5. **in-lookup**: ``in_get``; a hit whose dest was removed follows ``expire_nodest_conn``.
@@ -116,6 +117,9 @@ class CoreConfig:
     expire_nodest_conn: bool = False
     expire_quiescent_template: bool = False
     verify_ip_csum: bool = True
+    """Drop IPv4 headers with a bad checksum (BAD_IP_CSUM); read once, at Director creation."""
+    icmp_ratelimit: int = 100
+    """ICMP errors the director itself originates (time exceeded), at most per second."""
     timeouts: Timeouts = field(default_factory=Timeouts)
 
 
@@ -133,6 +137,8 @@ class Director:
         self.neigh = (NeighCache(cfg.vmac), NeighCache(cfg.vmac))
         self.arp_replies = 0
         self._ipid = 0
+        self._icmp_window = 0.0
+        self._icmp_sent = 0
         self._drops = self.counters.counts
         self._int_hdr = self.neigh[INT].hdr
         self._ext_hdr = self.neigh[EXT].hdr
@@ -230,6 +236,8 @@ class Director:
             c.inpkts += 1
             c.inbytes += n
         conn.in_pkts += 1
+        if not side and saddr not in self._ext_hdr:  # e.g. a conn synced from the old master
+            self.neigh[EXT].learn(saddr, bytes(frame[6:12]), self.clock())
         if proto == 6:
             if conn.state == _ESTABLISHED and tflags & 0x17 == 0x10 and conn.timeout == tmo.tcp[1]:
                 self._refresh(conn)
@@ -455,8 +463,26 @@ class Director:
             return None
         if r[7] <= 1:
             self._drops[Drop.TTL_EXCEEDED] += 1
-            return None
+            return self._time_exceeded(frame, side, r)
         return self._icmp(frame, side, r)
+
+    def _time_exceeded(self, frame: bytearray, side: int, r: IPv4Info) -> Action | None:
+        """ICMP time exceeded to a client whose packet to a VIP ran out of TTL (like IPVS's
+        decrement_ttl), at most ``icmp_ratelimit`` per second; never about ICMP, never inside."""
+        proto, saddr, _sport, daddr, dport, _l4, end, _ttl, _ = r
+        if side != EXT or proto == 1 or self.services.get(proto, daddr, dport) is None:
+            return None
+        now = self.clock()
+        if now - self._icmp_window >= 1.0:
+            self._icmp_window = now
+            self._icmp_sent = 0
+        if self._icmp_sent >= self.cfg.icmp_ratelimit:
+            return None
+        hdr = self._ext_hdr.get(saddr) or self._ext_route(saddr)
+        if hdr is None:
+            return None
+        self._icmp_sent += 1
+        return EXT, icmp_error(hdr, self.cfg.ext_addr or daddr, saddr, 11, 0, 0, memoryview(frame)[14:end])
 
     def _icmp(self, frame: bytearray, side: int, r: IPv4Info) -> Action | None:
         """ICMP errors about a known flow: translate (NAT) or forward (DR/TUN) to the other side."""

@@ -113,6 +113,9 @@ class TrafficProc:
         except (OSError, queue.Empty):
             msg = None
         Lab.stop(self.proc, signal.SIGTERM)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
         return msg
 
 

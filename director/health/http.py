@@ -2,8 +2,8 @@
 when `expect_body` is set, the body matches the regular expression.
 
 Hand-written HTTP/1.1 client (one request, `Connection: close`), so no extra dependency: read the
-status line, the headers, then the body up to Content-Length, EOF or `MAX_BODY` bytes, all under
-one deadline.
+status line, the headers, then the body (Content-Length, chunked, or up to EOF; at most `MAX_BODY`
+bytes), all under one deadline.
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ async def _get(host: str, port: int, path: str, vhost: str, expect_status: tuple
                      "Accept: */*\r\nConnection: close\r\n\r\n".encode())
         await writer.drain()
         status = _status(await reader.readline())
-        length = await _headers(reader)
+        length, chunked = await _headers(reader)
         if status not in expect_status:
             return CheckResult(False, f"status {status}, want {'/'.join(map(str, expect_status))}")
         if expect_body is None:
             return CheckResult(True, f"status {status}")
-        body = await _body(reader, length)
+        body = await (_chunked(reader) if chunked else _body(reader, length))
         if re.search(expect_body, body.decode("utf-8", "replace")) is None:
             return CheckResult(False, f"status {status}, body does not match {expect_body!r}")
         return CheckResult(True, f"status {status}, body matches")
@@ -60,15 +60,31 @@ def _status(line: bytes) -> int:
     return int(parts[1])
 
 
-async def _headers(reader: asyncio.StreamReader) -> int | None:
+async def _headers(reader: asyncio.StreamReader) -> tuple[int | None, bool]:
+    """(Content-Length or None, chunked?)"""
     length: int | None = None
+    chunked = False
     while True:
         line = await reader.readline()
         if line in (b"\r\n", b"\n", b""):
-            return length
+            return length, chunked
         name, _, value = line.decode("latin-1").partition(":")
-        if name.strip().lower() == "content-length" and value.strip().isdigit():
-            length = int(value.strip())
+        name, value = name.strip().lower(), value.strip()
+        if name == "content-length" and value.isdigit():
+            length = int(value)
+        elif name == "transfer-encoding" and "chunked" in value.lower():
+            chunked = True
+
+
+async def _chunked(reader: asyncio.StreamReader) -> bytes:
+    body = b""
+    while len(body) < MAX_BODY:
+        size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            break
+        body += await reader.readexactly(size)
+        await reader.readline()  # the CRLF after each chunk
+    return body[:MAX_BODY]
 
 
 async def _body(reader: asyncio.StreamReader, length: int | None) -> bytes:

@@ -76,6 +76,8 @@ class DataPlane:
         self.tx_frames = [0, 0]
         self.tx_errors = 0
         self.handler_errors = 0
+        self.ring_packets = 0
+        self.ring_drops = 0
         """Frames on which ``Director.handle`` raised (it never should; counted and logged, not fatal)."""
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -193,11 +195,21 @@ class DataPlane:
         return blocking_loop(self.socks, self.director.handle, should_stop,
                              extra=[(s, side) for side, s in enumerate(self.arp_socks)])
 
+    def kernel_stats(self) -> tuple[int, int]:
+        """(packets, drops) the kernel counted on the receive sockets since the previous call."""
+        got = [s.stats() for s in [*self.socks, *self.arp_socks]]
+        self.ring_packets += sum(g[0] for g in got)
+        self.ring_drops += sum(g[1] for g in got)
+        return self.ring_packets, self.ring_drops
+
     def stats(self) -> dict[str, Any]:
         d = self.director
+        ring_packets, ring_drops = self.kernel_stats()
         return {
+            "ring_packets": ring_packets, "ring_drops": ring_drops,
             "rx_frames": list(self.rx_frames), "tx_frames": list(self.tx_frames),
             "tx_errors": self.tx_errors, "handler_errors": self.handler_errors, "csum_fixed": self.csum_fixed,
+            "cpu_user": os.times().user, "cpu_sys": os.times().system,
             "arp_replies": d.arp_replies, "conns": d.table.count, "active": d.active,
             "drops": d.counters.as_dict(),
             "services": [

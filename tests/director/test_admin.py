@@ -448,3 +448,60 @@ def test_tls_with_token(pki: Path) -> None:
     finally:
         lt.run(server.stop(0))
         lt.close()
+
+
+def test_list_conns_streams_big_tables_in_chunks(env: Node) -> None:
+    web = env.web()
+
+    def fill() -> None:
+        for i in range(1300):
+            env.node.table.new(6, ip("198.18.8.0") + i, 1024 + i, web.addr, 80, web.dests[0].addr, 8080, 0,
+                               web.dests[0], timeout=60)
+    env.lt.call(fill)
+    chunks = list(env.stub.ListConns(pb.ListConnsRequest()))
+    assert [len(c.conns) for c in chunks] == [512, 512, 276]
+    assert len({(c.caddr, c.cport) for ch in chunks for c in ch.conns}) == 1300
+    assert all(not ch.next_page_token for ch in chunks)
+
+
+def test_event_hub_overflow_is_reported_not_blocking() -> None:
+    import asyncio
+
+    from director.adminapi import EventHub, NodeEvent
+
+    async def drain(sub: Any) -> list[NodeEvent]:
+        out = []
+        while sub._q or sub._overflowed:
+            out.append(await sub.get())
+        return out
+
+    async def main() -> None:
+        hub = EventHub(capacity=4)
+        with hub.subscribe() as slow, hub.subscribe() as fast:
+            hub.publish(NodeEvent(kind="config", time=1.0, revision=1))
+            assert (await fast.get()).revision == 1
+            for rev in range(2, 12):  # 10 more: more than a queue holds; publish never blocks
+                hub.publish(NodeEvent(kind="config", time=float(rev), revision=rev))
+            for sub in (slow, fast):
+                got = await drain(sub)
+                # the consumer learns it lost events, then gets the newest ones, in order, none lost after
+                assert got[0].kind == "overflow" and "dropped" in got[0].message
+                revs = [e.revision for e in got[1:]]
+                assert 0 < len(revs) <= 4 and revs == list(range(revs[0], 12))
+            assert hub.watchers == 2
+            hub.publish(NodeEvent(kind="role", time=20.0, role="backup"))
+            assert (await slow.get()).role == "backup"
+        assert hub.watchers == 0
+    asyncio.run(main())
+
+
+def test_unexpected_node_error_is_internal_not_a_crash(env: Node) -> None:
+    def broken() -> Any:
+        raise RuntimeError("boom")
+    env.node.stats = broken  # type: ignore[method-assign]
+    env.node.conns = lambda flt: (_ for _ in ()).throw(RuntimeError("boom"))  # type: ignore[method-assign]
+    code, msg = code_of(env.stub.GetStats, pb.GetStatsRequest())
+    assert code == grpc.StatusCode.INTERNAL and "GetStats" in msg and "boom" not in msg
+    code, msg = code_of(env.stub.ListConns, pb.ListConnsRequest())
+    assert code == grpc.StatusCode.INTERNAL and "ListConns" in msg
+    assert env.stub.Status(pb.StatusRequest()).node_id == "n1"  # the server lives on

@@ -232,3 +232,18 @@ def test_drill_is_imported_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "director.drill", fake)
     assert cli.main(["drill", "--report", "x.json"]) == 0
     assert seen == [["--report", "x.json"]]
+
+
+def test_list_marks_down_and_quiesced_dests(env: Env) -> None:
+    def quiesce() -> None:
+        web = env.node.svc(80)
+        dest = web.dests[1]
+        web.edit_dest(dest, weight=0)  # what a down verdict with on_failure: quiesce does
+        env.node.health[dest.key] = "down"
+        env.node.health[web.dests[0].key] = "up"
+    env.lt.call(quiesce)
+    code, out, _ = env.run("list")
+    line = next(x for x in out.splitlines() if "198.18.1.3:8080" in x)
+    assert code == 0 and line.split()[3] == "0" and line.endswith("down cfg-weight 1")
+    healthy = next(x for x in out.splitlines() if "198.18.1.2:8080" in x)
+    assert healthy.split()[-1] != "down" and "cfg-weight" not in healthy

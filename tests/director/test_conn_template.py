@@ -73,6 +73,16 @@ def test_check_template_invalidates_unusable_template(why: str) -> None:
     assert tab.ct_in_get(TCP, CLIENT, 0, VIP, 65535) is t  # rehashed under the invalid port
 
 
+def test_check_template_invalidation_zeroes_client_port() -> None:
+    tab, _ = make_table()
+    dest = make_dest()
+    t = tab.new(TCP, CLIENT, 1234, VIP, 80, RS1, 8080, int(F.TEMPLATE), dest)
+    tab.unbind_dest(t)
+    assert not tab.check_template(t, False)
+    assert t.cport == 0 and tab.ct_in_get(TCP, CLIENT, 0, VIP, 65535) is t
+    assert tab.ct_in_get(TCP, CLIENT, 1234, VIP, 80) is None
+
+
 def test_check_template_quiescent_dest_ok_without_the_setting() -> None:
     tab, _ = make_table()
     dest = make_dest(weight=0)

@@ -442,9 +442,22 @@ def test_unknown_dest_mac_sends_rate_limited_arp_request() -> None:
 
 
 def test_ttl_expiry_and_malformed_frames_are_counted_never_raised() -> None:
-    lab = make_lab()
-    assert send(lab, client_pkt("S", ttl=1), EXT) is None
-    assert drops(lab, Drop.TTL_EXCEEDED) == 1
+    lab = make_lab(icmp_ratelimit=2)
+    expired = client_pkt("S", ttl=1)
+    a = send(lab, expired, EXT)  # the client is not known yet: no route back, just the drop
+    assert a is None and drops(lab, Drop.TTL_EXCEEDED) == 1
+    lab.director.neigh[EXT].learn(_i("198.18.1.10"), bytes.fromhex(CLIENT_MAC.replace(":", "")), 0.0)
+    a = send(lab, expired, EXT)
+    assert a is not None and a[0] == EXT
+    te = Ether(a[1])
+    assert (te[ICMP].type, te[ICMP].code, te[IP].dst, te[IP].src, te.dst) == (11, 0, "198.18.1.10", VIP,
+                                                                             CLIENT_MAC)
+    assert bytes(te[ICMP].payload)[:28] == bytes(expired[IP])[:28]
+    assert send(lab, expired, EXT) is not None
+    assert send(lab, expired, EXT) is None  # rate limit: 2 per second
+    lab.now[0] += 1.0
+    assert send(lab, expired, EXT) is not None
+    assert drops(lab, Drop.TTL_EXCEEDED) == 5 and lab.table.count == 0
     rng = random.Random(3)
     base = bytes(client_pkt("S", payload=b"abcdefgh"))
     before = lab.director.counters.total()
@@ -505,3 +518,77 @@ def test_handle_drop_reasons_match_the_parser() -> None:
         assert lab.director.counters[expected] == before + 1, expected
         checked += 1
     assert checked > 1000
+
+
+def test_synced_conn_learns_the_client_mac_from_its_next_packet() -> None:
+    lab = make_lab(ndests=1)
+    dest = lab.svc.dests[0]
+    # an entry as sync would create it on a backup: no packet seen, no neighbour entry
+    conn = lab.table.new(6, _i("198.18.1.10"), 40000, _i(VIP), 80, dest.addr, 8080,
+                         int(ConnFlags.SYNC), dest, state=int(TcpState.ESTABLISHED), timeout=900.0)
+    assert _i("198.18.1.10") not in lab.director.neigh[EXT]
+    ack = client_pkt("A", payload=b"after takeover")
+    assert send(lab, ack, EXT) == (INT, expect_in(ack, RS[0]))
+    assert conn.in_pkts == 1
+    reply = server_pkt(RS[0], "A", payload=b"ok")
+    assert send(lab, reply, INT) == (EXT, expect_out(reply))
+
+
+def test_reply_to_unknown_client_arps_for_it_or_uses_the_gateway() -> None:
+    lab = make_lab(ndests=1, ext_addr=_i("198.18.1.253"), ext_gateway=_i("198.18.1.1"),
+                   ext_net=_i("198.18.1.0"), ext_prefixlen=24)
+    dest = lab.svc.dests[0]
+    for client, port in (("198.18.1.10", 40000), ("203.0.113.9", 40001)):
+        lab.table.new(6, _i(client), port, _i(VIP), 80, dest.addr, 8080, 0, dest,
+                      state=int(TcpState.ESTABLISHED), timeout=900.0)
+    a = send(lab, server_pkt(RS[0], "A", dport=40000, dst="198.18.1.10"), INT)
+    assert a is not None and a[0] == EXT
+    assert Ether(a[1])[ARP].pdst == "198.18.1.10" and Ether(a[1])[ARP].psrc == "198.18.1.253"
+    off_link = server_pkt(RS[0], "A", dport=40001, dst="203.0.113.9")
+    a = send(lab, off_link, INT)
+    assert a is not None and Ether(a[1])[ARP].pdst == "198.18.1.1"  # the gateway, not the client
+    router_mac = "02:00:00:00:01:fe"
+    assert send(lab, Ether(src=router_mac) / ARP(op=2, hwsrc=router_mac, psrc="198.18.1.1",
+                                                 pdst="198.18.1.253"), EXT) is None
+    assert send(lab, off_link, INT) == (EXT, expect_out(off_link, dmac=router_mac))
+    assert drops(lab, Drop.NO_NEIGH) == 2
+
+
+def test_random_udp_flows_equal_scapy_fast_and_slow_parse() -> None:
+    lab = make_lab(proto=17, port=53, ndests=3)
+    rng = random.Random(9)
+    for k in range(200):
+        src, sport = f"198.18.1.{rng.randrange(1, 250)}", rng.randrange(1024, 65536)
+        payload = rng.randbytes(rng.choice([0, 3, 9, 10, 11, 64, 300]))
+        q = Ether(src=CLIENT_MAC, dst=VMAC) / IP(src=src, dst=VIP) / UDP(sport=sport, dport=53) / payload
+        if k % 5 == 0:
+            q[UDP].chksum = 0  # sender without checksum: stays 0 through NAT
+        out = send(lab, q, EXT)
+        conn = lab.table.in_get(17, _i(src), sport, _i(VIP), 53)
+        assert out is not None and conn is not None
+        rs = ipaddress.IPv4Address(conn.daddr).compressed
+        exp = Ether(expect_in(q, rs))
+        if k % 5 == 0:
+            exp[UDP].chksum = 0
+        assert out == (INT, bytes(exp))
+        r = (Ether(src=RS_MAC[RS.index(rs)], dst=VMAC) / IP(src=rs, dst=src) / UDP(sport=8080, dport=sport) /
+             rng.randbytes(rng.choice([0, 5, 10, 100])))
+        assert send(lab, r, INT) == (EXT, expect_out(r, vport=53))
+
+
+def test_udp_checksum_becoming_zero_through_handle_is_sent_as_ffff() -> None:
+    from director.checksum import l4_checksum
+
+    lab = make_lab(proto=17, port=53, ndests=1)
+    base = Ether(src=CLIENT_MAC, dst=VMAC) / IP(src="198.18.1.10", dst=VIP) / UDP(sport=5353, dport=53)
+    rewritten = bytearray(bytes(base / (b"\0" * 10)))
+    rewritten[30:34] = ipaddress.IPv4Address(RS[0]).packed
+    rewritten[36:38] = (8080).to_bytes(2, "big")
+    for w in range(65536):  # the 2-byte payload word that makes the rewritten checksum 0 (-> 0xFFFF)
+        rewritten[50:52] = w.to_bytes(2, "big")
+        if l4_checksum(rewritten) == 0xFFFF:
+            break
+    q = base / (b"\0" * 8 + w.to_bytes(2, "big"))
+    out = send(lab, q, EXT)
+    assert out is not None and out[1][40:42] == b"\xff\xff"
+    assert out == (INT, expect_in(q, RS[0]))

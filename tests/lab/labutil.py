@@ -34,7 +34,7 @@ def wait_for(cond: Callable[[], Any], timeout: float = DEADLINE, what: str = "co
 class DirectorProc:
     """A stand-alone data plane process in director namespace ``n`` of ``lab``."""
 
-    def __init__(self, lab: Lab, n: int, config_text: str, tag: str) -> None:
+    def __init__(self, lab: Lab, n: int, config_text: str, tag: str, *extra: str) -> None:
         self.lab = lab
         self.config = lab.write_file(f"{tag}.yaml", config_text)
         self.stats_file = lab.workdir / f"{tag}.stats.json"
@@ -44,7 +44,7 @@ class DirectorProc:
             p.unlink(missing_ok=True)
         with open(self.log, "ab") as logf:
             self.proc = lab.start_director(n, self.config, "--stats-file", str(self.stats_file),
-                                           "--ready-file", str(self.ready_file),
+                                           "--ready-file", str(self.ready_file), *extra,
                                            stdout=logf, stderr=subprocess.STDOUT)
         wait_for(lambda: self._alive() and self.ready_file.exists() and self.stats_file.exists(),
                  what=f"director {tag} to start (log: {self.log})")

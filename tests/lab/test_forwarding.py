@@ -197,6 +197,7 @@ def test_removed_dest_expire_nodest_conn(lab: Lab, director: DirectorProc) -> No
     finally:
         held.stdin.close()
         Lab.stop(held)
+        held.stdout.close()
         director.reload(services_yaml())
 
 

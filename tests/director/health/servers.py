@@ -40,6 +40,9 @@ class HttpServer:
                 return
             if route == "garbage":
                 writer.write(b"SSH-2.0-OpenSSH\r\n")
+            elif route == "chunked":
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"7\r\nstatus:\r\n4\r\n ok\n\r\n0\r\n\r\n")
             else:
                 assert not isinstance(route, str)
                 status, body = route

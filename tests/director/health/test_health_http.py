@@ -14,6 +14,7 @@ ROUTES: dict[str, tuple[int, bytes] | str] = {
     "/nocontent": (204, b""),
     "/hang": "hang",
     "/garbage": "garbage",
+    "/chunked": "chunked",
 }
 
 
@@ -65,3 +66,10 @@ def test_hang_times_out_and_garbage_fails() -> None:
 def test_closed_port() -> None:
     res = asyncio.run(check_http("127.0.0.1", free_port(), 1.0))
     assert not res.ok and "http error" in res.detail
+
+
+def test_chunked_body_is_decoded_before_matching() -> None:
+    ok, detail, _ = check("/chunked", expect_body=r"^status: ok$")
+    assert ok, detail
+    ok, _, _ = check("/chunked", expect_body=r"^status: bad")
+    assert not ok

@@ -202,14 +202,16 @@ async def _drill() -> None:
     m = HealthManager()
     m.configure(targets_from(services, specs, lambda a: "127.0.0.1"), time.monotonic())
     flips: list[Transition] = []
+    table = ConnTable(time.monotonic)
+    victim = svc.dests[0]
+    existing = table.new(6, 0xC6120301, 40000, 1, 80, victim.addr, victim.port, 0, victim, timeout=900)
 
     async def publish(t: Transition) -> None:  # master writes to etcd; every node applies it
         flips.append(t)
-        apply_verdict(services, None, t.key, t.up, on_failure="quiesce", configured=configured[t.key])
+        apply_verdict(services, table, t.key, t.up, on_failure="quiesce", configured=configured[t.key])
 
     runner = HealthRunner(m, time.monotonic, publish)
     runner.start()
-    victim = svc.dests[0]
     try:
         await _until(lambda: all(h.checks >= 2 for h in (m.get(k) for k in specs) if h is not None))
         assert flips == [] and victim.weight == 3
@@ -223,6 +225,7 @@ async def _drill() -> None:
         print(f"quiesced {took:.3f}s after stop (fall x interval = {spec.fall * spec.interval:.1f}s)")
         picks = [svc.scheduler.schedule(svc.dests, 1000 + i, 2000) for i in range(30)]
         assert all(p is svc.dests[1] for p in picks)  # no new connection to the dead dest
+        assert table.get(existing.key) is existing and existing.dest is victim  # quiesce keeps existing
         servers[0].port = victim.port
         await servers[0].start()
         await _until(lambda: victim.weight == 3)

@@ -1,0 +1,179 @@
+"""Cluster integration: real etcd, two `directord` processes, real TCP through the VIP.
+
+Each test builds its own uniquely named lab, so a failure leaves nothing behind for the next one.
+Conditions are awaited with generous deadlines (this machine has two noisy cores); nothing here
+asserts a duration.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from deploy.cluster import LabCluster, split_brain, wait_for
+from deploy.lab import CTL_ADDR, Lab, new_name
+from director.drill import Drill, TrafficProc, services_yaml
+
+pytestmark = [pytest.mark.lab, pytest.mark.etcd]
+
+CONNS = 30
+
+
+class Env:
+    def __init__(self, lab: Lab, cluster: LabCluster) -> None:
+        self.lab = lab
+        self.cluster = cluster
+        self.kills: dict[str, list[float]] = {}
+        self.traffic: TrafficProc | None = None
+
+    def start_traffic(self) -> TrafficProc:
+        self.traffic = TrafficProc(self.lab, CONNS, 10.0, 0.05)
+        n_src = self.traffic.n_sources
+
+        def ready() -> bool:
+            assert self.traffic is not None
+            r = self.traffic.report()
+            return bool(r["alive"] >= CONNS and r["sticky_sources"] >= n_src)
+
+        wait_for("traffic flowing", ready, 90, 0.5)
+        return self.traffic
+
+    def settle(self, since_ok: int) -> dict[str, Any]:
+        """Every client address made a new connection since `since_ok`, and no stream is stalled."""
+        assert self.traffic is not None
+        need = since_ok + 2 * self.traffic.n_sources
+
+        def settled() -> dict[str, Any] | None:
+            assert self.traffic is not None
+            r = self.traffic.report()
+            return r if r["new_ok"] >= need and r["current_stall_ms"] < 1500 else None
+
+        got: dict[str, Any] = wait_for("traffic to settle", settled, 180, 0.5)
+        return got
+
+    def no_split_brain(self) -> bool:
+        c = self.cluster
+        return not split_brain({n.node_id: c.active_intervals(n, self.kills) for n in c.nodes})
+
+
+@pytest.fixture
+def env() -> Iterator[Env]:
+    lab = Lab(new_name(), n_directors=2, n_reals=3)
+    cluster = LabCluster(lab, n_nodes=2)
+    e = Env(lab, cluster)
+    try:
+        lab.up()
+        cluster.start_etcd()
+        cluster.apply_config(services_yaml(3))
+        d1, d2 = cluster.nodes
+        cluster.start_node(d1)
+        wait_for("d1 master", lambda: cluster.is_forwarding(d1), 60)
+        cluster.start_node(d2)
+        cluster.wait_in_sync(d2, 60)
+        yield e
+    finally:
+        if e.traffic is not None:
+            e.traffic.stop()
+        cluster.close()
+        lab.down()
+
+
+def test_drill_kill_and_switchback_keeps_every_connection_and_template() -> None:
+    report = Drill(conns=40, new_rate=20.0).run()
+    for phase in ("kill", "switchback"):
+        p = report[phase]
+        assert p["connections_total"] == 40
+        assert p["connections_survived"] == p["connections_total"], p
+        assert p["resets_seen"] == 0, p
+        assert p["bytes_verified"] > 0
+        assert p["templates_total"] > 0
+        assert p["templates_kept"] == p["templates_total"], p
+        assert p["takeover_ms"] > 0
+        assert p["split_brain_seen"] is False
+
+
+def test_etcd_restart_during_traffic_loses_nothing_and_keeps_the_master(env: Env) -> None:
+    c = env.cluster
+    master = c.wait_master()
+    traffic = env.start_traffic()
+    before = traffic.report()
+    c.etcd.restart()
+    end = env.settle(before["new_ok"])
+    assert end["alive"] == CONNS and end["resets"] == 0 and end["mismatches"] == 0
+    assert end["sources_moved"] == []
+    assert c.wait_master() is master
+    assert env.no_split_brain()
+
+
+def test_etcd_unreachable_master_steps_down_then_recovers_without_loss(env: Env) -> None:
+    c = env.cluster
+    master = c.wait_master()
+    traffic = env.start_traffic()
+    before = traffic.report()
+    t_pause = time.time()
+    c.etcd.pause()  # SIGSTOP: connections stay open, nothing answers
+    try:
+        stepped = wait_for("the master to step down while etcd is unreachable",
+                           lambda: c.last_event(master, "stopped_forwarding", t_pause), 30)
+        assert stepped["t"] - t_pause < 5.0, "stepped down long after its lease could have expired"
+        # nobody may forward while etcd is unreachable: no lease can be renewed or won
+        wait_for("30 s of etcd outage", lambda: time.time() - t_pause >= 30, 40, 0.5)
+        assert c.master() is None
+    finally:
+        c.etcd.resume()
+    c.wait_master(60)
+    end = env.settle(before["new_ok"])
+    assert end["alive"] == CONNS and end["resets"] == 0 and end["mismatches"] == 0
+    assert env.no_split_brain()
+
+
+def test_master_cut_off_from_etcd_steps_down_and_backup_takes_over(env: Env) -> None:
+    c = env.cluster
+    master = c.wait_master()
+    backup = next(n for n in c.nodes if n is not master)
+    traffic = env.start_traffic()
+    before = traffic.report()
+    ns = env.lab.directors[master.n - 1].ns
+    env.lab.exec(ns, ["nft", "add", "table", "inet", "cut"])
+    env.lab.exec(ns, ["nft", "add", "chain", "inet", "cut", "out",
+                      "{ type filter hook output priority 0 ; }"])
+    env.lab.exec(ns, ["nft", "add", "rule", "inet", "cut", "out", "ip", "daddr", CTL_ADDR, "tcp", "dport",
+                      str(c.etcd.client_port), "drop"])
+    wait_for("the cut-off master to stop forwarding", lambda: not c.is_forwarding(master), 30)
+    wait_for("the backup to take over", lambda: c.is_forwarding(backup), 30)
+    end = env.settle(before["new_ok"])
+    assert end["alive"] == CONNS and end["resets"] == 0 and end["mismatches"] == 0
+    assert end["sources_moved"] == []
+    assert env.no_split_brain()
+
+
+def test_backup_restart_resyncs_before_it_may_campaign(env: Env) -> None:
+    c = env.cluster
+    master = c.wait_master()
+    backup = next(n for n in c.nodes if n is not master)
+    env.start_traffic()
+    t_kill = c.kill_node(backup)
+    env.kills.setdefault(backup.node_id, []).append(t_kill)
+    c.start_node(backup)
+    c.wait_in_sync(backup, 60)
+    synced = c.last_event(backup, "sync_state", t_kill, in_sync=True)
+    assert synced is not None and synced["conns"] >= CONNS  # streams + templates copied
+    started = c.last_event(backup, "started", t_kill)
+    assert started is not None
+    campaigned = [ev for ev in c.events(backup) if ev["t"] >= started["t"] and ev["event"] == "role"
+                  and ev["role"] in ("CANDIDATE", "LEADER")]
+    assert all(ev["t"] >= synced["t"] for ev in campaigned)
+    assert c.wait_master() is master
+    # and it really holds the state: kill the master, every connection survives on the restarted backup
+    traffic = env.traffic
+    assert traffic is not None
+    before = traffic.report()
+    env.kills.setdefault(master.node_id, []).append(c.kill_node(master))
+    wait_for("the restarted backup to take over", lambda: c.is_forwarding(backup), 30)
+    end = env.settle(before["new_ok"])
+    assert end["alive"] == CONNS and end["resets"] == 0 and end["mismatches"] == 0
+    assert end["sources_moved"] == []
+    assert env.no_split_brain()
