@@ -57,6 +57,8 @@ class NodeProc:
     events: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    """Wall-clock time of the last start: events before it belong to an earlier life."""
 
 
 class LabCluster:
@@ -126,6 +128,7 @@ class LabCluster:
     # -- nodes ----------------------------------------------------------------------------------------
     def start_node(self, node: NodeProc) -> None:
         node.config.write_text(self.node_yaml(node))
+        node.started_at = time.time()
         logf = open(node.log, "ab")  # noqa: SIM115 - handed to the child
         ns = self.lab.directors[node.n - 1].ns
         node.proc = self.lab.popen(ns, [PYTHON, "-m", "director.daemon", "-c", str(node.config)],
@@ -176,8 +179,12 @@ class LabCluster:
                 return dict(ev)
         return None
 
+    def current_events(self, node: NodeProc) -> list[dict[str, Any]]:
+        """Events of the node's current life (since its last start)."""
+        return [ev for ev in self.events(node) if ev["t"] >= node.started_at]
+
     def is_forwarding(self, node: NodeProc) -> bool:
-        for ev in reversed(self.events(node)):
+        for ev in reversed(self.current_events(node)):
             if ev["event"] in ("forwarding", "stopped_forwarding", "started", "stopped"):
                 return bool(ev["event"] == "forwarding")
         return False
@@ -191,7 +198,7 @@ class LabCluster:
         return got
 
     def in_sync(self, node: NodeProc) -> bool:
-        for ev in reversed(self.events(node)):
+        for ev in reversed(self.current_events(node)):
             if ev["event"] == "sync_state":
                 return bool(ev.get("in_sync"))
             if ev["event"] == "started":

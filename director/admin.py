@@ -502,6 +502,21 @@ class AdminServer:
             os.unlink(self.unix_path)
 
 
+def server_config_from_node(node: Any) -> AdminServerConfig:
+    """AdminServerConfig from a director.nodeconfig.NodeConfig (admin_listen/unix/token/tls).
+
+    `admin.tls` {ca, cert, key}: TLS, with client certificates signed by `ca` accepted (mutual
+    TLS; role from the cert's OU). `admin.token`: a bearer token with the admin role. Plain TCP
+    is allowed only with a token and no TLS (labs).
+    """
+    files = node.admin_tls
+    tls = TlsConfig(cert=files.cert, key=files.key, client_ca=files.ca) if files is not None else None
+    tokens = {node.admin_token: "admin"} if node.admin_token else {}
+    return AdminServerConfig(
+        listen=node.admin_listen, unix_path=node.admin_unix, tls=tls, auth=AdminAuth(tokens=tokens),
+        insecure_tcp=tls is None and bool(tokens))
+
+
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
@@ -552,7 +567,7 @@ def _bind_unix(server: Any, path: str) -> None:
 __all__ = [
     # the server
     "AdminAuth", "AdminServer", "AdminServerConfig", "AdminServicer", "STATUS_OF", "TlsConfig",
-    "start_server", "status_code",
+    "server_config_from_node", "start_server", "status_code",
     # re-exported from director.adminapi: the facade the daemon implements and its types
     "AdminError", "ApplyResult", "Conflict", "ConnFilter", "ConnView", "CounterValues", "DestView",
     "InvalidArgument", "NodeApi", "NodeEvent", "NodeStatus", "NotFound", "NotMaster", "PermissionDenied",

@@ -481,6 +481,12 @@ def service_view(svc: VirtualService, *, health: Mapping[DestKey, str] | None = 
         counters=CounterValues.of(svc.counters), rates=rates(svc.counters), name=svc.name)
 
 
+def configured_weights(services: Iterable[Any]) -> dict[DestKey, int]:
+    """DestKey -> weight in the config, from director.config ServiceConfig objects (for `configured`)."""
+    return {(int(sc.proto), sc.vaddr, sc.port, 0, dc.daddr, dc.port): dc.weight
+            for sc in services for dc in sc.dests}
+
+
 def find_service(services: ServiceTable, ref: SvcRef) -> VirtualService:
     svc = services.get_fwmark(ref.fwmark) if ref.fwmark else None
     if svc is None and not ref.fwmark:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import grpc
+import yaml
 from google.protobuf import json_format
 
 from director import clifmt
@@ -56,6 +57,10 @@ _CODE_EXIT = {
 
 
 class UsageError(Exception):
+    pass
+
+
+class NotFoundError(Exception):
     pass
 
 
@@ -200,11 +205,18 @@ def cmd_status(c: Client, args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_get(c: Client, args: argparse.Namespace, out: TextIO) -> int:
     resp = c.call("GetConfig", pb.GetConfigRequest())
+    text = resp.yaml
+    if args.name:
+        doc = yaml.safe_load(text) or {}
+        found = [s for s in doc.get("services") or [] if isinstance(s, dict) and s.get("name") == args.name]
+        if not found:
+            raise NotFoundError(f"no service named {args.name!r}; `directorctl get` lists them all")
+        text = yaml.safe_dump({"services": found}, sort_keys=False)
     if args.json:
-        emit_json(as_json(resp), out)
+        emit_json({"revision": resp.revision, "config": yaml.safe_load(text)}, out)
     else:
-        out.write(f"# revision {resp.revision}\n{resp.yaml}")
-        if resp.yaml and not resp.yaml.endswith("\n"):
+        out.write(f"# revision {resp.revision}\n{text}")
+        if text and not text.endswith("\n"):
             out.write("\n")
     return EXIT["ok"]
 
@@ -398,7 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_list(sub)
     sub.add_parser("status", help="role, master, sync lag, table sizes").add_argument(
         "--json", action="store_true")
-    sub.add_parser("get", help="print the running config (YAML)").add_argument("--json", action="store_true")
+    g = sub.add_parser("get", help="print the running config (YAML), or one service of it")
+    g.add_argument("name", nargs="?", help="a service name")
+    g.add_argument("--json", action="store_true")
     a = sub.add_parser("apply", help="validate, diff and write a config file")
     a.add_argument("-f", "--file", required=True, help="YAML file, or - for stdin")
     a.add_argument("--dry-run", action="store_true", help="validate and show the diff only")
@@ -476,6 +490,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     except UsageError as exc:
         err.write(f"directorctl: {exc}\n")
         return EXIT["usage"]
+    except NotFoundError as exc:
+        err.write(f"directorctl: {exc}\n")
+        return EXIT["not_found"]
     except grpc.RpcError as exc:
         return report_rpc_error(exc, args.addr, err)
     except KeyboardInterrupt:

@@ -7,13 +7,11 @@ triple (protocol, caddr, cport) is packed into one int ``_key`` =
 ``caddr << 24 | protocol << 16 | cport``; ``protocol``/``caddr``/``cport`` are read-only views of
 it. Flags are plain ints (``ConnFlags`` values); the table is the only writer.
 
-*Hash table.* Like the kernel, one table hashed by the client triple serves both directions:
-``in_get`` hashes the packet source, ``out_get`` the packet destination. It has ``2**bits``
-buckets (bits clamped to [8, 20], default 12); bucket (a multiplicative hash of ``_key``) is a dict from
-``_key`` to the head of a short chain (``Conn._next``) of entries sharing that triple (a client
-port reused towards two services, templates of one client). The dict gives O(1) lookups at any
-fill; the bucket array gives ``random_drop`` its "visit 1/32 of the buckets" walk. New entries
-go to the chain head (``list_add``).
+*Hash table.* Like the kernel, one table hashed by the client triple serves both directions
+(``in_get`` hashes the packet source, ``out_get`` its destination): ``2**bits`` buckets (bits
+in [8, 20], default 12, chosen by a seeded multiplicative hash of ``_key``), each a dict from
+``_key`` to the head of a chain (``Conn._next``, new entries first) of entries sharing the
+triple. Dicts keep lookups O(1) at any fill; the bucket array is what ``random_drop`` samples.
 
 *Lookups.* ``in_get`` matches vaddr/vport and the NO_CPORT rule (a port-0 lookup matches only
 NO_CPORT entries, a real port only entries without it); on a miss it retries with port 0 only
@@ -27,7 +25,7 @@ not hashed, is re-armed for later; otherwise it is unhashed, detached from its t
 unbound from its dest (with the overload clearing rule) and counted out.
 
 *Timers.* ``director.timer.Wheel``: ``refresh`` only moves ``expires`` (O(1)); ``tick`` collects
-due slots (O(due)); ``expire_now`` fires at the next tick.
+due slots (O(due), plus one hop per 32 s of long timeouts); ``expire_now`` fires at the next tick.
 
 *Events.* NEW / UPDATE / EXPIRE go to ``events`` (``director.conn_events``) when enabled;
 ``refresh`` emits nothing. Kernel errors (double hash, control-del underflow) are logged
@@ -44,7 +42,7 @@ from typing import cast
 from director.conn_events import ConnEvent, ConnKey, ConnSnapshot, EventFeed, EventKind
 from director.service import Dest
 from director.tcp import TcpState
-from director.timer import Timed, Wheel
+from director.timer import DEFAULT_HORIZON, Timed, Wheel
 from director.types import Clock, ConnFlags, DestFlags, Proto
 
 log = logging.getLogger(__name__)
@@ -150,7 +148,8 @@ class ConnTable:
     """Hash table of conns + timers + counters + event feed. Single-threaded, never blocks."""
 
     def __init__(self, clock: Clock, bits: int = DEFAULT_BITS, event_capacity: int = 65536,
-                 timer_hz: int = 16, hash_seed: int | None = None) -> None:
+                 timer_hz: int = 16, hash_seed: int | None = None,
+                 timer_horizon: float = DEFAULT_HORIZON) -> None:
         self.bits = min(MAX_BITS, max(MIN_BITS, bits))
         self.size = 1 << self.bits
         self._mask = self.size - 1
@@ -160,7 +159,7 @@ class ConnTable:
         self._mult = (0x9E3779B97F4A7C15 ^ seed) | 1
         self._tab: list[dict[int, Conn]] = [{} for _ in range(self.size)]
         self._clock = clock
-        self._wheel = Wheel(timer_hz)
+        self._wheel = Wheel(timer_hz, timer_horizon)
         self._intern: dict[int, int] = {}
         self._todrop_counter = [0] * 9
         self.count = 0
@@ -174,18 +173,19 @@ class ConnTable:
         """Entry for a client -> VIP packet (``ip_vs_conn_in_get``), with the port-0 retry."""
         k = (s_addr << 24) | (protocol << 16) | s_port
         c = self._tab[((k * self._mult) >> 40) & self._mask].get(k)
-        want = 0 if s_port else F_NO_CPORT
-        while c is not None:
-            if c.vport == d_port and c.vaddr == d_addr and (c.flags & F_NO_CPORT) == want:
-                return c
-            c = c._next
-        if s_port and self.no_cport_count:
-            k = (s_addr << 24) | (protocol << 16)
-            c = self._tab[((k * self._mult) >> 40) & self._mask].get(k)
+        if s_port:  # a real port matches entries without NO_CPORT...
             while c is not None:
-                if c.vport == d_port and c.vaddr == d_addr and c.flags & F_NO_CPORT:
+                if c.vport == d_port and c.vaddr == d_addr and not c.flags & F_NO_CPORT:
                     return c
                 c = c._next
+            if not self.no_cport_count:
+                return None
+            k = (s_addr << 24) | (protocol << 16)  # ...then retry with port 0
+            c = self._tab[((k * self._mult) >> 40) & self._mask].get(k)
+        while c is not None:  # port 0 matches NO_CPORT entries only
+            if c.vport == d_port and c.vaddr == d_addr and c.flags & F_NO_CPORT:
+                return c
+            c = c._next
         return None
 
     def ct_in_get(self, protocol: int, s_addr: int, s_port: int, d_addr: int, d_port: int) -> Conn | None:
@@ -249,7 +249,7 @@ class ConnTable:
         c._next = d.get(k)
         d[k] = c
         c.flags = _canon(flags | F_HASHED)
-        self._wheel.arm(c, c.expires)
+        self._wheel.arm(c, c.expires, now)
         if control is not None:
             if self.alive(control):
                 self._control_add(c, control)
@@ -346,7 +346,8 @@ class ConnTable:
                     conn.flags = _canon(f & ~F_INACTIVE)
         conn.timeout = timeout
         if conn.flags & F_HASHED:
-            self._wheel.rearm(conn, self._clock() + timeout)
+            now = self._clock()
+            self._wheel.rearm(conn, now + timeout, now)
         if state != old and self.events.enabled:
             self.events.push(_UPDATE, snapshot(conn))
 
@@ -355,10 +356,11 @@ class ConnTable:
         ts = conn._tslot
         if ts is None:
             return  # removed
-        e = self._clock() + (conn.timeout if timeout is None else timeout)
+        now = self._clock()
+        e = now + (conn.timeout if timeout is None else timeout)
         conn.expires = e
         if e < ts.deadline:
-            self._wheel.arm(conn, e)
+            self._wheel.arm(conn, e, now)
 
     def expire_now(self, conn: Conn) -> None:
         """Fire the entry's timer at the next tick (``ip_vs_conn_expire_now``)."""
@@ -389,7 +391,7 @@ class ConnTable:
     def _expire(self, c: Conn, now: float) -> bool:
         c.timeout = EXPIRE_LATER
         if c.n_control or not self._unhash(c):
-            self._wheel.rearm(c, now + EXPIRE_LATER)  # expire later
+            self._wheel.rearm(c, now + EXPIRE_LATER, now)  # expire later
             return False
         if self.events.enabled:
             self.events.push(_EXPIRE, snapshot(c))

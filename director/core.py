@@ -5,9 +5,13 @@ Theory of operation
 :meth:`Director.handle` takes a frame received on one side (``EXT`` = clients, ``INT`` = real
 servers) and returns an :data:`Action` ``(out_side, frame)`` for the I/O layer to send, or
 ``None`` when the frame is consumed (every such case is counted in :class:`DropCounters`). The
-steps, in order, each a small method so the hot path stays short:
+steps, in order (the steady state of a flow -- parse, lookup, timer refresh, counters, NAT or DR
+rewrite -- is inlined in ``handle`` because every call costs on this path; everything else is a
+small method):
 
-1. **parse** (:func:`director.packet.parse_ipv4`); non-IPv4 -> ARP step or drop.
+1. **parse**: plain IPv4 TCP/UDP frames are read with one ``unpack_from`` (checksum fields
+   included, so the rewrite needs no second read); anything else (IP options, tiny frames, ICMP,
+   malformed) takes :func:`director.packet.parse_ipv4`'s full checks; non-IPv4 -> ARP or drop.
 2. **ARP**: learn the sender into that side's neighbour cache; answer requests for owned
    addresses (VIPs outside, NAT gateway addresses inside) from the virtual MAC, only if active.
 3. **guards**: ICMP goes to the ICMP step; "not active" (backup) drops; TTL <= 1 drops and
@@ -29,6 +33,9 @@ steps, in order, each a small method so the hot path stays short:
 ICMP errors (dest unreachable incl. frag-needed, source quench, time exceeded) quoting a known
 flow are translated (NAT) or forwarded (DR/TUN) to the other side; other ICMP is dropped.
 A next hop whose MAC is unknown turns the packet into an ARP request (rate-limited) and a drop.
+Fragments are forwarded without reassembly: a first fragment takes the normal path and leaves its
+ports in ``frags`` (:class:`director.packet.FragTable`); the later ones of that datagram follow its
+conn with only their IP header rewritten (``_fragment``).
 """
 
 from __future__ import annotations
@@ -56,13 +63,24 @@ from director.packet import (
     TH_SYN,
     Drop,
     DropCounters,
+    FragTable,
     IPv4Info,
+    parse_fragment,
     parse_ipv4,
 )
 from director.service import Dest, ServiceTable, VirtualService
 from director.tcp import Direction, TcpState, Timeouts
 from director.types import Clock, ConnFlags, DestFlags
-from director.xmit import IP_DF, dr_rewrite, icmp_error, icmp_quote, nat_icmp, nat_rewrite, tun_encap
+from director.xmit import (
+    IP_DF,
+    dr_rewrite,
+    icmp_error,
+    icmp_quote,
+    ip_rewrite,
+    nat_icmp,
+    nat_rewrite,
+    tun_encap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +106,7 @@ _IP_TAIL = struct.Struct("!BBHII").pack_into  # ttl proto csum saddr daddr at of
 _PORTS_CSUM_UDP = struct.Struct("!HHHH").pack_into  # sport dport len csum at 34
 _PORTS = struct.Struct("!HH").pack_into
 _U16 = struct.Struct("!H").pack_into
+_U32_AT = struct.Struct("!I").unpack_from
 _IN = int(Direction.INPUT)
 _OUT = int(Direction.OUTPUT)
 
@@ -136,6 +155,7 @@ class Director:
         self.counters = DropCounters()
         self.neigh = (NeighCache(cfg.vmac), NeighCache(cfg.vmac))
         self.arp_replies = 0
+        self.frags = FragTable()
         self._ipid = 0
         self._icmp_window = 0.0
         self._icmp_sent = 0
@@ -173,12 +193,15 @@ class Director:
             if ttl <= 1 or not self.active:
                 return self._guard(frame, side, (proto, saddr, sport, daddr, dport, l4, end, ttl, tflags))
         else:
-            r = parse_ipv4(frame, self._verify)
+            r = parse_ipv4(frame, self._verify, first_fragment=True)
             if isinstance(r, Drop):
                 return self._not_ip(frame, side, r)
             proto, saddr, sport, daddr, dport, l4, end, ttl, tflags = r
             if proto == 1 or ttl <= 1 or not self.active:
                 return self._guard(frame, side, r)
+            if frame[20] & 0x20:  # a first fragment: its ports, for the fragments that follow
+                self.frags.remember((proto, saddr, daddr, frame[18] << 8 | frame[19]), sport, dport,
+                                    self.clock())
         tmo = self._timeouts
         if side:  # from the real servers: a NAT reply?
             conn = self._out_get(proto, saddr, sport, daddr, dport)
@@ -428,8 +451,46 @@ class Director:
     def _not_ip(self, frame: bytearray, side: int, reason: Drop) -> Action | None:
         if reason == Drop.NOT_IPV4 and len(frame) >= 14 and frame[12] << 8 | frame[13] == ETH_P_ARP:
             return self._arp(frame, side)
+        if reason == Drop.FRAGMENT:
+            return self._fragment(frame, side)
         self._drops[reason] += 1
         return None
+
+    def _fragment(self, frame: bytearray, side: int) -> Action | None:
+        """A non-first fragment: find its flow by the ports its first fragment had, then rewrite
+        the IP header only (NAT), the MACs (DR) or encapsulate it (TUN)."""
+        f = parse_fragment(frame)
+        proto, saddr, daddr = frame[23], _U32_AT(frame, 26)[0], _U32_AT(frame, 30)[0]
+        ports = self.frags.ports((proto, saddr, daddr, f[0]), self.clock()) if f is not None else None
+        if f is None or ports is None or not self.active or f[2] <= 1:
+            reason = Drop.FRAGMENT if ports is None else Drop.NOT_ACTIVE if not self.active else (
+                Drop.TTL_EXCEEDED)
+            self._drops[reason] += 1
+            return None
+        _ipid, _frag, ttl, end = f
+        sport, dport = ports
+        r = (proto, saddr, sport, daddr, dport, 0, end, ttl, 0)
+        conn = self._out_get(proto, saddr, sport, daddr, dport) if side else None
+        if conn is not None and conn.flags & 7 == _MASQ:
+            hdr = self._ext_hdr.get(daddr) or self._ext_route(daddr)
+            if hdr is None:
+                return self._neigh_miss(EXT, self._ext_nexthop(daddr), None)
+            self._count(conn, end - 14, False)
+            ip_rewrite(frame, hdr, ttl, 26, saddr, conn.vaddr)
+            return EXT, frame
+        conn = self._in_get(proto, saddr, sport, daddr, dport)
+        if conn is None or (conn.dest is not None and not _int_and(conn.dest.flags, _AVAILABLE)):
+            self._drops[Drop.FRAGMENT if conn is None else Drop.DEST_UNAVAILABLE] += 1
+            return None
+        self._count(conn, end - 14, True)
+        fwd = conn.flags & 7
+        if fwd != _MASQ:
+            return self._xmit_other(frame, conn, fwd, r)
+        hdr = self._int_hdr.get(conn.daddr)
+        if hdr is None:
+            return self._neigh_miss(INT, conn.daddr, conn.dest)
+        ip_rewrite(frame, hdr, ttl, 30, daddr, conn.daddr)
+        return INT, frame
 
     def owned(self, side: int) -> set[int] | frozenset[int]:
         """Addresses this node answers ARP for on ``side`` while active."""

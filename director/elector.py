@@ -19,6 +19,17 @@ step-down time); the send time is taken before the request so the machine can bo
 lease's life.  ``kill()`` simulates a crash (stop everything, revoke nothing);
 ``resign()`` stops forwarding and revokes the lease so a follower wins within one watch
 round trip; ``stop()`` resigns and shuts down.
+
+Use (directord)::
+
+    store = EtcdStore(endpoints, prefix="lbd", cluster="default")
+    el = Elector(store, NodeInfo("d1", sync_addr="198.18.0.2:7100", admin_addr="..."),
+                 ttl=1, ready=table_synced_or_no_master,
+                 on_start_forwarding=lambda epoch: director.activate(epoch),   # ARP + GARP + fwd
+                 on_stop_forwarding=director.deactivate,                      # at once, sync
+                 on_change=lambda rc: syncd.follow(rc.leader))                # master's sync addr
+    await el.start();  ...;  el.poke()  # after a snapshot is applied
+    await el.resign()   # directorctl failover;  await el.stop() on SIGTERM
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,7 +173,7 @@ class Elector:
         """Readiness (or anything the loop should look at) may have changed."""
         self._inbox.put_nowait(lambda m, now: [])
 
-    async def changes(self) -> AsyncIterator[RoleChange]:
+    async def changes(self) -> AsyncGenerator[RoleChange, None]:
         """Every RoleChange from now on (starting with the current state)."""
         q: asyncio.Queue[RoleChange] = asyncio.Queue()
         self._subs.append(q)

@@ -18,10 +18,14 @@ the PID this object started (SIGTERM, then SIGKILL after a grace period).  `paus
 `resume()` send SIGSTOP / SIGCONT (an "unreachable but connected" etcd).  With ``netns``
 the command is prefixed with ``ip netns exec <ns>`` (which execs, so the PID is etcd's),
 and the health probe runs inside the namespace too.
+
+``python -m director.etcd_server [--host H] [--port P] [--defaults] [--netns NS]`` runs one in
+the foreground for a lab or a demo: it prints the endpoint, then stops on SIGTERM / Ctrl-C.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -306,3 +310,35 @@ def _free_port_in_netns(netns: str, host: str) -> int:
         capture_output=True, check=True, text=True, timeout=10,
     )
     return int(out.stdout.strip())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m director.etcd_server", description=__doc__.split("\n")[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0, help="client port (0: a free one)")
+    ap.add_argument("--peer-port", type=int, default=0)
+    ap.add_argument("--defaults", action="store_true", help="etcd's stock heartbeat/election timing")
+    ap.add_argument("--netns", default=None)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = EtcdServer(host=args.host, client_port=args.port, peer_port=args.peer_port,
+                        tuned=not args.defaults, netns=args.netns)
+    stop = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    try:
+        print(server.endpoint, flush=True)
+        while not stop and server.running():
+            time.sleep(0.2)
+    finally:
+        server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

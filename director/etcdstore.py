@@ -185,8 +185,10 @@ class EtcdStore:
         prefix: str = "lbd",
         cluster: str = "default",
         timeout: float = DEFAULT_TIMEOUT,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.target = _target(endpoints)
+        self.credentials = credentials  # TLS: grpc.ssl_channel_credentials(ca, key, cert)
         self.timeout = timeout
         self.root = f"/{prefix.strip('/')}/{cluster}"
         self.config_prefix = f"{self.root}/config/"
@@ -211,7 +213,10 @@ class EtcdStore:
     async def connect(self) -> None:
         if self._channel is not None:
             return
-        self._channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        if self.credentials is not None:
+            self._channel = grpc.aio.secure_channel(self.target, self.credentials, options=CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
         self._kv = rpc.KVStub(self._channel)
         self._lease = rpc.LeaseStub(self._channel)
         self._watch = rpc.WatchStub(self._channel)

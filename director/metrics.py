@@ -172,6 +172,14 @@ async def start_metrics_server(api: NodeApi, host: str = "127.0.0.1", port: int 
     return MetricsServer(server, bound)
 
 
+async def serve_metrics(api: NodeApi, listen: str) -> MetricsServer:
+    """start_metrics_server on "host:port" (NodeConfig.metrics_listen; "[::1]:9120" for IPv6)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"metrics.listen: want host:port, got {listen!r}")
+    return await start_metrics_server(api, host.strip("[]") or "0.0.0.0", int(port))
+
+
 async def _serve(api: NodeApi, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     request = (await reader.readline()).decode("latin-1").split()
     while (await reader.readline()) not in (b"\r\n", b"\n", b""):

@@ -21,10 +21,14 @@ Decisions
   and anything else: ``NOT_IPV4``).
 * IP options (IHL > 5) are **handled**: the L4 header is found at ``14 + IHL*4`` and the options
   are forwarded untouched (the header checksum update is incremental, so they stay covered).
-* Fragments (MF set or offset != 0) are **dropped** (``FRAGMENT``): a non-first fragment carries
-  no ports, so it cannot be matched to a conn without reassembly state, and forwarding only first
-  fragments would deliver datagrams that can never be reassembled. TCP uses PMTU discovery (DF),
-  so real traffic here is unfragmented; the director relays ICMP frag-needed for that.
+* Fragments are **forwarded without reassembly**: :func:`parse_ipv4` rejects every fragment
+  (``FRAGMENT``) unless asked to accept first fragments (``first_fragment=True``: offset 0, MF
+  set, the whole L4 header inside; the UDP length may then exceed the fragment). The caller
+  forwards a first fragment like any packet (an incremental L4 checksum update is valid for the
+  whole datagram) and remembers its ports in a :class:`FragTable` under (proto, saddr, daddr,
+  IP id); later fragments (:func:`parse_fragment`) find the flow there and only get their IP
+  header rewritten. A fragment arriving before its first fragment, or after
+  ``FragTable.timeout`` (30 s, Linux's ``ipfrag_time``), is dropped as ``FRAGMENT``.
 * Frames longer than ``14 + tot_len`` (Ethernet padding) are accepted; the padding is kept.
 * The IPv4 header checksum is verified when asked (``verify=True``): ``BAD_IP_CSUM``.
 """
@@ -72,7 +76,7 @@ class Drop(IntEnum):
     BAD_IHL = 4          # IHL < 5 or header longer than the frame / total length
     BAD_TOTLEN = 5       # total length < header or beyond the end of the frame
     BAD_IP_CSUM = 6      # IPv4 header checksum wrong
-    FRAGMENT = 7         # MF set or fragment offset != 0 (see module doc)
+    FRAGMENT = 7         # a fragment of an unknown (or timed out) datagram (see module doc)
     UNKNOWN_PROTO = 8    # not TCP, UDP or ICMP
     BAD_L4 = 9           # L4 header truncated, bad TCP data offset, bad UDP length
     TTL_EXCEEDED = 10    # TTL would reach 0 when forwarded
@@ -117,8 +121,12 @@ UDP 0; for ICMP ``sport`` is the type, ``dport`` the code and ``extra`` 0.
 """
 
 
-def parse_ipv4(frame: bytes | bytearray | memoryview, verify: bool = False) -> IPv4Info | Drop:
-    """Parse an Ethernet/IPv4 frame: the fields of :data:`IPv4Info`, or why it is unusable."""
+def parse_ipv4(frame: bytes | bytearray | memoryview, verify: bool = False,
+               first_fragment: bool = False) -> IPv4Info | Drop:
+    """Parse an Ethernet/IPv4 frame: the fields of :data:`IPv4Info`, or why it is unusable.
+
+    Fragments are ``FRAGMENT``, except first fragments when ``first_fragment`` is set.
+    """
     n = len(frame)
     if n < _MIN_FRAME:
         return Drop.TRUNCATED if n < 14 or frame[12:14] == b"\x08\x00" else Drop.NOT_IPV4
@@ -133,8 +141,11 @@ def parse_ipv4(frame: bytes | bytearray | memoryview, verify: bool = False) -> I
     end = ETH_HLEN + tot_len
     if end > n or end < l4:
         return Drop.BAD_TOTLEN
+    more = False
     if frag & 0x3FFF:
-        return Drop.FRAGMENT
+        if not first_fragment or frag & 0x1FFF:
+            return Drop.FRAGMENT
+        more = True
     if verify and not _ip_csum_ok(frame, l4):
         return Drop.BAD_IP_CSUM
     if proto == IPPROTO_TCP:
@@ -146,7 +157,7 @@ def parse_ipv4(frame: bytes | bytearray | memoryview, verify: bool = False) -> I
         if l4 + 8 > end:
             return Drop.BAD_L4
         sport, dport, ulen = _UDP.unpack_from(frame, l4)
-        if ulen < 8 or ulen > end - l4:
+        if ulen < 8 or (ulen > end - l4 and not more):
             return Drop.BAD_L4
         return proto, saddr, sport, daddr, dport, l4, end, ttl, 0
     if proto == IPPROTO_ICMP:
@@ -157,6 +168,60 @@ def parse_ipv4(frame: bytes | bytearray | memoryview, verify: bool = False) -> I
 
 
 _UDP = struct.Struct("!HHH")
+
+
+_FRAG = struct.Struct("!14xBxHHHB")  # ver_ihl, tot_len, id, frag_off, ttl
+
+
+def parse_fragment(frame: bytes | bytearray | memoryview) -> tuple[int, int, int, int] | None:
+    """(ip_id, frag_off, ttl, end) of a frame :func:`parse_ipv4` called ``FRAGMENT`` (its Ethernet
+    and IPv4 header were validated there); None if it is not such a frame."""
+    if len(frame) < _MIN_FRAME or frame[12:14] != b"\x08\x00":
+        return None
+    ver_ihl, tot_len, ipid, frag, ttl = _FRAG.unpack_from(frame, 0)
+    if ver_ihl >> 4 != 4 or not frag & 0x3FFF or ETH_HLEN + tot_len > len(frame):
+        return None
+    return ipid, frag, ttl, ETH_HLEN + tot_len
+
+
+FragKey = tuple[int, int, int, int]
+"""(proto, saddr, daddr, ip_id): the datagram a fragment belongs to."""
+
+
+class FragTable:
+    """Ports of fragmented datagrams, learnt from their first fragment, for the fragments after it.
+
+    Bounded (``capacity``, oldest evicted first) and timed (``timeout`` seconds), pure: the
+    caller passes the time.
+    """
+
+    __slots__ = ("timeout", "capacity", "_tab")
+
+    def __init__(self, timeout: float = 30.0, capacity: int = 4096) -> None:
+        self.timeout = timeout
+        self.capacity = capacity
+        self._tab: dict[FragKey, tuple[int, int, float]] = {}
+
+    def remember(self, key: FragKey, sport: int, dport: int, now: float) -> None:
+        tab = self._tab
+        tab.pop(key, None)
+        if len(tab) >= self.capacity:
+            for k in [k for k, v in tab.items() if v[2] <= now] or [next(iter(tab))]:
+                del tab[k]
+        tab[key] = (sport, dport, now + self.timeout)
+
+    def ports(self, key: FragKey, now: float) -> tuple[int, int] | None:
+        """(sport, dport) of the datagram, or None if unknown or timed out."""
+        v = self._tab.get(key)
+        if v is None:
+            return None
+        if v[2] <= now:
+            del self._tab[key]
+            return None
+        return v[0], v[1]
+
+    def __len__(self) -> int:
+        return len(self._tab)
 
 
 def _check_ihl(ver_ihl: int, tot_len: int) -> Drop | None:
@@ -195,5 +260,6 @@ def mac_bytes(text: str) -> bytes:
 __all__ = [
     "ETH_HLEN", "ETH_IP", "ETH_P_ARP", "ETH_P_IP", "IPPROTO_ICMP", "IPPROTO_IPIP", "IPPROTO_TCP",
     "IPPROTO_UDP", "PORTS", "TH_ACK", "TH_FIN", "TH_PSH", "TH_RST", "TH_SYN", "U16", "U32", "Drop",
-    "DropCounters", "IPv4Info", "ip_str", "mac_bytes", "mac_str", "parse_ipv4",
+    "DropCounters", "FragKey", "FragTable", "IPv4Info", "ip_str", "mac_bytes", "mac_str", "parse_fragment",
+    "parse_ipv4",
 ]

@@ -10,9 +10,16 @@ so an entry never fires early and at most ``1/hz`` late.
 Refreshing is O(1) and never touches the wheel: the owner just moves ``entry.expires``
 forward. When the slot fires, each entry is checked: if ``_tslot`` is no longer this slot the
 list item is stale (the entry was re-armed elsewhere or disarmed) and is skipped; if its
-``expires`` moved past ``now`` it is re-slotted (once per timeout period, amortised O(1));
-otherwise it is due. Moving a deadline *earlier* than its slot needs a re-slot (``arm``),
-which leaves a stale item behind in the old slot; stale items are dropped when that slot fires.
+``expires`` moved past ``now`` it is re-slotted; otherwise it is due. Moving a deadline
+*earlier* than its slot needs a re-slot (``arm``), which leaves a stale item behind in the old
+slot; stale items are dropped when that slot fires.
+
+Horizon: an entry is never slotted more than ``horizon`` seconds (default 32) ahead of the
+``now`` it was armed at; a longer deadline takes several hops. This bounds how long a stale
+item can keep a removed entry alive (a TCP conn armed for 900 s in ESTABLISHED that closes
+and goes after 10 s would otherwise stay in memory for 900 s), at the price of one re-slot per
+``horizon`` seconds of a long timeout (1M conns at 900 s: ~31k re-slots/s). It also bounds the
+number of live slots to ``horizon * hz``.
 
 Slots live in a dict keyed by slot number plus a heap of slot numbers, so ``collect(now)``
 costs O(due slots + items in them) and never scans idle entries. ``arm_now`` puts an entry on
@@ -26,6 +33,8 @@ import math
 
 DEFAULT_HZ = 16
 """Slots per second. A power of two keeps whole-second deadlines exact."""
+DEFAULT_HORIZON = 32.0
+"""Furthest an entry is slotted ahead of now (seconds); longer deadlines hop."""
 
 
 class Timed:
@@ -53,12 +62,13 @@ class _Slot(list[Timed]):
 class Wheel:
     """Slots of ``1/hz`` s; ``arm`` / ``arm_now`` / ``disarm`` / ``collect``."""
 
-    __slots__ = ("hz", "swept", "_slots", "_heap", "_now_slot", "_now_at", "_ceil")
+    __slots__ = ("hz", "horizon", "swept", "_slots", "_heap", "_now_slot", "_now_at", "_ceil")
 
-    def __init__(self, hz: int = DEFAULT_HZ) -> None:
-        if hz <= 0:
-            raise ValueError("hz must be positive")
+    def __init__(self, hz: int = DEFAULT_HZ, horizon: float = DEFAULT_HORIZON) -> None:
+        if hz <= 0 or not horizon > 0:
+            raise ValueError("hz and horizon must be positive")
         self.hz = hz
+        self.horizon = horizon
         self.swept = 0
         """Items examined by ``collect`` so far (shows the cost is O(due), not O(table))."""
         self._slots: dict[int, _Slot] = {}
@@ -67,10 +77,11 @@ class Wheel:
         self._now_at: float | None = None
         self._ceil = math.ceil
 
-    def arm(self, entry: Timed, when: float) -> None:
-        """Put ``entry`` in the slot for ``when`` (sets ``entry.expires``)."""
+    def arm(self, entry: Timed, when: float, now: float) -> None:
+        """Set ``entry.expires = when`` and slot it (at most ``horizon`` after ``now``)."""
         entry.expires = when
-        k = self._ceil(when * self.hz)
+        cap = now + self.horizon
+        k = self._ceil((when if when < cap else cap) * self.hz)
         slot = self._slots.get(k)
         if slot is None:
             slot = self._slots[k] = _Slot(k / self.hz)
@@ -78,12 +89,12 @@ class Wheel:
         slot.append(entry)
         entry._tslot = slot
 
-    def rearm(self, entry: Timed, when: float) -> None:
+    def rearm(self, entry: Timed, when: float, now: float) -> None:
         """Set a new deadline: O(1) when later than the current slot, a re-slot when earlier."""
         entry.expires = when
         ts = entry._tslot
         if ts is None or when < ts.deadline:
-            self.arm(entry, when)
+            self.arm(entry, when, now)
 
     def arm_now(self, entry: Timed, now: float) -> None:
         """Fire at the next ``collect`` (unless ``expires`` is moved past it meanwhile)."""
@@ -127,7 +138,7 @@ class Wheel:
                 e._tslot = None
                 due.append(e)
             else:
-                arm(e, e.expires)
+                arm(e, e.expires, now)
 
     def __len__(self) -> int:
         """Items held, stale ones included (a memory figure, not the number of armed entries)."""

@@ -61,6 +61,18 @@ def nat_rewrite(frame: bytearray, hdr12: bytes, ttl: int, l4: int, proto: int, a
             _p16(frame, c, (old - da - new_port + old_port) % 0xFFFF or 0xFFFF)
 
 
+def ip_rewrite(frame: bytearray, hdr12: bytes, ttl: int, addr_off: int, old_addr: int, new_addr: int
+               ) -> None:
+    """NAT of a non-first fragment: only the IP address (26 = saddr, 30 = daddr) and TTL change.
+
+    Its L4 checksum was fixed in the first fragment (it covers the whole datagram).
+    """
+    frame[0:12] = hdr12
+    frame[22] = ttl - 1
+    _p32(frame, addr_off, new_addr)
+    _p16(frame, 24, (_u16_at(frame, 24)[0] - (new_addr - old_addr) + 0x100) % 0xFFFF)
+
+
 def dr_rewrite(frame: bytearray, hdr12: bytes, ttl: int) -> None:
     """Direct routing: new MACs (the dest's), TTL - 1; the IP packet is otherwise untouched."""
     frame[0:12] = hdr12
@@ -165,4 +177,6 @@ def icmp_error(hdr12: bytes, saddr: int, daddr: int, icmp_type: int, code: int, 
     return out
 
 
-__all__ = ["IP_DF", "dr_rewrite", "icmp_error", "icmp_quote", "nat_icmp", "nat_rewrite", "tun_encap"]
+__all__ = [
+    "IP_DF", "dr_rewrite", "icmp_error", "icmp_quote", "ip_rewrite", "nat_icmp", "nat_rewrite", "tun_encap",
+]

@@ -214,8 +214,10 @@ class BackupApplier:
 
     def _upsert(self, u: Update) -> None:
         table = self.table
-        if u.old_key is not None and u.old_key != u.key and table.get(u.key) is None:
-            self._rekey(u)
+        if u.old_key is not None and u.old_key != u.key:
+            if table.get(u.key) is None:
+                self._rekey(u)
+            self._repoint_children(u.old_key, u.key)
         conn = table.get(u.key)
         dest = self._find_dest(u.dest_key)
         if conn is None:
@@ -223,7 +225,6 @@ class BackupApplier:
             flags = (u.flags & ~_LOCAL) | _SYNC
             conn = table.new(proto, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark,
                              state=u.state, timeout=u.timeout)
-            self._adopt_children(u.key, conn)
         else:
             if conn.state != u.state or conn.timeout != u.timeout:
                 table.set_state(conn, u.state, u.timeout)
@@ -233,8 +234,12 @@ class BackupApplier:
             self._pending_dest[u.key] = u.dest_key
         else:
             self._pending_dest.pop(u.key, None)
+        if self._waiting_ctl.get(u.key) != u.control_key:
+            self._forget_waiting(u.key)
         if u.control_key is not None and conn.control is None:
             self._link(u.key, conn, u.control_key)
+        if u.key[8] and u.key in self._children_of:
+            self._adopt_children(u.key, conn)
 
     def _rekey(self, u: Update) -> None:
         """The master re-keyed an entry: do the same locally, or replace it."""
@@ -266,6 +271,15 @@ class BackupApplier:
             if kids is not None:
                 kids.discard(old)
                 kids.add(new)
+
+    def _repoint_children(self, old: ConnKey, new: ConnKey) -> None:
+        """Children waiting for a template under its old key now wait for its new key."""
+        kids = self._children_of.pop(old, None)
+        if not kids:
+            return
+        self._children_of.setdefault(new, set()).update(kids)
+        for k in kids:
+            self._waiting_ctl[k] = new
 
     def _find_dest(self, dest_key: DestKey | None) -> Any:
         if dest_key is None or self.services is None:
@@ -323,6 +337,9 @@ class BackupApplier:
 
     def _forget(self, key: ConnKey) -> None:
         self._pending_dest.pop(key, None)
+        self._forget_waiting(key)
+
+    def _forget_waiting(self, key: ConnKey) -> None:
         ctl = self._waiting_ctl.pop(key, None)
         if ctl is not None:
             kids = self._children_of.get(ctl)

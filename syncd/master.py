@@ -34,17 +34,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from director.types import Clock
+from syncd.coalesce import Window
 from syncd.convert import encode_batch
-from syncd.model import ConnKey, SyncKind, TableLike, Update, update_from_conn, update_from_snap
-from syncd.policy import RefreshTracker, SyncPolicy, coalesce_kind
+from syncd.model import SyncKind, TableLike, Update, update_from_conn
+from syncd.policy import RefreshTracker, SyncPolicy
 
 if TYPE_CHECKING:
     from syncd.session import FollowerSession
 
 log = logging.getLogger(__name__)
 
-_Pending = list[Any]
-"""[first kind, last kind, last ConnSnapshot, key the backups know it by (if re-keyed) or None]."""
 
 
 @dataclass
@@ -169,7 +168,7 @@ class SyncMaster:
             self._timer = None
         first_ns = self._first_ns or time.time_ns()
         self._first_ns = 0
-        pending = self._drain()
+        window = self._drain()
         feed = self.table.events
         if feed.overflowed:
             feed.clear_overflow()
@@ -177,67 +176,23 @@ class SyncMaster:
             log.warning("conn event feed overflowed: every follower gets a snapshot")
             for s in self.sessions:
                 s.request_snapshot("event feed overflow")
-        updates = self._updates(pending)
+        early, updates = window.updates(self.clock(), self.cfg.policy, self.tracker)
+        self.emit(early, first_ns)  # removals that must precede a new entry with the same key
         self.emit(updates, first_ns)
-        return len(updates)
+        return len(early) + len(updates)
 
-    def _drain(self) -> dict[ConnKey, _Pending]:
-        """Events of the window, per key: [first kind, last kind, last snapshot, key known to backups]."""
-        pending: dict[ConnKey, _Pending] = {}
+    def _drain(self) -> Window:
+        window = Window()
         drain = self.table.events.drain
-        n = 0
+        add = window.add
         while True:
             events = drain(8192)
             if not events:
                 break
-            n += len(events)
             for ev in events:
-                snap = ev.snap
-                p = pending.get(snap.key)
-                old_key = getattr(ev, "old_key", None)
-                if old_key is not None and old_key != snap.key:
-                    p = self._rekeyed(pending, old_key, snap.key)
-                if p is None:
-                    pending[snap.key] = [ev.kind, ev.kind, snap, None]
-                else:
-                    p[1] = ev.kind
-                    p[2] = snap
-        self.stats["coalesced"] += n - len(pending)
-        return pending
-
-    @staticmethod
-    def _rekeyed(pending: dict[ConnKey, _Pending], old_key: ConnKey, new_key: ConnKey) -> _Pending:
-        """An entry changed key: carry its window history over, remembering the key backups know."""
-        prev = pending.pop(old_key, None)
-        if prev is None:
-            p: _Pending = [SyncKind.UPDATE, SyncKind.UPDATE, None, old_key]
-        elif prev[0] == SyncKind.NEW:
-            p = [SyncKind.NEW, SyncKind.NEW, None, None]  # backups never saw the old key
-        else:
-            p = [prev[0], prev[1], None, prev[3] if prev[3] is not None else old_key]
-        pending[new_key] = p
-        return p
-
-    def _updates(self, pending: dict[ConnKey, _Pending]) -> list[Update]:
-        now = self.clock()
-        policy, tracker = self.cfg.policy, self.tracker
-        out: list[Update] = []
-        for key, (first, last, snap, old_key) in pending.items():
-            kind = coalesce_kind(SyncKind(first), SyncKind(last))
-            if kind is None:
-                continue
-            if kind == SyncKind.EXPIRE:
-                tracker.forget(key)
-                out.append(Update(SyncKind.EXPIRE, key if old_key is None else old_key))
-                continue
-            assert snap is not None
-            if old_key is not None:
-                tracker.forget(old_key)
-            if not policy.should_sync(snap):
-                continue
-            out.append(update_from_snap(kind, snap, now, old_key))
-            tracker.sent(key, snap.expires, snap.timeout)
-        return out
+                add(ev.kind, ev.snap, getattr(ev, "old_key", None))
+        self.stats["coalesced"] += window.events - len(window.pending)
+        return window
 
     def emit(self, updates: list[Update], first_ns: int) -> None:
         """Append `updates` to the stream as one or more batches and wake the followers."""

@@ -8,7 +8,9 @@ now)` installs the set of dests to check (keeping the state of those whose spec 
 seconds after this one started (a probe in flight is never started twice). `report(key, ok, now)`
 folds a result into the rise/fall counters and returns a `Transition` exactly when the verdict
 flips: up -> down after `fall` consecutive failures, down -> up after `rise` consecutive
-successes. `next_deadline()` says when `due` next has work. Nothing here reads a clock or does I/O.
+successes. A dest with no verdict yet (not seeded) is treated as up but also announces its first
+verdict: `rise` successes give an "up" Transition, `fall` failures a "down" one.
+`next_deadline()` says when `due` next has work. Nothing here reads a clock or does I/O.
 
 `HealthRunner` drives a manager on asyncio: it sleeps until the next deadline (or a `wake()`),
 runs due probes concurrently through a checker coroutine, reports results and awaits
@@ -57,15 +59,17 @@ class Transition:
 
 
 class DestHealth:
-    __slots__ = ("key", "host", "port", "spec", "up", "ok_streak", "fail_streak", "next_due",
+    __slots__ = ("key", "host", "port", "spec", "up", "known", "ok_streak", "fail_streak", "next_due",
                  "in_flight", "last_detail", "checks", "failures")
 
-    def __init__(self, key: DestKey, host: str, port: int, spec: HealthSpec, now: float, up: bool) -> None:
+    def __init__(self, key: DestKey, host: str, port: int, spec: HealthSpec, now: float, up: bool,
+                 known: bool = False) -> None:
         self.key = key
         self.host = host
         self.port = port
         self.spec = spec
         self.up = up
+        self.known = known  # a verdict exists (seeded or announced); until then `up` is the default
         self.ok_streak = 0
         self.fail_streak = 0
         self.next_due = now
@@ -92,7 +96,7 @@ class HealthManager:
         for key, up in verdicts.items():
             h = self._dests.get(key)
             if h is not None:
-                h.up, h.ok_streak, h.fail_streak = up, 0, 0
+                h.up, h.known, h.ok_streak, h.fail_streak = up, True, 0, 0
 
     def configure(self, targets: Mapping[DestKey, tuple[str, int, HealthSpec]], now: float) -> None:
         """Check exactly these dests: key -> (host, port, spec). Unchanged ones keep their state."""
@@ -102,8 +106,11 @@ class HealthManager:
             old = self._dests.get(key)
             if old is not None and (old.host, old.port, old.spec) == (host, port, spec):
                 continue
-            up = old.up if old is not None else self._seeds.get(key, True)
-            self._dests[key] = DestHealth(key, host, port, spec, now, up)
+            if old is not None:
+                up, known = old.up, old.known
+            else:
+                up, known = self._seeds.get(key, True), key in self._seeds
+            self._dests[key] = DestHealth(key, host, port, spec, now, up, known)
 
     def due(self, now: float) -> list[Probe]:
         out = []
@@ -124,14 +131,14 @@ class HealthManager:
         h.last_detail = result.detail
         if result.ok:
             h.ok_streak, h.fail_streak = h.ok_streak + 1, 0
-            if not h.up and h.ok_streak >= h.spec.rise:
-                h.up = True
+            if (not h.up or not h.known) and h.ok_streak >= h.spec.rise:
+                h.up = h.known = True
                 return Transition(key, True, now, result.detail)
         else:
             h.failures += 1
             h.ok_streak, h.fail_streak = 0, h.fail_streak + 1
-            if h.up and h.fail_streak >= h.spec.fall:
-                h.up = False
+            if (h.up or not h.known) and h.fail_streak >= h.spec.fall:
+                h.up, h.known = False, True
                 return Transition(key, False, now, result.detail)
         return None
 

@@ -97,6 +97,14 @@ class HealthService:
     def down_keys(self) -> frozenset[DestKey]:
         return frozenset(k for k, v in self.verdicts.items() if not v["up"] and k in self.specs)
 
+    def health_view(self) -> dict[DestKey, str]:
+        """For admin views: "up" / "down" per checked dest, "unknown" before its first verdict."""
+        out: dict[DestKey, str] = {}
+        for key in self.specs:
+            v = self.verdicts.get(key)
+            out[key] = "unknown" if v is None else ("up" if v["up"] else "down")
+        return out
+
     def reconfigure(self, cfg: ConfigLike) -> None:
         targets: dict[DestKey, tuple[str, int, HealthSpec]] = {}
         eqt: dict[DestKey, bool] = {}

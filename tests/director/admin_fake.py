@@ -39,6 +39,7 @@ from director.adminapi import (
     StatsView,
     Subscription,
     SvcRef,
+    configured_weights,
     conn_event,
     diff_documents,
     find_service,
@@ -138,8 +139,9 @@ class FakeNode:
                          dict(self.drops), self.status().conns, self.status().templates)
 
     def config_yaml(self) -> tuple[str, int]:
-        text = yaml.safe_dump({"services": self.docs, "timeouts": self.timeouts}, sort_keys=True)
-        return text, self.revision
+        texts = {name: yaml.safe_dump(doc) for name, doc in self.docs.items()}
+        cfg = config.config_from_texts(texts, yaml.safe_dump(self.timeouts))
+        return config.dump_config(cfg), self.revision
 
     # ---- writes ("etcd") ---------------------------------------------------------------------
 
@@ -257,13 +259,8 @@ class FakeNode:
         raise NotFound(f"no dest {ipaddress.ip_address(daddr)}:{dport} in service {ref}")
 
     def _configured(self) -> dict[DestKey, int]:
-        out: dict[DestKey, int] = {}
-        for doc in self.docs.values():
-            r = doc_ref(doc)
-            for d in doc["dests"]:
-                key = (r.protocol, r.vaddr, r.vport, r.fwmark, ip(d["address"]), d["port"])
-                out[key] = d.get("weight", 1)
-        return out
+        texts = {name: yaml.safe_dump(doc) for name, doc in self.docs.items()}
+        return configured_weights(config.config_from_texts(texts).services)
 
     def _reconcile(self) -> None:
         texts = {name: yaml.safe_dump(doc) for name, doc in self.docs.items()}

@@ -505,3 +505,22 @@ def test_unexpected_node_error_is_internal_not_a_crash(env: Node) -> None:
     code, msg = code_of(env.stub.ListConns, pb.ListConnsRequest())
     assert code == grpc.StatusCode.INTERNAL and "ListConns" in msg
     assert env.stub.Status(pb.StatusRequest()).node_id == "n1"  # the server lives on
+
+
+def test_server_config_from_node_yaml(tmp_path: Path) -> None:
+    from director.admin import server_config_from_node
+    from director.nodeconfig import parse_node_config
+
+    base = ("node_id: d1\ninterfaces: {external: e0, internal: i0}\netcd: {endpoints: ['127.0.0.1:2379']}\n"
+            "sync: {listen: '127.0.0.1:7100'}\n")
+    tls = "tls: {ca: /p/ca.pem, cert: /p/c.pem, key: /p/k}"
+    cfg = server_config_from_node(parse_node_config(
+        base + f"admin: {{listen: '127.0.0.1:0', token: s3cret, {tls}}}\n"))
+    assert cfg.tls == TlsConfig(cert="/p/c.pem", key="/p/k", client_ca="/p/ca.pem") and not cfg.insecure_tcp
+    assert dict(cfg.auth.tokens) == {"s3cret": "admin"}
+    lab = server_config_from_node(parse_node_config(
+        base + f"admin: {{listen: '127.0.0.1:0', token: t, unix: {tmp_path}/a.sock}}\n"))
+    assert lab.insecure_tcp and lab.unix_path == f"{tmp_path}/a.sock"
+    bare = server_config_from_node(parse_node_config(base + "admin: {listen: '127.0.0.1:0'}\n"))
+    with pytest.raises(ValueError, match="TLS"):
+        LoopThreadRun(bare)

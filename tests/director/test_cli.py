@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from director import cli
 from director.admin import AdminAuth, AdminServerConfig, start_server
@@ -123,7 +124,7 @@ def test_apply_dry_run_diff_then_write(env: Env, tmp_path: Path) -> None:
     assert "dry run: nothing written" in out and env.node.revision == rev
     code, out, _ = env.run("apply", "-f", str(f))
     assert code == 0 and f"at revision {rev + 1}" in out
-    assert env.node.svc(80).find_dest(ip("198.18.1.3"), 8080).weight == 4
+    assert [d.weight for d in env.node.svc(80).dests if d.addr == ip("198.18.1.3")] == [4]
     code, out, _ = env.run("apply", "-f", str(f))
     assert code == 0 and "no changes" in out and env.node.revision == rev + 1
 
@@ -140,12 +141,21 @@ def test_apply_invalid_file_says_what_to_fix(env: Env, tmp_path: Path) -> None:
 def test_get_prints_running_config(env: Env) -> None:
     code, out, _ = env.run("get")
     assert code == 0 and out.startswith(f"# revision {env.node.revision}") and "198.18.1.4" in out
+    assert {s["name"] for s in yaml.safe_load(out)["services"]} == {"web", "dns"}
+    code, out, _ = env.run("get", "dns")
+    assert code == 0 and [s["name"] for s in yaml.safe_load(out)["services"]] == ["dns"]
+    code, out, _ = env.run("get", "web", "--json")
+    data = json.loads(out)
+    assert data["revision"] == env.node.revision and data["config"]["services"][0]["port"] == 80
+    code, _, err = env.run("get", "nope")
+    assert code == cli.EXIT["not_found"] and "nope" in err
 
 
 def test_edit_dest_and_timeouts(env: Env) -> None:
     code, out, _ = env.run("edit-dest", "tcp/198.18.0.10:80", "198.18.1.2:8080", "-w", "9", "-x", "50")
     d = env.node.svc(80).find_dest(ip("198.18.1.2"), 8080)
-    assert code == 0 and (d.weight, d.u_threshold) == (9, 50) and "updated at revision" in out
+    assert d is not None and code == 0 and "updated at revision" in out
+    assert (d.weight, d.u_threshold) == (9, 50)
     code, _, err = env.run("edit-dest", "tcp/198.18.0.10:80", "198.18.1.2:8080")
     assert code == cli.EXIT["usage"] and "--weight" in err
     code, _, err = env.run("edit-dest", "tcp/198.18.0.10:80", "198.18.9.9:8080", "-w", "1")
@@ -228,7 +238,10 @@ def cli_run(argv: list[str]) -> tuple[int, str, str]:
 def test_drill_is_imported_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[str]] = []
     fake = types.ModuleType("director.drill")
-    fake.main = lambda argv: seen.append(argv) or 0  # type: ignore[attr-defined]
+    def fake_main(argv: list[str]) -> int:
+        seen.append(argv)
+        return 0
+    fake.main = fake_main  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "director.drill", fake)
     assert cli.main(["drill", "--report", "x.json"]) == 0
     assert seen == [["--report", "x.json"]]

@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from director.conn import ConnTable
 from director.tcp import TcpState
 from director.types import ConnFlags, DestFlags
 from tests.director.conn_helpers import (
@@ -14,6 +15,7 @@ from tests.director.conn_helpers import (
     RS1,
     TCP,
     VIP,
+    FakeClock,
     make_dest,
     make_table,
     new_conn,
@@ -188,7 +190,8 @@ def test_set_state_rearms_with_new_timeout() -> None:
 
 
 def test_tick_cost_is_proportional_to_due_entries() -> None:
-    tab, clock = make_table(bits=12)
+    clock = FakeClock()
+    tab = ConnTable(clock, bits=12, timer_horizon=10_000)
     dest = make_dest()
     for i in range(5000):
         tab.set_state(new_conn(tab, dest, cport=1 + i), EST, 900)
@@ -207,6 +210,40 @@ def test_tick_cost_is_proportional_to_due_entries() -> None:
     assert tab.timer_swept - swept == len(short)
     clock.advance(900)
     assert tab.tick() == 5000
+
+
+def test_long_timeouts_hop_once_per_horizon() -> None:
+    clock = FakeClock()
+    tab = ConnTable(clock, bits=8, timer_horizon=32)
+    dest = make_dest()
+    for i in range(100):
+        tab.set_state(new_conn(tab, dest, cport=1 + i), EST, 900)
+    swept = tab.timer_swept
+    for _ in range(899):
+        clock.advance(1)
+        assert tab.tick() == 0
+    assert tab.timer_swept - swept <= 100 * (900 // 32 + 2)
+    clock.advance(1)
+    assert tab.tick() == 100
+
+
+def test_removed_entries_are_released_by_the_wheel_within_the_horizon() -> None:
+    clock = FakeClock()
+    tab = ConnTable(clock, bits=8, timer_horizon=32)
+    dest = make_dest()
+    conns = [new_conn(tab, dest, cport=1 + i) for i in range(200)]
+    for c in conns:
+        tab.set_state(c, EST, 900)
+    clock.advance(3)
+    tab.tick()  # now slotted (at most) 32 s ahead
+    for c in conns:
+        tab.set_state(c, int(TcpState.CLOSE), 10)  # earlier: re-slot, stale item left behind
+    clock.advance(10)
+    assert tab.tick() == 200
+    assert tab.timer_items() >= 200  # stale items still reference the removed conns...
+    clock.advance(33)
+    tab.tick()
+    assert tab.timer_items() == 0  # ...but only until the horizon
 
 
 def test_expire_now_fires_at_next_tick() -> None:

@@ -510,9 +510,9 @@ def test_handle_drop_reasons_match_the_parser() -> None:
         f = bytearray(bases[k % 2])
         for _ in range(rng.randrange(1, 3)):
             f[rng.randrange(14, 52)] = rng.randrange(256)
-        expected = parse_ipv4(f, verify=True)
-        if not isinstance(expected, Drop) or expected == Drop.NOT_IPV4:
-            continue
+        expected = parse_ipv4(f, verify=True, first_fragment=True)
+        if not isinstance(expected, Drop) or expected in (Drop.NOT_IPV4, Drop.FRAGMENT):
+            continue  # (fragments have their own tests)
         before = lab.director.counters[expected]
         assert lab.director.handle(f, EXT) is None
         assert lab.director.counters[expected] == before + 1, expected
@@ -592,3 +592,74 @@ def test_udp_checksum_becoming_zero_through_handle_is_sent_as_ffff() -> None:
     out = send(lab, q, EXT)
     assert out is not None and out[1][40:42] == b"\xff\xff"
     assert out == (INT, expect_in(q, RS[0]))
+
+
+def test_random_bytes_with_every_ethertype_never_raise() -> None:
+    lab = make_lab()
+    rng = random.Random(21)
+    types = [b"\x08\x00", b"\x08\x06", b"\x86\xdd", b"\x81\x00", rng.randbytes(2)]
+    for k in range(3000):
+        f = bytearray(rng.randbytes(12) + types[k % len(types)] + rng.randbytes(rng.randrange(0, 80)))
+        if k % 3 == 0 and len(f) > 14:
+            f[14] = 0x45
+        lab.director.active = bool(k & 1)
+        a = lab.director.handle(f, k % 2)
+        assert a is None or (a[0] in (EXT, INT) and len(a[1]) >= 42)
+    assert lab.director.counters.total() > 2000
+
+
+# ---- fragments ---------------------------------------------------------------------------------
+
+
+def _frags(pkt: Ether) -> list[Ether]:
+    from scapy.layers.inet import fragment
+
+    return [Ether(bytes(f)) for f in fragment(pkt, fragsize=1200)]  # type: ignore[no-untyped-call]
+
+
+def test_fragmented_udp_datagrams_are_forwarded_both_ways_equal_scapy() -> None:
+    lab = make_lab(proto=17, port=53, ndests=2)
+    big = (Ether(src=CLIENT_MAC, dst=VMAC) / IP(src="198.18.1.10", dst=VIP, id=4242) /
+           UDP(sport=5353, dport=53) / (bytes(range(256)) * 12))
+    parts = _frags(big)
+    assert len(parts) == 3
+    outs = [send(lab, p, EXT) for p in parts]
+    conn = lab.table.in_get(17, _i("198.18.1.10"), 5353, _i(VIP), 53)
+    assert conn is not None and all(o is not None and o[0] == INT for o in outs)
+    rs = ipaddress.IPv4Address(conn.daddr).compressed
+    # scapy: NAT the whole datagram, then fragment it the same way
+    expected = [bytes(f) for f in _frags(Ether(expect_in(big, rs)))]
+    assert [o[1] for o in outs if o is not None] == expected
+    assert lab.dest(rs).counters.inpkts == 3
+    # the reply, fragmented by the real server
+    reply = (Ether(src=RS_MAC[RS.index(rs)], dst=VMAC) / IP(src=rs, dst="198.18.1.10", id=777) /
+             UDP(sport=8080, dport=5353) / (bytes(range(256)) * 10))
+    outs = [send(lab, p, INT) for p in _frags(reply)]
+    assert outs == [(EXT, bytes(f)) for f in _frags(Ether(expect_out(reply, vport=53)))]
+
+
+def test_fragment_before_its_first_fragment_or_after_timeout_is_dropped() -> None:
+    lab = make_lab(proto=17, port=53, ndests=1)
+    big = (Ether(src=CLIENT_MAC, dst=VMAC) / IP(src="198.18.1.10", dst=VIP, id=99) /
+           UDP(sport=5353, dport=53) / (b"z" * 3000))
+    first, second, third = _frags(big)
+    assert send(lab, second, EXT) is None
+    assert drops(lab, Drop.FRAGMENT) == 1
+    assert send(lab, first, EXT) is not None
+    assert send(lab, third, EXT) is not None
+    lab.now[0] += 31  # ipfrag_time
+    assert send(lab, second, EXT) is None
+    assert drops(lab, Drop.FRAGMENT) == 2
+
+
+def test_fragments_of_a_dr_flow_get_new_macs_only() -> None:
+    lab = make_lab(fwd=FwdMethod.DR, proto=17, port=53, ndests=1)
+    big = (Ether(src=CLIENT_MAC, dst=VMAC) / IP(src="198.18.1.10", dst=VIP, id=5) /
+           UDP(sport=5353, dport=53) / (b"q" * 2500))
+    for p in _frags(big):
+        out = send(lab, p, EXT)
+        e = Ether(bytes(p))
+        e.src, e.dst = VMAC, RS_MAC[0]
+        e[IP].ttl -= 1
+        del e[IP].chksum
+        assert out == (INT, bytes(e))

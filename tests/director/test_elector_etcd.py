@@ -39,6 +39,12 @@ def test_one_leader_among_three_and_every_follower_knows_it(etcd: EtcdServer, et
                 assert kv is not None and kv.create_revision == leader.epoch
                 return bool(json.loads(kv.value)["epoch"] == leader.epoch)
             await wait_async(published, what="epoch written into the leader value")
+            follower = next(e for e in c.electors if e is not leader)
+            changes = follower.changes()
+            first = await asyncio.wait_for(changes.__anext__(), 5)  # the current state comes first
+            await changes.aclose()
+            assert first.role is Role.FOLLOWER and first.leader == leader.leader
+            assert first.epoch == leader.epoch
             assert c.overlaps == []
         finally:
             await c.close()
@@ -122,10 +128,11 @@ def test_readiness_gate(etcd: EtcdServer, etcd_cluster: str) -> None:
     run(main)
 
 
-@pytest.mark.parametrize("beyond_ttl", [False, True], ids=["brief", "beyond-ttl"])
-def test_leader_steps_down_before_its_lease_could_expire_when_etcd_hangs(
-        etcd_factory: Callable[..., EtcdServer], etcd_cluster: str, beyond_ttl: bool) -> None:
+@pytest.mark.parametrize("mode", ["pause-brief", "pause-beyond-ttl", "stop-beyond-ttl"])
+def test_leader_steps_down_before_its_lease_could_expire_when_etcd_is_unreachable(
+        etcd_factory: Callable[..., EtcdServer], etcd_cluster: str, mode: str) -> None:
     server = etcd_factory()
+    beyond_ttl = mode.endswith("beyond-ttl")
 
     async def main() -> None:
         c = Cluster(server, etcd_cluster, n=2)
@@ -134,7 +141,10 @@ def test_leader_steps_down_before_its_lease_could_expire_when_etcd_hangs(
             await wait_until(c.settled, what="first leader")
             (leader,) = c.leaders()
             epoch = leader.epoch
-            server.pause()  # SIGSTOP: connected but silent
+            if mode.startswith("pause"):
+                server.pause()  # SIGSTOP: connected but silent
+            else:
+                await asyncio.to_thread(server.stop)  # connection refused
             try:
                 await wait_until(lambda: not leader.is_leader, what="step down")
                 assert leader.node.node_id not in c.forwarding
@@ -142,15 +152,19 @@ def test_leader_steps_down_before_its_lease_could_expire_when_etcd_hangs(
                 assert m.stepped_down_at is not None
                 assert m.stepped_down_at < m.lease.last_ok_sent + m.lease.ttl
                 assert not any(e.is_leader for e in c.electors)
-                if beyond_ttl:  # keep etcd silent until the lease has certainly run out
+                if beyond_ttl:  # keep etcd away until the lease has certainly run out
                     expiry = m.lease.last_ok_sent + m.lease.ttl
                     await wait_until(lambda: time.monotonic() > expiry + 0.5, what="lease expiry")
             finally:
-                server.resume()
-            await wait_until(c.settled, what="a leader after etcd resumed")
+                if mode.startswith("pause"):
+                    server.resume()
+                else:
+                    await asyncio.to_thread(server.start)
+            await wait_until(c.settled, what="a leader after etcd came back")
             (now_leader,) = c.leaders()
-            if beyond_ttl:
-                assert now_leader.epoch > epoch  # the old lease expired: a new election
+            assert now_leader.epoch >= epoch
+            if mode == "pause-beyond-ttl":
+                assert now_leader.epoch > epoch  # etcd expired the lease: a new election
             assert c.overlaps == []
         finally:
             await c.close()

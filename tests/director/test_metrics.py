@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 
-from director.metrics import render, start_metrics_server
+from director.metrics import render, serve_metrics
 from director.tcp import TcpState
 from tests.director.admin_fake import WEB_YAML, FakeNode
 
@@ -76,7 +76,7 @@ def test_health_and_label_escaping() -> None:
 def test_http_endpoint() -> None:
     async def main() -> None:
         n = node()
-        srv = await start_metrics_server(n, "127.0.0.1", 0)
+        srv = await serve_metrics(n, "127.0.0.1:0")
         try:
             status, headers, body = await get(srv.port, "/metrics")
             assert status == 200 and "version=0.0.4" in headers

@@ -11,7 +11,16 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from director.checksum import set_ip_checksum
-from director.packet import Drop, DropCounters, ip_str, mac_bytes, mac_str, parse_ipv4
+from director.packet import (
+    Drop,
+    DropCounters,
+    FragTable,
+    ip_str,
+    mac_bytes,
+    mac_str,
+    parse_fragment,
+    parse_ipv4,
+)
 
 ips = st.integers(0, 2**32 - 1).map(ip_str)
 ports = st.integers(0, 65535)
@@ -148,3 +157,35 @@ def test_drop_counters() -> None:
 
 def test_mac_helpers() -> None:
     assert mac_str(mac_bytes("00:00:5e:00:01:0a")) == "00:00:5e:00:01:0a"
+
+
+def test_first_fragments_parse_when_asked_and_later_fragments_never() -> None:
+    from scapy.layers.inet import fragment
+
+    big = Ether() / IP(src="198.18.1.10", dst="198.18.0.100", id=321) / UDP(sport=7, dport=53) / (b"d" * 3000)
+    first, *rest = [bytes(f) for f in fragment(big, fragsize=1200)]  # type: ignore[no-untyped-call]
+    assert parse_ipv4(first) == Drop.FRAGMENT
+    r = parse_ipv4(first, verify=True, first_fragment=True)
+    assert not isinstance(r, Drop) and r[:5] == (17, int.from_bytes(first[26:30], "big"), 7,
+                                                 int.from_bytes(first[30:34], "big"), 53)
+    for f in rest:
+        assert parse_ipv4(f, first_fragment=True) == Drop.FRAGMENT
+        info = parse_fragment(f)
+        assert info is not None
+        ipid, frag, ttl, end = info
+        p = Ether(f)
+        assert (ipid, frag & 0x1FFF, ttl, end) == (321, p[IP].frag, p[IP].ttl, 14 + p[IP].len)
+    assert parse_fragment(bytes(Ether() / IP() / UDP())) is None  # not a fragment
+    assert parse_fragment(first[:20]) is None
+
+
+def test_frag_table_times_out_and_stays_bounded() -> None:
+    t = FragTable(timeout=30.0, capacity=3)
+    t.remember((17, 1, 2, 10), 1000, 53, now=0.0)
+    assert t.ports((17, 1, 2, 10), 29.0) == (1000, 53)
+    assert t.ports((17, 1, 2, 10), 30.0) is None and len(t) == 0
+    for i in range(5):
+        t.remember((17, 1, 2, i), i, 53, now=float(i))
+    assert len(t) == 3
+    assert t.ports((17, 1, 2, 0), 5.0) is None  # oldest evicted
+    assert t.ports((17, 1, 2, 4), 5.0) == (4, 53)

@@ -55,6 +55,19 @@ def test_fall_then_rise() -> None:
     assert probe_at(m, 8, OK) is None
     t = probe_at(m, 10, OK)
     assert t is not None and t.up and m.verdicts() == {KEY: True}
+    assert probe_at(m, 12, OK) is None
+
+
+def test_first_verdict_is_announced_once() -> None:
+    m = manager()
+    assert probe_at(m, 0, OK) is None
+    t = probe_at(m, 2, OK)  # `rise` good probes: the first verdict ("up") is published
+    assert t is not None and t.up and m.get(KEY).known  # type: ignore[union-attr]
+    assert probe_at(m, 4, OK) is None
+    m2 = HealthManager()
+    m2.seed({KEY: True})  # a seeded verdict is already known: nothing to announce
+    m2.configure({KEY: ("198.18.1.2", 8080, SPEC)}, 0)
+    assert probe_at(m2, 0, OK) is None and probe_at(m2, 2, OK) is None
 
 
 def test_a_success_resets_the_failure_streak() -> None:
@@ -91,17 +104,18 @@ def test_configure_keeps_state_of_unchanged_dests_and_seed() -> None:
 @given(st.lists(st.booleans(), max_size=60), st.integers(1, 4), st.integers(1, 4))
 def test_verdict_matches_the_rise_fall_rule(results: list[bool], rise: int, fall: int) -> None:
     m = manager(HealthSpec(rise=rise, fall=fall, interval=1.0))
-    up, ok_run, bad_run, flips = True, 0, 0, 0
+    up, known, ok_run, bad_run = True, False, 0, 0
     for i, ok in enumerate(results):
         t = probe_at(m, float(i), OK if ok else BAD)
         ok_run, bad_run = (ok_run + 1, 0) if ok else (0, bad_run + 1)
-        before = up
-        if up and bad_run >= fall:
-            up = False
-        elif not up and ok_run >= rise:
-            up = True
-        flips += before != up
-        assert (t is not None) == (before != up)
+        announce = None
+        if (up or not known) and bad_run >= fall:
+            announce = False
+        elif (not up or not known) and ok_run >= rise:
+            announce = True
+        if announce is not None:
+            up, known = announce, True
+        assert (t is None) == (announce is None) and (t is None or t.up == up)
         assert m.verdicts()[KEY] == up
     assert m.get(KEY) is not None and m.get(KEY).checks == len(results)  # type: ignore[union-attr]
 
@@ -213,8 +227,9 @@ async def _drill() -> None:
     runner = HealthRunner(m, time.monotonic, publish)
     runner.start()
     try:
-        await _until(lambda: all(h.checks >= 2 for h in (m.get(k) for k in specs) if h is not None))
-        assert flips == [] and victim.weight == 3
+        await _until(lambda: len(flips) == 2)  # both dests announce their first verdict: up
+        assert {(f.key, f.up) for f in flips} == {(k, True) for k in specs} and victim.weight == 3
+        flips.clear()
         await servers[0].stop()
         stopped = time.monotonic()
         await _until(lambda: victim.weight == 0)

@@ -52,8 +52,10 @@ async def _scenario(etcd: EtcdServer, cluster: str) -> None:
     epoch = [1]
     changes: dict[str, list[tuple[frozenset[DestKey], frozenset[DestKey]]]] = {"a": [], "b": []}
     stores = [EtcdStore(etcd.endpoint, prefix="lbd-test", cluster=cluster) for _ in range(2)]
-    nodes = {name: HealthService(name, epoch=lambda: epoch[0],
-                                 on_change=lambda down, up, n=name: changes[n].append((down, up)))
+    def recorder(name: str) -> Callable[[frozenset[DestKey], frozenset[DestKey]], None]:
+        return lambda down, up: changes[name].append((down, up))
+
+    nodes = {name: HealthService(name, epoch=lambda: epoch[0], on_change=recorder(name))
              for name in ("a", "b")}
     tasks = []
     try:
@@ -62,15 +64,18 @@ async def _scenario(etcd: EtcdServer, cluster: str) -> None:
             node.reconfigure(cfg)
             tasks.append(asyncio.create_task(node.run(store)))
         a, b = nodes["a"], nodes["b"]
+        assert b.health_view() == {key_of(s.port): "unknown" for s in servers}  # nothing published yet
         a.set_master(True)
         victim = key_of(servers[0].port)
-        await until(lambda: all(h.checks >= 2 for h in (a.manager.get(k) for k in a.specs) if h))
+        await until(lambda: len(b.verdicts) == 2)  # first verdicts, announced by the master
         assert a.down_keys() == b.down_keys() == frozenset()
+        assert a.health_view() == b.health_view() == {k: "up" for k in a.specs}
         assert b.manager.get(victim) is not None and b.manager.get(victim).checks == 0  # type: ignore[union-attr]
 
         await servers[0].stop()
         await until(lambda: victim in a.down_keys() and victim in b.down_keys())
         assert changes["a"][-1] == (frozenset({victim}), frozenset()) == changes["b"][-1]
+        assert b.health_view() == {victim: "down", key_of(servers[1].port): "up"}
         kv, _ = await stores[1].get(f"{stores[1].root}/health/{dest_id(victim)}")
         assert kv is not None and b"\"up\": false" in kv.value and b"\"node\": \"a\"" in kv.value
 

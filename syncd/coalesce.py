@@ -1,0 +1,107 @@
+"""One batch window's events coalesced per entry (pure; used by the master).
+
+Theory of operation
+-------------------
+Within a window only the latest state of each entry matters, so events are folded per key into
+``[first kind, last kind, last snapshot, key the backups know]``. Rules:
+
+* created and removed within the window: nothing is sent;
+* removed, then a *new* entry with the same key (key reuse): the removal is sent in an earlier
+  batch than the new entry (``early``), so a backup never merges two lives of one key;
+* re-keyed (``old_key`` on an UPDATE: ``fill_cport``, template invalidation): the history moves to
+  the new key and the update carries the key the backups know (``old_key``), and children whose
+  snapshot still names the template's old key are pointed at the new one (``renamed``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from syncd.model import ConnKey, SnapshotLike, SyncKind, Update, update_from_snap
+from syncd.policy import RefreshTracker, SyncPolicy, coalesce_kind
+
+NEW, UPDATE, EXPIRE = SyncKind.NEW, SyncKind.UPDATE, SyncKind.EXPIRE
+
+
+class Window:
+    """Coalesces the events of one window; `updates()` turns them into (early, main) updates."""
+
+    def __init__(self) -> None:
+        self.pending: dict[ConnKey, list[Any]] = {}
+        self.early: list[ConnKey] = []
+        self.renamed: dict[ConnKey, ConnKey] = {}
+        self.events = 0
+
+    def add(self, kind: int, snap: SnapshotLike, old_key: ConnKey | None = None) -> None:
+        self.events += 1
+        key = snap.key
+        pending = self.pending
+        p: list[Any] | None
+        if old_key is not None and old_key != key:
+            self._retire(key)
+            p = self._rekeyed(old_key, key)
+        else:
+            p = pending.get(key)
+            if p is not None and p[1] == EXPIRE and kind == NEW:
+                self._retire(key)
+                p = None
+        if p is None:
+            pending[key] = [SyncKind(kind), SyncKind(kind), snap, None]
+        else:
+            p[1] = SyncKind(kind)
+            p[2] = snap
+
+    def _retire(self, key: ConnKey) -> None:
+        """An entry under `key` is gone for good: backups that knew it must drop it first."""
+        p = self.pending.get(key)
+        if p is None or p[1] != EXPIRE:
+            return
+        del self.pending[key]
+        if p[0] != NEW:
+            self.early.append(p[3] if p[3] is not None else key)
+
+    def _rekeyed(self, old_key: ConnKey, new_key: ConnKey) -> list[Any]:
+        prev = self.pending.pop(old_key, None)
+        self.renamed[old_key] = new_key
+        if prev is None:
+            p: list[Any] = [UPDATE, UPDATE, None, old_key]
+        elif prev[0] == NEW:
+            p = [NEW, NEW, None, old_key]  # unknown to backups; old_key only re-points children
+        else:
+            p = [prev[0], prev[1], None, prev[3] if prev[3] is not None else old_key]
+        self.pending[new_key] = p
+        return p
+
+    def _current(self, key: ConnKey | None) -> ConnKey | None:
+        renamed = self.renamed
+        seen = 0
+        while key in renamed and seen < 8:
+            key = renamed[key]
+            seen += 1
+        return key
+
+    def updates(self, now: float, policy: SyncPolicy,
+                tracker: RefreshTracker) -> tuple[list[Update], list[Update]]:
+        early = [Update(EXPIRE, k) for k in self.early]
+        for k in self.early:
+            tracker.forget(k)
+        out: list[Update] = []
+        renamed = self.renamed
+        for key, (first, last, snap, old_key) in self.pending.items():
+            kind = coalesce_kind(first, last)
+            if kind is None:
+                continue
+            if kind == EXPIRE:
+                tracker.forget(key)
+                out.append(Update(EXPIRE, key if old_key is None else old_key))
+                continue
+            if old_key is not None:
+                tracker.forget(old_key)
+            if not policy.should_sync(snap):
+                continue
+            u = update_from_snap(kind, snap, now, old_key)
+            if renamed and u.control_key in renamed:
+                u = u._replace(control_key=self._current(u.control_key))
+            out.append(u)
+            tracker.sent(key, snap.expires, snap.timeout)
+        return early, out
