@@ -58,7 +58,6 @@ from director.adminapi import (
     StatsView,
     SvcRef,
     Unauthenticated,
-    chunks,
     fmt_addr,
     page,
     parse_addr,
@@ -366,7 +365,7 @@ class AdminServicer(pb_grpc.AdminServicer):
             collected += chunk
             await asyncio.sleep(0)  # let the packet path run while a big table is read
         items, last = page(collected, request.page_size, after)
-        out = list(chunks(items, CONN_CHUNK)) or [[]]
+        out = chunks(items, CONN_CHUNK) or [[]]
         for i, part in enumerate(out):
             token = ".".join(map(str, last)) if last is not None and i == len(out) - 1 else ""
             yield pb.ListConnsResponse(conns=[conn_pb(c) for c in part], next_page_token=token)
@@ -459,6 +458,10 @@ class AdminServicer(pb_grpc.AdminServicer):
                 ev = await sub.get()
                 if not kinds or ev.kind in kinds or ev.kind == "overflow":
                     yield event_pb(ev)
+
+
+def chunks(items: list[ConnView], size: int) -> list[list[ConnView]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _dest_args(request: Any) -> tuple[SvcRef, int, int]:

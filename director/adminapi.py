@@ -309,9 +309,16 @@ class NodeApi(Protocol):
         """The running config as YAML (apply -f schema) and its etcd revision."""
         ...
 
-    async def apply_config(self, document: str, *, dry_run: bool, prune: bool) -> ApplyResult: ...
+    async def apply_config(self, document: str, *, dry_run: bool, prune: bool) -> ApplyResult:
+        """Validate a whole `apply -f` document; changes = diff_documents(running, new) keyed by
+        service name (documents: config.service_dict); write them unless dry_run (revision 0).
+        Writes may raise InvalidArgument, NotFound, Conflict or director.config.ConfigError."""
+        ...
 
-    async def put_service(self, spec: Mapping[str, Any], *, create_only: bool) -> int: ...
+    async def put_service(self, spec: Mapping[str, Any], *, create_only: bool) -> int:
+        """One service document in the config schema (with its `name`); Conflict if create_only
+        and it exists."""
+        ...
 
     async def delete_service(self, ref: SvcRef) -> int: ...
 
@@ -554,11 +561,6 @@ def diff_documents(old: Mapping[str, Mapping[str, Any]], new: Mapping[str, Mappi
         elif before != after:
             out.append(ConfigChange("change", key, before, after))
     return tuple(out)
-
-
-def chunks(items: list[ConnView], size: int) -> Iterator[list[ConnView]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
 
 
 TCP_STATE_NAMES = ("NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_WAIT", "CLOSE",
