@@ -33,9 +33,10 @@ small method):
 ICMP errors (dest unreachable incl. frag-needed, source quench, time exceeded) quoting a known
 flow are translated (NAT) or forwarded (DR/TUN) to the other side; other ICMP is dropped.
 A next hop whose MAC is unknown turns the packet into an ARP request (rate-limited) and a drop.
-Fragments are forwarded without reassembly: a first fragment takes the normal path and leaves its
-ports in ``frags`` (:class:`director.packet.FragTable`); the later ones of that datagram follow its
-conn with only their IP header rewritten (``_fragment``).
+Fragments are dropped (``FRAGMENT``) unless ``cfg.forward_fragments``: then they are forwarded
+without reassembly: a first fragment takes the normal path and leaves its ports in ``frags``
+(:class:`director.packet.FragTable`); the later ones of that datagram follow its conn with only
+their IP header rewritten (``_fragment``).
 """
 
 from __future__ import annotations
@@ -137,6 +138,9 @@ class CoreConfig:
     expire_quiescent_template: bool = False
     verify_ip_csum: bool = True
     """Drop IPv4 headers with a bad checksum (BAD_IP_CSUM); read once, at Director creation."""
+    forward_fragments: bool = False
+    """Forward IP fragments without reassembly (see director.packet); False: drop them all
+    (``FRAGMENT``). Read once, at Director creation."""
     icmp_ratelimit: int = 100
     """ICMP errors the director itself originates (time exceeded), at most per second."""
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -168,6 +172,7 @@ class Director:
         self._update = proto_state.update
         self._timeouts = cfg.timeouts
         self._verify = cfg.verify_ip_csum
+        self._fwd_frags = cfg.forward_fragments
 
     # ---- the hot path ---------------------------------------------------------------------
 
@@ -193,7 +198,7 @@ class Director:
             if ttl <= 1 or not self.active:
                 return self._guard(frame, side, (proto, saddr, sport, daddr, dport, l4, end, ttl, tflags))
         else:
-            r = parse_ipv4(frame, self._verify, first_fragment=True)
+            r = parse_ipv4(frame, self._verify, self._fwd_frags)
             if isinstance(r, Drop):
                 return self._not_ip(frame, side, r)
             proto, saddr, sport, daddr, dport, l4, end, ttl, tflags = r
@@ -451,7 +456,7 @@ class Director:
     def _not_ip(self, frame: bytearray, side: int, reason: Drop) -> Action | None:
         if reason == Drop.NOT_IPV4 and len(frame) >= 14 and frame[12] << 8 | frame[13] == ETH_P_ARP:
             return self._arp(frame, side)
-        if reason == Drop.FRAGMENT:
+        if reason == Drop.FRAGMENT and self._fwd_frags:
             return self._fragment(frame, side)
         self._drops[reason] += 1
         return None

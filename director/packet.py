@@ -21,7 +21,8 @@ Decisions
   and anything else: ``NOT_IPV4``).
 * IP options (IHL > 5) are **handled**: the L4 header is found at ``14 + IHL*4`` and the options
   are forwarded untouched (the header checksum update is incremental, so they stay covered).
-* Fragments are **forwarded without reassembly**: :func:`parse_ipv4` rejects every fragment
+* Fragments are **dropped by default**, or (``CoreConfig.forward_fragments``) **forwarded without
+  reassembly**: :func:`parse_ipv4` rejects every fragment
   (``FRAGMENT``) unless asked to accept first fragments (``first_fragment=True``: offset 0, MF
   set, the whole L4 header inside; the UDP length may then exceed the fragment). The caller
   forwards a first fragment like any packet (an incremental L4 checksum update is valid for the

@@ -225,9 +225,11 @@ class BackupApplier:
             flags = (u.flags & ~_LOCAL) | _SYNC
             conn = table.new(proto, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark,
                              state=u.state, timeout=u.timeout)
-        else:
-            if conn.state != u.state or conn.timeout != u.timeout:
-                table.set_state(conn, u.state, u.timeout)
+        elif u.dest_key is not None:  # bind first, so the state change moves the dest's counters
+            self._sync_dest(conn, u.dest_key, dest)
+            self._sync_state(conn, u)
+        else:  # change state while still bound (INACTIVE follows), then unbind
+            self._sync_state(conn, u)
             self._sync_dest(conn, u.dest_key, dest)
         table.refresh(conn, max(u.remaining, 0.001))
         if u.dest_key is not None and dest is None:
@@ -240,6 +242,10 @@ class BackupApplier:
             self._link(u.key, conn, u.control_key)
         if u.key[8] and u.key in self._children_of:
             self._adopt_children(u.key, conn)
+
+    def _sync_state(self, conn: Any, u: Update) -> None:
+        if conn.state != u.state or conn.timeout != u.timeout:
+            self.table.set_state(conn, u.state, u.timeout)
 
     def _rekey(self, u: Update) -> None:
         """The master re-keyed an entry: do the same locally, or replace it."""

@@ -501,7 +501,7 @@ def test_handle_drop_reasons_match_the_parser() -> None:
     """The fast parse in handle() and parse_ipv4 agree on every malformed frame."""
     from director.packet import parse_ipv4
 
-    lab = make_lab()
+    lab = make_lab(forward_fragments=True)
     rng = random.Random(11)
     bases = [bytes(client_pkt("A", payload=b"x" * 10)),
              bytes(Ether(dst=VMAC) / IP(src="198.18.1.10", dst=VIP) / UDP(sport=1, dport=80) / (b"y" * 12))]
@@ -618,7 +618,7 @@ def _frags(pkt: Ether) -> list[Ether]:
 
 
 def test_fragmented_udp_datagrams_are_forwarded_both_ways_equal_scapy() -> None:
-    lab = make_lab(proto=17, port=53, ndests=2)
+    lab = make_lab(proto=17, port=53, ndests=2, forward_fragments=True)
     big = (Ether(src=CLIENT_MAC, dst=VMAC) / IP(src="198.18.1.10", dst=VIP, id=4242) /
            UDP(sport=5353, dport=53) / (bytes(range(256)) * 12))
     parts = _frags(big)
@@ -639,7 +639,7 @@ def test_fragmented_udp_datagrams_are_forwarded_both_ways_equal_scapy() -> None:
 
 
 def test_fragment_before_its_first_fragment_or_after_timeout_is_dropped() -> None:
-    lab = make_lab(proto=17, port=53, ndests=1)
+    lab = make_lab(proto=17, port=53, ndests=1, forward_fragments=True)
     big = (Ether(src=CLIENT_MAC, dst=VMAC) / IP(src="198.18.1.10", dst=VIP, id=99) /
            UDP(sport=5353, dport=53) / (b"z" * 3000))
     first, second, third = _frags(big)
@@ -653,7 +653,7 @@ def test_fragment_before_its_first_fragment_or_after_timeout_is_dropped() -> Non
 
 
 def test_fragments_of_a_dr_flow_get_new_macs_only() -> None:
-    lab = make_lab(fwd=FwdMethod.DR, proto=17, port=53, ndests=1)
+    lab = make_lab(fwd=FwdMethod.DR, proto=17, port=53, ndests=1, forward_fragments=True)
     big = (Ether(src=CLIENT_MAC, dst=VMAC) / IP(src="198.18.1.10", dst=VIP, id=5) /
            UDP(sport=5353, dport=53) / (b"q" * 2500))
     for p in _frags(big):
@@ -663,3 +663,11 @@ def test_fragments_of_a_dr_flow_get_new_macs_only() -> None:
         e[IP].ttl -= 1
         del e[IP].chksum
         assert out == (INT, bytes(e))
+
+
+def test_fragments_are_dropped_by_default() -> None:
+    lab = make_lab(proto=17, port=53, ndests=1)
+    big = (Ether(src=CLIENT_MAC, dst=VMAC) / IP(src="198.18.1.10", dst=VIP, id=7) /
+           UDP(sport=5353, dport=53) / (b"z" * 3000))
+    assert [send(lab, p, EXT) for p in _frags(big)] == [None, None, None]
+    assert drops(lab, Drop.FRAGMENT) == 3 and lab.table.count == 0 and len(lab.director.frags) == 0

@@ -73,9 +73,14 @@ def entry_view(c: Conn) -> tuple[Any, ...]:
     A template's expiry deferred because it still controls conns sets its timeout to 60 s without
     an event (ip_vs_conn_expire); the backup learns it only with the next REFRESH, so template
     timeouts are not compared (their timers are, by the callers).
+    INACTIVE of an unbound conn is history-dependent (set_state only moves it while bound) and
+    means nothing without a dest, so it is not compared either.
     """
     timeout = None if c.flags & ConnFlags.TEMPLATE else c.timeout
-    return (c.key, c.flags & ~int(LOCAL_CONN_FLAGS), c.state, timeout,
+    flags = c.flags & ~int(LOCAL_CONN_FLAGS)
+    if c.dest is None:
+        flags &= ~int(ConnFlags.INACTIVE)
+    return (c.key, flags, c.state, timeout,
             c.dest.key if c.dest is not None else None,
             c.control.key if c.control is not None else None, c.n_control)
 
