@@ -101,7 +101,7 @@ def _out_loop(out_get: Callable[[int, int, int, int, int], object], flows: list[
 
 def _table_round(flows: list[Flow]) -> dict[str, float]:
     clock, dests = _Clock(), _dests()
-    tab = ConnTable(clock, hash_seed=1)
+    tab = ConnTable(clock)
     n = len(flows)
     new, in_get, out_get = tab.new, tab.in_get, tab.out_get
     conns: list[Conn] = []
@@ -136,7 +136,7 @@ def _table_round(flows: list[Flow]) -> dict[str, float]:
 
 def _events_round(flows: list[Flow]) -> dict[str, float]:
     clock, dests = _Clock(), _dests()
-    tab = ConnTable(clock, hash_seed=1)
+    tab = ConnTable(clock)
     tab.events.enabled = True
     new, drain = tab.new, tab.events.drain
 
@@ -207,7 +207,7 @@ def _bytes_per_conn(n: int) -> tuple[float, float]:
     tracemalloc.start()
     try:
         clock, dests = _Clock(), _dests()
-        tab = ConnTable(clock, hash_seed=1)
+        tab = ConnTable(clock)
         base = tracemalloc.get_traced_memory()[0]
         for i, (a, p, d) in enumerate(flows):
             clock.now = 1000.0 + i * 1e-5  # a distinct float per conn, like a real clock

@@ -124,11 +124,15 @@ def _copy_only(frames: list[bytes]) -> Callable[[int], None]:
 
 
 def _new_conns(frames: list[bytes]) -> Callable[[int], None]:
+    """SYNs of new flows into a fresh director (built before the clock starts)."""
+    d, _ = _director()
+    handle = d.handle
+    bufs = [bytearray(f) for f in frames]
+
     def body(n: int) -> None:
-        d, _ = _director()
-        handle = d.handle
-        for k in range(min(n, len(frames))):
-            handle(bytearray(frames[k]), EXT)
+        for k in range(min(n, len(bufs))):
+            if handle(bufs[k], EXT) is None:
+                raise RuntimeError("benchmark SYN was dropped")
     return body
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = ["bench.bench_conn", "bench.bench_core", "bench.bench_sync", "bench.bench_election",
-           "bench.bench_fwd"]
+           "bench.bench_fwd", "bench.bench_failover"]
 
 # figure -> (reference figure, what the reference is, target as text)
 REFERENCES: dict[str, tuple[str, str, str]] = {
@@ -37,6 +37,8 @@ REFERENCES: dict[str, tuple[str, str, str]] = {
     "fwd_tcp_mbit_s": ("fwd_kernel_tcp_mbit_s", "kernel forwarding + DNAT", ""),
     "sync_lag_p99_ms_10k": ("sync_lag_p50_ms_10k", "p50 at the same rate", "<= 50 ms"),
     "election_takeover_tuned_s": ("election_takeover_default_s", "etcd default settings", "<= 1.2 s"),
+    "failover_takeover_tuned_s": ("failover_takeover_default_s", "same drill, etcd defaults", "<= 1.2 s"),
+    "failover_takeover_default_s": ("failover_takeover_tuned_s", "same drill, tuned etcd", "<= 2.5 s"),
 }
 
 

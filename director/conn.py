@@ -9,9 +9,10 @@ it. Flags are plain ints (``ConnFlags`` values); the table is the only writer.
 
 *Hash table.* Like the kernel, one table hashed by the client triple serves both directions
 (``in_get`` hashes the packet source, ``out_get`` its destination): ``2**bits`` buckets (bits
-in [8, 20], default 12, chosen by a seeded multiplicative hash of ``_key``), each a dict from
-``_key`` to the head of a chain (``Conn._next``, new entries first) of entries sharing the
-triple. Dicts keep lookups O(1) at any fill; the bucket array is what ``random_drop`` samples.
+in [8, 20], default 12; bucket ``(caddr ^ cport) & mask``), each a dict from ``_key`` to the
+head of a chain (``Conn._next``, new entries first) of entries sharing the triple. The dicts
+keep lookups O(1) at any fill (and are not open to chain-flooding, so the kernel's random hash
+seed is not needed); the bucket array is what ``random_drop`` samples.
 
 *Lookups.* ``in_get`` matches vaddr/vport and the NO_CPORT rule (a port-0 lookup matches only
 NO_CPORT entries, a real port only entries without it); on a miss it retries with port 0 only
@@ -148,15 +149,10 @@ class ConnTable:
     """Hash table of conns + timers + counters + event feed. Single-threaded, never blocks."""
 
     def __init__(self, clock: Clock, bits: int = DEFAULT_BITS, event_capacity: int = 65536,
-                 timer_hz: int = 16, hash_seed: int | None = None,
-                 timer_horizon: float = DEFAULT_HORIZON) -> None:
+                 timer_hz: int = 16, timer_horizon: float = DEFAULT_HORIZON) -> None:
         self.bits = min(MAX_BITS, max(MIN_BITS, bits))
         self.size = 1 << self.bits
         self._mask = self.size - 1
-        # bucket = bits 40.. of key * an odd 64-bit multiplier, random per table like the
-        # kernel's ip_vs_conn_rnd (multiplicative hashing mixes all of caddr, cport, protocol)
-        seed = random.getrandbits(64) if hash_seed is None else hash_seed
-        self._mult = (0x9E3779B97F4A7C15 ^ seed) | 1
         self._tab: list[dict[int, Conn]] = [{} for _ in range(self.size)]
         self._clock = clock
         self._wheel = Wheel(timer_hz, timer_horizon)
@@ -171,8 +167,7 @@ class ConnTable:
 
     def in_get(self, protocol: int, s_addr: int, s_port: int, d_addr: int, d_port: int) -> Conn | None:
         """Entry for a client -> VIP packet (``ip_vs_conn_in_get``), with the port-0 retry."""
-        k = (s_addr << 24) | (protocol << 16) | s_port
-        c = self._tab[((k * self._mult) >> 40) & self._mask].get(k)
+        c = self._tab[(s_addr ^ s_port) & self._mask].get((s_addr << 24) | (protocol << 16) | s_port)
         if s_port:  # a real port matches entries without NO_CPORT...
             while c is not None:
                 if c.vport == d_port and c.vaddr == d_addr and not c.flags & F_NO_CPORT:
@@ -180,8 +175,8 @@ class ConnTable:
                 c = c._next
             if not self.no_cport_count:
                 return None
-            k = (s_addr << 24) | (protocol << 16)  # ...then retry with port 0
-            c = self._tab[((k * self._mult) >> 40) & self._mask].get(k)
+            # ...then retry with port 0
+            c = self._tab[s_addr & self._mask].get((s_addr << 24) | (protocol << 16))
         while c is not None:  # port 0 matches NO_CPORT entries only
             if c.vport == d_port and c.vaddr == d_addr and c.flags & F_NO_CPORT:
                 return c
@@ -190,8 +185,7 @@ class ConnTable:
 
     def ct_in_get(self, protocol: int, s_addr: int, s_port: int, d_addr: int, d_port: int) -> Conn | None:
         """Template for (client, VIP) (``ip_vs_ct_in_get``): templates only, no retry."""
-        k = (s_addr << 24) | (protocol << 16) | s_port
-        c = self._tab[((k * self._mult) >> 40) & self._mask].get(k)
+        c = self._tab[(s_addr ^ s_port) & self._mask].get((s_addr << 24) | (protocol << 16) | s_port)
         while c is not None:
             if c.vport == d_port and c.vaddr == d_addr and c.flags & F_TEMPLATE:
                 return c
@@ -200,8 +194,7 @@ class ConnTable:
 
     def out_get(self, protocol: int, s_addr: int, s_port: int, d_addr: int, d_port: int) -> Conn | None:
         """Entry for a real server -> client packet (``ip_vs_conn_out_get``)."""
-        k = (d_addr << 24) | (protocol << 16) | d_port
-        c = self._tab[((k * self._mult) >> 40) & self._mask].get(k)
+        c = self._tab[(d_addr ^ d_port) & self._mask].get((d_addr << 24) | (protocol << 16) | d_port)
         while c is not None:
             if c.dport == s_port and c.daddr == s_addr:
                 return c
@@ -211,8 +204,7 @@ class ConnTable:
     def get(self, key: ConnKey) -> Conn | None:
         """The entry with exactly this cluster-wide key (sync)."""
         protocol, caddr, cport, vaddr, vport, daddr, dport, fwmark, tmpl = key
-        k = (caddr << 24) | (protocol << 16) | cport
-        c = self._tab[((k * self._mult) >> 40) & self._mask].get(k)
+        c = self._tab[(caddr ^ cport) & self._mask].get((caddr << 24) | (protocol << 16) | cport)
         while c is not None:
             if (c.vport == vport and c.vaddr == vaddr and c.dport == dport and c.daddr == daddr
                     and c.fwmark == fwmark and bool(c.flags & F_TEMPLATE) == tmpl):
@@ -245,7 +237,7 @@ class ConnTable:
             flags = self._bind(c, flags, dest, new=True)
         # hash (ip_vs_conn_hash); a fresh entry cannot be hashed yet
         k = c._key
-        d = self._tab[((k * self._mult) >> 40) & self._mask]
+        d = self._tab[(caddr ^ cport) & self._mask]
         c._next = d.get(k)
         d[k] = c
         c.flags = _canon(flags | F_HASHED)
@@ -409,7 +401,7 @@ class ConnTable:
         if not f & F_HASHED:
             return False
         k = c._key
-        d = self._tab[((k * self._mult) >> 40) & self._mask]
+        d = self._tab[((k >> 24) ^ (k & 0xFFFF)) & self._mask]
         head = d[k]
         if head is c:
             if c._next is None:
@@ -430,7 +422,7 @@ class ConnTable:
             self._error("double_hash", "request for already hashed %r", c)
             return False
         k = c._key
-        d = self._tab[((k * self._mult) >> 40) & self._mask]
+        d = self._tab[((k >> 24) ^ (k & 0xFFFF)) & self._mask]
         c._next = d.get(k)
         d[k] = c
         c.flags = _canon(f | F_HASHED)
@@ -586,7 +578,8 @@ class ConnTable:
         return self.count
 
     def bucket_of(self, conn: Conn) -> int:
-        return ((conn._key * self._mult) >> 40) & self._mask
+        k = conn._key
+        return ((k >> 24) ^ (k & 0xFFFF)) & self._mask
 
     @property
     def timer_swept(self) -> int:

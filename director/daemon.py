@@ -49,6 +49,7 @@ from director.etcdstore import ConfigSnapshot, EtcdStore
 from director.io.dataplane import DataPlane
 from director.nodeconfig import NodeConfig, NodeConfigError, parse_node_config
 from director.service import ServiceTable
+from director.stats import StatsEstimator
 from syncd.client import Follower
 from syncd.server import SyncServer, create_sync_server
 
@@ -98,6 +99,7 @@ class Node:
         self.dataplane = DataPlane(self.director, cfg.external, cfg.internal)
         self.store = EtcdStore(list(cfg.etcd_endpoints), prefix=cfg.etcd_prefix, cluster=cfg.cluster)
         self.events = EventLog(cfg.events_file, cfg.node_id)
+        self.estimator = StatsEstimator()
         self.follower = Follower(None, cfg.node_id, self.table, self.services,
                                  epoch_source=self._known_epoch, tls=cfg.sync_tls)
         self.sync: SyncServer | None = None
@@ -219,6 +221,8 @@ class Node:
         while True:
             self.table.tick()
             now = self.clock()
+            if self.estimator.due(now):
+                self.estimator.update(self.services, now)
             if now - last_probe > 1.0:
                 last_probe = now
                 with contextlib.suppress(OSError):

@@ -286,6 +286,10 @@ class ElectionMachine:
         self.observed = True
         self.leader = record
         ours = record is not None and bool(self.lease.lease_id) and record.lease == self.lease.lease_id
+        if record is not None and record.node_id != self.params.node_id:
+            # a resign / handover hold-off lasts only until another leader appears: when that one
+            # dies, this node must campaign at once, not wait out the rest of the hold-off
+            self.not_before = 0.0
         if self.role is Role.LEADER:
             return [] if ours else self._lose(now)
         if self.role is Role.STEPPED_DOWN and self.why is Why.UNCERTAIN:

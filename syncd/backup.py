@@ -12,12 +12,14 @@ table when it must be refused:
   -> ``SequenceGapError`` (the follower reconnects and asks to resume from ``applied_seq``).
 
 Application is idempotent: NEW/UPDATE upsert, REFRESH extends the timer, EXPIRE of an unknown key
-is a no-op. Inside one message upserts go first, then expirations of conns, then of templates (a
-template only goes away once its children are gone). Entries are created with the SYNC flag and
-bound to the local dest found by ``DestKey`` (``ServiceTable.find_dest``); an unknown dest leaves
-the entry unbound and remembered, ``rebind_pending()`` binds it once the dest exists. A child whose
-template has not arrived yet (same batch, later snapshot chunk) waits in ``_waiting_ctl`` and is
-linked with ``control_add`` (so ``n_control`` is right) the moment its template appears.
+is a no-op. Inside one message expirations go first, conns before templates (a template only goes
+away once its children are gone; the master puts at most one update per key in a batch, except an
+EXPIRE before a NEW when a key is reused), then the upserts in order. Entries are created with the
+SYNC flag and bound to the local dest found by ``DestKey`` (``ServiceTable.find_dest``); an unknown
+dest leaves the entry unbound and remembered, ``rebind_pending()`` binds it once the dest exists. A
+child whose template has not arrived yet (same batch, later snapshot chunk) waits in
+``_waiting_ctl`` and is linked with ``control_add`` (so ``n_control`` is right) the moment its
+template appears.
 
 A snapshot marks every key it mentions (chunks and the live batches interleaved with it); at
 ``snapshot_end`` every entry not mentioned is removed: the table is then the master's.
@@ -26,7 +28,7 @@ A snapshot marks every key it mentions (chunks and the live batches interleaved 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from director.service import DestKey, ServiceTable
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 
 _LOCAL = int(LOCAL_CONN_FLAGS)
 _SYNC = int(ConnFlags.SYNC)
+_INACTIVE = int(ConnFlags.INACTIVE)
 INVALID_PORT = 65535
 """vport/dport of a template invalidated by check_template."""
 
@@ -180,13 +183,14 @@ class BackupApplier:
 
     # --- application -----------------------------------------------------------------------------
 
-    def apply(self, updates: Iterable[Update]) -> int:
-        """Apply updates (upserts first, then expirations: conns before templates)."""
-        expires: list[Update] = []
-        n = 0
+    def apply(self, updates: Sequence[Update]) -> int:
+        """Apply updates: expirations first (conns before templates), then upserts in order."""
+        table = self.table
+        expire = SyncKind.EXPIRE
+        victims = [c for c in (table.get(u.key) for u in updates if u.kind == expire) if c is not None]
+        n = self._remove_all(victims) if victims else 0
         for u in updates:
-            if u.kind == SyncKind.EXPIRE:
-                expires.append(u)
+            if u.kind == expire:
                 continue
             try:
                 if u.kind == SyncKind.REFRESH:
@@ -197,10 +201,6 @@ class BackupApplier:
             except Exception:
                 self.stats["apply_errors"] += 1
                 log.exception("applying %s for %s failed", u.kind.name, u.key)
-        if expires:
-            table = self.table
-            victims = [c for c in (table.get(u.key) for u in expires) if c is not None]
-            n += self._remove_all(victims)
         self.stats["updates"] += n
         return n
 
@@ -221,16 +221,19 @@ class BackupApplier:
         conn = table.get(u.key)
         dest = self._find_dest(u.dest_key)
         if conn is None:
-            proto, caddr, cport, vaddr, vport, daddr, dport, fwmark, _ = u.key
-            flags = (u.flags & ~_LOCAL) | _SYNC
-            conn = table.new(proto, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark,
-                             state=u.state, timeout=u.timeout)
-        elif u.dest_key is not None:  # bind first, so the state change moves the dest's counters
-            self._sync_dest(conn, u.dest_key, dest)
-            self._sync_state(conn, u)
-        else:  # change state while still bound (INACTIVE follows), then unbind
-            self._sync_state(conn, u)
-            self._sync_dest(conn, u.dest_key, dest)
+            conn = self._create(u, dest)
+        else:
+            if u.dest_key is not None:  # bind first, so the state change moves the dest's counters
+                self._sync_dest(conn, u.dest_key, dest)
+                self._sync_state(conn, u)
+            else:  # change state while still bound (INACTIVE follows), then unbind
+                self._sync_state(conn, u)
+                self._sync_dest(conn, u.dest_key, dest)
+            if (conn.flags ^ u.flags) & _INACTIVE and conn.dest is not None and not u.key[8]:
+                # the master's activity flag is history-dependent (its state changed while unbound)
+                # and no table operation reproduces it: take the conn again (it controls nothing)
+                self._remove_all([conn])
+                conn = self._create(u, dest)
         table.refresh(conn, max(u.remaining, 0.001))
         if u.dest_key is not None and dest is None:
             self._pending_dest[u.key] = u.dest_key
@@ -242,6 +245,12 @@ class BackupApplier:
             self._link(u.key, conn, u.control_key)
         if u.key[8] and u.key in self._children_of:
             self._adopt_children(u.key, conn)
+
+    def _create(self, u: Update, dest: Any) -> Any:
+        proto, caddr, cport, vaddr, vport, daddr, dport, fwmark, _ = u.key
+        flags = (u.flags & ~_LOCAL) | _SYNC
+        return self.table.new(proto, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark,
+                              state=u.state, timeout=u.timeout)
 
     def _sync_state(self, conn: Any, u: Update) -> None:
         if conn.state != u.state or conn.timeout != u.timeout:

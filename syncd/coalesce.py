@@ -10,7 +10,7 @@ Within a window only the latest state of each entry matters, so events are folde
   batch than the new entry (``early``), so a backup never merges two lives of one key;
 * re-keyed (``old_key`` on an UPDATE: ``fill_cport``, template invalidation): the history moves to
   the new key and the update carries the key the backups know (``old_key``), and children whose
-  snapshot still names the template's old key are pointed at the new one (``renamed``).
+  snapshot (taken before the re-key) names the template's old key are pointed at the new one.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ class Window:
     def __init__(self) -> None:
         self.pending: dict[ConnKey, list[Any]] = {}
         self.early: list[ConnKey] = []
-        self.renamed: dict[ConnKey, ConnKey] = {}
         self.events = 0
 
     def add(self, kind: int, snap: SnapshotLike, old_key: ConnKey | None = None) -> None:
@@ -40,6 +39,8 @@ class Window:
         if old_key is not None and old_key != key:
             self._retire(key)
             p = self._rekeyed(old_key, key)
+            if key[8]:
+                self._repoint(old_key, key)
         else:
             p = pending.get(key)
             if p is not None and p[1] == EXPIRE and kind == NEW:
@@ -62,7 +63,6 @@ class Window:
 
     def _rekeyed(self, old_key: ConnKey, new_key: ConnKey) -> list[Any]:
         prev = self.pending.pop(old_key, None)
-        self.renamed[old_key] = new_key
         if prev is None:
             p: list[Any] = [UPDATE, UPDATE, None, old_key]
         elif prev[0] == NEW:
@@ -72,13 +72,12 @@ class Window:
         self.pending[new_key] = p
         return p
 
-    def _current(self, key: ConnKey | None) -> ConnKey | None:
-        renamed = self.renamed
-        seen = 0
-        while key in renamed and seen < 8:
-            key = renamed[key]
-            seen += 1
-        return key
+    def _repoint(self, old_key: ConnKey, new_key: ConnKey) -> None:
+        """Snapshots taken before a template was re-keyed name it by its old key: fix them."""
+        for p in self.pending.values():
+            snap = p[2]
+            if snap is not None and snap.control_key == old_key:
+                p[2] = snap._replace(control_key=new_key)
 
     def updates(self, now: float, policy: SyncPolicy,
                 tracker: RefreshTracker) -> tuple[list[Update], list[Update]]:
@@ -86,7 +85,6 @@ class Window:
         for k in self.early:
             tracker.forget(k)
         out: list[Update] = []
-        renamed = self.renamed
         for key, (first, last, snap, old_key) in self.pending.items():
             kind = coalesce_kind(first, last)
             if kind is None:
@@ -99,9 +97,6 @@ class Window:
                 tracker.forget(old_key)
             if not policy.should_sync(snap):
                 continue
-            u = update_from_snap(kind, snap, now, old_key)
-            if renamed and u.control_key in renamed:
-                u = u._replace(control_key=self._current(u.control_key))
-            out.append(u)
+            out.append(update_from_snap(kind, snap, now, old_key))
             tracker.sent(key, snap.expires, snap.timeout)
         return early, out

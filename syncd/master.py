@@ -62,6 +62,13 @@ class MasterConfig:
     policy: SyncPolicy = field(default_factory=SyncPolicy)
 
 
+def _expire_order(u: Update) -> int:
+    """Sort key putting removals first, conns before templates, even across split batches."""
+    if u.kind == SyncKind.EXPIRE:
+        return 1 if u.key[8] else 0
+    return 2
+
+
 class RingEntry:
     __slots__ = ("seq", "data", "n", "created")
 
@@ -177,7 +184,8 @@ class SyncMaster:
             for s in self.sessions:
                 s.request_snapshot("event feed overflow")
         early, updates = window.updates(self.clock(), self.cfg.policy, self.tracker)
-        self.emit(early, first_ns)  # removals that must precede a new entry with the same key
+        updates = early + updates
+        updates.sort(key=_expire_order)  # stable: EXPIREs of conns, of templates, then the rest
         self.emit(updates, first_ns)
         return len(early) + len(updates)
 

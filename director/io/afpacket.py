@@ -227,10 +227,12 @@ class _SockFprog(ctypes.Structure):
 
 
 def _cbpf_client_key(ip_off: int) -> bytes:
-    """cBPF: return the IPv4 address at frame offset ``ip_off`` (26 = source, 30 = destination);
-    non-IPv4 frames return their ethertype. The kernel takes it modulo the group size."""
+    """Fanout cBPF: return the IPv4 address at ``ip_off`` from the IP header (12 = source,
+    16 = destination); non-IPv4 frames return their protocol. The kernel takes it modulo the group
+    size. Fanout programs run before the MAC header is pushed back: offsets start at the network
+    header, and the ethertype comes from the ancillary load ``SKF_AD_PROTOCOL``."""
     prog = [
-        (0x28, 0, 0, 12),          # ldh [12]          ethertype
+        (0x28, 0, 0, 0xFFFFF000),  # ldh [SKF_AD_OFF + SKF_AD_PROTOCOL]
         (0x15, 0, 1, 0x0800),      # jeq #0x800, next, skip
         (0x20, 0, 0, ip_off),      # ld [ip_off]       client address
         (0x16, 0, 0, 0),           # ret a
@@ -263,7 +265,7 @@ def attach_filter(sock: socket.socket, code: bytes) -> None:
 def join_fanout(sock: socket.socket, fanout: Fanout) -> None:
     """Join ``fanout.group``; FANOUT_CBPF_* modes install the client-address program."""
     if isinstance(fanout.mode, str):
-        ip_off = {FANOUT_CBPF_SRC: 26, FANOUT_CBPF_DST: 30}[fanout.mode]
+        ip_off = {FANOUT_CBPF_SRC: 12, FANOUT_CBPF_DST: 16}[fanout.mode]
         sock.setsockopt(SOL_PACKET, PACKET_FANOUT, fanout.group | (PACKET_FANOUT_CBPF << 16))
         fprog, _keep = _fprog(_cbpf_client_key(ip_off))
         sock.setsockopt(SOL_PACKET, PACKET_FANOUT_DATA, fprog)

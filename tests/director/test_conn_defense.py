@@ -10,6 +10,7 @@ from tests.director.conn_helpers import (
     CLIENT,
     TCP,
     UDP,
+    VIP,
     make_dest,
     make_table,
     new_conn,
@@ -33,8 +34,12 @@ class CountingRandom(random.Random):
 def _fill(tab: ConnTable, n: int, state: int, protocol: int = TCP, in_pkts: int = 1) -> list[Conn]:
     dest = make_dest()
     out: list[Conn] = []
-    for i in range(n):
-        c = new_conn(tab, dest, cport=1024 + i, caddr=CLIENT + i, protocol=protocol)
+    rng = random.Random(n * 31 + state)  # spread over the buckets like real clients
+    for _ in range(n):
+        caddr, cport = CLIENT + rng.randrange(1 << 16), rng.randrange(1024, 65536)
+        while tab.in_get(protocol, caddr, cport, VIP, 80) is not None:
+            cport = rng.randrange(1024, 65536)
+        c = new_conn(tab, dest, cport=cport, caddr=caddr, protocol=protocol)
         tab.set_state(c, state, 900)
         c.in_pkts = in_pkts
         out.append(c)

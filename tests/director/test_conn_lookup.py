@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from director.conn import DEFAULT_BITS, ConnTable
 from director.types import ConnFlags
 from tests.director.conn_helpers import (
@@ -111,7 +113,9 @@ def test_out_get_matches_real_server_and_client() -> None:
 def test_both_directions_hash_by_client_triple_into_one_bucket() -> None:
     tab, _ = make_table(bits=8)
     dest = make_dest()
-    conns = [new_conn(tab, dest, cport=1024 + i, caddr=CLIENT + 7 * i) for i in range(200)]
+    rng = random.Random(5)
+    conns = [new_conn(tab, dest, cport=rng.randrange(1024, 65536), caddr=CLIENT + rng.randrange(4096))
+             for i in range(200)]
     assert len({tab.bucket_of(c) for c in conns}) > 64  # spread over the bucket array
     for c in conns:
         assert tab.in_get(TCP, c.caddr, c.cport, VIP, 80) is c

@@ -30,7 +30,7 @@ class ConnTableMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock = FakeClock()
-        self.tab = ConnTable(self.clock, bits=8, hash_seed=1)
+        self.tab = ConnTable(self.clock, bits=8)
         self.tab.events.enabled = True
         self.dests: list[Dest] = [
             make_dest(addr=RS1, u_threshold=4, l_threshold=2),

@@ -148,6 +148,15 @@ def test_resigned_node_follows_a_new_leader() -> None:
     assert m.tick(5.0) == []
 
 
+def test_hold_off_ends_when_another_leader_appears() -> None:
+    """The resigner must not wait out its hold-off when the leader it handed over to dies."""
+    m = leader_machine(t=0.0, resign_holdoff=2.0)
+    m.resign(0.5)
+    m.set_ready(0.55, True)
+    m.leader_observed(0.6, record("b", epoch=20))
+    assert acts(m.leader_observed(0.7, None)) == [Act.GRANT_LEASE]  # well before 0.5 + 2.0
+
+
 def test_stale_results_are_ignored() -> None:
     m = leader_machine(t=0.0)
     before = m.lease.step_down_at

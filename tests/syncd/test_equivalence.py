@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from director.conn import ConnTable
 from director.types import ConnFlags
 from syncd.client import FollowerConfig
@@ -44,7 +46,8 @@ async def _quiesce(cluster: Cluster, clock: FakeClock) -> None:
 
     def equal() -> bool:
         view = table_view(master)
-        return all(table_view(b) == view and not _timers_bad(master, b, clock()) for b in cluster.backup_tables)
+        now = clock()
+        return all(table_view(b) == view and not _timers_bad(master, b, now) for b in cluster.backup_tables)
 
     try:
         await wait_until(equal, 20.0, "backup tables equal to the master's")
@@ -57,21 +60,25 @@ async def _quiesce(cluster: Cluster, clock: FakeClock) -> None:
         assert dest_counters(svcs) == dest_counters(cluster.services)
 
 
-def test_randomized_workload_two_backups_equal_master() -> None:
+@pytest.mark.parametrize("seed", [4, 11, 23])
+def test_randomized_workload_two_backups_equal_master(seed: int) -> None:
     async def body() -> None:
         clock = FakeClock()
         cluster = Cluster(clock, MasterConfig(batch_window=0.002, max_batch=64),
                           FollowerConfig(reconnect_min=0.05, reconnect_max=0.2))
         await cluster.start(2)
         try:
-            work = Workload(cluster.table, cluster.services, clock, seed=4)
-            for round_ in range(6):
+            work = Workload(cluster.table, cluster.services, clock, seed=seed)
+            peak = templates = 0
+            for _ in range(6):
                 for _ in range(400):
                     work.step()
+                    peak = max(peak, len(cluster.table))
                     if work.ops % 25 == 0:
                         await asyncio.sleep(0)  # let batches flow mid-workload
+                templates += sum(1 for c in cluster.table if c.flags & ConnFlags.TEMPLATE)
                 await _quiesce(cluster, clock)
-                assert len(cluster.table) > 0 or round_ > 0
+            assert peak > 50 and templates > 0  # the workload exercised something
             assert cluster.server.master.stats["batches"] > 10
             assert all(f.applier.stats["refused"] == 0 for f in cluster.followers)
         finally:
