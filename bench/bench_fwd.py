@@ -12,7 +12,9 @@ One lab, three forwarders side by side, each on its own director namespace and i
 
 ``trafgen`` (pinned to CPU 0) sends 60-byte UDP frames (1024 flows: 10 client addresses x ports)
 straight to a forwarder's MAC for a fixed window; the figure is what r1 *receives* per second (its
-eth0 rx counter), which drops them at netdev ingress so no replies or ICMP errors load the box. TCP
+eth0 rx counter), which drops them at netdev ingress so no replies or ICMP errors load the box.
+trafgen in sendto() mode offers about 190k pps from one core here, so the kernel's figure is
+generator-limited (a lower bound of its capacity); ours is below that limit, so it is the forwarder's. TCP
 throughput is ``iperf3`` from the client through the VIP (our NAT) or through d3 (kernel DNAT; the
 replies find d3 by a source-port policy rule on r1). Cases are interleaved (A B A B ...) and the
 medians are reported; ratios within one run are what to compare.
@@ -45,6 +47,9 @@ KERNEL_REPLY_TABLE = 101
 VMAC = "00:00:5e:00:01:01"
 DIRECTOR_CPU = 1
 GEN_CPU = 0
+GEN_RATE = "3000000pps"
+"""Above any rate reached: a rate makes trafgen use sendto() instead of its TX_RING, which dies with
+EAGAIN as soon as the forwarder's backlog fills (PACKET-IO-NOTES.md, pitfall 9)."""
 
 
 def services_yaml() -> str:
@@ -170,7 +175,8 @@ class FwdBench:
     def pps(self, dst_mac: str, vip: str) -> float:
         cfg = self.lab.write_file(f"trafgen-{vip}.cfg", trafgen_config(dst_mac, vip))
         gen = self.lab.popen(self.c1.ns, ["taskset", "-c", str(GEN_CPU), "trafgen", "-o", "eth0", "-i",
-                                          str(cfg), "-P", "1", "--no-sock-mem", "-Q", "-C"],
+                                          str(cfg), "-P", "1", "--no-sock-mem", "-Q", "-C",
+                                          "-b", GEN_RATE],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(0.5)  # warm-up: rings, neighbour entries, conn creation

@@ -365,7 +365,7 @@ class Director:
         table = self.table
         ct = table.ct_in_get(proto, snet, 0, vaddr, tvport)
         if ct is not None and ct.dest is not None and table.check_template(
-                ct, self.cfg.expire_quiescent_template):
+                ct, svc.expire_quiescent_template or self.cfg.expire_quiescent_template):
             return ct
         dest = svc.scheduler.schedule(svc.dests, caddr, cport)
         if dest is None:
@@ -377,7 +377,9 @@ class Director:
     def _nodest(self, frame: bytearray, side: int, conn: Conn, r: IPv4Info) -> Action | None:
         """The conn's dest was removed: drop; with expire_nodest_conn expire it and reschedule
         if the packet may open a new conn (like current IPVS)."""
-        if not self.cfg.expire_nodest_conn or not self.table.expire(conn):
+        dest = conn.dest
+        per_svc = dest is not None and dest.svc.expire_nodest_conn
+        if not (per_svc or self.cfg.expire_nodest_conn) or not self.table.expire(conn):
             self._drops[Drop.DEST_UNAVAILABLE] += 1
             return None
         proto, _s, _sp, _d, _dp, _l4, _end, _ttl, tflags = r

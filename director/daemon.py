@@ -217,7 +217,7 @@ class Node:
     # -- periodic work ----------------------------------------------------------------------------
     async def _timer_loop(self) -> None:
         """Conn timers, neighbour probes. Sleeps until the table's next deadline (at most 100 ms)."""
-        last_probe = 0.0
+        last_probe = last_neigh = 0.0
         while True:
             self.table.tick()
             now = self.clock()
@@ -227,6 +227,10 @@ class Node:
                 last_probe = now
                 with contextlib.suppress(OSError):
                     self.dataplane.probe_neighbours()
+            if now - last_neigh > 60.0:  # bounded neighbour caches; dests are re-probed above
+                last_neigh = now
+                for neigh in self.director.neigh:
+                    neigh.expire(now, 3600.0)
             nxt = self.table.next_deadline()
             delay = 0.1 if nxt is None else min(0.1, max(0.005, nxt - now))
             await asyncio.sleep(delay)

@@ -241,10 +241,13 @@ class Follower:
 
     async def _ack_loop(self, call: Any) -> None:
         sent: tuple[int, bool] | None = None
-        while True:
-            await self._ack_needed.wait()
-            self._ack_needed.clear()
-            now = (self.applier.applied_seq, self.in_sync)
-            if now != sent:
-                await call.write(encode_ack(AckMsg(*now)))
-                sent = now
+        try:
+            while True:
+                await self._ack_needed.wait()
+                self._ack_needed.clear()
+                now = (self.applier.applied_seq, self.in_sync)
+                if now != sent:
+                    await call.write(encode_ack(AckMsg(*now)))
+                    sent = now
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError) as exc:
+            log.debug("ack stream closed: %s", exc)  # the read side reports why

@@ -73,7 +73,8 @@ class DataPlane:
         """Fanout workers only: per-worker ARP sockets (outside the group) so every worker learns
         every neighbour; the fanout sockets filter ARP out."""
         self.rx_frames = [0, 0]
-        self.tx_frames = [0, 0]
+        self.ctl_sent = 0
+        """Frames sent outside the packet path (gratuitous ARP, neighbour probes)."""
         self.tx_errors = 0
         self.handler_errors = 0
         self.ring_packets = 0
@@ -129,34 +130,19 @@ class DataPlane:
         self.close()
 
     def _make_reader(self, sock: PacketSocket, side: int) -> Callable[[], None]:
-        recv = sock.recv_batch
+        drain = sock.drain
         handle = self.director.handle
         sends = [s.send for s in self.socks]
-        rx, tx = self.rx_frames, self.tx_frames
+        rx = self.rx_frames
         blocks = self.batch_blocks
 
         def on_readable() -> None:
-            frames = recv(blocks)
-            rx[side] += len(frames)
-            for frame in frames:
-                try:
-                    act = handle(frame, side)
-                    if act is not None:
-                        out = act[0]
-                        sends[out](act[1])
-                        tx[out] += 1
-                except OSError:
-                    self.tx_errors += 1
-                except Exception:  # a packet-path bug must not take the batch (or the loop) down
-                    self._handler_error(frame)
+            n, errors = drain(handle, side, sends, blocks)
+            rx[side] += n
+            if errors:
+                self.handler_errors += errors
 
         return on_readable
-
-    def _handler_error(self, frame: bytearray) -> None:
-        self.handler_errors += 1
-        if self.handler_errors & (self.handler_errors - 1) == 0:  # 1st, 2nd, 4th, 8th ...: rate-limited
-            log.exception("packet path raised on a %d-byte frame (%d so far)", len(frame),
-                          self.handler_errors)
 
     # -- control ----------------------------------------------------------------------------------
     def send(self, actions: Iterable[Action]) -> int:
@@ -166,7 +152,7 @@ class DataPlane:
         for side, frame in actions:
             try:
                 self.socks[side].send(frame)
-                self.tx_frames[side] += 1
+                self.ctl_sent += 1
                 n += 1
             except OSError as exc:
                 self.tx_errors += 1
@@ -207,8 +193,8 @@ class DataPlane:
         ring_packets, ring_drops = self.kernel_stats()
         return {
             "ring_packets": ring_packets, "ring_drops": ring_drops,
-            "rx_frames": list(self.rx_frames), "tx_frames": list(self.tx_frames),
-            "tx_errors": self.tx_errors, "handler_errors": self.handler_errors, "csum_fixed": self.csum_fixed,
+            "rx_frames": list(self.rx_frames), "ctl_sent": self.ctl_sent, "tx_errors": self.tx_errors,
+            "handler_errors": self.handler_errors, "csum_fixed": self.csum_fixed,
             "cpu_user": os.times().user, "cpu_sys": os.times().system,
             "arp_replies": d.arp_replies, "conns": d.table.count, "active": d.active,
             "drops": d.counters.as_dict(),

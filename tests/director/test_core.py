@@ -284,9 +284,11 @@ def test_persistent_port_zero_service_keeps_client_ports() -> None:
 # ---- dest removal ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("expire_nodest", [False, True])
-def test_expire_nodest_conn(expire_nodest: bool) -> None:
-    lab = make_lab(ndests=2, expire_nodest_conn=expire_nodest)
+@pytest.mark.parametrize(("expire_nodest", "per_service"), [(False, False), (True, False), (True, True)])
+def test_expire_nodest_conn(expire_nodest: bool, per_service: bool) -> None:
+    """The setting works node-wide (CoreConfig) and per service (the YAML's expire_nodest_conn)."""
+    lab = make_lab(ndests=2, expire_nodest_conn=expire_nodest and not per_service)
+    lab.svc.expire_nodest_conn = per_service
     assert send(lab, client_pkt("S"), EXT) is not None
     conn = lab.table.in_get(6, _i("198.18.1.10"), 40000, _i(VIP), 80)
     assert conn is not None and conn.dest is not None

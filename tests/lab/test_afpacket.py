@@ -25,6 +25,7 @@ import json, select, sys, time
 from director.checksum import l4_checksum
 from director.io.afpacket import PacketSocket, RingSpec, Fanout, FANOUT_CBPF_SRC
 mode, want = sys.argv[1], int(sys.argv[2])
+PORT = int(sys.argv[3]).to_bytes(2, "big")
 if mode == "fanout":
     socks = [PacketSocket("ext", fanout=Fanout(77, FANOUT_CBPF_SRC)) for _ in range(2)]
 else:
@@ -40,11 +41,11 @@ while sum(map(len, seen)) < want and time.monotonic() < deadline:
     poller.poll(100)
     for i, s in enumerate(socks):
         for f in s.recv_batch(64):
-            if len(f) > 42 and f[12:14] == b"\x08\x00" and f[23] == 17 and f[36:38] == (%d).to_bytes(2, "big"):
+            if len(f) > 42 and f[12:14] == b"\x08\x00" and f[23] == 17 and f[36:38] == PORT:
                 seen[i].append(".".join(map(str, f[26:30])))
                 valid += l4_checksum(f) == int.from_bytes(f[40:42], "big")
 print(json.dumps({"seen": seen, "valid": valid, "csum_fixed": sum(s.csum_fixed for s in socks)}))
-""" % PORT
+"""
 
 SENDER = r"""
 import socket, sys
@@ -57,9 +58,10 @@ for src in sys.argv[2].split(","):
 
 
 def _receive(lab: Lab, mode: str, sources: list[str]) -> dict[str, object]:
-    """Start a receiver in d3, send one datagram per source until it has them all; its report."""
+    """Start a receiver in d3, send one datagram from each source, return the receiver's report."""
     d3 = lab.directors[2]
-    rx = lab.popen(d3.ns, [PYTHON, "-c", RECEIVER, mode, str(len(sources))], stdout=subprocess.PIPE)
+    argv = [PYTHON, "-c", RECEIVER, mode, str(len(sources)), str(PORT)]
+    rx = lab.popen(d3.ns, argv, stdout=subprocess.PIPE)
     assert rx.stdout is not None
     try:
         assert rx.stdout.readline().strip() == b"ready"
@@ -92,10 +94,10 @@ def test_fanout_splits_by_client_address(lab: Lab) -> None:
 
 
 IGNORE_OUTGOING = r"""
-import json, socket, time
+import json, socket
 from director.io.afpacket import PacketSocket
 a = PacketSocket("ext", qdisc_bypass=False)
-b = PacketSocket("ext")
+b = PacketSocket("ext", ring=None)  # plain: a frame tapped at send time is readable at once
 tap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
 tap.bind(("ext", 3))
 tap.settimeout(5)
@@ -105,8 +107,8 @@ a.send(frame)
 tapped = b""
 while marker not in tapped:
     tapped = tap.recv(2048)
-time.sleep(0.1)
-print(json.dumps({"tap_saw_it": True, "a_got": len(a.recv_batch(64)), "b_frames": [bytes(f).hex() for f in b.recv_batch(64) if marker in f]}))
+b_frames = [bytes(f).hex() for f in b.recv_batch(64) if marker in f]
+print(json.dumps({"tap_saw_it": True, "a_got": len(a.recv_batch(64)), "b_frames": b_frames}))
 """
 
 

@@ -101,14 +101,15 @@ class Cluster:
     """One master and N followers in this process, over real gRPC on 127.0.0.1."""
 
     def __init__(self, clock: Callable[[], float] | None = None, master_cfg: MasterConfig | None = None,
-                 follower_cfg: FollowerConfig | None = None, epoch: int = 1, tls: Any = None) -> None:
+                 follower_cfg: FollowerConfig | None = None, epoch: int = 1, tls: Any = None,
+                 event_capacity: int = 65536) -> None:
         self.clock = clock or time.monotonic
         self.master_cfg = master_cfg or MasterConfig()
         self.follower_cfg = follower_cfg or FollowerConfig(reconnect_min=0.05, reconnect_max=0.2)
         self.epoch = epoch
         self.tls = tls
         self.services = make_services()
-        self.table = ConnTable(self.clock)
+        self.table = ConnTable(self.clock, event_capacity=event_capacity)
         self.server: SyncServer
         self.port = 0
         self.followers: list[Follower] = []
