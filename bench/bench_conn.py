@@ -7,7 +7,8 @@ flows (random client addr:port towards one VIP, 4 real servers) and is the media
 rounds on a fresh table (default 12 bits, GC enabled as in the daemon):
 
 * ``conn_creates_per_s`` - ``ConnTable.new`` (dest binding, hashing, timer arming; events off);
-  ``conn_creates_events_per_s`` is the same with the sync event feed on (drained every 4096);
+  ``conn_creates_events_per_s`` is the same with the sync event feed on (drained every 4096),
+  ``conn_creates_nogc_per_s`` the same with the cyclic GC off (GC pauses excluded);
 * ``conn_in_lookups_per_s`` / ``conn_out_lookups_per_s`` - ``in_get`` / ``out_get`` hits;
 * ``conn_refreshes_per_s`` - ``refresh`` (the per-packet timer update);
 * ``conn_expiries_per_s`` - one ``tick`` removing all N entries (unhash, unbind, counters);
@@ -150,6 +151,25 @@ def _events_round(flows: list[Flow]) -> dict[str, float]:
     return {"conn_creates_events_per_s": _rate(len(flows), creates)}
 
 
+def _nogc_round(flows: list[Flow]) -> dict[str, float]:
+    """Creates with the cyclic GC off: the table's own cost, without GC pauses (conns form no
+    reference cycles, so a daemon may freeze/disable the GC; see the report)."""
+    clock, dests = _Clock(), _dests()
+    tab = ConnTable(clock)
+    new = tab.new
+
+    def creates() -> None:
+        for a, p, d in flows:
+            dest = dests[d]
+            new(TCP, a, p, VIP, 80, dest.addr, 8080, 0, dest)
+
+    gc.disable()
+    try:
+        return {"conn_creates_nogc_per_s": _rate(len(flows), creates)}
+    finally:
+        gc.enable()
+
+
 def _ref_round(flows: list[Flow]) -> dict[str, float]:
     clock = _Clock()
     din: dict[tuple[int, ...], tuple[Any, ...]] = {}
@@ -238,7 +258,7 @@ def run(quick: bool = False) -> dict[str, float]:
     samples: dict[str, list[float]] = {}
     for r in range(rounds):
         flows = _flows(n, r)
-        for fn in (_table_round, _ref_round, _events_round):
+        for fn in (_table_round, _ref_round, _events_round, _nogc_round):
             gc.collect()
             for k, v in fn(flows).items():
                 samples.setdefault(k, []).append(v)

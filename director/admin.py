@@ -510,13 +510,19 @@ def server_config_from_node(node: Any) -> AdminServerConfig:
 
     `admin.tls` {ca, cert, key}: TLS, with client certificates signed by `ca` accepted (mutual
     TLS; role from the cert's OU). `admin.token`: a bearer token with the admin role. Plain TCP
-    is allowed only with a token and no TLS (labs).
+    is allowed only with a token and no TLS (labs); a TCP listen with neither is dropped (with a
+    warning) when a unix socket is configured, else start_server refuses it.
     """
     files = node.admin_tls
     tls = TlsConfig(cert=files.cert, key=files.key, client_ca=files.ca) if files is not None else None
     tokens = {node.admin_token: "admin"} if node.admin_token else {}
+    listen = node.admin_listen
+    if listen and tls is None and not tokens and node.admin_unix:
+        log.warning("admin.listen %s ignored: TCP needs admin.tls or admin.token; serving only %s",
+                    listen, node.admin_unix)
+        listen = None
     return AdminServerConfig(
-        listen=node.admin_listen, unix_path=node.admin_unix, tls=tls, auth=AdminAuth(tokens=tokens),
+        listen=listen, unix_path=node.admin_unix, tls=tls, auth=AdminAuth(tokens=tokens),
         insecure_tcp=tls is None and bool(tokens))
 
 

@@ -137,12 +137,17 @@ class Conn(Timed):
                 f"d={self.daddr:#x}:{self.dport} flags={self.flags:#x} state={self.state})")
 
 
+_tuple_new = tuple.__new__  # builds NamedTuples without their Python-level __new__
+
+
 def snapshot(conn: Conn) -> ConnSnapshot:
     """Immutable copy of an entry for the event feed / sync snapshots."""
-    d, ct = conn.dest, conn.control
-    return ConnSnapshot(conn.key, conn.flags, conn.state, conn.timeout, conn.expires,
-                        d.key if d is not None else None, ct.key if ct is not None else None,
-                        conn.in_pkts)
+    k, f, d, ct = conn._key, conn.flags, conn.dest, conn.control
+    key = ((k >> 16) & 0xFF, k >> 24, k & 0xFFFF, conn.vaddr, conn.vport, conn.daddr, conn.dport,
+           conn.fwmark, bool(f & F_TEMPLATE))
+    return _tuple_new(ConnSnapshot, (key, f, conn.state, conn.timeout, conn.expires,
+                                     d.key if d is not None else None,
+                                     ct.key if ct is not None else None, conn.in_pkts))
 
 
 class ConnTable:

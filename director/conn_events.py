@@ -56,6 +56,9 @@ class ConnEvent(NamedTuple):
     old_key: ConnKey | None = None
 
 
+_tuple_new = tuple.__new__  # NamedTuple without its Python-level __new__ (hot path)
+
+
 class EventFeed:
     """Bounded FIFO of ``ConnEvent``; never blocks, signals overflow."""
 
@@ -82,7 +85,7 @@ class EventFeed:
             self.overflowed = True
             self.dropped += 1
             return
-        q.append(ConnEvent(kind, snap, old_key))
+        q.append(_tuple_new(ConnEvent, (kind, snap, old_key)))
         if len(q) == 1 and self.on_ready is not None:
             self.on_ready()
 

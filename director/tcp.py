@@ -111,9 +111,6 @@ TCP_STATES_DOS: tuple[Row, ...] = (
     (CL, CL, CL, SR, CL, CL, CL, CL, LA, LI, CL),  # rst
 )
 
-_ROW_OFF = (0, 4, 8)  # Direction -> first row of its group
-
-
 def _flag_index(flags: int) -> int:
     if flags & RST:
         return 3
@@ -139,10 +136,12 @@ def tcp_transition(state: int, direction: int, tcp_flags: int, input_only: bool,
     """
     if not 0 <= state <= 10:
         raise ValueError(f"unknown TCP state {state}")
-    if direction == Direction.OUTPUT:
+    if direction == 1:  # OUTPUT (plain ints: this runs per packet)
         off = 4
-    elif direction == Direction.INPUT or direction == Direction.INPUT_ONLY:
-        off = 8 if (input_only or direction == Direction.INPUT_ONLY) else 0
+    elif direction == 0:  # INPUT
+        off = 8 if input_only else 0
+    elif direction == 2:  # INPUT_ONLY
+        off = 8
     else:
         raise ValueError(f"unknown direction {direction}")
     idx = _FLAG_INDEX[tcp_flags & 0xFF]

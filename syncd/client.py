@@ -152,9 +152,11 @@ class Follower:
                 await asyncio.wait({self._session})
                 progressed = self._session_result(self._session, target)
             finally:
-                if not self._session.done():
-                    self._session.cancel()
-                self._session = None
+                session, self._session = self._session, None
+                if not session.done():
+                    session.cancel()
+                    with contextlib.suppress(BaseException):
+                        await session  # never two streams applying at once
                 self.connected = False
                 self.applier.stream_lost()
             if progressed:
@@ -162,7 +164,8 @@ class Follower:
             if self.target != target:
                 continue  # switched masters: dial the new one at once
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), delay * random.uniform(0.8, 1.2))
+                async with asyncio.timeout(delay * random.uniform(0.8, 1.2)):
+                    await self._changed.wait()
             delay = min(self.cfg.reconnect_max, delay * 2)
 
     def _session_result(self, task: asyncio.Task[bool], target: str) -> bool:
@@ -178,6 +181,7 @@ class Follower:
             what = type(exc).__name__
         elif isinstance(exc, grpc.aio.AioRpcError):
             what = str(exc.code())
+            log.debug("stream error detail: %s", exc.debug_error_string())
             exc = f"{exc.code()}: {exc.details()}"  # type: ignore[assignment]
         elif isinstance(exc, TimeoutError):
             what = "heartbeat"
@@ -215,7 +219,8 @@ class Follower:
                 await call.write(encode_hello(self.applier.hello(self.node_id)))
                 self.stats["connects"] += 1
                 while True:
-                    data = await asyncio.wait_for(call.read(), self.cfg.heartbeat_timeout)
+                    async with asyncio.timeout(self.cfg.heartbeat_timeout):
+                        data = await call.read()
                     if data is grpc.aio.EOF:
                         code = await call.code()
                         raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(),

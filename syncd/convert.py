@@ -36,6 +36,10 @@ from syncd.model import (
 )
 
 _LOCAL = int(LOCAL_CONN_FLAGS)
+_EXPIRE, _REFRESH = int(SyncKind.EXPIRE), int(SyncKind.REFRESH)
+_KINDS = {int(k): k for k in SyncKind}
+_ALEN = (0, 4, 16)
+_from = int.from_bytes
 _TEMPLATE = 0x1000
 _U32 = 0xFFFFFFFF
 
@@ -54,43 +58,41 @@ def _ms(seconds: float) -> int:
     return min(_U32, max(0, int(seconds * 1000.0 + 0.5)))
 
 
-def _fill_entry(e: pb.ConnEntry, u: Update) -> None:
+def _entry_kwargs(u: Update, dest_refs: dict[DestKey, pb.DestRef]) -> dict[str, object]:
     proto, caddr, cport, vaddr, vport, daddr, dport, fwmark, is_tpl = u.key
-    e.kind = int(u.kind)  # type: ignore[assignment]
-    e.protocol = proto
-    e.caddr = _ab(caddr)
-    e.cport = cport
-    e.vaddr = _ab(vaddr)
-    e.vport = vport
-    e.daddr = _ab(daddr)
-    e.dport = dport
-    e.fwmark = fwmark
     flags = u.flags & ~_LOCAL
-    e.flags = (flags | _TEMPLATE) if is_tpl else (flags & ~_TEMPLATE)
-    e.remaining_ms = _ms(u.remaining)
-    if u.kind == SyncKind.EXPIRE:
-        return
-    e.timeout_ms = _ms(u.timeout)
-    if u.kind == SyncKind.REFRESH:
-        return
-    e.state = u.state
-    e.in_pkts = max(0, u.in_pkts)
-    if u.dest_key is not None:
-        d = e.dest
-        d.protocol, vaddr, d.vport, d.fwmark, daddr, d.dport = u.dest_key
-        d.vaddr = _ab(vaddr)
-        d.daddr = _ab(daddr)
+    kind = int(u.kind)
+    kw: dict[str, object] = {
+        "kind": kind, "protocol": proto, "caddr": _ab(caddr), "cport": cport, "vaddr": _ab(vaddr),
+        "vport": vport, "daddr": _ab(daddr), "dport": dport, "fwmark": fwmark,
+        "flags": (flags | _TEMPLATE) if is_tpl else (flags & ~_TEMPLATE),
+    }
+    if kind == _EXPIRE:
+        return kw
+    kw["remaining_ms"] = _ms(u.remaining)
+    kw["timeout_ms"] = _ms(u.timeout)
+    if kind == _REFRESH:
+        return kw
+    kw["state"] = u.state
+    kw["in_pkts"] = max(0, u.in_pkts)
+    dk = u.dest_key
+    if dk is not None:
+        ref = dest_refs.get(dk)
+        if ref is None:  # a handful of dests: build each reference once per message
+            ref = dest_refs[dk] = pb.DestRef(protocol=dk[0], vaddr=_ab(dk[1]), vport=dk[2], fwmark=dk[3],
+                                             daddr=_ab(dk[4]), dport=dk[5])
+        kw["dest"] = ref
     if u.control_key is not None:
-        _fill_ref(e.control, u.control_key)
+        kw["control"] = _conn_ref(u.control_key)
     if u.old_key is not None:
-        _fill_ref(e.old_key, u.old_key)
+        kw["old_key"] = _conn_ref(u.old_key)
+    return kw
 
 
-def _fill_ref(c: pb.ConnRef, key: ConnKey) -> None:
-    c.protocol, caddr, c.cport, vaddr, c.vport, daddr, c.dport, c.fwmark, c.is_template = key
-    c.caddr = _ab(caddr)
-    c.vaddr = _ab(vaddr)
-    c.daddr = _ab(daddr)
+def _conn_ref(key: ConnKey) -> pb.ConnRef:
+    proto, caddr, cport, vaddr, vport, daddr, dport, fwmark, is_tpl = key
+    return pb.ConnRef(protocol=proto, caddr=_ab(caddr), cport=cport, vaddr=_ab(vaddr), vport=vport,
+                      daddr=_ab(daddr), dport=dport, fwmark=fwmark, is_template=is_tpl)
 
 
 def _ref_key(c: pb.ConnRef) -> ConnKey:
@@ -100,9 +102,10 @@ def _ref_key(c: pb.ConnRef) -> ConnKey:
 
 def _fill_entries(entries: object, updates: Iterable[Update]) -> int:
     add = entries.add  # type: ignore[attr-defined]
+    refs: dict[DestKey, pb.DestRef] = {}
     n = 0
     for u in updates:
-        _fill_entry(add(), u)
+        add(**_entry_kwargs(u, refs))
         n += 1
     return n
 
@@ -148,34 +151,37 @@ def encode_heartbeat(epoch: int, incarnation: int, last_seq: int, head_seq: int,
     return m.SerializeToString()
 
 
-def _conn_key(e: pb.ConnEntry) -> ConnKey:
-    return (e.protocol, _ai(e.caddr), e.cport, _ai(e.vaddr), e.vport, _ai(e.daddr), e.dport, e.fwmark,
-            bool(e.flags & _TEMPLATE))
-
-
-def _decode_entry(e: pb.ConnEntry) -> Update:
-    try:
-        kind = SyncKind(e.kind)
-    except ValueError:
-        raise ProtocolError(f"unknown update kind {e.kind}") from None
-    key = _conn_key(e)
+def _decode_entry(e: pb.ConnEntry, dest_keys: dict[bytes, DestKey]) -> Update:
+    kind = _KINDS.get(e.kind)
+    if kind is None:
+        raise ProtocolError(f"unknown update kind {e.kind}")
+    ca, va, da = e.caddr, e.vaddr, e.daddr
+    if len(ca) not in _ALEN or len(va) not in _ALEN or len(da) not in _ALEN:
+        raise ProtocolError("address of a bad length")
     flags = e.flags & ~_LOCAL
-    if kind == SyncKind.EXPIRE:
+    key = (e.protocol, _from(ca, "big"), e.cport, _from(va, "big"), e.vport, _from(da, "big"), e.dport, e.fwmark,
+           bool(flags & _TEMPLATE))
+    if kind is SyncKind.EXPIRE:
         return Update(kind, key, flags)
-    if kind == SyncKind.REFRESH:
+    if kind is SyncKind.REFRESH:
         return Update(kind, key, flags, timeout=e.timeout_ms / 1000.0, remaining=e.remaining_ms / 1000.0)
     dest_key: DestKey | None = None
-    if e.HasField("dest"):
+    has = e.HasField
+    if has("dest"):
         d = e.dest
-        dest_key = (d.protocol, _ai(d.vaddr), d.vport, d.fwmark, _ai(d.daddr), d.dport)
-    control_key = _ref_key(e.control) if e.HasField("control") else None
-    old_key = _ref_key(e.old_key) if e.HasField("old_key") else None
+        raw = d.SerializeToString()
+        dest_key = dest_keys.get(raw)
+        if dest_key is None:
+            dest_key = dest_keys[raw] = (d.protocol, _ai(d.vaddr), d.vport, d.fwmark, _ai(d.daddr), d.dport)
+    control_key = _ref_key(e.control) if has("control") else None
+    old_key = _ref_key(e.old_key) if has("old_key") else None
     return Update(kind, key, flags, e.state, e.timeout_ms / 1000.0, e.remaining_ms / 1000.0,
                   dest_key, control_key, e.in_pkts, old_key)
 
 
 def _decode_entries(entries: Iterable[pb.ConnEntry]) -> list[Update]:
-    return [_decode_entry(e) for e in entries]
+    dest_keys: dict[bytes, DestKey] = {}
+    return [_decode_entry(e, dest_keys) for e in entries]
 
 
 def decode_sync_message(data: bytes) -> SyncMsg:

@@ -301,7 +301,8 @@ class SyncMaster:
             fut: asyncio.Future[None] = loop.create_future()
             self._ack_waiters.append(lambda f=fut: f.done() or f.set_result(None))  # type: ignore[misc]
             try:
-                await asyncio.wait_for(fut, left)
+                async with asyncio.timeout(left):
+                    await fut
             except TimeoutError:
                 return False
         return True

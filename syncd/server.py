@@ -142,12 +142,12 @@ class SyncServer:
 
     async def _follow(self, request_iterator: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         peer = context.peer()
-        if not self.master.running:
-            self._refuse("not_master", peer, "this node is not the sync master")
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not the sync master")
         if not self._follow_rate.take(time.monotonic()):
             self._refuse("follow_rate", peer, "Follow rate limit")
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "Follow rate limit exceeded")
+        if not self.master.running:
+            self._refuse("not_master", peer, "this node is not the sync master")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not the sync master")
         if len(self.master.sessions) >= self.cfg.max_followers:
             self._refuse("max_followers", peer, "too many followers")
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many followers")
@@ -163,12 +163,15 @@ class SyncServer:
             self.master.sessions.discard(session)
             self.master.acked()
         log.info("follower %s (%s) stream ended: %s", session.node_id, peer, session.close_reason)
+        if session.close_kind == "gone" or context.cancelled():
+            return  # nobody left to tell
         code = _CLOSE_CODES.get(session.close_kind, grpc.StatusCode.UNAVAILABLE)
         await context.abort(code, session.close_reason)
 
     async def _hello(self, request_iterator: AsyncIterator[bytes], context: Any, peer: str) -> FollowHello:
         try:
-            data = await asyncio.wait_for(anext(request_iterator), self.cfg.hello_timeout)
+            async with asyncio.timeout(self.cfg.hello_timeout):
+                data = await anext(request_iterator)
             msg = decode_follower_message(data)
         except (StopAsyncIteration, TimeoutError):
             self._refuse("no_hello", peer, "no hello")
@@ -221,7 +224,6 @@ _CLOSE_CODES = {
     "bad_input": grpc.StatusCode.INVALID_ARGUMENT,
     "rate": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "stopped": grpc.StatusCode.UNAVAILABLE,
-    "gone": grpc.StatusCode.CANCELLED,
 }
 
 

@@ -50,6 +50,8 @@ class FollowerSession:
         self.incarnation_acked = hello.incarnation
         self.in_sync = False
         self.snapshots = 0
+        self.bytes_sent = 0
+        self.messages_sent = 0
         self.closed = False
         self.close_reason = ""
         self.close_kind = ""
@@ -105,6 +107,13 @@ class FollowerSession:
     # --- the stream ------------------------------------------------------------------------------
 
     async def stream(self) -> AsyncIterator[bytes]:
+        """The encoded messages for this follower, forever (until closed)."""
+        async for data in self._stream():
+            self.bytes_sent += len(data)
+            self.messages_sent += 1
+            yield data
+
+    async def _stream(self) -> AsyncIterator[bytes]:
         m = self.master
         hb = m.cfg.heartbeat_interval
         while not self.closed:
@@ -120,7 +129,8 @@ class FollowerSession:
                 continue
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), hb)
+                async with asyncio.timeout(hb):
+                    await self._wake.wait()
             except TimeoutError:
                 yield encode_heartbeat(m.epoch, m.incarnation, self.sent_seq, m.head_seq, time.time_ns())
 

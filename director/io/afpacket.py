@@ -53,13 +53,17 @@ PACKET_QDISC_BYPASS = 20
 PACKET_FANOUT_DATA = 22
 PACKET_IGNORE_OUTGOING = 23
 PACKET_MR_PROMISC = 1
+TPACKET_V2 = 1
 TPACKET_V3 = 2
+PACKET_TX_RING = 13
 ETH_P_ALL = 0x0003
 ETH_P_ARP = 0x0806
 SO_ATTACH_FILTER = 26
 
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
+TP_STATUS_AVAILABLE = 0
+TP_STATUS_SEND_REQUEST = 1
 TP_STATUS_CSUMNOTREADY = 1 << 3
 
 PACKET_FANOUT_HASH = 0
@@ -72,6 +76,7 @@ FANOUT_CBPF_DST = "cbpf-dst"
 _BLOCK_HDR = struct.Struct("=III")      # block_status, num_pkts, offset_to_first_pkt (at block + 8)
 _PKT_HDR = struct.Struct("=I8xIIIH")    # tp_next_offset, tp_snaplen, tp_len, tp_status, tp_mac
 _U32 = struct.Struct("=I")
+_TX_HDR = struct.Struct("=II")           # tpacket2_hdr: tp_status, tp_len
 _AUXDATA = struct.Struct("=IIIHHHH")    # tp_status, tp_len, tp_snaplen, tp_mac, tp_net, vlan_tci, tpid
 _REQ3 = struct.Struct("=7I")
 _STATS_V3 = struct.Struct("=III")
@@ -270,6 +275,62 @@ class PacketSocket:
         if self._ring is not None:
             self._ring.close()
             self._ring = None
+        self.sock.close()
+
+
+class TxRing:
+    """A PACKET_TX_RING (TPACKET_V2) on its own socket bound to ``ifname``: :meth:`send` copies a
+    frame into the next free slot, :meth:`flush` hands every queued slot to the kernel with one
+    ``send()``. A full ring flushes; if the slot is still busy the frame goes out by plain ``send``."""
+
+    HDR = 32  # TPACKET_ALIGN(sizeof(struct tpacket2_hdr)): frame data offset in a slot
+
+    def __init__(self, ifname: str, frame_size: int = 2048, frame_nr: int = 1024) -> None:
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        s = self.sock
+        s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+        s.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+        block = 1 << 16  # a multiple of the page size holding whole slots
+        s.setsockopt(SOL_PACKET, PACKET_TX_RING,
+                     struct.pack("=4I", block, frame_size * frame_nr // block, frame_size, frame_nr))
+        s.bind((ifname, 0))
+        self._ring = mmap.mmap(s.fileno(), frame_size * frame_nr, mmap.MAP_SHARED,
+                               mmap.PROT_READ | mmap.PROT_WRITE)
+        self._mv = memoryview(self._ring)
+        self._fsize = frame_size
+        self._nr = frame_nr
+        self._slot = 0
+        self._queued = 0
+        self._max = frame_size - self.HDR
+        self.fallback = 0
+
+    def send(self, frame: bytes | bytearray) -> int:
+        n = len(frame)
+        off = self._slot * self._fsize
+        mv = self._mv
+        if _U32.unpack_from(mv, off)[0] != TP_STATUS_AVAILABLE or n > self._max:
+            self.flush()
+            if _U32.unpack_from(mv, off)[0] != TP_STATUS_AVAILABLE or n > self._max:
+                self.fallback += 1
+                return self.sock.send(frame)
+        start = off + self.HDR
+        mv[start:start + n] = frame
+        _TX_HDR.pack_into(mv, off, TP_STATUS_SEND_REQUEST, n)
+        self._slot = (self._slot + 1) % self._nr
+        self._queued += 1
+        return n
+
+    def flush(self) -> None:
+        if self._queued:
+            self._queued = 0
+            try:
+                self.sock.send(b"", socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+
+    def close(self) -> None:
+        self._mv.release()
+        self._ring.close()
         self.sock.close()
 
 

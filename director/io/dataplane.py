@@ -47,6 +47,7 @@ from director.io.afpacket import (
     Fanout,
     PacketSocket,
     RingSpec,
+    TxRing,
     blocking_loop,
 )
 from director.sched import registry
@@ -62,13 +63,15 @@ class DataPlane:
 
     def __init__(self, director: Director, ext_ifname: str, int_ifname: str, *,
                  ring: RingSpec | None = DEFAULT_RING, fanout_group: int | None = None,
-                 batch_blocks: int = 64) -> None:
+                 batch_blocks: int = 64, tx_ring: bool = False) -> None:
         self.director = director
         self.ifnames = (ext_ifname, int_ifname)
         self.ring = ring
         self.fanout_group = fanout_group
         self.batch_blocks = batch_blocks
         self.socks: list[PacketSocket] = []
+        self.use_tx_ring = tx_ring
+        self.tx_rings: list[TxRing] = []
         self.arp_socks: list[PacketSocket] = []
         """Fanout workers only: per-worker ARP sockets (outside the group) so every worker learns
         every neighbour; the fanout sockets filter ARP out."""
@@ -94,15 +97,18 @@ class DataPlane:
                                                drop_arp=g is not None))
                 if g is not None:
                     self.arp_socks.append(PacketSocket(self.ifnames[side], ring=None, ethertype=ETH_P_ARP))
+                if self.use_tx_ring:
+                    self.tx_rings.append(TxRing(self.ifnames[side]))
         except BaseException:
             self.close()
             raise
 
     def close(self) -> None:
-        for s in [*self.socks, *self.arp_socks]:
+        for s in [*self.socks, *self.arp_socks, *self.tx_rings]:
             s.close()
         self.socks = []
         self.arp_socks = []
+        self.tx_rings = []
 
     def _readers(self) -> list[tuple[PacketSocket, int]]:
         return [(self.socks[EXT], EXT), (self.socks[INT], INT),
@@ -132,12 +138,19 @@ class DataPlane:
     def _make_reader(self, sock: PacketSocket, side: int) -> Callable[[], None]:
         drain = sock.drain
         handle = self.director.handle
-        sends = [s.send for s in self.socks]
         rx = self.rx_frames
         blocks = self.batch_blocks
+        if self.tx_rings:
+            sends = [t.send for t in self.tx_rings]
+            flushes = [t.flush for t in self.tx_rings]
+        else:
+            sends = [s.send for s in self.socks]
+            flushes = []
 
         def on_readable() -> None:
             n, errors = drain(handle, side, sends, blocks)
+            for flush in flushes:
+                flush()
             rx[side] += n
             if errors:
                 self.handler_errors += errors
@@ -311,7 +324,8 @@ async def _serve(args: argparse.Namespace, fanout_group: int | None, worker: int
     loop = asyncio.get_running_loop()
     conf = load_config(args.config)
     director = build_director(conf)
-    dp = DataPlane(director, args.ext, args.int, fanout_group=fanout_group)
+    dp = DataPlane(director, args.ext, args.int, fanout_group=fanout_group,
+                   ring=None if args.no_rx_ring else DEFAULT_RING, tx_ring=args.tx_ring)
     dp.attach(loop)
     director.active = True
     dp.send_gratuitous_arp()
@@ -373,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--int", required=True)
     ap.add_argument("--config", required=True, help="services YAML (see load_config)")
     ap.add_argument("--workers", type=int, default=1, help="PACKET_FANOUT worker processes")
+    ap.add_argument("--no-rx-ring", action="store_true", help="plain recvmsg + PACKET_AUXDATA instead")
+    ap.add_argument("--tx-ring", action="store_true", help="PACKET_TX_RING, one send() per batch")
     ap.add_argument("--ready-file")
     ap.add_argument("--stats-file")
     ap.add_argument("-v", "--verbose", action="store_true")

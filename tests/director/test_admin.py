@@ -524,3 +524,6 @@ def test_server_config_from_node_yaml(tmp_path: Path) -> None:
     bare = server_config_from_node(parse_node_config(base + "admin: {listen: '127.0.0.1:0'}\n"))
     with pytest.raises(ValueError, match="TLS"):
         LoopThreadRun(bare)
+    local = server_config_from_node(parse_node_config(
+        base + f"admin: {{listen: '127.0.0.1:0', unix: {tmp_path}/b.sock}}\n"))
+    assert local.listen is None and local.unix_path == f"{tmp_path}/b.sock"  # TCP without credentials: off

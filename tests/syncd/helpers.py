@@ -129,10 +129,12 @@ class Cluster:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def add_follower(self, node_id: str, services: ServiceTable | None = None) -> Follower:
+    def add_follower(self, node_id: str, services: ServiceTable | None = None,
+                     tls: Any = "cluster") -> Follower:
         table = ConnTable(self.clock)
         svcs = services if services is not None else make_services()
-        f = Follower(self.target, node_id, table, svcs, tls=self.tls, cfg=self.follower_cfg)
+        f = Follower(self.target, node_id, table, svcs, tls=self.tls if tls == "cluster" else tls,
+                     cfg=self.follower_cfg)
         f.start()
         self.followers.append(f)
         self.backup_tables.append(table)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from syncd.master import MasterConfig
 from tests.syncd.helpers import Cluster, FakeClock, run, table_view, wait_until
@@ -14,6 +15,15 @@ async def _work(work: Workload, steps: int) -> None:
         work.step()
         if i % 10 == 0:
             await asyncio.sleep(0.001)  # real time passes: batches flow, followers reconnect
+
+
+async def _work_until(work: Workload, cond: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Keep the workload running until `cond` holds (generous deadline)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, "timed out"
+        await _work(work, 20)
 
 
 async def _equal(cluster: Cluster) -> None:
@@ -36,10 +46,11 @@ def test_cut_streams_resume_without_loss_or_duplicates() -> None:
             for s in list(cluster.server.master.sessions):  # the master drops the connection
                 s.close("test: connection cut", "stopped")
             await _work(work, 300)
+            await _work_until(work, lambda: f.stats["connects"] >= 2 and f.in_sync)
             await f.stop()  # the sync daemon of the backup is killed...
             await _work(work, 300)
             f.start()  # ...and restarted (the node kept its table)
-            await _work(work, 300)
+            await _work_until(work, lambda: f.stats["connects"] >= 3 and f.in_sync)
             await _equal(cluster)
             head = cluster.server.master.head_seq
             assert f.stats["connects"] >= 3

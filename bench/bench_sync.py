@@ -1,0 +1,254 @@
+"""Benchmarks of syncd: apply rate, lag, snapshot time/bytes, packet path with sync on vs off.
+
+Theory of operation
+-------------------
+The master (table + SyncServer) runs in this process on one asyncio loop, like directord; the
+backup (table + Follower) runs in a child process (spawned, so it has its own interpreter and can
+use the second core), both over real gRPC on 127.0.0.1. The parent drives the child through a pipe
+(commands: wait until a seq is applied / until in sync, report lag percentiles). Figures:
+
+* ``sync_updates_per_s``: NEW updates created on the master as fast as the loop allows (yielding
+  every 1000 so batches flow) until the backup acknowledges having applied them all; updates
+  divided by the elapsed time. The reference ``ref_sync_wire_roundtrip_per_s`` is protobuf encode
+  + decode of the same updates with no gRPC and no table (the ceiling of the wire format).
+* ``sync_lag_p50/p99_ms_<rate>``: updates generated at a paced rate (1k, 10k, 50k/s); each batch
+  applied on the backup records wall time since the master saw the batch's *first* event (the
+  worst case within a batch, batch window of 5 ms included).
+* ``sync_snapshot_<n>_s`` / ``_mb``: a fresh backup joins a master holding n entries: time from the
+  follower's start to in sync, and the bytes streamed.
+* ``fwd_sync_on_over_off``: Director.handle() frames/s on a mix of 1 new flow (SYN) per 10 frames,
+  with the sync master consuming events and streaming to the backup vs. sync off (feed disabled).
+
+Every figure is the median of several rounds. ``python -m bench.bench_sync [--quick]`` prints JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from director.conn import ConnTable
+from director.sched import registry
+from director.service import Dest, ServiceTable, VirtualService
+from syncd.client import Follower, FollowerConfig
+from syncd.convert import decode_sync_message, encode_batch
+from syncd.model import SyncKind, Update
+from syncd.server import SyncServer, create_sync_server
+
+EST = 1
+VIP = 0xC612000A         # 198.18.0.10
+CLIENT_NET = 0xC6130000  # 198.19.0.0
+RIPS = [0xC6120101 + i for i in range(4)]
+
+
+def make_services() -> ServiceTable:
+    services = ServiceTable()
+    svc = VirtualService(6, VIP, 80, registry.create("rr"))
+    for rip in RIPS:
+        svc.add_dest(Dest(svc, rip, 8080))
+    services.add(svc)
+    return services
+
+
+# --- the backup process ------------------------------------------------------------------------------
+
+def _backup_main(pipe: Connection, target: str) -> None:
+    asyncio.run(_backup(pipe, target))
+
+
+async def _backup(pipe: Connection, target: str) -> None:
+    table = ConnTable(time.monotonic, bits=20, event_capacity=1)
+    f = Follower(target, "bench-backup", table, make_services(),
+                 cfg=FollowerConfig(max_message=64 << 20, heartbeat_timeout=30.0))
+    t_start = time.time()
+    f.start()
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[Any] = asyncio.Queue()
+    loop.add_reader(pipe.fileno(), lambda: inbox.put_nowait(pipe.recv()))
+    while True:
+        cmd = await inbox.get()
+        if cmd[0] == "stop":
+            break
+        if cmd[0] == "wait_seq":
+            while f.applier.applied_seq < cmd[1] or f.applier.incarnation != cmd[2]:
+                await asyncio.sleep(0.0005)
+            pipe.send(("ok", time.time()))
+        elif cmd[0] == "wait_sync":
+            while not f.in_sync:
+                await asyncio.sleep(0.0005)
+            pipe.send(("ok", time.time() - t_start, len(table)))
+        elif cmd[0] == "lags":
+            pipe.send(("ok", f.lag_percentile(50), f.lag_percentile(99), len(f.lags_ms)))
+            f.lags_ms.clear()
+    loop.remove_reader(pipe.fileno())
+    await f.stop()
+
+
+class Backup:
+    """Handle on the child process; `ask` waits for its answer without blocking the master's loop."""
+
+    def __init__(self, target: str) -> None:
+        ctx = mp.get_context("spawn")
+        self.pipe, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_backup_main, args=(child, target), daemon=True)
+        self.proc.start()
+        child.close()
+
+    async def ask(self, *cmd: Any, timeout: float = 600.0) -> Any:
+        self.pipe.send(cmd)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.pipe.poll():
+            if loop.time() > deadline or not self.proc.is_alive():
+                raise RuntimeError(f"backup did not answer {cmd[0]}")
+            await asyncio.sleep(0.0005)
+        return self.pipe.recv()
+
+    def close(self) -> None:
+        try:
+            self.pipe.send(("stop",))
+        except OSError:
+            pass
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+
+
+# --- master side helpers -----------------------------------------------------------------------------
+
+class Gen:
+    """Creates distinct established conns on the master table (one NEW event each)."""
+
+    def __init__(self, table: ConnTable, services: ServiceTable) -> None:
+        self.table = table
+        self.dests = next(iter(services)).dests
+        self.i = 0
+
+    def make(self, n: int) -> None:
+        new, dests = self.table.new, self.dests
+        for _ in range(n):
+            i = self.i
+            self.i += 1
+            d = dests[i & 3]
+            new(6, CLIENT_NET + (i >> 16), i & 0xFFFF, VIP, 80, d.addr, d.port, 0, d, state=EST, timeout=900.0)
+
+
+async def _caught_up(server: SyncServer, backup: Backup) -> float:
+    m = server.master
+    m.cut_batch()
+    reply = await backup.ask("wait_seq", m.head_seq, m.incarnation)
+    return float(reply[1])
+
+
+async def _saturation(server: SyncServer, backup: Backup, gen: Gen, n: int) -> float:
+    await _caught_up(server, backup)
+    t0 = time.time()
+    done = 0
+    while done < n:
+        gen.make(1000)
+        done += 1000
+        await asyncio.sleep(0)
+    t1 = await _caught_up(server, backup)
+    return n / (t1 - t0)
+
+
+async def _paced(server: SyncServer, backup: Backup, gen: Gen, rate: float, seconds: float) -> tuple[float, float]:
+    await _caught_up(server, backup)
+    await backup.ask("lags")  # reset
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    done = 0
+    while (now := loop.time()) - start < seconds:
+        due = int((now - start) * rate) - done
+        if due > 0:
+            gen.make(due)
+            done += due
+        await asyncio.sleep(0.0005)
+    await _caught_up(server, backup)
+    _, p50, p99, _ = await backup.ask("lags")
+    return float(p50), float(p99)
+
+
+def _wire_roundtrip(n: int) -> float:
+    key = (6, CLIENT_NET, 1000, VIP, 80, VIP + 1, 8080, 0, False)
+    ups = [Update(SyncKind.NEW, key[:2] + (i & 0xFFFF,) + key[3:], 0, EST, 900.0, 899.0,  # type: ignore[arg-type]
+                  (6, VIP, 80, 0, VIP + 1, 8080), None, 3) for i in range(1000)]
+    t0 = time.perf_counter()
+    for _ in range(n // 1000):
+        decode_sync_message(encode_batch(1, 1, 1, 0, ups))
+    return n / (time.perf_counter() - t0)
+
+
+async def _master(table: ConnTable, services: ServiceTable) -> SyncServer:
+    server, _ = await create_sync_server("127.0.0.1:0", table, services, 1, clock=time.monotonic)
+    server.start_serving()
+    return server
+
+
+async def _stream_figures(quick: bool) -> dict[str, float]:
+    services = make_services()
+    table = ConnTable(time.monotonic, bits=20, event_capacity=1 << 20)
+    server = await _master(table, services)
+    backup = Backup(f"127.0.0.1:{server.port}")
+    out: dict[str, float] = {}
+    try:
+        await backup.ask("wait_sync")
+        gen = Gen(table, services)
+        rounds = 3
+        n = 50_000 if quick else 200_000
+        out["sync_updates_per_s"] = statistics.median([await _saturation(server, backup, gen, n)
+                                                       for _ in range(rounds)])
+        seconds = 1.0 if quick else 3.0
+        for rate, name in ((1000, "1k"), (10_000, "10k"), (50_000, "50k")):
+            res = [await _paced(server, backup, gen, rate, seconds) for _ in range(rounds)]
+            out[f"sync_lag_p50_ms_{name}"] = statistics.median(r[0] for r in res)
+            out[f"sync_lag_p99_ms_{name}"] = statistics.median(r[1] for r in res)
+    finally:
+        backup.close()
+        await server.stop(0)
+    out["ref_sync_wire_roundtrip_per_s"] = statistics.median(_wire_roundtrip(100_000) for _ in range(3))
+    return out
+
+
+async def _snapshot_figures(n: int, rounds: int) -> tuple[float, float]:
+    services = make_services()
+    table = ConnTable(time.monotonic, bits=20, event_capacity=1)
+    Gen(table, services).make(n)
+    server = await _master(table, services)
+    times, sizes = [], []
+    try:
+        for _ in range(rounds):
+            backup = Backup(f"127.0.0.1:{server.port}")
+            try:
+                _, seconds, got = await backup.ask("wait_sync")
+                if got != n:
+                    raise RuntimeError(f"snapshot delivered {got} of {n} entries")
+                times.append(float(seconds))
+                sizes.append(sum(s.bytes_sent for s in server.master.sessions))
+            finally:
+                backup.close()
+    finally:
+        await server.stop(0)
+    return statistics.median(times), statistics.median(sizes) / 1e6
+
+
+def run(quick: bool = False) -> dict[str, float]:
+    out = asyncio.run(_stream_figures(quick))
+    for n, name in ((100_000, "100k"), (1_000_000, "1m")):
+        if quick and n > 100_000:
+            continue
+        secs, mb = asyncio.run(_snapshot_figures(n, 1 if n > 100_000 else 3))
+        out[f"sync_snapshot_{name}_s"] = secs
+        out[f"sync_snapshot_{name}_mb"] = mb
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))
