@@ -4,8 +4,12 @@ Theory of operation
 -------------------
 One lab, three forwarders side by side, each on its own director namespace and its own VIP:
 
-* d1: our data plane (``python -m director.io.dataplane``), VIP 198.18.0.10, NAT to r1, pinned to
-  CPU 1 (``1core``) or as two PACKET_FANOUT workers on both CPUs (``all_cores``);
+* d1: our data plane (``python -m director.io.dataplane``), VIP 198.18.0.10, NAT to r1: one process
+  pinned to CPU 1 (``fwd_nat_pps_1core``; its receive softirq runs where the frame was sent, CPU 0;
+  ``..._1core_rps`` steers that to CPU 1 too, so the generator's overload lands on the forwarder's
+  core), or two PACKET_FANOUT workers on both CPUs (``all_cores``, sharing them with the generator);
+  ``..._no_tx_ring`` / ``..._no_rings`` are the same process with one send() per frame / without
+  rings at all (the I/O choices measured);
 * d2: a naive scapy forwarder (``sniff`` + ``sendp`` per packet), VIP 198.18.0.21, pinned to CPU 1;
 * d3: the kernel: ``ip_forward=1`` + nftables DNAT 198.18.0.20 -> r1, RPS steering its receive work
   to CPU 1.
@@ -13,11 +17,11 @@ One lab, three forwarders side by side, each on its own director namespace and i
 ``trafgen`` (pinned to CPU 0) sends 60-byte UDP frames (1024 flows: 10 client addresses x ports)
 straight to a forwarder's MAC for a fixed window; the figure is what r1 *receives* per second (its
 eth0 rx counter), which drops them at netdev ingress so no replies or ICMP errors load the box.
-trafgen in sendto() mode offers about 190k pps from one core here, so the kernel's figure is
-generator-limited (a lower bound of its capacity); ours is below that limit, so it is the forwarder's. TCP
-throughput is ``iperf3`` from the client through the VIP (our NAT) or through d3 (kernel DNAT; the
-replies find d3 by a source-port policy rule on r1). Cases are interleaved (A B A B ...) and the
-medians are reported; ratios within one run are what to compare.
+trafgen in sendto() mode offers 190k-340k pps from one core here (depending on what else runs), so
+a figure near the offered rate is generator-limited: a lower bound of the forwarder's capacity. TCP throughput
+is ``iperf3`` from the client through the VIP (our NAT) or through d3 (kernel DNAT; the replies find
+d3 by a source-port policy rule on r1). Cases are interleaved (A B A B ...) and the medians are
+reported; ratios within one run are what to compare.
 
 ``python -m bench.bench_fwd`` prints the figures; ``python -m bench.bench_fwd scapy-fwd ...`` is the
 scapy forwarder process itself.
@@ -219,13 +223,20 @@ def run(quick: bool = False) -> dict[str, float]:
         d3 = lab.directors[2]
         res: dict[str, list[float]] = {k: [] for k in (
             "fwd_nat_pps_1core", "fwd_nat_pps_all_cores", "fwd_kernel_pps", "fwd_scapy_pps",
-            "fwd_tcp_mbit_s", "fwd_kernel_tcp_mbit_s", "fwd_nat_pps_1core_rps")}
+            "fwd_tcp_mbit_s", "fwd_kernel_tcp_mbit_s", "fwd_nat_pps_1core_rps",
+            "fwd_nat_pps_1core_no_tx_ring", "fwd_nat_pps_1core_no_rings")}
         for _ in range(rounds):
             res["fwd_kernel_pps"].append(b.pps(d3.macs["ext"], VIP_KERNEL))
             b.start_director(1, rps=True)
             res["fwd_nat_pps_1core_rps"].append(b.pps(VMAC, VIP_NAT))
             b.start_director(1)
             res["fwd_nat_pps_1core"].append(b.pps(VMAC, VIP_NAT))
+            if not quick:
+                b.start_director(1, False, "--no-tx-ring")
+                res["fwd_nat_pps_1core_no_tx_ring"].append(b.pps(VMAC, VIP_NAT))
+                b.start_director(1, False, "--no-tx-ring", "--no-rx-ring")
+                res["fwd_nat_pps_1core_no_rings"].append(b.pps(VMAC, VIP_NAT))
+                b.start_director(1)
             res["fwd_kernel_tcp_mbit_s"].append(b.tcp_mbit(VIP_KERNEL, IPERF_KERNEL_PORT))
             res["fwd_tcp_mbit_s"].append(b.nat_tcp_mbit())
             b.start_director(2)

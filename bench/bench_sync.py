@@ -25,6 +25,7 @@ Every figure is the median of several rounds. ``python -m bench.bench_sync [--qu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import statistics
@@ -111,10 +112,8 @@ class Backup:
         return self.pipe.recv()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.pipe.send(("stop",))
-        except OSError:
-            pass
         self.proc.join(10)
         if self.proc.is_alive():
             self.proc.kill()
@@ -137,7 +136,8 @@ class Gen:
             i = self.i
             self.i += 1
             d = dests[i & 3]
-            new(6, CLIENT_NET + (i >> 16), i & 0xFFFF, VIP, 80, d.addr, d.port, 0, d, state=EST, timeout=900.0)
+            new(6, CLIENT_NET + (i >> 16), i & 0xFFFF, VIP, 80, d.addr, d.port, 0, d, state=EST,
+                timeout=900.0)
 
 
 async def _caught_up(server: SyncServer, backup: Backup) -> float:
@@ -159,7 +159,8 @@ async def _saturation(server: SyncServer, backup: Backup, gen: Gen, n: int) -> f
     return n / (t1 - t0)
 
 
-async def _paced(server: SyncServer, backup: Backup, gen: Gen, rate: float, seconds: float) -> tuple[float, float]:
+async def _paced(server: SyncServer, backup: Backup, gen: Gen, rate: float,
+                 seconds: float) -> tuple[float, float]:
     await _caught_up(server, backup)
     await backup.ask("lags")  # reset
     loop = asyncio.get_running_loop()
@@ -239,8 +240,65 @@ async def _snapshot_figures(n: int, rounds: int) -> tuple[float, float]:
     return statistics.median(times), statistics.median(sizes) / 1e6
 
 
+def _syn_frames(n: int, base: int) -> list[bytes]:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    from bench.bench_core import CLIENT_MAC, VMAC
+    from bench.bench_core import VIP as CORE_VIP
+    tmpl = Ether(src=CLIENT_MAC, dst=VMAC) / IP(src="198.19.0.1", dst=CORE_VIP) / TCP(dport=80, flags="S")
+    out = []
+    for i in range(base, base + n):
+        p = tmpl.copy()
+        p[IP].src = f"198.19.{(i >> 16) & 0xFF}.{1 + ((i >> 8) & 0x7F)}"
+        p[TCP].sport = 1024 + (i & 0xFF) + ((i >> 15) << 8)
+        out.append(bytes(p))
+    return out
+
+
+async def _fwd_rate(director: Any, frames: list[bytes]) -> float:
+    from bench.bench_core import EXT
+    handle = director.handle
+    t0 = time.perf_counter()
+    for i in range(0, len(frames), 500):
+        for f in frames[i:i + 500]:
+            if handle(bytearray(f), EXT) is None:
+                raise RuntimeError("benchmark frame was dropped")
+        await asyncio.sleep(0)  # the loop also runs gRPC and the sync master, as in directord
+    return len(frames) / (time.perf_counter() - t0)
+
+
+async def _fwd_figures(quick: bool) -> dict[str, float]:
+    """Director.handle() frames/s, 1 SYN (new flow) per 10 frames, sync on vs off, same loop."""
+    from bench.bench_core import _director, _frames
+    rounds = 3
+    n_syn = 2000 if quick else 10_000
+    on, off = _director()[0], _director()[0]
+    acks = {id(on): _frames(on)["nat_in"], id(off): _frames(off)["nat_in"]}
+    server, _ = await create_sync_server("127.0.0.1:0", on.table, on.services, 1)
+    server.start_serving()
+    backup = Backup(f"127.0.0.1:{server.port}")
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    try:
+        await backup.ask("wait_sync")
+        for r in range(rounds):
+            syns = _syn_frames(n_syn, r * n_syn)
+            for name, d in (("off", off), ("on", on)):
+                ack = acks[id(d)]
+                mix = [syns[i // 10] if i % 10 == 0 else ack[i % len(ack)] for i in range(n_syn * 10)]
+                rates[name].append(await _fwd_rate(d, mix))
+            await _caught_up(server, backup)
+    finally:
+        backup.close()
+        await server.stop(0)
+    on_rate, off_rate = statistics.median(rates["on"]), statistics.median(rates["off"])
+    return {"fwd_sync_on_frames_per_s": on_rate, "fwd_sync_off_frames_per_s": off_rate,
+            "fwd_sync_on_over_off": on_rate / off_rate}
+
+
 def run(quick: bool = False) -> dict[str, float]:
     out = asyncio.run(_stream_figures(quick))
+    out.update(asyncio.run(_fwd_figures(quick)))
     for n, name in ((100_000, "100k"), (1_000_000, "1m")):
         if quick and n > 100_000:
             continue

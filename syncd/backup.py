@@ -78,6 +78,7 @@ class BackupApplier:
         self._pending_dest: dict[ConnKey, DestKey] = {}
         self._waiting_ctl: dict[ConnKey, ConnKey] = {}
         self._children_of: dict[ConnKey, set[ConnKey]] = {}
+        self._dest_cache: dict[DestKey, Any] = {}
         self.stats = {"batches": 0, "updates": 0, "snapshots": 0, "snapshot_entries": 0, "swept": 0,
                       "apply_errors": 0, "refused": 0}
 
@@ -186,6 +187,7 @@ class BackupApplier:
     def apply(self, updates: Sequence[Update]) -> int:
         """Apply updates: expirations first (conns before templates), then upserts in order."""
         table = self.table
+        self._dest_cache = {}  # the service table does not change while a message is applied
         expire = SyncKind.EXPIRE
         victims = [c for c in (table.get(u.key) for u in updates if u.kind == expire) if c is not None]
         n = self._remove_all(victims) if victims else 0
@@ -299,7 +301,11 @@ class BackupApplier:
     def _find_dest(self, dest_key: DestKey | None) -> Any:
         if dest_key is None or self.services is None:
             return None
-        return self.services.find_dest(dest_key)
+        cache = self._dest_cache
+        if dest_key in cache:
+            return cache[dest_key]
+        dest = cache[dest_key] = self.services.find_dest(dest_key)
+        return dest
 
     def _sync_dest(self, conn: Any, dest_key: DestKey | None, dest: Any) -> None:
         cur = conn.dest
@@ -366,6 +372,7 @@ class BackupApplier:
     def rebind_pending(self) -> int:
         """Bind unbound synced entries whose dest now exists (call after a config change)."""
         bound = 0
+        self._dest_cache = {}
         for key, dest_key in list(self._pending_dest.items()):
             conn = self.table.get(key)
             if conn is None:

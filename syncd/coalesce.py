@@ -5,7 +5,8 @@ Theory of operation
 Within a window only the latest state of each entry matters, so events are folded per key into
 ``[first kind, last kind, last snapshot, key the backups know]``. Rules:
 
-* created and removed within the window: nothing is sent;
+* created and removed within the window: nothing is sent (snapshot chunks are read right after a
+  cut, so no chunk can have carried it);
 * removed, then a *new* entry with the same key (key reuse): the removal is sent in an earlier
   batch than the new entry (``early``), so a backup never merges two lives of one key;
 * re-keyed (``old_key`` on an UPDATE: ``fill_cport``, template invalidation): the history moves to
@@ -17,10 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from syncd.model import ConnKey, SnapshotLike, SyncKind, Update, update_from_snap
-from syncd.policy import RefreshTracker, SyncPolicy, coalesce_kind
+from syncd.model import ConnKey, SnapshotLike, SyncKind, Update
+from syncd.policy import RefreshTracker, SyncPolicy
 
 NEW, UPDATE, EXPIRE = SyncKind.NEW, SyncKind.UPDATE, SyncKind.EXPIRE
+_KIND = {int(k): k for k in SyncKind}
 
 
 class Window:
@@ -47,9 +49,9 @@ class Window:
                 self._retire(key)
                 p = None
         if p is None:
-            pending[key] = [SyncKind(kind), SyncKind(kind), snap, None]
+            pending[key] = [kind, kind, snap, None]
         else:
-            p[1] = SyncKind(kind)
+            p[1] = kind
             p[2] = snap
 
     def _retire(self, key: ConnKey) -> None:
@@ -58,8 +60,7 @@ class Window:
         if p is None or p[1] != EXPIRE:
             return
         del self.pending[key]
-        if p[0] != NEW:
-            self.early.append(p[3] if p[3] is not None else key)
+        self.early.append(p[3] if p[3] is not None else key)  # harmless if followers never saw it
 
     def _rekeyed(self, old_key: ConnKey, new_key: ConnKey) -> list[Any]:
         prev = self.pending.pop(old_key, None)
@@ -81,22 +82,26 @@ class Window:
 
     def updates(self, now: float, policy: SyncPolicy,
                 tracker: RefreshTracker) -> tuple[list[Update], list[Update]]:
+        """(early, main) updates; `early` are removals that must precede the rest."""
         early = [Update(EXPIRE, k) for k in self.early]
         for k in self.early:
             tracker.forget(k)
         out: list[Update] = []
+        append, sent, should_sync = out.append, tracker.sent, policy.should_sync
+        filtering = not policy.sync_all
         for key, (first, last, snap, old_key) in self.pending.items():
-            kind = coalesce_kind(first, last)
-            if kind is None:
-                continue
-            if kind == EXPIRE:
+            if last == EXPIRE:
+                if first == NEW:
+                    continue  # created and removed within the window
                 tracker.forget(key)
-                out.append(Update(EXPIRE, key if old_key is None else old_key))
+                append(Update(EXPIRE, key if old_key is None else old_key))
                 continue
+            kind = NEW if first == NEW else _KIND[last]
             if old_key is not None:
                 tracker.forget(old_key)
-            if not policy.should_sync(snap):
+            if filtering and not should_sync(snap):
                 continue
-            out.append(update_from_snap(kind, snap, now, old_key))
-            tracker.sent(key, snap.expires, snap.timeout)
+            append(Update(kind, key, snap.flags, snap.state, snap.timeout, snap.expires - now, snap.dest_key,
+                          snap.control_key, snap.in_pkts, old_key))
+            sent(key, snap.expires, snap.timeout)
         return early, out

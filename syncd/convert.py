@@ -12,7 +12,7 @@ back to the same value either way. Timeouts travel as integer milliseconds.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from google.protobuf.message import DecodeError
 
@@ -58,35 +58,35 @@ def _ms(seconds: float) -> int:
     return min(_U32, max(0, int(seconds * 1000.0 + 0.5)))
 
 
-def _entry_kwargs(u: Update, dest_refs: dict[DestKey, pb.DestRef]) -> dict[str, object]:
+def _add_entry(add: Callable[..., object], u: Update, dest_refs: dict[DestKey, pb.DestRef]) -> None:
     proto, caddr, cport, vaddr, vport, daddr, dport, fwmark, is_tpl = u.key
     flags = u.flags & ~_LOCAL
+    flags = (flags | _TEMPLATE) if is_tpl else (flags & ~_TEMPLATE)
     kind = int(u.kind)
-    kw: dict[str, object] = {
-        "kind": kind, "protocol": proto, "caddr": _ab(caddr), "cport": cport, "vaddr": _ab(vaddr),
-        "vport": vport, "daddr": _ab(daddr), "dport": dport, "fwmark": fwmark,
-        "flags": (flags | _TEMPLATE) if is_tpl else (flags & ~_TEMPLATE),
-    }
     if kind == _EXPIRE:
-        return kw
-    kw["remaining_ms"] = _ms(u.remaining)
-    kw["timeout_ms"] = _ms(u.timeout)
+        add(kind=kind, protocol=proto, caddr=_ab(caddr), cport=cport, vaddr=_ab(vaddr), vport=vport,
+            daddr=_ab(daddr), dport=dport, fwmark=fwmark, flags=flags)
+        return
+    remaining, timeout = u.remaining, u.timeout
+    remaining_ms = int(remaining * 1000.0 + 0.5) if 0.0 <= remaining < 4e6 else _ms(remaining)
+    timeout_ms = int(timeout * 1000.0 + 0.5) if 0.0 <= timeout < 4e6 else _ms(timeout)
     if kind == _REFRESH:
-        return kw
-    kw["state"] = u.state
-    kw["in_pkts"] = max(0, u.in_pkts)
+        add(kind=kind, protocol=proto, caddr=_ab(caddr), cport=cport, vaddr=_ab(vaddr), vport=vport,
+            daddr=_ab(daddr), dport=dport, fwmark=fwmark, flags=flags, remaining_ms=remaining_ms,
+            timeout_ms=timeout_ms)
+        return
     dk = u.dest_key
+    ref = None
     if dk is not None:
         ref = dest_refs.get(dk)
         if ref is None:  # a handful of dests: build each reference once per message
             ref = dest_refs[dk] = pb.DestRef(protocol=dk[0], vaddr=_ab(dk[1]), vport=dk[2], fwmark=dk[3],
                                              daddr=_ab(dk[4]), dport=dk[5])
-        kw["dest"] = ref
-    if u.control_key is not None:
-        kw["control"] = _conn_ref(u.control_key)
-    if u.old_key is not None:
-        kw["old_key"] = _conn_ref(u.old_key)
-    return kw
+    ck, ok = u.control_key, u.old_key
+    add(kind=kind, protocol=proto, caddr=_ab(caddr), cport=cport, vaddr=_ab(vaddr), vport=vport,
+        daddr=_ab(daddr), dport=dport, fwmark=fwmark, flags=flags, remaining_ms=remaining_ms,
+        timeout_ms=timeout_ms, state=u.state, in_pkts=max(0, u.in_pkts), dest=ref,
+        control=_conn_ref(ck) if ck is not None else None, old_key=_conn_ref(ok) if ok is not None else None)
 
 
 def _conn_ref(key: ConnKey) -> pb.ConnRef:
@@ -105,7 +105,7 @@ def _fill_entries(entries: object, updates: Iterable[Update]) -> int:
     refs: dict[DestKey, pb.DestRef] = {}
     n = 0
     for u in updates:
-        add(**_entry_kwargs(u, refs))
+        _add_entry(add, u, refs)
         n += 1
     return n
 
@@ -159,8 +159,8 @@ def _decode_entry(e: pb.ConnEntry, dest_keys: dict[bytes, DestKey]) -> Update:
     if len(ca) not in _ALEN or len(va) not in _ALEN or len(da) not in _ALEN:
         raise ProtocolError("address of a bad length")
     flags = e.flags & ~_LOCAL
-    key = (e.protocol, _from(ca, "big"), e.cport, _from(va, "big"), e.vport, _from(da, "big"), e.dport, e.fwmark,
-           bool(flags & _TEMPLATE))
+    key = (e.protocol, _from(ca, "big"), e.cport, _from(va, "big"), e.vport, _from(da, "big"), e.dport,
+           e.fwmark, bool(flags & _TEMPLATE))
     if kind is SyncKind.EXPIRE:
         return Update(kind, key, flags)
     if kind is SyncKind.REFRESH:

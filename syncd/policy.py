@@ -56,6 +56,11 @@ class SyncPolicy:
     refresh_min_margin: float = 0.25
     """Lower bound of the per-entry margin (must exceed batch window + lag)."""
 
+    @property
+    def sync_all(self) -> bool:
+        """True when nothing is filtered (the fast path skips should_sync)."""
+        return self.sync_syn_recv and self.sync_templates
+
     def should_sync(self, snap: SnapLike) -> bool:
         key = snap.key
         if key[8]:

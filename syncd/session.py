@@ -7,12 +7,13 @@ A session is a cursor (``sent_seq``) into the master's retention ring plus the f
 
 * live: every retained batch after ``sent_seq``; when idle, a heartbeat each heartbeat interval;
 * snapshot (first follow, resume impossible, queue overflow, feed overflow, epoch change):
-  ``snapshot_begin{after_seq = head}``, then the table in chunks of ``snapshot_chunk`` entries, each
-  chunk read from the live table right before it is sent and preceded by the live batches that
-  appeared meanwhile (so chunks are never older than what was sent before them), then
-  ``snapshot_end``. The entry list is taken once at the start (a list of references, cheap) and
-  walked in slices with a yield to the loop between chunks: the packet path never pauses for it.
-  Entries removed meanwhile are skipped; entries created meanwhile come through the live batches.
+  ``snapshot_begin{after_seq = head}``, then the table in chunks of ``snapshot_chunk`` entries.
+  Before each chunk the master's pending events are cut into a batch and the chunk is read at
+  once; the batches up to that cut are sent before the chunk and later ones after it, so the
+  follower sees a single linear history. Then ``snapshot_end``. The table is walked lazily (its
+  iterator tolerates changes between buckets) one chunk at a time with a yield to the loop in
+  between: the packet path never pauses for it. Entries removed meanwhile are skipped; entries
+  created meanwhile come through the live batches (or a later chunk: upserts are idempotent).
 
 Being slow is never the master's problem: the generator only advances when gRPC took the previous
 message. If the follower falls more than ``follower_max_lag`` batches behind, or out of the ring,
@@ -134,8 +135,9 @@ class FollowerSession:
             except TimeoutError:
                 yield encode_heartbeat(m.epoch, m.incarnation, self.sent_seq, m.head_seq, time.time_ns())
 
-    def _live(self) -> list[bytes]:
-        """Next retained batches for this follower, or [] and a snapshot request if it fell behind."""
+    def _live(self, upto: int | None = None) -> list[bytes]:
+        """Next retained batches (seq <= upto) for this follower, or [] and a snapshot request if it
+        fell behind."""
         m = self.master
         if m.head_seq - self.sent_seq > m.cfg.follower_max_lag:
             self.request_snapshot(f"{m.head_seq - self.sent_seq} batches behind")
@@ -144,6 +146,8 @@ class FollowerSession:
         if entries is None:
             self.request_snapshot("fell out of the retention ring")
             return []
+        if upto is not None:
+            entries = [e for e in entries if e.seq <= upto]
         if entries:
             self.sent_seq = entries[-1].seq
         return [e.data for e in entries]
@@ -163,22 +167,25 @@ class FollowerSession:
         yield encode_snapshot_begin(epoch, inc, self.sent_seq, len(m.table))
         step = m.cfg.snapshot_chunk
         n_chunks = n_entries = 0
-        while True:
-            for data in self._live():
-                yield data
+        more = True
+        while more:
+            # Every event so far goes into a batch that is sent *before* the chunk, and the chunk is
+            # read at once, so batches sent after it only hold later events: the follower sees one
+            # linear history (a re-key or removal can never arrive before the entry it concerns).
+            m.cut_batch()
+            upto = m.head_seq
+            updates, more = self._chunk(conns, step)
+            while self.sent_seq < upto and not self.needs_snapshot:
+                for data in self._live(upto):
+                    yield data
             if self.needs_snapshot or self.closed or m.incarnation != inc:
                 self.in_snapshot = False
                 return  # restart (or stop): what was sent so far is harmless, the next begin resets it
-            updates, more = self._chunk(conns, step)
             if updates:
                 yield encode_snapshot_chunk(epoch, inc, n_chunks, updates)
                 n_chunks += 1
                 n_entries += len(updates)
-            if not more:
-                break
             await asyncio.sleep(0)
-        for data in self._live():
-            yield data
         if self.needs_snapshot or self.closed or m.incarnation != inc:
             self.in_snapshot = False
             return

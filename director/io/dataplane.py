@@ -3,21 +3,28 @@
 Theory of operation
 -------------------
 :class:`DataPlane` owns one :class:`~director.io.afpacket.PacketSocket` per side. ``attach(loop)``
-registers both fds with ``loop.add_reader``; when a ring has ready blocks the callback takes the whole
-batch, hands each frame to ``Director.handle(frame, side)`` and sends the returned action on the side
-it names. Nothing else runs per packet. ``send_gratuitous_arp()`` sends the director's gratuitous ARPs
-(on takeover); ``run_blocking()`` is the same loop without asyncio for benchmarks and fanout workers.
+registers both fds with ``loop.add_reader``; when a ring has ready blocks the callback drains them,
+hands each frame to ``Director.handle(frame, side)``, queues the returned action on the TX ring of the
+side it names, and flushes both TX rings once per batch. Nothing else runs per packet; an exception
+from the packet path is counted (``handler_errors``) and logged, never fatal.
+``send_gratuitous_arp()`` sends the director's gratuitous ARPs (on takeover), ``probe_neighbours()``
+ARPs for dests whose MAC is unknown, ``run_blocking()`` is the same loop without asyncio.
+
+Fanout workers (``fanout_group``): the data sockets join client-address fanout groups and filter ARP
+out; each worker also has plain ETH_P_ARP sockets outside the group, so every worker sees every ARP
+(replies to its own probes included) and keeps a complete neighbour cache.
 
 The director's own kernel addresses are never used as ARP sender addresses (a real server or peer
 would then point that kernel address at the virtual MAC and the kernel, which drops frames not for
 its own MAC, would go deaf): :func:`core_config` uses the NAT gateway address inside and the first
 VIP outside, both owned by the active director's virtual MAC anyway.
 
-``python -m director.io.dataplane --ext IF --int IF --config services.yaml`` runs a stand-alone,
-always-active director (the lab tests and benchmarks use it before and beside ``directord``):
-SIGHUP reloads the services file (dests added, removed, re-weighted in place), ``--stats-file`` gets a
-JSON snapshot of the counters every 200 ms, ``--workers N`` forks N PACKET_FANOUT workers that split
-traffic by client address (each with its own conn table; stats from worker 0 only).
+``python -m director.io.dataplane --ext IF --int IF --config services.yaml`` runs a stand-alone
+director (the lab tests and benchmarks use it beside ``directord``), active unless ``--backup``;
+SIGUSR1 / SIGUSR2 make it active (with gratuitous ARPs) / inactive; SIGHUP reloads the services
+file (dests added, removed, re-weighted in place); ``--stats-file`` gets a JSON snapshot of the
+counters every 200 ms; ``--workers N`` forks N PACKET_FANOUT workers that split traffic by client
+address (each with its own conn table; stats from worker 0 only).
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ class DataPlane:
 
     def __init__(self, director: Director, ext_ifname: str, int_ifname: str, *,
                  ring: RingSpec | None = DEFAULT_RING, fanout_group: int | None = None,
-                 batch_blocks: int = 64, tx_ring: bool = False) -> None:
+                 batch_blocks: int = 64, tx_ring: bool = True) -> None:
         self.director = director
         self.ifnames = (ext_ifname, int_ifname)
         self.ring = ring
@@ -104,8 +111,10 @@ class DataPlane:
             raise
 
     def close(self) -> None:
-        for s in [*self.socks, *self.arp_socks, *self.tx_rings]:
+        for s in [*self.socks, *self.arp_socks]:
             s.close()
+        for t in self.tx_rings:
+            t.close()
         self.socks = []
         self.arp_socks = []
         self.tx_rings = []
@@ -140,12 +149,13 @@ class DataPlane:
         handle = self.director.handle
         rx = self.rx_frames
         blocks = self.batch_blocks
+        sends: list[Callable[[bytes | bytearray], int]]
+        flushes: list[Callable[[], None]] = []
         if self.tx_rings:
             sends = [t.send for t in self.tx_rings]
             flushes = [t.flush for t in self.tx_rings]
         else:
             sends = [s.send for s in self.socks]
-            flushes = []
 
         def on_readable() -> None:
             n, errors = drain(handle, side, sends, blocks)
@@ -192,7 +202,8 @@ class DataPlane:
         """Forward without asyncio until ``should_stop()``; returns frames handled."""
         self.open()
         return blocking_loop(self.socks, self.director.handle, should_stop,
-                             extra=[(s, side) for side, s in enumerate(self.arp_socks)])
+                             extra=[(s, side) for side, s in enumerate(self.arp_socks)],
+                             tx_rings=self.tx_rings)
 
     def kernel_stats(self) -> tuple[int, int]:
         """(packets, drops) the kernel counted on the receive sockets since the previous call."""
@@ -325,11 +336,13 @@ async def _serve(args: argparse.Namespace, fanout_group: int | None, worker: int
     conf = load_config(args.config)
     director = build_director(conf)
     dp = DataPlane(director, args.ext, args.int, fanout_group=fanout_group,
-                   ring=None if args.no_rx_ring else DEFAULT_RING, tx_ring=args.tx_ring)
+                   ring=None if args.no_rx_ring else DEFAULT_RING, tx_ring=not args.no_tx_ring)
     dp.attach(loop)
-    director.active = True
-    dp.send_gratuitous_arp()
+    if not args.backup:
+        dp.send(director.set_active(True))
     stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGUSR1, lambda: dp.send(director.set_active(True)))
+    loop.add_signal_handler(signal.SIGUSR2, lambda: dp.send(director.set_active(False)))
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
 
@@ -373,7 +386,7 @@ def _run_workers(args: argparse.Namespace) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, sig)
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, forward)
     for p in pids:
         os.waitpid(p, 0)
@@ -388,7 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True, help="services YAML (see load_config)")
     ap.add_argument("--workers", type=int, default=1, help="PACKET_FANOUT worker processes")
     ap.add_argument("--no-rx-ring", action="store_true", help="plain recvmsg + PACKET_AUXDATA instead")
-    ap.add_argument("--tx-ring", action="store_true", help="PACKET_TX_RING, one send() per batch")
+    ap.add_argument("--no-tx-ring", action="store_true", help="one send() per frame instead of a TX ring")
+    ap.add_argument("--backup", action="store_true",
+                    help="start inactive (SIGUSR1: become active + gratuitous ARP; SIGUSR2: inactive)")
     ap.add_argument("--ready-file")
     ap.add_argument("--stats-file")
     ap.add_argument("-v", "--verbose", action="store_true")

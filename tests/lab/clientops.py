@@ -7,8 +7,11 @@
     back; prints ``{"ok": n, "failed": [...]}`` (a connection is ok only if every byte matches).
 ``python -m tests.lab.clientops udp VIP PORT N [--cport P]``
     N request/response datagrams; prints ``[[sent, reply], ...]`` (reply null if none came).
-``python -m tests.lab.clientops garbage VIP DMAC COUNT``
-    COUNT malformed frames built with scapy, sent from eth0; prints the count per kind.
+``python -m tests.lab.clientops garbage VIP DMAC COUNT [--until-eof]``
+    COUNT malformed frames built with scapy, sent from eth0 (with ``--until-eof``: at least COUNT,
+    and on until stdin is closed); prints the count per kind.
+``python -m tests.lab.clientops arp ADDR``
+    One ARP request for ADDR; prints the MAC that answered within 1 s, or null.
 ``python -m tests.lab.clientops hold VIP PORT``
     Opens one TCP connection and then obeys stdin lines: ``get`` sends an HTTP request on it and
     prints the answer (or ``null`` after 3 s); ``quit``.
@@ -18,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import socket
 import sys
+import time
 from typing import Any
 
 
@@ -77,7 +83,7 @@ def udp(vip: str, port: int, n: int, cport: int) -> list[list[str | None]]:
     return out
 
 
-def garbage(vip: str, dmac: str, count: int) -> dict[str, int]:
+def garbage(vip: str, dmac: str, count: int, until_eof: bool = False) -> dict[str, int]:
     from scapy.layers.inet import IP, TCP, UDP
     from scapy.layers.l2 import Ether
 
@@ -97,13 +103,32 @@ def garbage(vip: str, dmac: str, count: int) -> dict[str, int]:
     sent = {k: 0 for k in kinds}
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     s.bind(("eth0", 0))
-    names = list(kinds)
-    for i in range(count):
-        k = names[i % len(names)]
-        s.send(kinds[k])
-        sent[k] += 1
+    stdin_open = until_eof
+    if until_eof:  # keep sending (paced) until the test closes our stdin: overlap with good traffic
+        os.set_blocking(sys.stdin.fileno(), False)
+        print(json.dumps("sending"), flush=True)
+    n = 0
+    while n < count or stdin_open:
+        for k, frame in kinds.items():
+            s.send(frame)
+            sent[k] += 1
+        n += len(kinds)
+        if until_eof and n % 64 == 0:
+            time.sleep(0.002)
+            with contextlib.suppress(BlockingIOError):
+                stdin_open = os.read(sys.stdin.fileno(), 1) != b""
     s.close()
     return sent
+
+
+def arp(addr: str, timeout: float = 1.0) -> str | None:
+    """Ask who has ``addr`` (one ARP request from eth0); the MAC that answered, or None."""
+    from scapy.layers.l2 import ARP, Ether
+    from scapy.sendrecv import srp1
+
+    req = Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(pdst=addr)
+    ans = srp1(req, iface="eth0", timeout=timeout, verbose=False)
+    return None if ans is None else str(ans[ARP].hwsrc)
 
 
 def hold(vip: str, port: int) -> None:
@@ -146,6 +171,9 @@ def main() -> None:
     p.add_argument("vip")
     p.add_argument("dmac")
     p.add_argument("count", type=int)
+    p.add_argument("--until-eof", action="store_true")
+    p = sub.add_parser("arp")
+    p.add_argument("addr")
     p = sub.add_parser("hold")
     p.add_argument("vip")
     p.add_argument("port", type=int)
@@ -159,8 +187,10 @@ def main() -> None:
         result = asyncio.run(echo_many(a.vip, a.port, a.conns, a.bytes))
     elif a.cmd == "udp":
         result = udp(a.vip, a.port, a.n, a.cport)
+    elif a.cmd == "arp":
+        result = arp(a.addr)
     elif a.cmd == "garbage":
-        result = garbage(a.vip, a.dmac, a.count)
+        result = garbage(a.vip, a.dmac, a.count, a.until_eof)
     else:
         hold(a.vip, a.port)
         return

@@ -56,6 +56,8 @@ services:
      dests: {_dests("nat", UDP_ECHO, skip=udp_skip)}}}
   - {{protocol: tcp, vaddr: {VIP_DR}, vport: {HTTP}, scheduler: rr, dests: {_dests("dr")}}}
   - {{protocol: tcp, vaddr: {VIP_TUN}, vport: {HTTP}, scheduler: rr, dests: {_dests("tun")}}}
+  - {{protocol: tcp, vaddr: {VIP_DR}, vport: {ECHO}, scheduler: rr, dests: {_dests("dr")}}}
+  - {{protocol: tcp, vaddr: {VIP_TUN}, vport: {ECHO}, scheduler: rr, dests: {_dests("tun")}}}
 """
 
 
@@ -133,6 +135,14 @@ def test_200_concurrent_tcp_connections_byte_for_byte(lab: Lab, director: Direct
     assert all(d["conns"] > 0 for d in per_dest.values())
 
 
+@pytest.mark.parametrize("vip", [VIP_DR, VIP_TUN], ids=["dr", "tun"])
+def test_bulk_tcp_dr_and_tun_byte_for_byte(lab: Lab, director: DirectorProc, vip: str) -> None:
+    """Full-size segments one way through the director (DR: MAC rewrite; TUN: 1500-byte packets
+    + 20 bytes of IPIP on the 1600-byte internal link), replies straight from the real servers."""
+    got = client(lab, "echo", vip, str(ECHO), "30", str(256 * 1024), timeout=170)
+    assert got["failed"] == [] and got["ok"] == 30
+
+
 def test_udp_request_response(lab: Lab, director: DirectorProc) -> None:
     got = client(lab, "udp", VIP_NAT, str(UDP_ECHO), "9")
     for sent, reply in got:
@@ -208,10 +218,12 @@ def _py() -> list[str]:
 
 def test_malformed_frames_counted_and_dropped_while_traffic_flows(lab: Lab, director: DirectorProc) -> None:
     before = director.stats()["drops"]
-    sender = lab.popen(lab.client.ns, [*_py(), "-m", "tests.lab.clientops", "garbage", VIP_NAT, VMAC, "4000"],
-                       stdout=subprocess.PIPE)
-    good = client(lab, "http", VIP_NAT, str(HTTP), "30")
-    out, _ = sender.communicate(timeout=120)
+    argv = [*_py(), "-m", "tests.lab.clientops", "garbage", VIP_NAT, VMAC, "4000", "--until-eof"]
+    sender = lab.popen(lab.client.ns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert sender.stdout is not None
+    assert json.loads(sender.stdout.readline()) == "sending"
+    good = client(lab, "http", VIP_NAT, str(HTTP), "30")  # while the garbage keeps coming
+    out, _ = sender.communicate(timeout=120)              # closes its stdin: it stops
     assert sender.returncode == 0
     sent: dict[str, int] = json.loads(out)
     assert {s for _src, s in good} <= servers(lab) and len(good) == 30
