@@ -116,7 +116,8 @@ class LabCluster:
             "from director.etcdstore import EtcdStore, apply\n"
             f"cfg = parse_config(open({str(path)!r}).read())\n"
             "async def main():\n"
-            f"    async with EtcdStore([{self.endpoint!r}], prefix='/lbd', cluster={self.lab.name!r}) as st:\n"
+            f"    async with EtcdStore([{self.endpoint!r}], prefix='/lbd',\n"
+            f"                         cluster={self.lab.name!r}) as st:\n"
             "        t = dump_timeouts(cfg.timeouts) if cfg.timeouts else None\n"
             "        rev = await apply(st, {s.name: dump_service(s) for s in cfg.services}, t, prune=True)\n"
             "        print(rev)\n"
@@ -171,7 +172,8 @@ class LabCluster:
                 continue
         return out
 
-    def last_event(self, node: NodeProc, kind: str, since: float = 0.0, **match: Any) -> dict[str, Any] | None:
+    def last_event(self, node: NodeProc, kind: str, since: float = 0.0,
+                   **match: Any) -> dict[str, Any] | None:
         for ev in reversed(self.events(node)):
             if ev["t"] < since:
                 return None
@@ -208,7 +210,8 @@ class LabCluster:
     def wait_in_sync(self, node: NodeProc, timeout: float = 60.0) -> None:
         wait_for(f"{node.node_id} in sync with the master", lambda: self.in_sync(node), timeout)
 
-    def active_intervals(self, node: NodeProc, killed_at: dict[str, list[float]]) -> list[tuple[float, float]]:
+    def active_intervals(self, node: NodeProc,
+                         killed_at: dict[str, list[float]]) -> list[tuple[float, float]]:
         """Wall-clock intervals during which `node` forwarded (from its events; a kill ends one)."""
         out: list[tuple[float, float]] = []
         start: float | None = None

@@ -138,7 +138,8 @@ class Drill:
 
     # -- setup --------------------------------------------------------------------------------------
     def setup(self) -> None:
-        self.say(f"lab {self.lab.name}: building namespaces (client, 2 directors, {self.n_reals} real servers)")
+        self.say(f"lab {self.lab.name}: building namespaces (client, 2 directors, "
+                 f"{self.n_reals} real servers)")
         self.lab.up()
         c = self.cluster
         self.say("etcd: starting in the control namespace")

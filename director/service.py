@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from director.sched.base import Scheduler
-from director.types import ConnFlags, DestFlags, FwdMethod, Proto, SvcFlags
+from director.types import DestFlags, FwdMethod, Proto, SvcFlags
 
 SvcKey = tuple[int, int, int, int]
 """(protocol, vaddr, vport, fwmark)."""
