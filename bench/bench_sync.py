@@ -179,7 +179,7 @@ async def _paced(server: SyncServer, backup: Backup, gen: Gen, rate: float,
 
 def _wire_roundtrip(n: int) -> float:
     key = (6, CLIENT_NET, 1000, VIP, 80, VIP + 1, 8080, 0, False)
-    ups = [Update(SyncKind.NEW, key[:2] + (i & 0xFFFF,) + key[3:], 0, EST, 900.0, 899.0,  # type: ignore[arg-type]
+    ups = [Update(SyncKind.NEW, key[:2] + (i & 0xFFFF,) + key[3:], 0, EST, 900.0, 899.0,
                   (6, VIP, 80, 0, VIP + 1, 8080), None, 3) for i in range(1000)]
     t0 = time.perf_counter()
     for _ in range(n // 1000):
@@ -257,7 +257,7 @@ def _syn_frames(n: int, base: int) -> list[bytes]:
 
 
 async def _fwd_rate(director: Any, frames: list[bytes]) -> float:
-    from bench.bench_core import EXT
+    from director.core import EXT
     handle = director.handle
     t0 = time.perf_counter()
     for i in range(0, len(frames), 500):

@@ -116,6 +116,7 @@ class Node:
         self._stopping = asyncio.Event()
         self._first_forward_task: asyncio.Task[None] | None = None
         self.health: Any = None
+        self.admin: Any = None
 
     # -- readiness and epochs ---------------------------------------------------------------------
     def _known_epoch(self) -> int:
@@ -296,23 +297,33 @@ class Node:
         await self.elector.resign()
 
     async def stop(self) -> None:
+        """Clean stop: resign (after flushing sync), then close every part, each within a deadline."""
         self.events.write("stopping")
         if self.role is Role.LEADER:
-            await self.resign()
+            await self._bounded("resign", self.resign(), 8.0)
         if self.elector is not None:
-            await self.elector.stop()
+            await self._bounded("elector", self.elector.stop(), 3.0)
         if self.membership is not None:
-            with contextlib.suppress(Exception):
-                await self.membership.stop()
+            await self._bounded("membership", self.membership.stop(), 2.0)
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.follower.stop()
+        await self._bounded("tasks", asyncio.gather(*self._tasks, return_exceptions=True), 2.0)
+        await self._bounded("follower", self.follower.stop(), 2.0)
         if self.sync is not None:
-            await self.sync.stop()
+            await self._bounded("sync server", self.sync.stop(), 2.0)
+        if self.admin is not None:
+            await self._bounded("admin server", self.admin.stop(0.5), 2.0)
         self.dataplane.detach()
-        await self.store.close()
+        await self._bounded("etcd client", self.store.close(), 2.0)
         self.events.write("stopped")
+
+    async def _bounded(self, what: str, aw: Any, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(aw, timeout)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            log.warning("stopping %s took longer than %.0f s; going on", what, timeout)
+        except Exception:  # shutdown goes on whatever one part does
+            log.exception("stopping %s failed", what)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -191,13 +191,26 @@ class Elector:
             now = self.clock()
             self._feed(m.set_ready(now, self._safe_ready()))
             self._feed(m.tick(now))
-            try:
-                item = await asyncio.wait_for(self._inbox.get(), self._sleep_for(self.clock()))
-            except TimeoutError:
+            item = await self._next_input(self._sleep_for(self.clock()))
+            if item is None:
                 continue
             self._feed(item(m, self.clock()))
             while not self._inbox.empty():
                 self._feed(self._inbox.get_nowait()(m, self.clock()))
+
+    async def _next_input(self, timeout: float | None) -> Input | None:
+        """The next inbox item, or None after `timeout`. Not `asyncio.wait_for`: on Python 3.11 it
+        swallows a cancellation that arrives together with the item (gh-86296), and stop() would
+        then wait forever for this loop."""
+        if not self._inbox.empty():
+            return self._inbox.get_nowait()
+        get = asyncio.ensure_future(self._inbox.get())
+        try:
+            done, _ = await asyncio.wait({get}, timeout=timeout)
+        finally:
+            if not get.done():
+                get.cancel()
+        return get.result() if done else None
 
     def _sleep_for(self, now: float) -> float | None:
         dl = self.machine.next_deadline()

@@ -58,21 +58,28 @@ def _ms(seconds: float) -> int:
     return min(_U32, max(0, int(seconds * 1000.0 + 0.5)))
 
 
-def _add_entry(add: Callable[..., object], u: Update, dest_refs: dict[DestKey, pb.DestRef]) -> None:
-    proto, caddr, cport, vaddr, vport, daddr, dport, fwmark, is_tpl = u.key
+def _add_entry(add: Callable[..., object], u: Update, dest_refs: dict[DestKey, pb.DestRef],
+               addrs: dict[int, bytes]) -> None:
+    proto, caddr, cport, ivaddr, vport, idaddr, dport, fwmark, is_tpl = u.key
+    vaddr = addrs.get(ivaddr)  # VIPs and real servers repeat: convert each once per message
+    if vaddr is None:
+        vaddr = addrs[ivaddr] = _ab(ivaddr)
+    daddr = addrs.get(idaddr)
+    if daddr is None:
+        daddr = addrs[idaddr] = _ab(idaddr)
     flags = u.flags & ~_LOCAL
     flags = (flags | _TEMPLATE) if is_tpl else (flags & ~_TEMPLATE)
     kind = int(u.kind)
     if kind == _EXPIRE:
-        add(kind=kind, protocol=proto, caddr=_ab(caddr), cport=cport, vaddr=_ab(vaddr), vport=vport,
-            daddr=_ab(daddr), dport=dport, fwmark=fwmark, flags=flags)
+        add(kind=kind, protocol=proto, caddr=_ab(caddr), cport=cport, vaddr=vaddr, vport=vport,
+            daddr=daddr, dport=dport, fwmark=fwmark, flags=flags)
         return
     remaining, timeout = u.remaining, u.timeout
     remaining_ms = int(remaining * 1000.0 + 0.5) if 0.0 <= remaining < 4e6 else _ms(remaining)
     timeout_ms = int(timeout * 1000.0 + 0.5) if 0.0 <= timeout < 4e6 else _ms(timeout)
     if kind == _REFRESH:
-        add(kind=kind, protocol=proto, caddr=_ab(caddr), cport=cport, vaddr=_ab(vaddr), vport=vport,
-            daddr=_ab(daddr), dport=dport, fwmark=fwmark, flags=flags, remaining_ms=remaining_ms,
+        add(kind=kind, protocol=proto, caddr=_ab(caddr), cport=cport, vaddr=vaddr, vport=vport,
+            daddr=daddr, dport=dport, fwmark=fwmark, flags=flags, remaining_ms=remaining_ms,
             timeout_ms=timeout_ms)
         return
     dk = u.dest_key
@@ -83,8 +90,8 @@ def _add_entry(add: Callable[..., object], u: Update, dest_refs: dict[DestKey, p
             ref = dest_refs[dk] = pb.DestRef(protocol=dk[0], vaddr=_ab(dk[1]), vport=dk[2], fwmark=dk[3],
                                              daddr=_ab(dk[4]), dport=dk[5])
     ck, ok = u.control_key, u.old_key
-    add(kind=kind, protocol=proto, caddr=_ab(caddr), cport=cport, vaddr=_ab(vaddr), vport=vport,
-        daddr=_ab(daddr), dport=dport, fwmark=fwmark, flags=flags, remaining_ms=remaining_ms,
+    add(kind=kind, protocol=proto, caddr=_ab(caddr), cport=cport, vaddr=vaddr, vport=vport,
+        daddr=daddr, dport=dport, fwmark=fwmark, flags=flags, remaining_ms=remaining_ms,
         timeout_ms=timeout_ms, state=u.state, in_pkts=max(0, u.in_pkts), dest=ref,
         control=_conn_ref(ck) if ck is not None else None, old_key=_conn_ref(ok) if ok is not None else None)
 
@@ -103,9 +110,10 @@ def _ref_key(c: pb.ConnRef) -> ConnKey:
 def _fill_entries(entries: object, updates: Iterable[Update]) -> int:
     add = entries.add  # type: ignore[attr-defined]
     refs: dict[DestKey, pb.DestRef] = {}
+    addrs: dict[int, bytes] = {}
     n = 0
     for u in updates:
-        _add_entry(add, u, refs)
+        _add_entry(add, u, refs, addrs)
         n += 1
     return n
 

@@ -5,7 +5,7 @@ Theory of operation
 The conn table pushes events into its bounded ``EventFeed`` and calls ``on_ready`` on the first
 event after the feed was empty. That hook (cheap, called from the packet path) arms one timer of
 ``batch_window`` seconds; when it fires ``cut_batch`` drains the feed, keeps only the latest state
-per entry (``policy.coalesce_kind``), filters with ``SyncPolicy.should_sync``, and encodes the result
+per entry (``coalesce.Window``), filters with ``SyncPolicy.should_sync``, and encodes the result
 once into ``max_batch``-sized batch messages with seq = previous + 1. Encoded batches go into a
 retention ring (bounded by batch count and update count) shared by every follower session: a
 session is just a cursor into the ring, so a slow follower costs nothing but ring space, never
@@ -67,6 +67,9 @@ def _expire_order(u: Update) -> int:
     if u.kind == SyncKind.EXPIRE:
         return 1 if u.key[8] else 0
     return 2
+
+
+_NEW = int(SyncKind.NEW)
 
 
 class RingEntry:
@@ -192,13 +195,19 @@ class SyncMaster:
     def _drain(self) -> Window:
         window = Window()
         drain = self.table.events.drain
-        add = window.add
+        add, pending = window.add, window.pending
         while True:
             events = drain(8192)
             if not events:
                 break
-            for ev in events:
-                add(ev.kind, ev.snap, getattr(ev, "old_key", None))
+            for kind, snap, old_key in events:
+                p = pending.get(snap.key)
+                if old_key is None and p is not None and kind != _NEW:  # the common repeat: inline
+                    p[1] = kind
+                    p[2] = snap
+                    window.events += 1
+                else:
+                    add(kind, snap, old_key)
         self.stats["coalesced"] += window.events - len(window.pending)
         return window
 

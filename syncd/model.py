@@ -123,35 +123,6 @@ class SequenceGapError(SyncError):
 
 # --- what syncd needs of director.conn (structural, so syncd type-checks on its own) -----------------
 
-class DestLike(Protocol):
-    @property
-    def key(self) -> DestKey: ...
-
-
-class ConnLike(Protocol):
-    protocol: int
-    caddr: int
-    cport: int
-    vaddr: int
-    vport: int
-    daddr: int
-    dport: int
-    fwmark: int
-    flags: int
-    state: int
-    timeout: float
-    expires: float
-    in_pkts: int
-    n_control: int
-
-    @property
-    def key(self) -> ConnKey: ...
-    @property
-    def dest(self) -> Any: ...
-    @property
-    def control(self) -> Any: ...
-
-
 class SnapshotLike(Protocol):
     @property
     def key(self) -> ConnKey: ...
@@ -172,10 +143,9 @@ class SnapshotLike(Protocol):
 
 
 class EventLike(Protocol):
-    @property
-    def kind(self) -> int: ...
-    @property
-    def snap(self) -> SnapshotLike: ...
+    """director.conn_events.ConnEvent: (kind, snap, old_key)."""
+
+    def __iter__(self) -> Iterator[Any]: ...
 
 
 class FeedLike(Protocol):
@@ -214,12 +184,6 @@ def update_from_conn(kind: SyncKind, conn: Any, now: float) -> Update:
     return Update(kind, conn.key, conn.flags, conn.state, conn.timeout, conn.expires - now,
                   dest.key if dest is not None else None, control.key if control is not None else None,
                   conn.in_pkts)
-
-
-def update_from_snap(kind: SyncKind, snap: SnapshotLike, now: float,
-                     old_key: ConnKey | None = None) -> Update:
-    return Update(kind, snap.key, snap.flags, snap.state, snap.timeout, snap.expires - now,
-                  snap.dest_key, snap.control_key, snap.in_pkts, old_key)
 
 
 class LogLimiter:

@@ -5,9 +5,6 @@ Theory of operation
 ``SyncPolicy`` holds the knobs and ``should_sync(snap)`` is the IPVS-style predicate "is this entry
 worth sending?" (complete sync by default; optionally skip half-open TCP entries like IPVS does).
 
-``coalesce`` merges the events of one batch window per entry: only the latest state of an entry is
-sent, and an entry both created and removed inside the window is not sent at all.
-
 ``RefreshTracker`` is the answer to IPVS's sync_threshold/refresh_period: for every entry the
 backups hold it remembers when their copy would expire (the master-clock deadline that was sent).
 ``due(now)`` yields the entries whose backup copy enters the refresh margin; the master then sends a
@@ -25,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from syncd.model import ConnKey, SyncKind
+from syncd.model import ConnKey
 
 TCP = 6
 TCP_SYN_RECV = 3
@@ -73,18 +70,6 @@ class SyncPolicy:
         return max(self.refresh_min_margin, min(self.refresh_margin, timeout * 0.5))
 
 
-def coalesce_kind(first: SyncKind, last: SyncKind) -> SyncKind | None:
-    """Kind to send for an entry whose first event in a window was `first` and last was `last`.
-
-    None = send nothing (created and removed within the window).
-    """
-    if last == SyncKind.EXPIRE:
-        return None if first == SyncKind.NEW else SyncKind.EXPIRE
-    if first == SyncKind.NEW:
-        return SyncKind.NEW
-    return last
-
-
 class RefreshTracker:
     """Backup-copy deadlines (master clock) of every entry sent, ordered by when to look at them."""
 
@@ -99,7 +84,13 @@ class RefreshTracker:
     def sent(self, key: ConnKey, deadline: float, timeout: float) -> None:
         """The backups were told `key` expires at `deadline` (master clock)."""
         self._deadline[key] = deadline
-        heapq.heappush(self._heap, (deadline - self.policy.margin(timeout), deadline, key))
+        p = self.policy
+        margin = timeout * 0.5
+        if margin > p.refresh_margin:
+            margin = p.refresh_margin
+        if margin < p.refresh_min_margin:
+            margin = p.refresh_min_margin
+        heapq.heappush(self._heap, (deadline - margin, deadline, key))
 
     def ensure(self, key: ConnKey, deadline: float, timeout: float) -> None:
         """Track `key` if it is not tracked yet (a snapshot sent it; batches may have sent it earlier)."""

@@ -117,6 +117,8 @@ class FollowerSession:
     async def _stream(self) -> AsyncIterator[bytes]:
         m = self.master
         hb = m.cfg.heartbeat_interval
+        if not self.needs_snapshot:  # resumed: confirm at once (the follower is live from here)
+            yield encode_heartbeat(m.epoch, m.incarnation, self.sent_seq, m.head_seq, time.time_ns())
         while not self.closed:
             if self.needs_snapshot:
                 async for data in self._snapshot():

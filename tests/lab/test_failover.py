@@ -177,3 +177,21 @@ def test_backup_restart_resyncs_before_it_may_campaign(env: Env) -> None:
     assert end["alive"] == CONNS and end["resets"] == 0 and end["mismatches"] == 0
     assert end["sources_moved"] == []
     assert env.no_split_brain()
+
+
+def test_sigterm_flushes_sync_resigns_and_exits_cleanly(env: Env) -> None:
+    c = env.cluster
+    master = c.wait_master()
+    backup = next(n for n in c.nodes if n is not master)
+    traffic = env.start_traffic()
+    before = traffic.report()
+    t0 = time.time()
+    assert c.stop_node(master) == 0
+    flushed = c.last_event(master, "sync_flushed", t0)
+    assert flushed is not None and flushed["all_acked"] is True
+    assert c.last_event(master, "stopped", t0) is not None
+    wait_for("the backup to take over", lambda: c.last_event(backup, "first_forward", t0), 30)
+    end = env.settle(before["new_ok"])
+    assert end["alive"] == CONNS and end["resets"] == 0 and end["mismatches"] == 0
+    assert end["sources_moved"] == []
+    assert env.no_split_brain()
