@@ -126,6 +126,21 @@ class LabCluster:
         res = self.lab.run_python(self.lab.ctl.ns, code, timeout=60)
         return int(res.stdout.strip().splitlines()[-1])
 
+    def put_raw(self, relkey: str, text: str | None) -> None:
+        """Write (None: delete) one raw key under the cluster's prefix, bypassing all validation."""
+        code = (
+            "import asyncio, sys\n"
+            "from director.etcdstore import EtcdStore\n"
+            "async def main():\n"
+            f"    async with EtcdStore([{self.endpoint!r}], prefix='/lbd',\n"
+            f"                         cluster={self.lab.name!r}) as st:\n"
+            f"        key = st.root + '/' + {relkey!r}\n"
+            f"        text = {text!r}\n"
+            "        await (st.delete(key) if text is None else st.put(key, text))\n"
+            "asyncio.run(main())\n"
+        )
+        self.lab.run_python(self.lab.ctl.ns, code, timeout=60)
+
     # -- nodes ----------------------------------------------------------------------------------------
     def start_node(self, node: NodeProc) -> None:
         node.config.write_text(self.node_yaml(node))

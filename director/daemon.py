@@ -207,7 +207,8 @@ class Node:
         self.follower.rebind_pending()
         if self.health is not None:
             self.health.reconfigure(cfg)
-        log.info("config revision %d applied: %d services", snap.revision, len(self.services))
+        self.events.write("config_applied", revision=snap.revision, services=len(self.services),
+                          dests=sum(len(s.dests) for s in self.services))
         return True
 
     async def _config_loop(self) -> None:
@@ -320,7 +321,7 @@ class Node:
     async def _bounded(self, what: str, aw: Any, timeout: float) -> None:
         try:
             await asyncio.wait_for(aw, timeout)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, asyncio.CancelledError):
             log.warning("stopping %s took longer than %.0f s; going on", what, timeout)
         except Exception:  # shutdown goes on whatever one part does
             log.exception("stopping %s failed", what)

@@ -195,3 +195,26 @@ def test_sigterm_flushes_sync_resigns_and_exits_cleanly(env: Env) -> None:
     assert end["alive"] == CONNS and end["resets"] == 0 and end["mismatches"] == 0
     assert end["sources_moved"] == []
     assert env.no_split_brain()
+
+
+def test_bad_config_in_etcd_is_refused_and_live_changes_keep_connections(env: Env) -> None:
+    c = env.cluster
+    traffic = env.start_traffic()
+    before = traffic.report()
+    t0 = time.time()
+    c.put_raw("config/services/broken", "name: broken\nprotocol: tcp\nvip: not-an-address\nport: 80\n")
+    for node in c.nodes:
+        ev = wait_for(f"{node.node_id} to refuse the bad config",
+                      lambda n=node: c.last_event(n, "config_refused", t0), 30)
+        assert "services[broken].vip" in ev["error"]
+    c.put_raw("config/services/broken", None)
+    # a live edit: one dest of the web service drained to weight 0
+    t1 = time.time()
+    edited = services_yaml(3).replace("198.18.1.12, port: 80, weight: 1",
+                                      "198.18.1.12, port: 80, weight: 0")
+    assert edited != services_yaml(3)
+    c.apply_config(edited)
+    for node in c.nodes:
+        wait_for(f"{node.node_id} to apply the edit", lambda n=node: c.last_event(n, "config_applied", t1), 30)
+    end = env.settle(before["new_ok"])
+    assert end["alive"] == CONNS and end["resets"] == 0 and end["mismatches"] == 0
