@@ -215,6 +215,7 @@ def test_bad_config_in_etcd_is_refused_and_live_changes_keep_connections(env: En
     assert edited != services_yaml(3)
     c.apply_config(edited)
     for node in c.nodes:
-        wait_for(f"{node.node_id} to apply the edit", lambda n=node: c.last_event(n, "config_applied", t1), 30)
+        wait_for(f"{node.node_id} to apply the edit",
+                 lambda n=node: c.last_event(n, "config_applied", t1), 30)
     end = env.settle(before["new_ok"])
     assert end["alive"] == CONNS and end["resets"] == 0 and end["mismatches"] == 0
