@@ -26,7 +26,7 @@ _KIND = {int(k): k for k in SyncKind}
 
 
 class Window:
-    """Coalesces the events of one window; `updates()` turns them into (early, main) updates."""
+    """Coalesces the events of one window; `updates()` turns them into updates to send."""
 
     def __init__(self) -> None:
         self.pending: dict[ConnKey, list[Any]] = {}
@@ -80,12 +80,14 @@ class Window:
             if snap is not None and snap.control_key == old_key:
                 p[2] = snap._replace(control_key=new_key)
 
-    def updates(self, now: float, policy: SyncPolicy,
-                tracker: RefreshTracker) -> tuple[list[Update], list[Update]]:
-        """(early, main) updates; `early` are removals that must precede the rest."""
-        early = [Update(EXPIRE, k) for k in self.early]
+    def updates(self, now: float, policy: SyncPolicy, tracker: RefreshTracker) -> list[Update]:
+        """The window's updates in sending order: removals of conns, of templates (a template goes
+        only once its children are gone, even if a batch is split), then the upserts."""
+        gone: list[Update] = []
+        gone_tpl: list[Update] = []
         for k in self.early:
             tracker.forget(k)
+            (gone_tpl if k[8] else gone).append(Update(EXPIRE, k))
         out: list[Update] = []
         append, sent, should_sync = out.append, tracker.sent, policy.should_sync
         filtering = not policy.sync_all
@@ -94,7 +96,7 @@ class Window:
                 if first == NEW:
                     continue  # created and removed within the window
                 tracker.forget(key)
-                append(Update(EXPIRE, key if old_key is None else old_key))
+                (gone_tpl if key[8] else gone).append(Update(EXPIRE, key if old_key is None else old_key))
                 continue
             kind = NEW if first == NEW else _KIND[last]
             if old_key is not None:
@@ -104,4 +106,6 @@ class Window:
             append(Update(kind, key, snap.flags, snap.state, snap.timeout, snap.expires - now, snap.dest_key,
                           snap.control_key, snap.in_pkts, old_key))
             sent(key, snap.expires, snap.timeout)
-        return early, out
+        if gone or gone_tpl:
+            return gone + gone_tpl + out
+        return out

@@ -62,13 +62,6 @@ class MasterConfig:
     policy: SyncPolicy = field(default_factory=SyncPolicy)
 
 
-def _expire_order(u: Update) -> int:
-    """Sort key putting removals first, conns before templates, even across split batches."""
-    if u.kind == SyncKind.EXPIRE:
-        return 1 if u.key[8] else 0
-    return 2
-
-
 _NEW = int(SyncKind.NEW)
 
 
@@ -186,11 +179,9 @@ class SyncMaster:
             log.warning("conn event feed overflowed: every follower gets a snapshot")
             for s in self.sessions:
                 s.request_snapshot("event feed overflow")
-        early, updates = window.updates(self.clock(), self.cfg.policy, self.tracker)
-        updates = early + updates
-        updates.sort(key=_expire_order)  # stable: EXPIREs of conns, of templates, then the rest
+        updates = window.updates(self.clock(), self.cfg.policy, self.tracker)
         self.emit(updates, first_ns)
-        return len(early) + len(updates)
+        return len(updates)
 
     def _drain(self) -> Window:
         window = Window()

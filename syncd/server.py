@@ -10,7 +10,7 @@ where garbage is caught and answered with a status instead of an exception in gR
 Every node runs the server; only the master serves: ``start_serving()`` starts a new master
 incarnation on the table's event feed, ``stop_serving()`` ends it and closes every stream
 (UNAVAILABLE); a backup answers Follow with FAILED_PRECONDITION. Follow attempts are rate-limited
-(token bucket, RESOURCE_EXHAUSTED), followers are capped, follower messages are capped in size
+per peer host (token bucket, RESOURCE_EXHAUSTED), followers are capped, follower messages are capped in size
 (gRPC limit) and acks are rate-limited per stream. A follower's first message must be a hello of a
 known version (else INVALID_ARGUMENT / FAILED_PRECONDITION); later messages are acks.
 
@@ -49,7 +49,7 @@ class ServerConfig:
     max_send_message: int = 16 << 20
     max_follower_message: int = 64 << 10
     follow_rate: float = 10.0
-    """Follow attempts per second (all peers), with `follow_burst` saved."""
+    """Follow attempts per second per peer host, with `follow_burst` saved."""
     follow_burst: float = 20.0
     max_followers: int = 64
     ack_rate: float = 5000.0
@@ -84,7 +84,7 @@ class SyncServer:
         self.master = SyncMaster(table, clk, epoch, self.cfg.master)
         self.grpc_server: Any = None
         self.port = 0
-        self._follow_rate = TokenBucket(self.cfg.follow_rate, self.cfg.follow_burst)
+        self._follow_rates: dict[str, TokenBucket] = {}
         self._logs = LogLimiter()
         self.refused: dict[str, int] = {}
 
@@ -135,6 +135,16 @@ class SyncServer:
             self._follow, request_deserializer=identity, response_serializer=identity)
         return grpc.method_handlers_generic_handler(SERVICE, {"Follow": follow})
 
+    def _follow_bucket(self, peer: str) -> TokenBucket:
+        """Per-host Follow rate limit: a flood from one host does not lock the others out."""
+        host = peer.rsplit(":", 1)[0]
+        bucket = self._follow_rates.get(host)
+        if bucket is None:
+            if len(self._follow_rates) >= 4096:
+                self._follow_rates.pop(next(iter(self._follow_rates)))
+            bucket = self._follow_rates[host] = TokenBucket(self.cfg.follow_rate, self.cfg.follow_burst)
+        return bucket
+
     def _refuse(self, what: str, peer: str, detail: str) -> None:
         self.refused[what] = self.refused.get(what, 0) + 1
         if self._logs.should_log(what):
@@ -142,7 +152,7 @@ class SyncServer:
 
     async def _follow(self, request_iterator: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         peer = context.peer()
-        if not self._follow_rate.take(time.monotonic()):
+        if not self._follow_bucket(peer).take(time.monotonic()):
             self._refuse("follow_rate", peer, "Follow rate limit")
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "Follow rate limit exceeded")
         if not self.master.running:
