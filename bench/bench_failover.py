@@ -36,7 +36,7 @@ def _rounds(tuned: bool, rounds: int) -> tuple[list[float], list[float]]:
         master = cluster.wait_master(60)
         backup = next(n for n in cluster.nodes if n is not master)
         cluster.wait_in_sync(backup, 60)
-        traffic = TrafficProc(lab, 10, 5.0, 0.01)
+        traffic = TrafficProc(lab, 10, 5.0, 0.05, udp_rate=500.0)
         wait_for("traffic", lambda: traffic is not None and traffic.report()["alive"] >= 10, 60, 0.2)
         for _ in range(rounds):
             master = cluster.wait_master(60)
@@ -62,7 +62,7 @@ def _rounds(tuned: bool, rounds: int) -> tuple[list[float], list[float]]:
 
 
 def run(quick: bool = False) -> dict[str, float]:
-    rounds = 2 if quick else 5
+    rounds = 2 if quick else 9
     tuned_kill, tuned_resign = _rounds(True, rounds)
     default_kill, _ = _rounds(False, rounds)
     out = {

@@ -11,6 +11,10 @@ is counted. In parallel it opens ``--new-rate`` new HTTP connections per second 
 each from one of several client source addresses, and records which real server answered (the servers
 return their name): a source that lands on another server after a failover lost its persistence template.
 
+With ``--udp-rate`` it also sends that many UDP datagrams per second to the UDP echo service
+(``--udp-port``) and records the worst gap between replies: unlike TCP, UDP has no retransmission
+back-off, so this gap is the data-plane outage itself.
+
 Control is line-based on stdin, results are JSON lines on stdout:
   ``phase NAME`` starts a new measurement phase (per-phase counters reset; sticky bindings are kept);
   ``report`` prints the current phase's figures; ``stop`` prints a final report and exits.
@@ -53,6 +57,24 @@ class PhaseStats:
     sticky_moved: int = 0
     sources_moved: set[str] = field(default_factory=set)
     sources_seen: set[str] = field(default_factory=set)
+    udp_sent: int = 0
+    udp_received: int = 0
+    udp_max_gap_ms: float = 0.0
+
+
+class UdpProbe(asyncio.DatagramProtocol):
+    """Datagrams to the UDP echo service every few ms: the finest-grained view of a takeover."""
+
+    def __init__(self, traffic: Traffic) -> None:
+        self.traffic = traffic
+        self.last_reply = time.monotonic()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        now = time.monotonic()
+        p = self.traffic.phase
+        p.udp_received += 1
+        p.udp_max_gap_ms = max(p.udp_max_gap_ms, (now - self.last_reply) * 1000.0)
+        self.last_reply = now
 
 
 class Traffic:
@@ -133,6 +155,23 @@ class Traffic:
             i += 1
             await asyncio.sleep(period)
 
+    async def udp_probe(self, src: str) -> None:
+        a = self.args
+        loop = asyncio.get_running_loop()
+        probe = UdpProbe(self)
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: probe, local_addr=(src, 0), remote_addr=(a.echo_vip, a.udp_port))
+        period = 1.0 / a.udp_rate
+        seq = 0
+        try:
+            while not self.stopping:
+                transport.sendto(seq.to_bytes(8, "big"))
+                self.phase.udp_sent += 1
+                seq += 1
+                await asyncio.sleep(period)
+        finally:
+            transport.close()
+
     # -- control ---------------------------------------------------------------------------------
     def report(self) -> dict[str, object]:
         p = self.phase
@@ -146,6 +185,8 @@ class Traffic:
             "new_ok": p.new_ok, "new_failed": p.new_failed, "sticky_sources": len(self.sticky),
             "sticky_checked": p.sticky_checked, "sticky_moved": p.sticky_moved,
             "sources_moved": sorted(p.sources_moved), "sources_seen": len(p.sources_seen),
+            "udp_sent": p.udp_sent, "udp_received": p.udp_received,
+            "udp_max_gap_ms": round(p.udp_max_gap_ms, 1),
         }
 
     async def control(self) -> None:
@@ -175,6 +216,8 @@ class Traffic:
         tasks = [asyncio.ensure_future(self.stream(i, sources[i % len(sources)]))
                  for i in range(self.args.conns)]
         tasks.append(asyncio.ensure_future(self.new_conns(sources)))
+        if self.args.udp_rate > 0:
+            tasks.append(asyncio.ensure_future(self.udp_probe(sources[0])))
         await self.control()
         for t in tasks:
             t.cancel()
@@ -202,6 +245,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--interval", type=float, default=0.05)
     p.add_argument("--new-rate", type=float, default=20.0)
     p.add_argument("--sources", required=True)
+    p.add_argument("--udp-port", type=int, default=7)
+    p.add_argument("--udp-rate", type=float, default=0.0, help="UDP probes per second (0: none)")
     return p.parse_args(argv)
 
 

@@ -3,8 +3,9 @@
 Theory of operation
 -------------------
 1. Build a lab (client, two directors, three real servers, etcd in the control namespace), write
-   two services into etcd — ``stream`` (TCP echo, Maglev hashing, NAT) and ``web`` (HTTP, wlc,
-   persistent 300 s, NAT) — and start `directord` on both directors. Wait until one is master
+   three services into etcd — ``stream`` (TCP echo, Maglev hashing, NAT), ``probe`` (UDP echo,
+   Maglev, NAT: a 200/s datagram probe shows the raw outage) and ``web`` (HTTP, wlc, persistent 300 s,
+   NAT) — and start `directord` on both directors. Wait until one is master
    and the other's table is in sync.
 2. Start the traffic tool (deploy.traffic) in the client namespace: N long-lived echo connections
    checked byte for byte, and a steady stream of new HTTP connections from ten client addresses
@@ -47,6 +48,14 @@ services:
     forward: nat
     dests:
 {stream_dests}
+  - name: probe
+    protocol: udp
+    vip: {vip}
+    port: 7
+    scheduler: mh
+    forward: nat
+    dests:
+{stream_dests}
   - name: web
     protocol: tcp
     vip: {vip}
@@ -69,12 +78,13 @@ def services_yaml(n_reals: int) -> str:
 class TrafficProc:
     """The traffic tool in the client namespace, driven over its stdin/stdout."""
 
-    def __init__(self, lab: Lab, conns: int, new_rate: float, interval: float) -> None:
+    def __init__(self, lab: Lab, conns: int, new_rate: float, interval: float,
+                 udp_rate: float = 200.0) -> None:
         sources = lab.client_sources()
         self.n_sources = len(sources)
         argv = [PYTHON, "-m", "deploy.traffic", "--echo-vip", VIP_NAT, "--http-vip", VIP_NAT,
                 "--conns", str(conns), "--interval", str(interval), "--new-rate", str(new_rate),
-                "--sources", ",".join(sources)]
+                "--sources", ",".join(sources), "--udp-rate", str(udp_rate)]
         self.proc = lab.popen(lab.client.ns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
         threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
@@ -145,7 +155,7 @@ class Drill:
         self.say("etcd: starting in the control namespace")
         c.start_etcd()
         rev = c.apply_config(services_yaml(self.n_reals))
-        self.say(f"config: 2 services written to etcd (revision {rev})")
+        self.say(f"config: 3 services written to etcd (revision {rev})")
         d1, d2 = c.nodes
         c.start_node(d1)
         wait_for("d1 to become master", lambda: c.is_forwarding(d1), 60)
@@ -200,6 +210,8 @@ class Drill:
             "templates_kept": int(start["sticky_sources"]) - len(end["sources_moved"]),
             "new_connections_ok": int(end["new_ok"]),
             "new_connections_failed": int(end["new_failed"]),
+            "udp_max_gap_ms": float(end["udp_max_gap_ms"]),
+            "udp_lost": int(end["udp_sent"]) - int(end["udp_received"]),
         }
 
     def phase_kill(self) -> dict[str, Any]:
@@ -276,7 +288,8 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(
             f"{name:>10}: {p['connections_survived']}/{p['connections_total']} connections survived, "
             f"{p['resets_seen']} resets, {p['bytes_verified']:,} bytes verified, worst stall "
-            f"{p['max_gap_ms']:.0f} ms, takeover {p['takeover_ms']:.0f} ms, templates kept "
+            f"{p['max_gap_ms']:.0f} ms (UDP {p['udp_max_gap_ms']:.0f} ms), takeover {p['takeover_ms']:.0f} ms, "
+            f"templates kept "
             f"{p['templates_kept']}/{p['templates_total']}, split brain: "
             f"{'YES' if p['split_brain_seen'] else 'no'}")
     return "\n".join(lines)
