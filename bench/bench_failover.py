@@ -15,10 +15,16 @@ from __future__ import annotations
 import signal
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
-from deploy.cluster import LabCluster, wait_for
+from deploy.cluster import LabCluster, NodeProc, wait_for
 from deploy.lab import Lab, new_name
 from director.drill import TrafficProc, services_yaml
+
+
+def _first_forward(cluster: LabCluster, node: NodeProc, since: float) -> Callable[[], Any]:
+    return lambda: cluster.last_event(node, "first_forward", since)
 
 
 def _rounds(tuned: bool, rounds: int) -> tuple[list[float], list[float]]:
@@ -43,15 +49,13 @@ def _rounds(tuned: bool, rounds: int) -> tuple[list[float], list[float]]:
             backup = next(n for n in cluster.nodes if n is not master)
             cluster.wait_in_sync(backup, 60)
             t = cluster.kill_node(master)
-            ev = wait_for("first forward",
-                          lambda b=backup, t=t: cluster.last_event(b, "first_forward", t), 60)
+            ev = wait_for("first forward", _first_forward(cluster, backup, t), 60)
             kills.append(float(ev["t"]) - t)
             cluster.start_node(master)
             cluster.wait_in_sync(master, 60)
             t = time.time()
             cluster.signal_node(backup, signal.SIGUSR1)
-            ev = wait_for("first forward",
-                          lambda m=master, t=t: cluster.last_event(m, "first_forward", t), 60)
+            ev = wait_for("first forward", _first_forward(cluster, master, t), 60)
             resigns.append(float(ev["t"]) - t)
     finally:
         if traffic is not None:

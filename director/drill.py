@@ -288,7 +288,8 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(
             f"{name:>10}: {p['connections_survived']}/{p['connections_total']} connections survived, "
             f"{p['resets_seen']} resets, {p['bytes_verified']:,} bytes verified, worst stall "
-            f"{p['max_gap_ms']:.0f} ms (UDP {p['udp_max_gap_ms']:.0f} ms), takeover {p['takeover_ms']:.0f} ms, "
+            f"{p['max_gap_ms']:.0f} ms (UDP {p['udp_max_gap_ms']:.0f} ms), "
+            f"takeover {p['takeover_ms']:.0f} ms, "
             f"templates kept "
             f"{p['templates_kept']}/{p['templates_total']}, split brain: "
             f"{'YES' if p['split_brain_seen'] else 'no'}")
