@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from director.adminapi import NodeEvent
 from director.arp import vrrp_mac
 from director.config import ConfigError, apply_timeouts, apply_to_services, config_from_texts
 from director.conn import ConnTable
@@ -47,7 +48,10 @@ from director.core import CoreConfig, Director
 from director.election import LeaderRecord, Role
 from director.elector import Elector, Membership, NodeInfo, RoleChange
 from director.etcdstore import ConfigSnapshot, EtcdStore
+from director.health.service import HealthService
 from director.io.dataplane import DataPlane
+from director.metrics import MetricsServer, serve_metrics
+from director.node_api import NodeAdmin, start_admin
 from director.nodeconfig import NodeConfig, NodeConfigError, parse_node_config
 from director.service import ServiceTable
 from director.stats import StatsEstimator
@@ -115,8 +119,11 @@ class Node:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()
         self._first_forward_task: asyncio.Task[None] | None = None
-        self.health: Any = None
+        self.health = HealthService(cfg.node_id, self.clock, epoch=self._known_epoch,
+                                    on_change=self._on_health_change)
+        self.api = NodeAdmin(self)
         self.admin: Any = None
+        self.metrics: MetricsServer | None = None
 
     # -- readiness and epochs ---------------------------------------------------------------------
     def _known_epoch(self) -> int:
@@ -144,8 +151,7 @@ class Node:
         self.events.write("forwarding", epoch=epoch)
         self._first_forward_task = asyncio.ensure_future(self._watch_first_forward(epoch))
         asyncio.ensure_future(self._repeat_garp())
-        if self.health is not None:
-            self.health.set_master(True)
+        self.health.set_master(True)
 
     def _stop_forwarding(self) -> None:
         was = self.director.active
@@ -154,8 +160,7 @@ class Node:
             self.sync.stop_serving()
         if self._first_forward_task is not None:
             self._first_forward_task.cancel()
-        if self.health is not None:
-            self.health.set_master(False)
+        self.health.set_master(False)
         if was:
             self.events.write("stopped_forwarding")
 
@@ -165,6 +170,9 @@ class Node:
         self.leader = change.leader
         self.events.write("role", role=change.role.name, epoch=change.epoch,
                           leader=change.leader.node_id if change.leader else None)
+        self.api.hub.publish(NodeEvent(kind="role", time=time.time(), role=change.role.name.lower(),
+                                       epoch=change.epoch,
+                                       message=f"leader {change.leader.node_id if change.leader else '-'}"))
         ldr = change.leader
         if change.role is not Role.LEADER and ldr is not None and ldr.node_id != self.cfg.node_id:
             self.follower.set_master(ldr.sync_addr or None, ldr.epoch)
@@ -197,19 +205,31 @@ class Node:
             self.config_error = str(err)
             log.error("config at revision %d refused, running config kept: %s", snap.revision, err)
             self.events.write("config_refused", revision=snap.revision, error=str(err))
+            self.api.hub.publish(NodeEvent(kind="config", time=time.time(), revision=snap.revision,
+                                           message=f"refused: {err}"))
             return False
-        down = self.health.down_keys() if self.health is not None else ()
-        apply_to_services(cfg, self.services, down=down)
+        apply_to_services(cfg, self.services, down=self.health.down_keys())
         apply_timeouts(cfg.timeouts, self.core_cfg.timeouts)
         self.config_snapshot = snap
         self.config_revision = snap.revision
         self.config_error = ""
         self.follower.rebind_pending()
-        if self.health is not None:
-            self.health.reconfigure(cfg)
+        self.health.reconfigure(cfg)
+        self.api.hub.publish(NodeEvent(kind="config", time=time.time(), revision=snap.revision,
+                                       message=f"{len(self.services)} services"))
         self.events.write("config_applied", revision=snap.revision, services=len(self.services),
                           dests=sum(len(s.dests) for s in self.services))
         return True
+
+    def _on_health_change(self, newly_down: frozenset[Any], newly_up: frozenset[Any]) -> None:
+        """A published health verdict changed: re-apply the config with the new down set."""
+        self.events.write("health", down=len(newly_down), up=len(newly_up))
+        for key in newly_down | newly_up:
+            self.api.hub.publish(NodeEvent(kind="health", time=time.time(), dest=str(key),
+                                           up=key in newly_up))
+        if self.config_snapshot is not None:
+            self.apply_snapshot(self.config_snapshot)
+        self.health.invalidate_down(self.table, newly_down)
 
     async def _config_loop(self) -> None:
         async for snap in self.store.watch_config():
@@ -265,7 +285,10 @@ class Node:
         self._tasks.append(asyncio.create_task(self._config_loop(), name="config"))
         self._tasks.append(asyncio.create_task(self._timer_loop(), name="timers"))
         self._tasks.append(asyncio.create_task(self._ready_loop(), name="ready"))
-        await self._start_admin()
+        self._tasks.append(asyncio.create_task(self.health.run(self.store), name="health"))
+        _api, self.admin = await start_admin(self)
+        if cfg.metrics_listen:
+            self.metrics = await serve_metrics(self.api, cfg.metrics_listen)
         node = NodeInfo(cfg.node_id, cfg.sync_advertise, cfg.admin_listen or "", cfg.priority)
         self.elector = Elector(self.store, node, ttl=max(1, round(cfg.lease_ttl)), ready=self.ready,
                                on_start_forwarding=self._start_forwarding,
@@ -277,16 +300,6 @@ class Node:
         with contextlib.suppress(Exception):
             await self.membership.start()
         self.events.write("started", pid=os.getpid())
-
-    async def _start_admin(self) -> None:
-        import importlib
-
-        try:
-            mod = importlib.import_module("director.node_api")
-        except ImportError:
-            log.warning("admin API not available in this build")
-            return
-        await mod.start_admin(self)
 
     async def resign(self) -> None:
         """Graceful failover: flush sync to every follower, then hand the lease over."""
@@ -312,8 +325,11 @@ class Node:
         await self._bounded("follower", self.follower.stop(), 2.0)
         if self.sync is not None:
             await self._bounded("sync server", self.sync.stop(), 2.0)
+        await self._bounded("health", self.health.stop(), 2.0)
         if self.admin is not None:
             await self._bounded("admin server", self.admin.stop(0.5), 2.0)
+        if self.metrics is not None:
+            await self._bounded("metrics server", self.metrics.stop(), 2.0)
         self.dataplane.detach()
         await self._bounded("etcd client", self.store.close(), 2.0)
         self.events.write("stopped")

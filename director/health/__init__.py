@@ -10,7 +10,8 @@ Theory of operation
   after `fall` consecutive failures; a down dest comes back after `rise` consecutive successes.
   A dest without a known verdict starts up (keepalived's default, no "alpha" mode), so adding a
   dest never black-holes traffic while its first checks run; its first verdict (after `rise`
-  good or `fall` bad probes) is announced like a flip, so every checked dest gets a published one. `HealthRunner` drives it on asyncio.
+  good or `fall` bad probes) is announced like a flip, so every checked dest gets a published one.
+  `HealthRunner` drives it on asyncio.
 * **`service.HealthService`** is the node component the daemon wires: `reconfigure(cfg)`,
   `set_master(bool)`, `down_keys()` (for `config.apply_to_services(..., down=...)`), `run(store)`
   (follows the published verdicts in etcd) and `invalidate_down(table, keys)`.
