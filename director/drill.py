@@ -298,10 +298,10 @@ def summary(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="drill", description="run the failover drill in a fresh lab")
-    p.add_argument("--conns", type=int, default=200)
-    p.add_argument("--new-rate", type=float, default=25.0)
+    p.add_argument("--conns", type=int, default=200, help="long-lived verified TCP connections (200)")
+    p.add_argument("--new-rate", type=float, default=25.0, help="new sticky HTTP connections per second")
     p.add_argument("--etcd-defaults", action="store_true", help="etcd default heartbeat/election settings")
-    p.add_argument("--report", default="demo-report.json")
+    p.add_argument("--report", default="demo-report.json", help="where to write the JSON report")
     args = p.parse_args(argv)
     drill = Drill(conns=args.conns, new_rate=args.new_rate, tuned_etcd=not args.etcd_defaults)
     report = drill.run()
