@@ -34,14 +34,8 @@ def _rounds(tuned: bool, rounds: int) -> tuple[list[float], list[float]]:
     kills: list[float] = []
     resigns: list[float] = []
     try:
-        lab.up()
-        cluster.start_etcd()
-        cluster.apply_config(services_yaml(2))
-        for node in cluster.nodes:
-            cluster.start_node(node)
-        master = cluster.wait_master(60)
+        master = cluster.bring_up(services_yaml(2))
         backup = next(n for n in cluster.nodes if n is not master)
-        cluster.wait_in_sync(backup, 60)
         traffic = TrafficProc(lab, 10, 5.0, 0.05, udp_rate=500.0)
         wait_for("traffic", lambda: traffic is not None and traffic.report()["alive"] >= 10, 60, 0.2)
         for _ in range(rounds):

@@ -141,6 +141,22 @@ class LabCluster:
         )
         self.lab.run_python(self.lab.ctl.ns, code, timeout=60)
 
+    def bring_up(self, services_yaml: str, timeout: float = 60.0) -> NodeProc:
+        """Lab, etcd, config; the first node becomes master, then the others start and sync.
+
+        Returns the master. Every step waits on a condition (never a fixed sleep)."""
+        self.lab.up()
+        self.start_etcd()
+        self.apply_config(services_yaml)
+        first, *rest = self.nodes
+        self.start_node(first)
+        wait_for(f"{first.node_id} to become master", lambda: self.is_forwarding(first), timeout)
+        for node in rest:
+            self.start_node(node)
+        for node in rest:
+            self.wait_in_sync(node, timeout)
+        return first
+
     # -- nodes ----------------------------------------------------------------------------------------
     def start_node(self, node: NodeProc) -> None:
         node.config.write_text(self.node_yaml(node))

@@ -150,19 +150,8 @@ class Drill:
     def setup(self) -> None:
         self.say(f"lab {self.lab.name}: building namespaces (client, 2 directors, "
                  f"{self.n_reals} real servers)")
-        self.lab.up()
-        c = self.cluster
-        self.say("etcd: starting in the control namespace")
-        c.start_etcd()
-        rev = c.apply_config(services_yaml(self.n_reals))
-        self.say(f"config: 3 services written to etcd (revision {rev})")
-        d1, d2 = c.nodes
-        c.start_node(d1)
-        wait_for("d1 to become master", lambda: c.is_forwarding(d1), 60)
-        self.say("d1 is master")
-        c.start_node(d2)
-        c.wait_in_sync(d2, 60)
-        self.say("d2 follows d1 and is in sync")
+        self.cluster.bring_up(services_yaml(self.n_reals))
+        self.say("etcd up, 3 services in etcd, d1 is master, d2 follows d1 and is in sync")
         self.traffic = TrafficProc(self.lab, self.conns, self.new_rate, self.interval)
         n_src = self.traffic.n_sources
         self.say(f"client: opening {self.conns} long-lived connections, new sticky connections from "

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from deploy.cluster import wait_for as cluster_wait_for
 from deploy.lab import Lab
 
 DEADLINE = 30.0
@@ -21,14 +21,7 @@ DEADLINE = 30.0
 
 def wait_for(cond: Callable[[], Any], timeout: float = DEADLINE, what: str = "condition") -> Any:
     """Poll ``cond()`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    end = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
+    return cluster_wait_for(what, cond, timeout, every=0.05)
 
 
 class DirectorProc:

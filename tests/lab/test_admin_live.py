@@ -66,14 +66,7 @@ def env() -> Iterator[Env]:
     cluster = LabCluster(lab, n_nodes=2)
     e = Env(lab, cluster)
     try:
-        lab.up()
-        cluster.start_etcd()
-        cluster.apply_config(services_yaml())
-        d1, d2 = cluster.nodes
-        cluster.start_node(d1)
-        wait_for("d1 master", lambda: cluster.is_forwarding(d1), 60)
-        cluster.start_node(d2)
-        cluster.wait_in_sync(d2, 60)
+        cluster.bring_up(services_yaml())
         wait_for("admin sockets", lambda: all(cluster.admin_socket(n).exists() for n in cluster.nodes), 30)
         yield e
     finally:

@@ -65,14 +65,7 @@ def env() -> Iterator[Env]:
     cluster = LabCluster(lab, n_nodes=2)
     e = Env(lab, cluster)
     try:
-        lab.up()
-        cluster.start_etcd()
-        cluster.apply_config(services_yaml(3))
-        d1, d2 = cluster.nodes
-        cluster.start_node(d1)
-        wait_for("d1 master", lambda: cluster.is_forwarding(d1), 60)
-        cluster.start_node(d2)
-        cluster.wait_in_sync(d2, 60)
+        cluster.bring_up(services_yaml(3))
         yield e
     finally:
         if e.traffic is not None:
