@@ -166,3 +166,40 @@ def test_health_drill_quiesce_and_restore(env: Env) -> None:
         60,
     )
     wait_for("r1 serves again", lambda: "r1" in env.get(6), 60)
+
+
+def test_put_and_delete_service_and_dest_through_etcd(env: Env) -> None:
+    from google.protobuf import struct_pb2
+
+    d1, d2 = env.cluster.nodes
+    m, b = env.stub(d1), env.stub(d2)
+    spec = struct_pb2.Struct()
+    spec.update({"name": "mail", "protocol": "tcp", "vip": VIP_NAT, "port": 25,
+                 "dests": [{"address": real_addr(1), "port": 25, "weight": 3}]})
+    rev = m.PutService(pb.PutServiceRequest(service=spec), timeout=10).revision
+    assert rev > 0
+    mail = pb.ServiceRef(protocol="tcp", vip=VIP_NAT, port=25)
+
+    def mail_dests(stub: Any) -> set[str]:
+        try:
+            svcs = stub.ListServices(pb.ListServicesRequest(service=mail), timeout=10).services
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.NOT_FOUND
+            return set()
+        return {d.address for d in svcs[0].dests}
+
+    wait_for("the new service on the backup", lambda: mail_dests(b) == {real_addr(1)}, 30)
+    with pytest.raises(grpc.RpcError) as ei:
+        b.PutService(pb.PutServiceRequest(service=spec, create_only=True), timeout=10)
+    assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    dest = struct_pb2.Struct()
+    dest.update({"address": real_addr(2), "port": 25, "weight": 1})
+    b.PutDest(pb.PutDestRequest(service=mail, dest=dest), timeout=10)
+    wait_for("the new dest on the master", lambda: mail_dests(m) == {real_addr(1), real_addr(2)}, 30)
+    m.DeleteDest(pb.DeleteDestRequest(service=mail, address=real_addr(1), port=25), timeout=10)
+    wait_for("the dest gone on both", lambda: mail_dests(m) == mail_dests(b) == {real_addr(2)}, 30)
+    m.DeleteService(pb.DeleteServiceRequest(service=mail), timeout=10)
+    wait_for("the service gone on both", lambda: mail_dests(m) == mail_dests(b) == set(), 30)
+    with pytest.raises(grpc.RpcError) as ei:
+        m.DeleteService(pb.DeleteServiceRequest(service=mail), timeout=10)
+    assert ei.value.code() == grpc.StatusCode.NOT_FOUND
