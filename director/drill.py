@@ -14,8 +14,9 @@ Theory of operation
    ARP, sends gratuitous ARPs and forwards from its synced table. ``takeover_ms`` runs from the kill
    to the first packet the new master forwarded (its own event log, same wall clock).
 4. The old master restarts, resyncs (a snapshot from the new master), and only then is eligible.
-5. Phase ``switchback``: a graceful resign of the current master (SIGUSR1: flush sync to every
-   follower, stop forwarding, revoke the lease); the old master takes over again.
+5. Phase ``switchback``: ``directorctl failover`` against the current master's admin socket — a
+   graceful resign (flush sync to every follower, stop forwarding, revoke the lease); the old master
+   takes over again.
 Each phase ends once every client address has made two new connections after the takeover and no
 connection is stalled. Split brain is checked from both nodes' forwarding intervals.
 The report goes to stdout (human) and to ``--report`` (JSON, one entry per phase).
@@ -231,11 +232,20 @@ class Drill:
         cur = c.wait_master()
         self.traffic.phase("switchback")
         start = self.traffic.report()
-        self.say(f"phase switchback: graceful resign of {cur.node_id}")
+        self.say(f"phase switchback: `directorctl failover` on {cur.node_id} (graceful resign)")
         t0 = time.time()
-        c.signal_node(cur, signal.SIGUSR1)
-        takeover = self._takeover(to, t0)
-        self.say(f"{to.node_id} is master again: first packet forwarded {takeover:.0f} ms after the resign")
+        ctl = subprocess.run([PYTHON, "-m", "director.cli", "--addr", f"unix:{c.admin_socket(cur)}",
+                              "failover"], capture_output=True, text=True, timeout=60)
+        for line in ctl.stdout.splitlines():
+            self.say(f"  directorctl: {line}")
+        if ctl.returncode != 0:
+            raise ClusterError(f"directorctl failover failed ({ctl.returncode}): {ctl.stderr.strip()}")
+        # the outage starts when the old master stops forwarding (after the CLI started and sync flushed)
+        stop = wait_for(f"{cur.node_id} to stop forwarding",
+                        lambda: c.last_event(cur, "stopped_forwarding", t0), 60)
+        takeover = self._takeover(to, float(stop["t"]))
+        self.say(f"{to.node_id} is master again: first packet forwarded {takeover:.0f} ms after "
+                 f"{cur.node_id} stopped forwarding")
         ok_at = self.traffic.report()["new_ok"]
         end = self._settle(ok_at)
         return self._phase_result(start, end, takeover)
