@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 
-from deploy.lab import PYTHON, VIP_NAT, Lab, client_addr, mac_for, new_name, real_addr
+from deploy.lab import GATEWAY, PYTHON, VIP_NAT, Lab, client_addr, mac_for, new_name, real_addr
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +58,17 @@ EAGAIN as soon as the forwarder's backlog fills (PACKET-IO-NOTES.md, pitfall 9).
 
 
 def services_yaml() -> str:
-    """The director's config for the benchmark: UDP port 9 and every TCP port on VIP_NAT -> r1 (NAT)."""
+    """The director's config for the benchmark: UDP port 9 and every TCP port on VIP_NAT -> r1 (NAT).
+
+    The any-port TCP service (iperf3) is persistent, as director.config requires for port 0."""
     r1 = real_addr(1)
     return (
-        "vmac_id: 1\n"
+        f"vmac_id: 1\ngateways: [{GATEWAY}]\nint_mtu: 1600\n"
         "services:\n"
-        f"  - {{protocol: udp, vaddr: {VIP_NAT}, vport: {UDP_PORT}, scheduler: rr,\n"
-        f"     dests: [{{addr: {r1}, port: {UDP_PORT}, fwd: nat}}]}}\n"
-        f"  - {{protocol: tcp, vaddr: {VIP_NAT}, vport: 0, scheduler: rr,\n"
-        f"     dests: [{{addr: {r1}, port: 0, fwd: nat}}]}}\n"
+        f"  - {{name: bench-udp, protocol: udp, vip: {VIP_NAT}, port: {UDP_PORT}, scheduler: rr,\n"
+        f"     forward: nat, dests: [{{address: {r1}, port: {UDP_PORT}}}]}}\n"
+        f"  - {{name: bench-tcp-any, protocol: tcp, vip: {VIP_NAT}, port: 0, scheduler: rr, forward: nat,\n"
+        f"     persistence: {{timeout: 60}}, dests: [{{address: {r1}, port: 0}}]}}\n"
     )
 
 

@@ -19,12 +19,18 @@ would then point that kernel address at the virtual MAC and the kernel, which dr
 its own MAC, would go deaf): :func:`core_config` uses the NAT gateway address inside and the first
 VIP outside, both owned by the active director's virtual MAC anyway.
 
-``python -m director.io.dataplane --ext IF --int IF --config services.yaml`` runs a stand-alone
-director (the lab tests and benchmarks use it beside ``directord``), active unless ``--backup``;
-SIGUSR1 / SIGUSR2 make it active (with gratuitous ARPs) / inactive; SIGHUP reloads the services
-file (dests added, removed, re-weighted in place); ``--stats-file`` gets a JSON snapshot of the
-counters every 200 ms; ``--workers N`` forks N PACKET_FANOUT workers that split traffic by client
-address (each with its own conn table; stats from worker 0 only).
+``python -m director.io.dataplane --ext IF --int IF --config runner.yaml`` runs a stand-alone
+director (the lab tests and benchmarks use it beside ``directord``), active unless ``--backup``.
+Its file (:func:`load_config`) holds a few node settings (``vmac_id``, ``gateways``, ``int_mtu``)
+beside ``services`` / ``timeouts`` in exactly ``director.config``'s schema (the one ``directorctl
+apply`` takes), validated by it; every problem is reported at once as a ``ConfigError`` line
+naming its field, and a bad file stops the start before any socket is opened.
+SIGUSR1 / SIGUSR2 make it active (with gratuitous ARPs) / inactive; SIGHUP re-reads the file and
+applies services and timeouts with ``director.config.apply_to_services`` / ``apply_timeouts``
+(services and dests edited in place, so existing conns keep their ``Dest``; a bad file is logged
+and the running config kept; node settings need a restart); ``--stats-file`` gets a JSON snapshot
+of the counters every 200 ms; ``--workers N`` forks N PACKET_FANOUT workers that split traffic by
+client address (each with its own conn table; stats from worker 0 only).
 """
 
 from __future__ import annotations
@@ -39,12 +45,14 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from director.arp import arp_request, vrrp_mac
+from director.config import Config, ConfigError, apply_timeouts, apply_to_services, config_from_dict
 from director.conn import ConnTable
 from director.core import EXT, INT, Action, CoreConfig, Director
 from director.io.afpacket import (
@@ -57,9 +65,7 @@ from director.io.afpacket import (
     TxRing,
     blocking_loop,
 )
-from director.sched import registry
-from director.service import Dest, ServiceTable, VirtualService
-from director.types import FwdMethod, Proto, SvcFlags
+from director.service import Dest, ServiceTable
 
 log = logging.getLogger(__name__)
 DEFAULT_RING = RingSpec()
@@ -235,93 +241,141 @@ def _dest_stats(dest: Dest) -> dict[str, int]:
 
 
 # -- stand-alone director: config file, reload, stats ---------------------------------------------
-_FWD = {"nat": FwdMethod.NAT, "masq": FwdMethod.NAT, "dr": FwdMethod.DR, "route": FwdMethod.DR,
-        "tun": FwdMethod.TUN, "ipip": FwdMethod.TUN}
-_PROTO = {"tcp": Proto.TCP, "udp": Proto.UDP}
+NODE_KEYS = ("vmac_id", "gateways", "int_mtu")
+"""Node-level settings of the stand-alone runner; everything else is ``director.config``'s schema."""
+MIN_MTU, MAX_MTU = 576, 65535
 
 
-def _ip(text: str) -> int:
-    return int(ipaddress.IPv4Address(text))
+@dataclass(frozen=True)
+class RunnerConfig:
+    """The stand-alone runner's file: node settings plus ``services`` / ``timeouts``."""
+
+    vmac_id: int = 1
+    """Virtual MAC 00:00:5e:00:01:<vmac_id>: source of every frame sent, owner of the VIPs."""
+    gateways: tuple[str, ...] = ()
+    """Addresses answered on the internal side (the NAT real servers' default gateway); the lowest
+    is the director's ARP sender / IPIP source inside."""
+    int_mtu: int = 1500
+    """MTU of the internal side (TUN: bigger packets get frag-needed)."""
+    config: Config = Config()
+    """The virtual services and timeouts, exactly as ``director.config`` (and ``directorctl apply``)."""
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read the stand-alone services file::
+def _node_errors(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """Check the node-level keys; returns (problem lines, clean values)."""
+    errs: list[str] = []
+    out: dict[str, Any] = {}
+    vmac_id = d.get("vmac_id", 1)
+    if isinstance(vmac_id, bool) or not isinstance(vmac_id, int) or not 1 <= vmac_id <= 255:
+        errs.append(f"vmac_id: must be an integer in 1..255, got {vmac_id!r}")
+    else:
+        out["vmac_id"] = vmac_id
+    mtu = d.get("int_mtu", 1500)
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not MIN_MTU <= mtu <= MAX_MTU:
+        errs.append(f"int_mtu: must be an integer in {MIN_MTU}..{MAX_MTU}, got {mtu!r}")
+    else:
+        out["int_mtu"] = mtu
+    gws = d.get("gateways", [])
+    if not isinstance(gws, list):
+        errs.append(f"gateways: must be a list of IPv4 addresses, got {gws!r}")
+        return errs, out
+    good = []
+    for i, g in enumerate(gws):
+        try:
+            if not isinstance(g, str):
+                raise ValueError
+            good.append(str(ipaddress.IPv4Address(g)))
+        except ValueError:
+            errs.append(f"gateways[{i}]: must be an IPv4 address, got {g!r}")
+    out["gateways"] = tuple(good)
+    return errs, out
 
-        vmac_id: 1
-        expire_nodest_conn: false
-        gateways: [198.18.1.254]
-        services:
-          - {protocol: tcp, vaddr: 198.18.0.10, vport: 80, scheduler: wrr, persistent: 60,
-             netmask: 255.255.255.255, dests: [{addr: 198.18.1.10, port: 80, weight: 1, fwd: nat}]}
-    """
-    data = yaml.safe_load(Path(path).read_text()) or {}
+
+def runner_config_from_dict(data: Any) -> RunnerConfig:
+    """Validate a loaded runner file; one ``ConfigError`` lists every problem, each naming its field."""
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping")
-    return data
+        raise ConfigError([f"(top level): must be a mapping, got {type(data).__name__}"])
+    allowed = (*NODE_KEYS, "services", "timeouts")
+    errs = [f"{k}: unknown field (allowed: {', '.join(sorted(allowed))})" for k in data if k not in allowed]
+    node_errs, node = _node_errors(data)
+    errs += node_errs
+    cfg = Config()
+    try:
+        cfg = config_from_dict({k: v for k, v in data.items() if k in ("services", "timeouts")})
+    except ConfigError as exc:
+        errs += exc.errors
+    if errs:
+        raise ConfigError(errs)
+    return RunnerConfig(config=cfg, **node)
 
 
-def build_service(spec: dict[str, Any]) -> VirtualService:
-    sched_opts = spec.get("scheduler_options", {}) or {}
-    svc = VirtualService(int(_PROTO[str(spec["protocol"]).lower()]), _ip(spec["vaddr"]), int(spec["vport"]),
-                         registry.create(str(spec.get("scheduler", "wlc")), **sched_opts))
-    if spec.get("persistent"):
-        svc.flags |= SvcFlags.PERSISTENT
-        svc.timeout = float(spec["persistent"])
-        svc.netmask = _ip(spec.get("netmask", "255.255.255.255"))
-    sync_dests(svc, spec.get("dests", []))
-    return svc
+def parse_runner_config(text: str) -> RunnerConfig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"(top level): not valid YAML: {exc}".replace("\n", " ")]) from exc
+    return runner_config_from_dict(data)
 
 
-def sync_dests(svc: VirtualService, dest_specs: list[dict[str, Any]]) -> None:
-    """Make ``svc.dests`` match ``dest_specs``: add, re-weight, remove (through the service)."""
-    wanted = {(_ip(d["addr"]), int(d.get("port", svc.port))): d for d in dest_specs}
-    for dest in list(svc.dests):
-        if (dest.addr, dest.port) not in wanted:
-            svc.remove_dest(dest)
-    for (addr, port), d in wanted.items():
-        cur = svc.find_dest(addr, port)
-        weight = int(d.get("weight", 1))
-        if cur is None:
-            svc.add_dest(Dest(svc, addr, port, weight, _FWD[str(d.get("fwd", "nat")).lower()]))
-        elif cur.weight != weight:
-            svc.edit_dest(cur, weight=weight)
+def load_config(path: str | Path) -> RunnerConfig:
+    """Read the stand-alone runner's file (``ConfigError`` lines are prefixed with the path)::
+
+        vmac_id: 1                  # node settings (all optional)
+        gateways: [198.18.1.254]
+        int_mtu: 1600
+        timeouts: {tcp: 900, tcpfin: 120, udp: 300}    # director.config's schema from here on
+        services:
+          - name: web
+            protocol: tcp
+            vip: 198.18.0.10
+            port: 80
+            scheduler: wrr
+            persistence: {timeout: 60, netmask: 255.255.255.255}
+            expire_nodest_conn: true
+            dests: [{address: 198.18.1.10, port: 8080, weight: 2, forward: nat}]
+    """
+    try:
+        return parse_runner_config(Path(path).read_text(encoding="utf-8"))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {line}" for line in exc.errors) from None
 
 
-def apply_services(services: ServiceTable, specs: list[dict[str, Any]]) -> None:
-    """Bring a live service table in line with ``specs`` (reload keeps conns and bound dests)."""
-    by_key = {s.key: s for s in services}
-    seen = set()
-    for spec in specs:
-        svc = build_service(spec)
-        seen.add(svc.key)
-        cur = by_key.get(svc.key)
-        if cur is None:
-            services.add(svc)
-        else:
-            sync_dests(cur, spec.get("dests", []))
-    for key, svc in by_key.items():
-        if key not in seen:
-            services.remove(svc)
-
-
-def core_config(conf: dict[str, Any], services: ServiceTable) -> CoreConfig:
-    gws = frozenset(_ip(g) for g in conf.get("gateways", ["198.18.1.254"]))
+def core_config(rc: RunnerConfig, services: ServiceTable) -> CoreConfig:
+    """CoreConfig for ``rc``; the ARP senders are the gateway inside and the first VIP outside."""
+    gws = frozenset(int(ipaddress.IPv4Address(g)) for g in rc.gateways)
     vips = sorted(services.vaddrs())
-    cfg = CoreConfig(vmac=vrrp_mac(int(conf.get("vmac_id", 1))), gw_addrs=gws,
-                     int_addr=min(gws) if gws else 0, ext_addr=vips[0] if vips else 0,
-                     mtu=int(conf.get("int_mtu", 1600)),
-                     expire_nodest_conn=bool(conf.get("expire_nodest_conn", False)))
-    for name, seconds in (conf.get("timeouts") or {}).items():
-        cfg.timeouts.set(str(name), float(seconds))
+    cfg = CoreConfig(vmac=vrrp_mac(rc.vmac_id), gw_addrs=gws, int_addr=min(gws) if gws else 0,
+                     ext_addr=vips[0] if vips else 0, mtu=rc.int_mtu)
+    apply_timeouts(rc.config.timeouts, cfg.timeouts)
     return cfg
 
 
-def build_director(conf: dict[str, Any]) -> Director:
+def build_director(rc: RunnerConfig) -> Director:
+    """A stand-alone (inactive) Director with ``rc``'s services and timeouts."""
     services = ServiceTable()
-    apply_services(services, conf.get("services", []))
+    apply_to_services(rc.config, services)
     clock = time.monotonic
-    d = Director(ConnTable(clock, bits=16), services, clock, core_config(conf, services))
-    return d
+    return Director(ConnTable(clock, bits=16), services, clock, core_config(rc, services))
+
+
+def reload_config(director: Director, running: RunnerConfig, path: str | Path) -> RunnerConfig:
+    """Re-read ``path`` and apply its services and timeouts in place (existing services, dests and
+    conns stay; see ``director.config.apply_to_services``). Node settings need a restart: a change
+    is logged and ignored. Raises ``ConfigError`` / ``OSError`` with the running config untouched.
+    """
+    new = load_config(path)
+    for key in NODE_KEYS:
+        was, now = getattr(running, key), getattr(new, key)
+        if was != now:
+            log.warning("reload: %s changed (%s -> %s); restart to apply it", key, was, now)
+    apply_to_services(new.config, director.services)
+    apply_timeouts(new.config.timeouts, director.cfg.timeouts)
+    if director.cfg.ext_addr not in director.services.vaddrs():
+        vips = sorted(director.services.vaddrs())
+        director.cfg.ext_addr = vips[0] if vips else 0
+    return replace(new, **{k: getattr(running, k) for k in NODE_KEYS})
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
@@ -333,8 +387,8 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
 
 async def _serve(args: argparse.Namespace, fanout_group: int | None, worker: int) -> None:
     loop = asyncio.get_running_loop()
-    conf = load_config(args.config)
-    director = build_director(conf)
+    running = load_config(args.config)
+    director = build_director(running)
     dp = DataPlane(director, args.ext, args.int, fanout_group=fanout_group,
                    ring=None if args.no_rx_ring else DEFAULT_RING, tx_ring=not args.no_tx_ring)
     dp.attach(loop)
@@ -347,9 +401,12 @@ async def _serve(args: argparse.Namespace, fanout_group: int | None, worker: int
     loop.add_signal_handler(signal.SIGINT, stop.set)
 
     def reload() -> None:
+        nonlocal running
         try:
-            apply_services(director.services, load_config(args.config).get("services", []))
+            running = reload_config(director, running, args.config)
             log.info("worker %d: services reloaded", worker)
+        except (ConfigError, OSError) as exc:
+            log.error("reload failed; running config kept:\n%s", exc)
         except Exception:
             log.exception("reload failed; running config kept")
 
@@ -398,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
                                  description="stand-alone always-active director on two interfaces")
     ap.add_argument("--ext", required=True)
     ap.add_argument("--int", required=True)
-    ap.add_argument("--config", required=True, help="services YAML (see load_config)")
+    ap.add_argument("--config", required=True,
+                    help="node settings + services/timeouts in director.config's schema (see load_config)")
     ap.add_argument("--workers", type=int, default=1, help="PACKET_FANOUT worker processes")
     ap.add_argument("--no-rx-ring", action="store_true", help="plain recvmsg + PACKET_AUXDATA instead")
     ap.add_argument("--no-tx-ring", action="store_true", help="one send() per frame instead of a TX ring")
@@ -410,6 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        load_config(args.config)  # fail before forking workers or opening sockets
+    except (ConfigError, OSError) as exc:
+        log.error("bad config, not starting:\n%s", exc)
+        return 2
     if args.workers > 1:
         return _run_workers(args)
     asyncio.run(_serve(args, None, 0))

@@ -59,7 +59,8 @@ class DirectorProc:
         return self.stats()
 
     def reload(self, config_text: str) -> None:
-        """Rewrite the services file and SIGHUP the director; returns once a new snapshot shows it."""
+        """Rewrite the runner file (node settings + director.config services) and SIGHUP the director;
+        returns once a new snapshot shows it."""
         self.config.write_text(config_text)
         self.proc.send_signal(signal.SIGHUP)
         self.fresh_stats()

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from deploy.lab import PYTHON, VIP_NAT, Lab, real_addr
+from deploy.lab import GATEWAY, PYTHON, VIP_NAT, Lab, real_addr
 from tests.lab.labutil import DirectorProc, wait_for
 
 pytestmark = pytest.mark.lab
@@ -120,9 +120,10 @@ def test_sent_frames_are_not_received_back(lab: Lab) -> None:
 
 FANOUT_SERVICES = f"""\
 vmac_id: 1
+gateways: [{GATEWAY}]
 services:
-  - {{protocol: tcp, vaddr: {VIP_NAT}, vport: 80, scheduler: rr,
-     dests: [{{addr: {real_addr(1)}, fwd: nat}}, {{addr: {real_addr(2)}, fwd: nat}}]}}
+  - {{name: web, protocol: tcp, vip: {VIP_NAT}, port: 80, scheduler: rr, forward: nat,
+     dests: [{{address: {real_addr(1)}}}, {{address: {real_addr(2)}}}]}}
 """
 
 

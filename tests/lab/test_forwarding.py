@@ -26,39 +26,40 @@ WEIGHTS = (1, 2, 3)
 HTTP, ECHO, UDP_ECHO, PERSIST, WEIGHTED, NODEST_TCP, NODEST_UDP = 80, 7, 7, 81, 82, 83, 8
 
 
-def _dests(fwd: str, port: int | None = None, weights: tuple[int, ...] = (1, 1, 1),
-           skip: int | None = None) -> str:
+def _dests(port: int | None = None, weights: tuple[int, ...] = (1, 1, 1), skip: int | None = None) -> str:
     items = []
     for i, w in enumerate(weights, start=1):
         if i == skip:
             continue
         p = f", port: {port}" if port else ""
-        items.append(f"{{addr: {real_addr(i)}{p}, weight: {w}, fwd: {fwd}}}")
+        items.append(f"{{address: {real_addr(i)}{p}, weight: {w}}}")
     return "[" + ", ".join(items) + "]"
 
 
+def _svc(name: str, proto: str, vip: str, port: int, dests: str, fwd: str = "nat", sched: str = "rr",
+         extra: str = "") -> str:
+    return (f"  - {{name: {name}, protocol: {proto}, vip: {vip}, port: {port}, scheduler: {sched},"
+            f" forward: {fwd},{extra}\n     dests: {dests}}}\n")
+
+
 def services_yaml(tcp_skip: int | None = None, udp_skip: int | None = None) -> str:
-    return f"""\
-vmac_id: 1
-gateways: [{GATEWAY}]
-expire_nodest_conn: true
-services:
-  - {{protocol: tcp, vaddr: {VIP_NAT}, vport: {HTTP}, scheduler: rr, dests: {_dests("nat")}}}
-  - {{protocol: tcp, vaddr: {VIP_NAT}, vport: {ECHO}, scheduler: rr, dests: {_dests("nat")}}}
-  - {{protocol: udp, vaddr: {VIP_NAT}, vport: {UDP_ECHO}, scheduler: rr, dests: {_dests("nat")}}}
-  - {{protocol: tcp, vaddr: {VIP_NAT}, vport: {PERSIST}, scheduler: rr, persistent: 120,
-     dests: {_dests("nat", HTTP)}}}
-  - {{protocol: tcp, vaddr: {VIP_NAT}, vport: {WEIGHTED}, scheduler: wrr,
-     dests: {_dests("nat", HTTP, WEIGHTS)}}}
-  - {{protocol: tcp, vaddr: {VIP_NAT}, vport: {NODEST_TCP}, scheduler: rr,
-     dests: {_dests("nat", HTTP, skip=tcp_skip)}}}
-  - {{protocol: udp, vaddr: {VIP_NAT}, vport: {NODEST_UDP}, scheduler: rr,
-     dests: {_dests("nat", UDP_ECHO, skip=udp_skip)}}}
-  - {{protocol: tcp, vaddr: {VIP_DR}, vport: {HTTP}, scheduler: rr, dests: {_dests("dr")}}}
-  - {{protocol: tcp, vaddr: {VIP_TUN}, vport: {HTTP}, scheduler: rr, dests: {_dests("tun")}}}
-  - {{protocol: tcp, vaddr: {VIP_DR}, vport: {ECHO}, scheduler: rr, dests: {_dests("dr")}}}
-  - {{protocol: tcp, vaddr: {VIP_TUN}, vport: {ECHO}, scheduler: rr, dests: {_dests("tun")}}}
-"""
+    """The runner's file: node settings + services in director.config's schema. Only the NODEST
+    services expire conns of removed dests (the per-service expire_nodest_conn)."""
+    nodest = " expire_nodest_conn: true,"
+    return "".join([
+        f"vmac_id: 1\ngateways: [{GATEWAY}]\nint_mtu: 1600\nservices:\n",
+        _svc("nat-http", "tcp", VIP_NAT, HTTP, _dests()),
+        _svc("nat-echo", "tcp", VIP_NAT, ECHO, _dests()),
+        _svc("nat-udp-echo", "udp", VIP_NAT, UDP_ECHO, _dests()),
+        _svc("nat-persist", "tcp", VIP_NAT, PERSIST, _dests(HTTP), extra=" persistence: {timeout: 120},"),
+        _svc("nat-weighted", "tcp", VIP_NAT, WEIGHTED, _dests(HTTP, WEIGHTS), sched="wrr"),
+        _svc("nat-nodest-tcp", "tcp", VIP_NAT, NODEST_TCP, _dests(HTTP, skip=tcp_skip), extra=nodest),
+        _svc("nat-nodest-udp", "udp", VIP_NAT, NODEST_UDP, _dests(UDP_ECHO, skip=udp_skip), extra=nodest),
+        _svc("dr-http", "tcp", VIP_DR, HTTP, _dests(), fwd="dr"),
+        _svc("tun-http", "tcp", VIP_TUN, HTTP, _dests(), fwd="tun"),
+        _svc("dr-echo", "tcp", VIP_DR, ECHO, _dests(), fwd="dr"),
+        _svc("tun-echo", "tcp", VIP_TUN, ECHO, _dests(), fwd="tun"),
+    ])
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +180,7 @@ def _dest_with_conn(stats: dict[str, Any], proto: int, vport: int) -> str:
 
 
 def test_removed_dest_expire_nodest_conn(lab: Lab, director: DirectorProc) -> None:
-    """expire_nodest_conn=1: packets of a conn whose dest was removed are dropped and the conn
+    """Per-service expire_nodest_conn: packets of a conn whose dest was removed are dropped and the conn
     expired; a UDP flow (same client port) is rescheduled to a remaining dest."""
     first = client(lab, "udp", VIP_NAT, str(NODEST_UDP), "1", "--cport", "40001")
     old_server = first[0][1].split("|")[0]

@@ -19,8 +19,8 @@ vmac_id: 1
 gateways: [{GATEWAY}]
 int_mtu: 1500
 services:
-  - {{protocol: tcp, vaddr: {VIP_TUN}, vport: {ECHO}, scheduler: rr,
-     dests: [{{addr: {real_addr(1)}, fwd: tun}}, {{addr: {real_addr(2)}, fwd: tun}}]}}
+  - {{name: tun-echo, protocol: tcp, vip: {VIP_TUN}, port: {ECHO}, scheduler: rr, forward: tun,
+     dests: [{{address: {real_addr(1)}}}, {{address: {real_addr(2)}}}]}}
 """
 
 
