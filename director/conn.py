@@ -28,8 +28,11 @@ unbound from its dest (with the overload clearing rule) and counted out.
 *Timers.* ``director.timer.Wheel``: ``refresh`` only moves ``expires`` (O(1)); ``tick`` collects
 due slots (O(due), plus one hop per 32 s of long timeouts); ``expire_now`` fires at the next tick.
 
-*Events.* NEW / UPDATE / EXPIRE go to ``events`` (``director.conn_events``) when enabled;
-``refresh`` emits nothing. Kernel errors (double hash, control-del underflow) are logged
+*Events.* NEW / UPDATE / EXPIRE go to ``events`` (``director.conn_events``) when enabled, as
+flat ``RawEvent`` tuples built in one go; a dest's key is taken from a small identity cache (it
+never changes during the dest's life) and an entry's key is reused from the previous event when
+that event was about the same entry (every change of key fields emits an event, so the cached key
+is always current). ``refresh`` emits nothing. Kernel errors (double hash, control-del underflow) are logged
 (rate-limited) and counted in ``errors``, never raised.
 """
 
@@ -40,8 +43,8 @@ import random
 from collections.abc import Iterator
 from typing import cast
 
-from director.conn_events import ConnEvent, ConnKey, ConnSnapshot, EventFeed, EventKind
-from director.service import Dest
+from director.conn_events import ConnEvent, ConnKey, ConnSnapshot, EventFeed, EventKind, RawEvent
+from director.service import Dest, DestKey
 from director.tcp import TcpState
 from director.timer import DEFAULT_HORIZON, Timed, Wheel
 from director.types import Clock, ConnFlags, DestFlags, Proto
@@ -140,13 +143,27 @@ class Conn(Timed):
 _tuple_new = tuple.__new__  # builds NamedTuples without their Python-level __new__
 
 
+_DEST_KEYS: dict[Dest, DestKey] = {}
+_DEST_KEYS_MAX = 4096
+
+
+def dest_key(dest: Dest) -> DestKey:
+    """``dest.key`` from an identity cache (a dest's key never changes; the cache is bounded)."""
+    k = _DEST_KEYS.get(dest)
+    if k is None:
+        if len(_DEST_KEYS) >= _DEST_KEYS_MAX:
+            _DEST_KEYS.clear()
+        k = _DEST_KEYS[dest] = dest.key
+    return k
+
+
 def snapshot(conn: Conn) -> ConnSnapshot:
     """Immutable copy of an entry for the event feed / sync snapshots."""
     k, f, d, ct = conn._key, conn.flags, conn.dest, conn.control
     key = ((k >> 16) & 0xFF, k >> 24, k & 0xFFFF, conn.vaddr, conn.vport, conn.daddr, conn.dport,
            conn.fwmark, bool(f & F_TEMPLATE))
     return _tuple_new(ConnSnapshot, (key, f, conn.state, conn.timeout, conn.expires,
-                                     d.key if d is not None else None,
+                                     dest_key(d) if d is not None else None,
                                      ct.key if ct is not None else None, conn.in_pkts))
 
 
@@ -167,6 +184,8 @@ class ConnTable:
         self.no_cport_count = 0
         self.events = EventFeed(event_capacity)
         self.errors: dict[str, int] = {}
+        self._ev_conn: Conn | None = None  # entry of the last event built, and its key
+        self._ev_key: ConnKey | None = None
 
     # ---- lookups ---------------------------------------------------------------------------
 
@@ -253,7 +272,7 @@ class ConnTable:
             else:
                 self._error("control_add_removed", "new() controlled by removed %r", control)
         if self.events.enabled:
-            self.events.push(_NEW, snapshot(c))
+            self._event(_NEW, c)
         return c
 
     def _bind(self, c: Conn, flags: int, dest: Dest, new: bool) -> int:
@@ -346,7 +365,7 @@ class ConnTable:
             now = self._clock()
             self._wheel.rearm(conn, now + timeout, now)
         if state != old and self.events.enabled:
-            self.events.push(_UPDATE, snapshot(conn))
+            self._event(_UPDATE, conn)
 
     def refresh(self, conn: Conn, timeout: float | None = None) -> None:
         """expires := now + (timeout or conn.timeout). O(1), no event, conn.timeout unchanged."""
@@ -391,7 +410,7 @@ class ConnTable:
             self._wheel.rearm(c, now + EXPIRE_LATER, now)  # expire later
             return False
         if self.events.enabled:
-            self.events.push(_EXPIRE, snapshot(c))
+            self._event(_EXPIRE, c)
         self._wheel.disarm(c)
         if c.control is not None:
             self._control_del(c)
@@ -476,6 +495,7 @@ class ConnTable:
             return True
         if ct.vport != INVALID_PORT and self._unhash(ct):
             old = ct.key
+            self._ev_conn = None  # its key changes: the event key cache must not serve it
             ct.dport = INVALID_PORT
             ct.vport = INVALID_PORT
             ct._key &= ~0xFFFF  # cport = 0
@@ -490,6 +510,7 @@ class ConnTable:
         old = None
         if conn.flags & F_NO_CPORT:
             old = conn.key
+            self._ev_conn = None  # its key changes: the event key cache must not serve it
             self.no_cport_count -= 1
             conn.flags = _canon(conn.flags & ~F_NO_CPORT)
             conn._key = (conn._key & ~0xFFFF) | cport
@@ -562,7 +583,28 @@ class ConnTable:
 
     def _emit(self, kind: EventKind, c: Conn, old_key: ConnKey | None = None) -> None:
         if self.events.enabled:
-            self.events.push(kind, snapshot(c), old_key)
+            self._event(kind, c, old_key)
+
+    def _event(self, kind: EventKind, c: Conn, old_key: ConnKey | None = None) -> None:
+        """Push the RawEvent of ``c`` now (the caller checked ``events.enabled``)."""
+        f, d, ct = c.flags, c.dest, c.control
+        if c is self._ev_conn and old_key is None:
+            key = self._ev_key
+        else:
+            k = c._key
+            key = ((k >> 16) & 0xFF, k >> 24, k & 0xFFFF, c.vaddr, c.vport, c.daddr, c.dport, c.fwmark,
+                   bool(f & F_TEMPLATE))
+            self._ev_conn = c
+            self._ev_key = key
+        if d is not None:
+            dk = _DEST_KEYS.get(d)
+            if dk is None:
+                dk = dest_key(d)
+        else:
+            dk = None
+        ev: RawEvent = (key, f, c.state, c.timeout, c.expires, dk, ct.key if ct is not None else None,
+                        c.in_pkts, kind, old_key)
+        self.events.push_raw(ev)
 
     def __iter__(self) -> Iterator[Conn]:
         """All hashed entries; safe against table changes between buckets (sync snapshots)."""
@@ -598,5 +640,5 @@ class ConnTable:
 
 __all__ = [
     "Conn", "ConnEvent", "ConnKey", "ConnSnapshot", "ConnTable", "EventFeed", "EventKind",
-    "make_key", "snapshot",
+    "dest_key", "make_key", "snapshot",
 ]

@@ -15,6 +15,12 @@ included). Events go into a bounded FIFO that never blocks the producer (the pac
 
 An entry whose key changes (``fill_cport``, template invalidation) is reported as an UPDATE
 whose ``old_key`` names the key it had before; other events carry ``old_key=None``.
+
+*Raw events.* The table (the packet path) pushes each event as one flat tuple, a ``RawEvent``:
+the eight ``ConnSnapshot`` fields followed by kind and old_key. ``drain()`` turns them into
+``ConnEvent(kind, ConnSnapshot, old_key)``; a consumer that cares about speed (the sync master)
+takes them as they are with ``drain_raw()`` - one object per event instead of three, so the packet
+path builds less and the garbage collector sees less.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from enum import IntEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from director.service import DestKey
 
@@ -56,7 +62,17 @@ class ConnEvent(NamedTuple):
     old_key: ConnKey | None = None
 
 
+RawEvent = tuple[Any, ...]
+"""(key, flags, state, timeout, expires, dest_key, control_key, in_pkts, kind, old_key): a
+``ConnSnapshot``'s fields, then the event kind and old_key (see ``RAW_KIND`` / ``RAW_OLD_KEY``)."""
+RAW_KIND, RAW_OLD_KEY = 8, 9
+
 _tuple_new = tuple.__new__  # NamedTuple without its Python-level __new__ (hot path)
+
+
+def cook(ev: RawEvent) -> ConnEvent:
+    """The ConnEvent of a raw event."""
+    return _tuple_new(ConnEvent, (ev[8], _tuple_new(ConnSnapshot, ev[:8]), ev[9]))
 
 
 class EventFeed:
@@ -72,11 +88,14 @@ class EventFeed:
         self.overflowed = False
         self.dropped = 0
         self.on_ready: Callable[[], None] | None = None
-        self._q: deque[ConnEvent] = deque()
+        self._q: deque[RawEvent] = deque()
 
     def push(self, kind: EventKind, snap: ConnSnapshot, old_key: ConnKey | None = None) -> None:
-        if not self.enabled:
-            return
+        if self.enabled:
+            self.push_raw((*snap, kind, old_key))
+
+    def push_raw(self, ev: RawEvent) -> None:
+        """Queue one ``RawEvent`` (the caller checked ``enabled``)."""
         q = self._q
         if len(q) >= self.capacity:
             if not self.overflowed:
@@ -85,16 +104,23 @@ class EventFeed:
             self.overflowed = True
             self.dropped += 1
             return
-        q.append(_tuple_new(ConnEvent, (kind, snap, old_key)))
+        q.append(ev)
         if len(q) == 1 and self.on_ready is not None:
             self.on_ready()
 
     def drain(self, max_n: int = 4096) -> list[ConnEvent]:
         """Remove and return up to ``max_n`` events, oldest first."""
+        return [cook(ev) for ev in self.drain_raw(max_n)]
+
+    def drain_raw(self, max_n: int = 4096) -> list[RawEvent]:
+        """``drain`` without building ConnEvents: the ``RawEvent`` tuples as queued."""
         q = self._q
-        n = min(max_n, len(q))
+        if len(q) <= max_n:
+            out = list(q)
+            q.clear()
+            return out
         popleft = q.popleft
-        return [popleft() for _ in range(n)]
+        return [popleft() for _ in range(max_n)]
 
     def clear_overflow(self) -> None:
         """Called by the consumer once it has resynchronised."""
@@ -107,4 +133,5 @@ class EventFeed:
         return len(self._q)
 
 
-__all__ = ["ConnEvent", "ConnKey", "ConnSnapshot", "EventFeed", "EventKind"]
+__all__ = ["RAW_KIND", "RAW_OLD_KEY", "ConnEvent", "ConnKey", "ConnSnapshot", "EventFeed", "EventKind",
+           "RawEvent", "cook"]

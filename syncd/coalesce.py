@@ -12,30 +12,39 @@ Within a window only the latest state of each entry matters, so events are folde
 * re-keyed (``old_key`` on an UPDATE: ``fill_cport``, template invalidation): the history moves to
   the new key and the update carries the key the backups know (``old_key``), and children whose
   snapshot (taken before the re-key) names the template's old key are pointed at the new one.
+
+Snapshots are handled as plain tuples (``SnapTuple``: a ConnSnapshot, or the table's RawEvent
+whose first eight fields are a snapshot's), so the master can feed raw events in unchanged.
+``updates()`` yields ``Update`` records; ``encode()`` yields the same updates already encoded as
+ConnEntry bytes (``convert.entry_body``) without building records - the master's path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from syncd.model import ConnKey, SnapshotLike, SyncKind, Update
+from syncd import wire
+from syncd.convert import entry_body
+from syncd.model import ConnKey, SnapTuple, SyncKind, Update
 from syncd.policy import RefreshTracker, SyncPolicy
 
 NEW, UPDATE, EXPIRE = SyncKind.NEW, SyncKind.UPDATE, SyncKind.EXPIRE
 _KIND = {int(k): k for k in SyncKind}
+KEY, STATE, TIMEOUT, EXPIRES, CONTROL_KEY = 0, 2, 3, 4, 6  # SnapTuple fields
 
 
 class Window:
-    """Coalesces the events of one window; `updates()` turns them into updates to send."""
+    """Coalesces the events of one window; `updates()` / `encode()` turn them into what to send."""
 
     def __init__(self) -> None:
         self.pending: dict[ConnKey, list[Any]] = {}
         self.early: list[ConnKey] = []
         self.events = 0
 
-    def add(self, kind: int, snap: SnapshotLike, old_key: ConnKey | None = None) -> None:
+    def add(self, kind: int, snap: SnapTuple, old_key: ConnKey | None = None) -> None:
         self.events += 1
-        key = snap.key
+        key = snap[KEY]
         pending = self.pending
         p: list[Any] | None
         if old_key is not None and old_key != key:
@@ -77,35 +86,58 @@ class Window:
         """Snapshots taken before a template was re-keyed name it by its old key: fix them."""
         for p in self.pending.values():
             snap = p[2]
-            if snap is not None and snap.control_key == old_key:
-                p[2] = snap._replace(control_key=new_key)
+            if snap is not None and snap[CONTROL_KEY] == old_key:
+                p[2] = snap[:CONTROL_KEY] + (new_key,) + snap[CONTROL_KEY + 1:]
 
     def updates(self, now: float, policy: SyncPolicy, tracker: RefreshTracker) -> list[Update]:
         """The window's updates in sending order: removals of conns, of templates (a template goes
         only once its children are gone, even if a batch is split), then the upserts."""
-        gone: list[Update] = []
-        gone_tpl: list[Update] = []
+        def upsert(kind: int, key: ConnKey, snap: SnapTuple, now: float, old_key: ConnKey | None) -> Update:
+            return Update(_KIND[kind], key, snap[1], snap[2], snap[3], snap[4] - now, snap[5], snap[6],
+                          snap[7], old_key)
+        return self._walk(now, policy, tracker, lambda k: Update(EXPIRE, k), upsert)
+
+    def encode(self, now: float, policy: SyncPolicy, tracker: RefreshTracker) -> list[bytes]:
+        """``updates()`` as encoded ConnEntry bodies (``convert.entry_body`` of each): same entries,
+        same order, same tracker calls, no records built."""
+        return self._walk(now, policy, tracker, _expire_body, _upsert_body)
+
+    def _walk(self, now: float, policy: SyncPolicy, tracker: RefreshTracker,
+              gone_of: Callable[[ConnKey], Any],
+              upsert: Callable[[int, ConnKey, SnapTuple, float, ConnKey | None], Any]) -> list[Any]:
+        gone: list[Any] = []
+        gone_tpl: list[Any] = []
         for k in self.early:
             tracker.forget(k)
-            (gone_tpl if k[8] else gone).append(Update(EXPIRE, k))
-        out: list[Update] = []
-        append, sent, should_sync = out.append, tracker.sent, policy.should_sync
+            (gone_tpl if k[8] else gone).append(gone_of(k))
+        out: list[Any] = []
+        append, sent, should_sync = out.append, tracker.sent, policy.should_sync_key
         filtering = not policy.sync_all
         for key, (first, last, snap, old_key) in self.pending.items():
             if last == EXPIRE:
                 if first == NEW:
                     continue  # created and removed within the window
                 tracker.forget(key)
-                (gone_tpl if key[8] else gone).append(Update(EXPIRE, key if old_key is None else old_key))
+                (gone_tpl if key[8] else gone).append(gone_of(key if old_key is None else old_key))
                 continue
-            kind = NEW if first == NEW else _KIND[last]
             if old_key is not None:
                 tracker.forget(old_key)
-            if filtering and not should_sync(snap):
+            if filtering and not should_sync(key, snap[STATE]):
                 continue
-            append(Update(kind, key, snap.flags, snap.state, snap.timeout, snap.expires - now, snap.dest_key,
-                          snap.control_key, snap.in_pkts, old_key))
-            sent(key, snap.expires, snap.timeout)
+            append(upsert(NEW if first == NEW else last, key, snap, now, old_key))
+            sent(key, snap[EXPIRES], snap[TIMEOUT])
         if gone or gone_tpl:
             return gone + gone_tpl + out
         return out
+
+
+def _expire_body(key: ConnKey) -> bytes:
+    return entry_body(Update(EXPIRE, key))
+
+
+def _upsert_body(kind: int, key: ConnKey, snap: SnapTuple, now: float, old_key: ConnKey | None) -> bytes:
+    try:
+        return wire.upsert_snap(kind, key, snap, now, old_key)
+    except (ValueError, OverflowError):  # out-of-range values: upb encodes them or raises the same way
+        return entry_body(Update(_KIND[kind], key, snap[1], snap[2], snap[3], snap[4] - now, snap[5], snap[6],
+                                 snap[7], old_key))

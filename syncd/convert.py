@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from director.pb import sync_pb2 as pb
 from director.service import DestKey
 from director.types import LOCAL_CONN_FLAGS
+from syncd import wire
 from syncd.model import (
     PROTOCOL_VERSION,
     AckMsg,
@@ -118,12 +119,46 @@ def _fill_entries(entries: object, updates: Iterable[Update]) -> int:
     return n
 
 
+def _entry_pb(u: Update) -> bytes:
+    """One entry through upb (the reference encoding; also the fallback for out-of-range values)."""
+    m = pb.Batch()
+    _add_entry(m.entries.add, u, {}, {})
+    return m.entries[0].SerializeToString()
+
+
+def entry_body(u: Update) -> bytes:
+    """The ConnEntry bytes of one update (what a batch or snapshot chunk carries)."""
+    kind = int(u.kind)
+    try:
+        if kind == _EXPIRE:
+            return wire.expire(u.key, u.flags)
+        if kind == _REFRESH:
+            return wire.refresh(u.key, u.flags, u.timeout, u.remaining)
+        return wire.upsert(kind, u.key, u.flags, u.state, u.timeout, u.remaining, u.dest_key, u.control_key,
+                           u.in_pkts, u.old_key)
+    except (ValueError, OverflowError):
+        return _entry_pb(u)  # raises as upb does, or encodes what the fast path does not cover
+
+
 def _header(epoch: int, incarnation: int) -> pb.SyncMessage:
     return pb.SyncMessage(version=PROTOCOL_VERSION, epoch=epoch, incarnation=incarnation)
 
 
 def encode_batch(epoch: int, incarnation: int, seq: int, first_event_ns: int,
                  updates: Iterable[Update]) -> bytes:
+    return wire.batch(PROTOCOL_VERSION, epoch, incarnation, seq, first_event_ns,
+                      [entry_body(u) for u in updates])
+
+
+def encode_batch_entries(epoch: int, incarnation: int, seq: int, first_event_ns: int,
+                         bodies: list[bytes]) -> bytes:
+    """A batch of already encoded entries (``entry_body`` / the coalescer's fast path)."""
+    return wire.batch(PROTOCOL_VERSION, epoch, incarnation, seq, first_event_ns, bodies)
+
+
+def encode_batch_pb(epoch: int, incarnation: int, seq: int, first_event_ns: int,
+                    updates: Iterable[Update]) -> bytes:
+    """encode_batch through upb: the reference the hand-rolled encoding is tested against."""
     m = _header(epoch, incarnation)
     m.batch.seq = seq
     m.batch.first_event_unix_ns = first_event_ns
@@ -139,6 +174,11 @@ def encode_snapshot_begin(epoch: int, incarnation: int, after_seq: int, entries_
 
 
 def encode_snapshot_chunk(epoch: int, incarnation: int, index: int, updates: Iterable[Update]) -> bytes:
+    return wire.snapshot_chunk(PROTOCOL_VERSION, epoch, incarnation, index, [entry_body(u) for u in updates])
+
+
+def encode_snapshot_chunk_pb(epoch: int, incarnation: int, index: int, updates: Iterable[Update]) -> bytes:
+    """encode_snapshot_chunk through upb (reference for the tests)."""
     m = _header(epoch, incarnation)
     m.snapshot_chunk.index = index
     _fill_entries(m.snapshot_chunk.entries, updates)
@@ -253,6 +293,7 @@ def identity(data: bytes) -> bytes:
 
 
 __all__ = [
-    "decode_follower_message", "decode_sync_message", "encode_ack", "encode_batch", "encode_heartbeat",
-    "encode_hello", "encode_snapshot_begin", "encode_snapshot_chunk", "encode_snapshot_end", "identity",
+    "decode_follower_message", "decode_sync_message", "encode_ack", "encode_batch", "encode_batch_entries",
+    "encode_batch_pb", "encode_heartbeat", "encode_hello", "encode_snapshot_begin", "encode_snapshot_chunk",
+    "encode_snapshot_chunk_pb", "encode_snapshot_end", "entry_body", "identity",
 ]

@@ -6,11 +6,14 @@ The conn table pushes events into its bounded ``EventFeed`` and calls ``on_ready
 event after the feed was empty. That hook (cheap, called from the packet path) arms one timer of
 ``batch_window`` seconds; when it fires ``cut_batch`` drains the feed, keeps only the latest state
 per entry (``coalesce.Window``), filters with ``SyncPolicy.should_sync``, and encodes the result
-once into ``max_batch``-sized batch messages with seq = previous + 1. Encoded batches go into a
-retention ring (bounded by batch count and update count) shared by every follower session: a
-session is just a cursor into the ring, so a slow follower costs nothing but ring space, never
-blocks the packet path or the other followers, and when it falls out of the ring (or more than
-``follower_max_lag`` batches behind) it is switched to a snapshot (see session.py).
+once into ``max_batch``-sized batch messages with seq = previous + 1. The feed is read as raw
+event tuples and the window's updates go straight to wire bytes (``syncd.wire``, byte-identical to
+upb) without intermediate records: this path runs on the packet path's loop, so it is kept lean.
+Encoded batches go into a retention ring (bounded by batch count and update count) shared by
+every follower session: a session is just a cursor into the ring, so a slow follower costs
+nothing but ring space, never blocks the packet path or the other followers, and when it falls
+out of the ring (or more than ``follower_max_lag`` batches behind) it is switched to a snapshot
+(see session.py).
 
 A refresh task looks at ``RefreshTracker`` every ``refresh_interval`` seconds (real time; the
 deadlines themselves are on the table's clock) and emits REFRESH updates for entries whose backup
@@ -35,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from director.types import Clock
 from syncd.coalesce import Window
-from syncd.convert import encode_batch
+from syncd.convert import encode_batch_entries, entry_body
 from syncd.model import SyncKind, TableLike, Update, update_from_conn
 from syncd.policy import RefreshTracker, SyncPolicy
 
@@ -106,7 +109,7 @@ class SyncMaster:
             return
         self._new_incarnation()
         feed = self.table.events
-        feed.drain(1 << 30)
+        feed.drain_raw(1 << 30)
         feed.clear_overflow()
         feed.on_ready = self._on_ready
         feed.enabled = True
@@ -121,7 +124,7 @@ class SyncMaster:
         feed = self.table.events
         feed.on_ready = None
         feed.enabled = False
-        feed.drain(1 << 30)
+        feed.drain_raw(1 << 30)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -179,39 +182,46 @@ class SyncMaster:
             log.warning("conn event feed overflowed: every follower gets a snapshot")
             for s in self.sessions:
                 s.request_snapshot("event feed overflow")
-        updates = window.updates(self.clock(), self.cfg.policy, self.tracker)
-        self.emit(updates, first_ns)
-        return len(updates)
+        bodies = window.encode(self.clock(), self.cfg.policy, self.tracker)
+        self.emit_encoded(bodies, first_ns)
+        return len(bodies)
 
     def _drain(self) -> Window:
         window = Window()
-        drain = self.table.events.drain
+        drain = self.table.events.drain_raw
         add, pending = window.add, window.pending
+        n = 0
         while True:
             events = drain(8192)
             if not events:
                 break
-            for kind, snap, old_key in events:
-                p = pending.get(snap.key)
-                if old_key is None and p is not None and kind != _NEW:  # the common repeat: inline
-                    p[1] = kind
-                    p[2] = snap
-                    window.events += 1
+            n += len(events)
+            for ev in events:  # RawEvent: snapshot fields, kind, old_key
+                p = pending.get(ev[0])
+                if p is not None and ev[9] is None and ev[8] != _NEW:  # the common repeat: inline
+                    p[1] = ev[8]
+                    p[2] = ev
                 else:
-                    add(kind, snap, old_key)
+                    add(ev[8], ev, ev[9])
+        window.events = n
         self.stats["coalesced"] += window.events - len(window.pending)
         return window
 
     def emit(self, updates: list[Update], first_ns: int) -> None:
         """Append `updates` to the stream as one or more batches and wake the followers."""
-        if not updates:
+        self.emit_encoded([entry_body(u) for u in updates], first_ns)
+
+    def emit_encoded(self, bodies: list[bytes], first_ns: int) -> None:
+        """``emit`` of updates already encoded (``convert.entry_body``): each batch is serialized once
+        here and the same bytes go to every follower."""
+        if not bodies:
             return
         step = self.cfg.max_batch
         created = time.monotonic()
-        for i in range(0, len(updates), step):
-            part = updates[i:i + step]
+        for i in range(0, len(bodies), step):
+            part = bodies[i:i + step] if len(bodies) > step else bodies
             self.head_seq += 1
-            data = encode_batch(self.epoch, self.incarnation, self.head_seq, first_ns, part)
+            data = encode_batch_entries(self.epoch, self.incarnation, self.head_seq, first_ns, part)
             self.ring.append(RingEntry(self.head_seq, data, len(part), created))
             self._ring_updates += len(part)
             self.stats["batches"] += 1

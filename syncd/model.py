@@ -148,12 +148,20 @@ class EventLike(Protocol):
     def __iter__(self) -> Iterator[Any]: ...
 
 
+SnapTuple = tuple[Any, ...]
+"""A conn snapshot as a plain tuple: (key, flags, state, timeout, expires, dest_key, control_key,
+in_pkts), possibly followed by more fields - director.conn_events.ConnSnapshot or RawEvent."""
+
+
 class FeedLike(Protocol):
     enabled: bool
     overflowed: bool
     on_ready: Callable[[], None] | None
 
     def drain(self, max_n: int = 4096) -> Sequence[EventLike]: ...
+    def drain_raw(self, max_n: int = 4096) -> list[SnapTuple]:
+        """director.conn_events.RawEvent tuples: the snapshot fields, then kind and old_key."""
+        ...
     def clear_overflow(self) -> None: ...
 
 

@@ -59,10 +59,13 @@ class SyncPolicy:
         return self.sync_syn_recv and self.sync_templates
 
     def should_sync(self, snap: SnapLike) -> bool:
-        key = snap.key
+        return self.should_sync_key(snap.key, snap.state)
+
+    def should_sync_key(self, key: ConnKey, state: int) -> bool:
+        """``should_sync`` of an entry with this key and state."""
         if key[8]:
             return self.sync_templates
-        if key[0] == TCP and snap.state in (TCP_SYN_RECV, TCP_SYNACK):
+        if key[0] == TCP and state in (TCP_SYN_RECV, TCP_SYNACK):
             return self.sync_syn_recv
         return True
 

@@ -1,0 +1,284 @@
+"""Hand-rolled protobuf encoding of sync entries and batches (the master's hot send path).
+
+Theory of operation
+-------------------
+Building a upb message field by field costs microseconds per entry from Python, and the master
+encodes every coalesced update. This module writes the wire bytes of proto/sync.proto directly,
+byte for byte what upb's ``SerializeToString`` produces for the same values (fields in number
+order, proto3 defaults - zero scalars, False, absent sub-messages - omitted); the tests compare
+both. It imports no ``*_pb2``: decoding (and every refusal of bad input) stays in convert.py.
+
+Pieces that repeat across entries are encoded once and kept in small caches keyed by the values
+they encode (pure functions, so a cache hit is always right): the run of fields vaddr .. timeout_ms
+(a VIP:port, a real server, flags, state, timeout: few distinct values), dest references, template
+references and client ports. Caches are cleared when they grow past ``_CACHE_MAX`` entries.
+
+Values a field cannot hold (negative, or above 2**32 - 1 for a uint32 field) raise
+``ValueError``, as upb does; convert.py then encodes that entry through upb, which raises the
+same way, so behaviour on bad input is unchanged.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from director.service import DestKey
+from director.types import LOCAL_CONN_FLAGS
+from syncd.model import ConnKey
+
+U32 = 0xFFFFFFFF
+U64 = (1 << 64) - 1
+LOCAL_FLAGS = int(LOCAL_CONN_FLAGS)  # HASHED, SYNC: never sent
+TEMPLATE = 0x1000
+EXPIRE, REFRESH = 3, 4
+_CACHE_MAX = 8192
+
+_head4 = struct.Struct(">BBBBBBI").pack  # kind, protocol (< 128) and a 4-byte caddr in one go
+_B1 = [bytes((i,)) for i in range(128)]
+
+
+def varint(v: int) -> bytes:
+    """Base-128 varint of 0 <= v < 2**64."""
+    if v < 0x80:
+        if v < 0:
+            raise ValueError(f"value out of range: {v}")
+        return _B1[v]
+    if v < 0x4000:
+        return bytes((v & 0x7F | 0x80, v >> 7))
+    if v < 0x200000:
+        return bytes((v & 0x7F | 0x80, (v >> 7) & 0x7F | 0x80, v >> 14))
+    if v > U64:
+        raise ValueError(f"value out of range: {v}")
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _rem(v: int) -> bytes:
+    """Field 13 (remaining_ms) of a value 0 < v < 2**32: tag and varint in one object."""
+    if v < 0x80:
+        return bytes((0x68, v))
+    if v < 0x4000:
+        return bytes((0x68, v & 0x7F | 0x80, v >> 7))
+    if v < 0x200000:
+        return bytes((0x68, v & 0x7F | 0x80, (v >> 7) & 0x7F | 0x80, v >> 14))
+    return b"\x68" + varint(v)
+
+
+def _u32(v: int) -> bytes:
+    if v > U32:
+        raise ValueError(f"value out of uint32 range: {v}")
+    return varint(v)
+
+
+def _addr(tag: int, a: int) -> bytes:
+    """Tagged address field: 4 bytes when the int fits in 32 bits, else 16 (as convert._ab)."""
+    if 0 <= a <= U32:
+        return bytes((tag, 4)) + a.to_bytes(4, "big")
+    return bytes((tag, 16)) + a.to_bytes(16, "big")
+
+
+def _tv(tag: int, v: int) -> bytes:
+    """Tagged uint32 field, empty when v == 0 (proto3 default)."""
+    if not v:
+        return b""
+    return _B1[tag] + _u32(v)
+
+
+def _tl(tag: bytes, body: bytes) -> bytes:
+    """Tagged length-delimited field."""
+    return tag + varint(len(body)) + body
+
+
+def ms(seconds: float) -> int:
+    """Seconds as integer milliseconds clamped to uint32 (as convert._ms)."""
+    if 0.0 <= seconds < 4e6:
+        return int(seconds * 1000.0 + 0.5)
+    return min(U32, max(0, int(seconds * 1000.0 + 0.5)))
+
+
+# --- cached pieces ------------------------------------------------------------------------------------
+
+_GROUP: dict[tuple[int, int, int, int, int, int, int, int], bytes] = {}
+_DEST: dict[DestKey, bytes] = {}
+_CONTROL: dict[ConnKey, bytes] = {}
+_CPORT: dict[int, bytes] = {}
+
+
+def _group(vaddr: int, vport: int, daddr: int, dport: int, fwmark: int, flags: int, state: int,
+           timeout_ms: int) -> bytes:
+    """Fields 5..12 of a ConnEntry (vaddr, vport, daddr, dport, fwmark, flags, state, timeout_ms)."""
+    gk = (vaddr, vport, daddr, dport, fwmark, flags, state, timeout_ms)
+    g = _GROUP.get(gk)
+    if g is None:
+        g = b"".join((_addr(0x2A, vaddr), _tv(0x30, vport), _addr(0x3A, daddr), _tv(0x40, dport),
+                      _tv(0x48, fwmark), _tv(0x50, flags), _tv(0x58, state), _tv(0x60, timeout_ms)))
+        if len(_GROUP) >= _CACHE_MAX:
+            _GROUP.clear()
+        _GROUP[gk] = g
+    return g
+
+
+def conn_ref(key: ConnKey) -> bytes:
+    """Body of a ConnRef message."""
+    proto, caddr, cport, vaddr, vport, daddr, dport, fwmark, is_tpl = key
+    return b"".join((_tv(0x08, proto), _addr(0x12, caddr), _tv(0x18, cport), _addr(0x22, vaddr),
+                     _tv(0x28, vport), _addr(0x32, daddr), _tv(0x38, dport), _tv(0x40, fwmark),
+                     b"\x48\x01" if is_tpl else b""))
+
+
+def _control(key: ConnKey) -> bytes:
+    c = _CONTROL.get(key)
+    if c is None:
+        c = _tl(b"\x7a", conn_ref(key))
+        if len(_CONTROL) >= _CACHE_MAX:
+            _CONTROL.clear()
+        _CONTROL[key] = c
+    return c
+
+
+def _dest(dk: DestKey) -> bytes:
+    d = _DEST.get(dk)
+    if d is None:
+        proto, vaddr, vport, fwmark, daddr, dport = dk
+        body = b"".join((_tv(0x08, proto), _addr(0x12, vaddr), _tv(0x18, vport), _tv(0x20, fwmark),
+                         _addr(0x2A, daddr), _tv(0x30, dport)))
+        d = _tl(b"\x72", body)
+        if len(_DEST) >= _CACHE_MAX:
+            _DEST.clear()
+        _DEST[dk] = d
+    return d
+
+
+def _head(kind: int, proto: int, caddr: int, cport: int) -> bytes:
+    """Fields 1..4 (kind, protocol, caddr, cport)."""
+    if 0 < proto < 0x80 and 0 <= caddr <= U32:
+        h = _head4(0x08, kind, 0x10, proto, 0x1A, 4, caddr)
+    else:
+        h = _tv(0x08, kind) + _tv(0x10, proto) + _addr(0x1A, caddr)
+    if not cport:
+        return h
+    p = _CPORT.get(cport)
+    if p is None:
+        p = _tv(0x20, cport)
+        if cport <= 0xFFFF:
+            _CPORT[cport] = p
+    return h + p
+
+
+def _flags(flags: int, is_tpl: bool) -> int:
+    flags &= ~LOCAL_FLAGS
+    return (flags | TEMPLATE) if is_tpl else (flags & ~TEMPLATE)
+
+
+# --- entries ------------------------------------------------------------------------------------------
+
+def upsert(kind: int, key: ConnKey, flags: int, state: int, timeout: float, remaining: float,
+           dest_key: DestKey | None, control_key: ConnKey | None, in_pkts: int,
+           old_key: ConnKey | None) -> bytes:
+    """Body of a NEW / UPDATE ConnEntry."""
+    snap = (key, flags, state, timeout, remaining, dest_key, control_key, in_pkts)
+    return upsert_snap(kind, key, snap, 0.0, old_key)
+
+
+def upsert_snap(kind: int, key: ConnKey, snap: tuple[Any, ...], now: float, old_key: ConnKey | None) -> bytes:
+    """Body of a NEW / UPDATE ConnEntry for `key` in the state of a conn snapshot tuple
+    (key, flags, state, timeout, expires, dest_key, control_key, in_pkts, ...) at `now`."""
+    proto, caddr, cport, vaddr, vport, daddr, dport, fwmark, is_tpl = key
+    flags = snap[1] & ~LOCAL_FLAGS
+    flags = (flags | TEMPLATE) if is_tpl else (flags & ~TEMPLATE)
+    remaining = snap[4] - now
+    timeout = snap[3]
+    rm = int(remaining * 1000.0 + 0.5) if 0.0 <= remaining < 4e6 else ms(remaining)
+    tm = int(timeout * 1000.0 + 0.5) if 0.0 <= timeout < 4e6 else ms(timeout)
+    gk = (vaddr, vport, daddr, dport, fwmark, flags, snap[2], tm)
+    g = _GROUP.get(gk)
+    if g is None:
+        g = _group(*gk)
+    if 0 < proto < 0x80 and 0 <= caddr <= U32 and 0 < cport <= 0xFFFF:
+        p = _CPORT.get(cport)
+        if p is None:
+            p = _CPORT[cport] = _tv(0x20, cport)
+        parts = [_head4(0x08, kind, 0x10, proto, 0x1A, 4, caddr), p, g]
+    else:
+        parts = [_head(kind, proto, caddr, cport), g]
+    if rm:
+        parts.append(_rem(rm))
+    dest_key = snap[5]
+    if dest_key is not None:
+        d = _DEST.get(dest_key)
+        parts.append(d if d is not None else _dest(dest_key))
+    control_key = snap[6]
+    if control_key is not None:
+        parts.append(_control(control_key))
+    in_pkts = snap[7]
+    if in_pkts > 0:
+        parts.append(b"\x80\x01" + (_B1[in_pkts] if in_pkts < 0x80 else varint(in_pkts)))
+    if old_key is not None:
+        parts.append(_tl(b"\x8a\x01", conn_ref(old_key)))
+    return b"".join(parts)
+
+
+def expire(key: ConnKey, flags: int) -> bytes:
+    """Body of an EXPIRE ConnEntry (key fields and flags only)."""
+    proto, caddr, cport, vaddr, vport, daddr, dport, fwmark, is_tpl = key
+    return _head(EXPIRE, proto, caddr, cport) + _group(vaddr, vport, daddr, dport, fwmark,
+                                                         _flags(flags, is_tpl), 0, 0)
+
+
+def refresh(key: ConnKey, flags: int, timeout: float, remaining: float) -> bytes:
+    """Body of a REFRESH ConnEntry (key fields, flags, timeout_ms, remaining_ms)."""
+    proto, caddr, cport, vaddr, vport, daddr, dport, fwmark, is_tpl = key
+    return b"".join((_head(REFRESH, proto, caddr, cport),
+                     _group(vaddr, vport, daddr, dport, fwmark, _flags(flags, is_tpl), 0, ms(timeout)),
+                     _tv(0x68, ms(remaining))))
+
+
+# --- messages -----------------------------------------------------------------------------------------
+
+def _repeated(tag: bytes, bodies: list[bytes]) -> list[bytes]:
+    parts: list[bytes] = []
+    append = parts.append
+    for b in bodies:
+        n = len(b)
+        append(tag)
+        append(_B1[n] if n < 0x80 else varint(n))
+        append(b)
+    return parts
+
+
+def _message(version: int, epoch: int, incarnation: int, body_tag: bytes, body: list[bytes]) -> bytes:
+    n = 0
+    for p in body:
+        n += len(p)
+    head = b"".join((_tv(0x08, version), _tv64(0x10, epoch), _tv64(0x18, incarnation), body_tag, varint(n)))
+    body.insert(0, head)
+    return b"".join(body)
+
+
+def _tv64(tag: int, v: int) -> bytes:
+    return _B1[tag] + varint(v) if v else b""
+
+
+def batch(version: int, epoch: int, incarnation: int, seq: int, first_event_ns: int,
+          bodies: list[bytes]) -> bytes:
+    """A SyncMessage{batch} holding the given ConnEntry bodies."""
+    parts = [_tv64(0x08, seq), _tv64(0x10, first_event_ns)]
+    parts += _repeated(b"\x1a", bodies)
+    return _message(version, epoch, incarnation, b"\x22", parts)
+
+
+def snapshot_chunk(version: int, epoch: int, incarnation: int, index: int, bodies: list[bytes]) -> bytes:
+    """A SyncMessage{snapshot_chunk} holding the given ConnEntry bodies."""
+    parts = [_tv(0x08, index)]
+    parts += _repeated(b"\x12", bodies)
+    return _message(version, epoch, incarnation, b"\x32", parts)
+
+
+__all__ = [
+    "batch", "conn_ref", "expire", "ms", "refresh", "snapshot_chunk", "upsert", "upsert_snap", "varint",
+]
