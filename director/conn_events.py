@@ -78,7 +78,7 @@ def cook(ev: RawEvent) -> ConnEvent:
 class EventFeed:
     """Bounded FIFO of ``ConnEvent``; never blocks, signals overflow."""
 
-    __slots__ = ("capacity", "enabled", "overflowed", "dropped", "on_ready", "_q")
+    __slots__ = ("capacity", "enabled", "overflowed", "dropped", "on_ready", "tap", "_q")
 
     def __init__(self, capacity: int = 65536) -> None:
         if capacity <= 0:
@@ -88,6 +88,8 @@ class EventFeed:
         self.overflowed = False
         self.dropped = 0
         self.on_ready: Callable[[], None] | None = None
+        self.tap: Callable[[list[RawEvent]], None] | None = None
+        """Sees every drained batch after the consumer took it (admin event watchers); must not raise."""
         self._q: deque[RawEvent] = deque()
 
     def push(self, kind: EventKind, snap: ConnSnapshot, old_key: ConnKey | None = None) -> None:
@@ -118,9 +120,12 @@ class EventFeed:
         if len(q) <= max_n:
             out = list(q)
             q.clear()
-            return out
-        popleft = q.popleft
-        return [popleft() for _ in range(max_n)]
+        else:
+            popleft = q.popleft
+            out = [popleft() for _ in range(max_n)]
+        if self.tap is not None and out:
+            self.tap(out)
+        return out
 
     def clear_overflow(self) -> None:
         """Called by the consumer once it has resynchronised."""

@@ -40,10 +40,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from director.adminapi import NodeEvent
+from director.adminapi import NodeEvent, conn_event
 from director.arp import vrrp_mac
 from director.config import ConfigError, apply_timeouts, apply_to_services, config_from_texts
 from director.conn import ConnTable
+from director.conn_events import RawEvent, cook
 from director.core import CoreConfig, Director
 from director.election import LeaderRecord, Role
 from director.elector import Elector, Membership, NodeInfo, RoleChange
@@ -122,6 +123,7 @@ class Node:
         self.health = HealthService(cfg.node_id, self.clock, epoch=self._known_epoch,
                                     on_change=self._on_health_change)
         self.api = NodeAdmin(self)
+        self.table.events.tap = self._tap_conn_events
         self.admin: Any = None
         self.metrics: MetricsServer | None = None
 
@@ -220,6 +222,18 @@ class Node:
         self.events.write("config_applied", revision=snap.revision, services=len(self.services),
                           dests=sum(len(s.dests) for s in self.services))
         return True
+
+    def _tap_conn_events(self, events: list[RawEvent]) -> None:
+        """Conn events the sync master drained, for `directorctl watch` (only while someone watches)."""
+        hub = self.api.hub
+        if not hub.watchers:
+            return
+        now, wall = self.clock(), time.time()
+        try:
+            for ev in events:
+                hub.publish(conn_event(cook(ev), now, wall))
+        except Exception:  # never let a watcher break the sync drain
+            log.exception("publishing conn events to admin watchers failed")
 
     def _on_health_change(self, newly_down: frozenset[Any], newly_up: frozenset[Any]) -> None:
         """A published health verdict changed: re-apply the config with the new down set."""

@@ -146,3 +146,18 @@ def test_drain_respects_max_n_and_order() -> None:
     rest = tab.events.drain()
     assert [e.snap.key for e in first + rest] == [c.key for c in conns]
     assert len(first) == 4
+
+
+def test_tap_sees_every_drained_batch_after_the_consumer() -> None:
+    """The admin event watchers see exactly what the sync consumer drained, in order."""
+    tab, _ = make_table()
+    tab.events.enabled = True
+    seen: list[tuple[object, ...]] = []
+    tab.events.tap = seen.extend
+    dest = make_dest()
+    conns = [new_conn(tab, dest, cport=2000 + i) for i in range(6)]
+    got = tab.events.drain(4) + tab.events.drain_raw()
+    assert len(got) == 6
+    assert [ev[0] for ev in seen] == [c.key for c in conns]  # raw events: the key first
+    tab.events.drain()
+    assert len(seen) == 6  # an empty drain shows nothing

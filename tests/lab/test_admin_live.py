@@ -9,6 +9,7 @@ it restores it. Conditions are polled with generous deadlines; nothing asserts a
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -117,6 +118,23 @@ def test_every_rpc_on_live_nodes(env: Env) -> None:
             pb.ApplyConfigRequest(yaml=services_yaml().replace("scheduler: rr", "scheduler: x")), timeout=10
         )
     assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "scheduler" in ei.value.details()
+
+    conn_watch = m.WatchEvents(pb.WatchEventsRequest(kinds=["conn"]), timeout=60)
+    got_event = threading.Event()
+
+    def new_conns() -> None:  # until the watcher is subscribed and sees one (no fixed sleep)
+        for _ in range(20):
+            if got_event.is_set():
+                return
+            env.get(1)
+
+    feeder = threading.Thread(target=new_conns)
+    feeder.start()
+    conn_ev = next(iter(conn_watch))
+    got_event.set()
+    conn_watch.cancel()
+    feeder.join()
+    assert conn_ev.kind == "conn" and conn_ev.conn.vaddr == VIP_NAT
 
     watch = b.WatchEvents(pb.WatchEventsRequest(kinds=["config"]))
     m.EditDest(pb.EditDestRequest(service=WEB, address=real_addr(2), port=80, weight=5), timeout=10)
