@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SYNC_PORT = 7100
 ADMIN_PORT = 7200
+METRICS_PORT = 9712
 
 
 class ClusterError(RuntimeError):
@@ -93,6 +94,7 @@ class LabCluster:
             f"gateways: ['{GATEWAY}']",
             f"sync: {{listen: '{addr}:{SYNC_PORT}'}}",
             f"admin: {{listen: '{addr}:{ADMIN_PORT}', unix: '{self.admin_socket(node)}'}}",
+            f"metrics: {{listen: '{addr}:{METRICS_PORT}'}}",
             f"lease_ttl: {self.lease_ttl}",
             f"sloppy_grace: {self.sloppy_grace}",
             f"events_file: {node.events}",

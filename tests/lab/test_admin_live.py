@@ -221,3 +221,24 @@ def test_put_and_delete_service_and_dest_through_etcd(env: Env) -> None:
     with pytest.raises(grpc.RpcError) as ei:
         m.DeleteService(pb.DeleteServiceRequest(service=mail), timeout=10)
     assert ei.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_metrics_of_live_nodes(env: Env) -> None:
+    """Prometheus text from each node's metrics listener, scraped from the control namespace."""
+    from deploy.cluster import METRICS_PORT
+    from deploy.lab import director_int
+
+    env.get(3)
+
+    def scrape(n: int) -> str:
+        code = ("import urllib.request\n"
+                f"print(urllib.request.urlopen('http://{director_int(n)}:{METRICS_PORT}/metrics', timeout=5)"
+                ".read().decode())\n")
+        return env.lab.run_python(env.lab.ctl.ns, code, timeout=60).stdout
+
+    master, backup = scrape(1), scrape(2)
+    for text in (master, backup):
+        assert "# TYPE lbd_conns gauge" in text
+        assert 'lbd_drops_total{reason="' in text
+    assert "lbd_role" in master and "lbd_sync_lag_events" in master
+    assert 'lbd_node_info{' in master and 'node="d1"' in master and 'node="d2"' in backup
