@@ -29,6 +29,24 @@ class Scheduler(Protocol):
     def schedule(self, dests: Sequence[Dest], caddr: int, cport: int) -> Dest | None: ...
 
 
+USABLE_MASK = int(DestFlags.AVAILABLE | DestFlags.OVERLOAD)
+USABLE_OK = int(DestFlags.AVAILABLE)
+"""``flags & USABLE_MASK == USABLE_OK``: the inline form of `usable()` the schedulers' loops use
+(IntFlag arithmetic costs ~1 us; plain ints ~60 ns)."""
+
+
+class Stateless:
+    """Base of schedulers that keep no state between calls (lc, wlc, sed, nq): nothing to rebuild."""
+
+    name = ""
+
+    def __init__(self) -> None:
+        self.opts: dict[str, object] = {}
+
+    def update(self, dests: Sequence[Dest]) -> None:
+        """Nothing precomputed: each call looks at the live counters."""
+
+
 def usable(dest: Dest) -> bool:
     """A dest a scheduler may pick: available, weight > 0, not overloaded."""
     mask = DestFlags.AVAILABLE | DestFlags.OVERLOAD

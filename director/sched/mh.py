@@ -35,13 +35,12 @@ import logging
 import math
 from collections.abc import Sequence
 
+from director.sched.base import USABLE_MASK, USABLE_OK
 from director.service import Dest
-from director.types import DestFlags
 
 log = logging.getLogger(__name__)
 
-_MASK = int(DestFlags.AVAILABLE | DestFlags.OVERLOAD)
-_OK = int(DestFlags.AVAILABLE)
+_MASK, _OK = USABLE_MASK, USABLE_OK
 _and = int.__and__
 _M32 = 0xFFFFFFFF
 HASH1_KEY = 2654435761

@@ -13,26 +13,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from director.sched.base import USABLE_MASK, USABLE_OK, Stateless
 from director.service import Dest
-from director.types import DestFlags
 
 log = logging.getLogger(__name__)
 
-_MASK = int(DestFlags.AVAILABLE | DestFlags.OVERLOAD)
-_OK = int(DestFlags.AVAILABLE)
+_MASK, _OK = USABLE_MASK, USABLE_OK
 _and = int.__and__
 
 
-class ShortestExpectedDelay:
+class ShortestExpectedDelay(Stateless):
     """sed: minimise (active + 1) / weight."""
 
     name = "sed"
-
-    def __init__(self) -> None:
-        self.opts: dict[str, object] = {}
-
-    def update(self, dests: Sequence[Dest]) -> None:
-        pass
 
     def schedule(self, dests: Sequence[Dest], caddr: int, cport: int) -> Dest | None:
         least: Dest | None = None
