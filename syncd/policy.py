@@ -20,26 +20,12 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
 
-from syncd.model import ConnKey
+from syncd.model import ConnKey, SnapshotLike
 
 TCP = 6
 TCP_SYN_RECV = 3
 TCP_SYNACK = 10
-
-
-class SnapLike(Protocol):
-    """The fields of director.conn.ConnSnapshot the policy reads."""
-
-    @property
-    def key(self) -> ConnKey: ...
-    @property
-    def state(self) -> int: ...
-    @property
-    def timeout(self) -> float: ...
-    @property
-    def expires(self) -> float: ...
 
 
 @dataclass
@@ -58,7 +44,7 @@ class SyncPolicy:
         """True when nothing is filtered (the fast path skips should_sync)."""
         return self.sync_syn_recv and self.sync_templates
 
-    def should_sync(self, snap: SnapLike) -> bool:
+    def should_sync(self, snap: SnapshotLike) -> bool:
         return self.should_sync_key(snap.key, snap.state)
 
     def should_sync_key(self, key: ConnKey, state: int) -> bool:
