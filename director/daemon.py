@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from director.adminapi import NodeEvent, conn_event
+from director.adminapi import NodeEvent, conn_event, dest_label
 from director.arp import vrrp_mac
 from director.config import ConfigError, apply_timeouts, apply_to_services, config_from_texts
 from director.conn import ConnTable
@@ -239,7 +239,7 @@ class Node:
         """A published health verdict changed: re-apply the config with the new down set."""
         self.events.write("health", down=len(newly_down), up=len(newly_up))
         for key in newly_down | newly_up:
-            self.api.hub.publish(NodeEvent(kind="health", time=time.time(), dest=str(key),
+            self.api.hub.publish(NodeEvent(kind="health", time=time.time(), dest=dest_label(key),
                                            up=key in newly_up))
         if self.config_snapshot is not None:
             self.apply_snapshot(self.config_snapshot)
