@@ -42,7 +42,7 @@ from typing import Any
 
 from director.adminapi import NodeEvent, conn_event, dest_label
 from director.arp import vrrp_mac
-from director.config import ConfigError, apply_timeouts, apply_to_services, config_from_texts
+from director.config import Config, ConfigError, apply_timeouts, apply_to_services, config_from_texts
 from director.conn import ConnTable
 from director.conn_events import RawEvent, cook
 from director.core import CoreConfig, Director
@@ -114,6 +114,8 @@ class Node:
         self.config_revision = 0
         self.config_error = ""
         self.config_snapshot: ConfigSnapshot | None = None
+        self.config: Config | None = None
+        """The running config, parsed once per applied snapshot (admin reads and health re-applies use it)."""
         self.role = Role.FOLLOWER
         self.leader: LeaderRecord | None = None
         self.role_changes = 0
@@ -210,18 +212,25 @@ class Node:
             self.api.hub.publish(NodeEvent(kind="config", time=time.time(), revision=snap.revision,
                                            message=f"refused: {err}"))
             return False
-        apply_to_services(cfg, self.services, down=self.health.down_keys())
+        self.config = cfg
+        self._reconcile()
         apply_timeouts(cfg.timeouts, self.core_cfg.timeouts)
         self.config_snapshot = snap
         self.config_revision = snap.revision
         self.config_error = ""
-        self.follower.rebind_pending()
         self.health.reconfigure(cfg)
         self.api.hub.publish(NodeEvent(kind="config", time=time.time(), revision=snap.revision,
                                        message=f"{len(self.services)} services"))
         self.events.write("config_applied", revision=snap.revision, services=len(self.services),
                           dests=sum(len(s.dests) for s in self.services))
         return True
+
+    def _reconcile(self) -> None:
+        """Bring the live services in line with the running config and the published health verdicts."""
+        if self.config is None:
+            return
+        apply_to_services(self.config, self.services, down=self.health.down_keys())
+        self.follower.rebind_pending()
 
     def _tap_conn_events(self, events: list[RawEvent]) -> None:
         """Conn events the sync master drained, for `directorctl watch` (only while someone watches)."""
@@ -241,8 +250,7 @@ class Node:
         for key in newly_down | newly_up:
             self.api.hub.publish(NodeEvent(kind="health", time=time.time(), dest=dest_label(key),
                                            up=key in newly_up))
-        if self.config_snapshot is not None:
-            self.apply_snapshot(self.config_snapshot)
+        self._reconcile()
         self.health.invalidate_down(self.table, newly_down)
 
     async def _config_loop(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import ipaddress
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -61,8 +62,6 @@ ROLE_NAMES = {Role.LEADER: "master", Role.FOLLOWER: "backup", Role.STEPPED_DOWN:
 
 
 def _ref_of(doc: Mapping[str, Any]) -> SvcRef:
-    import ipaddress
-
     return SvcRef(int(Proto[str(doc.get("protocol", "tcp")).upper()]),
                   int(ipaddress.ip_address(doc["vip"])), int(doc["port"]), int(doc.get("fwmark", 0)))
 
@@ -91,21 +90,10 @@ class NodeAdmin:
             uptime=time.time() - n.started, version=_version(), config_revision=n.config_revision,
             role_changes=n.role_changes, elections=n.role_changes, ready=n.ready())
 
-    def _configured(self) -> dict[Any, int]:
-        snap = self.node.config_snapshot
-        if snap is None:
-            return {}
-        try:
-            return configured_weights(config.config_from_texts(snap.services, snap.timeouts).services)
-        except config.ConfigError:
-            return {}
-
-    def _health(self) -> dict[Any, str]:
-        h = self.node.health
-        return dict(h.health_view()) if h is not None else {}
-
     def services(self) -> list[ServiceView]:
-        configured, health = self._configured(), self._health()
+        cfg = self.node.config
+        configured = configured_weights(cfg.services) if cfg is not None else {}
+        health = self.node.health.health_view()
         return [service_view(s, health=health, configured=configured, estimator=self.node.estimator)
                 for s in self.node.services]
 
@@ -122,17 +110,15 @@ class NodeAdmin:
                          dict(n.director.counters.as_dict()), st.conns, st.templates)
 
     def config_yaml(self) -> tuple[str, int]:
-        snap = self.node.config_snapshot
-        if snap is None:
-            return "", 0
-        return config.dump_config(config.config_from_texts(snap.services, snap.timeouts)), snap.revision
+        cfg = self.node.config
+        return (config.dump_config(cfg), self.node.config_revision) if cfg is not None else ("", 0)
 
     # ---- config writes (through etcd) ----------------------------------------------------------
-    async def _docs(self) -> tuple[dict[str, dict[str, Any]], str | None]:
+    async def _docs(self) -> dict[str, dict[str, Any]]:
+        """The services in etcd now, as canonical documents (name -> config.service_dict)."""
         snap = await self.node.store.read_config()
-        docs = {name: config.service_dict(config.parse_service(name, text))
+        return {name: config.service_dict(config.parse_service(name, text))
                 for name, text in snap.services.items()}
-        return docs, snap.timeouts
 
     async def _write(self, docs: Mapping[str, Mapping[str, Any]], timeouts: str | None = None) -> int:
         cfg = config.config_from_dict({"services": [dict(d) for d in docs.values()]})
@@ -142,7 +128,7 @@ class NodeAdmin:
     async def apply_config(self, document: str, *, dry_run: bool, prune: bool) -> ApplyResult:
         cfg = config.parse_config(document)
         new = {svc.name: config.service_dict(svc) for svc in cfg.services}
-        old, _ = await self._docs()
+        old = await self._docs()
         changes = diff_documents(old, new, prune=prune)
         t_text = config.dump_timeouts(cfg.timeouts) if cfg.timeouts is not None else None
         if dry_run or (not changes and t_text is None):
@@ -161,27 +147,25 @@ class NodeAdmin:
         name = spec.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidArgument("service.name", "a service needs a name")
-        docs, _ = await self._docs()
+        docs = await self._docs()
         if create_only and name in docs:
             raise Conflict(f"service {name} exists; edit it or delete it first")
         docs[name] = dict(spec)
         return await self._write(docs)
 
     async def delete_service(self, ref: SvcRef) -> int:
-        docs, _ = await self._docs()
+        docs = await self._docs()
         del docs[self._name_of(docs, ref)]
         return await self._write(docs)
 
     def _dest_index(self, doc: Mapping[str, Any], daddr: int, dport: int, ref: SvcRef) -> int:
-        import ipaddress
-
         for i, d in enumerate(doc.get("dests", [])):
             if int(ipaddress.ip_address(d["address"])) == daddr and int(d["port"]) == dport:
                 return i
         raise NotFound(f"no dest {fmt_hostport(daddr, dport)} in service {ref}")
 
     async def put_dest(self, ref: SvcRef, spec: Mapping[str, Any], *, create_only: bool) -> int:
-        docs, _ = await self._docs()
+        docs = await self._docs()
         name = self._name_of(docs, ref)
         doc = copy.deepcopy(docs[name])
         same = (str(spec.get("address")), spec.get("port"))
@@ -193,7 +177,7 @@ class NodeAdmin:
         return await self._write(docs)
 
     async def delete_dest(self, ref: SvcRef, daddr: int, dport: int) -> int:
-        docs, _ = await self._docs()
+        docs = await self._docs()
         name = self._name_of(docs, ref)
         doc = copy.deepcopy(docs[name])
         del doc["dests"][self._dest_index(doc, daddr, dport, ref)]
@@ -202,7 +186,7 @@ class NodeAdmin:
 
     async def edit_dest(self, ref: SvcRef, daddr: int, dport: int, *, weight: int | None,
                         u_threshold: int | None, l_threshold: int | None) -> int:
-        docs, _ = await self._docs()
+        docs = await self._docs()
         name = self._name_of(docs, ref)
         doc = copy.deepcopy(docs[name])
         d = doc["dests"][self._dest_index(doc, daddr, dport, ref)]
@@ -216,15 +200,13 @@ class NodeAdmin:
         return await self.edit_dest(ref, daddr, dport, weight=0, u_threshold=None, l_threshold=None)
 
     async def set_timeouts(self, timeouts: Mapping[str, float]) -> int:
-        docs, current = await self._docs()
-        t = config.parse_timeouts(current) if current else config.TimeoutsConfig()
+        kv, _rev = await self.node.store.get(self.node.store.timeouts_key)
+        t = config.parse_timeouts(kv.value.decode()) if kv is not None else config.TimeoutsConfig()
         merged: dict[str, Any] = {"tcp": t.tcp, "tcpfin": t.tcpfin, "udp": t.udp}
         merged.update({k: int(v) if float(v).is_integer() else v for k, v in timeouts.items()})
         parsed = config.config_from_dict({"timeouts": merged}).timeouts
         assert parsed is not None
-        return await etcd_apply(self.node.store, {n: config.dump_service(config.config_from_dict(
-            {"services": [d]}).services[0]) for n, d in docs.items()}, config.dump_timeouts(parsed),
-            prune=False)
+        return await self.node.store.put_services({}, (), config.dump_timeouts(parsed))
 
     # ---- node-local -------------------------------------------------------------------------------
     def flush(self) -> int:
