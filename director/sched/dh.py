@@ -25,7 +25,6 @@ from director.service import Dest
 
 log = logging.getLogger(__name__)
 
-_MASK, _OK = USABLE_MASK, USABLE_OK
 _and = int.__and__
 KNUTH = 2654435761
 
@@ -51,7 +50,7 @@ class DestinationHashing:
         if len(dests) != self._n:
             self.update(dests)
         d = self._buckets[(caddr * KNUTH) & self._mask]
-        if d is not None and d.weight > 0 and _and(d.flags, _MASK) == _OK:
+        if d is not None and d.weight > 0 and _and(d.flags, USABLE_MASK) == USABLE_OK:
             return d
         log.debug("dh: no destination available")
         return None

@@ -18,7 +18,6 @@ from director.service import Dest
 
 log = logging.getLogger(__name__)
 
-_MASK, _OK = USABLE_MASK, USABLE_OK
 _and = int.__and__
 
 
@@ -36,7 +35,7 @@ class LeastConnection(Stateless):
         least: Dest | None = None
         loh = 0
         for d in dests:
-            if d.weight <= 0 or _and(d.flags, _MASK) != _OK:
+            if d.weight <= 0 or _and(d.flags, USABLE_MASK) != USABLE_OK:
                 continue
             doh = (d.activeconns << 8) + d.inactconns
             if least is None or doh < loh:

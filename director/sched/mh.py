@@ -40,7 +40,6 @@ from director.service import Dest
 
 log = logging.getLogger(__name__)
 
-_MASK, _OK = USABLE_MASK, USABLE_OK
 _and = int.__and__
 _M32 = 0xFFFFFFFF
 HASH1_KEY = 2654435761
@@ -164,7 +163,7 @@ class MaglevHashing:
         h = (h * 0xC2B2AE35) & _M32
         ihash = (h ^ (h >> 16)) % self._size
         d = self._table[ihash]
-        if d is not None and d.weight > 0 and _and(d.flags, _MASK) == _OK:
+        if d is not None and d.weight > 0 and _and(d.flags, USABLE_MASK) == USABLE_OK:
             return d
         if d is None or not self._fallback:
             log.debug("mh: no destination available")
@@ -177,7 +176,7 @@ class MaglevHashing:
             d = table[self.slot(caddr, cport, (offset + ihash) % size)]
             if d is None:
                 break
-            if d.weight > 0 and _and(d.flags, _MASK) == _OK:
+            if d.weight > 0 and _and(d.flags, USABLE_MASK) == USABLE_OK:
                 return d
         log.debug("mh: no destination available")
         return None

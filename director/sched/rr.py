@@ -19,7 +19,6 @@ from director.service import Dest
 
 log = logging.getLogger(__name__)
 
-_MASK, _OK = USABLE_MASK, USABLE_OK
 _and = int.__and__
 
 
@@ -54,7 +53,7 @@ class RoundRobin:
         for i in range(n):
             j = (start + i) % n
             d = ds[j]
-            if d.weight > 0 and _and(d.flags, _MASK) == _OK:
+            if d.weight > 0 and _and(d.flags, USABLE_MASK) == USABLE_OK:
                 self._pos = j
                 return d
         log.debug("rr: no destination available")

@@ -18,7 +18,6 @@ from director.service import Dest
 
 log = logging.getLogger(__name__)
 
-_MASK, _OK = USABLE_MASK, USABLE_OK
 _and = int.__and__
 
 
@@ -32,11 +31,11 @@ class ShortestExpectedDelay(Stateless):
         loh = lw = 0
         for d in dests:
             w = d.weight
-            if w <= 0 or _and(d.flags, _MASK) != _OK:
+            if w <= 0 or _and(d.flags, USABLE_MASK) != USABLE_OK:
                 continue
             doh = d.activeconns + 1
             if least is None or loh * w > doh * lw:
                 least, loh, lw = d, doh, w
         if least is None:
-            log.debug("sed: no destination available")
+            log.debug("%s: no destination available", self.name)
         return least

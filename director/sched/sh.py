@@ -28,7 +28,6 @@ from director.service import Dest
 
 log = logging.getLogger(__name__)
 
-_MASK, _OK = USABLE_MASK, USABLE_OK
 _and = int.__and__
 GOLDEN_RATIO_32 = 0x61C88647
 
@@ -85,7 +84,7 @@ class SourceHashing:
             self.update(dests)
         ihash = self.bucket(caddr, cport)
         d = self._buckets[ihash]
-        if d is not None and d.weight > 0 and _and(d.flags, _MASK) == _OK:
+        if d is not None and d.weight > 0 and _and(d.flags, USABLE_MASK) == USABLE_OK:
             return d
         if d is None or not self._fallback:
             log.debug("sh: no destination available")
@@ -99,7 +98,7 @@ class SourceHashing:
             d = buckets[(roffset + ihash) & (size - 1)]
             if d is None:
                 break
-            if d.weight > 0 and _and(d.flags, _MASK) == _OK:
+            if d.weight > 0 and _and(d.flags, USABLE_MASK) == USABLE_OK:
                 return d
         log.debug("sh: no destination available")
         return None

@@ -23,7 +23,6 @@ from director.service import Dest
 
 log = logging.getLogger(__name__)
 
-_MASK, _OK = USABLE_MASK, USABLE_OK
 _and = int.__and__
 
 
@@ -69,7 +68,7 @@ class WeightedRoundRobin:
         while True:
             for j in range(pos + 1, n):
                 d = ds[j]
-                if d.weight >= self._cw and _and(d.flags, _MASK) == _OK:
+                if d.weight >= self._cw and _and(d.flags, USABLE_MASK) == USABLE_OK:
                     self._cl = j
                     return d
                 if j == stop:
