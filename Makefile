@@ -27,10 +27,10 @@ setup: .stamp-deb .stamp-venv .stamp-proto
 	@touch $@
 
 .stamp-proto: $(PROTOS) .stamp-venv
-	@echo "==> generating gRPC code into director/pb"
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m grpc_tools.protoc -Iproto --python_out=director/pb --grpc_python_out=director/pb \
-	  --mypy_out=director/pb --mypy_grpc_out=director/pb $(PROTOS)
-	@sed -i -E 's/^import ([a-z_]+_pb2)( as |$$)/from director.pb import \1\2/' director/pb/*_pb2*.py director/pb/*_pb2*.pyi
+	@echo "==> generating gRPC code into lbd_pb"
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m grpc_tools.protoc -Iproto --python_out=lbd_pb --grpc_python_out=lbd_pb \
+	  --mypy_out=lbd_pb --mypy_grpc_out=lbd_pb $(PROTOS)
+	@sed -i -E 's/^import ([a-z_]+_pb2)( as |$$)/from lbd_pb import \1\2/' lbd_pb/*_pb2*.py lbd_pb/*_pb2*.pyi
 	@touch $@
 
 proto: .stamp-proto
@@ -47,7 +47,7 @@ pytest: setup
 test: lint typecheck pytest
 
 demo: setup
-	$(VPY) -m director.drill --report demo-report.json
+	$(VPY) -m deploy.drill --report demo-report.json
 
 bench: setup
 	$(VPY) -m bench.run
@@ -59,4 +59,4 @@ lab-down: setup
 	$(VPY) -m deploy.lab down
 
 clean:
-	rm -rf $(VENV) .stamp-* director/pb/*_pb2*.py director/pb/*_pb2*.pyi
+	rm -rf $(VENV) .stamp-* lbd_pb/*_pb2*.py lbd_pb/*_pb2*.pyi

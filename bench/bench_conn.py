@@ -35,8 +35,8 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
-from director.conn import Conn, ConnTable
-from director.service import Dest, VirtualService
+from director.services.service import Dest, VirtualService
+from director.table.conn import Conn, ConnTable
 from director.types import Proto
 
 TCP = int(Proto.TCP)

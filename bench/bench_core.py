@@ -28,10 +28,10 @@ from collections.abc import Callable
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 
-from director.conn import ConnTable
-from director.core import EXT, INT, CoreConfig, Director
-from director.sched import registry
-from director.service import Dest, ServiceTable, VirtualService
+from director.dataplane.core import EXT, INT, CoreConfig, Director
+from director.services.sched import registry
+from director.services.service import Dest, ServiceTable, VirtualService
+from director.table.conn import ConnTable
 
 VIP = "198.18.0.100"
 RS = ("198.18.2.1", "198.18.2.2")

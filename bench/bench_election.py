@@ -28,9 +28,9 @@ import statistics
 import sys
 import time
 
-from director.elector import Elector, NodeInfo
-from director.etcd_server import EtcdServer
-from director.etcdstore import EtcdStore
+from deploy.etcd import EtcdServer
+from director.cluster.elector import Elector, NodeInfo
+from director.cluster.store import EtcdStore
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +61,14 @@ class _Bench:
     async def leader(self) -> Elector:
         end = time.monotonic() + DEADLINE
         while time.monotonic() < end:
-            ls = [e for e in self.electors if e.is_leader]
-            if len(ls) == 1 and all(e.leader is not None and e.epoch == ls[0].epoch for e in self.electors):
+            ls = [e for e in self.electors if e.is_master]
+            if len(ls) == 1 and all(e.master is not None and e.epoch == ls[0].epoch for e in self.electors):
                 return ls[0]
             await asyncio.sleep(0.005)
         raise TimeoutError("no settled leader")
 
     async def takeover(self, graceful: bool) -> float:
-        old = await self.leader()
+        old = await self.master()
         # crash at a random moment of the term: not phase-locked to the renewals or to
         # etcd's 500 ms expiry scan (a new term starts right after one)
         await asyncio.sleep(random.uniform(0.3, 0.3 + 1.5 * old.granted_ttl))

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from deploy.cluster import LabCluster, NodeProc, wait_for
+from deploy.drill import TrafficProc, services_yaml
 from deploy.lab import Lab, new_name
-from director.drill import TrafficProc, services_yaml
 
 
 def _first_forward(cluster: LabCluster, node: NodeProc, since: float) -> Callable[[], Any]:

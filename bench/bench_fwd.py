@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 One lab, three forwarders side by side, each on its own director namespace and its own VIP:
 
-* d1: our data plane (``python -m director.io.dataplane``), VIP 198.18.0.10, NAT to r1: one process
+* d1: our data plane (``python -m director.dataplane.io.plane``), VIP 198.18.0.10, NAT to r1: one process
   pinned to CPU 1 (``fwd_nat_pps_1core``; its receive softirq runs where the frame was sent, CPU 0;
   ``..._1core_rps`` steers that to CPU 1 too, so the generator's overload lands on the forwarder's
   core), or two PACKET_FANOUT workers on both CPUs (``all_cores``, sharing them with the generator);
@@ -60,7 +60,7 @@ EAGAIN as soon as the forwarder's backlog fills (PACKET-IO-NOTES.md, pitfall 9).
 def services_yaml() -> str:
     """The director's config for the benchmark: UDP port 9 and every TCP port on VIP_NAT -> r1 (NAT).
 
-    The any-port TCP service (iperf3) is persistent, as director.config requires for port 0."""
+    The any-port TCP service (iperf3) is persistent, as director.config.services requires for port 0."""
     r1 = real_addr(1)
     return (
         f"vmac_id: 1\ngateways: [{GATEWAY}]\nint_mtu: 1600\n"
@@ -148,7 +148,8 @@ class FwdBench:
         self.stop_director()
         cfg = self.lab.write_file("bench-services.yaml", services_yaml())
         d1 = self.lab.directors[0]
-        argv = [PYTHON, "-m", "director.io.dataplane", "--ext", "ext", "--int", "int", "--config", str(cfg),
+        argv = [PYTHON, "-m", "director.dataplane.io.plane", "--ext", "ext", "--int", "int",
+                "--config", str(cfg),
                 "--workers", str(workers), "--ready-file", str(self.lab.workdir / "d1.ready"), *extra]
         if workers == 1:
             argv = ["taskset", "-c", str(DIRECTOR_CPU), *argv]

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 The master (table + SyncServer) runs in this process on one asyncio loop, like directord; the
-backup (table + Follower) runs in a child process (spawned, so it has its own interpreter and can
+backup (table + SyncBackup) runs in a child process (spawned, so it has its own interpreter and can
 use the second core), both over real gRPC on 127.0.0.1. The parent drives the child through a pipe
 (commands: wait until a seq is applied / until in sync, report lag percentiles). Figures:
 
@@ -15,7 +15,7 @@ use the second core), both over real gRPC on 127.0.0.1. The parent drives the ch
   applied on the backup records wall time since the master saw the batch's *first* event (the
   worst case within a batch, batch window of 5 ms included).
 * ``sync_snapshot_<n>_s`` / ``_mb``: a fresh backup joins a master holding n entries: time from the
-  follower's start to in sync, and the bytes streamed.
+  backup's start to in sync, and the bytes streamed.
 * ``fwd_sync_on_over_off``: Director.handle() frames/s on a mix of 1 new flow (SYN) per 10 frames,
   with the sync master consuming events and streaming to the backup vs. sync off (feed disabled).
 
@@ -35,10 +35,10 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from director.conn import ConnTable
-from director.sched import registry
-from director.service import Dest, ServiceTable, VirtualService
-from syncd.client import Follower, FollowerConfig
+from director.services.sched import registry
+from director.services.service import Dest, ServiceTable, VirtualService
+from director.table.conn import ConnTable
+from syncd.backup import BackupConfig, SyncBackup
 from syncd.convert import decode_sync_message, encode_batch
 from syncd.model import SyncKind, Update
 from syncd.server import SyncServer, create_sync_server
@@ -66,8 +66,8 @@ def _backup_main(pipe: Connection, target: str) -> None:
 
 async def _backup(pipe: Connection, target: str) -> None:
     table = ConnTable(time.monotonic, bits=20, event_capacity=1)
-    f = Follower(target, "bench-backup", table, make_services(),
-                 cfg=FollowerConfig(max_message=64 << 20, heartbeat_timeout=30.0))
+    f = SyncBackup(target, "bench-backup", table, make_services(),
+                 cfg=BackupConfig(max_message=64 << 20, heartbeat_timeout=30.0))
     t_start = time.time()
     f.start()
     loop = asyncio.get_running_loop()
@@ -258,7 +258,7 @@ def _syn_frames(n: int, base: int) -> list[bytes]:
 
 
 async def _fwd_rate(director: Any, frames: list[bytes]) -> float:
-    from director.core import EXT
+    from director.dataplane.core import EXT
     handle = director.handle
     t0 = time.perf_counter()
     for i in range(0, len(frames), 500):

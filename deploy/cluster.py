@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deploy.etcd import EtcdServer
 from deploy.lab import CTL_ADDR, GATEWAY, PYTHON, Lab, director_int
-from director.etcd_server import EtcdServer
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,8 @@ class LabCluster:
         path = self.lab.write_file("services.yaml", services_yaml)
         code = (
             "import asyncio, sys\n"
-            "from director.config import parse_config, dump_service, dump_timeouts\n"
-            "from director.etcdstore import EtcdStore, apply\n"
+            "from director.config.services import parse_config, dump_service, dump_timeouts\n"
+            "from director.cluster.store import EtcdStore, apply\n"
             f"cfg = parse_config(open({str(path)!r}).read())\n"
             "async def main():\n"
             f"    async with EtcdStore([{self.endpoint!r}], prefix='/lbd',\n"
@@ -132,7 +132,7 @@ class LabCluster:
         """Write (None: delete) one raw key under the cluster's prefix, bypassing all validation."""
         code = (
             "import asyncio, sys\n"
-            "from director.etcdstore import EtcdStore\n"
+            "from director.cluster.store import EtcdStore\n"
             "async def main():\n"
             f"    async with EtcdStore([{self.endpoint!r}], prefix='/lbd',\n"
             f"                         cluster={self.lab.name!r}) as st:\n"

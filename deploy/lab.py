@@ -362,9 +362,9 @@ class Lab:
 
     def start_director(self, n: int, config: str | Path, *extra: str,
                        **kw: object) -> subprocess.Popen[bytes]:
-        """Run the stand-alone data plane (``python -m director.io.dataplane``) in director ``n``."""
+        """Run the stand-alone data plane (``python -m director.dataplane.io.plane``) in director ``n``."""
         d = self.directors[n - 1]
-        argv = [PYTHON, "-m", "director.io.dataplane", "--ext", "ext", "--int", "int",
+        argv = [PYTHON, "-m", "director.dataplane.io.plane", "--ext", "ext", "--int", "int",
                 "--config", str(config), *extra]
         return self.popen(d.ns, argv, **kw)  # type: ignore[arg-type]
 

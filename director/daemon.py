@@ -3,22 +3,22 @@
 Theory of operation
 -------------------
 Everything runs on one asyncio loop, so the conn table needs no locks: the AF_PACKET fds are loop
-readers (director.io.dataplane), gRPC is grpc.aio (sync and admin), etcd is aetcd. ``main`` only
+readers (director.dataplane.io.plane), gRPC is grpc.aio (sync and admin), etcd is aetcd. ``main`` only
 parses arguments and wires the parts; `Node` owns them and reacts to role changes:
 
-* **backup** (FOLLOWER / STEPPED_DOWN): the director answers no ARP and forwards nothing; the sync
-  follower copies the master's table (its address and epoch come from the leader record in etcd);
+* **backup** (BACKUP / STEPPED_DOWN): the director answers no ARP and forwards nothing; the sync
+  backup copies the master's table (its address and epoch come from the leader record in etcd);
   the node becomes *ready* to campaign once that copy is live (or when no master exists).
-* **master** (LEADER): the elector calls `_start_forwarding(epoch)` synchronously, inside the loop
+* **master** (MASTER): the elector calls `_start_forwarding(epoch)` synchronously, inside the loop
   turn that won the election: stop following, serve the sync stream with the new epoch, activate the
   director (ARP answers + gratuitous ARPs), accept mid-flow TCP without an entry for `sloppy_grace`
   seconds (consistent schedulers pick the same dest again), and run the health checks.
 * **step down** (lease renewal overdue, resign, shutdown): `_stop_forwarding()` deactivates the
   director at once, before the lease can expire anywhere else.
 
-Config comes from etcd (``config/``), is validated by director.config and applied in place; invalid
+Config comes from etcd (``config/``), is validated by director.config.services and applied in place; invalid
 config is refused with a log line naming the field, and the running config stays. SIGTERM resigns
-(after flushing sync to every follower), SIGUSR1 resigns and stays as a backup (graceful failover).
+(after flushing sync to every backup), SIGUSR1 resigns and stays as a backup (graceful failover).
 Role changes and the first forwarded packet after a takeover are appended to ``events_file`` as
 JSON lines with wall-clock times, so drills can measure takeover and check for split brain.
 """
@@ -40,23 +40,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from director.adminapi import NodeEvent, conn_event, dest_label
-from director.arp import vrrp_mac
-from director.config import Config, ConfigError, apply_timeouts, apply_to_services, config_from_texts
-from director.conn import ConnTable
-from director.conn_events import RawEvent, cook
-from director.core import CoreConfig, Director
-from director.election import LeaderRecord, Role
-from director.elector import Elector, Membership, NodeInfo, RoleChange
-from director.etcdstore import ConfigSnapshot, EtcdStore
+from director.admin.api import NodeEvent, conn_event, dest_label
+from director.admin.metrics import MetricsServer, serve_metrics
+from director.admin.node import NodeAdmin, start_admin
+from director.cluster.election import LeaderRecord, Role
+from director.cluster.elector import Elector, Membership, NodeInfo, RoleChange
+from director.cluster.store import ConfigSnapshot, EtcdStore
+from director.config.node import NodeConfig, NodeConfigError, parse_node_config
+from director.config.services import Config, ConfigError, apply_timeouts, apply_to_services, config_from_texts
+from director.dataplane.arp import vrrp_mac
+from director.dataplane.core import CoreConfig, Director
+from director.dataplane.io.plane import DataPlane
 from director.health.service import HealthService
-from director.io.dataplane import DataPlane
-from director.metrics import MetricsServer, serve_metrics
-from director.node_api import NodeAdmin, start_admin
-from director.nodeconfig import NodeConfig, NodeConfigError, parse_node_config
-from director.service import ServiceTable
-from director.stats import StatsEstimator
-from syncd.client import Follower
+from director.services.service import ServiceTable
+from director.services.stats import StatsEstimator
+from director.table.conn import ConnTable
+from director.table.events import RawEvent, cook
+from syncd.backup import SyncBackup
 from syncd.server import SyncServer, create_sync_server
 
 log = logging.getLogger("directord")
@@ -106,7 +106,7 @@ class Node:
         self.store = EtcdStore(list(cfg.etcd_endpoints), prefix=cfg.etcd_prefix, cluster=cfg.cluster)
         self.events = EventLog(cfg.events_file, cfg.node_id)
         self.estimator = StatsEstimator()
-        self.follower = Follower(None, cfg.node_id, self.table, self.services,
+        self.backup = SyncBackup(None, cfg.node_id, self.table, self.services,
                                  epoch_source=self._known_epoch, tls=cfg.sync_tls)
         self.sync: SyncServer | None = None
         self.elector: Elector | None = None
@@ -116,8 +116,8 @@ class Node:
         self.config_snapshot: ConfigSnapshot | None = None
         self.config: Config | None = None
         """The running config, parsed once per applied snapshot (admin reads and health re-applies use it)."""
-        self.role = Role.FOLLOWER
-        self.leader: LeaderRecord | None = None
+        self.role = Role.BACKUP
+        self.master: LeaderRecord | None = None
         self.role_changes = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()
@@ -131,22 +131,22 @@ class Node:
 
     # -- readiness and epochs ---------------------------------------------------------------------
     def _known_epoch(self) -> int:
-        return self.leader.epoch if self.leader is not None else 0
+        return self.master.epoch if self.master is not None else 0
 
     def ready(self) -> bool:
         """Campaign only with a table in sync with the current master, or when there is none."""
         if self.config_snapshot is None:
             return False
-        ldr = self.leader
+        ldr = self.master
         if ldr is None or ldr.node_id == self.cfg.node_id:
             return True
-        return self.follower.in_sync
+        return self.backup.in_sync
 
     # -- role callbacks (synchronous: they run inside the elector's loop turn) ------------------------
     def _start_forwarding(self, epoch: int) -> None:
-        self.role = Role.LEADER
+        self.role = Role.MASTER
         self.events.write("master", epoch=epoch)
-        self.follower.set_master(None, epoch)
+        self.backup.set_master(None, epoch)
         if self.sync is not None:
             self.sync.set_epoch(epoch)
             self.sync.start_serving()
@@ -171,16 +171,16 @@ class Node:
     def _on_change(self, change: RoleChange) -> None:
         self.role = change.role
         self.role_changes += 1
-        self.leader = change.leader
+        self.master = change.master
         self.events.write("role", role=change.role.name, epoch=change.epoch,
-                          leader=change.leader.node_id if change.leader else None)
+                          master=change.master.node_id if change.master else None)
         self.api.hub.publish(NodeEvent(kind="role", time=time.time(), role=change.role.name.lower(),
                                        epoch=change.epoch,
-                                       message=f"leader {change.leader.node_id if change.leader else '-'}"))
-        ldr = change.leader
-        if change.role is not Role.LEADER and ldr is not None and ldr.node_id != self.cfg.node_id:
-            self.follower.set_master(ldr.sync_addr or None, ldr.epoch)
-            self.follower.start()
+                                       message=f"leader {change.master.node_id if change.master else '-'}"))
+        ldr = change.master
+        if change.role is not Role.MASTER and ldr is not None and ldr.node_id != self.cfg.node_id:
+            self.backup.set_master(ldr.sync_addr or None, ldr.epoch)
+            self.backup.start()
 
     async def _repeat_garp(self) -> None:
         """Gratuitous ARPs again after 0.2 s and 1 s: one lost frame must not strand clients."""
@@ -230,7 +230,7 @@ class Node:
         if self.config is None:
             return
         apply_to_services(self.config, self.services, down=self.health.down_keys())
-        self.follower.rebind_pending()
+        self.backup.rebind_pending()
 
     def _tap_conn_events(self, events: list[RawEvent]) -> None:
         """Conn events the sync master drained, for `directorctl watch` (only while someone watches)."""
@@ -289,10 +289,10 @@ class Node:
             if r != last and self.elector is not None:
                 self.elector.poke()
                 last = r
-            in_sync = self.follower.in_sync
+            in_sync = self.backup.in_sync
             if in_sync != last_sync:
                 self.events.write("sync_state", in_sync=in_sync, conns=self.table.count,
-                                  master=self.follower.target)
+                                  master=self.backup.target)
                 last_sync = in_sync
             await asyncio.sleep(0.05)
 
@@ -324,8 +324,8 @@ class Node:
         self.events.write("started", pid=os.getpid())
 
     async def resign(self) -> None:
-        """Graceful failover: flush sync to every follower, then hand the lease over."""
-        if self.elector is None or self.role is not Role.LEADER:
+        """Graceful failover: flush sync to every backup, then hand the lease over."""
+        if self.elector is None or self.role is not Role.MASTER:
             return
         if self.sync is not None:
             acked = await self.sync.flush(timeout=5.0)
@@ -335,7 +335,7 @@ class Node:
     async def stop(self) -> None:
         """Clean stop: resign (after flushing sync), then close every part, each within a deadline."""
         self.events.write("stopping")
-        if self.role is Role.LEADER:
+        if self.role is Role.MASTER:
             await self._bounded("resign", self.resign(), 8.0)
         if self.elector is not None:
             await self._bounded("elector", self.elector.stop(), 3.0)
@@ -344,7 +344,7 @@ class Node:
         for t in self._tasks:
             t.cancel()
         await self._bounded("tasks", asyncio.gather(*self._tasks, return_exceptions=True), 2.0)
-        await self._bounded("follower", self.follower.stop(), 2.0)
+        await self._bounded("backup", self.backup.stop(), 2.0)
         if self.sync is not None:
             await self._bounded("sync server", self.sync.stop(), 2.0)
         await self._bounded("health", self.health.stop(), 2.0)

@@ -1,389 +1,258 @@
-"""Backup side: decoded sync messages -> checks -> a local ConnTable (no I/O).
+"""Backup side over gRPC: follow the master's stream, apply it, ack it, reconnect when it breaks.
 
 Theory of operation
 -------------------
-``BackupApplier.handle(msg)`` first validates a message as a whole and raises before touching the
-table when it must be refused:
+A ``SyncBackup`` runs one task on the node's loop. It dials the current master address (from the
+election record via ``set_master``, or node config), sends a hello with its resume point
+(incarnation, last applied seq, epoch seen) and reads SyncMessages: each is decoded (convert.py),
+validated and applied by ``BackupApplier``; a second task writes acks (the latest applied seq,
+coalesced: one in flight at a time). Any refusal - garbage, unknown version, stale epoch,
+sequence gap, oversize message (gRPC limit), heartbeat silence - ends the stream *before* the
+offending message touches the table; the backup logs it (rate-limited) and reconnects after a
+backoff of ``reconnect_min``..``reconnect_max`` seconds (doubling, reset after progress), resuming
+from its last applied seq (the master answers with the missing batches or a snapshot).
 
-* epoch below the highest epoch known (the election record via ``epoch_floor`` or an earlier
-  message) -> ``StaleEpochError``;
-* not of the current incarnation (only ``snapshot_begin`` may start a new one) -> ``ProtocolError``;
-* a batch whose seq is not ``applied_seq + 1``, or a heartbeat announcing a seq we never saw
-  -> ``SequenceGapError`` (the follower reconnects and asks to resume from ``applied_seq``).
-
-Application is idempotent: NEW/UPDATE upsert, REFRESH extends the timer, EXPIRE of an unknown key
-is a no-op. Inside one message expirations go first, conns before templates (a template only goes
-away once its children are gone; the master puts at most one update per key in a batch, except an
-EXPIRE before a NEW when a key is reused), then the upserts in order. Entries are created with the
-SYNC flag and bound to the local dest found by ``DestKey`` (``ServiceTable.find_dest``); an unknown
-dest leaves the entry unbound and remembered, ``rebind_pending()`` binds it once the dest exists. A
-child whose template has not arrived yet (same batch, later snapshot chunk) waits in
-``_waiting_ctl`` and is linked with ``control_add`` (so ``n_control`` is right) the moment its
-template appears.
-
-A snapshot marks every key it mentions (chunks and the live batches interleaved with it); at
-``snapshot_end`` every entry not mentioned is removed: the table is then the master's.
+``set_master(addr, epoch)`` switches masters at once (the running stream is cancelled) and raises the
+epoch floor so the old master is refused even if it is still streaming. ``in_sync`` is True while
+connected, with a snapshot applied (or a resume accepted) and no snapshot in progress.
+Lag samples (wall clock from the master seeing a batch's first event to applying it here; the
+nodes' clocks must be NTP-synced for cross-host figures) feed p50/p99 for the admin API and
+benchmarks.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from director.service import DestKey, ServiceTable
-from director.types import LOCAL_CONN_FLAGS, ConnFlags
-from syncd.model import (
-    BatchMsg,
-    ConnKey,
-    FollowHello,
-    HeartbeatMsg,
-    ProtocolError,
-    SequenceGapError,
-    SnapshotBeginMsg,
-    SnapshotChunkMsg,
-    SnapshotEndMsg,
-    StaleEpochError,
-    SyncKind,
-    SyncMsg,
-    TableLike,
-    Update,
-)
+import grpc
+
+from director.services.service import ServiceTable
+from syncd.apply import BackupApplier
+from syncd.convert import decode_sync_message, encode_ack, encode_hello, identity
+from syncd.model import AckMsg, BatchMsg, LogLimiter, SyncError, TableLike
+from syncd.server import FOLLOW_METHOD
+from syncd.tls import TlsFilesLike, channel_credentials, channel_options
 
 log = logging.getLogger(__name__)
 
-_LOCAL = int(LOCAL_CONN_FLAGS)
-_SYNC = int(ConnFlags.SYNC)
-_INACTIVE = int(ConnFlags.INACTIVE)
-INVALID_PORT = 65535
-"""vport/dport of a template invalidated by check_template."""
+
+@dataclass
+class BackupConfig:
+    reconnect_min: float = 0.2
+    reconnect_max: float = 1.0
+    heartbeat_timeout: float = 3.5
+    """Silence (no batch, chunk or heartbeat) after which the master is presumed gone."""
+    max_message: int = 16 << 20
+    lag_samples: int = 200_000
 
 
-class BackupApplier:
-    """Applies one master's stream to a local table; remembers where to resume."""
+class SyncBackup:
+    """Follows one master at a time and keeps `table` a copy of its table."""
 
-    def __init__(self, table: TableLike, services: ServiceTable | None = None,
-                 epoch_floor: Callable[[], int] | None = None) -> None:
-        self.table = table
-        self.services = services
-        self.epoch_floor = epoch_floor or (lambda: 0)
-        self.epoch = 0
-        self.incarnation = 0
-        self.applied_seq = 0
-        self.head_seq = 0
-        self.in_snapshot = False
-        self.live = False
-        """True once a snapshot was applied (or a resume accepted) on the current stream."""
-        self._seen: set[ConnKey] = set()
-        self._pending_dest: dict[ConnKey, DestKey] = {}
-        self._waiting_ctl: dict[ConnKey, ConnKey] = {}
-        self._children_of: dict[ConnKey, set[ConnKey]] = {}
-        self._dest_cache: dict[DestKey, Any] = {}
-        self.stats = {"batches": 0, "updates": 0, "snapshots": 0, "snapshot_entries": 0, "swept": 0,
-                      "apply_errors": 0, "refused": 0}
+    def __init__(self, target: str | None, node_id: str, table: TableLike,
+                 services: ServiceTable | None = None, epoch_source: Callable[[], int] | None = None,
+                 *, tls: TlsFilesLike | None = None,
+                 cfg: BackupConfig | None = None) -> None:
+        self.target = target
+        self.node_id = node_id
+        self.tls = tls
+        self.cfg = cfg or BackupConfig()
+        self._epoch_source = epoch_source or (lambda: 0)
+        self._epoch_hint = 0
+        self.applier = BackupApplier(table, services, self._epoch_floor)
+        self.connected = False
+        self.lags_ms: deque[float] = deque(maxlen=self.cfg.lag_samples)
+        self.stats = {"connects": 0, "stream_errors": 0, "refused": 0, "messages": 0}
+        self.last_error = ""
+        self._logs = LogLimiter()
+        self._task: asyncio.Task[None] | None = None
+        self._session: asyncio.Task[bool] | None = None
+        self._changed = asyncio.Event()
+        self._ack_needed = asyncio.Event()
 
-    # --- stream state ----------------------------------------------------------------------------
-
-    def hello(self, node_id: str) -> FollowHello:
-        """The resume point to present to the master on (re)connect."""
-        inc = 0 if self.in_snapshot else self.incarnation
-        return FollowHello(node_id, self.applied_seq, self.epoch, inc)
-
-    def stream_lost(self) -> None:
-        """The stream ended: a snapshot in progress is void, and we are no longer live."""
-        self.live = False
-        if self.in_snapshot:
-            self.in_snapshot = False
-            self._seen = set()
-            self.incarnation = 0
+    # --- public ----------------------------------------------------------------------------------
 
     @property
-    def pending_dests(self) -> int:
-        return len(self._pending_dest)
+    def in_sync(self) -> bool:
+        a = self.applier
+        return self.connected and a.live and not a.in_snapshot
 
     @property
-    def waiting_children(self) -> int:
-        return len(self._waiting_ctl)
+    def applied_seq(self) -> int:
+        return self.applier.applied_seq
 
-    def handle(self, msg: SyncMsg) -> int:
-        """Validate then apply one message; returns the number of entries it applied."""
-        floor = max(self.epoch, self.epoch_floor())
-        if msg.epoch < floor:
-            self.stats["refused"] += 1
-            raise StaleEpochError(f"message epoch {msg.epoch} < known epoch {floor}")
-        if isinstance(msg, SnapshotBeginMsg):
-            self._begin(msg)
-            return 0
-        if msg.incarnation != self.incarnation or self.incarnation == 0:
-            self.stats["refused"] += 1
-            raise ProtocolError(f"message of incarnation {msg.incarnation:x}, following {self.incarnation:x}")
-        self.epoch = msg.epoch
-        if isinstance(msg, BatchMsg):
-            return self._batch(msg)
-        if isinstance(msg, SnapshotChunkMsg):
-            if not self.in_snapshot:
-                raise ProtocolError("snapshot chunk outside a snapshot")
-            n = self.apply(msg.updates)
-            self._seen.update(u.key for u in msg.updates)
-            self.stats["snapshot_entries"] += n
-            return n
-        if isinstance(msg, SnapshotEndMsg):
-            self._end()
-            return 0
-        return self._heartbeat(msg)
+    def start(self) -> None:
+        if self._task is None:
+            loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self._run(), name=f"sync-backup-{self.node_id}")
 
-    def _begin(self, msg: SnapshotBeginMsg) -> None:
-        log.info("snapshot begins: incarnation %x epoch %d after seq %d (~%d entries)", msg.incarnation,
-                 msg.epoch, msg.after_seq, msg.entries_estimate)
-        self.epoch = msg.epoch
-        self.incarnation = msg.incarnation
-        self.applied_seq = msg.after_seq
-        self.head_seq = max(self.head_seq, msg.after_seq)
-        self.in_snapshot = True
-        self.live = False
-        self._seen = set()
-        self.stats["snapshots"] += 1
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.connected = False
+        self.applier.stream_lost()
 
-    def _batch(self, msg: BatchMsg) -> int:
-        if msg.seq != self.applied_seq + 1:
-            self.stats["refused"] += 1
-            raise SequenceGapError(f"batch seq {msg.seq} after applied seq {self.applied_seq}")
-        n = self.apply(msg.updates)
-        if self.in_snapshot:
-            self._seen.update(u.key for u in msg.updates)
-        else:
-            self.live = True
-        self.applied_seq = msg.seq
-        self.head_seq = max(self.head_seq, msg.seq)
-        self.stats["batches"] += 1
-        return n
-
-    def _heartbeat(self, msg: HeartbeatMsg) -> int:
-        if msg.last_seq > self.applied_seq:
-            self.stats["refused"] += 1
-            raise SequenceGapError(f"heartbeat says seq {msg.last_seq} was sent, applied {self.applied_seq}")
-        self.head_seq = max(self.head_seq, msg.head_seq)
-        if not self.in_snapshot:
-            self.live = True
-        return 0
-
-    def _end(self) -> None:
-        if not self.in_snapshot:
-            raise ProtocolError("snapshot end outside a snapshot")
-        seen = self._seen
-        stale = [c for c in self.table if c.key not in seen]
-        self._remove_all(stale)
-        self.stats["swept"] += len(stale)
-        self.in_snapshot = False
-        self.live = True
-        self._seen = set()
-        if self._waiting_ctl:
-            log.warning("snapshot applied with %d conns whose template is unknown", len(self._waiting_ctl))
-        log.info("snapshot applied: %d entries, %d stale removed, %d unbound (dest unknown)",
-                 len(self.table), len(stale), len(self._pending_dest))
-
-    # --- application -----------------------------------------------------------------------------
-
-    def apply(self, updates: Sequence[Update]) -> int:
-        """Apply updates: expirations first (conns before templates), then upserts in order."""
-        table = self.table
-        self._dest_cache = {}  # the service table does not change while a message is applied
-        expire = SyncKind.EXPIRE
-        victims = [c for c in (table.get(u.key) for u in updates if u.kind == expire) if c is not None]
-        n = self._remove_all(victims) if victims else 0
-        for u in updates:
-            if u.kind == expire:
-                continue
-            try:
-                if u.kind == SyncKind.REFRESH:
-                    self._refresh(u)
-                else:
-                    self._upsert(u)
-                n += 1
-            except Exception:
-                self.stats["apply_errors"] += 1
-                log.exception("applying %s for %s failed", u.kind.name, u.key)
-        self.stats["updates"] += n
-        return n
-
-    def _refresh(self, u: Update) -> None:
-        conn = self.table.get(u.key)
-        if conn is None:
+    def set_master(self, addr: str | None, epoch: int = 0) -> None:
+        """Follow `addr` from now on (None: follow nobody); messages below `epoch` are refused."""
+        self._epoch_hint = max(self._epoch_hint, epoch)
+        if addr == self.target:
             return
-        if u.timeout and conn.timeout != u.timeout:  # e.g. a template waiting for its children (60 s)
-            self.table.set_state(conn, conn.state, u.timeout)
-        self.table.refresh(conn, max(u.remaining, 0.001))
-
-    def _upsert(self, u: Update) -> None:
-        table = self.table
-        if u.old_key is not None and u.old_key != u.key:
-            if table.get(u.key) is None:
-                self._rekey(u)
-            self._repoint_children(u.old_key, u.key)
-        conn = table.get(u.key)
-        dest = self._find_dest(u.dest_key)
-        if conn is None:
-            conn = self._create(u, dest)
-        else:
-            if u.dest_key is not None:  # bind first, so the state change moves the dest's counters
-                self._sync_dest(conn, u.dest_key, dest)
-                self._sync_state(conn, u)
-            else:  # change state while still bound (INACTIVE follows), then unbind
-                self._sync_state(conn, u)
-                self._sync_dest(conn, u.dest_key, dest)
-            if (conn.flags ^ u.flags) & _INACTIVE and conn.dest is not None and not u.key[8]:
-                # the master's activity flag is history-dependent (its state changed while unbound)
-                # and no table operation reproduces it: take the conn again (it controls nothing)
-                self._remove_all([conn])
-                conn = self._create(u, dest)
-        table.refresh(conn, max(u.remaining, 0.001))
-        if u.dest_key is not None and dest is None:
-            self._pending_dest[u.key] = u.dest_key
-        else:
-            self._pending_dest.pop(u.key, None)
-        if self._waiting_ctl.get(u.key) != u.control_key:
-            self._forget_waiting(u.key)
-        if u.control_key is not None and conn.control is None:
-            self._link(u.key, conn, u.control_key)
-        if u.key[8] and u.key in self._children_of:
-            self._adopt_children(u.key, conn)
-
-    def _create(self, u: Update, dest: Any) -> Any:
-        proto, caddr, cport, vaddr, vport, daddr, dport, fwmark, _ = u.key
-        flags = (u.flags & ~_LOCAL) | _SYNC
-        return self.table.new(proto, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark,
-                              state=u.state, timeout=u.timeout)
-
-    def _sync_state(self, conn: Any, u: Update) -> None:
-        if conn.state != u.state or conn.timeout != u.timeout:
-            self.table.set_state(conn, u.state, u.timeout)
-
-    def _rekey(self, u: Update) -> None:
-        """The master re-keyed an entry: do the same locally, or replace it."""
-        assert u.old_key is not None
-        old = self.table.get(u.old_key)
-        if old is None:
-            return
-        okey, nkey = u.old_key, u.key
-        if okey[2] == 0 and nkey[2] != 0 and okey[:2] == nkey[:2] and okey[3:] == nkey[3:]:
-            self.table.fill_cport(old, nkey[2])
-        elif nkey[8] and nkey[4] == INVALID_PORT and nkey[6] == INVALID_PORT and nkey[2] == 0:
-            # check_template invalidated it on the master: invalidate ours the same way (the dest
-            # is unbound first so check_template refuses it; _upsert binds the dest again)
-            if old.dest is not None:
-                self.table.unbind_dest(old)
-            self.table.check_template(old, False)
-        if old.key == nkey:
-            self._moved(okey, nkey)
-        else:
-            self._remove_all([old])
-
-    def _moved(self, old: ConnKey, new: ConnKey) -> None:
-        if old in self._pending_dest:
-            self._pending_dest[new] = self._pending_dest.pop(old)
-        if old in self._waiting_ctl:
-            ctl = self._waiting_ctl.pop(old)
-            self._waiting_ctl[new] = ctl
-            kids = self._children_of.get(ctl)
-            if kids is not None:
-                kids.discard(old)
-                kids.add(new)
-
-    def _repoint_children(self, old: ConnKey, new: ConnKey) -> None:
-        """Children waiting for a template under its old key now wait for its new key."""
-        kids = self._children_of.pop(old, None)
-        if not kids:
-            return
-        self._children_of.setdefault(new, set()).update(kids)
-        for k in kids:
-            self._waiting_ctl[k] = new
-
-    def _find_dest(self, dest_key: DestKey | None) -> Any:
-        if dest_key is None or self.services is None:
-            return None
-        cache = self._dest_cache
-        if dest_key in cache:
-            return cache[dest_key]
-        dest = cache[dest_key] = self.services.find_dest(dest_key)
-        return dest
-
-    def _sync_dest(self, conn: Any, dest_key: DestKey | None, dest: Any) -> None:
-        cur = conn.dest
-        if dest_key is None:
-            if cur is not None:
-                self.table.unbind_dest(conn)
-            return
-        if cur is not None and cur.key == dest_key:
-            return
-        if dest is None:
-            return  # stays as is until the dest appears (rebind_pending)
-        if cur is not None:
-            self.table.unbind_dest(conn)
-        self.table.bind_dest(conn, dest)
-
-    def _link(self, key: ConnKey, conn: Any, control_key: ConnKey) -> None:
-        tpl = self.table.get(control_key)
-        if tpl is not None:
-            self.table.control_add(conn, tpl)
-            return
-        self._waiting_ctl[key] = control_key
-        self._children_of.setdefault(control_key, set()).add(key)
-
-    def _adopt_children(self, key: ConnKey, tpl: Any) -> None:
-        kids = self._children_of.pop(key, None)
-        if not kids:
-            return
-        for child_key in kids:
-            self._waiting_ctl.pop(child_key, None)
-            child = self.table.get(child_key)
-            if child is not None and child.control is None:
-                self.table.control_add(child, tpl)
-
-    def _remove_all(self, conns: list[Any]) -> int:
-        """Remove entries now: conns first, then templates (which need n_control == 0)."""
-        conns.sort(key=lambda c: bool(c.key[8]))
-        n = 0
-        for conn in conns:
-            key = conn.key
-            self._forget(key)
-            try:
-                if self.table.expire(conn):
-                    n += 1
-                else:
-                    log.debug("entry %s not removed (n_control=%d)", key, conn.n_control)
-            except Exception:
-                self.stats["apply_errors"] += 1
-                log.exception("removing %s failed", key)
-        return n
-
-    def _forget(self, key: ConnKey) -> None:
-        self._pending_dest.pop(key, None)
-        self._forget_waiting(key)
-
-    def _forget_waiting(self, key: ConnKey) -> None:
-        ctl = self._waiting_ctl.pop(key, None)
-        if ctl is not None:
-            kids = self._children_of.get(ctl)
-            if kids is not None:
-                kids.discard(key)
-                if not kids:
-                    del self._children_of[ctl]
+        log.info("sync: following %s (epoch %d) instead of %s", addr, epoch, self.target)
+        self.target = addr
+        self._changed.set()
+        if self._session is not None:
+            self._session.cancel()
 
     def rebind_pending(self) -> int:
-        """Bind unbound synced entries whose dest now exists (call after a config change)."""
-        bound = 0
-        self._dest_cache = {}
-        for key, dest_key in list(self._pending_dest.items()):
-            conn = self.table.get(key)
-            if conn is None:
-                del self._pending_dest[key]
+        return self.applier.rebind_pending()
+
+    def lag_percentile(self, p: float) -> float:
+        """p-th percentile (0..100) of the recent lag samples in ms (0 if none)."""
+        if not self.lags_ms:
+            return 0.0
+        data = sorted(self.lags_ms)
+        return data[min(len(data) - 1, int(len(data) * p / 100.0))]
+
+    def status(self) -> dict[str, Any]:
+        a = self.applier
+        return {"target": self.target, "connected": self.connected, "in_sync": self.in_sync,
+                "applied_seq": a.applied_seq, "head_seq": a.head_seq, "epoch": a.epoch,
+                "in_snapshot": a.in_snapshot, "pending_dests": a.pending_dests,
+                "lag_p50_ms": self.lag_percentile(50), "lag_p99_ms": self.lag_percentile(99),
+                "last_error": self.last_error, **self.stats, **{f"apply_{k}": v for k, v in a.stats.items()}}
+
+    # --- loop ------------------------------------------------------------------------------------
+
+    def _epoch_floor(self) -> int:
+        return max(self._epoch_hint, self._epoch_source())
+
+    async def _run(self) -> None:
+        delay = self.cfg.reconnect_min
+        while True:
+            target = self.target
+            if target is None:
+                self._changed.clear()
+                await self._changed.wait()
                 continue
-            dest = self._find_dest(dest_key)
-            if dest is None:
-                continue
-            self._sync_dest(conn, dest_key, dest)
-            del self._pending_dest[key]
-            bound += 1
-        if bound:
-            log.info("bound %d synced entries to dests that appeared", bound)
-        return bound
+            self._changed.clear()
+            self._session = asyncio.get_running_loop().create_task(self._follow_once(target))
+            progressed = False
+            try:
+                await asyncio.wait({self._session})
+                progressed = self._session_result(self._session, target)
+            finally:
+                session, self._session = self._session, None
+                if not session.done():
+                    session.cancel()
+                    with contextlib.suppress(BaseException):
+                        await session  # never two streams applying at once
+                self.connected = False
+                self.applier.stream_lost()
+            if progressed:
+                delay = self.cfg.reconnect_min
+            if self.target != target:
+                continue  # switched masters: dial the new one at once
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay * random.uniform(0.8, 1.2)):
+                    await self._changed.wait()
+            delay = min(self.cfg.reconnect_max, delay * 2)
+
+    def _session_result(self, task: asyncio.Task[bool], target: str) -> bool:
+        if task.cancelled():
+            return True
+        exc = task.exception()
+        if exc is None:
+            return task.result()
+        self.stats["stream_errors"] += 1
+        progressed = getattr(exc, "progressed", False)
+        if isinstance(exc, SyncError):
+            self.stats["refused"] += 1
+            what = type(exc).__name__
+        elif isinstance(exc, grpc.aio.AioRpcError):
+            what = str(exc.code())
+            log.debug("stream error detail: %s", exc.debug_error_string())
+            exc = f"{exc.code()}: {exc.details()}"  # type: ignore[assignment]
+        elif isinstance(exc, TimeoutError):
+            what = "heartbeat"
+            exc = f"no message for {self.cfg.heartbeat_timeout} s"  # type: ignore[assignment]
+        else:
+            what = type(exc).__name__
+            log.error("sync backup of %s failed", target, exc_info=exc)
+        self.last_error = f"{what}: {exc}"
+        if self._logs.should_log(what):
+            log.warning("sync stream from %s ended: %s (%s #%d)", target, exc, what, self._logs.counts[what])
+        return bool(progressed)
+
+    def _channel(self, target: str) -> Any:
+        opts: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", self.cfg.max_message),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.initial_reconnect_backoff_ms", int(self.cfg.reconnect_min * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(self.cfg.reconnect_max * 1000)),
+            ("grpc.use_local_subchannel_pool", 1),
+        ]
+        if self.tls is None:
+            return grpc.aio.insecure_channel(target, options=opts)
+        opts += channel_options(self.tls)
+        return grpc.aio.secure_channel(target, channel_credentials(self.tls), options=opts)
+
+    async def _follow_once(self, target: str) -> bool:
+        """One stream; returns whether it applied anything (raises on refusal/transport errors)."""
+        progressed = False
+        async with self._channel(target) as channel:
+            call = channel.stream_stream(FOLLOW_METHOD, request_serializer=identity,
+                                         response_deserializer=identity)()
+            acker = asyncio.get_running_loop().create_task(self._ack_loop(call))
+            try:
+                await call.write(encode_hello(self.applier.hello(self.node_id)))
+                self.stats["connects"] += 1
+                while True:
+                    async with asyncio.timeout(self.cfg.heartbeat_timeout):
+                        data = await call.read()
+                    if data is grpc.aio.EOF:
+                        code = await call.code()
+                        raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                                   details=await call.details())
+                    self._handle(data)
+                    progressed = True
+            except BaseException as exc:
+                if progressed and not isinstance(exc, asyncio.CancelledError):
+                    exc.progressed = True  # type: ignore[attr-defined]
+                raise
+            finally:
+                acker.cancel()
+                call.cancel()
+
+    def _handle(self, data: bytes) -> None:
+        msg = decode_sync_message(data)
+        self.applier.handle(msg)
+        self.connected = True
+        self.stats["messages"] += 1
+        if isinstance(msg, BatchMsg) and msg.first_event_ns:
+            self.lags_ms.append((time.time_ns() - msg.first_event_ns) / 1e6)
+        self._ack_needed.set()
+
+    async def _ack_loop(self, call: Any) -> None:
+        sent: tuple[int, bool] | None = None
+        try:
+            while True:
+                await self._ack_needed.wait()
+                self._ack_needed.clear()
+                now = (self.applier.applied_seq, self.in_sync)
+                if now != sent:
+                    await call.write(encode_ack(AckMsg(*now)))
+                    sent = now
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError) as exc:
+            log.debug("ack stream closed: %s", exc)  # the read side reports why

@@ -69,7 +69,7 @@ class Window:
         if p is None or p[1] != EXPIRE:
             return
         del self.pending[key]
-        self.early.append(p[3] if p[3] is not None else key)  # harmless if followers never saw it
+        self.early.append(p[3] if p[3] is not None else key)  # harmless if backups never saw it
 
     def _rekeyed(self, old_key: ConnKey, new_key: ConnKey) -> list[Any]:
         prev = self.pending.pop(old_key, None)

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Encoding goes straight to bytes: a batch is serialized once on the master and the same bytes are
-written to every follower (the gRPC method uses identity serializers). Decoding takes bytes and
+written to every backup (the gRPC method uses identity serializers). Decoding takes bytes and
 returns plain records; anything that does not parse, carries an unknown version or lacks a required
 part raises ``ProtocolError`` so callers can refuse and log it without touching their table.
 Addresses travel as big-endian bytes (4 bytes when the int fits in 32 bits, else 16); ints decode
@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable
 
 from google.protobuf.message import DecodeError
 
-from director.pb import sync_pb2 as pb
-from director.service import DestKey
+from director.services.service import DestKey
 from director.types import LOCAL_CONN_FLAGS
+from lbd_pb import sync_pb2 as pb
 from syncd import wire
 from syncd.model import (
     PROTOCOL_VERSION,
@@ -258,7 +258,7 @@ def decode_sync_message(data: bytes) -> SyncMsg:
 
 
 def encode_hello(hello: FollowHello) -> bytes:
-    m = pb.FollowerMessage()
+    m = pb.BackupMessage()
     h = m.hello
     h.version, h.node_id, h.last_applied_seq = hello.version, hello.node_id, hello.last_applied_seq
     h.epoch_seen, h.incarnation = hello.epoch_seen, hello.incarnation
@@ -266,25 +266,25 @@ def encode_hello(hello: FollowHello) -> bytes:
 
 
 def encode_ack(ack: AckMsg) -> bytes:
-    m = pb.FollowerMessage()
+    m = pb.BackupMessage()
     m.ack.applied_seq = ack.applied_seq
     m.ack.in_sync = ack.in_sync
     return m.SerializeToString()
 
 
-def decode_follower_message(data: bytes) -> FollowHello | AckMsg:
-    """Parse a follower's message; hello versions are checked by the server (to answer with a status)."""
+def decode_backup_message(data: bytes) -> FollowHello | AckMsg:
+    """Parse a backup's message; hello versions are checked by the server (to answer with a status)."""
     try:
-        m = pb.FollowerMessage.FromString(data)
+        m = pb.BackupMessage.FromString(data)
     except (DecodeError, ValueError) as exc:
-        raise ProtocolError(f"undecodable follower message ({len(data)} bytes): {exc}") from None
+        raise ProtocolError(f"undecodable backup message ({len(data)} bytes): {exc}") from None
     body = m.WhichOneof("body")
     if body == "hello":
         h = m.hello
         return FollowHello(h.node_id, h.last_applied_seq, h.epoch_seen, h.incarnation, h.version)
     if body == "ack":
         return AckMsg(m.ack.applied_seq, m.ack.in_sync)
-    raise ProtocolError("follower message without a body")
+    raise ProtocolError("backup message without a body")
 
 
 def identity(data: bytes) -> bytes:
@@ -293,7 +293,7 @@ def identity(data: bytes) -> bytes:
 
 
 __all__ = [
-    "decode_follower_message", "decode_sync_message", "encode_ack", "encode_batch", "encode_batch_entries",
+    "decode_backup_message", "decode_sync_message", "encode_ack", "encode_batch", "encode_batch_entries",
     "encode_batch_pb", "encode_heartbeat", "encode_hello", "encode_snapshot_begin", "encode_snapshot_chunk",
     "encode_snapshot_chunk_pb", "encode_snapshot_end", "entry_body", "identity",
 ]

@@ -10,19 +10,19 @@ once into ``max_batch``-sized batch messages with seq = previous + 1. The feed i
 event tuples and the window's updates go straight to wire bytes (``syncd.wire``, byte-identical to
 upb) without intermediate records: this path runs on the packet path's loop, so it is kept lean.
 Encoded batches go into a retention ring (bounded by batch count and update count) shared by
-every follower session: a session is just a cursor into the ring, so a slow follower costs
-nothing but ring space, never blocks the packet path or the other followers, and when it falls
-out of the ring (or more than ``follower_max_lag`` batches behind) it is switched to a snapshot
+every backup session: a session is just a cursor into the ring, so a slow backup costs
+nothing but ring space, never blocks the packet path or the other backups, and when it falls
+out of the ring (or more than ``backup_max_lag`` batches behind) it is switched to a snapshot
 (see session.py).
 
 A refresh task looks at ``RefreshTracker`` every ``refresh_interval`` seconds (real time; the
 deadlines themselves are on the table's clock) and emits REFRESH updates for entries whose backup
 copy is about to expire while the master's entry lives on.
 
-Sequence numbers belong to an *incarnation* (random, new on every ``start()``): a follower may
+Sequence numbers belong to an *incarnation* (random, new on every ``start()``): a backup may
 resume only within the same incarnation. Changing the epoch starts a new incarnation too, so every
-message of an incarnation carries the same epoch and followers can check epochs monotonically.
-If the event feed overflows, events were lost: every follower is sent a new snapshot.
+message of an incarnation carries the same epoch and backups can check epochs monotonically.
+If the event feed overflows, events were lost: every backup is sent a new snapshot.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from syncd.model import SyncKind, TableLike, Update, update_from_conn
 from syncd.policy import RefreshTracker, SyncPolicy
 
 if TYPE_CHECKING:
-    from syncd.session import FollowerSession
+    from syncd.session import BackupSession
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ class MasterConfig:
     """Updates per batch message (bigger windows are split into several batches)."""
     retention_batches: int = 65536
     retention_updates: int = 2_000_000
-    follower_max_lag: int = 16384
-    """Batches a follower may be behind (its queue bound) before it is switched to a snapshot."""
+    backup_max_lag: int = 16384
+    """Batches a backup may be behind (its queue bound) before it is switched to a snapshot."""
     snapshot_chunk: int = 1024
     heartbeat_interval: float = 1.0
     refresh_interval: float = 0.05
@@ -79,7 +79,7 @@ class RingEntry:
 
 
 class SyncMaster:
-    """Turns one table's event feed into numbered batches; owns the follower sessions."""
+    """Turns one table's event feed into numbered batches; owns the backup sessions."""
 
     def __init__(self, table: TableLike, clock: Clock, epoch: int = 0,
                  cfg: MasterConfig | None = None) -> None:
@@ -92,7 +92,7 @@ class SyncMaster:
         self.ring: deque[RingEntry] = deque()
         self._ring_updates = 0
         self.tracker = RefreshTracker(self.cfg.policy)
-        self.sessions: set[FollowerSession] = set()
+        self.sessions: set[BackupSession] = set()
         self.running = False
         self._timer: asyncio.TimerHandle | None = None
         self._first_ns = 0
@@ -138,7 +138,7 @@ class SyncMaster:
     def set_epoch(self, epoch: int) -> None:
         if epoch == self.epoch:
             return
-        log.info("sync epoch %d -> %d: new incarnation, followers resnapshot", self.epoch, epoch)
+        log.info("sync epoch %d -> %d: new incarnation, backups resnapshot", self.epoch, epoch)
         self.epoch = epoch
         if self.running:
             self._new_incarnation()
@@ -179,7 +179,7 @@ class SyncMaster:
         if feed.overflowed:
             feed.clear_overflow()
             self.stats["feed_overflows"] += 1
-            log.warning("conn event feed overflowed: every follower gets a snapshot")
+            log.warning("conn event feed overflowed: every backup gets a snapshot")
             for s in self.sessions:
                 s.request_snapshot("event feed overflow")
         bodies = window.encode(self.clock(), self.cfg.policy, self.tracker)
@@ -208,12 +208,12 @@ class SyncMaster:
         return window
 
     def emit(self, updates: list[Update], first_ns: int) -> None:
-        """Append `updates` to the stream as one or more batches and wake the followers."""
+        """Append `updates` to the stream as one or more batches and wake the backups."""
         self.emit_encoded([entry_body(u) for u in updates], first_ns)
 
     def emit_encoded(self, bodies: list[bytes], first_ns: int) -> None:
         """``emit`` of updates already encoded (``convert.entry_body``): each batch is serialized once
-        here and the same bytes go to every follower."""
+        here and the same bytes go to every backup."""
         if not bodies:
             return
         step = self.cfg.max_batch
@@ -297,7 +297,7 @@ class SyncMaster:
             w()
 
     async def flush(self, timeout: float = 5.0) -> bool:
-        """Cut pending events now and wait until every follower applied them; False on timeout."""
+        """Cut pending events now and wait until every backup applied them; False on timeout."""
         if self.running:
             self.cut_batch()
         target = self.head_seq

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 The master turns table events into ``Update`` records, convert.py encodes them into the wire
-messages of proto/sync.proto, and the follower decodes the wire back into these records before
+messages of proto/sync.proto, and the backup decodes the wire back into these records before
 applying them. Nothing outside convert.py sees a protobuf object, so the master and backup logic
 can be tested with plain tuples. Errors raised on bad input form one small tree::
 
@@ -19,16 +19,16 @@ from collections.abc import Callable, Iterator, Sequence
 from enum import IntEnum
 from typing import Any, NamedTuple, Protocol
 
-from director.service import DestKey
+from director.services.service import DestKey
 
 PROTOCOL_VERSION = 1
 
 ConnKey = tuple[int, int, int, int, int, int, int, int, bool]
-"""(protocol, caddr, cport, vaddr, vport, daddr, dport, fwmark, is_template), as in director.conn."""
+"""(protocol, caddr, cport, vaddr, vport, daddr, dport, fwmark, is_template), as in director.table.conn."""
 
 
 class SyncKind(IntEnum):
-    """Update kinds on the wire; NEW/UPDATE/EXPIRE share values with director.conn.EventKind."""
+    """Update kinds on the wire; NEW/UPDATE/EXPIRE share values with director.table.conn.EventKind."""
 
     NEW = 1
     UPDATE = 2
@@ -49,7 +49,7 @@ class Update(NamedTuple):
     control_key: ConnKey | None = None
     in_pkts: int = 0
     old_key: ConnKey | None = None
-    """The key the follower knows the entry by, when the master re-keyed it (UPDATE only)."""
+    """The key the backup knows the entry by, when the master re-keyed it (UPDATE only)."""
 
 
 class BatchMsg(NamedTuple):
@@ -121,7 +121,7 @@ class SequenceGapError(SyncError):
     """A batch that does not directly follow the last applied one."""
 
 
-# --- what syncd needs of director.conn (structural, so syncd type-checks on its own) -----------------
+# --- what syncd needs of director.table.conn (structural, so syncd type-checks on its own) -----------------
 
 class SnapshotLike(Protocol):
     @property
@@ -143,14 +143,14 @@ class SnapshotLike(Protocol):
 
 
 class EventLike(Protocol):
-    """director.conn_events.ConnEvent: (kind, snap, old_key)."""
+    """director.table.events.ConnEvent: (kind, snap, old_key)."""
 
     def __iter__(self) -> Iterator[Any]: ...
 
 
 SnapTuple = tuple[Any, ...]
 """A conn snapshot as a plain tuple: (key, flags, state, timeout, expires, dest_key, control_key,
-in_pkts), possibly followed by more fields - director.conn_events.ConnSnapshot or RawEvent."""
+in_pkts), possibly followed by more fields - director.table.events.ConnSnapshot or RawEvent."""
 
 
 class FeedLike(Protocol):
@@ -160,13 +160,13 @@ class FeedLike(Protocol):
 
     def drain(self, max_n: int = 4096) -> Sequence[EventLike]: ...
     def drain_raw(self, max_n: int = 4096) -> list[SnapTuple]:
-        """director.conn_events.RawEvent tuples: the snapshot fields, then kind and old_key."""
+        """director.table.events.RawEvent tuples: the snapshot fields, then kind and old_key."""
         ...
     def clear_overflow(self) -> None: ...
 
 
 class TableLike(Protocol):
-    """The subset of director.conn.ConnTable syncd uses (master and backup side)."""
+    """The subset of director.table.conn.ConnTable syncd uses (master and backup side)."""
 
     @property
     def events(self) -> FeedLike: ...

@@ -4,18 +4,18 @@ Theory of operation
 -------------------
 ``create_sync_server`` builds a ``grpc.aio`` server (TLS/mTLS when given files) with one
 generic handler for ``lbd.sync.v1.Sync/Follow`` whose (de)serializers move raw bytes: batches are
-encoded once by the master and written as-is to every follower, and parsing happens in convert.py
+encoded once by the master and written as-is to every backup, and parsing happens in convert.py
 where garbage is caught and answered with a status instead of an exception in gRPC internals.
 
 Every node runs the server; only the master serves: ``start_serving()`` starts a new master
 incarnation on the table's event feed, ``stop_serving()`` ends it and closes every stream
 (UNAVAILABLE); a backup answers Follow with FAILED_PRECONDITION. Follow attempts are rate-limited
-per peer host (token bucket, RESOURCE_EXHAUSTED), followers are capped, follower messages are capped in size
-(gRPC limit) and acks are rate-limited per stream. A follower's first message must be a hello of a
+per peer host (token bucket, RESOURCE_EXHAUSTED), backups are capped, backup messages are capped in size
+(gRPC limit) and acks are rate-limited per stream. A backup's first message must be a hello of a
 known version (else INVALID_ARGUMENT / FAILED_PRECONDITION); later messages are acks.
 
 Status codes: FAILED_PRECONDITION = not master or unknown version; INVALID_ARGUMENT = undecodable
-or out-of-order follower message; RESOURCE_EXHAUSTED = limits; UNAVAILABLE = master stopped.
+or out-of-order backup message; RESOURCE_EXHAUSTED = limits; UNAVAILABLE = master stopped.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from typing import Any, NamedTuple
 
 import grpc
 
-from director.service import ServiceTable
+from director.services.service import ServiceTable
 from director.types import Clock
-from syncd.convert import decode_follower_message, identity
+from syncd.convert import decode_backup_message, identity
 from syncd.master import MasterConfig, SyncMaster
 from syncd.model import PROTOCOL_VERSION, AckMsg, FollowHello, LogLimiter, ProtocolError, TableLike
 from syncd.policy import TokenBucket
-from syncd.session import FollowerSession
+from syncd.session import BackupSession
 from syncd.tls import TlsFilesLike, server_credentials
 
 log = logging.getLogger(__name__)
@@ -47,18 +47,18 @@ FOLLOW_METHOD = f"/{SERVICE}/Follow"
 @dataclass
 class ServerConfig:
     max_send_message: int = 16 << 20
-    max_follower_message: int = 64 << 10
+    max_backup_message: int = 64 << 10
     follow_rate: float = 10.0
     """Follow attempts per second per peer host, with `follow_burst` saved."""
     follow_burst: float = 20.0
-    max_followers: int = 64
+    max_backups: int = 64
     ack_rate: float = 5000.0
     ack_burst: float = 10000.0
     hello_timeout: float = 10.0
     master: MasterConfig = field(default_factory=MasterConfig)
 
 
-class FollowerStatus(NamedTuple):
+class BackupStatus(NamedTuple):
     node_id: str
     peer: str
     state: str
@@ -106,18 +106,18 @@ class SyncServer:
         self.master.start()
 
     def stop_serving(self) -> None:
-        """Stop being master: close every follower stream, stop consuming the table's events."""
+        """Stop being master: close every backup stream, stop consuming the table's events."""
         self.master.stop()
 
     async def flush(self, timeout: float = 5.0) -> bool:
-        """Send what is pending now and wait until every follower acked it (graceful handover)."""
+        """Send what is pending now and wait until every backup acked it (graceful handover)."""
         return await self.master.flush(timeout)
 
-    def followers(self) -> list[FollowerStatus]:
+    def backups(self) -> list[BackupStatus]:
         head = self.master.head_seq
         out = []
         for s in self.master.sessions:
-            out.append(FollowerStatus(
+            out.append(BackupStatus(
                 s.node_id, s.peer, "snapshot" if s.in_snapshot or s.needs_snapshot else "live", s.in_sync,
                 s.sent_seq, s.acked_seq, max(0, head - s.acked_seq), s.lag_seconds() * 1000.0, s.snapshots,
                 s.connected_at))
@@ -158,11 +158,11 @@ class SyncServer:
         if not self.master.running:
             self._refuse("not_master", peer, "this node is not the sync master")
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not the sync master")
-        if len(self.master.sessions) >= self.cfg.max_followers:
-            self._refuse("max_followers", peer, "too many followers")
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many followers")
+        if len(self.master.sessions) >= self.cfg.max_backups:
+            self._refuse("max_backups", peer, "too many backups")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many backups")
         hello = await self._hello(request_iterator, context, peer)
-        session = FollowerSession(self.master, hello, peer)
+        session = BackupSession(self.master, hello, peer)
         self.master.sessions.add(session)
         reader = asyncio.get_running_loop().create_task(self._read_acks(request_iterator, session))
         try:
@@ -172,7 +172,7 @@ class SyncServer:
             reader.cancel()
             self.master.sessions.discard(session)
             self.master.acked()
-        log.info("follower %s (%s) stream ended: %s", session.node_id, peer, session.close_reason)
+        log.info("backup %s (%s) stream ended: %s", session.node_id, peer, session.close_reason)
         if session.close_kind == "gone" or context.cancelled():
             return  # nobody left to tell
         code = _CLOSE_CODES.get(session.close_kind, grpc.StatusCode.UNAVAILABLE)
@@ -182,7 +182,7 @@ class SyncServer:
         try:
             async with asyncio.timeout(self.cfg.hello_timeout):
                 data = await anext(request_iterator)
-            msg = decode_follower_message(data)
+            msg = decode_backup_message(data)
         except (StopAsyncIteration, TimeoutError):
             self._refuse("no_hello", peer, "no hello")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected a hello")
@@ -204,15 +204,15 @@ class SyncServer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id must be 1..256 characters")
         return msg
 
-    async def _read_acks(self, request_iterator: AsyncIterator[bytes], session: FollowerSession) -> None:
+    async def _read_acks(self, request_iterator: AsyncIterator[bytes], session: BackupSession) -> None:
         bucket = TokenBucket(self.cfg.ack_rate, self.cfg.ack_burst)
         try:
             async for data in request_iterator:
                 try:
-                    msg = decode_follower_message(data)
+                    msg = decode_backup_message(data)
                 except ProtocolError as exc:
                     self._refuse("garbage", session.peer, str(exc))
-                    session.close(f"undecodable follower message: {exc}", "bad_input")
+                    session.close(f"undecodable backup message: {exc}", "bad_input")
                     return
                 if not isinstance(msg, AckMsg):
                     self._refuse("bad_ack", session.peer, "hello after hello")
@@ -225,9 +225,9 @@ class SyncServer:
                 session.on_ack(msg)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the follower went away (stream reset, cancelled)
-            log.debug("follower %s ack stream: %s", session.node_id, exc)
-        session.close("follower closed its stream", "gone")
+        except Exception as exc:  # the backup went away (stream reset, cancelled)
+            log.debug("backup %s ack stream: %s", session.node_id, exc)
+        session.close("backup closed its stream", "gone")
 
 
 _CLOSE_CODES = {
@@ -239,9 +239,9 @@ _CLOSE_CODES = {
 
 def server_options(cfg: ServerConfig) -> list[tuple[str, int]]:
     return [
-        ("grpc.max_receive_message_length", cfg.max_follower_message),
+        ("grpc.max_receive_message_length", cfg.max_backup_message),
         ("grpc.max_send_message_length", cfg.max_send_message),
-        ("grpc.max_concurrent_streams", cfg.max_followers + 8),
+        ("grpc.max_concurrent_streams", cfg.max_backups + 8),
         ("grpc.keepalive_time_ms", 10_000),
         ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),

@@ -1,8 +1,8 @@
-"""One follower's stream on the master: resume from the ring, or snapshot interleaved with live batches.
+"""One backup's stream on the master: resume from the ring, or snapshot interleaved with live batches.
 
 Theory of operation
 -------------------
-A session is a cursor (``sent_seq``) into the master's retention ring plus the follower's last ack.
+A session is a cursor (``sent_seq``) into the master's retention ring plus the backup's last ack.
 ``stream()`` is an async generator of encoded SyncMessages that the gRPC layer writes out:
 
 * live: every retained batch after ``sent_seq``; when idle, a heartbeat each heartbeat interval;
@@ -10,13 +10,13 @@ A session is a cursor (``sent_seq``) into the master's retention ring plus the f
   ``snapshot_begin{after_seq = head}``, then the table in chunks of ``snapshot_chunk`` entries.
   Before each chunk the master's pending events are cut into a batch and the chunk is read at
   once; the batches up to that cut are sent before the chunk and later ones after it, so the
-  follower sees a single linear history. Then ``snapshot_end``. The table is walked lazily (its
+  backup sees a single linear history. Then ``snapshot_end``. The table is walked lazily (its
   iterator tolerates changes between buckets) one chunk at a time with a yield to the loop in
   between: the packet path never pauses for it. Entries removed meanwhile are skipped; entries
   created meanwhile come through the live batches (or a later chunk: upserts are idempotent).
 
 Being slow is never the master's problem: the generator only advances when gRPC took the previous
-message. If the follower falls more than ``follower_max_lag`` batches behind, or out of the ring,
+message. If the backup falls more than ``backup_max_lag`` batches behind, or out of the ring,
 the session restarts with a snapshot.
 """
 
@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 _LIVE_SLICE = 64
 
 
-class FollowerSession:
-    """State of one connected follower (also what the admin API lists)."""
+class BackupSession:
+    """State of one connected backup (also what the admin API lists)."""
 
     def __init__(self, master: SyncMaster, hello: FollowHello, peer: str) -> None:
         self.master = master
@@ -64,7 +64,7 @@ class FollowerSession:
         self.needs_snapshot = not resumable
         if not resumable:
             self.snapshot_reason = "first follow" if hello.incarnation == 0 else "resume point not retained"
-        log.info("follower %s (%s) from seq %d: %s", self.node_id, peer, hello.last_applied_seq,
+        log.info("backup %s (%s) from seq %d: %s", self.node_id, peer, hello.last_applied_seq,
                  "resume" if resumable else f"snapshot ({self.snapshot_reason})")
 
     # --- control ---------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ class FollowerSession:
 
     def on_ack(self, ack: AckMsg) -> None:
         if ack.applied_seq > self.sent_seq:
-            log.warning("follower %s acked seq %d beyond sent %d: ignored", self.node_id, ack.applied_seq,
+            log.warning("backup %s acked seq %d beyond sent %d: ignored", self.node_id, ack.applied_seq,
                         self.sent_seq)
             return
         self.acked_seq = ack.applied_seq
@@ -97,7 +97,7 @@ class FollowerSession:
         self.master.acked()
 
     def lag_seconds(self) -> float:
-        """Age of the oldest batch the follower has not acknowledged (0 when caught up)."""
+        """Age of the oldest batch the backup has not acknowledged (0 when caught up)."""
         if self.acked_seq >= self.master.head_seq:
             return 0.0
         entries = self.master.batches_after(self.acked_seq, 1)
@@ -108,7 +108,7 @@ class FollowerSession:
     # --- the stream ------------------------------------------------------------------------------
 
     async def stream(self) -> AsyncIterator[bytes]:
-        """The encoded messages for this follower, forever (until closed)."""
+        """The encoded messages for this backup, forever (until closed)."""
         async for data in self._stream():
             self.bytes_sent += len(data)
             self.messages_sent += 1
@@ -117,7 +117,7 @@ class FollowerSession:
     async def _stream(self) -> AsyncIterator[bytes]:
         m = self.master
         hb = m.cfg.heartbeat_interval
-        if not self.needs_snapshot:  # resumed: confirm at once (the follower is live from here)
+        if not self.needs_snapshot:  # resumed: confirm at once (the backup is live from here)
             yield encode_heartbeat(m.epoch, m.incarnation, self.sent_seq, m.head_seq, time.time_ns())
         while not self.closed:
             if self.needs_snapshot:
@@ -138,10 +138,10 @@ class FollowerSession:
                 yield encode_heartbeat(m.epoch, m.incarnation, self.sent_seq, m.head_seq, time.time_ns())
 
     def _live(self, upto: int | None = None) -> list[bytes]:
-        """Next retained batches (seq <= upto) for this follower, or [] and a snapshot request if it
+        """Next retained batches (seq <= upto) for this backup, or [] and a snapshot request if it
         fell behind."""
         m = self.master
-        if m.head_seq - self.sent_seq > m.cfg.follower_max_lag:
+        if m.head_seq - self.sent_seq > m.cfg.backup_max_lag:
             self.request_snapshot(f"{m.head_seq - self.sent_seq} batches behind")
             return []
         entries = m.batches_after(self.sent_seq, _LIVE_SLICE)
@@ -161,7 +161,7 @@ class FollowerSession:
         self.in_sync = False
         self.snapshots += 1
         m.stats["snapshots"] += 1
-        log.info("snapshot for follower %s (%s): %d entries after seq %d", self.node_id,
+        log.info("snapshot for backup %s (%s): %d entries after seq %d", self.node_id,
                  self.snapshot_reason, len(m.table), m.head_seq)
         epoch, inc = m.epoch, m.incarnation
         conns = iter(m.table)
@@ -172,7 +172,7 @@ class FollowerSession:
         more = True
         while more:
             # Every event so far goes into a batch that is sent *before* the chunk, and the chunk is
-            # read at once, so batches sent after it only hold later events: the follower sees one
+            # read at once, so batches sent after it only hold later events: the backup sees one
             # linear history (a re-key or removal can never arrive before the entry it concerns).
             m.cut_batch()
             upto = m.head_seq
@@ -193,7 +193,7 @@ class FollowerSession:
             return
         yield encode_snapshot_end(epoch, inc, n_chunks, n_entries)
         self.in_snapshot = False
-        log.info("snapshot for follower %s sent: %d entries in %d chunks", self.node_id, n_entries, n_chunks)
+        log.info("snapshot for backup %s sent: %d entries in %d chunks", self.node_id, n_entries, n_chunks)
 
     def _chunk(self, conns: Iterator[Any], step: int) -> tuple[list[Update], bool]:
         """Next `step` live entries of the table walk; (updates, whether the walk goes on)."""

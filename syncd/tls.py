@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 Both ends load the same three files from the node config (``sync.tls: {ca, cert, key}``): the
 master serves with its cert and *requires* a client certificate signed by the cluster CA; a
-follower verifies the master against the same CA and presents its own cert. Anyone without the
+backup verifies the master against the same CA and presents its own cert. Anyone without the
 cluster's credentials cannot follow (the handshake fails before any RPC runs). ``server_name``
 overrides the name checked in the master's certificate (useful when masters are dialled by IP and
 certs carry a cluster-wide DNS name).

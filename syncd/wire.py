@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from director.service import DestKey
+from director.services.service import DestKey
 from director.types import LOCAL_CONN_FLAGS
 from syncd.model import ConnKey
 

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from director.health.http import check_http
 from director.health.spec import CheckResult, HealthSpec
 from director.health.tcp import check_tcp
-from director.service import Dest, DestKey, ServiceTable, VirtualService
+from director.services.service import Dest, DestKey, ServiceTable, VirtualService
 from director.types import Clock, ConnFlags, DestFlags
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ class HealthRunner:
 
 
 class TemplateTable(Protocol):
-    """The part of director.conn.ConnTable that verdict application uses."""
+    """The part of director.table.conn.ConnTable that verdict application uses."""
 
     def __iter__(self) -> Any: ...
 

@@ -9,7 +9,7 @@ The daemon owns one `HealthService` and calls three things on it:
 * `set_master(True/False)` on role changes: only the master runs the `HealthRunner`. On
   becoming master it seeds the manager from the published verdicts and re-checks from there;
 * `down_keys()` when applying config: the dests the *published* verdicts hold down (what
-  `director.config.apply_to_services(..., down=...)` takes).
+  `director.config.services.apply_to_services(..., down=...)` takes).
 
 `run(store)` is a task every node runs: it reads ``<root>/health/`` and then watches it (resuming
 from the last revision + 1 after errors, re-reading after compaction). Each change updates the
@@ -43,7 +43,7 @@ from director.health.manager import (
     parse_dest_id,
 )
 from director.health.spec import HealthSpec
-from director.service import DestKey
+from director.services.service import DestKey
 from director.types import Clock, ConnFlags
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ RETRY_MIN, RETRY_MAX = 0.2, 2.0
 
 
 class VerdictStore(Protocol):
-    """The part of director.etcdstore.EtcdStore used here."""
+    """The part of director.cluster.store.EtcdStore used here."""
 
     root: str
 
@@ -67,7 +67,7 @@ class VerdictStore(Protocol):
 
 
 class ConfigLike(Protocol):
-    """director.config.Config (services with dests with `healthcheck`)."""
+    """director.config.services.Config (services with dests with `healthcheck`)."""
 
     @property
     def services(self) -> Iterable[Any]: ...

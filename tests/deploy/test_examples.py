@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from director.config import parse_config
-from director.nodeconfig import parse_node_config
+from director.config.node import parse_node_config
+from director.config.services import parse_config
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
 

@@ -1,6 +1,6 @@
 """Helpers for lab tests: poll a condition, run a stand-alone director and read its stats.
 
-``DirectorProc`` runs ``python -m director.io.dataplane`` in a director namespace and reads its JSON
+``DirectorProc`` runs ``python -m director.dataplane.io.plane`` in a director namespace and reads its JSON
 stats file; everything waits on conditions with generous deadlines, never on fixed sleeps.
 """
 
@@ -59,7 +59,7 @@ class DirectorProc:
         return self.stats()
 
     def reload(self, config_text: str) -> None:
-        """Rewrite the runner file (node settings + director.config services) and SIGHUP the director;
+        """Rewrite the runner file (node settings + services) and SIGHUP the director;
         returns once a new snapshot shows it."""
         self.config.write_text(config_text)
         self.proc.send_signal(signal.SIGHUP)

@@ -18,8 +18,8 @@ import pytest
 
 from deploy.cluster import LabCluster, NodeProc, wait_for
 from deploy.lab import VIP_NAT, Lab, new_name, real_addr
-from director.pb import admin_pb2 as pb
-from director.pb import admin_pb2_grpc as pb_grpc
+from lbd_pb import admin_pb2 as pb
+from lbd_pb import admin_pb2_grpc as pb_grpc
 
 pytestmark = [pytest.mark.lab, pytest.mark.etcd]
 

@@ -1,4 +1,4 @@
-"""director.io.afpacket on real veths: checksum-offload completion (ring and AUXDATA paths), no
+"""director.dataplane.io.afpacket on real veths: checksum-offload completion (ring and AUXDATA paths), no
 re-reception of sent frames, the client-address fanout split; and the data plane's fanout workers.
 
 Receivers run in director namespace d3 (idle: no director process there); the client sends from its
@@ -22,8 +22,8 @@ PORT = 9999
 
 RECEIVER = r"""
 import json, select, sys, time
-from director.checksum import l4_checksum
-from director.io.afpacket import PacketSocket, RingSpec, Fanout, FANOUT_CBPF_SRC
+from director.dataplane.checksum import l4_checksum
+from director.dataplane.io.afpacket import PacketSocket, RingSpec, Fanout, FANOUT_CBPF_SRC
 mode, want = sys.argv[1], int(sys.argv[2])
 PORT = int(sys.argv[3]).to_bytes(2, "big")
 if mode == "fanout":
@@ -95,7 +95,7 @@ def test_fanout_splits_by_client_address(lab: Lab) -> None:
 
 IGNORE_OUTGOING = r"""
 import json, socket
-from director.io.afpacket import PacketSocket
+from director.dataplane.io.afpacket import PacketSocket
 a = PacketSocket("ext", qdisc_bypass=False)
 b = PacketSocket("ext", ring=None)  # plain: a frame tapped at send time is readable at once
 tap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from deploy.cluster import LabCluster, split_brain, wait_for
+from deploy.drill import Drill, TrafficProc, services_yaml
 from deploy.lab import CTL_ADDR, Lab, new_name
-from director.drill import Drill, TrafficProc, services_yaml
 
 pytestmark = [pytest.mark.lab, pytest.mark.etcd]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from director.etcd_server import EtcdServer
+from deploy.etcd import EtcdServer
 
 ETCD_TEST_PREFIX = "lbd-test"
 

@@ -1,4 +1,4 @@
-"""Shared helpers for the syncd tests: fake clock, services, a master and followers on loopback."""
+"""Shared helpers for the syncd tests: fake clock, services, a master and backups on loopback."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from director.conn import Conn, ConnTable
-from director.service import Dest, ServiceTable, VirtualService
+from director.services.service import Dest, ServiceTable, VirtualService
+from director.table.conn import Conn, ConnTable
 from director.types import LOCAL_CONN_FLAGS, ConnFlags, Proto
-from syncd.client import Follower, FollowerConfig
+from syncd.backup import BackupConfig, SyncBackup
 from syncd.master import MasterConfig
 from syncd.server import ServerConfig, SyncServer, create_sync_server
 
@@ -98,21 +98,21 @@ def dest_counters(services: ServiceTable) -> dict[Any, tuple[int, int, int]]:
 
 
 class Cluster:
-    """One master and N followers in this process, over real gRPC on 127.0.0.1."""
+    """One master and N backups in this process, over real gRPC on 127.0.0.1."""
 
     def __init__(self, clock: Callable[[], float] | None = None, master_cfg: MasterConfig | None = None,
-                 follower_cfg: FollowerConfig | None = None, epoch: int = 1, tls: Any = None,
+                 backup_cfg: BackupConfig | None = None, epoch: int = 1, tls: Any = None,
                  event_capacity: int = 65536) -> None:
         self.clock = clock or time.monotonic
         self.master_cfg = master_cfg or MasterConfig()
-        self.follower_cfg = follower_cfg or FollowerConfig(reconnect_min=0.05, reconnect_max=0.2)
+        self.backup_cfg = backup_cfg or BackupConfig(reconnect_min=0.05, reconnect_max=0.2)
         self.epoch = epoch
         self.tls = tls
         self.services = make_services()
         self.table = ConnTable(self.clock, event_capacity=event_capacity)
         self.server: SyncServer
         self.port = 0
-        self.followers: list[Follower] = []
+        self.backups: list[SyncBackup] = []
         self.backup_tables: list[ConnTable] = []
         self.backup_services: list[ServiceTable] = []
 
@@ -123,34 +123,34 @@ class Cluster:
         if serve:
             self.server.start_serving()
         for i in range(n_followers):
-            self.add_follower(f"b{i}")
+            self.add_backup(f"b{i}")
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def add_follower(self, node_id: str, services: ServiceTable | None = None,
-                     tls: Any = "cluster") -> Follower:
+    def add_backup(self, node_id: str, services: ServiceTable | None = None,
+                     tls: Any = "cluster") -> SyncBackup:
         table = ConnTable(self.clock)
         svcs = services if services is not None else make_services()
-        f = Follower(self.target, node_id, table, svcs, tls=self.tls if tls == "cluster" else tls,
-                     cfg=self.follower_cfg)
+        f = SyncBackup(self.target, node_id, table, svcs, tls=self.tls if tls == "cluster" else tls,
+                     cfg=self.backup_cfg)
         f.start()
-        self.followers.append(f)
+        self.backups.append(f)
         self.backup_tables.append(table)
         self.backup_services.append(svcs)
         return f
 
     async def synced(self, timeout: float = 30.0) -> None:
-        """Wait until every follower is in sync and has applied the master's head."""
+        """Wait until every backup is in sync and has applied the master's head."""
         self.server.master.run_refresh()
         self.server.master.cut_batch()
         head = self.server.master.head_seq
-        await wait_until(lambda: all(f.in_sync and f.applied_seq >= head for f in self.followers),
-                         timeout, f"followers at seq {head}")
+        await wait_until(lambda: all(f.in_sync and f.applied_seq >= head for f in self.backups),
+                         timeout, f"backups at seq {head}")
 
     async def close(self) -> None:
-        for f in self.followers:
+        for f in self.backups:
             await f.stop()
         await self.server.stop(0)
 

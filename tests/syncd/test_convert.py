@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from syncd.convert import (
-    decode_follower_message,
+    decode_backup_message,
     decode_sync_message,
     encode_ack,
     encode_batch,
@@ -72,10 +72,10 @@ def test_control_messages_round_trip() -> None:
     hb = decode_sync_message(encode_heartbeat(3, 4, 5, 6, 7))
     assert hb == HeartbeatMsg(3, 4, 5, 6, 7)
     hello = FollowHello("node-1", 10, 2, 99)
-    assert decode_follower_message(encode_hello(hello)) == hello
-    assert decode_follower_message(encode_ack(AckMsg(5, True))) == AckMsg(5, True)
+    assert decode_backup_message(encode_hello(hello)) == hello
+    assert decode_backup_message(encode_ack(AckMsg(5, True))) == AckMsg(5, True)
     with pytest.raises(ProtocolError):
-        decode_follower_message(b"")
+        decode_backup_message(b"")
 
 
 def test_refresh_tracker_orders_by_margin_and_forgets() -> None:

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from director.conn import ConnTable
+from director.table.conn import ConnTable
 from director.types import ConnFlags
-from syncd.client import FollowerConfig
+from syncd.backup import BackupConfig
 from syncd.master import MasterConfig
 from tests.syncd.helpers import Cluster, FakeClock, dest_counters, run, table_view, wait_until
 from tests.syncd.workload import Workload
@@ -65,7 +65,7 @@ def test_randomized_workload_two_backups_equal_master(seed: int) -> None:
     async def body() -> None:
         clock = FakeClock()
         cluster = Cluster(clock, MasterConfig(batch_window=0.002, max_batch=64),
-                          FollowerConfig(reconnect_min=0.05, reconnect_max=0.2))
+                          BackupConfig(reconnect_min=0.05, reconnect_max=0.2))
         await cluster.start(2)
         try:
             work = Workload(cluster.table, cluster.services, clock, seed=seed)
@@ -80,7 +80,7 @@ def test_randomized_workload_two_backups_equal_master(seed: int) -> None:
                 await _quiesce(cluster, clock)
             assert peak > 50 and templates > 0  # the workload exercised something
             assert cluster.server.master.stats["batches"] > 10
-            assert all(f.applier.stats["refused"] == 0 for f in cluster.followers)
+            assert all(f.applier.stats["refused"] == 0 for f in cluster.backups)
         finally:
             await cluster.close()
     run(body())

@@ -8,11 +8,11 @@ from typing import Any
 
 import grpc
 
-from director.conn import ConnTable
+from director.table.conn import ConnTable
 from director.types import ConnFlags
-from syncd.client import Follower, FollowerConfig
+from syncd.backup import BackupConfig, SyncBackup
 from syncd.convert import (
-    decode_follower_message,
+    decode_backup_message,
     encode_ack,
     encode_batch,
     encode_heartbeat,
@@ -53,11 +53,11 @@ class ScriptedMaster:
         self.hellos: list[Any] = []
 
     async def follow(self, request_iterator: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
-        self.hellos.append(decode_follower_message(await anext(request_iterator)))
+        self.hellos.append(decode_backup_message(await anext(request_iterator)))
         i = len(self.hellos) - 1
         for data in self.scripts[i] if i < len(self.scripts) else []:
             yield data
-        await asyncio.sleep(60)  # until the follower hangs up (ending first could cut the tail)
+        await asyncio.sleep(60)  # until the backup hangs up (ending first could cut the tail)
 
     async def start(self) -> tuple[Any, int]:
         server = grpc.aio.server()
@@ -96,8 +96,8 @@ def test_follower_refuses_hostile_master_input_without_corrupting_table() -> Non
         fake = ScriptedMaster(scripts)
         server, port = await fake.start()
         table = ConnTable(FakeClock())
-        f = Follower(f"127.0.0.1:{port}", "b0", table, make_services(),
-                     cfg=FollowerConfig(reconnect_min=0.02, reconnect_max=0.05, max_message=64 << 10))
+        f = SyncBackup(f"127.0.0.1:{port}", "b0", table, make_services(),
+                     cfg=BackupConfig(reconnect_min=0.02, reconnect_max=0.05, max_message=64 << 10))
         f.start()
         try:
             await wait_until(lambda: len(fake.hellos) >= 2, 20, "the first refusal")
@@ -162,7 +162,7 @@ def test_master_refuses_hostile_followers_and_keeps_serving_others() -> None:
             assert await _raw_follow(target, [hello, b"\xff\x00garbage"]) == grpc.StatusCode.INVALID_ARGUMENT
             assert await _raw_follow(target, [hello, hello]) == grpc.StatusCode.INVALID_ARGUMENT
             assert cluster.server.refused.get("garbage", 0) >= 2
-            # the honest follower is still in sync and the master's table is untouched
+            # the honest backup is still in sync and the master's table is untouched
             assert table_view(t) == before
             t.new(6, CLIENT_NET + 99, 99, VIP, 80, d.addr, d.port, 0, d)
             await cluster.synced()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from director.tcp import TcpState
+from director.table.tcp import TcpState
 from director.types import ConnFlags
 from syncd.master import MasterConfig
 from syncd.policy import SyncPolicy

@@ -1,4 +1,4 @@
-"""Stream cuts resume exactly (no loss, no duplicates); a follower too far behind gets a snapshot."""
+"""Stream cuts resume exactly (no loss, no duplicates); a backup too far behind gets a snapshot."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ async def _work(work: Workload, steps: int) -> None:
     for i in range(steps):
         work.step()
         if i % 10 == 0:
-            await asyncio.sleep(0.001)  # real time passes: batches flow, followers reconnect
+            await asyncio.sleep(0.001)  # real time passes: batches flow, backups reconnect
 
 
 async def _work_until(work: Workload, cond: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -37,7 +37,7 @@ def test_cut_streams_resume_without_loss_or_duplicates() -> None:
         clock = FakeClock()
         cluster = Cluster(clock, MasterConfig(batch_window=0.001, max_batch=32))
         await cluster.start(1)
-        f = cluster.followers[0]
+        f = cluster.backups[0]
         try:
             await cluster.synced()
             base = f.applier.applied_seq
@@ -67,7 +67,7 @@ def test_follower_out_of_retention_gets_snapshot() -> None:
         clock = FakeClock()
         cluster = Cluster(clock, MasterConfig(batch_window=0.001, retention_batches=8))
         await cluster.start(1)
-        f = cluster.followers[0]
+        f = cluster.backups[0]
         master = cluster.server.master
         try:
             work = Workload(cluster.table, cluster.services, clock, seed=8)
@@ -90,27 +90,27 @@ def test_follower_out_of_retention_gets_snapshot() -> None:
 def test_slow_follower_queue_overflow_gets_snapshot_others_unaffected() -> None:
     async def body() -> None:
         clock = FakeClock()
-        cluster = Cluster(clock, MasterConfig(batch_window=0.001, follower_max_lag=4))
+        cluster = Cluster(clock, MasterConfig(batch_window=0.001, backup_max_lag=4))
         await cluster.start(1)
         master = cluster.server.master
         try:
             work = Workload(cluster.table, cluster.services, clock, seed=9)
             await _work(work, 100)
             await _equal(cluster)
-            before = cluster.followers[0].applier.stats["snapshots"]
-            for _ in range(10):  # more batches than the follower's queue holds, before it can run
+            before = cluster.backups[0].applier.stats["snapshots"]
+            for _ in range(10):  # more batches than the backup's queue holds, before it can run
                 for _ in range(5):
                     work.step()
                 master.cut_batch()
             await _equal(cluster)
-            assert cluster.followers[0].applier.stats["snapshots"] == before + 1
-            assert cluster.followers[0].applier.stats["refused"] == 0
+            assert cluster.backups[0].applier.stats["snapshots"] == before + 1
+            assert cluster.backups[0].applier.stats["refused"] == 0
         finally:
             await cluster.close()
     run(body())
 
 
-def test_event_feed_overflow_resyncs_every_follower() -> None:
+def test_event_feed_overflow_resyncs_every_backup() -> None:
     async def body() -> None:
         clock = FakeClock()
         cluster = Cluster(clock, MasterConfig(batch_window=0.001), event_capacity=16)
@@ -124,7 +124,7 @@ def test_event_feed_overflow_resyncs_every_follower() -> None:
             assert cluster.table.events.overflowed
             await _equal(cluster)
             assert master.stats["feed_overflows"] == 1
-            assert all(f.applier.stats["snapshots"] == 2 for f in cluster.followers)
+            assert all(f.applier.stats["snapshots"] == 2 for f in cluster.backups)
         finally:
             await cluster.close()
     run(body())

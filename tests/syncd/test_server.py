@@ -1,11 +1,11 @@
-"""The SyncServer API the daemon uses: roles, flush, follower status, master switch, rebinding."""
+"""The SyncServer API the daemon uses: roles, flush, backup status, master switch, rebinding."""
 
 from __future__ import annotations
 
-from director.conn import ConnTable
-from director.service import Dest
-from director.tcp import TcpState
-from syncd.client import Follower, FollowerConfig
+from director.services.service import Dest
+from director.table.conn import ConnTable
+from director.table.tcp import TcpState
+from syncd.backup import BackupConfig, SyncBackup
 from syncd.master import MasterConfig
 from syncd.policy import SyncPolicy
 from syncd.server import create_sync_server
@@ -22,7 +22,7 @@ from tests.syncd.helpers import (
     wait_until,
 )
 
-FAST = FollowerConfig(reconnect_min=0.02, reconnect_max=0.1)
+FAST = BackupConfig(reconnect_min=0.02, reconnect_max=0.1)
 
 
 def _fill(table: ConnTable, dest: Dest, n: int, base: int = 0) -> None:
@@ -41,9 +41,9 @@ def test_flush_waits_for_every_follower_and_status_lists_them() -> None:
             _fill(cluster.table, d, 50)
             assert await cluster.server.flush(timeout=20.0)
             head = cluster.server.master.head_seq
-            pairs = zip(cluster.followers, cluster.backup_tables, strict=True)
+            pairs = zip(cluster.backups, cluster.backup_tables, strict=True)
             assert all(f.applied_seq == head and len(t) == 50 for f, t in pairs)
-            status = cluster.server.followers()
+            status = cluster.server.backups()
             assert [s.node_id for s in status] == ["b0", "b1"]
             assert all(s.acked_seq == head and s.lag_seqs == 0 and s.state == "live" for s in status)
         finally:
@@ -54,9 +54,9 @@ def test_flush_waits_for_every_follower_and_status_lists_them() -> None:
 def test_takeover_new_master_serves_and_stale_master_is_refused() -> None:
     async def body() -> None:
         clock = FakeClock()
-        a = Cluster(clock, epoch=1, follower_cfg=FAST)
+        a = Cluster(clock, epoch=1, backup_cfg=FAST)
         await a.start(1)
-        fb = a.followers[0]
+        fb = a.backups[0]
         table_b, services_b = a.backup_tables[0], a.backup_services[0]
         _fill(a.table, next(iter(a.services)).dests[0], 30)
         try:
@@ -66,7 +66,7 @@ def test_takeover_new_master_serves_and_stale_master_is_refused() -> None:
             server_b, port_b = await create_sync_server("127.0.0.1:0", table_b, services_b, 2, clock=clock)
             server_b.start_serving()
             table_c = ConnTable(clock)
-            fc = Follower(f"127.0.0.1:{port_b}", "c", table_c, make_services(), cfg=FAST)
+            fc = SyncBackup(f"127.0.0.1:{port_b}", "c", table_c, make_services(), cfg=FAST)
             fc.start()
             await wait_until(lambda: fc.in_sync and len(table_c) == 30, 20, "C follows B")
             assert table_view(table_c) == table_view(a.table)
@@ -78,7 +78,7 @@ def test_takeover_new_master_serves_and_stale_master_is_refused() -> None:
             fc.set_master(f"127.0.0.1:{port_b}", 2)
             _fill(table_b, next(iter(services_b)).dests[0], 5, base=100)
             await wait_until(lambda: fc.in_sync and len(table_c) == 35, 20, "C back on B")
-            # B resigns: its followers are told, and a backup refuses Follow
+            # B resigns: its backups are told, and a backup refuses Follow
             assert await server_b.flush(5.0)
             server_b.stop_serving()
             await wait_until(lambda: not fc.in_sync and fc.stats["stream_errors"] >= 2, 20, "C cut off")
@@ -95,7 +95,7 @@ def test_unknown_dest_stays_unbound_until_it_appears() -> None:
         cluster = Cluster(FakeClock())
         await cluster.start(0)
         svcs_b = make_services(RIPS[:1])  # the backup does not know dest RIPS[1] yet
-        f = cluster.add_follower("b0", svcs_b)
+        f = cluster.add_backup("b0", svcs_b)
         d1 = next(iter(cluster.services)).dests[1]
         try:
             _fill(cluster.table, d1, 10)

@@ -40,9 +40,9 @@ def test_mutual_tls_sync_and_refusal_of_strangers(tmp_path: Path) -> None:
     async def body() -> None:
         cluster = Cluster(FakeClock(), tls=master_tls)
         await cluster.start(0)
-        good = cluster.add_follower("d2", tls=backup_tls)
-        bad = cluster.add_follower("rogue", tls=stranger)
-        plain = cluster.add_follower("plain", tls=None)
+        good = cluster.add_backup("d2", tls=backup_tls)
+        bad = cluster.add_backup("rogue", tls=stranger)
+        plain = cluster.add_backup("plain", tls=None)
         try:
             d = next(iter(cluster.services)).dests[0]
             for i in range(10):
@@ -53,7 +53,7 @@ def test_mutual_tls_sync_and_refusal_of_strangers(tmp_path: Path) -> None:
                              20, "strangers refused twice")
             assert len(cluster.backup_tables[1]) == 0 and len(cluster.backup_tables[2]) == 0
             assert not bad.in_sync and not plain.in_sync
-            assert [f.node_id for f in cluster.server.followers()] == ["d2"]
+            assert [f.node_id for f in cluster.server.backups()] == ["d2"]
         finally:
             await cluster.close()
     run(body())

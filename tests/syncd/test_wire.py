@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from director.conn import ConnTable
+from director.table.conn import ConnTable
 from director.types import ConnFlags
 from syncd.coalesce import Window
 from syncd.convert import (

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import random
 
-from director.conn import Conn, ConnTable
-from director.service import Dest, ServiceTable
-from director.tcp import TcpState
+from director.services.service import Dest, ServiceTable
+from director.table.conn import Conn, ConnTable
+from director.table.tcp import TcpState
 from director.types import ConnFlags, Proto
 from tests.syncd.helpers import CLIENT_NET, VIP, FakeClock
 

@@ -9,7 +9,6 @@ import time
 from hypothesis import given
 from hypothesis import strategies as st
 
-from director.conn import ConnTable
 from director.health.manager import (
     HealthManager,
     HealthRunner,
@@ -23,8 +22,9 @@ from director.health.manager import (
     verdict_key,
 )
 from director.health.spec import CheckResult, HealthSpec
-from director.sched import registry
-from director.service import Dest, DestKey, ServiceTable, VirtualService
+from director.services.sched import registry
+from director.services.service import Dest, DestKey, ServiceTable, VirtualService
+from director.table.conn import ConnTable
 from director.types import ConnFlags, DestFlags, Proto, SvcFlags
 from tests.director.health.servers import HttpServer
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from director.config import parse_config
-from director.etcd_server import EtcdServer
-from director.etcdstore import EtcdStore
+from deploy.etcd import EtcdServer
+from director.cluster.store import EtcdStore
+from director.config.services import parse_config
 from director.health.manager import dest_id, encode_verdict
 from director.health.service import HealthService
-from director.service import DestKey
+from director.services.service import DestKey
 from tests.director.health.servers import HttpServer
 
 pytest_plugins = ["tests.plugins.etcd"]

@@ -1,0 +1,254 @@
+"""`NodeAdmin`: the daemon's implementation of `director.admin.api.NodeApi`, and `start_admin`.
+
+Theory of operation
+-------------------
+Reads are snapshots of this node's own live objects (service table, conn table, estimator,
+election state, sync status). Config writes never touch the live tables: they read the current
+config from etcd, edit the affected service documents (the canonical dicts of
+`director.config.services.service_dict`), validate the result with the real config model, and write it back
+in one transaction — then every node, this one included, applies it from its config watch. A write
+therefore returns the etcd revision that holds it, and an invalid edit is refused before anything
+is written (`ConfigError` -> INVALID_ARGUMENT naming the field). Role and config changes are
+published to the admin event hub by the daemon; `resign` is the graceful failover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import ipaddress
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from director.admin.api import (
+    ApplyResult,
+    BackupSync,
+    Conflict,
+    ConnFilter,
+    ConnView,
+    CounterValues,
+    EventHub,
+    InvalidArgument,
+    NodeStatus,
+    NotFound,
+    NotMaster,
+    RateValues,
+    ServiceView,
+    StatsView,
+    Subscription,
+    SvcRef,
+    configured_weights,
+    diff_documents,
+    find_service,
+    fmt_hostport,
+    service_view,
+    table_conns,
+)
+from director.admin.server import AdminServer, server_config_from_node, start_server
+from director.cluster.election import Role
+from director.cluster.store import apply as etcd_apply
+from director.config import services as config
+from director.types import ConnFlags, Proto
+
+if TYPE_CHECKING:
+    from director.daemon import Node
+
+log = logging.getLogger(__name__)
+
+ROLE_NAMES = {Role.MASTER: "master", Role.BACKUP: "backup", Role.STEPPED_DOWN: "backup",
+              Role.CANDIDATE: "candidate", Role.STOPPED: "stopped"}
+
+
+def _ref_of(doc: Mapping[str, Any]) -> SvcRef:
+    return SvcRef(int(Proto[str(doc.get("protocol", "tcp")).upper()]),
+                  int(ipaddress.ip_address(doc["vip"])), int(doc["port"]), int(doc.get("fwmark", 0)))
+
+
+class NodeAdmin:
+    """NodeApi over a running `director.daemon.Node`."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.hub = EventHub()
+
+    # ---- reads ------------------------------------------------------------------------------
+    def status(self) -> NodeStatus:
+        n = self.node
+        templates = sum(1 for c in n.table if c.flags & ConnFlags.TEMPLATE)
+        backups: tuple[BackupSync, ...] = ()
+        if n.sync is not None and n.sync.serving:
+            backups = tuple(BackupSync(f.node_id, "snapshot" if f.state == "snapshot" else "streaming",
+                                           f.lag_seqs, f.lag_ms / 1000.0) for f in n.sync.backups())
+        ldr = n.master
+        return NodeStatus(
+            node_id=n.cfg.node_id, role=ROLE_NAMES.get(n.role, "backup"), epoch=ldr.epoch if ldr else 0,
+            master_id=ldr.node_id if ldr else "", master_sync_addr=ldr.sync_addr if ldr else "",
+            backups=backups, conns=n.table.count - templates, templates=templates,
+            services=len(n.services), dests=sum(len(s.dests) for s in n.services),
+            uptime=time.time() - n.started, version=_version(), config_revision=n.config_revision,
+            role_changes=n.role_changes, elections=n.role_changes, ready=n.ready())
+
+    def services(self) -> list[ServiceView]:
+        cfg = self.node.config
+        configured = configured_weights(cfg.services) if cfg is not None else {}
+        health = self.node.health.health_view()
+        return [service_view(s, health=health, configured=configured, estimator=self.node.estimator)
+                for s in self.node.services]
+
+    def conns(self, flt: ConnFilter) -> Iterator[ConnView]:
+        return table_conns(self.node.table, flt, self.node.clock())
+
+    def stats(self) -> StatsView:
+        n = self.node
+        st = self.status()
+        views = tuple(self.services())
+        totals = CounterValues(*(sum(getattr(v.counters, f) for v in views)  # live, not the last estimate
+                                 for f in ("conns", "inpkts", "outpkts", "inbytes", "outbytes")))
+        return StatsView(views, totals, RateValues(*n.estimator.total_rates()),
+                         dict(n.director.counters.as_dict()), st.conns, st.templates)
+
+    def config_yaml(self) -> tuple[str, int]:
+        cfg = self.node.config
+        return (config.dump_config(cfg), self.node.config_revision) if cfg is not None else ("", 0)
+
+    # ---- config writes (through etcd) ----------------------------------------------------------
+    async def _docs(self) -> dict[str, dict[str, Any]]:
+        """The services in etcd now, as canonical documents (name -> config.service_dict)."""
+        snap = await self.node.store.read_config()
+        return {name: config.service_dict(config.parse_service(name, text))
+                for name, text in snap.services.items()}
+
+    async def _write(self, docs: Mapping[str, Mapping[str, Any]], timeouts: str | None = None) -> int:
+        cfg = config.config_from_dict({"services": [dict(d) for d in docs.values()]})
+        texts = {svc.name: config.dump_service(svc) for svc in cfg.services}
+        return await etcd_apply(self.node.store, texts, timeouts, prune=True)
+
+    async def apply_config(self, document: str, *, dry_run: bool, prune: bool) -> ApplyResult:
+        cfg = config.parse_config(document)
+        new = {svc.name: config.service_dict(svc) for svc in cfg.services}
+        old = await self._docs()
+        changes = diff_documents(old, new, prune=prune)
+        t_text = config.dump_timeouts(cfg.timeouts) if cfg.timeouts is not None else None
+        if dry_run or (not changes and t_text is None):
+            return ApplyResult(changes, 0)
+        merged = dict(new) if prune else {**old, **new}
+        rev = await self._write(merged, t_text)
+        return ApplyResult(changes, rev)
+
+    def _name_of(self, docs: Mapping[str, Mapping[str, Any]], ref: SvcRef) -> str:
+        for name, doc in docs.items():
+            if ref.matches(_ref_of(doc).key):
+                return name
+        raise NotFound(f"no service {ref}")
+
+    async def put_service(self, spec: Mapping[str, Any], *, create_only: bool) -> int:
+        name = spec.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument("service.name", "a service needs a name")
+        docs = await self._docs()
+        if create_only and name in docs:
+            raise Conflict(f"service {name} exists; edit it or delete it first")
+        docs[name] = dict(spec)
+        return await self._write(docs)
+
+    async def delete_service(self, ref: SvcRef) -> int:
+        docs = await self._docs()
+        del docs[self._name_of(docs, ref)]
+        return await self._write(docs)
+
+    def _dest_index(self, doc: Mapping[str, Any], daddr: int, dport: int, ref: SvcRef) -> int:
+        for i, d in enumerate(doc.get("dests", [])):
+            if int(ipaddress.ip_address(d["address"])) == daddr and int(d["port"]) == dport:
+                return i
+        raise NotFound(f"no dest {fmt_hostport(daddr, dport)} in service {ref}")
+
+    async def put_dest(self, ref: SvcRef, spec: Mapping[str, Any], *, create_only: bool) -> int:
+        docs = await self._docs()
+        name = self._name_of(docs, ref)
+        doc = copy.deepcopy(docs[name])
+        same = (str(spec.get("address")), spec.get("port"))
+        dests = [d for d in doc.get("dests", []) if (str(d["address"]), d["port"]) != same]
+        if create_only and len(dests) != len(doc.get("dests", [])):
+            raise Conflict(f"dest {same[0]}:{same[1]} exists in service {ref}")
+        doc["dests"] = [*dests, dict(spec)]
+        docs[name] = doc
+        return await self._write(docs)
+
+    async def delete_dest(self, ref: SvcRef, daddr: int, dport: int) -> int:
+        docs = await self._docs()
+        name = self._name_of(docs, ref)
+        doc = copy.deepcopy(docs[name])
+        del doc["dests"][self._dest_index(doc, daddr, dport, ref)]
+        docs[name] = doc
+        return await self._write(docs)
+
+    async def edit_dest(self, ref: SvcRef, daddr: int, dport: int, *, weight: int | None,
+                        u_threshold: int | None, l_threshold: int | None) -> int:
+        docs = await self._docs()
+        name = self._name_of(docs, ref)
+        doc = copy.deepcopy(docs[name])
+        d = doc["dests"][self._dest_index(doc, daddr, dport, ref)]
+        for key, value in (("weight", weight), ("u_threshold", u_threshold), ("l_threshold", l_threshold)):
+            if value is not None:
+                d[key] = value
+        docs[name] = doc
+        return await self._write(docs)
+
+    async def drain_dest(self, ref: SvcRef, daddr: int, dport: int) -> int:
+        return await self.edit_dest(ref, daddr, dport, weight=0, u_threshold=None, l_threshold=None)
+
+    async def set_timeouts(self, timeouts: Mapping[str, float]) -> int:
+        kv, _rev = await self.node.store.get(self.node.store.timeouts_key)
+        t = config.parse_timeouts(kv.value.decode()) if kv is not None else config.TimeoutsConfig()
+        merged: dict[str, Any] = {"tcp": t.tcp, "tcpfin": t.tcpfin, "udp": t.udp}
+        merged.update({k: int(v) if float(v).is_integer() else v for k, v in timeouts.items()})
+        parsed = config.config_from_dict({"timeouts": merged}).timeouts
+        assert parsed is not None
+        return await self.node.store.put_services({}, (), config.dump_timeouts(parsed))
+
+    # ---- node-local -------------------------------------------------------------------------------
+    def flush(self) -> int:
+        n = self.node.table.count
+        self.node.table.flush()
+        return n
+
+    def zero_counters(self, ref: SvcRef | None) -> None:
+        svcs = [find_service(self.node.services, ref)] if ref is not None else list(self.node.services)
+        for svc in svcs:
+            svc.counters.zero()
+            for d in svc.dests:
+                d.counters.zero()
+
+    async def resign(self) -> tuple[str, int]:
+        n = self.node
+        if n.role is not Role.MASTER:
+            raise NotMaster(n.master.node_id if n.master else "")
+        await n.resign()
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            ldr = n.master
+            if ldr is not None and ldr.node_id != n.cfg.node_id:
+                return ldr.node_id, ldr.epoch
+            await asyncio.sleep(0.02)
+        return "", 0
+
+    def subscribe(self) -> Subscription:
+        return self.hub.subscribe()
+
+
+def _version() -> str:
+    from director.daemon import VERSION
+
+    return VERSION
+
+
+async def start_admin(node: Node) -> tuple[NodeAdmin, AdminServer | None]:
+    """Serve the admin API of `node` on its configured unix socket / TCP address (if any)."""
+    api = node.api
+    cfg = server_config_from_node(node.cfg)
+    if cfg.listen is None and cfg.unix_path is None:
+        return api, None
+    server = await start_server(api, cfg)
+    return api, server

@@ -1,0 +1,437 @@
+"""Master election: a pure role state machine, and `Elector`, its etcd adapter.
+
+Theory of operation
+-------------------
+The master holds the key ``/<prefix>/<cluster>/leader`` attached to a lease it keeps
+alive.  `ElectionMachine` decides everything and does no I/O: the adapter feeds it
+inputs (time, readiness, RPC results, observations of the leader key) and executes the
+`Action`s it returns.  Every RPC result carries the lease it was about, so stale answers
+are ignored.
+
+    BACKUP --(no leader, ready, not held off)--> CANDIDATE: GRANT_LEASE (fresh lease)
+    CANDIDATE --granted--> CAMPAIGN: txn "create leader key if absent" with that lease
+    CANDIDATE --won--> MASTER: START_FORWARDING(epoch = revision of the create)
+    CANDIDATE --lost--> BACKUP: REVOKE the unused lease, follow the winner's record
+    MASTER: RENEW every TTL/3 (a keepalive, its deadline bounded by the step-down time)
+    MASTER --no renewal for TTL - margin--> STEPPED_DOWN(uncertain): STOP_FORWARDING
+    MASTER --key gone / held by another lease / lease gone--> BACKUP: STOP_FORWARDING
+    STEPPED_DOWN(uncertain) --renewal ok + key still ours--> MASTER (same epoch)
+    STEPPED_DOWN(uncertain) --lease or key gone--> BACKUP (campaign again with a new lease)
+    MASTER --resign()--> STEPPED_DOWN(resigned): STOP_FORWARDING, REVOKE; holds off
+                         campaigning until another master appears or `resign_holdoff` passes
+
+Safety: etcd refreshes a lease at some moment *after* our keepalive was sent, so the
+lease lives at least until ``send time + TTL``.  The deadline ``send time of the last
+successful keepalive + TTL - margin`` therefore passes, on our clock, before etcd can
+expire the lease and let another node win, as long as the two clocks' rates agree
+within the margin.  A node that stepped down only because it could not reach etcd
+keeps trying to renew the same lease; if etcd answers that it is still alive (etcd
+restarted: leases are extended when it comes back) and the key still carries our lease
+and epoch, it resumes with the same epoch instead of starting an election.
+
+Readiness gate: a node campaigns only when `set_ready(True)` was fed (the daemon says
+so when its table has applied the current master's snapshot, or no master ever existed).
+Priority preemption (off by default): a ready backup with a higher priority than the
+master's record in the leader key asks for a handover (REQUEST_HANDOVER); a preempt-enabled master seeing a
+request from a higher priority resigns; other backups hold off for `resign_holdoff` so
+the requester wins.
+
+The adapter `Elector` (and `NodeInfo`, `RoleChange`, `Membership`) lives in
+`director.cluster.elector`, which imports this module (never the other way round).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class Role(IntEnum):
+    BACKUP = 0
+    CANDIDATE = 1
+    MASTER = 2
+    STEPPED_DOWN = 3
+    STOPPED = 4
+
+
+class Why(Enum):
+    """Why the machine is in STEPPED_DOWN."""
+
+    NONE = "none"
+    UNCERTAIN = "uncertain"  # could not renew in time; the lease may still be alive
+    RESIGNED = "resigned"
+
+
+class Act(Enum):
+    GRANT_LEASE = "grant_lease"  # -> lease_granted / lease_failed
+    CAMPAIGN = "campaign"  # txn create-if-absent -> txn_won / txn_lost / txn_failed
+    RENEW = "renew"  # keepalive -> renew_ok / renew_failed
+    VERIFY = "verify"  # read the leader key -> leader_observed / verify_failed
+    REVOKE = "revoke"  # best effort, no answer expected
+    START_FORWARDING = "start_forwarding"
+    STOP_FORWARDING = "stop_forwarding"
+    REQUEST_HANDOVER = "request_handover"  # preemption: ask the master to hand over to us
+
+
+@dataclass(frozen=True)
+class Action:
+    act: Act
+    lease_id: int = 0
+    epoch: int = 0
+    timeout: float = 0.0
+
+
+@dataclass(frozen=True)
+class LeaderRecord:
+    """The value of the leader key.  `epoch` is the key's create revision, `lease` its lease."""
+
+    node_id: str
+    sync_addr: str = ""
+    admin_addr: str = ""
+    epoch: int = 0
+    lease: int = 0
+    priority: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps({"node_id": self.node_id, "sync_addr": self.sync_addr,
+                           "admin_addr": self.admin_addr, "epoch": self.epoch,
+                           "priority": self.priority}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str, *, epoch: int, lease: int) -> LeaderRecord:
+        """Parse a leader value; epoch and lease come from the key's metadata."""
+        try:
+            obj: Any = json.loads(raw)
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict):
+            log.warning("leader key holds non-JSON value %r", raw[:80])
+            return cls(node_id="?", epoch=epoch, lease=lease)
+        return cls(node_id=str(obj.get("node_id", "?")), sync_addr=str(obj.get("sync_addr", "")),
+                   admin_addr=str(obj.get("admin_addr", "")), epoch=epoch, lease=lease,
+                   priority=int(obj.get("priority", 0) or 0))
+
+
+@dataclass(frozen=True)
+class ElectionParams:
+    ttl: float = 1.0  # requested; the granted TTL (lease_granted) is what counts
+    margin: float = 0.2  # step down this long before the lease could expire
+    retry: float = 0.1  # delay before retrying a failed renew / campaign / grant
+    resign_holdoff: float = 2.0  # after resign: no campaign until a new master or this passes
+    priority: int = 0
+    preempt: bool = False
+    node_id: str = ""  # only used to recognise our own handover requests
+
+
+@dataclass
+class _Lease:
+    lease_id: int = 0
+    ttl: float = 0.0
+    sent_at: float = 0.0  # send time of the grant request
+    last_ok_sent: float = 0.0  # send time of the last successful keepalive (or the grant)
+    step_down_at: float = 0.0
+    next_renew_at: float = 0.0
+
+
+@dataclass
+class ElectionMachine:
+    """The role state machine.  Every input takes `now` and returns actions to run in order."""
+
+    params: ElectionParams = field(default_factory=ElectionParams)
+    role: Role = Role.BACKUP
+    why: Why = Why.NONE
+    master: LeaderRecord | None = None
+    observed: bool = False  # the leader key has been read at least once
+    ready: bool = False
+    epoch: int = 0
+    lease: _Lease = field(default_factory=_Lease)
+    not_before: float = 0.0  # no campaign before this time
+    retry_at: float = 0.0  # CANDIDATE: retry the txn at this time
+    stepped_down_at: float | None = None  # when forwarding last stopped (for safety checks)
+    pending: set[Act] = field(default_factory=set)
+    handover_to: str | None = None  # a pending preemption request names this node
+    handover_asked: int = 0  # epoch of the master we last asked to hand over to us
+
+    # -- time and readiness ----------------------------------------------------------
+    def tick(self, now: float) -> list[Action]:
+        if self.role is Role.MASTER:
+            if now >= self.lease.step_down_at:
+                return self._step_down_uncertain(now)
+            return self._maybe_renew(now)
+        if self.role is Role.STEPPED_DOWN:
+            if self.why is Why.UNCERTAIN:
+                return self._maybe_renew(now)
+            if now >= self.not_before:
+                self._to_backup()
+        if self.role is Role.CANDIDATE:
+            return self._candidate_tick(now)
+        if self.role is Role.BACKUP:
+            return self._maybe_campaign(now)
+        return []
+
+    def set_ready(self, now: float, ready: bool) -> list[Action]:
+        self.ready = ready
+        if self.role is Role.BACKUP:
+            return self._maybe_campaign(now) + self._maybe_preempt()
+        return []
+
+    def next_deadline(self) -> float | None:
+        """The next time `tick` has something to do (None: only inputs can wake it)."""
+        times: list[float] = []
+        if self.role is Role.MASTER:
+            times.append(self.lease.step_down_at)
+        if self.role in (Role.MASTER, Role.STEPPED_DOWN) and self.lease.lease_id \
+                and Act.RENEW not in self.pending:
+            times.append(self.lease.next_renew_at)
+        if self.role is Role.STEPPED_DOWN and self.why is Why.RESIGNED:
+            times.append(self.not_before)
+        if self.role is Role.BACKUP and self._could_campaign():
+            times.append(self.not_before)
+        if self.role is Role.CANDIDATE and self.lease.lease_id and Act.CAMPAIGN not in self.pending:
+            times += [self.retry_at, self.lease.step_down_at]
+        return min(times) if times else None
+
+    @property
+    def waiting_for_ready(self) -> bool:
+        return self.role is Role.BACKUP and self.observed and self.master is None and not self.ready
+
+    # -- campaign results ------------------------------------------------------------
+    def lease_granted(self, now: float, lease_id: int, ttl: float, sent_at: float) -> list[Action]:
+        self.pending.discard(Act.GRANT_LEASE)
+        if self.role is not Role.CANDIDATE or self.lease.lease_id:
+            return [Action(Act.REVOKE, lease_id)]
+        self.lease = _Lease(lease_id, ttl, sent_at, sent_at, sent_at + ttl - self.params.margin,
+                            sent_at + ttl / 3)
+        if self.master is not None:
+            return self._abandon_candidacy(now)
+        return self._campaign()
+
+    def lease_failed(self, now: float) -> list[Action]:
+        self.pending.discard(Act.GRANT_LEASE)
+        if self.role is Role.CANDIDATE and not self.lease.lease_id:
+            self._to_backup()
+            self.not_before = now + self.params.retry
+        return []
+
+    def txn_won(self, now: float, lease_id: int, epoch: int) -> list[Action]:
+        self.pending.discard(Act.CAMPAIGN)
+        if lease_id != self.lease.lease_id:
+            return [Action(Act.REVOKE, lease_id)]
+        if self.role is not Role.CANDIDATE:
+            return []
+        return self._win(now, epoch)
+
+    def txn_lost(self, now: float, lease_id: int, record: LeaderRecord | None) -> list[Action]:
+        self.pending.discard(Act.CAMPAIGN)
+        self.observed = True
+        if lease_id != self.lease.lease_id or self.role is not Role.CANDIDATE:
+            return []
+        if record is not None and record.lease == lease_id:
+            return self._win(now, record.epoch)  # an earlier attempt of ours had won
+        self.master = record
+        return self._abandon_candidacy(now)
+
+    def txn_failed(self, now: float, lease_id: int) -> list[Action]:
+        self.pending.discard(Act.CAMPAIGN)
+        if lease_id == self.lease.lease_id and self.role is Role.CANDIDATE:
+            self.retry_at = now + self.params.retry  # same lease: a retry also detects a hidden win
+        return []
+
+    # -- lease renewal ---------------------------------------------------------------
+    def renew_ok(self, now: float, lease_id: int, sent_at: float, ttl: float) -> list[Action]:
+        self.pending.discard(Act.RENEW)
+        if lease_id != self.lease.lease_id or not lease_id:
+            return []
+        if ttl <= 0:
+            return self.lease_gone(now, lease_id)
+        ls = self.lease
+        ls.last_ok_sent = max(ls.last_ok_sent, sent_at)
+        ls.step_down_at = max(ls.step_down_at, sent_at + ttl - self.params.margin)
+        ls.next_renew_at = max(ls.next_renew_at, sent_at + ls.ttl / 3)
+        if self.role is Role.STEPPED_DOWN and self.why is Why.UNCERTAIN and now < ls.step_down_at \
+                and Act.VERIFY not in self.pending:
+            self.pending.add(Act.VERIFY)
+            return [Action(Act.VERIFY, lease_id)]
+        return []
+
+    def renew_failed(self, now: float, lease_id: int) -> list[Action]:
+        self.pending.discard(Act.RENEW)
+        if lease_id == self.lease.lease_id:
+            self.lease.next_renew_at = now + self.params.retry
+        return []
+
+    def lease_gone(self, now: float, lease_id: int) -> list[Action]:
+        """etcd says the lease no longer exists."""
+        if lease_id != self.lease.lease_id or not lease_id:
+            return []
+        acts = self._stop_forwarding(now) if self.role is Role.MASTER else []
+        if self.master is not None and self.master.lease == lease_id:
+            self.master = None
+        self.lease = _Lease()
+        self._to_backup()
+        return acts + self._maybe_campaign(now)
+
+    def verify_failed(self, now: float) -> list[Action]:
+        self.pending.discard(Act.VERIFY)
+        return []
+
+    # -- observations of the leader key ----------------------------------------------
+    def leader_observed(self, now: float, record: LeaderRecord | None) -> list[Action]:
+        self.pending.discard(Act.VERIFY)
+        self.observed = True
+        self.master = record
+        ours = record is not None and bool(self.lease.lease_id) and record.lease == self.lease.lease_id
+        if record is not None and record.node_id != self.params.node_id:
+            # a resign / handover hold-off lasts only until another master appears: when that one
+            # dies, this node must campaign at once, not wait out the rest of the hold-off
+            self.not_before = 0.0
+        if self.role is Role.MASTER:
+            return [] if ours else self._lose(now)
+        if self.role is Role.STEPPED_DOWN and self.why is Why.UNCERTAIN:
+            return self._reclaim_or_lose(now, ours)
+        if self.role is Role.CANDIDATE:
+            return self._win(now, record.epoch) if ours and record else []
+        if self.role is Role.STEPPED_DOWN and record is not None:
+            self._to_backup()
+        if self.role is Role.BACKUP:
+            return self._maybe_campaign(now) + self._maybe_preempt()
+        return []
+
+    def handover_requested(self, now: float, node_id: str, priority: int) -> list[Action]:
+        """Someone asks the master to hand over (priority preemption)."""
+        self.handover_to = node_id or None
+        if node_id and node_id != self.params.node_id and self.role is Role.BACKUP:
+            self.not_before = max(self.not_before, now + self.params.resign_holdoff)
+        if self.role is Role.MASTER and self.params.preempt and priority > self.params.priority:
+            log.info("handing over to higher-priority node %s", node_id)
+            return self.resign(now)
+        return []
+
+    # -- operator / shutdown ---------------------------------------------------------
+    def resign(self, now: float) -> list[Action]:
+        """Give up mastership (or candidacy) now and hold off campaigning."""
+        if self.role is Role.STOPPED:
+            return []
+        acts = self._stop_forwarding(now) if self.role is Role.MASTER else []
+        if self.lease.lease_id:
+            acts.append(Action(Act.REVOKE, self.lease.lease_id))
+        if self.master is not None and self.master.lease == self.lease.lease_id:
+            self.master = None
+        self.lease = _Lease()
+        self.pending.clear()
+        self.role, self.why = Role.STEPPED_DOWN, Why.RESIGNED
+        self.not_before = now + self.params.resign_holdoff
+        return acts
+
+    def stop(self, now: float) -> list[Action]:
+        acts = self.resign(now)
+        self.role, self.why = Role.STOPPED, Why.NONE
+        return acts
+
+    # -- internals -------------------------------------------------------------------
+    def _could_campaign(self) -> bool:
+        return self.observed and self.master is None and self.ready
+
+    def _maybe_campaign(self, now: float) -> list[Action]:
+        if not self._could_campaign() or now < self.not_before or Act.GRANT_LEASE in self.pending:
+            return []
+        self.role, self.why = Role.CANDIDATE, Why.NONE
+        self.lease = _Lease()
+        self.pending.add(Act.GRANT_LEASE)
+        return [Action(Act.GRANT_LEASE, timeout=max(self.params.ttl, 0.5))]
+
+    def _maybe_preempt(self) -> list[Action]:
+        ldr = self.master
+        if not self.params.preempt or ldr is None or not self.ready or self.handover_to:
+            return []
+        if self.params.priority <= ldr.priority or self.handover_asked == ldr.epoch:
+            return []
+        self.handover_asked = ldr.epoch  # once per master term
+        return [Action(Act.REQUEST_HANDOVER, epoch=ldr.epoch)]
+
+    def _campaign(self) -> list[Action]:
+        self.pending.add(Act.CAMPAIGN)
+        return [Action(Act.CAMPAIGN, self.lease.lease_id, timeout=self._rpc_timeout())]
+
+    def _candidate_tick(self, now: float) -> list[Action]:
+        if not self.lease.lease_id:
+            return []
+        if now >= self.lease.step_down_at and Act.CAMPAIGN not in self.pending:
+            return self._abandon_candidacy(now)  # too slow: the lease may be gone by the time we win
+        if Act.CAMPAIGN not in self.pending and now >= self.retry_at:
+            return self._campaign()
+        return []
+
+    def _abandon_candidacy(self, now: float) -> list[Action]:
+        acts = [Action(Act.REVOKE, self.lease.lease_id)] if self.lease.lease_id else []
+        self.lease = _Lease()
+        self._to_backup()
+        return acts + self._maybe_campaign(now)
+
+    def _win(self, now: float, epoch: int) -> list[Action]:
+        self.epoch = epoch
+        if now >= self.lease.step_down_at:
+            self.role, self.why = Role.STEPPED_DOWN, Why.UNCERTAIN
+            return self._maybe_renew(now)
+        self.role, self.why = Role.MASTER, Why.NONE
+        self.handover_to = None
+        log.info("elected master, epoch %d", epoch)
+        return [Action(Act.START_FORWARDING, self.lease.lease_id, epoch)] + self._maybe_renew(now)
+
+    def _lose(self, now: float) -> list[Action]:
+        log.warning("leader key lost (now %s); stepping down", self.master)
+        acts = self._stop_forwarding(now)
+        if self.lease.lease_id:
+            acts.append(Action(Act.REVOKE, self.lease.lease_id))
+        self.lease = _Lease()
+        self._to_backup()
+        return acts + self._maybe_campaign(now)
+
+    def _reclaim_or_lose(self, now: float, ours: bool) -> list[Action]:
+        if not ours:
+            acts = [Action(Act.REVOKE, self.lease.lease_id)] if self.lease.lease_id else []
+            self.lease = _Lease()
+            self._to_backup()
+            return acts + self._maybe_campaign(now)
+        if now < self.lease.step_down_at and self.master is not None and self.master.epoch == self.epoch:
+            log.info("lease survived; resuming mastership, epoch %d", self.epoch)
+            self.role, self.why = Role.MASTER, Why.NONE
+            return [Action(Act.START_FORWARDING, self.lease.lease_id, self.epoch)] + self._maybe_renew(now)
+        return []
+
+    def _step_down_uncertain(self, now: float) -> list[Action]:
+        log.warning("no lease renewal since %.3f (ttl %.1fs): stepping down", self.lease.last_ok_sent,
+                    self.lease.ttl)
+        acts = self._stop_forwarding(now)
+        self.role, self.why = Role.STEPPED_DOWN, Why.UNCERTAIN
+        return acts + self._maybe_renew(now)
+
+    def _stop_forwarding(self, now: float) -> list[Action]:
+        self.stepped_down_at = now
+        return [Action(Act.STOP_FORWARDING, self.lease.lease_id, self.epoch)]
+
+    def _maybe_renew(self, now: float) -> list[Action]:
+        ls = self.lease
+        if not ls.lease_id or Act.RENEW in self.pending or now < ls.next_renew_at:
+            return []
+        self.pending.add(Act.RENEW)
+        return [Action(Act.RENEW, ls.lease_id, timeout=self._renew_timeout(now))]
+
+    def _renew_timeout(self, now: float) -> float:
+        left = self.lease.step_down_at - now
+        return max(0.05, min(self.lease.ttl / 3, left) if left > 0 else self.lease.ttl / 3)
+
+    def _rpc_timeout(self) -> float:
+        return max(0.5, self.lease.ttl or self.params.ttl)
+
+    def _to_backup(self) -> None:
+        self.role, self.why = Role.BACKUP, Why.NONE
+        self.pending.discard(Act.CAMPAIGN)
+        self.pending.discard(Act.RENEW)
+        self.pending.discard(Act.VERIFY)
+

@@ -1,0 +1,484 @@
+"""`Elector`: runs `ElectionMachine` against etcd; `Membership`: the ``nodes/<id>`` record.
+
+Theory of operation
+-------------------
+One asyncio task (`_run`) owns the machine.  Each loop turn it feeds readiness and the
+time, executes the returned actions, then sleeps until the machine's next deadline or
+until an input arrives in its inbox.  RPCs run as separate tasks that post their result
+back to the inbox as a closure ``(machine, now) -> actions``, so the machine is only ever
+touched by the loop, one input at a time.  Forwarding callbacks run synchronously inside
+the loop turn that decided them: a step-down is acted on at once, not after an await.
+
+A second task watches the prefix ``leader`` (which covers ``leader`` and the preemption
+key ``leader-handover``): it reads the keys, posts what it saw, then watches from that
+revision + 1; after any error (etcd restart, outage, compaction) it starts over with a
+fresh read after a 200 ms - 1 s backoff, so nothing is missed.
+
+Keepalives are one request each, with a deadline the machine computed (never past the
+step-down time); the send time is taken before the request so the machine can bound the
+lease's life.  ``kill()`` simulates a crash (stop everything, revoke nothing);
+``resign()`` stops forwarding and revokes the lease so a backup wins within one watch
+round trip; ``stop()`` resigns and shuts down.
+
+Use (directord)::
+
+    store = EtcdStore(endpoints, prefix="lbd", cluster="default")
+    el = Elector(store, NodeInfo("d1", sync_addr="198.18.0.2:7100", admin_addr="..."),
+                 ttl=1, ready=table_synced_or_no_master,
+                 on_start_forwarding=lambda epoch: director.activate(epoch),   # ARP + GARP + fwd
+                 on_stop_forwarding=director.deactivate,                      # at once, sync
+                 on_change=lambda rc: syncd.follow(rc.master))                # master's sync addr
+    await el.start();  ...;  el.poke()  # after a snapshot is applied
+    await el.resign()   # directorctl failover;  await el.stop() on SIGTERM
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aetcd import rpc
+
+from director.cluster.election import (
+    Act,
+    Action,
+    ElectionMachine,
+    ElectionParams,
+    LeaderRecord,
+    Role,
+)
+from director.cluster.store import KV, Backoff, EtcdError, EtcdStore, EventKind
+from director.types import Clock
+
+log = logging.getLogger(__name__)
+
+Input = Callable[[ElectionMachine, float], list[Action]]
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    node_id: str
+    sync_addr: str = ""
+    admin_addr: str = ""
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class RoleChange:
+    """Published whenever the role, the leader record or the epoch changes."""
+
+    role: Role
+    master: LeaderRecord | None  # the current master (ourselves when role is MASTER)
+    epoch: int  # the current master's epoch, 0 when none is known
+    at: float
+
+
+class Elector:
+    """Campaign for the leader key of `store`'s cluster on behalf of `node`."""
+
+    def __init__(
+        self,
+        store: EtcdStore,
+        node: NodeInfo,
+        *,
+        ttl: int = 1,
+        margin: float = 0.2,
+        ready: Callable[[], bool] | None = None,
+        on_start_forwarding: Callable[[int], None] | None = None,
+        on_stop_forwarding: Callable[[], None] | None = None,
+        on_change: Callable[[RoleChange], None] | None = None,
+        preempt: bool = False,
+        resign_holdoff: float | None = None,
+        clock: Clock = time.monotonic,
+        ready_poll: float = 0.1,
+    ) -> None:
+        self.store = store
+        self.node = node
+        self.clock = clock
+        self.ready_poll = ready_poll
+        self.machine = ElectionMachine(ElectionParams(
+            ttl=float(ttl), margin=margin, priority=node.priority, preempt=preempt,
+            resign_holdoff=2.0 * ttl if resign_holdoff is None else resign_holdoff, node_id=node.node_id))
+        self.history: list[RoleChange] = []
+        self._ttl = ttl
+        self._ready = ready or (lambda: True)
+        self._on_start = on_start_forwarding
+        self._on_stop = on_stop_forwarding
+        self._on_change = on_change
+        self._inbox: asyncio.Queue[Input] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[Any]] = []
+        self._subs: list[asyncio.Queue[RoleChange]] = []
+        self._last: tuple[Role, LeaderRecord | None, int] | None = None
+        self.handover_key = store.leader_key + "-handover"
+        self._killed = False
+
+    # -- public ----------------------------------------------------------------------
+    @property
+    def role(self) -> Role:
+        return self.machine.role
+
+    @property
+    def is_master(self) -> bool:
+        return self.machine.role is Role.MASTER
+
+    @property
+    def epoch(self) -> int:
+        """The current master's epoch (0 when no master is known)."""
+        ldr = self.master
+        return ldr.epoch if ldr is not None else 0
+
+    @property
+    def granted_ttl(self) -> float:
+        return self.machine.lease.ttl
+
+    @property
+    def master(self) -> LeaderRecord | None:
+        """The current master as far as we know (ourselves while MASTER)."""
+        m = self.machine
+        if m.role is Role.MASTER:
+            return self._own_record(m.epoch, m.lease.lease_id)
+        return m.master
+
+    async def start(self) -> None:
+        await self.store.connect()
+        self._loops = [asyncio.create_task(self._run(), name=f"elector-{self.node.node_id}"),
+                       asyncio.create_task(self._watch_leader(), name=f"leader-watch-{self.node.node_id}")]
+
+    async def resign(self) -> None:
+        """Graceful handover: stop forwarding, revoke the lease (returns once revoked)."""
+        await self._feed_and_wait(self.machine.resign(self.clock()))
+
+    async def stop(self) -> None:
+        """Clean shutdown: resign, then stop all tasks."""
+        if self.machine.role is Role.STOPPED or self._killed:
+            return
+        for t in self._loops:
+            t.cancel()
+        await self._feed_and_wait(self.machine.stop(self.clock()))
+        await self._cancel_all()
+
+    async def kill(self) -> None:
+        """Simulate a crash: stop every task, revoke nothing, call no callback."""
+        self._killed = True
+        await self._cancel_all()
+
+    def poke(self) -> None:
+        """Readiness (or anything the loop should look at) may have changed."""
+        self._inbox.put_nowait(lambda m, now: [])
+
+    async def changes(self) -> AsyncGenerator[RoleChange, None]:
+        """Every RoleChange from now on (starting with the current state)."""
+        q: asyncio.Queue[RoleChange] = asyncio.Queue()
+        self._subs.append(q)
+        q.put_nowait(self._snapshot())
+        try:
+            while True:
+                yield await q.get()
+        finally:
+            self._subs.remove(q)
+
+    # -- the loop --------------------------------------------------------------------
+    async def _run(self) -> None:
+        m = self.machine
+        while True:
+            now = self.clock()
+            self._feed(m.set_ready(now, self._safe_ready()))
+            self._feed(m.tick(now))
+            item = await self._next_input(self._sleep_for(self.clock()))
+            if item is None:
+                continue
+            self._feed(item(m, self.clock()))
+            while not self._inbox.empty():
+                self._feed(self._inbox.get_nowait()(m, self.clock()))
+
+    async def _next_input(self, timeout: float | None) -> Input | None:
+        """The next inbox item, or None after `timeout`. Not `asyncio.wait_for`: on Python 3.11 it
+        swallows a cancellation that arrives together with the item (gh-86296), and stop() would
+        then wait forever for this loop."""
+        if not self._inbox.empty():
+            return self._inbox.get_nowait()
+        get = asyncio.ensure_future(self._inbox.get())
+        try:
+            done, _ = await asyncio.wait({get}, timeout=timeout)
+        finally:
+            if not get.done():
+                get.cancel()
+        return get.result() if done else None
+
+    def _sleep_for(self, now: float) -> float | None:
+        dl = self.machine.next_deadline()
+        t = None if dl is None else max(0.001, dl - now)
+        if self.machine.waiting_for_ready:
+            t = self.ready_poll if t is None else min(t, self.ready_poll)
+        return t
+
+    def _safe_ready(self) -> bool:
+        try:
+            return bool(self._ready())
+        except Exception:
+            log.exception("ready() raised; treating as not ready")
+            return False
+
+    def _feed(self, acts: Iterable[Action]) -> list[asyncio.Task[Any]]:
+        spawned = [t for a in acts if (t := self._do(a)) is not None]
+        self._publish()
+        return spawned
+
+    async def _feed_and_wait(self, acts: list[Action]) -> None:
+        spawned = self._feed(acts)
+        if spawned:
+            await asyncio.gather(*spawned, return_exceptions=True)
+        self.poke()
+
+    def _do(self, a: Action) -> asyncio.Task[Any] | None:
+        if a.act is Act.START_FORWARDING:
+            self._callback(self._on_start, a.epoch)
+            return self._spawn(self._publish_epoch(a.lease_id, a.epoch))
+        if a.act is Act.STOP_FORWARDING:
+            self._callback(self._on_stop)
+            return None
+        runner = {
+            Act.GRANT_LEASE: self._grant, Act.CAMPAIGN: self._campaign, Act.RENEW: self._renew,
+            Act.VERIFY: self._verify, Act.REVOKE: self._revoke, Act.REQUEST_HANDOVER: self._request_handover,
+        }[a.act]
+        return self._spawn(runner(a))
+
+    def _callback(self, fn: Callable[..., None] | None, *args: Any) -> None:
+        if fn is None:
+            return
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("election callback %s failed", getattr(fn, "__name__", fn))
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _post(self, item: Input) -> None:
+        self._inbox.put_nowait(item)
+
+    async def _cancel_all(self) -> None:
+        tasks = [*self._loops, *self._tasks]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._loops = []
+
+    # -- publishing ------------------------------------------------------------------
+    def _own_record(self, epoch: int, lease_id: int) -> LeaderRecord:
+        n = self.node
+        return LeaderRecord(n.node_id, n.sync_addr, n.admin_addr, epoch, lease_id, n.priority)
+
+    def _snapshot(self) -> RoleChange:
+        return RoleChange(self.machine.role, self.master, self.epoch, self.clock())
+
+    def _publish(self) -> None:
+        snap = self._snapshot()
+        key = (snap.role, snap.master, snap.epoch)
+        if key == self._last:
+            return
+        self._last = key
+        self.history.append(snap)
+        log.info("node %s: %s, master %s epoch %d", self.node.node_id, snap.role.name,
+                 snap.master.node_id if snap.master else None, snap.epoch)
+        self._callback(self._on_change, snap)
+        for q in self._subs:
+            q.put_nowait(snap)
+
+    # -- RPC runners (each posts its result) -----------------------------------------
+    async def _grant(self, a: Action) -> None:
+        sent = self.clock()
+        try:
+            lease_id, ttl = await self.store.lease_grant(self._ttl, timeout=a.timeout)
+        except EtcdError as err:
+            log.info("lease grant failed: %s", err)
+            self._post(lambda m, now: m.lease_failed(now))
+            return
+        self._post(lambda m, now: m.lease_granted(now, lease_id, float(ttl), sent))
+
+    async def _campaign(self, a: Action) -> None:
+        lk = self.store.leader_key.encode()
+        value = self._own_record(0, a.lease_id).to_json().encode()
+        compare = [_eq(lk, rpc.Compare.CREATE, create_revision=0)]
+        success = [rpc.RequestOp(request_put=rpc.PutRequest(key=lk, value=value, lease=a.lease_id))]
+        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=lk))]
+        lid = a.lease_id
+        try:
+            resp = await self.store.txn(compare, success, failure, timeout=a.timeout)
+        except EtcdError as err:
+            log.info("campaign txn failed: %s", err)
+            self._post(lambda m, now: m.txn_failed(now, lid))
+            return
+        if resp.succeeded:
+            epoch = int(resp.header.revision)
+            self._post(lambda m, now: m.txn_won(now, lid, epoch))
+            return
+        kvs = resp.responses[0].response_range.kvs if resp.responses else []
+        record = _record(KV.from_pb(kvs[0])) if kvs else None
+        self._post(lambda m, now: m.txn_lost(now, lid, record))
+
+    async def _renew(self, a: Action) -> None:
+        sent = self.clock()
+        lid = a.lease_id
+        try:
+            ttl = await self.store.lease_keepalive(lid, timeout=a.timeout)
+        except EtcdError as err:
+            log.debug("keepalive failed: %s", err)
+            self._post(lambda m, now: m.renew_failed(now, lid))
+            return
+        self._post(lambda m, now: m.renew_ok(now, lid, sent, float(ttl)))
+
+    async def _verify(self, a: Action) -> None:
+        try:
+            kv, _ = await self.store.get(self.store.leader_key, timeout=max(0.2, self._ttl / 3))
+        except EtcdError:
+            self._post(lambda m, now: m.verify_failed(now))
+            return
+        record = _record(kv) if kv else None
+        self._post(lambda m, now: m.leader_observed(now, record))
+
+    async def _revoke(self, a: Action) -> None:
+        try:
+            await self.store.lease_revoke(a.lease_id, timeout=max(0.5, float(self._ttl)))
+        except EtcdError as err:
+            log.info("revoking lease %x failed (it will expire): %s", a.lease_id, err)
+
+    async def _publish_epoch(self, lease_id: int, epoch: int) -> None:
+        """Rewrite the leader value with its epoch, only if the key is still ours."""
+        lk = self.store.leader_key.encode()
+        value = self._own_record(epoch, lease_id).to_json().encode()
+        compare = [_eq(lk, rpc.Compare.CREATE, create_revision=epoch),
+                   _eq(lk, rpc.Compare.LEASE, lease=lease_id)]
+        ops = [rpc.RequestOp(request_put=rpc.PutRequest(key=lk, value=value, lease=lease_id))]
+        with contextlib.suppress(EtcdError):
+            await self.store.txn(compare, ops, timeout=max(0.5, float(self._ttl)))
+            hk, _ = await self.store.get(self.handover_key)
+            if hk is not None and _handover(hk)[0] == self.node.node_id:
+                await self.store.delete(self.handover_key)
+
+    async def _request_handover(self, a: Action) -> None:
+        body = json.dumps({"node_id": self.node.node_id, "priority": self.node.priority, "epoch": a.epoch})
+        with contextlib.suppress(EtcdError):
+            await self.store.put(self.handover_key, body)
+
+    # -- watching the leader key -----------------------------------------------------
+    async def _watch_leader(self) -> None:
+        backoff = Backoff()
+        lk = self.store.leader_key
+        while True:
+            try:
+                kvs, rev = await self.store.get_prefix(lk)
+                by_key = {kv.key: kv for kv in kvs}
+                self._observe(by_key.get(lk))
+                self._observe_handover(by_key.get(self.handover_key))
+                async for batch in self.store.watch(lk, prefix=True, start_revision=rev + 1):
+                    backoff.reset()
+                    for ev in batch.events:
+                        live = ev.kv if ev.kind is EventKind.PUT else None
+                        if ev.kv.key == lk:
+                            self._observe(live)
+                        elif ev.kv.key == self.handover_key:
+                            self._observe_handover(live)
+            except EtcdError as err:
+                delay = backoff.next()
+                log.info("leader watch interrupted (%s); re-reading in %.2fs", err, delay)
+                await asyncio.sleep(delay)
+
+    def _observe(self, kv: KV | None) -> None:
+        record = _record(kv) if kv is not None else None
+        self._post(lambda m, now: m.leader_observed(now, record))
+
+    def _observe_handover(self, kv: KV | None) -> None:
+        node_id, prio = _handover(kv) if kv is not None else ("", 0)
+        self._post(lambda m, now: m.handover_requested(now, node_id, prio))
+
+
+def _eq(key: bytes, target: Any, **value: int) -> Any:
+    return rpc.Compare(key=key, target=target, result=rpc.Compare.EQUAL, **value)
+
+
+def _record(kv: KV) -> LeaderRecord:
+    return LeaderRecord.from_json(kv.value, epoch=kv.create_revision, lease=kv.lease)
+
+
+def _handover(kv: KV) -> tuple[str, int]:
+    try:
+        obj = json.loads(kv.value)
+        return str(obj["node_id"]), int(obj.get("priority", 0))
+    except (ValueError, KeyError, TypeError):
+        return "", 0
+
+
+# ---------------------------------------------------------------------------- membership
+class Membership:
+    """Keep ``nodes/<id>`` (JSON `info`) alive with the node's own lease; re-register if lost."""
+
+    def __init__(self, store: EtcdStore, node_id: str, info: dict[str, Any], *, ttl: int = 5) -> None:
+        self.store, self.node_id, self.info, self.ttl = store, node_id, info, ttl
+        self.lease_id = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.store.connect()
+        self._task = asyncio.create_task(self._run(), name=f"membership-{self.node_id}")
+
+    async def update(self, **info: Any) -> None:
+        """Change the published info (e.g. ready: true)."""
+        self.info.update(info)
+        if self.lease_id:
+            with contextlib.suppress(EtcdError):
+                await self.store.put(self.store.node_key(self.node_id), json.dumps(self.info), self.lease_id)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.lease_id:
+            with contextlib.suppress(EtcdError):
+                await self.store.lease_revoke(self.lease_id)
+        self.lease_id = 0
+
+    async def _run(self) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                self.lease_id, granted = await self.store.lease_grant(self.ttl)
+                await self.store.put(self.store.node_key(self.node_id), json.dumps(self.info), self.lease_id)
+                await self._keepalive(granted)
+            except EtcdError as err:
+                log.info("membership of %s: %s", self.node_id, err)
+            self.lease_id = 0
+            await asyncio.sleep(backoff.next())
+
+    async def _keepalive(self, granted: int) -> None:
+        """Renew every TTL/3; return when the lease is gone or could have expired."""
+        last_ok = time.monotonic()
+        while time.monotonic() < last_ok + granted:
+            await asyncio.sleep(granted / 3)
+            sent = time.monotonic()
+            try:
+                if await self.store.lease_keepalive(self.lease_id, timeout=granted / 3) <= 0:
+                    return
+                last_ok = sent
+            except EtcdError:
+                continue
+
+
+async def members(store: EtcdStore) -> dict[str, dict[str, Any]]:
+    """node id -> published info for every live member."""
+    kvs, _ = await store.get_prefix(store.nodes_prefix)
+    out: dict[str, dict[str, Any]] = {}
+    for kv in kvs:
+        with contextlib.suppress(ValueError):
+            out[kv.key[len(store.nodes_prefix):]] = json.loads(kv.value)
+    return out

@@ -1,0 +1,621 @@
+"""The packet path: one frame in, at most one frame out (pure, single-threaded, no clock reads).
+
+Theory of operation
+-------------------
+:meth:`Director.handle` takes a frame received on one side (``EXT`` = clients, ``INT`` = real
+servers) and returns an :data:`Action` ``(out_side, frame)`` for the I/O layer to send, or
+``None`` when the frame is consumed (every such case is counted in :class:`DropCounters`). The
+steps, in order (the steady state of a flow -- parse, lookup, timer refresh, counters, NAT or DR
+rewrite -- is inlined in ``handle`` because every call costs on this path; everything else is a
+small method):
+
+1. **parse**: plain IPv4 TCP/UDP frames are read with one ``unpack_from`` (checksum fields
+   included, so the rewrite needs no second read); anything else (IP options, tiny frames, ICMP,
+   malformed) takes :func:`director.dataplane.packet.parse_ipv4`'s full checks; non-IPv4 -> ARP or drop.
+2. **ARP**: learn the sender into that side's neighbour cache; answer requests for owned
+   addresses (VIPs outside, NAT gateway addresses inside) from the virtual MAC, only if active.
+3. **guards**: ICMP goes to the ICMP step; "not active" (backup) drops; TTL <= 1 drops and
+   answers a client with ICMP time exceeded (rate-limited).
+4. **out-lookup** (frames from the inside): ``out_get`` finds a NAT reply -> state machine ->
+   counters -> rewrite source back to the VIP -> ``(EXT, frame)``.
+5. **in-lookup**: ``in_get``; a hit whose dest was removed follows ``expire_nodest_conn``.
+6. **miss**: find the service; TCP needs a SYN (or ``sloppy_until > now``: mid-flow after a
+   takeover), UDP any datagram; persistent services look up the template
+   (``ct_in_get(caddr & netmask, 0, vaddr, vport or 0)`` + ``check_template``) and reuse its
+   dest, else the service's scheduler picks one (and a template is created); then the conn is
+   created and attached to its template (``control_add``).
+7. **state**: ``director.table.proto_state.update`` (DR/TUN conns see one direction only); an
+   ESTABLISHED TCP conn hit by a plain ACK only needs its timer refreshed (fast path, same result).
+8. **count** ``in_pkts`` and per-service / per-dest packets and bytes.
+9. **transmit** by the conn's forwarding method (:mod:`director.dataplane.xmit`): NAT rewrites the
+   destination, DR the MACs, TUN encapsulates; out of the INT side.
+
+ICMP errors (dest unreachable incl. frag-needed, source quench, time exceeded) quoting a known
+flow are translated (NAT) or forwarded (DR/TUN) to the other side; other ICMP is dropped.
+A next hop whose MAC is unknown turns the packet into an ARP request (rate-limited) and a drop.
+Fragments are dropped (``FRAGMENT``) unless ``cfg.forward_fragments``: then they are forwarded
+without reassembly: a first fragment takes the normal path and leaves its ports in ``frags``
+(:class:`director.dataplane.packet.FragTable`); the later ones of that datagram follow its conn with only
+their IP header rewritten (``_fragment``).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass, field
+
+from director.dataplane.arp import (
+    ARP_REQUEST,
+    NeighCache,
+    arp_reply,
+    arp_request,
+    gratuitous_arp,
+    parse_arp,
+    vrrp_mac,
+)
+from director.dataplane.packet import (
+    ETH_P_ARP,
+    TH_ACK,
+    TH_FIN,
+    TH_RST,
+    TH_SYN,
+    Drop,
+    DropCounters,
+    FragTable,
+    IPv4Info,
+    parse_fragment,
+    parse_ipv4,
+)
+from director.dataplane.xmit import (
+    IP_DF,
+    dr_rewrite,
+    icmp_error,
+    icmp_quote,
+    ip_rewrite,
+    nat_icmp,
+    nat_rewrite,
+    tun_encap,
+)
+from director.services.service import Dest, ServiceTable, VirtualService
+from director.table import proto_state
+from director.table.conn import Conn, ConnTable
+from director.table.tcp import Direction, TcpState, Timeouts
+from director.types import Clock, ConnFlags, DestFlags
+
+log = logging.getLogger(__name__)
+
+EXT = 0
+"""Side facing the clients (the VIPs live here)."""
+INT = 1
+"""Side facing the real servers."""
+
+Action = tuple[int, bytes | bytearray]
+"""(out_side, frame): what the I/O layer sends."""
+
+_MASQ = int(ConnFlags.MASQ)
+_TUNNEL = int(ConnFlags.TUNNEL)
+_DROUTE = int(ConnFlags.DROUTE)
+_AVAILABLE = int(DestFlags.AVAILABLE)
+_ESTABLISHED = int(TcpState.ESTABLISHED)
+_ICMP_ERRORS = frozenset((3, 4, 11))
+_int_and = int.__and__  # dest.flags is an IntFlag: test bits without its Python-level __and__
+_FAST = struct.Struct("!12xHBxHxxHBBHIIHHHH4xBB2xH").unpack_from
+"""52 bytes: ethertype ver_ihl tot_len frag ttl proto ip_csum saddr daddr | sport dport, then at 38/40 the
+UDP length/checksum, at 46/47 the TCP data offset/flags and at 50 the TCP checksum (for the fast path)."""
+_IP_TAIL = struct.Struct("!BBHII").pack_into  # ttl proto csum saddr daddr at offset 22
+_PORTS_CSUM_UDP = struct.Struct("!HHHH").pack_into  # sport dport len csum at 34
+_PORTS = struct.Struct("!HH").pack_into
+_U16 = struct.Struct("!H").pack_into
+_U32_AT = struct.Struct("!I").unpack_from
+_IN = int(Direction.INPUT)
+_OUT = int(Direction.OUTPUT)
+
+
+@dataclass
+class CoreConfig:
+    """Node-level settings of the packet path."""
+
+    vmac: bytes = field(default_factory=lambda: vrrp_mac(1))
+    """Virtual MAC: source of every frame sent and the answer to ARP for owned addresses."""
+    ext_addr: int = 0
+    """The director's own address on the external side (sender of its ARP requests; 0 = probe)."""
+    int_addr: int = 0
+    """The director's own address on the internal side (ARP sender, IPIP outer source)."""
+    gw_addrs: frozenset[int] = frozenset()
+    """Addresses answered on the INT side: the real servers' default gateway for NAT."""
+    extra_vips: frozenset[int] = frozenset()
+    """Addresses answered on the EXT side besides the services' VIPs."""
+    ext_gateway: int = 0
+    """Router for clients not on the external subnet (0 = every client is on-link)."""
+    ext_net: int = 0
+    ext_prefixlen: int = 0
+    tun_src: int = 0
+    """Outer source address of IPIP packets (0 = int_addr)."""
+    mtu: int = 1500
+    """MTU of the internal side (TUN: bigger packets get frag-needed)."""
+    expire_nodest_conn: bool = False
+    expire_quiescent_template: bool = False
+    verify_ip_csum: bool = True
+    """Drop IPv4 headers with a bad checksum (BAD_IP_CSUM); read once, at Director creation."""
+    forward_fragments: bool = False
+    """Forward IP fragments without reassembly (see director.dataplane.packet); False: drop them all
+    (``FRAGMENT``). Read once, at Director creation."""
+    icmp_ratelimit: int = 100
+    """ICMP errors the director itself originates (time exceeded), at most per second."""
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+class Director:
+    """The whole packet path of one node over a :class:`ConnTable` and a :class:`ServiceTable`."""
+
+    def __init__(self, table: ConnTable, services: ServiceTable, clock: Clock, cfg: CoreConfig) -> None:
+        self.table = table
+        self.services = services
+        self.clock = clock
+        self.cfg = cfg
+        self.active = False
+        self.sloppy_until = 0.0
+        self.counters = DropCounters()
+        self.neigh = (NeighCache(cfg.vmac), NeighCache(cfg.vmac))
+        self.arp_replies = 0
+        self.frags = FragTable()
+        self._ipid = 0
+        self._icmp_window = 0.0
+        self._icmp_sent = 0
+        self._drops = self.counters.counts
+        self._int_hdr = self.neigh[INT].hdr
+        self._ext_hdr = self.neigh[EXT].hdr
+        self._in_get = table.in_get
+        self._out_get = table.out_get
+        self._refresh = table.refresh
+        self._update = proto_state.update
+        self._timeouts = cfg.timeouts
+        self._verify = cfg.verify_ip_csum
+        self._fwd_frags = cfg.forward_fragments
+
+    # ---- the hot path ---------------------------------------------------------------------
+
+    def handle(self, frame: bytearray, side: int) -> Action | None:
+        """Process one received frame; the returned action (if any) is to be sent."""
+        # Fast parse of the common case (Ethernet II, IPv4 without options, not a fragment, TCP or
+        # UDP header within the packet); everything else goes through parse_ipv4's full checks.
+        n = len(frame)
+        fast = False
+        if n >= 52:
+            (etype, ver_ihl, tot_len, frag, ttl, proto, ipsum, saddr, daddr, sport, dport, ulen, usum, doff,
+             tflags, tsum) = _FAST(frame, 0)
+            end = tot_len + 14
+            if etype == 0x800 and ver_ihl == 0x45 and not frag & 0x3FFF and 34 <= end <= n and (
+                    not self._verify or not int.from_bytes(frame[14:34], "big") % 0xFFFF):
+                if proto == 6:
+                    fast = end >= 54 and doff >= 0x50 and (doff >> 4) * 4 <= tot_len - 20
+                elif proto == 17:
+                    fast = 8 <= ulen <= tot_len - 20
+                    tflags = 0
+        if fast:
+            l4 = 34
+            if ttl <= 1 or not self.active:
+                return self._guard(frame, side, (proto, saddr, sport, daddr, dport, l4, end, ttl, tflags))
+        else:
+            r = parse_ipv4(frame, self._verify, self._fwd_frags)
+            if isinstance(r, Drop):
+                return self._not_ip(frame, side, r)
+            proto, saddr, sport, daddr, dport, l4, end, ttl, tflags = r
+            if proto == 1 or ttl <= 1 or not self.active:
+                return self._guard(frame, side, r)
+            if frame[20] & 0x20:  # a first fragment: its ports, for the fragments that follow
+                self.frags.remember((proto, saddr, daddr, frame[18] << 8 | frame[19]), sport, dport,
+                                    self.clock())
+        tmo = self._timeouts
+        if side:  # from the real servers: a NAT reply?
+            conn = self._out_get(proto, saddr, sport, daddr, dport)
+            if conn is not None and not conn.flags & 7:
+                dest = conn.dest
+                if dest is not None:
+                    n = end - 14
+                    c = dest.counters
+                    c.outpkts += 1
+                    c.outbytes += n
+                    c = dest.svc.counters
+                    c.outpkts += 1
+                    c.outbytes += n
+                if proto == 6:
+                    if conn.state == _ESTABLISHED and tflags & 0x17 == 0x10 and conn.timeout == tmo.tcp[1]:
+                        self._refresh(conn)  # ES + plain ACK -> ES with the same timeout: timer only
+                    else:
+                        self._update(self.table, conn, _OUT, tflags, tmo)
+                elif conn.timeout == tmo.udp:
+                    self._refresh(conn)
+                else:
+                    self._update(self.table, conn, _OUT, tflags, tmo)
+                hdr = self._ext_hdr.get(daddr)  # daddr == conn.caddr (out_get matched it)
+                if hdr is None or not fast:
+                    return self._ext_miss(frame, hdr, daddr, (proto, saddr, sport, daddr, dport, l4, end, ttl,
+                                                              tflags), conn)
+                # nat_rewrite(..., 26, 0, saddr, vaddr, sport, vport) inlined, fewest writes
+                na = conn.vaddr
+                np = conn.vport
+                frame[0:12] = hdr
+                da = na - saddr
+                _IP_TAIL(frame, 22, ttl - 1, proto, (ipsum - da + 0x100) % 0xFFFF, na, daddr)
+                if proto == 6:
+                    _PORTS(frame, 34, np, dport)
+                    _U16(frame, 50, (tsum - da - np + sport) % 0xFFFF)
+                else:
+                    _PORTS_CSUM_UDP(frame, 34, np, dport, ulen,
+                                    ((usum - da - np + sport) % 0xFFFF or 0xFFFF) if usum else 0)
+                return EXT, frame
+        conn = self._in_get(proto, saddr, sport, daddr, dport)
+        if conn is None:
+            conn = self._miss(frame, side, (proto, saddr, sport, daddr, dport, l4, end, ttl, tflags))
+            if conn is None:
+                return None
+        dest = conn.dest
+        if dest is not None:
+            if not _int_and(dest.flags, _AVAILABLE):
+                return self._nodest(frame, side, conn, (proto, saddr, sport, daddr, dport, l4, end, ttl,
+                                                        tflags))
+            n = end - 14
+            c = dest.counters
+            c.inpkts += 1
+            c.inbytes += n
+            c = dest.svc.counters
+            c.inpkts += 1
+            c.inbytes += n
+        conn.in_pkts += 1
+        if not side and saddr not in self._ext_hdr:  # e.g. a conn synced from the old master
+            self.neigh[EXT].learn(saddr, bytes(frame[6:12]), self.clock())
+        if proto == 6:
+            if conn.state == _ESTABLISHED and tflags & 0x17 == 0x10 and conn.timeout == tmo.tcp[1]:
+                self._refresh(conn)
+            else:
+                self._update(self.table, conn, _IN, tflags, tmo)
+        elif conn.timeout == tmo.udp:
+            self._refresh(conn)
+        else:
+            self._update(self.table, conn, _IN, tflags, tmo)
+        fwd = conn.flags & 7
+        if fwd == _MASQ:
+            na = conn.daddr
+            hdr = self._int_hdr.get(na)
+            if hdr is None:
+                return self._neigh_miss(INT, na, dest)
+            np = conn.dport
+            if not fast:
+                nat_rewrite(frame, hdr, ttl, l4, proto, 30, 2, daddr, na, dport, np)
+                return INT, frame
+            # nat_rewrite(..., 30, 2, daddr, conn.daddr, dport, conn.dport) inlined, fewest writes
+            frame[0:12] = hdr
+            da = na - daddr
+            _IP_TAIL(frame, 22, ttl - 1, proto, (ipsum - da + 0x100) % 0xFFFF, saddr, na)
+            if proto == 6:
+                _PORTS(frame, 34, sport, np)
+                _U16(frame, 50, (tsum - da - np + dport) % 0xFFFF)
+            else:
+                _PORTS_CSUM_UDP(frame, 34, sport, np, ulen,
+                                ((usum - da - np + dport) % 0xFFFF or 0xFFFF) if usum else 0)
+            return INT, frame
+        return self._xmit_other(frame, conn, fwd, (proto, saddr, sport, daddr, dport, l4, end, ttl, tflags))
+
+    def _ext_miss(self, frame: bytearray, hdr: bytes | None, caddr: int, r: IPv4Info, conn: Conn
+                  ) -> Action | None:
+        """NAT reply (slow parse, or the client has no neighbour entry: route via the gateway or
+        ARP for it)."""
+        if hdr is None:
+            hdr = self._ext_route(caddr)
+            if hdr is None:
+                return self._neigh_miss(EXT, self._ext_nexthop(caddr), None)
+        proto, saddr, sport, _daddr, _dport, l4, _end, ttl, _tflags = r
+        nat_rewrite(frame, hdr, ttl, l4, proto, 26, 0, saddr, conn.vaddr, sport, conn.vport)
+        return EXT, frame
+
+    # ---- new connections ------------------------------------------------------------------
+
+    def _miss(self, frame: bytearray, side: int, r: IPv4Info) -> Conn | None:
+        """No entry: schedule and create one if this packet may open a conn; else count a drop."""
+        proto, saddr, sport, daddr, dport, _l4, _end, _ttl, tflags = r
+        svc = self.services.get(proto, daddr, dport)
+        if svc is None:
+            self._drops[Drop.NO_SERVICE] += 1
+            return None
+        if proto == 6 and not self._may_open(tflags):
+            return None
+        conn = self._schedule(svc, proto, saddr, sport, daddr, dport)
+        if conn is not None:
+            self.neigh[side].learn(saddr, bytes(frame[6:12]), self.clock())
+        return conn
+
+    def _may_open(self, tflags: int) -> bool:
+        """TCP: a SYN without ACK opens a conn; any non-RST segment does while sloppy."""
+        if tflags & TH_RST:
+            self._drops[Drop.RST_NO_CONN] += 1
+            return False
+        if tflags & (TH_SYN | TH_ACK | TH_FIN) == TH_SYN or self.sloppy_until > self.clock():
+            return True
+        self._drops[Drop.NO_CONN] += 1
+        return False
+
+    def _schedule(self, svc: VirtualService, proto: int, caddr: int, cport: int, vaddr: int,
+                  vport: int) -> Conn | None:
+        """Pick a dest (persistence template first) and create the conn (ip_vs_schedule)."""
+        template: Conn | None = None
+        if svc.persistent:
+            template = self._template(svc, proto, caddr, cport, vaddr, vport)
+            dest = template.dest if template is not None else None
+        else:
+            dest = svc.scheduler.schedule(svc.dests, caddr, cport)
+        if dest is None:
+            self._drops[Drop.NO_DEST] += 1
+            return None
+        dport = dest.port or vport
+        conn = self.table.new(proto, caddr, cport, vaddr, vport, dest.addr, dport, dest.conn_flags, dest,
+                              control=template)
+        if template is not None:
+            self.table.refresh(template, svc.timeout)
+        dest.counters.conns += 1
+        svc.counters.conns += 1
+        return conn
+
+    def _template(self, svc: VirtualService, proto: int, caddr: int, cport: int, vaddr: int,
+                  vport: int) -> Conn | None:
+        """The persistence template of this client network (ip_vs_sched_persist); None: no dest."""
+        snet = caddr & svc.netmask
+        tvport = vport if svc.port else 0
+        table = self.table
+        ct = table.ct_in_get(proto, snet, 0, vaddr, tvport)
+        if ct is not None and ct.dest is not None and table.check_template(
+                ct, svc.expire_quiescent_template or self.cfg.expire_quiescent_template):
+            return ct
+        dest = svc.scheduler.schedule(svc.dests, caddr, cport)
+        if dest is None:
+            return None
+        tdport = dest.port if svc.port else 0
+        return table.new(proto, snet, 0, vaddr, tvport, dest.addr, tdport,
+                         ConnFlags.TEMPLATE | dest.conn_flags, dest, timeout=svc.timeout)
+
+    def _nodest(self, frame: bytearray, side: int, conn: Conn, r: IPv4Info) -> Action | None:
+        """The conn's dest was removed: drop; with expire_nodest_conn expire it and reschedule
+        if the packet may open a new conn (like current IPVS)."""
+        dest = conn.dest
+        per_svc = dest is not None and dest.svc.expire_nodest_conn
+        if not (per_svc or self.cfg.expire_nodest_conn) or not self.table.expire(conn):
+            self._drops[Drop.DEST_UNAVAILABLE] += 1
+            return None
+        proto, _s, _sp, _d, _dp, _l4, _end, _ttl, tflags = r
+        if proto == 6 and tflags & (TH_SYN | TH_ACK | TH_RST | TH_FIN) != TH_SYN:
+            self._drops[Drop.DEST_UNAVAILABLE] += 1
+            return None
+        if self._in_get(r[0], r[1], r[2], r[3], r[4]) is not None:  # still there: give up
+            self._drops[Drop.DEST_UNAVAILABLE] += 1
+            return None
+        return self.handle(frame, side)
+
+    # ---- transmitters other than NAT in ----------------------------------------------------
+
+    def _xmit_other(self, frame: bytearray, conn: Conn, fwd: int, r: IPv4Info) -> Action | None:
+        ttl = r[7]
+        hdr = self._int_hdr.get(conn.daddr)
+        if hdr is None:
+            return self._neigh_miss(INT, conn.daddr, conn.dest)
+        if fwd == _DROUTE:
+            dr_rewrite(frame, hdr, ttl)
+            return INT, frame
+        if fwd == _TUNNEL:
+            return self._tun(frame, conn, hdr, r)
+        self._drops[Drop.NO_DEST] += 1  # LOCALNODE / BYPASS: nothing to forward to
+        return None
+
+    def _tun(self, frame: bytearray, conn: Conn, hdr: bytes, r: IPv4Info) -> Action | None:
+        end = r[6]
+        if end - 14 + 20 > self.cfg.mtu:
+            return self._too_big(frame, r)
+        self._ipid = (self._ipid + 1) & 0xFFFF
+        src = self.cfg.tun_src or self.cfg.int_addr
+        return INT, tun_encap(frame, end, hdr, r[7], src, conn.daddr, self._ipid)
+
+    def _too_big(self, frame: bytearray, r: IPv4Info) -> Action | None:
+        """TUN would exceed the MTU: frag-needed to the client if DF is set, else drop."""
+        self._drops[Drop.TOO_BIG] += 1
+        saddr, daddr, end = r[1], r[3], r[6]
+        if not (frame[20] << 8) & IP_DF:
+            return None
+        hdr = self._ext_hdr.get(saddr) or self._ext_route(saddr)
+        if hdr is None:
+            return None
+        mtu = self.cfg.mtu - 20
+        return EXT, icmp_error(hdr, daddr, saddr, 3, 4, mtu, memoryview(frame)[14:end])
+
+    # ---- neighbours ------------------------------------------------------------------------
+
+    def _ext_nexthop(self, addr: int) -> int:
+        cfg = self.cfg
+        if cfg.ext_gateway and cfg.ext_prefixlen:
+            mask = (0xFFFFFFFF << (32 - cfg.ext_prefixlen)) & 0xFFFFFFFF
+            if addr & mask != cfg.ext_net & mask:
+                return cfg.ext_gateway
+        return addr
+
+    def _ext_route(self, addr: int) -> bytes | None:
+        """Ethernet prefix towards ``addr`` through its next hop (gateway for off-link clients)."""
+        nh = self._ext_nexthop(addr)
+        return self._ext_hdr.get(nh) if nh != addr else None
+
+    def _neigh_miss(self, side: int, addr: int, dest: Dest | None) -> Action | None:
+        """No MAC for the next hop: use the dest's configured MAC, else send an ARP request."""
+        neigh = self.neigh[side]
+        now = self.clock()
+        if dest is not None and dest.mac is not None and dest.addr == addr:
+            neigh.learn(addr, dest.mac, now)
+        self._drops[Drop.NO_NEIGH] += 1
+        if not neigh.should_probe(addr, now):
+            return None
+        own = self.cfg.int_addr if side == INT else self.cfg.ext_addr
+        return side, arp_request(self.cfg.vmac, own, addr)
+
+    # ---- slow paths: not IPv4, ARP, guards, ICMP ------------------------------------------
+
+    def _not_ip(self, frame: bytearray, side: int, reason: Drop) -> Action | None:
+        if reason == Drop.NOT_IPV4 and len(frame) >= 14 and frame[12] << 8 | frame[13] == ETH_P_ARP:
+            return self._arp(frame, side)
+        if reason == Drop.FRAGMENT and self._fwd_frags:
+            return self._fragment(frame, side)
+        self._drops[reason] += 1
+        return None
+
+    def _fragment(self, frame: bytearray, side: int) -> Action | None:
+        """A non-first fragment: find its flow by the ports its first fragment had, then rewrite
+        the IP header only (NAT), the MACs (DR) or encapsulate it (TUN)."""
+        f = parse_fragment(frame)
+        proto, saddr, daddr = frame[23], _U32_AT(frame, 26)[0], _U32_AT(frame, 30)[0]
+        ports = self.frags.ports((proto, saddr, daddr, f[0]), self.clock()) if f is not None else None
+        if f is None or ports is None or not self.active or f[2] <= 1:
+            reason = Drop.FRAGMENT if ports is None else Drop.NOT_ACTIVE if not self.active else (
+                Drop.TTL_EXCEEDED)
+            self._drops[reason] += 1
+            return None
+        _ipid, _frag, ttl, end = f
+        sport, dport = ports
+        r = (proto, saddr, sport, daddr, dport, 0, end, ttl, 0)
+        conn = self._out_get(proto, saddr, sport, daddr, dport) if side else None
+        if conn is not None and conn.flags & 7 == _MASQ:
+            hdr = self._ext_hdr.get(daddr) or self._ext_route(daddr)
+            if hdr is None:
+                return self._neigh_miss(EXT, self._ext_nexthop(daddr), None)
+            self._count(conn, end - 14, False)
+            ip_rewrite(frame, hdr, ttl, 26, saddr, conn.vaddr)
+            return EXT, frame
+        conn = self._in_get(proto, saddr, sport, daddr, dport)
+        if conn is None or (conn.dest is not None and not _int_and(conn.dest.flags, _AVAILABLE)):
+            self._drops[Drop.FRAGMENT if conn is None else Drop.DEST_UNAVAILABLE] += 1
+            return None
+        self._count(conn, end - 14, True)
+        fwd = conn.flags & 7
+        if fwd != _MASQ:
+            return self._xmit_other(frame, conn, fwd, r)
+        hdr = self._int_hdr.get(conn.daddr)
+        if hdr is None:
+            return self._neigh_miss(INT, conn.daddr, conn.dest)
+        ip_rewrite(frame, hdr, ttl, 30, daddr, conn.daddr)
+        return INT, frame
+
+    def owned(self, side: int) -> set[int] | frozenset[int]:
+        """Addresses this node answers ARP for on ``side`` while active."""
+        if side == INT:
+            return self.cfg.gw_addrs
+        return self.services.vaddrs() | self.cfg.extra_vips
+
+    def _arp(self, frame: bytearray, side: int) -> Action | None:
+        a = parse_arp(frame)
+        if a is None:
+            self._drops[Drop.ARP_IGNORED] += 1
+            return None
+        op, sha, spa, _tha, tpa = a
+        owned = self.owned(side)
+        if spa and spa not in owned:
+            self.neigh[side].learn(spa, sha, self.clock())
+        if op != ARP_REQUEST:
+            return None
+        if tpa not in owned or spa == tpa:
+            self._drops[Drop.ARP_IGNORED] += 1
+            return None
+        if not self.active:
+            self._drops[Drop.NOT_ACTIVE] += 1
+            return None
+        self.arp_replies += 1
+        return side, arp_reply(self.cfg.vmac, tpa, sha, spa)
+
+    def _guard(self, frame: bytearray, side: int, r: IPv4Info) -> Action | None:
+        if not self.active:
+            self._drops[Drop.NOT_ACTIVE] += 1
+            return None
+        if r[7] <= 1:
+            self._drops[Drop.TTL_EXCEEDED] += 1
+            return self._time_exceeded(frame, side, r)
+        return self._icmp(frame, side, r)
+
+    def _time_exceeded(self, frame: bytearray, side: int, r: IPv4Info) -> Action | None:
+        """ICMP time exceeded to a client whose packet to a VIP ran out of TTL (like IPVS's
+        decrement_ttl), at most ``icmp_ratelimit`` per second; never about ICMP, never inside."""
+        proto, saddr, _sport, daddr, dport, _l4, end, _ttl, _ = r
+        if side != EXT or proto == 1 or self.services.get(proto, daddr, dport) is None:
+            return None
+        now = self.clock()
+        if now - self._icmp_window >= 1.0:
+            self._icmp_window = now
+            self._icmp_sent = 0
+        if self._icmp_sent >= self.cfg.icmp_ratelimit:
+            return None
+        hdr = self._ext_hdr.get(saddr) or self._ext_route(saddr)
+        if hdr is None:
+            return None
+        self._icmp_sent += 1
+        return EXT, icmp_error(hdr, self.cfg.ext_addr or daddr, saddr, 11, 0, 0, memoryview(frame)[14:end])
+
+    def _icmp(self, frame: bytearray, side: int, r: IPv4Info) -> Action | None:
+        """ICMP errors about a known flow: translate (NAT) or forward (DR/TUN) to the other side."""
+        _p, _saddr, icmp_type, _daddr, _code, l4, end, ttl, _ = r
+        q = icmp_quote(frame, l4, end) if icmp_type in _ICMP_ERRORS else None
+        if q is None:
+            self._drops[Drop.ICMP_UNRELATED] += 1
+            return None
+        qproto, qsaddr, qsport, qdaddr, qdport, ql4 = q
+        # From the servers' side: the quote is client -> dest (what the dest received).
+        conn = self._out_get(qproto, qdaddr, qdport, qsaddr, qsport)
+        if conn is not None and conn.flags & 7 == _MASQ:
+            hdr = self._ext_hdr.get(conn.caddr) or self._ext_route(conn.caddr)
+            if hdr is None:
+                return self._neigh_miss(EXT, self._ext_nexthop(conn.caddr), None)
+            self._count(conn, end - 14, False)
+            nat_icmp(frame, hdr, ttl, l4, end, ql4, qproto, True, conn.vaddr, conn.vport, 0, 0)
+            return EXT, frame
+        # From the clients' side: the quote is VIP -> client (a reply we sent).
+        conn = self._in_get(qproto, qdaddr, qdport, qsaddr, qsport)
+        if conn is None:
+            self._drops[Drop.ICMP_UNRELATED] += 1
+            return None
+        self._count(conn, end - 14, True)
+        fwd = conn.flags & 7
+        if fwd != _MASQ:
+            return self._xmit_other(frame, conn, fwd, r)
+        hdr = self._int_hdr.get(conn.daddr)
+        if hdr is None:
+            return self._neigh_miss(INT, conn.daddr, conn.dest)
+        nat_icmp(frame, hdr, ttl, l4, end, ql4, qproto, False, 0, 0, conn.daddr, conn.dport)
+        return INT, frame
+
+    @staticmethod
+    def _count(conn: Conn, n: int, inbound: bool) -> None:
+        dest = conn.dest
+        if dest is None:
+            return
+        for c in (dest.counters, dest.svc.counters):
+            if inbound:
+                c.inpkts += 1
+                c.inbytes += n
+            else:
+                c.outpkts += 1
+                c.outbytes += n
+
+    # ---- role ------------------------------------------------------------------------------
+
+    def set_active(self, active: bool) -> list[Action]:
+        """Become master (returns the gratuitous ARPs to send) or backup (returns nothing)."""
+        was = self.active
+        self.active = active
+        if active and not was:
+            log.info("director active: announcing %d addresses", len(self.owned(EXT)) + len(self.owned(INT)))
+            return self.garp_actions()
+        if was and not active:
+            log.info("director inactive: no more ARP answers, no forwarding")
+        return []
+
+    def garp_actions(self) -> list[Action]:
+        """Gratuitous ARPs for every owned address, both sides (sent on takeover)."""
+        vmac = self.cfg.vmac
+        out: list[Action] = [(EXT, gratuitous_arp(vmac, ip)) for ip in sorted(self.owned(EXT))]
+        out += [(INT, gratuitous_arp(vmac, ip)) for ip in sorted(self.owned(INT))]
+        return out
+
+
+__all__ = ["EXT", "INT", "Action", "CoreConfig", "Director"]

@@ -1,0 +1,421 @@
+"""AF_PACKET sockets for the data plane: a TPACKET_V3 receive ring, a TX ring, optional fanout.
+
+Theory of operation
+-------------------
+One :class:`PacketSocket` per interface: an ``ETH_P_ALL`` AF_PACKET socket bound to it (bound to all
+ethertypes so it taps frames before netdev ingress, where the lab drops VIP traffic for the kernel),
+with ``PACKET_IGNORE_OUTGOING`` so it never re-receives frames sent on that interface (by itself or by
+a sibling worker) and ``PACKET_QDISC_BYPASS`` for sends.
+
+Receive: a TPACKET_V3 ring (``PACKET_RX_RING``) of ``block_count`` blocks. The kernel fills a block
+and hands it over (``TP_STATUS_USER``) when it is full or its retire timeout expires; :meth:`recv_batch`
+walks every ready block, copies each frame into a ``bytearray`` (the packet path rewrites in place),
+and gives the block back. Each packet header carries ``tp_status``; ``TP_STATUS_CSUMNOTREADY`` means
+the sender's stack left the L4 checksum to offload (veth, and real NICs on locally generated traffic):
+the field holds only the pseudo-header sum, so :func:`..checksum.fix_partial_csum` completes it
+before the director patches it incrementally. Without a ring (``ring=None``) the same information comes
+from ``PACKET_AUXDATA`` control messages of ``recvmsg`` (slower; kept to compare and as a fallback).
+
+Send: a :class:`TxRing` (PACKET_TX_RING, TPACKET_V2) per interface takes the frames of a batch into
+its slots and one ``send()`` hands them all to the kernel. :meth:`PacketSocket.drain` walks the RX
+ring and calls the handler frame by frame without building a list. Measured in the lab (bench_fwd,
+one director core, same run, medians of 3): plain recvmsg + send 109k pps, RX ring 159k, RX + TX
+ring 184k (the kernel's DNAT reached 343k in that run).
+
+Fanout: ``fanout`` joins a PACKET_FANOUT group so several worker processes share an interface;
+``FANOUT_CBPF_SRC``/``FANOUT_CBPF_DST`` select the worker by the client address (source on the
+external side, destination on the internal side) so both directions of a NAT flow, and all flows of
+one client (persistence), land on the same worker. Fanout programs see the frame from its network
+header on, so their offsets are IP-header offsets.
+
+:func:`blocking_loop` is the same loop without asyncio: poll both rings, hand frames to a handler,
+send what it returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import mmap
+import select
+import socket
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from director.dataplane.checksum import fix_partial_csum
+
+log = logging.getLogger(__name__)
+
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_RX_RING = 5
+PACKET_STATISTICS = 6
+PACKET_AUXDATA = 8
+PACKET_VERSION = 10
+PACKET_FANOUT = 18
+PACKET_QDISC_BYPASS = 20
+PACKET_FANOUT_DATA = 22
+PACKET_IGNORE_OUTGOING = 23
+PACKET_MR_PROMISC = 1
+TPACKET_V2 = 1
+TPACKET_V3 = 2
+PACKET_TX_RING = 13
+ETH_P_ALL = 0x0003
+ETH_P_ARP = 0x0806
+SO_ATTACH_FILTER = 26
+
+TP_STATUS_KERNEL = 0
+TP_STATUS_USER = 1
+TP_STATUS_AVAILABLE = 0
+TP_STATUS_SEND_REQUEST = 1
+TP_STATUS_CSUMNOTREADY = 1 << 3
+
+PACKET_FANOUT_HASH = 0
+PACKET_FANOUT_LB = 1
+PACKET_FANOUT_CPU = 2
+PACKET_FANOUT_CBPF = 6
+FANOUT_CBPF_SRC = "cbpf-src"
+FANOUT_CBPF_DST = "cbpf-dst"
+
+_BLOCK_HDR = struct.Struct("=III")      # block_status, num_pkts, offset_to_first_pkt (at block + 8)
+_PKT_HDR = struct.Struct("=I8xIIIH")    # tp_next_offset, tp_snaplen, tp_len, tp_status, tp_mac
+_U32 = struct.Struct("=I")
+_TX_HDR = struct.Struct("=II")           # tpacket2_hdr: tp_status, tp_len
+_AUXDATA = struct.Struct("=IIIHHHH")    # tp_status, tp_len, tp_snaplen, tp_mac, tp_net, vlan_tci, tpid
+_REQ3 = struct.Struct("=7I")
+_STATS_V3 = struct.Struct("=III")
+
+
+Handler = Callable[[bytearray, int], "tuple[int, bytes | bytearray] | None"]
+"""``Director.handle``: a frame and the side it came from in, ``(out_side, frame)`` or None out."""
+
+
+@dataclass(frozen=True)
+class RingSpec:
+    """TPACKET_V3 ring geometry. 64 x 256 KiB absorbs a long burst; 2 ms retire timeout."""
+
+    block_size: int = 1 << 18
+    block_count: int = 64
+    frame_size: int = 2048
+    retire_ms: int = 2
+
+
+@dataclass(frozen=True)
+class Fanout:
+    """PACKET_FANOUT membership: ``group`` id (per interface), ``mode`` a PACKET_FANOUT_* int or a
+    FANOUT_CBPF_* name selecting the worker by client address."""
+
+    group: int
+    mode: int | str = PACKET_FANOUT_HASH
+
+
+class PacketSocket:
+    """An AF_PACKET socket bound to one interface; see the module docstring."""
+
+    def __init__(self, ifname: str, *, ring: RingSpec | None = RingSpec(), fanout: Fanout | None = None,
+                 promisc: bool = False, qdisc_bypass: bool = True, rcvbuf: int = 8 << 20,
+                 ethertype: int = ETH_P_ALL, drop_arp: bool = False) -> None:
+        self.ifname = ifname
+        self.csum_fixed = 0
+        """Frames received CHECKSUM_PARTIAL whose L4 checksum this socket completed."""
+        self.ethertype = ethertype
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        self._ring: mmap.mmap | None = None
+        self._mv: memoryview | None = None
+        self._block = 0
+        try:
+            if drop_arp:
+                attach_filter(self.sock, _cbpf_not_arp())
+            self._setup(ring, fanout, promisc, qdisc_bypass, rcvbuf)
+        except BaseException:
+            self.close()
+            raise
+        self.ifindex = socket.if_nametoindex(ifname)
+        self.mac = read_mac(ifname)
+        self.send = self.sock.send
+        self.recv_batch: Callable[[int], list[bytearray]] = (
+            self._recv_ring if self._ring is not None else self._recv_plain)
+
+    def _setup(self, ring: RingSpec | None, fanout: Fanout | None, promisc: bool, qdisc_bypass: bool,
+               rcvbuf: int) -> None:
+        s = self.sock
+        s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        if qdisc_bypass:
+            s.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+        if ring is not None:
+            self._map_ring(ring)
+        else:
+            s.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+            s.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE (root)
+        s.bind((self.ifname, self.ethertype))
+        s.setblocking(False)
+        if promisc:
+            mreq = struct.pack("=iHH8s", socket.if_nametoindex(self.ifname), PACKET_MR_PROMISC, 0, b"")
+            s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+        if fanout is not None:
+            join_fanout(s, fanout)
+
+    def _map_ring(self, spec: RingSpec) -> None:
+        s = self.sock
+        s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+        frame_nr = spec.block_size // spec.frame_size * spec.block_count
+        req = _REQ3.pack(spec.block_size, spec.block_count, spec.frame_size, frame_nr, spec.retire_ms, 0, 0)
+        s.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+        self._ring = mmap.mmap(s.fileno(), spec.block_size * spec.block_count,
+                               mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._mv = memoryview(self._ring)
+        self._block_size = spec.block_size
+        self._block_count = spec.block_count
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def _recv_ring(self, max_blocks: int = 64) -> list[bytearray]:
+        """Every frame of the ready blocks (up to ``max_blocks``), checksums completed; never blocks."""
+        mv = self._mv
+        assert mv is not None
+        out: list[bytearray] = []
+        append = out.append
+        unpack_pkt = _PKT_HDR.unpack_from
+        bsize = self._block_size
+        for _ in range(max_blocks):
+            base = self._block * bsize
+            status, num, off = _BLOCK_HDR.unpack_from(mv, base + 8)
+            if not status & TP_STATUS_USER:
+                break
+            pos = base + off
+            for _ in range(num):
+                nxt, snaplen, _len, pstatus, mac = unpack_pkt(mv, pos)
+                start = pos + mac
+                frame = bytearray(mv[start:start + snaplen])
+                if pstatus & TP_STATUS_CSUMNOTREADY and fix_partial_csum(frame):
+                    self.csum_fixed += 1
+                append(frame)
+                pos += nxt
+            _U32.pack_into(mv, base + 8, TP_STATUS_KERNEL)
+            self._block = (self._block + 1) % self._block_count
+        return out
+
+    def drain(self, handler: Handler, side: int, sends: Sequence[Callable[[bytes | bytearray], int]],
+              max_blocks: int = 64) -> tuple[int, int]:
+        """Hand every ready frame to ``handler(frame, side)`` and send what it returns on
+        ``sends[out_side]``, straight from the ring (no intermediate list); never blocks.
+        Returns (frames handled, errors). A handler or send error is counted, never raised."""
+        if self._mv is None:
+            return self._drain_plain(handler, side, sends)
+        mv = self._mv
+        unpack_pkt = _PKT_HDR.unpack_from
+        bsize = self._block_size
+        handled = errors = 0
+        for _ in range(max_blocks):
+            base = self._block * bsize
+            status, num, pos = _BLOCK_HDR.unpack_from(mv, base + 8)
+            if not status & TP_STATUS_USER:
+                break
+            pos += base
+            for _ in range(num):
+                nxt, snaplen, _len, pstatus, mac = unpack_pkt(mv, pos)
+                start = pos + mac
+                frame = bytearray(mv[start:start + snaplen])
+                pos += nxt
+                if pstatus & TP_STATUS_CSUMNOTREADY and fix_partial_csum(frame):
+                    self.csum_fixed += 1
+                try:
+                    act = handler(frame, side)
+                    if act is not None:
+                        sends[act[0]](act[1])
+                except Exception:  # a packet-path bug or a send error must not stop the batch
+                    errors += 1
+                    if errors == 1:
+                        log.exception("frame from %s: handler or send failed", self.ifname)
+            handled += num
+            _U32.pack_into(mv, base + 8, TP_STATUS_KERNEL)
+            self._block = (self._block + 1) % self._block_count
+        return handled, errors
+
+    def _drain_plain(self, handler: Handler, side: int,
+                     sends: Sequence[Callable[[bytes | bytearray], int]]) -> tuple[int, int]:
+        frames = self._recv_plain()
+        errors = 0
+        for frame in frames:
+            try:
+                act = handler(frame, side)
+                if act is not None:
+                    sends[act[0]](act[1])
+            except Exception:
+                errors += 1
+                if errors == 1:
+                    log.exception("frame from %s: handler or send failed", self.ifname)
+        return len(frames), errors
+
+    def _recv_plain(self, max_frames: int = 256) -> list[bytearray]:
+        """Up to ``max_frames`` frames by ``recvmsg`` with PACKET_AUXDATA; never blocks."""
+        out: list[bytearray] = []
+        recvmsg = self.sock.recvmsg
+        space = socket.CMSG_SPACE(_AUXDATA.size)
+        for _ in range(max_frames):
+            try:
+                data, anc, _flags, _addr = recvmsg(65536, space)
+            except BlockingIOError:
+                break
+            frame = bytearray(data)
+            for level, kind, cdata in anc:
+                if (level == SOL_PACKET and kind == PACKET_AUXDATA and len(cdata) >= 4
+                        and _U32.unpack_from(cdata)[0] & TP_STATUS_CSUMNOTREADY and fix_partial_csum(frame)):
+                    self.csum_fixed += 1
+            out.append(frame)
+        return out
+
+    def stats(self) -> tuple[int, int]:
+        """(packets, drops) counted by the kernel since the previous call."""
+        raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS_V3.size)
+        packets, drops, _ = _STATS_V3.unpack_from(raw.ljust(_STATS_V3.size, b"\0"))
+        return packets, drops
+
+    def close(self) -> None:
+        if self._mv is not None:
+            self._mv.release()
+            self._mv = None
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        self.sock.close()
+
+
+class TxRing:
+    """A PACKET_TX_RING (TPACKET_V2) on its own socket bound to ``ifname``: :meth:`send` copies a
+    frame into the next free slot, :meth:`flush` hands every queued slot to the kernel with one
+    ``send()``. A full ring flushes; if the slot is still busy the frame goes out by plain ``send``."""
+
+    HDR = 32  # TPACKET_ALIGN(sizeof(struct tpacket2_hdr)): frame data offset in a slot
+
+    def __init__(self, ifname: str, frame_size: int = 2048, frame_nr: int = 1024) -> None:
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        s = self.sock
+        s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+        s.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+        block = 1 << 16  # a multiple of the page size holding whole slots
+        s.setsockopt(SOL_PACKET, PACKET_TX_RING,
+                     struct.pack("=4I", block, frame_size * frame_nr // block, frame_size, frame_nr))
+        s.bind((ifname, 0))
+        self._ring = mmap.mmap(s.fileno(), frame_size * frame_nr, mmap.MAP_SHARED,
+                               mmap.PROT_READ | mmap.PROT_WRITE)
+        self._mv = memoryview(self._ring)
+        self._fsize = frame_size
+        self._nr = frame_nr
+        self._slot = 0
+        self._queued = 0
+        self._max = frame_size - self.HDR
+        self.fallback = 0
+
+    def send(self, frame: bytes | bytearray) -> int:
+        n = len(frame)
+        off = self._slot * self._fsize
+        mv = self._mv
+        if _U32.unpack_from(mv, off)[0] != TP_STATUS_AVAILABLE or n > self._max:
+            self.flush()
+            if _U32.unpack_from(mv, off)[0] != TP_STATUS_AVAILABLE or n > self._max:
+                self.fallback += 1
+                return self.sock.send(frame)
+        start = off + self.HDR
+        mv[start:start + n] = frame
+        _TX_HDR.pack_into(mv, off, TP_STATUS_SEND_REQUEST, n)
+        self._slot = (self._slot + 1) % self._nr
+        self._queued += 1
+        return n
+
+    def flush(self) -> None:
+        if self._queued:
+            self._queued = 0
+            with contextlib.suppress(BlockingIOError):
+                self.sock.send(b"", socket.MSG_DONTWAIT)
+
+    def close(self) -> None:
+        self._mv.release()
+        self._ring.close()
+        self.sock.close()
+
+
+def read_mac(ifname: str) -> bytes:
+    with open(f"/sys/class/net/{ifname}/address") as f:
+        return bytes.fromhex(f.read().strip().replace(":", ""))
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def _cbpf_client_key(ip_off: int) -> bytes:
+    """Fanout cBPF: return the IPv4 address at ``ip_off`` from the IP header (12 = source,
+    16 = destination); non-IPv4 frames return their protocol. The kernel takes it modulo the group
+    size. Fanout programs run before the MAC header is pushed back: offsets start at the network
+    header, and the ethertype comes from the ancillary load ``SKF_AD_PROTOCOL``."""
+    prog = [
+        (0x28, 0, 0, 0xFFFFF000),  # ldh [SKF_AD_OFF + SKF_AD_PROTOCOL]
+        (0x15, 0, 1, 0x0800),      # jeq #0x800, next, skip
+        (0x20, 0, 0, ip_off),      # ld [ip_off]       client address
+        (0x16, 0, 0, 0),           # ret a
+    ]
+    return b"".join(struct.pack("=HBBI", *ins) for ins in prog)
+
+
+def _cbpf_not_arp() -> bytes:
+    """cBPF socket filter: drop ARP, accept everything else."""
+    prog = [
+        (0x28, 0, 0, 12),          # ldh [12]
+        (0x15, 0, 1, 0x0806),      # jeq #ARP, next, skip
+        (0x06, 0, 0, 0),           # ret #0
+        (0x06, 0, 0, 0x40000),     # ret #262144 (whole frame)
+    ]
+    return b"".join(struct.pack("=HBBI", *ins) for ins in prog)
+
+
+def _fprog(code: bytes) -> tuple[bytes, ctypes.Array[ctypes.c_char]]:
+    buf = ctypes.create_string_buffer(code, len(code))
+    return bytes(_SockFprog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))), buf
+
+
+def attach_filter(sock: socket.socket, code: bytes) -> None:
+    """SO_ATTACH_FILTER a classic BPF program (8-byte instructions)."""
+    fprog, _keep = _fprog(code)
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+def join_fanout(sock: socket.socket, fanout: Fanout) -> None:
+    """Join ``fanout.group``; FANOUT_CBPF_* modes install the client-address program."""
+    if isinstance(fanout.mode, str):
+        ip_off = {FANOUT_CBPF_SRC: 12, FANOUT_CBPF_DST: 16}[fanout.mode]
+        sock.setsockopt(SOL_PACKET, PACKET_FANOUT, fanout.group | (PACKET_FANOUT_CBPF << 16))
+        fprog, _keep = _fprog(_cbpf_client_key(ip_off))
+        sock.setsockopt(SOL_PACKET, PACKET_FANOUT_DATA, fprog)
+    else:
+        sock.setsockopt(SOL_PACKET, PACKET_FANOUT, fanout.group | (fanout.mode << 16))
+
+
+def blocking_loop(socks: list[PacketSocket], handler: Handler, should_stop: Callable[[], bool],
+                  poll_ms: int = 100, extra: Sequence[tuple[PacketSocket, int]] = (),
+                  tx_rings: Sequence[TxRing] = ()) -> int:
+    """Forward until ``should_stop()``: frames from ``socks[side]`` go to ``handler(frame, side)``,
+    a returned ``(out_side, frame)`` is sent on ``socks[out_side]`` (or queued on ``tx_rings[out_side]``
+    and flushed after each batch); ``extra`` are more receive-only
+    ``(socket, side)`` pairs (the per-worker ARP sockets of a fanout group). Returns frames handled."""
+    poller = select.poll()
+    by_fd = {}
+    for ps, side in [*((ps, side) for side, ps in enumerate(socks)), *extra]:
+        poller.register(ps.fileno(), select.POLLIN)
+        by_fd[ps.fileno()] = (side, ps.drain)
+    sends: list[Callable[[bytes | bytearray], int]] = (
+        [t.send for t in tx_rings] if tx_rings else [ps.send for ps in socks])
+    flushes = [t.flush for t in tx_rings]
+    handled = errors = 0
+    while not should_stop():
+        for fd, _ev in poller.poll(poll_ms):
+            side, drain = by_fd[fd]
+            n, e = drain(handler, side, sends)
+            for flush in flushes:
+                flush()
+            handled += n
+            errors += e
+    return handled

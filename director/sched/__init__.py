@@ -1,1 +1,0 @@
-"""Schedulers, one per file, behind the small interface in director.sched.base."""

@@ -1,0 +1,193 @@
+"""Virtual services and their dests (real servers), and the service table.
+
+A virtual service is keyed by ``(protocol, vaddr, vport)`` (or a fwmark). It owns its dests, a
+scheduler, and the persistence settings (``timeout`` seconds and ``netmask``). A dest carries the
+IPVS counters the conn table maintains (active / inactive / persistent conns), its thresholds and
+its forwarding method. Addresses are ints (IPv4 fits in 32 bits; IPv6 in 128).
+
+The conn table and the packet path mutate the counters; the control plane (config, health checks)
+mutates weights and membership through the methods here so the scheduler is always told.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from director.services.sched.base import Scheduler
+from director.types import DestFlags, FwdMethod, Proto, SvcFlags
+
+SvcKey = tuple[int, int, int, int]
+"""(protocol, vaddr, vport, fwmark)."""
+DestKey = tuple[int, int, int, int, int, int]
+"""(protocol, vaddr, vport, fwmark, daddr, dport): names one dest cluster-wide (used by sync)."""
+
+
+class Counters:
+    """Traffic counters (ipvsadm --stats); rates are derived by director.services.stats."""
+
+    __slots__ = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
+
+    def __init__(self) -> None:
+        self.conns = 0
+        self.inpkts = 0
+        self.outpkts = 0
+        self.inbytes = 0
+        self.outbytes = 0
+
+    def zero(self) -> None:
+        self.conns = self.inpkts = self.outpkts = self.inbytes = self.outbytes = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class Dest:
+    __slots__ = (
+        "svc", "addr", "port", "weight", "fwd", "u_threshold", "l_threshold", "flags",
+        "activeconns", "inactconns", "persistconns", "conn_flags", "counters", "mac",
+    )
+
+    def __init__(
+        self,
+        svc: VirtualService,
+        addr: int,
+        port: int,
+        weight: int = 1,
+        fwd: FwdMethod = FwdMethod.NAT,
+        u_threshold: int = 0,
+        l_threshold: int = 0,
+    ) -> None:
+        self.svc = svc
+        self.addr = addr
+        self.port = port
+        self.weight = weight
+        self.fwd = fwd
+        self.u_threshold = u_threshold
+        self.l_threshold = l_threshold
+        self.flags = DestFlags.AVAILABLE
+        self.activeconns = 0
+        self.inactconns = 0
+        self.persistconns = 0
+        self.conn_flags = int(fwd)
+        self.counters = Counters()
+        self.mac: bytes | None = None
+
+    def totalconns(self) -> int:
+        """ip_vs_dest_totalconns: active + inactive (persistent templates are not traffic)."""
+        return self.activeconns + self.inactconns
+
+    @property
+    def key(self) -> DestKey:
+        s = self.svc
+        return (s.protocol, s.addr, s.port, s.fwmark, self.addr, self.port)
+
+    def __repr__(self) -> str:
+        return f"Dest({self.addr:#x}:{self.port} w={self.weight} fwd={self.fwd.name})"
+
+
+@dataclass(eq=False)
+class VirtualService:
+    protocol: int
+    addr: int
+    port: int
+    scheduler: Scheduler
+    fwmark: int = 0
+    flags: SvcFlags = SvcFlags(0)
+    timeout: float = 300.0
+    """Persistence timeout (seconds), used when PERSISTENT is set."""
+    netmask: int = 0xFFFFFFFF
+    dests: list[Dest] = field(default_factory=list)
+    counters: Counters = field(default_factory=Counters)
+    name: str = ""
+    """The config's service name (director.config.services); informational."""
+    expire_nodest_conn: bool = False
+    """Per-service expire_nodest_conn (set from the config; Linux has it as a sysctl)."""
+    expire_quiescent_template: bool = False
+    """Per-service expire_quiescent_template (set from the config; Linux has it as a sysctl)."""
+
+    @property
+    def key(self) -> SvcKey:
+        return (self.protocol, self.addr, self.port, self.fwmark)
+
+    @property
+    def persistent(self) -> bool:
+        return bool(self.flags & SvcFlags.PERSISTENT)
+
+    def find_dest(self, addr: int, port: int) -> Dest | None:
+        for d in self.dests:
+            if d.addr == addr and d.port == port:
+                return d
+        return None
+
+    def add_dest(self, dest: Dest) -> None:
+        if self.find_dest(dest.addr, dest.port) is not None:
+            raise ValueError(f"dest {dest.addr:#x}:{dest.port} already in service")
+        self.dests.append(dest)
+        self.scheduler.update(self.dests)
+
+    def remove_dest(self, dest: Dest) -> None:
+        """Unlink a dest. Conns still bound keep it (like the IPVS trash) but it is no longer AVAILABLE."""
+        self.dests.remove(dest)
+        dest.flags &= ~DestFlags.AVAILABLE
+        self.scheduler.update(self.dests)
+
+    def edit_dest(self, dest: Dest, *, weight: int | None = None, u_threshold: int | None = None,
+                  l_threshold: int | None = None) -> None:
+        if weight is not None:
+            dest.weight = weight
+        if u_threshold is not None:
+            dest.u_threshold = u_threshold
+        if l_threshold is not None:
+            dest.l_threshold = l_threshold
+        self.scheduler.update(self.dests)
+
+
+class ServiceTable:
+    """All virtual services of a node, found by (protocol, vaddr, vport) or fwmark."""
+
+    def __init__(self) -> None:
+        self._by_addr: dict[tuple[int, int, int], VirtualService] = {}
+        self._by_fwmark: dict[int, VirtualService] = {}
+
+    def add(self, svc: VirtualService) -> None:
+        if svc.fwmark:
+            self._by_fwmark[svc.fwmark] = svc
+        else:
+            self._by_addr[(svc.protocol, svc.addr, svc.port)] = svc
+
+    def remove(self, svc: VirtualService) -> None:
+        if svc.fwmark:
+            self._by_fwmark.pop(svc.fwmark, None)
+        else:
+            self._by_addr.pop((svc.protocol, svc.addr, svc.port), None)
+        for d in svc.dests:
+            d.flags &= ~DestFlags.AVAILABLE
+
+    def get(self, protocol: int, vaddr: int, vport: int) -> VirtualService | None:
+        """Service for a packet to vaddr:vport; a port-0 service matches any port (persistent port 0)."""
+        svc = self._by_addr.get((protocol, vaddr, vport))
+        if svc is None:
+            svc = self._by_addr.get((protocol, vaddr, 0))
+        return svc
+
+    def get_fwmark(self, fwmark: int) -> VirtualService | None:
+        return self._by_fwmark.get(fwmark)
+
+    def find_dest(self, key: DestKey) -> Dest | None:
+        proto, vaddr, vport, fwmark, daddr, dport = key
+        svc = self._by_fwmark.get(fwmark) if fwmark else self._by_addr.get((proto, vaddr, vport))
+        return svc.find_dest(daddr, dport) if svc is not None else None
+
+    def vaddrs(self) -> set[int]:
+        return {s.addr for s in self._by_addr.values()}
+
+    def __iter__(self) -> Iterator[VirtualService]:
+        yield from self._by_addr.values()
+        yield from self._by_fwmark.values()
+
+    def __len__(self) -> int:
+        return len(self._by_addr) + len(self._by_fwmark)
+
+
+__all__ = ["Counters", "Dest", "DestKey", "Proto", "ServiceTable", "SvcKey", "VirtualService"]
