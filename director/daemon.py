@@ -40,9 +40,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from director.admin.api import NodeEvent, conn_event, dest_label
+from director import __version__
+from director.admin.api import NodeEvent
 from director.admin.metrics import MetricsServer, serve_metrics
 from director.admin.node import NodeAdmin, start_admin
+from director.admin.views import conn_event, dest_label
 from director.cluster.election import LeaderRecord, Role
 from director.cluster.elector import Elector, Membership, NodeInfo, RoleChange
 from director.cluster.store import ConfigSnapshot, EtcdStore
@@ -61,7 +63,7 @@ from syncd.server import SyncServer, create_sync_server
 
 log = logging.getLogger("directord")
 
-VERSION = "0.1.0"
+VERSION = __version__
 
 
 def _ip(text: str) -> int:

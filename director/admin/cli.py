@@ -387,7 +387,12 @@ def cmd_watch(c: Client, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_drill(args: argparse.Namespace, rest: list[str]) -> int:
-    drill = importlib.import_module("deploy.drill")  # lazy: the drill pulls in the lab and etcd
+    try:  # lazy and by name: the drill is the lab harness (deploy/), not part of the node
+        drill = importlib.import_module("deploy.drill")
+    except ModuleNotFoundError as exc:
+        print(f"directorctl drill: the lab harness is not installed ({exc}); run `make demo` from a "
+              "source checkout", file=sys.stderr)
+        return 2
     main_fn: Callable[[list[str]], int] = drill.main
     return main_fn(rest)
 

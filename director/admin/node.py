@@ -19,9 +19,10 @@ import copy
 import ipaddress
 import logging
 import time
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
 
+from director import __version__
 from director.admin.api import (
     ApplyResult,
     BackupSync,
@@ -29,7 +30,6 @@ from director.admin.api import (
     ConnFilter,
     ConnView,
     CounterValues,
-    EventHub,
     InvalidArgument,
     NodeStatus,
     NotFound,
@@ -37,23 +37,24 @@ from director.admin.api import (
     RateValues,
     ServiceView,
     StatsView,
-    Subscription,
     SvcRef,
-    configured_weights,
-    diff_documents,
-    find_service,
     fmt_hostport,
-    service_view,
-    table_conns,
 )
+from director.admin.hub import EventHub, Subscription
 from director.admin.server import AdminServer, server_config_from_node, start_server
-from director.cluster.election import Role
+from director.admin.views import configured_weights, diff_documents, find_service, service_view, table_conns
+from director.cluster.election import LeaderRecord, Role
+from director.cluster.store import EtcdStore
 from director.cluster.store import apply as etcd_apply
 from director.config import services as config
+from director.config.node import NodeConfig
+from director.dataplane.core import Director
+from director.health.service import HealthService
+from director.services.service import ServiceTable
+from director.services.stats import StatsEstimator
+from director.table.conn import ConnTable
 from director.types import ConnFlags, Proto
-
-if TYPE_CHECKING:
-    from director.daemon import Node
+from syncd.server import SyncServer
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,38 @@ def _ref_of(doc: Mapping[str, Any]) -> SvcRef:
                   int(ipaddress.ip_address(doc["vip"])), int(doc["port"]), int(doc.get("fwmark", 0)))
 
 
+class Node(Protocol):
+    """The parts of a running node (`director.daemon.Node`) the admin API reads and drives.
+
+    Declared here so that admin depends on the layers below it and never on the daemon that wires it.
+    """
+
+    cfg: NodeConfig
+    clock: Callable[[], float]
+    started: float
+    table: ConnTable
+    services: ServiceTable
+    director: Director
+    store: EtcdStore
+    estimator: StatsEstimator
+    health: HealthService
+    sync: SyncServer | None
+    config: config.Config | None
+    config_revision: int
+    role: Role
+    master: LeaderRecord | None
+    role_changes: int
+
+    @property
+    def api(self) -> NodeAdmin: ...
+
+    def ready(self) -> bool: ...
+
+    async def resign(self) -> None: ...
+
+
 class NodeAdmin:
-    """NodeApi over a running `director.daemon.Node`."""
+    """NodeApi over a running node (see `Node`)."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -239,9 +270,7 @@ class NodeAdmin:
 
 
 def _version() -> str:
-    from director.daemon import VERSION
-
-    return VERSION
+    return __version__
 
 
 async def start_admin(node: Node) -> tuple[NodeAdmin, AdminServer | None]:

@@ -59,11 +59,9 @@ from director.admin.api import (
     SvcRef,
     Unauthenticated,
     fmt_addr,
-    page,
-    parse_addr,
-    parse_proto,
     proto_name,
 )
+from director.admin.views import page, parse_addr, parse_proto
 from lbd_pb import admin_pb2 as pb
 from lbd_pb import admin_pb2_grpc as pb_grpc
 

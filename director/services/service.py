@@ -11,16 +11,30 @@ mutates weights and membership through the methods here so the scheduler is alwa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from director.services.sched.base import Scheduler
 from director.types import DestFlags, FwdMethod, Proto, SvcFlags
 
 SvcKey = tuple[int, int, int, int]
 """(protocol, vaddr, vport, fwmark)."""
 DestKey = tuple[int, int, int, int, int, int]
 """(protocol, vaddr, vport, fwmark, daddr, dport): names one dest cluster-wide (used by sync)."""
+
+
+class Scheduler(Protocol):
+    """What a service needs from its scheduler (implementations: director.services.sched, one per file).
+
+    ``update(dests)`` after every change of the dest list, a weight or a dest's availability, so a
+    scheduler may precompute; ``schedule`` picks a dest for a new connection, or None if none is usable.
+    """
+
+    name: str
+
+    def update(self, dests: Sequence[Dest]) -> None: ...
+
+    def schedule(self, dests: Sequence[Dest], caddr: int, cport: int) -> Dest | None: ...
 
 
 class Counters:

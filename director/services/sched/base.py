@@ -13,20 +13,11 @@ new connection the packet path calls ``schedule(dests, caddr, cport)``; it retur
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
 
+from director.services.service import Dest, Scheduler
 from director.types import DestFlags
 
-if TYPE_CHECKING:
-    from director.services.service import Dest
-
-
-class Scheduler(Protocol):
-    name: str
-
-    def update(self, dests: Sequence[Dest]) -> None: ...
-
-    def schedule(self, dests: Sequence[Dest], caddr: int, cport: int) -> Dest | None: ...
+__all__ = ["USABLE_MASK", "USABLE_OK", "Scheduler", "Stateless", "usable"]
 
 
 USABLE_MASK = int(DestFlags.AVAILABLE | DestFlags.OVERLOAD)

@@ -28,7 +28,6 @@ from director.admin.api import (
     ConnFilter,
     ConnView,
     CounterValues,
-    EventHub,
     NodeEvent,
     NodeStatus,
     NotFound,
@@ -36,8 +35,10 @@ from director.admin.api import (
     RateValues,
     ServiceView,
     StatsView,
-    Subscription,
     SvcRef,
+)
+from director.admin.hub import EventHub, Subscription
+from director.admin.views import (
     configured_weights,
     conn_event,
     diff_documents,

@@ -467,7 +467,8 @@ def test_list_conns_streams_big_tables_in_chunks(env: Node) -> None:
 def test_event_hub_overflow_is_reported_not_blocking() -> None:
     import asyncio
 
-    from director.admin.api import EventHub, NodeEvent
+    from director.admin.api import NodeEvent
+    from director.admin.hub import EventHub
 
     async def drain(sub: Any) -> list[NodeEvent]:
         out = []
