@@ -196,6 +196,12 @@ class ElectionMachine:
             times += [self.retry_at, self.lease.step_down_at]
         return min(times) if times else None
 
+    def forward_until(self) -> float | None:
+        """The fencing deadline: while MASTER, forwarding is safe until this monotonic time (the
+        step-down time: the last keepalive's send time + TTL - margin); None when not master. The
+        packet path checks it before every batch, so a stalled node cannot forward past it."""
+        return self.lease.step_down_at if self.role is Role.MASTER else None
+
     @property
     def waiting_for_ready(self) -> bool:
         return self.role is Role.BACKUP and self.observed and self.master is None and not self.ready

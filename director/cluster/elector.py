@@ -93,6 +93,7 @@ class Elector:
         on_start_forwarding: Callable[[int], None] | None = None,
         on_stop_forwarding: Callable[[], None] | None = None,
         on_change: Callable[[RoleChange], None] | None = None,
+        on_fence: Callable[[float | None], None] | None = None,
         preempt: bool = False,
         resign_holdoff: float | None = None,
         clock: Clock = time.monotonic,
@@ -111,6 +112,8 @@ class Elector:
         self._on_start = on_start_forwarding
         self._on_stop = on_stop_forwarding
         self._on_change = on_change
+        self._on_fence = on_fence
+        self._fence: float | None = None
         self._inbox: asyncio.Queue[Input] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[Any]] = []
@@ -227,9 +230,18 @@ class Elector:
             return False
 
     def _feed(self, acts: Iterable[Action]) -> list[asyncio.Task[Any]]:
+        acts = list(acts)
+        self._fence_now()  # a step-down fences the packet path before anything else runs
         spawned = [t for a in acts if (t := self._do(a)) is not None]
+        self._fence_now()
         self._publish()
         return spawned
+
+    def _fence_now(self) -> None:
+        until = self.machine.forward_until()
+        if until != self._fence and self._on_fence is not None:
+            self._fence = until
+            self._callback(self._on_fence, until)
 
     async def _feed_and_wait(self, acts: list[Action]) -> None:
         spawned = self._feed(acts)

@@ -1,0 +1,127 @@
+"""The fabric observer: who forwarded for the VIPs, and when, seen from the lab's bridges.
+
+Theory of operation
+-------------------
+The directors' own reports cannot judge split brain: a frozen node does not know it forwarded after
+it resumed. The observer looks at the fabric instead. In the lab's switch namespace it runs one
+``tcpdump`` per director port on both bridges (``d<N>e`` on br-ext, ``d<N>i`` on br-int), capturing
+only frames coming *from* the director (``-Q in`` on the bridge side of the veth) with the virtual
+MAC as source and an IPv4 payload: exactly the frames a forwarding director emits. Kernel timestamps
+in the pcap files are the evidence.
+
+`forwarding_intervals` turns each director's frame times into intervals (frames closer than `gap`
+belong to one interval), `overlaps` reports every pair of directors whose intervals intersect (two
+forwarders at once), and `nobody_forwarding` the longest silence of the whole fabric inside a window
+(the outage a takeover costs while traffic flows).
+
+The pcap reader is a dozen lines of ``struct`` (classic pcap, either byte order, micro- or
+nanosecond timestamps); no scapy needed.
+"""
+
+from __future__ import annotations
+
+import signal
+import struct
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from deploy.lab import Lab
+
+
+def read_pcap_times(path: Path) -> list[float]:
+    """Timestamps of every record of a classic pcap file (a truncated last record is ignored)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    if len(data) < 24:
+        return []
+    magic = data[:4]
+    formats = {b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),
+               b"\x4d\x3c\xb2\xa1": ("<", 1e-9), b"\xa1\xb2\x3c\x4d": (">", 1e-9)}
+    if magic not in formats:
+        raise ValueError(f"{path}: not a pcap file")
+    order, unit = formats[magic]
+    rec = struct.Struct(order + "IIII")
+    out, off = [], 24
+    while off + 16 <= len(data):
+        sec, frac, incl, _orig = rec.unpack_from(data, off)
+        off += 16 + incl
+        if off > len(data):
+            break
+        out.append(sec + frac * unit)
+    return out
+
+
+def forwarding_intervals(times: Iterable[float], gap: float = 0.05) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for t in sorted(times):
+        if out and t - out[-1][1] <= gap:
+            out[-1] = (out[-1][0], t)
+        else:
+            out.append((t, t))
+    return out
+
+
+def overlaps(frames: dict[str, list[float]], gap: float = 0.05) -> list[tuple[str, str, float, float]]:
+    """(a, b, start, seconds) for every intersection of two directors' forwarding intervals.
+
+    A lone frame of one director inside another's interval counts too (an interval of length 0 that
+    intersects), so even one forwarded frame from a deposed master is reported."""
+    ivs = {name: forwarding_intervals(ts, gap) for name, ts in frames.items()}
+    names = sorted(ivs)
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            for s1, e1 in ivs[a]:
+                for s2, e2 in ivs[b]:
+                    lo, hi = max(s1, s2), min(e1, e2)
+                    if lo <= hi:
+                        out.append((a, b, lo, hi - lo))
+    return out
+
+
+def nobody_forwarding(frames: dict[str, list[float]], start: float, end: float) -> float:
+    """The longest gap (seconds) between consecutive frames of any director within [start, end]."""
+    ts = sorted(t for times in frames.values() for t in times if start <= t <= end)
+    points = [start, *ts, end]
+    return max(b - a for a, b in zip(points, points[1:], strict=False)) if len(points) > 1 else 0.0
+
+
+class FabricObserver:
+    """Captures every director port of a lab's bridges; see the module docstring."""
+
+    def __init__(self, lab: Lab, directors: Sequence[int], vmac: str = "00:00:5e:00:01:01") -> None:
+        self.lab = lab
+        self.vmac = vmac
+        self.ports = {f"d{n}": (f"d{n}e", f"d{n}i") for n in directors}
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.files: dict[str, list[Path]] = {}
+
+    def start(self, timeout: float = 20.0) -> None:
+        for name, ports in self.ports.items():
+            for port in ports:
+                path = self.lab.workdir / f"fabric-{port}.pcap"
+                path.unlink(missing_ok=True)
+                self.files.setdefault(name, []).append(path)
+                argv = ["tcpdump", "-i", port, "-Q", "in", "-U", "-s", "64", "-n", "-w", str(path),
+                        f"ether src {self.vmac} and ip"]
+                self.procs.append(self.lab.popen(self.lab.switch, argv, stdout=subprocess.DEVNULL,
+                                                 stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + timeout  # tcpdump writes the pcap header once it listens
+        while not all(p.exists() and p.stat().st_size >= 24 for ps in self.files.values() for p in ps):
+            if time.monotonic() > deadline:
+                raise RuntimeError("fabric observer: tcpdump did not start")
+            time.sleep(0.05)
+
+    def frames(self) -> dict[str, list[float]]:
+        """Frame times per director so far (tcpdump -U flushes every packet)."""
+        return {name: sorted(t for p in paths for t in read_pcap_times(p)) for name, paths in self.files.items()}
+
+    def stop(self) -> dict[str, list[float]]:
+        for p in self.procs:
+            Lab.stop(p, signal.SIGINT, timeout=5.0)
+        self.procs = []
+        return self.frames()
