@@ -449,6 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--count", type=int, default=0, help="stop after N events")
     w.add_argument("--json", action="store_true")
     sub.add_parser("drill", help="failover drill on a lab (see `directorctl drill -h`)", add_help=False)
+    r = sub.add_parser("release-lease", help="revoke a dead directord's etcd lease (the process-exit hook; "
+                       "talks to etcd, not to a node)")
+    r.add_argument("lease_file", help="the file directord --lease-file wrote")
+    r.add_argument("--force", action="store_true", help="even if the recorded pid is alive")
     return p
 
 
@@ -486,6 +490,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     args, rest = parser.parse_known_args(argv)
     if args.cmd == "drill":
         return cmd_drill(args, rest)
+    if args.cmd == "release-lease":
+        from director.cluster import release  # no admin connection: the node is gone
+
+        return release.main([args.lease_file, *(["--force"] if args.force else [])])
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     client = None
