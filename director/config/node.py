@@ -1,6 +1,6 @@
 """Node settings for `directord` (one YAML file per node), validated with errors that name the field.
 
-Example (deploy/examples/node.yaml)::
+Example (deploy/examples/multihost/d1.yaml)::
 
     node_id: d1
     cluster: lab
@@ -10,18 +10,28 @@ Example (deploy/examples/node.yaml)::
     sync: {listen: "198.18.1.1:7100", advertise: "198.18.1.1:7100"}
     admin: {listen: "198.18.1.1:7200", unix: /run/lbd/d1.sock}
     lease_ttl: 1.0
+
+Parsed like every operator document (``director.config.loader`` limits, ``director.config.validate``
+checkers): every problem is collected into one ``NodeConfigError`` (a ``ConfigError``) whose
+``errors`` hold "field.path: message" lines. Names that become etcd key parts (``node_id``,
+``cluster``) are restricted to letters, digits, ``_ . -``; addresses are 'host:port'; numbers are
+finite and in range.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
+from director.config import validate as v
+from director.config.loader import YamlError, load_yaml
+from director.config.validate import ConfigError, Errors
 
 
-class NodeConfigError(ValueError):
-    """Invalid node YAML; the message names the field."""
+class NodeConfigError(ConfigError):
+    """Invalid node YAML; ``errors`` has one line per problem, each naming its field."""
 
 
 @dataclass(frozen=True)
@@ -68,95 +78,132 @@ class NodeConfig:
         return bytes([0x00, 0x00, 0x5E, 0x00, 0x01, self.vmac_id])
 
 
-_KNOWN = {"node_id", "cluster", "etcd", "interfaces", "vmac_id", "sync", "admin", "lease_ttl",
+_KNOWN = ("node_id", "cluster", "etcd", "interfaces", "vmac_id", "sync", "admin", "lease_ttl",
           "sloppy_grace", "metrics", "priority", "preempt", "log_json", "gateways", "int_addr", "int_mtu",
-          "table_bits", "events_file"}
+          "table_bits", "events_file")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_NAME_WHAT = "1-63 letters, digits, '_', '-' or '.', starting with a letter or digit"
+_PREFIX = re.compile(r"/?[A-Za-z0-9_.-]{1,63}(?:/[A-Za-z0-9_.-]{1,63}){0,7}/?")
+_IFNAME = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9_.@-]{1,15}")
+_PATH = re.compile(r"[^\x00]{1,4096}")
+MAX_ENDPOINTS = 16
+MAX_GATEWAYS = 64
+MIN_MTU, MAX_MTU = 576, 65535
+MIN_TABLE_BITS, MAX_TABLE_BITS = 8, 20
 
 
-def _req(d: dict[str, Any], key: str, path: str, typ: type) -> Any:
-    if key not in d:
-        raise NodeConfigError(f"{path}{key}: required")
-    v = d[key]
-    if not isinstance(v, typ) or isinstance(v, bool) and typ is not bool:
-        raise NodeConfigError(f"{path}{key}: must be {typ.__name__}, got {v!r}")
-    return v
+def _section(d: Mapping[str, Any], key: str, allowed: tuple[str, ...], required: tuple[str, ...],
+             errs: Errors, *, optional: bool = False) -> dict[str, Any]:
+    if key not in d and not optional:
+        errs.add(key, "required")
+        return {}
+    raw = d.get(key)
+    if raw is None and optional:
+        return {}
+    sub = v.mapping(raw, key, errs)
+    v.keys(sub, allowed, required, key, errs)
+    return sub
 
 
-def _opt(d: dict[str, Any], key: str, path: str, typ: type | tuple[type, ...], default: Any) -> Any:
-    if key not in d or d[key] is None:
-        return default
-    v = d[key]
-    if not isinstance(v, typ) or (isinstance(v, bool) and typ is not bool):
-        raise NodeConfigError(f"{path}{key}: wrong type, got {v!r}")
-    return v
+def _req_str(d: Mapping[str, Any], key: str, path: str, errs: Errors, **kw: Any) -> str:
+    if key not in d:  # v.keys already said "required"
+        return ""
+    return v.string(d, key, path, errs, "", **kw)
 
 
-def _tls(d: dict[str, Any], path: str) -> TlsFiles | None:
-    t = d.get("tls")
-    if t is None:
+def _tls(d: Mapping[str, Any], path: str, errs: Errors) -> TlsFiles | None:
+    if d.get("tls") is None:
         return None
-    if not isinstance(t, dict):
-        raise NodeConfigError(f"{path}tls: must be a mapping with ca, cert, key")
-    return TlsFiles(_req(t, "ca", f"{path}tls.", str), _req(t, "cert", f"{path}tls.", str),
-                    _req(t, "key", f"{path}tls.", str))
+    tpath = v.join(path, "tls")
+    t = v.mapping(d["tls"], tpath, errs)
+    v.keys(t, ("ca", "cert", "key"), ("ca", "cert", "key"), tpath, errs)
+    ca, cert, key = (_req_str(t, k, tpath, errs, pattern=_PATH, what="a file path")
+                     for k in ("ca", "cert", "key"))
+    return TlsFiles(ca, cert, key)
 
 
-def parse_node_config(text: str) -> NodeConfig:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise NodeConfigError(f"not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise NodeConfigError("top level: must be a mapping")
-    unknown = set(raw) - _KNOWN
-    if unknown:
-        raise NodeConfigError(f"{sorted(unknown)[0]}: unknown field (known: {', '.join(sorted(_KNOWN))})")
-    etcd = _req(raw, "etcd", "", dict)
-    endpoints = _req(etcd, "endpoints", "etcd.", list)
-    if not endpoints or not all(isinstance(e, str) and ":" in e for e in endpoints):
-        raise NodeConfigError("etcd.endpoints: must be a non-empty list of 'host:port'")
-    ifs = _req(raw, "interfaces", "", dict)
-    sync = _req(raw, "sync", "", dict)
-    admin = _opt(raw, "admin", "", dict, {})
-    metrics = _opt(raw, "metrics", "", dict, {})
-    vmac_id = _opt(raw, "vmac_id", "", int, 1)
-    if not 1 <= vmac_id <= 255:
-        raise NodeConfigError(f"vmac_id: must be 1..255, got {vmac_id}")
-    ttl = float(_opt(raw, "lease_ttl", "", (int, float), 1.0))
-    if ttl < 1:
-        raise NodeConfigError(f"lease_ttl: must be >= 1 second (etcd's minimum), got {ttl}")
-    listen = _req(sync, "listen", "sync.", str)
-    return NodeConfig(
-        node_id=_req(raw, "node_id", "", str),
-        cluster=_opt(raw, "cluster", "", str, "default"),
-        etcd_endpoints=tuple(endpoints),
-        etcd_prefix=_opt(etcd, "prefix", "etcd.", str, "/lbd"),
-        external=_req(ifs, "external", "interfaces.", str),
-        internal=_req(ifs, "internal", "interfaces.", str),
-        vmac_id=vmac_id,
+def _endpoints(etcd: Mapping[str, Any], errs: Errors) -> tuple[str, ...]:
+    if "endpoints" not in etcd:
+        return ()
+    raw = v.sequence(etcd["endpoints"], "etcd.endpoints", errs, max_items=MAX_ENDPOINTS)
+    if isinstance(etcd["endpoints"], list) and not etcd["endpoints"]:
+        errs.add("etcd.endpoints", "must be a non-empty list of 'host:port'")
+    out = []
+    for i, e in enumerate(raw):
+        bare = e.removeprefix("http://").removeprefix("https://") if isinstance(e, str) else e
+        if v.hostport({"e": bare}, "e", "", Errors()) is None:
+            errs.add(v.item("etcd.endpoints", i), f"must be 'host:port', got {v.excerpt(e)}")
+        else:
+            out.append(e)
+    return tuple(out)
+
+
+def _gateways(d: Mapping[str, Any], errs: Errors) -> tuple[str, ...]:
+    raw = [] if d.get("gateways") is None else v.sequence(d["gateways"], "gateways", errs,
+                                                           max_items=MAX_GATEWAYS)
+    return tuple(v.ipv4({"g": g}, "g", "", _Rename(errs, v.item("gateways", i)), unicast=True)
+                 for i, g in enumerate(raw))
+
+
+class _Rename(Errors):
+    """Errors of a value checked out of its mapping, reported under ``path``."""
+
+    def __init__(self, into: Errors, path: str) -> None:
+        super().__init__()
+        self.into, self.path = into, path
+
+    def add(self, path: str, msg: str) -> None:
+        self.into.add(self.path, msg)
+
+
+def node_config_from_dict(raw: Any) -> NodeConfig:
+    """Validate an already-loaded node document; ``NodeConfigError`` lists every problem."""
+    errs = Errors()
+    d = v.mapping(raw, "", errs)
+    v.keys(d, _KNOWN, ("node_id", "etcd", "interfaces", "sync"), "", errs)
+    etcd = _section(d, "etcd", ("endpoints", "prefix"), ("endpoints",), errs)
+    ifs = _section(d, "interfaces", ("external", "internal"), ("external", "internal"), errs)
+    sync = _section(d, "sync", ("listen", "advertise", "tls"), ("listen",), errs)
+    admin = _section(d, "admin", ("listen", "unix", "token", "tls"), (), errs, optional=True)
+    metrics = _section(d, "metrics", ("listen",), (), errs, optional=True)
+    listen = v.hostport(sync, "listen", "sync", errs, port_zero_ok=True) or ""
+    ifname = {"pattern": _IFNAME, "what": "an interface name (1-15 letters, digits, '_', '.', '@', '-')"}
+    cfg = NodeConfig(
+        node_id=_req_str(d, "node_id", "", errs, pattern=_NAME, what=_NAME_WHAT),
+        cluster=v.string(d, "cluster", "", errs, "default", pattern=_NAME, what=_NAME_WHAT),
+        etcd_endpoints=_endpoints(etcd, errs),
+        etcd_prefix=v.string(etcd, "prefix", "etcd", errs, "/lbd", pattern=_PREFIX,
+                             what="a key prefix such as /lbd"),
+        external=_req_str(ifs, "external", "interfaces", errs, **ifname),
+        internal=_req_str(ifs, "internal", "interfaces", errs, **ifname),
+        vmac_id=v.integer(d, "vmac_id", "", errs, 1, 255, 1),
         sync_listen=listen,
-        sync_advertise=_opt(sync, "advertise", "sync.", str, listen),
-        sync_tls=_tls(sync, "sync."),
-        admin_listen=_opt(admin, "listen", "admin.", str, None),
-        admin_unix=_opt(admin, "unix", "admin.", str, None),
-        admin_token=_opt(admin, "token", "admin.", str, None),
-        admin_tls=_tls(admin, "admin."),
-        metrics_listen=_opt(metrics, "listen", "metrics.", str, None),
-        lease_ttl=ttl,
-        sloppy_grace=float(_opt(raw, "sloppy_grace", "", (int, float), 30.0)),
-        priority=_opt(raw, "priority", "", int, 0),
-        preempt=_opt(raw, "preempt", "", bool, False),
-        log_json=_opt(raw, "log_json", "", bool, True),
-        gateways=tuple(_str_list(raw, "gateways")),
-        int_addr=_opt(raw, "int_addr", "", str, None),
-        int_mtu=_opt(raw, "int_mtu", "", int, 1500),
-        table_bits=_opt(raw, "table_bits", "", int, 16),
-        events_file=_opt(raw, "events_file", "", str, None),
+        sync_advertise=v.hostport(sync, "advertise", "sync", errs, listen) or listen,
+        sync_tls=_tls(sync, "sync", errs),
+        admin_listen=v.hostport(admin, "listen", "admin", errs, port_zero_ok=True),
+        admin_unix=v.optional_string(admin, "unix", "admin", errs, pattern=_PATH, what="a file path"),
+        admin_token=v.optional_string(admin, "token", "admin", errs, max_len=4096),
+        admin_tls=_tls(admin, "admin", errs),
+        metrics_listen=v.hostport(metrics, "listen", "metrics", errs, port_zero_ok=True),
+        lease_ttl=v.number(d, "lease_ttl", "", errs, 1.0, 600.0, 1.0),
+        sloppy_grace=v.number(d, "sloppy_grace", "", errs, 0.0, 3600.0, 30.0),
+        priority=v.integer(d, "priority", "", errs, 0, 65535, 0),
+        preempt=v.boolean(d, "preempt", "", errs, False),
+        log_json=v.boolean(d, "log_json", "", errs, True),
+        gateways=_gateways(d, errs),
+        int_addr=v.ipv4(d, "int_addr", "", errs, unicast=True) if d.get("int_addr") is not None else None,
+        int_mtu=v.integer(d, "int_mtu", "", errs, MIN_MTU, MAX_MTU, 1500),
+        table_bits=v.integer(d, "table_bits", "", errs, MIN_TABLE_BITS, MAX_TABLE_BITS, 16),
+        events_file=v.optional_string(d, "events_file", "", errs, pattern=_PATH, what="a file path"),
     )
+    errs.raise_if_any(NodeConfigError)
+    return cfg
 
 
-def _str_list(d: dict[str, Any], key: str) -> list[str]:
-    v = d.get(key) or []
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise NodeConfigError(f"{key}: must be a list of strings, got {v!r}")
-    return v
+def parse_node_config(text: str | bytes) -> NodeConfig:
+    """Parse and validate a node YAML file's text (bytes are decoded as strict UTF-8)."""
+    try:
+        raw = load_yaml(text)
+    except YamlError as exc:
+        raise NodeConfigError([f"(top level): {exc}"]) from None
+    return node_config_from_dict(raw)

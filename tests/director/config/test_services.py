@@ -1,4 +1,4 @@
-"""The config model: strict validation with field paths, canonical dump, diff, live apply."""
+"""The config model: strict validation with field paths, canonical dump, live apply."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from director.config.services import (
     apply_to_services,
     config_from_dict,
     config_from_texts,
-    diff_config,
     dump_config,
     dump_service,
     dump_timeouts,
@@ -209,33 +208,6 @@ def test_config_from_texts_collects_errors_of_every_key() -> None:
     assert clash_line in exc.value.errors
     ok = config_from_texts({"web": good}, dump_timeouts(TimeoutsConfig()))
     assert ok.services[0].name == "web" and ok.timeouts == TimeoutsConfig()
-
-
-# -- diff -------------------------------------------------------------------------------------
-
-def test_diff_lines() -> None:
-    old = config_from_dict({"services": [svc_doc(), svc_doc(name="gone", port=81)], "timeouts": {"tcp": 900}})
-    new_doc = {"services": [svc_doc(scheduler="mh", persistence={"timeout": 60},
-                                    dests=[{"address": "198.18.2.10", "weight": 0},
-                                           {"address": "198.18.2.11"}]),
-                            svc_doc(name="api", port=82)],
-               "timeouts": {"tcp": 600}}
-    new = config_from_dict(new_doc)
-    lines = diff_config(old, new)
-    assert lines == [
-        "~ timeouts tcp 900 -> 600",
-        "- service gone",
-        "~ service web scheduler wlc -> mh",
-        "~ service web persistence.timeout none -> 60",
-        "~ service web persistence.netmask none -> 255.255.255.255",
-        "~ service web dest 198.18.2.10:80 weight 1 -> 0",
-        "+ service web dest 198.18.2.11:80 weight 1",
-        "+ service api",
-        "+ service api dest 198.18.2.10:80 weight 1",
-    ]
-    assert diff_config(new, new) == []
-    back = diff_config(new, old)
-    assert {"+ service gone", "- service api", "- service web dest 198.18.2.11:80"} <= set(back)
 
 
 # -- live apply -------------------------------------------------------------------------------

@@ -1,0 +1,116 @@
+"""The virtual-service config model: frozen dataclasses, their constants and derived keys.
+
+``Config`` > ``ServiceConfig`` > ``DestConfig`` (with ``Persistence``, ``TimeoutsConfig`` and the
+dest's ``director.health.spec.HealthSpec``) is what ``director.config.services`` builds from YAML
+after validation; every value here has been checked, so the properties (``vaddr``, ``key``,
+``fwd_of``) cannot fail.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from director.health.spec import HealthSpec
+from director.types import FwdMethod, Proto
+
+PROTOCOLS: Mapping[str, Proto] = {"tcp": Proto.TCP, "udp": Proto.UDP}
+FORWARDS: Mapping[str, FwdMethod] = {"nat": FwdMethod.NAT, "dr": FwdMethod.DR, "tun": FwdMethod.TUN}
+DEFAULT_SCHEDULER = "wlc"
+MAX_WEIGHT = 65535
+MAX_THRESHOLD = 2**31 - 1
+MAX_SECONDS = 2**31 // 1000  # what the kernel's jiffies-based timeouts hold
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+@dataclass(frozen=True)
+class Persistence:
+    timeout: int = 300
+    """Seconds a template (client -> dest binding) outlives its last conn."""
+    netmask: str = "255.255.255.255"
+    """Clients in one netmask-sized block share a template."""
+
+    @property
+    def mask(self) -> int:
+        return int(ipaddress.IPv4Address(self.netmask))
+
+
+@dataclass(frozen=True)
+class DestConfig:
+    address: str
+    port: int
+    weight: int = 1
+    u_threshold: int = 0
+    l_threshold: int = 0
+    forward: str | None = None
+    """nat | dr | tun; None inherits the service's."""
+    healthcheck: HealthSpec | None = None
+
+    @property
+    def daddr(self) -> int:
+        return int(ipaddress.IPv4Address(self.address))
+
+    @property
+    def ident(self) -> str:
+        return f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    protocol: str
+    vip: str
+    port: int
+    scheduler: str = DEFAULT_SCHEDULER
+    scheduler_options: tuple[tuple[str, bool | int], ...] = ()
+    """Sorted (option, value) pairs; ``sched_opts`` gives them as a dict."""
+    persistence: Persistence | None = None
+    forward: str = "nat"
+    expire_nodest_conn: bool = False
+    expire_quiescent_template: bool = False
+    dests: tuple[DestConfig, ...] = ()
+
+    @property
+    def proto(self) -> Proto:
+        return PROTOCOLS[self.protocol]
+
+    @property
+    def vaddr(self) -> int:
+        return int(ipaddress.IPv4Address(self.vip))
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        """(protocol, vaddr, vport): how the live ServiceTable knows the service."""
+        return (int(self.proto), self.vaddr, self.port)
+
+    @property
+    def sched_opts(self) -> dict[str, bool | int]:
+        return dict(self.scheduler_options)
+
+    def fwd_of(self, dest: DestConfig) -> FwdMethod:
+        """The dest's effective forwarding method."""
+        return FORWARDS[dest.forward or self.forward]
+
+    def dest(self, address: str, port: int) -> DestConfig | None:
+        return next((d for d in self.dests if d.address == address and d.port == port), None)
+
+
+@dataclass(frozen=True)
+class TimeoutsConfig:
+    """Like ``ipvsadm --set tcp tcpfin udp`` (seconds)."""
+
+    tcp: int = 900
+    tcpfin: int = 120
+    udp: int = 300
+
+
+@dataclass(frozen=True)
+class Config:
+    services: tuple[ServiceConfig, ...] = ()
+    timeouts: TimeoutsConfig | None = None
+    """None: not given (the running timeouts stay as they are)."""
+
+    def service(self, name: str) -> ServiceConfig | None:
+        return next((s for s in self.services if s.name == name), None)

@@ -1,0 +1,119 @@
+"""Live reconcile: bring a running ``ServiceTable`` and the protocol timeouts in line with a ``Config``.
+
+``apply_to_services`` reconciles in place: services are matched by (protocol, vip, port) and dests
+by (address, port); objects that still exist are edited, never recreated, so existing conns keep
+their ``Dest``; weights and thresholds change through ``VirtualService.edit_dest``, removed dests
+go through ``remove_dest``; a scheduler is recreated only when its name or options change.
+``apply_timeouts`` sets a ``director.table.tcp.Timeouts``. The config was validated when it was
+built, so nothing here checks input.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Container
+from dataclasses import fields
+from typing import Protocol
+
+from director.config.model import Config, DestConfig, ServiceConfig, TimeoutsConfig
+from director.services.sched import registry
+from director.services.service import Dest, DestKey, ServiceTable, VirtualService
+from director.types import SvcFlags
+
+log = logging.getLogger(__name__)
+
+
+def _ip(addr: int) -> str:
+    return str(ipaddress.IPv4Address(addr))
+
+
+def apply_to_services(cfg: Config, services: ServiceTable, *, down: Container[DestKey] = ()) -> None:
+    """Reconcile ``services`` with ``cfg`` in place (see the module docstring for the rules).
+
+    ``down``: keys of dests that health checks hold down. Such a dest (if it has a healthcheck)
+    stays as the verdict left it: weight 0 for ``on_failure: quiesce``, unlinked for ``remove``,
+    so a config change never revives a dead server. Only address-keyed services (fwmark 0) are
+    managed; fwmark services are left alone.
+    """
+    wanted = {s.key: s for s in cfg.services}
+    for svc in [s for s in services if not s.fwmark]:
+        if (svc.protocol, svc.addr, svc.port) not in wanted:
+            log.info("config: removing service %s", svc.name or svc.key)
+            services.remove(svc)
+    for key, sc in wanted.items():
+        live = services.get(*key)
+        if live is None or live.port != sc.port:
+            sched = registry.create(sc.scheduler, **sc.sched_opts)
+            live = VirtualService(int(sc.proto), sc.vaddr, sc.port, sched)
+            log.info("config: adding service %s (%s %s:%d)", sc.name, sc.protocol, sc.vip, sc.port)
+            _set_service(live, sc)
+            services.add(live)
+        else:
+            _set_service(live, sc)
+        _sync_dests(live, sc, down)
+
+
+def _set_service(live: VirtualService, sc: ServiceConfig) -> None:
+    live.name = sc.name
+    live.expire_nodest_conn = sc.expire_nodest_conn
+    live.expire_quiescent_template = sc.expire_quiescent_template
+    if sc.persistence is None:
+        live.flags &= ~SvcFlags.PERSISTENT
+    else:
+        live.flags |= SvcFlags.PERSISTENT
+        live.timeout = float(sc.persistence.timeout)
+        live.netmask = sc.persistence.mask
+    fresh = registry.create(sc.scheduler, **sc.sched_opts)
+    if (live.scheduler.name, getattr(live.scheduler, "opts", 0)) != (fresh.name, getattr(fresh, "opts", 0)):
+        log.info("config: service %s scheduler %s -> %s", sc.name, live.scheduler.name, sc.scheduler)
+        live.scheduler = fresh
+        fresh.update(live.dests)
+
+
+def _wanted_dests(sc: ServiceConfig,
+                  down: Container[DestKey]) -> dict[tuple[int, int], tuple[DestConfig, int]]:
+    """(daddr, dport) -> (config, weight to run with) for the dests that should be linked."""
+    out = {}
+    for d in sc.dests:
+        hc = d.healthcheck
+        is_down = hc is not None and (int(sc.proto), sc.vaddr, sc.port, 0, d.daddr, d.port) in down
+        if is_down and hc is not None and hc.on_failure == "remove":
+            continue
+        out[(d.daddr, d.port)] = (d, 0 if is_down else d.weight)
+    return out
+
+
+def _sync_dests(live: VirtualService, sc: ServiceConfig, down: Container[DestKey]) -> None:
+    wanted = _wanted_dests(sc, down)
+    for dest in list(live.dests):
+        if (dest.addr, dest.port) not in wanted:
+            log.info("config: service %s removing dest %s:%d", sc.name, _ip(dest.addr), dest.port)
+            live.remove_dest(dest)
+    for (daddr, dport), (dc, weight) in wanted.items():
+        fwd = sc.fwd_of(dc)
+        found = live.find_dest(daddr, dport)
+        if found is None:
+            log.info("config: service %s adding dest %s", sc.name, dc.ident)
+            live.add_dest(Dest(live, daddr, dport, weight=weight, fwd=fwd,
+                               u_threshold=dc.u_threshold, l_threshold=dc.l_threshold))
+            continue
+        dest = found
+        if dest.fwd != fwd:
+            dest.fwd = fwd
+            dest.conn_flags = int(fwd)
+        if (dest.weight, dest.u_threshold, dest.l_threshold) != (weight, dc.u_threshold, dc.l_threshold):
+            log.info("config: service %s dest %s weight %d -> %d", sc.name, dc.ident, dest.weight, weight)
+            live.edit_dest(dest, weight=weight, u_threshold=dc.u_threshold, l_threshold=dc.l_threshold)
+
+
+class _TimeoutSetter(Protocol):
+    def set(self, name: str, seconds: float) -> None: ...
+
+
+def apply_timeouts(t: TimeoutsConfig | None, timeouts: _TimeoutSetter) -> None:
+    """Set a ``director.table.tcp.Timeouts`` (or anything with ``set(name, seconds)``); None: no change."""
+    if t is None:
+        return
+    for f in fields(TimeoutsConfig):
+        timeouts.set(f.name, float(getattr(t, f.name)))
