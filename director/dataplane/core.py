@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import logging
 import struct
-from dataclasses import dataclass, field
 
 from director.dataplane.arp import (
     ARP_REQUEST,
@@ -52,8 +51,8 @@ from director.dataplane.arp import (
     arp_request,
     gratuitous_arp,
     parse_arp,
-    vrrp_mac,
 )
+from director.dataplane.config import CoreConfig
 from director.dataplane.packet import (
     ETH_P_ARP,
     TH_ACK,
@@ -80,7 +79,7 @@ from director.dataplane.xmit import (
 from director.services.service import Dest, ServiceTable, VirtualService
 from director.table import proto_state
 from director.table.conn import Conn, ConnTable
-from director.table.tcp import Direction, TcpState, Timeouts
+from director.table.tcp import Direction, TcpState
 from director.types import Clock, ConnFlags, DestFlags
 
 log = logging.getLogger(__name__)
@@ -94,10 +93,13 @@ Action = tuple[int, bytes | bytearray]
 """(out_side, frame): what the I/O layer sends."""
 
 _MASQ = int(ConnFlags.MASQ)
+_FWD_MASK = int(ConnFlags.FWD_MASK)
 _TUNNEL = int(ConnFlags.TUNNEL)
 _DROUTE = int(ConnFlags.DROUTE)
 _AVAILABLE = int(DestFlags.AVAILABLE)
 _ESTABLISHED = int(TcpState.ESTABLISHED)
+_ACK_ONLY_MASK = TH_FIN | TH_SYN | TH_RST | TH_ACK
+"""``tflags & _ACK_ONLY_MASK == TH_ACK``: a plain ACK (PSH/URG/ECE/CWR may be set)."""
 _ICMP_ERRORS = frozenset((3, 4, 11))
 _int_and = int.__and__  # dest.flags is an IntFlag: test bits without its Python-level __and__
 _FAST = struct.Struct("!12xHBxHxxHBBHIIHHHH4xBB2xH").unpack_from
@@ -110,40 +112,6 @@ _U16 = struct.Struct("!H").pack_into
 _U32_AT = struct.Struct("!I").unpack_from
 _IN = int(Direction.INPUT)
 _OUT = int(Direction.OUTPUT)
-
-
-@dataclass
-class CoreConfig:
-    """Node-level settings of the packet path."""
-
-    vmac: bytes = field(default_factory=lambda: vrrp_mac(1))
-    """Virtual MAC: source of every frame sent and the answer to ARP for owned addresses."""
-    ext_addr: int = 0
-    """The director's own address on the external side (sender of its ARP requests; 0 = probe)."""
-    int_addr: int = 0
-    """The director's own address on the internal side (ARP sender, IPIP outer source)."""
-    gw_addrs: frozenset[int] = frozenset()
-    """Addresses answered on the INT side: the real servers' default gateway for NAT."""
-    extra_vips: frozenset[int] = frozenset()
-    """Addresses answered on the EXT side besides the services' VIPs."""
-    ext_gateway: int = 0
-    """Router for clients not on the external subnet (0 = every client is on-link)."""
-    ext_net: int = 0
-    ext_prefixlen: int = 0
-    tun_src: int = 0
-    """Outer source address of IPIP packets (0 = int_addr)."""
-    mtu: int = 1500
-    """MTU of the internal side (TUN: bigger packets get frag-needed)."""
-    expire_nodest_conn: bool = False
-    expire_quiescent_template: bool = False
-    verify_ip_csum: bool = True
-    """Drop IPv4 headers with a bad checksum (BAD_IP_CSUM); read once, at Director creation."""
-    forward_fragments: bool = False
-    """Forward IP fragments without reassembly (see director.dataplane.packet); False: drop them all
-    (``FRAGMENT``). Read once, at Director creation."""
-    icmp_ratelimit: int = 100
-    """ICMP errors the director itself originates (time exceeded), at most per second."""
-    timeouts: Timeouts = field(default_factory=Timeouts)
 
 
 class Director:
@@ -207,75 +175,73 @@ class Director:
             if frame[20] & 0x20:  # a first fragment: its ports, for the fragments that follow
                 self.frags.remember((proto, saddr, daddr, frame[18] << 8 | frame[19]), sport, dport,
                                     self.clock())
-        tmo = self._timeouts
-        if side:  # from the real servers: a NAT reply?
-            conn = self._out_get(proto, saddr, sport, daddr, dport)
-            if conn is not None and not conn.flags & 7:
-                dest = conn.dest
-                if dest is not None:
-                    n = end - 14
-                    c = dest.counters
-                    c.outpkts += 1
-                    c.outbytes += n
-                    c = dest.svc.counters
-                    c.outpkts += 1
-                    c.outbytes += n
-                if proto == 6:
-                    if conn.state == _ESTABLISHED and tflags & 0x17 == 0x10 and conn.timeout == tmo.tcp[1]:
-                        self._refresh(conn)  # ES + plain ACK -> ES with the same timeout: timer only
-                    else:
-                        self._update(self.table, conn, _OUT, tflags, tmo)
-                elif conn.timeout == tmo.udp:
-                    self._refresh(conn)
-                else:
-                    self._update(self.table, conn, _OUT, tflags, tmo)
-                hdr = self._ext_hdr.get(daddr)  # daddr == conn.caddr (out_get matched it)
-                if hdr is None or not fast:
-                    return self._ext_miss(frame, hdr, daddr, (proto, saddr, sport, daddr, dport, l4, end, ttl,
-                                                              tflags), conn)
-                # nat_rewrite(..., 26, 0, saddr, vaddr, sport, vport) inlined, fewest writes
-                na = conn.vaddr
-                np = conn.vport
-                frame[0:12] = hdr
-                da = na - saddr
-                _IP_TAIL(frame, 22, ttl - 1, proto, (ipsum - da + 0x100) % 0xFFFF, na, daddr)
-                if proto == 6:
-                    _PORTS(frame, 34, np, dport)
-                    _U16(frame, 50, (tsum - da - np + sport) % 0xFFFF)
-                else:
-                    _PORTS_CSUM_UDP(frame, 34, np, dport, ulen,
-                                    ((usum - da - np + sport) % 0xFFFF or 0xFFFF) if usum else 0)
-                return EXT, frame
-        conn = self._in_get(proto, saddr, sport, daddr, dport)
-        if conn is None:
-            conn = self._miss(frame, side, (proto, saddr, sport, daddr, dport, l4, end, ttl, tflags))
+        # Which conn, and which way: a NAT reply (from the real servers, OUTPUT) or anything else (INPUT).
+        conn = self._out_get(proto, saddr, sport, daddr, dport) if side else None
+        if conn is not None and not conn.flags & _FWD_MASK:
+            way = _OUT
+            dest = conn.dest
+            if dest is not None:
+                n = end - 14
+                c = dest.counters
+                c.outpkts += 1
+                c.outbytes += n
+                c = dest.svc.counters
+                c.outpkts += 1
+                c.outbytes += n
+        else:
+            way = _IN
+            conn = self._in_get(proto, saddr, sport, daddr, dport)
             if conn is None:
-                return None
-        dest = conn.dest
-        if dest is not None:
-            if not _int_and(dest.flags, _AVAILABLE):
-                return self._nodest(frame, side, conn, (proto, saddr, sport, daddr, dport, l4, end, ttl,
-                                                        tflags))
-            n = end - 14
-            c = dest.counters
-            c.inpkts += 1
-            c.inbytes += n
-            c = dest.svc.counters
-            c.inpkts += 1
-            c.inbytes += n
-        conn.in_pkts += 1
-        if not side and saddr not in self._ext_hdr:  # e.g. a conn synced from the old master
-            self.neigh[EXT].learn(saddr, bytes(frame[6:12]), self.clock())
+                conn = self._miss(frame, side, (proto, saddr, sport, daddr, dport, l4, end, ttl, tflags))
+                if conn is None:
+                    return None
+            dest = conn.dest
+            if dest is not None:
+                if not _int_and(dest.flags, _AVAILABLE):
+                    return self._nodest(frame, side, conn, (proto, saddr, sport, daddr, dport, l4, end, ttl,
+                                                            tflags))
+                n = end - 14
+                c = dest.counters
+                c.inpkts += 1
+                c.inbytes += n
+                c = dest.svc.counters
+                c.inpkts += 1
+                c.inbytes += n
+            conn.in_pkts += 1
+            if not side and saddr not in self._ext_hdr:  # e.g. a conn synced from the old master
+                self.neigh[EXT].learn(saddr, bytes(frame[6:12]), self.clock())
+        # State, both ways: an ESTABLISHED conn hit by a plain ACK (or a UDP datagram) whose timeout
+        # stays the same only needs its timer refreshed; anything else runs the state machine.
+        tmo = self._timeouts
         if proto == 6:
-            if conn.state == _ESTABLISHED and tflags & 0x17 == 0x10 and conn.timeout == tmo.tcp[1]:
+            if (conn.state == _ESTABLISHED and tflags & _ACK_ONLY_MASK == TH_ACK
+                    and conn.timeout == tmo.tcp[_ESTABLISHED]):
                 self._refresh(conn)
             else:
-                self._update(self.table, conn, _IN, tflags, tmo)
+                self._update(self.table, conn, way, tflags, tmo)
         elif conn.timeout == tmo.udp:
             self._refresh(conn)
         else:
-            self._update(self.table, conn, _IN, tflags, tmo)
-        fwd = conn.flags & 7
+            self._update(self.table, conn, way, tflags, tmo)
+        if way:  # NAT reply out to the client
+            hdr = self._ext_hdr.get(daddr)  # daddr == conn.caddr (out_get matched it)
+            if hdr is None or not fast:
+                return self._ext_miss(frame, hdr, daddr, (proto, saddr, sport, daddr, dport, l4, end, ttl,
+                                                          tflags), conn)
+            # nat_rewrite(..., 26, 0, saddr, vaddr, sport, vport) inlined, fewest writes
+            na = conn.vaddr
+            np = conn.vport
+            frame[0:12] = hdr
+            da = na - saddr
+            _IP_TAIL(frame, 22, ttl - 1, proto, (ipsum - da + 0x100) % 0xFFFF, na, daddr)
+            if proto == 6:
+                _PORTS(frame, 34, np, dport)
+                _U16(frame, 50, (tsum - da - np + sport) % 0xFFFF)
+            else:
+                _PORTS_CSUM_UDP(frame, 34, np, dport, ulen,
+                                ((usum - da - np + sport) % 0xFFFF or 0xFFFF) if usum else 0)
+            return EXT, frame
+        fwd = conn.flags & _FWD_MASK
         if fwd == _MASQ:
             na = conn.daddr
             hdr = self._int_hdr.get(na)
@@ -478,7 +444,7 @@ class Director:
         sport, dport = ports
         r = (proto, saddr, sport, daddr, dport, 0, end, ttl, 0)
         conn = self._out_get(proto, saddr, sport, daddr, dport) if side else None
-        if conn is not None and conn.flags & 7 == _MASQ:
+        if conn is not None and conn.flags & _FWD_MASK == _MASQ:
             hdr = self._ext_hdr.get(daddr) or self._ext_route(daddr)
             if hdr is None:
                 return self._neigh_miss(EXT, self._ext_nexthop(daddr), None)
@@ -490,7 +456,7 @@ class Director:
             self._drops[Drop.FRAGMENT if conn is None else Drop.DEST_UNAVAILABLE] += 1
             return None
         self._count(conn, end - 14, True)
-        fwd = conn.flags & 7
+        fwd = conn.flags & _FWD_MASK
         if fwd != _MASQ:
             return self._xmit_other(frame, conn, fwd, r)
         hdr = self._int_hdr.get(conn.daddr)
@@ -562,7 +528,7 @@ class Director:
         qproto, qsaddr, qsport, qdaddr, qdport, ql4 = q
         # From the servers' side: the quote is client -> dest (what the dest received).
         conn = self._out_get(qproto, qdaddr, qdport, qsaddr, qsport)
-        if conn is not None and conn.flags & 7 == _MASQ:
+        if conn is not None and conn.flags & _FWD_MASK == _MASQ:
             hdr = self._ext_hdr.get(conn.caddr) or self._ext_route(conn.caddr)
             if hdr is None:
                 return self._neigh_miss(EXT, self._ext_nexthop(conn.caddr), None)
@@ -575,7 +541,7 @@ class Director:
             self._drops[Drop.ICMP_UNRELATED] += 1
             return None
         self._count(conn, end - 14, True)
-        fwd = conn.flags & 7
+        fwd = conn.flags & _FWD_MASK
         if fwd != _MASQ:
             return self._xmit_other(frame, conn, fwd, r)
         hdr = self._int_hdr.get(conn.daddr)

@@ -1,0 +1,45 @@
+"""Node-level settings of the packet path (:class:`CoreConfig`), read by :class:`..core.Director`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from director.dataplane.arp import vrrp_mac
+from director.table.tcp import Timeouts
+
+
+@dataclass
+class CoreConfig:
+    """Node-level settings of the packet path."""
+
+    vmac: bytes = field(default_factory=lambda: vrrp_mac(1))
+    """Virtual MAC: source of every frame sent and the answer to ARP for owned addresses."""
+    ext_addr: int = 0
+    """The director's own address on the external side (sender of its ARP requests; 0 = probe)."""
+    int_addr: int = 0
+    """The director's own address on the internal side (ARP sender, IPIP outer source)."""
+    gw_addrs: frozenset[int] = frozenset()
+    """Addresses answered on the INT side: the real servers' default gateway for NAT."""
+    extra_vips: frozenset[int] = frozenset()
+    """Addresses answered on the EXT side besides the services' VIPs."""
+    ext_gateway: int = 0
+    """Router for clients not on the external subnet (0 = every client is on-link)."""
+    ext_net: int = 0
+    ext_prefixlen: int = 0
+    tun_src: int = 0
+    """Outer source address of IPIP packets (0 = int_addr)."""
+    mtu: int = 1500
+    """MTU of the internal side (TUN: bigger packets get frag-needed)."""
+    expire_nodest_conn: bool = False
+    expire_quiescent_template: bool = False
+    verify_ip_csum: bool = True
+    """Drop IPv4 headers with a bad checksum (BAD_IP_CSUM); read once, at Director creation."""
+    forward_fragments: bool = False
+    """Forward IP fragments without reassembly (see director.dataplane.packet); False: drop them all
+    (``FRAGMENT``). Read once, at Director creation."""
+    icmp_ratelimit: int = 100
+    """ICMP errors the director itself originates (time exceeded), at most per second."""
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+__all__ = ["CoreConfig"]
