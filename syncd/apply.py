@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from director.services.service import DestKey, ServiceTable
+from director.table.entry import INVALID_PORT
 from director.types import LOCAL_CONN_FLAGS, ConnFlags
 from syncd.model import (
     BatchMsg,
@@ -55,8 +56,6 @@ log = logging.getLogger(__name__)
 _LOCAL = int(LOCAL_CONN_FLAGS)
 _SYNC = int(ConnFlags.SYNC)
 _INACTIVE = int(ConnFlags.INACTIVE)
-INVALID_PORT = 65535
-"""vport/dport of a template invalidated by check_template."""
 
 
 class BackupApplier:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from google.protobuf.message import DecodeError
 
 from director.services.service import DestKey
+from director.table.entry import F_TEMPLATE as _TEMPLATE
 from director.types import LOCAL_CONN_FLAGS
 from lbd_pb import sync_pb2 as pb
 from syncd import wire
@@ -41,7 +42,6 @@ _EXPIRE, _REFRESH = int(SyncKind.EXPIRE), int(SyncKind.REFRESH)
 _KINDS = {int(k): k for k in SyncKind}
 _ALEN = (0, 4, 16)
 _from = int.from_bytes
-_TEMPLATE = 0x1000
 _U32 = 0xFFFFFFFF
 
 

@@ -9,15 +9,25 @@ per entry (``coalesce.Window``), filters with ``SyncPolicy.should_sync``, and en
 once into ``max_batch``-sized batch messages with seq = previous + 1. The feed is read as raw
 event tuples and the window's updates go straight to wire bytes (``syncd.wire``, byte-identical to
 upb) without intermediate records: this path runs on the packet path's loop, so it is kept lean.
-Encoded batches go into a retention ring (bounded by batch count and update count) shared by
-every backup session: a session is just a cursor into the ring, so a slow backup costs
-nothing but ring space, never blocks the packet path or the other backups, and when it falls
-out of the ring (or more than ``backup_max_lag`` batches behind) it is switched to a snapshot
-(see session.py).
+Encoded batches go into a retention ring (``syncd.ring``: bounded by batch count, update count,
+bytes and age) shared by every backup session: a session is just a cursor into the ring, so a slow
+backup costs nothing but ring space, never blocks the packet path or the other backups, and when it
+falls out of the ring (or more than ``backup_max_lag`` batches behind) it is switched to a snapshot
+(see session.py; the master sees sessions only through ``SessionLike``).
+
+*When to cut.* An event on an idle stream goes out at once: the first event after a cut schedules
+the next cut for the next loop turn (every event the packet path produces in that turn rides
+along). Under load cuts are spaced at least ``batch_window`` apart, so batches grow with the load
+instead of the message count.
 
 A refresh task looks at ``RefreshTracker`` every ``refresh_interval`` seconds (real time; the
 deadlines themselves are on the table's clock) and emits REFRESH updates for entries whose backup
-copy is about to expire while the master's entry lives on.
+copy is about to expire while the master's entry lives on. An entry not (yet) longer-lived is
+looked at again after half its remaining backup time (at least one interval), so traffic late in
+its timeout is still refreshed before the backup deadline; backups do not rely on it for
+presence anyway (they never expire a synced entry on their own clock while following, see
+apply.py), only for their timers to be right when they take over. The same task trims the ring
+by age.
 
 Sequence numbers belong to an *incarnation* (random, new on every ``start()``): a backup may
 resume only within the same incarnation. Changing the epoch starts a new incarnation too, so every
@@ -31,32 +41,32 @@ import asyncio
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from director.types import Clock
 from syncd.coalesce import Window
 from syncd.convert import encode_batch_entries, entry_body
 from syncd.model import SyncKind, TableLike, Update, update_from_conn
 from syncd.policy import RefreshTracker, SyncPolicy
-
-if TYPE_CHECKING:
-    from syncd.session import BackupSession
+from syncd.ring import RetentionRing, RingEntry, RingLimits
 
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class MasterConfig:
-    batch_window: float = 0.005
-    """Seconds events are collected (and coalesced per entry) before a batch is cut."""
+    batch_window: float = 0.001
+    """Least spacing of two cuts under load (an event on an idle stream is cut at the next loop turn)."""
     max_batch: int = 2048
     """Updates per batch message (bigger windows are split into several batches)."""
     retention_batches: int = 65536
     retention_updates: int = 2_000_000
+    retention_bytes: int = 64 << 20
+    """Encoded bytes of history kept for resuming backups."""
+    retention_age: float = 60.0
+    """Seconds a batch stays resumable (an idle master gives its ring memory back after this)."""
     backup_max_lag: int = 16384
     """Batches a backup may be behind (its queue bound) before it is switched to a snapshot."""
     snapshot_chunk: int = 1024
@@ -64,18 +74,26 @@ class MasterConfig:
     refresh_interval: float = 0.05
     policy: SyncPolicy = field(default_factory=SyncPolicy)
 
+    def ring_limits(self) -> RingLimits:
+        return RingLimits(self.retention_batches, self.retention_updates, self.retention_bytes,
+                          self.retention_age)
+
+
+class SessionLike(Protocol):
+    """What the master needs of a backup session (syncd.session.BackupSession)."""
+
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def acked_seq(self) -> int: ...
+    @property
+    def incarnation_acked(self) -> int: ...
+    def wake(self) -> None: ...
+    def request_snapshot(self, reason: str) -> None: ...
+    def close(self, reason: str, kind: str = "stopped") -> None: ...
+
 
 _NEW = int(SyncKind.NEW)
-
-
-class RingEntry:
-    __slots__ = ("seq", "data", "n", "created")
-
-    def __init__(self, seq: int, data: bytes, n: int, created: float) -> None:
-        self.seq = seq
-        self.data = data
-        self.n = n
-        self.created = created
 
 
 class SyncMaster:
@@ -89,12 +107,12 @@ class SyncMaster:
         self.epoch = epoch
         self.incarnation = 0
         self.head_seq = 0
-        self.ring: deque[RingEntry] = deque()
-        self._ring_updates = 0
+        self.ring = RetentionRing(self.cfg.ring_limits())
         self.tracker = RefreshTracker(self.cfg.policy)
-        self.sessions: set[BackupSession] = set()
+        self.sessions: set[SessionLike] = set()
         self.running = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._last_cut = 0.0
         self._first_ns = 0
         self._refresh_task: asyncio.Task[None] | None = None
         self._ack_waiters: list[Callable[[], None]] = []
@@ -149,16 +167,20 @@ class SyncMaster:
         self.incarnation = random.getrandbits(63) | 1
         self.head_seq = 0
         self.ring.clear()
-        self._ring_updates = 0
         self.tracker.clear()
 
     # --- batching --------------------------------------------------------------------------------
 
     def _on_ready(self) -> None:
+        """First event after a cut: cut at the next loop turn, or ``batch_window`` after the last cut."""
         if self._timer is None and self.running:
             self._first_ns = time.time_ns()
             loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self.cfg.batch_window, self._window_closed)
+            wait = self._last_cut + self.cfg.batch_window - time.monotonic()
+            if wait > 0:
+                self._timer = loop.call_later(wait, self._window_closed)
+            else:
+                self._timer = loop.call_soon(self._window_closed)
 
     def _window_closed(self) -> None:
         self._timer = None
@@ -174,6 +196,7 @@ class SyncMaster:
             self._timer = None
         first_ns = self._first_ns or time.time_ns()
         self._first_ns = 0
+        self._last_cut = time.monotonic()
         window = self._drain()
         feed = self.table.events
         if feed.overflowed:
@@ -223,28 +246,15 @@ class SyncMaster:
             self.head_seq += 1
             data = encode_batch_entries(self.epoch, self.incarnation, self.head_seq, first_ns, part)
             self.ring.append(RingEntry(self.head_seq, data, len(part), created))
-            self._ring_updates += len(part)
             self.stats["batches"] += 1
             self.stats["updates"] += len(part)
-        self._trim_ring()
+        self.ring.trim(created)
         for s in self.sessions:
             s.wake()
 
-    def _trim_ring(self) -> None:
-        ring, cfg = self.ring, self.cfg
-        while len(ring) > cfg.retention_batches or (
-                self._ring_updates > cfg.retention_updates and len(ring) > 1):
-            self._ring_updates -= ring.popleft().n
-
     def batches_after(self, seq: int, limit: int) -> list[RingEntry] | None:
         """Up to `limit` retained batches with seq > `seq`; None if seq+1 is no longer retained."""
-        if seq >= self.head_seq:
-            return [] if seq == self.head_seq else None
-        ring = self.ring
-        if not ring or ring[0].seq > seq + 1:
-            return None
-        start = seq + 1 - ring[0].seq
-        return [ring[i] for i in range(start, min(len(ring), start + limit))]
+        return self.ring.after(seq, self.head_seq, limit)
 
     def retained(self, seq: int) -> bool:
         return self.batches_after(seq, 0) is not None
@@ -256,6 +266,7 @@ class SyncMaster:
             await asyncio.sleep(self.cfg.refresh_interval)
             try:
                 self.run_refresh()
+                self.ring.trim(time.monotonic())
             except Exception:
                 log.exception("sync refresh pass failed")
 
@@ -272,8 +283,8 @@ class SyncMaster:
                 out.append(Update(SyncKind.REFRESH, key, conn.flags, timeout=conn.timeout,
                                   remaining=conn.expires - now))
                 tracker.sent(key, conn.expires, conn.timeout)
-            else:  # not longer-lived (yet): look again soon, its timer may be re-armed
-                tracker.recheck(key, deadline, max(deadline, now + self.cfg.policy.refresh_min_margin / 2))
+            else:  # not longer-lived (yet): look again after half the time left (traffic may come)
+                tracker.recheck(key, deadline, now + max(self.cfg.refresh_interval, (deadline - now) / 2))
         self.stats["refreshes"] += len(out)
         self.emit(out, time.time_ns())
         return len(out)

@@ -9,6 +9,7 @@ can be tested with plain tuples. Errors raised on bad input form one small tree:
 
     SyncError
      +-- ProtocolError      garbage, unknown version, missing fields, wrong message in a state
+     |    +-- FieldRangeError  a field outside its range (port 70000, protocol 300, ...)
      +-- StaleEpochError    a message from a master older than the newest epoch known
      +-- SequenceGapError   a batch that does not follow the last one applied
 """
@@ -20,20 +21,19 @@ from enum import IntEnum
 from typing import Any, NamedTuple, Protocol
 
 from director.services.service import DestKey
+from director.table.events import ConnKey as ConnKey
+from director.table.events import EventKind
 
 PROTOCOL_VERSION = 1
 
-ConnKey = tuple[int, int, int, int, int, int, int, int, bool]
-"""(protocol, caddr, cport, vaddr, vport, daddr, dport, fwmark, is_template), as in director.table.conn."""
-
 
 class SyncKind(IntEnum):
-    """Update kinds on the wire; NEW/UPDATE/EXPIRE share values with director.table.conn.EventKind."""
+    """Update kinds on the wire: the table's EventKind values, plus REFRESH (sync only)."""
 
-    NEW = 1
-    UPDATE = 2
-    EXPIRE = 3
-    REFRESH = 4
+    NEW = int(EventKind.NEW)
+    UPDATE = int(EventKind.UPDATE)
+    EXPIRE = int(EventKind.EXPIRE)
+    REFRESH = max(int(k) for k in EventKind) + 1
 
 
 class Update(NamedTuple):
@@ -119,6 +119,14 @@ class StaleEpochError(SyncError):
 
 class SequenceGapError(SyncError):
     """A batch that does not directly follow the last applied one."""
+
+
+class FieldRangeError(ProtocolError):
+    """A decoded field outside its range (``field`` names it): the whole message is refused."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.field = field
 
 
 # --- what syncd needs of director.table.conn (structural, so syncd type-checks on its own) -----------------

@@ -21,11 +21,8 @@ import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from director.table.entry import S_SYN_RECV, S_SYNACK, TCP
 from syncd.model import ConnKey, SnapshotLike
-
-TCP = 6
-TCP_SYN_RECV = 3
-TCP_SYNACK = 10
 
 
 @dataclass
@@ -51,7 +48,7 @@ class SyncPolicy:
         """``should_sync`` of an entry with this key and state."""
         if key[8]:
             return self.sync_templates
-        if key[0] == TCP and state in (TCP_SYN_RECV, TCP_SYNACK):
+        if key[0] == TCP and state in (S_SYN_RECV, S_SYNACK):
             return self.sync_syn_recv
         return True
 
@@ -66,13 +63,17 @@ class RefreshTracker:
         self.policy = policy
         self._deadline: dict[ConnKey, float] = {}
         self._heap: list[tuple[float, float, ConnKey]] = []
+        self._peak = 0
 
     def __len__(self) -> int:
         return len(self._deadline)
 
     def sent(self, key: ConnKey, deadline: float, timeout: float) -> None:
         """The backups were told `key` expires at `deadline` (master clock)."""
-        self._deadline[key] = deadline
+        d = self._deadline
+        d[key] = deadline
+        if len(d) > self._peak:
+            self._peak = len(d)
         p = self.policy
         margin = timeout * 0.5
         if margin > p.refresh_margin:
@@ -82,8 +83,10 @@ class RefreshTracker:
         heapq.heappush(self._heap, (deadline - margin, deadline, key))
 
     def ensure(self, key: ConnKey, deadline: float, timeout: float) -> None:
-        """Track `key` if it is not tracked yet (a snapshot sent it; batches may have sent it earlier)."""
-        if key not in self._deadline:
+        """A snapshot sent `key` with `deadline`: track the earlier of it and what batches sent (each
+        backup must be refreshed before *its* copy runs out)."""
+        known = self._deadline.get(key)
+        if known is None or deadline < known:
             self.sent(key, deadline, timeout)
 
     def recheck(self, key: ConnKey, deadline: float, at: float) -> None:
@@ -95,8 +98,9 @@ class RefreshTracker:
         self._deadline.pop(key, None)
 
     def clear(self) -> None:
-        self._deadline.clear()
-        self._heap.clear()
+        self._deadline = {}  # new containers: a drained dict or list keeps its peak size
+        self._heap = []
+        self._peak = 0
 
     def next_due(self) -> float | None:
         return self._heap[0][0] if self._heap else None
@@ -110,14 +114,18 @@ class RefreshTracker:
             if deadlines.get(key) == deadline:
                 del deadlines[key]
                 out.append((key, deadline))
-        if len(heap) > 4 * len(deadlines) + 1024:
+        if len(heap) > 4 * len(deadlines) + 1024 or self._peak > 4 * len(deadlines) + 1024:
             self._compact()
         return out
 
     def _compact(self) -> None:
+        """Drop stale heap items and copy the dict: memory goes back once most entries are gone
+        (a dict never shrinks by deletion)."""
         live = [(d - m, d, k) for (_, d, k), m in self._live_margins()]
         heapq.heapify(live)
         self._heap = live
+        self._deadline = dict(self._deadline)
+        self._peak = len(self._deadline)
 
     def _live_margins(self) -> Iterable[tuple[tuple[float, float, ConnKey], float]]:
         deadlines = self._deadline

@@ -9,10 +9,23 @@ where garbage is caught and answered with a status instead of an exception in gR
 
 Every node runs the server; only the master serves: ``start_serving()`` starts a new master
 incarnation on the table's event feed, ``stop_serving()`` ends it and closes every stream
-(UNAVAILABLE); a backup answers Follow with FAILED_PRECONDITION. Follow attempts are rate-limited
-per peer host (token bucket, RESOURCE_EXHAUSTED), backups are capped, backup messages are capped in size
-(gRPC limit) and acks are rate-limited per stream. A backup's first message must be a hello of a
-known version (else INVALID_ARGUMENT / FAILED_PRECONDITION); later messages are acks.
+(UNAVAILABLE); a backup answers Follow with FAILED_PRECONDITION.
+
+*Admission* (so idle or unauthenticated streams cannot lock a real backup out):
+
+* Follow attempts are rate-limited per peer host (token bucket);
+* a stream must say hello within ``hello_timeout`` and a host may have at most
+  ``max_pending_per_host`` streams waiting to say it;
+* sessions are capped per host (``max_backups_per_host``) and in all (``max_backups``). When a cap
+  is reached, the oldest session that has never acknowledged anything although it had
+  ``hello_timeout`` to do so (an idle squatter: a real backup acks right after its first message)
+  is evicted for the newcomer; otherwise the newcomer is refused (RESOURCE_EXHAUSTED);
+* backup messages are capped in size (gRPC limit), acks are rate-limited per stream and an ack
+  beyond what was sent ends the stream.
+
+A backup's first message must be a hello of a known version (else INVALID_ARGUMENT /
+FAILED_PRECONDITION); later messages are acks. Every refusal is counted in ``refused`` (by kind)
+and logged rate-limited (the 1st, 2nd, 4th, 8th... of each kind, with the count).
 
 Status codes: FAILED_PRECONDITION = not master or unknown version; INVALID_ARGUMENT = undecodable
 or out-of-order backup message; RESOURCE_EXHAUSTED = limits; UNAVAILABLE = master stopped.
@@ -52,9 +65,13 @@ class ServerConfig:
     """Follow attempts per second per peer host, with `follow_burst` saved."""
     follow_burst: float = 20.0
     max_backups: int = 64
+    max_backups_per_host: int = 4
+    max_pending_per_host: int = 8
+    """Streams of one host that have not said hello yet."""
     ack_rate: float = 5000.0
     ack_burst: float = 10000.0
-    hello_timeout: float = 10.0
+    hello_timeout: float = 3.0
+    """Seconds a stream has to say hello, and a session to send its first ack before it may be evicted."""
     master: MasterConfig = field(default_factory=MasterConfig)
 
 
@@ -85,6 +102,8 @@ class SyncServer:
         self.grpc_server: Any = None
         self.port = 0
         self._follow_rates: dict[str, TokenBucket] = {}
+        self._pending: dict[str, int] = {}
+        self.sessions: set[BackupSession] = set()
         self._logs = LogLimiter()
         self.refused: dict[str, int] = {}
 
@@ -116,7 +135,7 @@ class SyncServer:
     def backups(self) -> list[BackupStatus]:
         head = self.master.head_seq
         out = []
-        for s in self.master.sessions:
+        for s in self.sessions:
             out.append(BackupStatus(
                 s.node_id, s.peer, "snapshot" if s.in_snapshot or s.needs_snapshot else "live", s.in_sync,
                 s.sent_seq, s.acked_seq, max(0, head - s.acked_seq), s.lag_seconds() * 1000.0, s.snapshots,
@@ -135,9 +154,8 @@ class SyncServer:
             self._follow, request_deserializer=identity, response_serializer=identity)
         return grpc.method_handlers_generic_handler(SERVICE, {"Follow": follow})
 
-    def _follow_bucket(self, peer: str) -> TokenBucket:
+    def _follow_bucket(self, host: str) -> TokenBucket:
         """Per-host Follow rate limit: a flood from one host does not lock the others out."""
-        host = peer.rsplit(":", 1)[0]
         bucket = self._follow_rates.get(host)
         if bucket is None:
             if len(self._follow_rates) >= 4096:
@@ -152,17 +170,18 @@ class SyncServer:
 
     async def _follow(self, request_iterator: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         peer = context.peer()
-        if not self._follow_bucket(peer).take(time.monotonic()):
+        host = peer_host(peer)
+        if not self._follow_bucket(host).take(time.monotonic()):
             self._refuse("follow_rate", peer, "Follow rate limit")
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "Follow rate limit exceeded")
         if not self.master.running:
             self._refuse("not_master", peer, "this node is not the sync master")
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not the sync master")
-        if len(self.master.sessions) >= self.cfg.max_backups:
-            self._refuse("max_backups", peer, "too many backups")
+        hello = await self._pending_hello(request_iterator, context, peer, host)
+        if not self._admit(host, peer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many backups")
-        hello = await self._hello(request_iterator, context, peer)
         session = BackupSession(self.master, hello, peer)
+        self.sessions.add(session)
         self.master.sessions.add(session)
         reader = asyncio.get_running_loop().create_task(self._read_acks(request_iterator, session))
         try:
@@ -170,13 +189,58 @@ class SyncServer:
                 yield data
         finally:
             reader.cancel()
-            self.master.sessions.discard(session)
+            self._drop(session)
             self.master.acked()
         log.info("backup %s (%s) stream ended: %s", session.node_id, peer, session.close_reason)
         if session.close_kind == "gone" or context.cancelled():
             return  # nobody left to tell
         code = _CLOSE_CODES.get(session.close_kind, grpc.StatusCode.UNAVAILABLE)
         await context.abort(code, session.close_reason)
+
+    def _drop(self, session: BackupSession) -> None:
+        self.sessions.discard(session)
+        self.master.sessions.discard(session)
+
+    async def _pending_hello(self, request_iterator: AsyncIterator[bytes], context: Any, peer: str,
+                             host: str) -> FollowHello:
+        """The hello, within ``hello_timeout``, counting this stream among its host's pending ones."""
+        if self._pending.get(host, 0) >= self.cfg.max_pending_per_host:
+            self._refuse("pending", peer, "too many streams without hello from this host")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many streams without hello")
+        self._pending[host] = self._pending.get(host, 0) + 1
+        try:
+            return await self._hello(request_iterator, context, peer)
+        finally:
+            left = self._pending[host] - 1
+            if left:
+                self._pending[host] = left
+            else:
+                del self._pending[host]
+
+    def _admit(self, host: str, peer: str) -> bool:
+        """Room for one more session of `host`, evicting an idle squatter if a cap is reached."""
+        now = time.monotonic()
+        same_host = [s for s in self.sessions if s.host == host]
+        for scope, cap, what in ((same_host, self.cfg.max_backups_per_host, "max_backups_per_host"),
+                                 (list(self.sessions), self.cfg.max_backups, "max_backups")):
+            if len(scope) < cap:
+                continue
+            victim = self._squatter(scope, now)
+            if victim is None:
+                self._refuse(what, peer, f"{len(scope)} sessions, none evictable")
+                return False
+            idle_for = now - victim.connected_mono
+            self._refuse("evicted", victim.peer, f"no ack in {idle_for:.1f} s, room for {peer}")
+            victim.close("evicted: never acknowledged", "rate")
+            self._drop(victim)
+            if victim in same_host:
+                same_host.remove(victim)
+        return True
+
+    def _squatter(self, sessions: list[BackupSession], now: float) -> BackupSession | None:
+        """The oldest session that never acked although it had ``hello_timeout`` to."""
+        idle = [s for s in sessions if s.acks == 0 and now - s.connected_mono >= self.cfg.hello_timeout]
+        return min(idle, key=lambda s: s.connected_mono) if idle else None
 
     async def _hello(self, request_iterator: AsyncIterator[bytes], context: Any, peer: str) -> FollowHello:
         try:
@@ -222,12 +286,21 @@ class SyncServer:
                     self._refuse("ack_rate", session.peer, "ack rate limit")
                     session.close("ack rate limit exceeded", "rate")
                     return
-                session.on_ack(msg)
+                if not session.on_ack(msg):
+                    self._refuse("ack_beyond_sent", session.peer,
+                                 f"acked seq {msg.applied_seq} beyond sent {session.sent_seq}")
+                    session.close("ack beyond what was sent", "bad_input")
+                    return
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the backup went away (stream reset, cancelled)
             log.debug("backup %s ack stream: %s", session.node_id, exc)
         session.close("backup closed its stream", "gone")
+
+
+def peer_host(peer: str) -> str:
+    """The host part of a gRPC peer string ("ipv4:1.2.3.4:5678" -> "ipv4:1.2.3.4")."""
+    return peer.rsplit(":", 1)[0]
 
 
 _CLOSE_CODES = {

@@ -27,25 +27,59 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from syncd.convert import encode_heartbeat, encode_snapshot_begin, encode_snapshot_chunk, encode_snapshot_end
-from syncd.master import SyncMaster
-from syncd.model import AckMsg, FollowHello, Update
+from syncd.model import AckMsg, FollowHello, TableLike, Update
+from syncd.ring import RingEntry
 
 log = logging.getLogger(__name__)
 
 _LIVE_SLICE = 64
 
 
+class SessionKnobs(Protocol):
+    """The master settings a session reads (syncd.master.MasterConfig)."""
+
+    @property
+    def heartbeat_interval(self) -> float: ...
+    @property
+    def backup_max_lag(self) -> int: ...
+    @property
+    def snapshot_chunk(self) -> int: ...
+
+
+class MasterLike(Protocol):
+    """What a session needs of its master (syncd.master.SyncMaster); no import, no cycle."""
+
+    epoch: int
+    incarnation: int
+    head_seq: int
+    stats: dict[str, int]
+
+    @property
+    def cfg(self) -> SessionKnobs: ...
+    @property
+    def table(self) -> TableLike: ...
+    def clock(self) -> float: ...
+    def cut_batch(self) -> int: ...
+    def batches_after(self, seq: int, limit: int) -> list[RingEntry] | None: ...
+    def retained(self, seq: int) -> bool: ...
+    def snapshot_update(self, conn: Any, now: float) -> Update | None: ...
+    def acked(self) -> None: ...
+
+
 class BackupSession:
     """State of one connected backup (also what the admin API lists)."""
 
-    def __init__(self, master: SyncMaster, hello: FollowHello, peer: str) -> None:
+    def __init__(self, master: MasterLike, hello: FollowHello, peer: str) -> None:
         self.master = master
         self.node_id = hello.node_id
         self.peer = peer
+        self.host = peer.rsplit(":", 1)[0]
         self.connected_at = time.time()
+        self.connected_mono = time.monotonic()
+        self.acks = 0
         self.sent_seq = hello.last_applied_seq
         self.acked_seq = hello.last_applied_seq
         self.incarnation_acked = hello.incarnation
@@ -85,16 +119,18 @@ class BackupSession:
         self.snapshot_reason = reason
         self._wake.set()
 
-    def on_ack(self, ack: AckMsg) -> None:
+    def on_ack(self, ack: AckMsg) -> bool:
+        """Take an ack; False (and nothing taken) if it claims more than was sent (the caller counts,
+        logs rate-limited and closes)."""
         if ack.applied_seq > self.sent_seq:
-            log.warning("backup %s acked seq %d beyond sent %d: ignored", self.node_id, ack.applied_seq,
-                        self.sent_seq)
-            return
+            return False
+        self.acks += 1
         self.acked_seq = ack.applied_seq
         self.in_sync = ack.in_sync
         if ack.in_sync:
             self.incarnation_acked = self.master.incarnation
         self.master.acked()
+        return True
 
     def lag_seconds(self) -> float:
         """Age of the oldest batch the backup has not acknowledged (0 when caught up)."""

@@ -16,6 +16,62 @@ references and client ports. Caches are cleared when they grow past ``_CACHE_MAX
 Values a field cannot hold (negative, or above 2**32 - 1 for a uint32 field) raise
 ``ValueError``, as upb does; convert.py then encodes that entry through upb, which raises the
 same way, so behaviour on bad input is unchanged.
+
+Wire layout
+-----------
+Protobuf wire format (proto/sync.proto, version 1). A tag byte is ``field << 3 | wire type``
+(0 = varint, 2 = length-delimited); ``len`` is a varint byte count. Scalars equal to 0 and absent
+sub-messages are not written. Every message this module writes::
+
+    SyncMessage                                   (one gRPC message; the master writes it once)
+    tag   field            type      value
+    0x08  1 version        varint    PROTOCOL_VERSION (1)
+    0x10  2 epoch          varint    master's election epoch
+    0x18  3 incarnation    varint    random id of this serving period (seqs are per incarnation)
+    0x22  4 batch          len+Batch           \
+    0x32  6 snapshot_chunk len+SnapshotChunk    > exactly one body (begin/end/heartbeat: convert.py)
+
+    Batch                                         SnapshotChunk
+    0x08  1 seq                 varint            0x08  1 index     varint
+    0x10  2 first_event_unix_ns varint            0x12  2 entries   len+ConnEntry (repeated)
+    0x1a  3 entries             len+ConnEntry (repeated)
+
+    ConnEntry (one update)                 written for kind:  NEW/UPDATE  EXPIRE  REFRESH
+    tag        field           type        bytes / values
+    0x08       1 kind          varint      1 NEW 2 UPDATE 3 EXPIRE 4 REFRESH     x  x  x
+    0x10       2 protocol      varint      1 ICMP, 6 TCP, 17 UDP                  x  x  x
+    0x1a 04|10 3 caddr         len+bytes   4 (IPv4) or 16 (IPv6), big-endian      x  x  x
+    0x20       4 cport         varint      0..65535                               x  x  x
+    0x2a 04|10 5 vaddr         len+bytes                                          x  x  x
+    0x30       6 vport         varint      0..65535                               x  x  x
+    0x3a 04|10 7 daddr         len+bytes                                          x  x  x
+    0x40       8 dport         varint      0..65535                               x  x  x
+    0x48       9 fwmark        varint      0..2**32-1                             x  x  x
+    0x50      10 flags         varint      ConnFlags, HASHED|SYNC cleared         x  x  x
+    0x58      11 state         varint      TcpState for TCP, 0 otherwise          x
+    0x60      12 timeout_ms    varint      the state's full timeout               x     x
+    0x68      13 remaining_ms  varint      time left on the master's timer        x     x
+    0x72      14 dest          len+DestRef   absent: not bound                    x
+    0x7a      15 control       len+ConnRef   the controlling template             x
+    0x80 0x01 16 in_pkts       varint                                             x
+    0x8a 0x01 17 old_key       len+ConnRef   UPDATE of a re-keyed entry           x
+
+    DestRef                                       ConnRef
+    0x08  1 protocol varint                       0x08  1 protocol    varint
+    0x12  2 vaddr    len+bytes (4|16)             0x12  2 caddr       len+bytes (4|16)
+    0x18  3 vport    varint                       0x18  3 cport       varint
+    0x20  4 fwmark   varint                       0x22  4 vaddr       len+bytes (4|16)
+    0x2a  5 daddr    len+bytes (4|16)             0x28  5 vport       varint
+    0x30  6 dport    varint                       0x32  6 daddr       len+bytes (4|16)
+                                                  0x38  7 dport       varint
+                                                  0x40  8 fwmark      varint
+                                                  0x48  9 is_template varint (1)
+
+The entry key is (protocol, caddr, cport, vaddr, vport, daddr, dport, fwmark, flags & TEMPLATE).
+An IPv4 address is written as 4 bytes (the int fits in 32 bits), anything else as 16. Flag bits,
+update kinds and the template bit come from their one definition (``director.types.ConnFlags``,
+``director.table.entry``, ``syncd.model.SyncKind``); the field ranges a backup accepts are checked
+by ``convert.decode_sync_message`` (see docs/CONTRACTS.md, "Sync").
 """
 
 from __future__ import annotations
@@ -24,14 +80,14 @@ import struct
 from typing import Any
 
 from director.services.service import DestKey
+from director.table.entry import F_TEMPLATE as TEMPLATE
 from director.types import LOCAL_CONN_FLAGS
-from syncd.model import ConnKey
+from syncd.model import ConnKey, SyncKind
 
 U32 = 0xFFFFFFFF
 U64 = (1 << 64) - 1
 LOCAL_FLAGS = int(LOCAL_CONN_FLAGS)  # HASHED, SYNC: never sent
-TEMPLATE = 0x1000
-EXPIRE, REFRESH = 3, 4
+EXPIRE, REFRESH = int(SyncKind.EXPIRE), int(SyncKind.REFRESH)
 _CACHE_MAX = 8192
 
 _head4 = struct.Struct(">BBBBBBI").pack  # kind, protocol (< 128) and a 4-byte caddr in one go

@@ -2,10 +2,9 @@
 
 Theory of operation
 -------------------
-*Entries.* A ``Conn`` is one flow (or a persistence template, ``TEMPLATE`` flag). Its client
-triple (protocol, caddr, cport) is packed into one int ``_key`` =
-``caddr << 24 | protocol << 16 | cport``; ``protocol``/``caddr``/``cport`` are read-only views of
-it. Flags are plain ints (``ConnFlags`` values); the table is the only writer.
+*Entries.* ``Conn`` (``director.table.entry``, re-exported here with ``snapshot``, ``dest_key``
+and ``make_key``): one flow or a persistence template, its client triple packed into one int key.
+Random drop lives in ``director.table.defense``.
 
 *Hash table.* Like the kernel, one table hashed by the client triple serves both directions
 (``in_get`` hashes the packet source, ``out_get`` its destination): ``2**bits`` buckets (bits
@@ -43,128 +42,41 @@ import random
 from collections.abc import Iterator
 from typing import cast
 
-from director.services.service import Dest, DestKey
+from director.services.service import Dest
+from director.table import defense
+from director.table.entry import (
+    D_AVAILABLE,
+    D_OVERLOAD,
+    DEST_KEYS,
+    EXPIRE_LATER,
+    F_FWD_MASK,
+    F_HASHED,
+    F_INACTIVE,
+    F_NO_CPORT,
+    F_NOOUTPUT,
+    F_SYNC,
+    F_TEMPLATE,
+    INITIAL_TIMEOUT,
+    INVALID_PORT,
+    S_ESTABLISHED,
+    TCP,
+    Conn,
+    canon,
+    dest_key,
+    make_key,
+    snapshot,
+)
 from director.table.events import ConnEvent, ConnKey, ConnSnapshot, EventFeed, EventKind, RawEvent
-from director.table.tcp import TcpState
-from director.table.timer import DEFAULT_HORIZON, Timed, Wheel
-from director.types import Clock, ConnFlags, DestFlags, Proto
+from director.table.timer import DEFAULT_HORIZON, Wheel
+from director.types import Clock, DestFlags
 
 log = logging.getLogger(__name__)
 
 MIN_BITS, MAX_BITS, DEFAULT_BITS = 8, 20, 12
-INITIAL_TIMEOUT = 3.0  # a new entry's timeout until its protocol sets one
-EXPIRE_LATER = 60.0  # ip_vs_conn_expire: timeout when the entry must wait
-INVALID_PORT = 65535  # check_template: vport/dport of an invalidated template
-TODROP_RATE = (0, 1, 2, 3, 4, 5, 6, 7, 8)  # todrop_entry: drop 1 in i for in_pkts == i
-
-# Plain-int flag values: IntFlag arithmetic is far too slow for the packet path.
-F_FWD_MASK = int(ConnFlags.FWD_MASK)
-F_BYPASS = int(ConnFlags.BYPASS)
-F_SYNC = int(ConnFlags.SYNC)
-F_HASHED = int(ConnFlags.HASHED)
-F_NOOUTPUT = int(ConnFlags.NOOUTPUT)
-F_INACTIVE = int(ConnFlags.INACTIVE)
-F_NO_CPORT = int(ConnFlags.NO_CPORT)
-F_TEMPLATE = int(ConnFlags.TEMPLATE)
-D_AVAILABLE = int(DestFlags.AVAILABLE)
-D_OVERLOAD = int(DestFlags.OVERLOAD)
-TCP = int(Proto.TCP)
-S_ESTABLISHED = int(TcpState.ESTABLISHED)
-S_SYN_RECV = int(TcpState.SYN_RECV)
-S_SYNACK = int(TcpState.SYNACK)
 
 _NEW, _UPDATE, _EXPIRE = EventKind.NEW, EventKind.UPDATE, EventKind.EXPIRE
 _int_and = int.__and__  # dest.flags is an IntFlag: test bits without its Python-level __and__
-_FLAG_OBJS = tuple(range(0x4000))  # canonical int objects for flag values (saves 32 B/conn)
-
-
-def _canon(flags: int) -> int:
-    return _FLAG_OBJS[flags] if 0 <= flags < 0x4000 else flags
-
-
-def make_key(protocol: int, caddr: int, cport: int) -> int:
-    """The packed client triple a conn is hashed by."""
-    return (caddr << 24) | (protocol << 16) | cport
-
-
-class Conn(Timed):
-    """One table entry. Read anything; only ``ConnTable`` writes (``in_pkts``: packet path)."""
-
-    __slots__ = ("_key", "vaddr", "vport", "daddr", "dport", "fwmark", "flags", "state", "timeout",
-                 "dest", "control", "n_control", "in_pkts", "created", "_next")
-
-    def __init__(self, key: int, vaddr: int, vport: int, daddr: int, dport: int, fwmark: int,
-                 flags: int, state: int, timeout: float, created: float) -> None:
-        self._key = key
-        self.vaddr = vaddr
-        self.vport = vport
-        self.daddr = daddr
-        self.dport = dport
-        self.fwmark = fwmark
-        self.flags = flags
-        self.state = state
-        self.timeout = timeout
-        self.expires = created + timeout
-        self.created = created
-        self.dest: Dest | None = None
-        self.control: Conn | None = None
-        self.n_control = 0
-        self.in_pkts = 0
-        self._next: Conn | None = None
-        self._tslot = None
-
-    @property
-    def protocol(self) -> int:
-        return (self._key >> 16) & 0xFF
-
-    @property
-    def caddr(self) -> int:
-        return self._key >> 24
-
-    @property
-    def cport(self) -> int:
-        return self._key & 0xFFFF
-
-    @property
-    def hashed(self) -> bool:
-        return bool(self.flags & F_HASHED)
-
-    @property
-    def key(self) -> ConnKey:
-        k = self._key
-        return ((k >> 16) & 0xFF, k >> 24, k & 0xFFFF, self.vaddr, self.vport, self.daddr,
-                self.dport, self.fwmark, bool(self.flags & F_TEMPLATE))
-
-    def __repr__(self) -> str:
-        return (f"Conn(p={self.protocol} c={self.caddr:#x}:{self.cport} v={self.vaddr:#x}:{self.vport} "
-                f"d={self.daddr:#x}:{self.dport} flags={self.flags:#x} state={self.state})")
-
-
-_tuple_new = tuple.__new__  # builds NamedTuples without their Python-level __new__
-
-
-_DEST_KEYS: dict[Dest, DestKey] = {}
-_DEST_KEYS_MAX = 4096
-
-
-def dest_key(dest: Dest) -> DestKey:
-    """``dest.key`` from an identity cache (a dest's key never changes; the cache is bounded)."""
-    k = _DEST_KEYS.get(dest)
-    if k is None:
-        if len(_DEST_KEYS) >= _DEST_KEYS_MAX:
-            _DEST_KEYS.clear()
-        k = _DEST_KEYS[dest] = dest.key
-    return k
-
-
-def snapshot(conn: Conn) -> ConnSnapshot:
-    """Immutable copy of an entry for the event feed / sync snapshots."""
-    k, f, d, ct = conn._key, conn.flags, conn.dest, conn.control
-    key = ((k >> 16) & 0xFF, k >> 24, k & 0xFFFF, conn.vaddr, conn.vport, conn.daddr, conn.dport,
-           conn.fwmark, bool(f & F_TEMPLATE))
-    return _tuple_new(ConnSnapshot, (key, f, conn.state, conn.timeout, conn.expires,
-                                     dest_key(d) if d is not None else None,
-                                     ct.key if ct is not None else None, conn.in_pkts))
+_canon = canon
 
 
 class ConnTable:
@@ -536,48 +448,12 @@ class ConnTable:
     def random_drop(self, rng: random.Random) -> int:
         """Defense: visit 1/32 of the buckets at random and expire_now droppable entries (and
         their templates). Returns the number of entries marked; they go at the next tick."""
-        now = self._clock()
-        tab, bits = self._tab, self.bits
-        n = 0
-        for _ in range(self.size >> 5):
-            for head in tab[rng.getrandbits(bits)].values():
-                c: Conn | None = head
-                while c is not None:
-                    if self._droppable(c, now):
-                        self.expire_now(c)
-                        if c.control is not None:
-                            self.expire_now(c.control)
-                        n += 1
-                    c = c._next
-        return n
-
-    def _droppable(self, c: Conn, now: float) -> bool:
-        if c.flags & F_TEMPLATE:
-            return False
-        if (c._key >> 16) & 0xFF == TCP:
-            s = c.state
-            if s in (S_SYN_RECV, S_SYNACK):
-                return True
-            if s == S_ESTABLISHED:
-                return self.todrop_entry(c, now)
-            return False
-        return self.todrop_entry(c, now)
+        return defense.random_drop(self._tab, self.bits, self._clock(), self._todrop_counter, self.expire_now,
+                                   rng)
 
     def todrop_entry(self, c: Conn, now: float) -> bool:
-        """Seed ``todrop_entry``: keep entries refreshed within the last 60 s
-        (``now + timeout < expires + 60``) and entries with in_pkts outside [1, 8]; of the
-        others, drop one in ``in_pkts`` (per-value countdown)."""
-        if now + c.timeout < c.expires + 60.0:
-            return False
-        i = c.in_pkts
-        if i > 8 or i < 0 or not TODROP_RATE[i]:
-            return False
-        counter = self._todrop_counter
-        counter[i] -= 1
-        if counter[i] > 0:
-            return False
-        counter[i] = TODROP_RATE[i]
-        return True
+        """Seed ``todrop_entry`` (see ``director.table.defense``)."""
+        return defense.todrop_entry(c, now, self._todrop_counter)
 
     # ---- iteration, events -----------------------------------------------------------------
 
@@ -597,7 +473,7 @@ class ConnTable:
             self._ev_conn = c
             self._ev_key = key
         if d is not None:
-            dk = _DEST_KEYS.get(d)
+            dk = DEST_KEYS.get(d)
             if dk is None:
                 dk = dest_key(d)
         else:
