@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import Any
 
+from director.cluster.promises import Promises
+
 log = logging.getLogger(__name__)
 
 
@@ -156,12 +158,20 @@ class ElectionMachine:
     pending: set[Act] = field(default_factory=set)
     handover_to: str | None = None  # a pending preemption request names this node
     handover_asked: int = 0  # epoch of the master we last asked to hand over to us
+    promises: Promises = field(default_factory=Promises)
+    reacquiring: bool = False  # MASTER on promises whose lease is gone: winning the key back
+
+    def __post_init__(self) -> None:
+        self.promises.node_id = self.params.node_id
 
     # -- time and readiness ----------------------------------------------------------
     def tick(self, now: float) -> list[Action]:
         if self.role is Role.MASTER:
-            if now >= self.lease.step_down_at:
+            until = self.forward_until()
+            if until is not None and now >= until:
                 return self._step_down_uncertain(now)
+            if self.reacquiring:
+                return self._reacquire_tick(now)
             return self._maybe_renew(now)
         if self.role is Role.STEPPED_DOWN:
             if self.why is Why.UNCERTAIN:
@@ -184,23 +194,59 @@ class ElectionMachine:
         """The next time `tick` has something to do (None: only inputs can wake it)."""
         times: list[float] = []
         if self.role is Role.MASTER:
-            times.append(self.lease.step_down_at)
+            times.append(self.forward_until() or 0.0)
+            if self.reacquiring and self.lease.lease_id and Act.CAMPAIGN not in self.pending:
+                times.append(self.retry_at)
         if self.role in (Role.MASTER, Role.STEPPED_DOWN) and self.lease.lease_id \
                 and Act.RENEW not in self.pending:
             times.append(self.lease.next_renew_at)
         if self.role is Role.STEPPED_DOWN and self.why is Why.RESIGNED:
             times.append(self.not_before)
         if self.role is Role.BACKUP and self._could_campaign():
-            times.append(self.not_before)
+            times.append(max(self.not_before, self.promises.next_change(self.not_before) or 0.0))
         if self.role is Role.CANDIDATE and self.lease.lease_id and Act.CAMPAIGN not in self.pending:
             times += [self.retry_at, self.lease.step_down_at]
         return min(times) if times else None
 
     def forward_until(self) -> float | None:
-        """The fencing deadline: while MASTER, forwarding is safe until this monotonic time (the
-        step-down time: the last keepalive's send time + TTL - margin); None when not master. The
-        packet path checks it before every batch, so a stalled node cannot forward past it."""
-        return self.lease.step_down_at if self.role is Role.MASTER else None
+        """The fencing deadline: while MASTER, forwarding is safe until this monotonic time: the
+        step-down time (the last keepalive's send time + TTL - margin), extended by the backups'
+        promises (static stability); None when not master. The packet path checks it before every
+        batch, so a stalled node cannot forward past it."""
+        if self.role is not Role.MASTER:
+            return None
+        return self.promises.master_deadline(self._lease_deadline())
+
+    def _lease_deadline(self) -> float:
+        """The current lease's step-down time; while winning the key back, the last one we had."""
+        return self.lease.step_down_at if self.lease.lease_id else self.promises.last_lease_deadline
+
+    # -- promises (static stability, see director.cluster.promises) ---------------------
+    def promises_granted(self, now: float, until: float, required: frozenset[str]) -> list[Action]:
+        """Master side: the earliest promise over the required members (node-computed)."""
+        self.promises.granted_until = until
+        self.promises.required = required
+        return self.tick(now) if self.role is Role.MASTER else []
+
+    def promise_held(self, now: float, until: float, epoch: int) -> list[Action]:
+        """Backup side: we promised the master of `epoch` not to campaign before `until`."""
+        p = self.promises
+        if epoch > p.hold_epoch:
+            p.hold_epoch, p.hold_until = epoch, until
+        elif epoch == p.hold_epoch:
+            p.hold_until = max(p.hold_until, until)
+        return self._maybe_campaign(now) if self.role is Role.BACKUP else []
+
+    def promise_void(self, now: float) -> list[Action]:
+        """Backup side: our promise no longer binds (its master is known to be gone)."""
+        self.promises.hold_until = 0.0
+        return self._maybe_campaign(now) if self.role is Role.BACKUP else []
+
+    def members_observed(self, now: float, members: tuple[str, ...] | None, released: int) -> list[Action]:
+        """The last master's member list (None: never written) and the newest released epoch."""
+        self.promises.members = members
+        self.promises.released_epoch = max(self.promises.released_epoch, released)
+        return self._maybe_campaign(now) if self.role is Role.BACKUP else []
 
     @property
     def waiting_for_ready(self) -> bool:
@@ -209,16 +255,22 @@ class ElectionMachine:
     # -- campaign results ------------------------------------------------------------
     def lease_granted(self, now: float, lease_id: int, ttl: float, sent_at: float) -> list[Action]:
         self.pending.discard(Act.GRANT_LEASE)
+        fresh = _Lease(lease_id, ttl, sent_at, sent_at, sent_at + ttl - self.params.margin, sent_at + ttl / 3)
+        if self.role is Role.MASTER and self.reacquiring and not self.lease.lease_id:
+            self.lease = fresh
+            return self._campaign()
         if self.role is not Role.CANDIDATE or self.lease.lease_id:
             return [Action(Act.REVOKE, lease_id)]
-        self.lease = _Lease(lease_id, ttl, sent_at, sent_at, sent_at + ttl - self.params.margin,
-                            sent_at + ttl / 3)
+        self.lease = fresh
         if self.master is not None:
             return self._abandon_candidacy(now)
         return self._campaign()
 
     def lease_failed(self, now: float) -> list[Action]:
         self.pending.discard(Act.GRANT_LEASE)
+        if self.role is Role.MASTER and self.reacquiring:
+            self.retry_at = now + self.params.retry
+            return []
         if self.role is Role.CANDIDATE and not self.lease.lease_id:
             self._to_backup()
             self.not_before = now + self.params.retry
@@ -228,6 +280,11 @@ class ElectionMachine:
         self.pending.discard(Act.CAMPAIGN)
         if lease_id != self.lease.lease_id:
             return [Action(Act.REVOKE, lease_id)]
+        if self.role is Role.MASTER and self.reacquiring:
+            self.reacquiring = False
+            self.epoch = epoch
+            log.info("key won back while forwarding on promises: epoch %d", epoch)
+            return [Action(Act.START_FORWARDING, lease_id, epoch)] + self._maybe_renew(now)
         if self.role is not Role.CANDIDATE:
             return []
         return self._win(now, epoch)
@@ -235,6 +292,11 @@ class ElectionMachine:
     def txn_lost(self, now: float, lease_id: int, record: LeaderRecord | None) -> list[Action]:
         self.pending.discard(Act.CAMPAIGN)
         self.observed = True
+        if lease_id == self.lease.lease_id and self.role is Role.MASTER and self.reacquiring:
+            if record is not None and record.lease == lease_id:
+                return self.txn_won(now, lease_id, record.epoch)
+            self.master = record
+            return self._lose(now)  # someone else holds the key: stop at once
         if lease_id != self.lease.lease_id or self.role is not Role.CANDIDATE:
             return []
         if record is not None and record.lease == lease_id:
@@ -244,7 +306,7 @@ class ElectionMachine:
 
     def txn_failed(self, now: float, lease_id: int) -> list[Action]:
         self.pending.discard(Act.CAMPAIGN)
-        if lease_id == self.lease.lease_id and self.role is Role.CANDIDATE:
+        if lease_id == self.lease.lease_id and self.role in (Role.CANDIDATE, Role.MASTER):
             self.retry_at = now + self.params.retry  # same lease: a retry also detects a hidden win
         return []
 
@@ -275,6 +337,8 @@ class ElectionMachine:
         """etcd says the lease no longer exists."""
         if lease_id != self.lease.lease_id or not lease_id:
             return []
+        if self._on_promises(now):
+            return self._start_reacquire(now)
         acts = self._stop_forwarding(now) if self.role is Role.MASTER else []
         if self.master is not None and self.master.lease == lease_id:
             self.master = None
@@ -290,8 +354,13 @@ class ElectionMachine:
     def leader_observed(self, now: float, record: LeaderRecord | None) -> list[Action]:
         self.pending.discard(Act.VERIFY)
         self.observed = True
-        self.master = record
         ours = record is not None and bool(self.lease.lease_id) and record.lease == self.lease.lease_id
+        if record is not None:
+            self.promises.leader_seen_at = now
+        if self.role is Role.MASTER and record is None and (self.reacquiring or self._on_promises(now)):
+            self.master = None
+            return [] if self.reacquiring else self._start_reacquire(now)
+        self.master = record
         if record is not None and record.node_id != self.params.node_id:
             # a resign / handover hold-off lasts only until another master appears: when that one
             # dies, this node must campaign at once, not wait out the rest of the hold-off
@@ -323,9 +392,11 @@ class ElectionMachine:
         """Give up mastership (or candidacy) now and hold off campaigning."""
         if self.role is Role.STOPPED:
             return []
-        acts = self._stop_forwarding(now) if self.role is Role.MASTER else []
-        if self.lease.lease_id:
-            acts.append(Action(Act.REVOKE, self.lease.lease_id))
+        was_master = self.role is Role.MASTER
+        acts = self._stop_forwarding(now) if was_master else []
+        if self.lease.lease_id:  # epoch set: also announce `leader-released` (backups drop their promise)
+            acts.append(Action(Act.REVOKE, self.lease.lease_id, self.epoch if was_master else 0))
+        self.reacquiring = False
         if self.master is not None and self.master.lease == self.lease.lease_id:
             self.master = None
         self.lease = _Lease()
@@ -345,6 +416,8 @@ class ElectionMachine:
 
     def _maybe_campaign(self, now: float) -> list[Action]:
         if not self._could_campaign() or now < self.not_before or Act.GRANT_LEASE in self.pending:
+            return []
+        if not self.promises.may_campaign(now):
             return []
         self.role, self.why = Role.CANDIDATE, Why.NONE
         self.lease = _Lease()
@@ -389,7 +462,33 @@ class ElectionMachine:
         log.info("elected master, epoch %d", epoch)
         return [Action(Act.START_FORWARDING, self.lease.lease_id, epoch)] + self._maybe_renew(now)
 
+    def _on_promises(self, now: float) -> bool:
+        """MASTER and still covered by the backups' promises."""
+        p = self.promises
+        return self.role is Role.MASTER and now < min(p.granted_until, self._lease_deadline() + p.max_static)
+
+    def _start_reacquire(self, now: float) -> list[Action]:
+        """Our lease is gone but every member promised: keep forwarding, win the key back."""
+        log.warning("lease gone while forwarding on promises; winning the leader key back")
+        self.reacquiring = True
+        self.promises.last_lease_deadline = self._lease_deadline()
+        self.lease = _Lease()
+        self.pending.discard(Act.RENEW)
+        self.pending.add(Act.GRANT_LEASE)
+        return [Action(Act.GRANT_LEASE, timeout=max(self.params.ttl, 0.5))]
+
+    def _reacquire_tick(self, now: float) -> list[Action]:
+        if not self.lease.lease_id:
+            if Act.GRANT_LEASE in self.pending or now < self.retry_at:
+                return []
+            self.pending.add(Act.GRANT_LEASE)
+            return [Action(Act.GRANT_LEASE, timeout=max(self.params.ttl, 0.5))]
+        if Act.CAMPAIGN not in self.pending and now >= self.retry_at:
+            return self._campaign()
+        return self._maybe_renew(now)
+
     def _lose(self, now: float) -> list[Action]:
+        self.reacquiring = False
         log.warning("leader key lost (now %s); stepping down", self.master)
         acts = self._stop_forwarding(now)
         if self.lease.lease_id:
