@@ -17,7 +17,10 @@ because aetcd's watcher neither resumes after an etcd restart nor shows the revi
 boundaries of a watch response.  Every call raises `EtcdError` subclasses only.
 
 The config layer is text-based on purpose: values are YAML strings, validation belongs to
-`director.config.services`.  `read_config()` returns all config with the revision it was read at;
+`director.config.services` (and `director.config.watch` turns this watch into validated updates).
+Keys and values are decoded with ``surrogateescape``: bytes that are not UTF-8 are neither fatal
+here nor silently "repaired", the config loader refuses them by name.
+`read_config()` returns all config with the revision it was read at;
 `watch_config()` yields a fresh `ConfigSnapshot` after each change, re-watching from the
 last revision + 1 after any error (etcd restart, timeout) and re-reading everything when
 the revision was compacted, so a consumer never misses a change and never needs to know.
@@ -105,8 +108,8 @@ class KV:
 
     @classmethod
     def from_pb(cls, kv: Any) -> KV:
-        return cls(kv.key.decode(), bytes(kv.value), kv.create_revision, kv.mod_revision,
-                   kv.version, kv.lease)
+        return cls(kv.key.decode("utf-8", "surrogateescape"), bytes(kv.value), kv.create_revision,
+                   kv.mod_revision, kv.version, kv.lease)
 
 
 class EventKind(Enum):
@@ -241,25 +244,25 @@ class EtcdStore:
     # -- KV --------------------------------------------------------------------------
     async def get(self, key: str, timeout: float | None = None) -> tuple[KV | None, int]:
         """The key (or None) and the store revision of the read."""
-        req = rpc.RangeRequest(key=key.encode())
+        req = rpc.RangeRequest(key=_b(key))
         resp = await self._call(self._kv.Range, req, timeout)
         kv = KV.from_pb(resp.kvs[0]) if resp.kvs else None
         return kv, int(resp.header.revision)
 
     async def get_prefix(self, prefix: str, timeout: float | None = None) -> tuple[list[KV], int]:
-        p = prefix.encode()
+        p = _b(prefix)
         req = rpc.RangeRequest(key=p, range_end=prefix_end(p))
         resp = await self._call(self._kv.Range, req, timeout)
         return [KV.from_pb(kv) for kv in resp.kvs], int(resp.header.revision)
 
     async def put(self, key: str, value: bytes | str, lease: int = 0, timeout: float | None = None) -> int:
-        val = value.encode() if isinstance(value, str) else value
-        resp = await self._call(self._kv.Put, rpc.PutRequest(key=key.encode(), value=val, lease=lease),
+        val = _b(value) if isinstance(value, str) else value
+        resp = await self._call(self._kv.Put, rpc.PutRequest(key=_b(key), value=val, lease=lease),
                                 timeout)
         return int(resp.header.revision)
 
     async def delete(self, key: str, timeout: float | None = None) -> int:
-        resp = await self._call(self._kv.DeleteRange, rpc.DeleteRangeRequest(key=key.encode()), timeout)
+        resp = await self._call(self._kv.DeleteRange, rpc.DeleteRangeRequest(key=_b(key)), timeout)
         return int(resp.header.revision)
 
     async def txn(self, compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = (),
@@ -326,7 +329,7 @@ class EtcdStore:
         """
         if self._watch is None:
             raise EtcdUnavailable("not connected")
-        k = key.encode()
+        k = _b(key)
         create = rpc.WatchCreateRequest(key=k, range_end=prefix_end(k) if prefix else b"",
                                         start_revision=start_revision)
         done = asyncio.Event()
@@ -360,9 +363,9 @@ class EtcdStore:
         timeouts: str | None = None
         for kv in kvs:
             if kv.key == self.timeouts_key:
-                timeouts = kv.value.decode("utf-8", "replace")
+                timeouts = _text(kv.value)
             elif kv.key.startswith(self.services_prefix):
-                services[kv.key[len(self.services_prefix):]] = kv.value.decode("utf-8", "replace")
+                services[kv.key[len(self.services_prefix):]] = _text(kv.value)
         return ConfigSnapshot(rev, services, timeouts)
 
     def _apply_events(self, snap: ConfigSnapshot, events: Iterable[WatchEvent]) -> ConfigSnapshot:
@@ -370,7 +373,7 @@ class EtcdStore:
         timeouts, rev = snap.timeouts, snap.revision
         for ev in events:
             rev = max(rev, ev.kv.mod_revision)
-            text = ev.kv.value.decode("utf-8", "replace") if ev.kind is EventKind.PUT else None
+            text = _text(ev.kv.value) if ev.kind is EventKind.PUT else None
             if ev.kv.key == self.timeouts_key:
                 timeouts = text
             elif ev.kv.key.startswith(self.services_prefix):
@@ -441,7 +444,7 @@ class EtcdStore:
             ops.append(_put_op(self.timeouts_key, timeouts))
         compare = []
         if guard_revision is not None:
-            p = self.services_prefix.encode()
+            p = _b(self.services_prefix)
             compare.append(rpc.Compare(key=p, range_end=prefix_end(p), target=rpc.Compare.MOD,
                                        result=rpc.Compare.LESS, mod_revision=guard_revision + 1))
         resp = await self.txn(compare, ops)
@@ -450,13 +453,24 @@ class EtcdStore:
         return int(resp.header.revision)
 
 
+def _b(text: str) -> bytes:
+    """Keys and values as bytes; the inverse of reading them with ``surrogateescape``."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _text(value: bytes) -> str:
+    """A config value as text. Bytes that are not UTF-8 survive as lone surrogates
+    (``surrogateescape``), which the config loader refuses by name instead of guessing."""
+    return value.decode("utf-8", "surrogateescape")
+
+
 def _put_op(key: str, value: str | bytes, lease: int = 0) -> Any:
-    val = value.encode() if isinstance(value, str) else value
-    return rpc.RequestOp(request_put=rpc.PutRequest(key=key.encode(), value=val, lease=lease))
+    val = _b(value) if isinstance(value, str) else value
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=_b(key), value=val, lease=lease))
 
 
 def _del_op(key: str) -> Any:
-    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key.encode()))
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=_b(key)))
 
 
 def _batch(resp: Any) -> WatchBatch:

@@ -66,6 +66,8 @@ _SERVICE_KEYS = ("name", "protocol", "vip", "port", "scheduler", "scheduler_opti
 _DEST_KEYS = ("address", "port", "weight", "u_threshold", "l_threshold", "forward", "healthcheck",
               "health")
 _OPTION_LIMIT = 2**31 - 1
+_DEST_OK = ("loopback", "link-local")
+"""A dest may be on this node (IPVS's local-node dests) or on a link-local segment; not a VIP."""
 
 
 def _items(d: Mapping[str, Any], key: str, path: str, errs: Errors, limit: int) -> list[Any]:
@@ -132,7 +134,7 @@ def _dest(raw: Any, path: str, svc_port: int, errs: Errors) -> DestConfig:
     if low > u:
         errs.add(v.join(path, "l_threshold"), f"must not exceed u_threshold ({u}), got {low}")
     return DestConfig(
-        address=v.ipv4(d, "address", path, errs, unicast=True, link_local_ok=True), port=port,
+        address=v.ipv4(d, "address", path, errs, unicast=True, allow=_DEST_OK), port=port,
         weight=v.integer(d, "weight", path, errs, 0, MAX_WEIGHT, 1), u_threshold=u, l_threshold=low,
         forward=None if d.get("forward") is None else v.choice(d, "forward", path, errs, FORWARDS, "nat"),
         healthcheck=_healthcheck(d, path, errs))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Any
 
 MAX_EXCERPT = 60
@@ -217,27 +217,28 @@ def optional_string(d: Mapping[str, Any], key: str, path: str, errs: Errors, **k
 
 
 _NOT_A_VIP = (
-    (ipaddress.IPv4Network("0.0.0.0/8"), "in 0.0.0.0/8 (this network)"),
-    (ipaddress.IPv4Network("127.0.0.0/8"), "a loopback address"),
+    (ipaddress.IPv4Network("0.0.0.0/8"), "this network"),
+    (ipaddress.IPv4Network("127.0.0.0/8"), "loopback"),
     (ipaddress.IPv4Network("169.254.0.0/16"), "link-local"),
     (ipaddress.IPv4Network("224.0.0.0/4"), "multicast"),
     (ipaddress.IPv4Network("240.0.0.0/4"), "reserved or broadcast"),
 )
 
 
-def address_class_problem(addr: ipaddress.IPv4Address, *, link_local_ok: bool = False) -> str | None:
-    """Why ``addr`` cannot be a unicast VIP or dest, or None."""
+def address_class_problem(addr: ipaddress.IPv4Address, *, allow: Container[str] = ()) -> str | None:
+    """Why ``addr`` cannot be a unicast VIP, or None; ``allow`` names classes that are fine here
+    ("loopback", "link-local")."""
     for net, why in _NOT_A_VIP:
-        if addr in net and not (link_local_ok and why == "link-local"):
+        if addr in net and why not in allow:
             return why
     return None
 
 
 def ipv4(d: Mapping[str, Any], key: str, path: str, errs: Errors, *, unicast: bool = False,
-         link_local_ok: bool = False) -> str:
+         allow: Container[str] = ()) -> str:
     """An IPv4 address in dotted form ("0.0.0.0" and a problem if missing or bad). With ``unicast``,
-    addresses no host can own (0/8, loopback, multicast, 240/4 and broadcast, and link-local unless
-    ``link_local_ok``) are refused."""
+    addresses that make no sense as a VIP (0/8, loopback, link-local, multicast, 240/4 and
+    broadcast) are refused, except the classes named in ``allow``."""
     v = d.get(key)
     try:
         if not isinstance(v, str) or len(v) > 15:
@@ -247,7 +248,7 @@ def ipv4(d: Mapping[str, Any], key: str, path: str, errs: Errors, *, unicast: bo
         if key in d:
             errs.add(join(path, key), f"must be an IPv4 address, got {excerpt(v)}")
         return "0.0.0.0"
-    why = address_class_problem(addr, link_local_ok=link_local_ok) if unicast else None
+    why = address_class_problem(addr, allow=allow) if unicast else None
     if why is not None:
         errs.add(join(path, key), f"must be a unicast address a host can own, got {addr} ({why})")
         return "0.0.0.0"

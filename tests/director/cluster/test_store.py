@@ -9,7 +9,9 @@ import pytest
 
 from deploy.etcd import EtcdServer
 from director.cluster.store import ConfigSnapshot, EtcdStore, apply, prefix_end
+from director.config.watch import ConfigUpdate, config_updates, validate_snapshot
 from tests.director.cluster.etcd_helpers import wait_until
+from tests.director.config.hostile_docs import bomb, deep
 
 pytest_plugins = ["tests.plugins.etcd"]
 pytestmark = pytest.mark.etcd
@@ -114,4 +116,87 @@ def test_config_watch_rereads_after_compaction(
             finally:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(main())
+
+
+Update = ConfigUpdate[ConfigSnapshot]
+
+
+async def collect_updates(gen: AsyncIterator[Update], into: list[Update]) -> None:
+    async for upd in gen:
+        into.append(upd)
+
+
+WEB = ("name: web\nprotocol: tcp\nvip: 198.18.1.1\nport: 80\n"
+       "dests: [{address: 198.18.2.10, port: 80, weight: %d}]\n")
+GARBAGE: dict[str, bytes] = {
+    "deep nesting": deep(100_000).encode(),
+    "alias bomb": bomb(9).encode(),
+    "health host bomb": (bomb(9) + WEB % 1).replace("weight: 1",
+                                                    "healthcheck: {type: http, host: *l8}").encode(),
+    "not UTF-8": b"name: web\xff\xfe\n",
+    "python tag": b"name: !!python/object/apply:os.system [ls]\n",
+    "bad timestamp": b"name: web\nport: !!timestamp 2020-99-99\n",
+    "NaN interval": (WEB % 1).replace("weight: 1", "healthcheck: {interval: .nan}").encode(),
+    "duplicate key": (WEB % 1 + "port: 81\n").encode(),
+    "empty dests mapping": (WEB % 1).replace("dests: [{address: 198.18.2.10, port: 80, weight: 1}]",
+                                             "dests: {}").encode(),
+}
+
+
+def test_garbage_written_straight_into_etcd_is_refused_and_later_revisions_apply(
+        etcd: EtcdServer, etcd_cluster: str) -> None:
+    """Issue 17: a deeply nested document written into etcd killed the config watch. Now every
+    garbage revision is refused (the running config stays) and the next good one is applied."""
+    async def main() -> None:
+        async with store_for(etcd, etcd_cluster) as st, store_for(etcd, etcd_cluster) as writer:
+            web_key = writer.service_key("web")
+            await writer.put(web_key, WEB % 1)
+            updates: list[Update] = []
+            task = asyncio.create_task(collect_updates(config_updates(st.watch_config()), updates))
+            try:
+                await wait_until(lambda: bool(updates), what="initial config")
+                first = updates[0].config
+                assert first is not None and first.services[0].dests[0].weight == 1
+                for weight, (what, garbage) in enumerate(GARBAGE.items(), start=2):
+                    rev = await writer.put(web_key, garbage)
+                    await wait_until(lambda r=rev: updates[-1].revision >= r, what=f"{what} seen")  # type: ignore[misc]
+                    bad = updates[-1]
+                    assert bad.config is None and bad.error is not None, what
+                    assert bad.error.errors[0].startswith("services[web]"), (what, bad.error.errors)
+                    assert len(str(bad.error)) < 16 * 1024
+                    rev = await writer.put(web_key, WEB % weight)
+                    await wait_until(lambda r=rev: updates[-1].revision >= r, what=f"good after {what}")  # type: ignore[misc]
+                    good = updates[-1].config
+                    assert good is not None and good.services[0].dests[0].weight == weight, what
+                rev = await writer.put(writer.timeouts_key, b"tcp: .inf\n")
+                await wait_until(lambda: updates[-1].revision >= rev, what="bad timeouts")
+                assert updates[-1].error is not None
+                assert updates[-1].error.errors == (
+                    "timeouts.tcp: must be an integer in 1..2147483, got inf",)
+                rev = await writer.put(writer.timeouts_key, b"tcp: 600\n")
+                await wait_until(lambda: updates[-1].revision >= rev, what="good timeouts")
+                last = updates[-1].config
+                assert last is not None and last.timeouts is not None and last.timeouts.tcp == 600
+                assert not task.done()
+                revs = [u.revision for u in updates]
+                assert revs == sorted(set(revs))
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(main())
+
+
+def test_non_utf8_keys_and_values_reach_the_validator_as_such(etcd: EtcdServer, etcd_cluster: str) -> None:
+    async def main() -> None:
+        async with store_for(etcd, etcd_cluster) as st:
+            await st.put(st.services_prefix + "w\xffb".encode("latin-1").decode("utf-8", "surrogateescape"),
+                         b"port: \xff\n")
+            snap = await st.read_config()
+            ((name, text),) = snap.services.items()
+            assert name == "w\udcffb" and text == "port: \udcff\n"  # not silently "repaired"
+            upd = validate_snapshot(snap)
+            assert upd.error is not None
+            assert upd.error.errors == (
+                "services['w\\udcffb']: not valid UTF-8: undecodable character at offset 6",)
     asyncio.run(main())

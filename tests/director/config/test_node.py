@@ -1,6 +1,8 @@
 import pytest
 
 from director.config.node import NodeConfigError, parse_node_config
+from director.config.validate import ConfigError
+from tests.director.config.hostile_docs import bomb
 
 GOOD = """
 node_id: d1
@@ -37,3 +39,61 @@ def test_good_node_config_parses_with_defaults() -> None:
 def test_bad_node_config_names_the_field(text: str, field: str) -> None:
     with pytest.raises(NodeConfigError, match=field.replace(".", r"\.")):
         parse_node_config(text)
+
+
+EPS = 'endpoints: ["198.18.1.250:2379"]'
+
+
+def errors_of(text: str | bytes) -> tuple[str, ...]:
+    with pytest.raises(NodeConfigError) as exc:
+        parse_node_config(text)
+    assert isinstance(exc.value, ConfigError)
+    return exc.value.errors
+
+
+def test_every_problem_is_collected() -> None:
+    text = GOOD.replace("vmac_id: 7", "vmac_id: 0") + "lease_ttl: .nan\nsloppy_grace: .inf\nbogus: 1\n" \
+        "gateways: [198.18.2.1, 127.0.0.1, x]\nint_mtu: 70000\ntable_bits: 40\n"
+    assert errors_of(text) == (
+        "bogus: unknown field (allowed: admin, cluster, etcd, events_file, gateways, int_addr, int_mtu, "
+        "interfaces, lease_ttl, log_json, metrics, node_id, preempt, priority, sloppy_grace, sync, "
+        "table_bits, vmac_id)",
+        "vmac_id: must be an integer in 1..255, got 0",
+        "lease_ttl: must be a number in 1..600, got nan",
+        "sloppy_grace: must be a number in 0..3600, got inf",
+        "gateways[1]: must be a unicast address a host can own, got 127.0.0.1 (loopback)",
+        "gateways[2]: must be an IPv4 address, got 'x'",
+        "int_mtu: must be an integer in 576..65535, got 70000",
+        "table_bits: must be an integer in 8..20, got 40",
+    )
+
+
+@pytest.mark.parametrize(("old", "new", "line"), [
+    ("node_id: d1", "node_id: ../../leader", "node_id: must be 1-63 letters, digits"),
+    ("cluster: lab", "cluster: 'a/b'", "cluster: must be 1-63 letters, digits"),
+    (EPS, "endpoints: [nohost]", "etcd.endpoints[0]: must be 'host:port', got"),
+    (EPS, "endpoints: {a: 1}", "etcd.endpoints: must be a list, got a mapping"),
+    ("external: ext0", "external: 'eth0 up'", "interfaces.external: must be an interface name"),
+    ("external: ext0", "external: averyveryverylongname", "interfaces.external: must be an interface name"),
+    ('listen: "198.18.1.1:7100"', 'listen: "198.18.1.1:99999"', "sync.listen: must be 'host:port', got"),
+    ("sync: {", "sync: {tls: {ca: a, cert: b}, ", "sync.tls.key: required"),
+    ("admin: {unix: /tmp/d1.sock}", "admin: [x]", "admin: must be a mapping, got a list"),
+    ("vmac_id: 7", "vmac_id: 7\nvmac_id: 8", "found duplicate key 'vmac_id'"),
+    ("vmac_id: 7", "vmac_id: !!python/name:os.system", "could not determine a constructor"),
+])
+def test_hostile_node_fields(old: str, new: str, line: str) -> None:
+    assert old in GOOD
+    errs = errors_of(GOOD.replace(old, new))
+    assert any(line in e for e in errs), errs
+
+
+def test_endpoint_urls_and_listen_port_zero_are_fine() -> None:
+    cfg = parse_node_config(GOOD.replace('"198.18.1.250:2379"', '"http://198.18.1.250:2379"')
+                            .replace("admin: {unix: /tmp/d1.sock}", "admin: {listen: '127.0.0.1:0'}"))
+    assert cfg.etcd_endpoints == ("http://198.18.1.250:2379",) and cfg.admin_listen == "127.0.0.1:0"
+
+
+def test_non_utf8_and_bombs_are_clean_errors() -> None:
+    assert errors_of(b"node_id: \xff\n") == ("(top level): not valid UTF-8: byte 0xff at offset 9",)
+    (err,) = errors_of(bomb(9))
+    assert err.startswith("(top level): refused: more than")
