@@ -60,6 +60,12 @@ class NodeProc:
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     """Wall-clock time of the last start: events before it belong to an earlier life."""
+    released_at: float = 0.0
+    """Wall-clock time the exit hook finished releasing the dead node's lease (0: not run)."""
+
+    @property
+    def lease_file(self) -> Path:
+        return self.config.with_name(f"{self.node_id}.lease")
 
 
 class LabCluster:
@@ -165,18 +171,37 @@ class LabCluster:
         node.started_at = time.time()
         logf = open(node.log, "ab")  # noqa: SIM115 - handed to the child
         ns = self.lab.directors[node.n - 1].ns
-        node.proc = self.lab.popen(ns, [PYTHON, "-m", "director.daemon", "-c", str(node.config)],
+        node.proc = self.lab.popen(ns, [PYTHON, "-m", "director.daemon", "-c", str(node.config),
+                                        "--lease-file", str(node.lease_file)],
                                    stdout=logf, stderr=subprocess.STDOUT)
         logf.close()
 
-    def kill_node(self, node: NodeProc) -> float:
-        """kill -9 the node's process group; returns the wall-clock time of the kill."""
+    def kill_node(self, node: NodeProc, *, exit_hook: bool = True) -> float:
+        """kill -9 the node's process group; returns the wall-clock time of the kill.
+
+        With `exit_hook` the launcher then does what systemd's ``ExecStopPost=`` does on a real host:
+        once the process group is reaped, release the dead node's etcd lease
+        (``python -m director.cluster.release``). Without it, the node is lost the way a host is: its
+        lease runs out in etcd."""
         if node.proc is None:
             raise ClusterError(f"{node.node_id} is not running")
         t = time.time()
         Lab.stop(node.proc, signal.SIGKILL)
         node.proc = None
+        if exit_hook:
+            self.run_exit_hook(node)
         return t
+
+    def run_exit_hook(self, node: NodeProc) -> str:
+        """The process-exit hook (stands in for ``ExecStopPost=``); returns what it printed."""
+        ns = self.lab.directors[node.n - 1].ns
+        res = subprocess.run(["ip", "netns", "exec", ns, PYTHON, "-m", "director.cluster.release",
+                              str(node.lease_file)], capture_output=True, text=True, timeout=30,
+                             cwd=str(Path(__file__).resolve().parent.parent))
+        node.released_at = time.time()
+        if res.returncode != 0:
+            log.warning("exit hook of %s failed: %s", node.node_id, res.stderr.strip())
+        return res.stdout.strip() or res.stderr.strip()
 
     def stop_node(self, node: NodeProc, timeout: float = 20.0) -> int:
         if node.proc is None:

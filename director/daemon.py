@@ -46,8 +46,12 @@ from director.admin.metrics import MetricsServer, serve_metrics
 from director.admin.node import NodeAdmin, start_admin
 from director.admin.views import conn_event, dest_label
 from director.cluster.election import LeaderRecord, Role
-from director.cluster.elector import Elector, Membership, NodeInfo, RoleChange
+from director.cluster.elector import NodeInfo, RoleChange
+from director.cluster.elector_thread import ElectorThread
+from director.cluster.members import Membership
+from director.cluster.release import LeaseRecord, write_lease_file
 from director.cluster.store import ConfigSnapshot, EtcdStore
+from director.cluster.track import LinkTracker
 from director.config.node import NodeConfig, NodeConfigError, parse_node_config
 from director.config.services import Config, ConfigError, apply_timeouts, apply_to_services, config_from_texts
 from director.dataplane.arp import vrrp_mac
@@ -63,7 +67,6 @@ from syncd.server import SyncServer, create_sync_server
 
 log = logging.getLogger("directord")
 
-VERSION = __version__
 
 
 def _ip(text: str) -> int:
@@ -96,8 +99,10 @@ class EventLog:
 class Node:
     """One director node. Build with `Node(cfg)`, then `await node.start()` / `await node.run()`."""
 
-    def __init__(self, cfg: NodeConfig) -> None:
+    def __init__(self, cfg: NodeConfig, *, lease_file: str | None = None) -> None:
         self.cfg = cfg
+        self.lease_file = lease_file
+        self._lease_recorded = 0
         self.clock = time.monotonic
         self.started = time.time()
         self.table = ConnTable(self.clock, bits=cfg.table_bits)
@@ -111,7 +116,8 @@ class Node:
         self.backup = SyncBackup(None, cfg.node_id, self.table, self.services,
                                  epoch_source=self._known_epoch, tls=cfg.sync_tls)
         self.sync: SyncServer | None = None
-        self.elector: Elector | None = None
+        self.elector: ElectorThread | None = None
+        self.links = LinkTracker((cfg.external, cfg.internal), on_down=self._on_link_down)
         self.membership: Membership | None = None
         self.config_revision = 0
         self.config_error = ""
@@ -123,6 +129,7 @@ class Node:
         self.role_changes = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._first_forward_task: asyncio.Task[None] | None = None
         self.health = HealthService(cfg.node_id, self.clock, epoch=self._known_epoch,
                                     on_change=self._on_health_change)
@@ -136,15 +143,53 @@ class Node:
         return self.master.epoch if self.master is not None else 0
 
     def ready(self) -> bool:
-        """Campaign only with a table in sync with the current master, or when there is none."""
-        if self.config_snapshot is None:
+        """Campaign only with both links up and a table in sync with the current master (or none).
+
+        Called on the election thread: reads plain attributes only."""
+        if self.config_snapshot is None or not self.links.all_up:
             return False
-        ldr = self.master
+        # the election's own view: fresher than self.master, which the main loop updates later
+        ldr = self.elector.master if self.elector is not None and self.elector.started else self.master
         if ldr is None or ldr.node_id == self.cfg.node_id:
             return True
         return self.backup.in_sync
 
-    # -- role callbacks (synchronous: they run inside the elector's loop turn) ------------------------
+    # -- fencing (on the election thread) ------------------------------------------------------------
+    def _on_fence(self, until: float | None) -> None:
+        """The election moved the mastership deadline: the packet path reads it before every batch.
+
+        Runs on the election thread, so a step-down fences the data plane even while the main loop
+        is busy. On a win it also records the lease for the process-exit hook (director.cluster.release)
+        before the first packet can be forwarded."""
+        self.dataplane.set_master_until(until)
+        if until is not None and self.lease_file and self.elector is not None:
+            lease_id = self.elector.elector.machine.lease.lease_id
+            if lease_id and lease_id != self._lease_recorded:
+                try:
+                    write_lease_file(self.lease_file, LeaseRecord(
+                        tuple(self.cfg.etcd_endpoints), self.cfg.etcd_prefix, self.cfg.cluster,
+                        self.cfg.node_id, lease_id, os.getpid(), self.elector.elector.machine.epoch))
+                    self._lease_recorded = lease_id
+                except OSError as err:
+                    log.error("cannot record the lease in %s (a crash will wait for the TTL): %s",
+                              self.lease_file, err)
+
+    def _on_link_down(self, ifname: str) -> None:
+        """A tracked link lost carrier (on the tracker's thread): stop forwarding now, resign."""
+        if self.elector is None or self.elector.role is not Role.MASTER:
+            return
+        log.warning("link %s is down: resigning mastership", ifname)
+        self.dataplane.set_master_until(None)
+        self.events.write("link_down", ifname=ifname)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._resign_now()))
+
+    async def _resign_now(self) -> None:
+        if self.elector is not None and self.elector.role is Role.MASTER:
+            await self.elector.resign()
+
+    # -- role callbacks (posted to the main loop by the election thread) ------------------------------
     def _start_forwarding(self, epoch: int) -> None:
         self.role = Role.MASTER
         self.events.write("master", epoch=epoch)
@@ -302,6 +347,8 @@ class Node:
     async def start(self) -> None:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
+        self._loop = loop
+        self.links.start()
         self.sync, _port = await create_sync_server(cfg.sync_listen, self.table, self.services, 0,
                                                     cfg.sync_tls, clock=self.clock)
         self.dataplane.attach(loop)
@@ -314,13 +361,14 @@ class Node:
         if cfg.metrics_listen:
             self.metrics = await serve_metrics(self.api, cfg.metrics_listen)
         node = NodeInfo(cfg.node_id, cfg.sync_advertise, cfg.admin_listen or "", cfg.priority)
-        self.elector = Elector(self.store, node, ttl=max(1, round(cfg.lease_ttl)), ready=self.ready,
-                               on_start_forwarding=self._start_forwarding,
-                               on_stop_forwarding=self._stop_forwarding, on_change=self._on_change,
-                               preempt=cfg.preempt)
+        self.elector = ElectorThread(
+            lambda: EtcdStore(list(cfg.etcd_endpoints), prefix=cfg.etcd_prefix, cluster=cfg.cluster),
+            node, ttl=max(1, round(cfg.lease_ttl)), ready=self.ready,
+            on_start_forwarding=self._start_forwarding, on_stop_forwarding=self._stop_forwarding,
+            on_change=self._on_change, on_fence=self._on_fence, preempt=cfg.preempt)
         await self.elector.start()
         self.membership = Membership(self.store, cfg.node_id, {
-            "sync_addr": cfg.sync_advertise, "admin_addr": cfg.admin_listen or "", "version": VERSION})
+            "sync_addr": cfg.sync_advertise, "admin_addr": cfg.admin_listen or "", "version": __version__})
         with contextlib.suppress(Exception):
             await self.membership.start()
         self.events.write("started", pid=os.getpid())
@@ -354,6 +402,7 @@ class Node:
             await self._bounded("admin server", self.admin.stop(0.5), 2.0)
         if self.metrics is not None:
             await self._bounded("metrics server", self.metrics.stop(), 2.0)
+        self.links.stop()
         self.dataplane.detach()
         await self._bounded("etcd client", self.store.close(), 2.0)
         self.events.write("stopped")
@@ -397,10 +446,18 @@ def setup_logging(node_id: str, as_json: bool, level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True)
 
 
+def _default_lease_file() -> str | None:
+    rd = os.environ.get("RUNTIME_DIRECTORY")
+    return os.path.join(rd.split(":")[0], "lease") if rd else None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="directord", description="run one director node")
     p.add_argument("-c", "--config", required=True, help="node YAML file")
     p.add_argument("--log-level", default=os.environ.get("DIRECTORD_LOG", "info"))
+    p.add_argument("--lease-file", default=_default_lease_file(),
+                   help="where the master records its etcd lease for the exit hook (`directorctl "
+                        "release-lease`); default $RUNTIME_DIRECTORY/lease under systemd, else none")
     args = p.parse_args(argv)
     try:
         cfg = parse_node_config(Path(args.config).read_text())
@@ -408,8 +465,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"directord: {args.config}: {err}", file=sys.stderr)
         return 2
     setup_logging(cfg.node_id, cfg.log_json, args.log_level)
-    log.info("directord %s node %s on %s (pid %d)", VERSION, cfg.node_id, socket.gethostname(), os.getpid())
-    asyncio.run(Node(cfg).run())
+    log.info("directord %s node %s on %s (pid %d)", __version__, cfg.node_id, socket.gethostname(),
+             os.getpid())
+    asyncio.run(Node(cfg, lease_file=args.lease_file).run())
     return 0
 
 

@@ -223,9 +223,12 @@ class ElectionMachine:
 
     # -- promises (static stability, see director.cluster.promises) ---------------------
     def promises_granted(self, now: float, until: float, required: frozenset[str]) -> list[Action]:
-        """Master side: the earliest promise over the required members (node-computed)."""
-        self.promises.granted_until = until
-        self.promises.required = required
+        """Master side: the earliest promise over the members in `required` (node-computed); void
+        unless `required` covers every member the master published (`promises.required`)."""
+        p = self.promises
+        if not p.required <= required:  # computed without a member we now wait for: void
+            until = 0.0
+        p.granted_until, p.granted_for = until, required
         return self.tick(now) if self.role is Role.MASTER else []
 
     def promise_held(self, now: float, until: float, epoch: int) -> list[Action]:

@@ -1,4 +1,4 @@
-"""`Elector`: runs `ElectionMachine` against etcd; `Membership`: the ``nodes/<id>`` record.
+"""`Elector`: runs `ElectionMachine` against etcd (membership: director.cluster.members).
 
 Theory of operation
 -------------------
@@ -52,6 +52,14 @@ from director.cluster.election import (
     ElectionParams,
     LeaderRecord,
     Role,
+)
+from director.cluster.members import (
+    MemberPublisher,
+    members_key,
+    parse_members,
+    parse_released,
+    release_epoch,
+    released_key,
 )
 from director.cluster.store import KV, Backoff, EtcdError, EtcdStore, EventKind
 from director.types import Clock
@@ -120,6 +128,11 @@ class Elector:
         self._subs: list[asyncio.Queue[RoleChange]] = []
         self._last: tuple[Role, LeaderRecord | None, int] | None = None
         self.handover_key = store.leader_key + "-handover"
+        self.members_key = members_key(store)
+        self.released_key = released_key(store)
+        self._members: tuple[str, ...] | None = None
+        self._released = 0
+        self._publisher: asyncio.Task[None] | None = None
         self._killed = False
 
     # -- public ----------------------------------------------------------------------
@@ -252,9 +265,11 @@ class Elector:
     def _do(self, a: Action) -> asyncio.Task[Any] | None:
         if a.act is Act.START_FORWARDING:
             self._callback(self._on_start, a.epoch)
+            self._start_publisher(a.lease_id, a.epoch)
             return self._spawn(self._publish_epoch(a.lease_id, a.epoch))
         if a.act is Act.STOP_FORWARDING:
             self._callback(self._on_stop)
+            self._stop_publisher()
             return None
         runner = {
             Act.GRANT_LEASE: self._grant, Act.CAMPAIGN: self._campaign, Act.RENEW: self._renew,
@@ -278,6 +293,37 @@ class Elector:
 
     def _post(self, item: Input) -> None:
         self._inbox.put_nowait(item)
+
+    # -- static stability ----------------------------------------------------------------
+    def grant_promises(self, until: float, used: frozenset[str]) -> None:
+        """Master: the earliest promise over the members in `used` (on the election loop)."""
+        self._post(lambda m, now: m.promises_granted(now, until, used))
+
+    def hold_promise(self, until: float, epoch: int) -> None:
+        """Backup: we promised the master of `epoch` not to campaign before `until`."""
+        self._post(lambda m, now: m.promise_held(now, until, epoch))
+
+    @property
+    def required(self) -> frozenset[str]:
+        """The members whose promises the master needs (what it published in leader-members)."""
+        return self.machine.promises.required
+
+    def _set_required(self, nodes: frozenset[str]) -> None:
+        m = self.machine
+        m.promises.required = nodes
+        if not nodes <= m.promises.granted_for:  # a grant computed without a new member is void
+            m.promises.granted_until = 0.0
+        self._fence_now()
+
+    def _start_publisher(self, lease_id: int, epoch: int) -> None:
+        self._stop_publisher()
+        pub = MemberPublisher(self.store, self.node.node_id, self._set_required)
+        self._publisher = self._spawn(pub.run(lease_id, epoch))
+
+    def _stop_publisher(self) -> None:
+        if self._publisher is not None:
+            self._publisher.cancel()
+            self._publisher = None
 
     async def _cancel_all(self) -> None:
         tasks = [*self._loops, *self._tasks]
@@ -360,6 +406,11 @@ class Elector:
         self._post(lambda m, now: m.leader_observed(now, record))
 
     async def _revoke(self, a: Action) -> None:
+        if a.epoch:  # a master stopping for good: backups may drop their promise to it at once
+            try:
+                await release_epoch(self.store, a.epoch, timeout=max(0.5, float(self._ttl)))
+            except EtcdError as err:
+                log.info("announcing the release of epoch %d failed (promises will lapse): %s", a.epoch, err)
         try:
             await self.store.lease_revoke(a.lease_id, timeout=max(0.5, float(self._ttl)))
         except EtcdError as err:
@@ -391,6 +442,7 @@ class Elector:
             try:
                 kvs, rev = await self.store.get_prefix(lk)
                 by_key = {kv.key: kv for kv in kvs}
+                self._observe_members(by_key.get(self.members_key), by_key.get(self.released_key))
                 self._observe(by_key.get(lk))
                 self._observe_handover(by_key.get(self.handover_key))
                 async for batch in self.store.watch(lk, prefix=True, start_revision=rev + 1):
@@ -401,6 +453,10 @@ class Elector:
                             self._observe(live)
                         elif ev.kv.key == self.handover_key:
                             self._observe_handover(live)
+                        elif ev.kv.key == self.members_key:
+                            self._observe_members(live, None, keep_released=True)
+                        elif ev.kv.key == self.released_key and live is not None:
+                            self._observe_members(None, live, keep_members=True)
             except EtcdError as err:
                 delay = backoff.next()
                 log.info("leader watch interrupted (%s); re-reading in %.2fs", err, delay)
@@ -409,6 +465,15 @@ class Elector:
     def _observe(self, kv: KV | None) -> None:
         record = _record(kv) if kv is not None else None
         self._post(lambda m, now: m.leader_observed(now, record))
+
+    def _observe_members(self, members: KV | None, released: KV | None, *, keep_members: bool = False,
+                         keep_released: bool = False) -> None:
+        if not keep_members:
+            self._members = parse_members(members.value) if members is not None else None
+        if not keep_released:
+            self._released = parse_released(released.value) if released is not None else 0
+        nodes, rel = self._members, self._released
+        self._post(lambda m, now: m.members_observed(now, nodes, rel))
 
     def _observe_handover(self, kv: KV | None) -> None:
         node_id, prio = _handover(kv) if kv is not None else ("", 0)
@@ -432,65 +497,3 @@ def _handover(kv: KV) -> tuple[str, int]:
 
 
 # ---------------------------------------------------------------------------- membership
-class Membership:
-    """Keep ``nodes/<id>`` (JSON `info`) alive with the node's own lease; re-register if lost."""
-
-    def __init__(self, store: EtcdStore, node_id: str, info: dict[str, Any], *, ttl: int = 5) -> None:
-        self.store, self.node_id, self.info, self.ttl = store, node_id, info, ttl
-        self.lease_id = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        await self.store.connect()
-        self._task = asyncio.create_task(self._run(), name=f"membership-{self.node_id}")
-
-    async def update(self, **info: Any) -> None:
-        """Change the published info (e.g. ready: true)."""
-        self.info.update(info)
-        if self.lease_id:
-            with contextlib.suppress(EtcdError):
-                await self.store.put(self.store.node_key(self.node_id), json.dumps(self.info), self.lease_id)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self.lease_id:
-            with contextlib.suppress(EtcdError):
-                await self.store.lease_revoke(self.lease_id)
-        self.lease_id = 0
-
-    async def _run(self) -> None:
-        backoff = Backoff()
-        while True:
-            try:
-                self.lease_id, granted = await self.store.lease_grant(self.ttl)
-                await self.store.put(self.store.node_key(self.node_id), json.dumps(self.info), self.lease_id)
-                await self._keepalive(granted)
-            except EtcdError as err:
-                log.info("membership of %s: %s", self.node_id, err)
-            self.lease_id = 0
-            await asyncio.sleep(backoff.next())
-
-    async def _keepalive(self, granted: int) -> None:
-        """Renew every TTL/3; return when the lease is gone or could have expired."""
-        last_ok = time.monotonic()
-        while time.monotonic() < last_ok + granted:
-            await asyncio.sleep(granted / 3)
-            sent = time.monotonic()
-            try:
-                if await self.store.lease_keepalive(self.lease_id, timeout=granted / 3) <= 0:
-                    return
-                last_ok = sent
-            except EtcdError:
-                continue
-
-
-async def members(store: EtcdStore) -> dict[str, dict[str, Any]]:
-    """node id -> published info for every live member."""
-    kvs, _ = await store.get_prefix(store.nodes_prefix)
-    out: dict[str, dict[str, Any]] = {}
-    for kv in kvs:
-        with contextlib.suppress(ValueError):
-            out[kv.key[len(store.nodes_prefix):]] = json.loads(kv.value)
-    return out

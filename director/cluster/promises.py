@@ -40,6 +40,7 @@ class Promises:
     # master side
     granted_until: float = 0.0
     required: frozenset[str] = field(default_factory=frozenset)
+    granted_for: frozenset[str] = field(default_factory=frozenset)
     last_lease_deadline: float = 0.0  # while winning the key back: the lease deadline we had
     # backup side
     hold_until: float = 0.0

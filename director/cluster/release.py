@@ -25,6 +25,7 @@ mastership. The file is removed after a successful release.
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import json
 import os
@@ -41,6 +42,7 @@ class LeaseRecord:
     node_id: str
     lease_id: int
     pid: int
+    epoch: int = 0
 
 
 def write_lease_file(path: str | Path, rec: LeaseRecord) -> None:
@@ -54,7 +56,7 @@ def write_lease_file(path: str | Path, rec: LeaseRecord) -> None:
 def read_lease_file(path: str | Path) -> LeaseRecord:
     obj = json.loads(Path(path).read_text())
     return LeaseRecord(tuple(str(e) for e in obj["endpoints"]), str(obj["prefix"]), str(obj["cluster"]),
-                       str(obj["node_id"]), int(obj["lease_id"]), int(obj["pid"]))
+                       str(obj["node_id"]), int(obj["lease_id"]), int(obj["pid"]), int(obj.get("epoch", 0)))
 
 
 def pid_alive(pid: int) -> bool:
@@ -74,19 +76,33 @@ def _is_zombie(pid: int) -> bool:
         return False
 
 
-def revoke(endpoint: str, lease_id: int, timeout: float) -> None:
-    """Revoke one lease through etcd's JSON gateway; a lease already gone is not an error."""
+def _post(endpoint: str, path: str, body: dict[str, str], timeout: float) -> tuple[int, str]:
     host = endpoint.split("://", 1)[-1]
     conn = http.client.HTTPConnection(host, timeout=timeout)
     try:
-        conn.request("POST", "/v3/lease/revoke", json.dumps({"ID": str(lease_id)}),
-                     {"Content-Type": "application/json"})
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
         resp = conn.getresponse()
-        body = resp.read(4096).decode(errors="replace")
+        return resp.status, resp.read(4096).decode(errors="replace")
     finally:
         conn.close()
-    if resp.status != 200 and "not found" not in body:
-        raise OSError(f"etcd {host} answered {resp.status}: {body[:200]}")
+
+
+def revoke(endpoint: str, lease_id: int, timeout: float) -> None:
+    """Revoke one lease through etcd's JSON gateway; a lease already gone is not an error."""
+    status, body = _post(endpoint, "/v3/lease/revoke", {"ID": str(lease_id)}, timeout)
+    if status != 200 and "not found" not in body:
+        raise OSError(f"etcd {endpoint} answered {status}: {body[:200]}")
+
+
+def announce_released(endpoint: str, rec: LeaseRecord, timeout: float) -> None:
+    """Write ``leader-released`` = the dead master's epoch (see director.cluster.members): backups
+    drop their promise to it at once instead of waiting for it to lapse."""
+    key = f"/{rec.prefix.strip('/')}/{rec.cluster}/leader-released"
+    value = json.dumps({"epoch": rec.epoch})
+    status, body = _post(endpoint, "/v3/kv/put", {"key": base64.b64encode(key.encode()).decode(),
+                                                 "value": base64.b64encode(value.encode()).decode()}, timeout)
+    if status != 200:
+        raise OSError(f"etcd {endpoint} answered {status}: {body[:200]}")
 
 
 def release(path: str | Path, *, force: bool = False, timeout: float = 2.0) -> str:
@@ -102,6 +118,8 @@ def release(path: str | Path, *, force: bool = False, timeout: float = 2.0) -> s
     errors = []
     for endpoint in rec.endpoints:  # any member will do; try them in order
         try:
+            if rec.epoch:
+                announce_released(endpoint, rec, timeout)
             revoke(endpoint, rec.lease_id, timeout)
             break
         except OSError as exc:

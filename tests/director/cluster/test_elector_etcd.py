@@ -11,7 +11,8 @@ import pytest
 
 from deploy.etcd import EtcdServer
 from director.cluster.election import Role
-from director.cluster.elector import Elector, Membership, NodeInfo, members
+from director.cluster.elector import Elector, NodeInfo
+from director.cluster.members import Membership, members
 from director.cluster.store import EtcdStore
 from tests.director.cluster.etcd_helpers import Cluster, wait_async, wait_until
 
