@@ -8,11 +8,8 @@ cluster uses the same virtual MAC, so a takeover only has to make the switches l
 the new master sends gratuitous ARPs (:func:`gratuitous_arp`) and from then on sources all its
 frames from the virtual MAC. A backup answers nothing (the core checks ``active``).
 
-:class:`NeighCache` maps a neighbour's IPv4 address to its MAC for one side (segment) of the
-director. It is fed by every ARP frame seen (sender address/MAC) and by the first frame of each
-new conn. It keeps, per address, the ready 12-byte Ethernet prefix ``dst MAC + own MAC`` so the
-transmitters rewrite MACs with one slice assignment. Misses are resolved by sending an ARP request
-(rate-limited per address with :meth:`NeighCache.should_probe`).
+The neighbour cache, the rule of what may write into it and the ARP responder's decisions are in
+:mod:`director.dataplane.neigh`; this module only reads and builds the frames.
 
 ARP frame layout (42 bytes, Ethernet II, no padding)::
 
@@ -77,70 +74,7 @@ def usable_mac(mac: bytes) -> bool:
     return mac != ZERO_MAC and not mac[0] & 1
 
 
-class NeighCache:
-    """IPv4 -> MAC for one side of the director, plus ready Ethernet prefixes (dst MAC + own MAC).
-
-    ``hdr`` is read directly by the packet path: ``hdr.get(ip)`` -> 12 bytes or None.
-    """
-
-    __slots__ = ("own_mac", "hdr", "macs", "seen", "_probed", "probe_interval")
-
-    def __init__(self, own_mac: bytes, probe_interval: float = 1.0) -> None:
-        self.own_mac = own_mac
-        self.hdr: dict[int, bytes] = {}
-        self.macs: dict[int, bytes] = {}
-        self.seen: dict[int, float] = {}
-        self._probed: dict[int, float] = {}
-        self.probe_interval = probe_interval
-
-    def learn(self, ip: int, mac: bytes, now: float) -> bool:
-        """Record ``ip`` at ``mac``; True if this is new or changed. Broadcast/zero MACs are ignored."""
-        if not ip or not usable_mac(mac):
-            return False
-        mac = bytes(mac)
-        self.seen[ip] = now
-        self._probed.pop(ip, None)
-        if self.macs.get(ip) == mac:
-            return False
-        self.macs[ip] = mac
-        self.hdr[ip] = mac + self.own_mac
-        return True
-
-    def get(self, ip: int) -> bytes | None:
-        return self.macs.get(ip)
-
-    def forget(self, ip: int) -> None:
-        for d in (self.macs, self.hdr, self.seen, self._probed):
-            d.pop(ip, None)
-
-    def set_own_mac(self, mac: bytes) -> None:
-        """Change the source MAC of frames sent on this side; rebuilds every prefix."""
-        self.own_mac = bytes(mac)
-        self.hdr = {ip: m + self.own_mac for ip, m in self.macs.items()}
-
-    def should_probe(self, ip: int, now: float) -> bool:
-        """True at most once per ``probe_interval`` per address: time to send an ARP request."""
-        last = self._probed.get(ip)
-        if last is not None and now - last < self.probe_interval:
-            return False
-        self._probed[ip] = now
-        return True
-
-    def expire(self, now: float, max_age: float) -> int:
-        """Forget entries not confirmed for ``max_age`` seconds; returns how many."""
-        old = [ip for ip, t in self.seen.items() if now - t > max_age]
-        for ip in old:
-            self.forget(ip)
-        return len(old)
-
-    def __len__(self) -> int:
-        return len(self.macs)
-
-    def __contains__(self, ip: object) -> bool:
-        return ip in self.macs
-
-
 __all__ = [
-    "ARP_FRAME_LEN", "ARP_REPLY", "ARP_REQUEST", "BROADCAST", "NeighCache", "arp_frame", "arp_reply",
+    "ARP_FRAME_LEN", "ARP_REPLY", "ARP_REQUEST", "BROADCAST", "arp_frame", "arp_reply",
     "arp_request", "gratuitous_arp", "parse_arp", "usable_mac", "vrrp_mac",
 ]

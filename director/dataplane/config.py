@@ -39,6 +39,14 @@ class CoreConfig:
     (``FRAGMENT``). Read once, at Director creation."""
     icmp_ratelimit: int = 100
     """ICMP errors the director itself originates (time exceeded), at most per second."""
+    neigh_max_entries: int = 16384
+    """Neighbour cache bound per side; a new entry in a full cache evicts the least recently confirmed."""
+    neigh_max_age: float = 3600.0
+    """Seconds an entry lives without an ARP confirmation (``Director.expire_neighbours``)."""
+    neigh_learn_rate: float = 1000.0
+    """New client entries learned from data frames, per second (token bucket; then ARP resolves)."""
+    neigh_learn_burst: int = 1000
+    """... and the bucket's depth."""
     timeouts: Timeouts = field(default_factory=Timeouts)
 
 

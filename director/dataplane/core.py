@@ -44,15 +44,8 @@ from __future__ import annotations
 import logging
 import struct
 
-from director.dataplane.arp import (
-    ARP_REQUEST,
-    NeighCache,
-    arp_reply,
-    arp_request,
-    gratuitous_arp,
-    parse_arp,
-)
 from director.dataplane.config import CoreConfig
+from director.dataplane.neigh import EXT, INT, Action, Neighbours, NeighEvent
 from director.dataplane.packet import (
     ETH_P_ARP,
     TH_ACK,
@@ -84,14 +77,6 @@ from director.types import Clock, ConnFlags, DestFlags
 
 log = logging.getLogger(__name__)
 
-EXT = 0
-"""Side facing the clients (the VIPs live here)."""
-INT = 1
-"""Side facing the real servers."""
-
-Action = tuple[int, bytes | bytearray]
-"""(out_side, frame): what the I/O layer sends."""
-
 _MASQ = int(ConnFlags.MASQ)
 _FWD_MASK = int(ConnFlags.FWD_MASK)
 _TUNNEL = int(ConnFlags.TUNNEL)
@@ -101,10 +86,12 @@ _ESTABLISHED = int(TcpState.ESTABLISHED)
 _ACK_ONLY_MASK = TH_FIN | TH_SYN | TH_RST | TH_ACK
 """``tflags & _ACK_ONLY_MASK == TH_ACK``: a plain ACK (PSH/URG/ECE/CWR may be set)."""
 _ICMP_ERRORS = frozenset((3, 4, 11))
+_VLAN_TPIDS = frozenset((0x8100, 0x88A8, 0x9100))
 _int_and = int.__and__  # dest.flags is an IntFlag: test bits without its Python-level __and__
-_FAST = struct.Struct("!12xHBxHxxHBBHIIHHHH4xBB2xH").unpack_from
-"""52 bytes: ethertype ver_ihl tot_len frag ttl proto ip_csum saddr daddr | sport dport, then at 38/40 the
-UDP length/checksum, at 46/47 the TCP data offset/flags and at 50 the TCP checksum (for the fast path)."""
+_FAST = struct.Struct("!6s6xHBxHxxHBBHIIHHHH4xBB2xH").unpack_from
+"""52 bytes: dst MAC, ethertype ver_ihl tot_len frag ttl proto ip_csum saddr daddr | sport dport, then
+at 38/40 the UDP length/checksum, at 46/47 the TCP data offset/flags and at 50 the TCP checksum (for the
+fast path)."""
 _IP_TAIL = struct.Struct("!BBHII").pack_into  # ttl proto csum saddr daddr at offset 22
 _PORTS_CSUM_UDP = struct.Struct("!HHHH").pack_into  # sport dport len csum at 34
 _PORTS = struct.Struct("!HH").pack_into
@@ -125,8 +112,10 @@ class Director:
         self.active = False
         self.sloppy_until = 0.0
         self.counters = DropCounters()
-        self.neigh = (NeighCache(cfg.vmac), NeighCache(cfg.vmac))
-        self.arp_replies = 0
+        self.nb = Neighbours(cfg, services.vaddrs, self.counters.counts)
+        self.neigh = self.nb.caches
+        self.host_macs: frozenset[bytes] = frozenset()
+        """The director's own interface MACs (set by the I/O layer): frames to them are its kernel's."""
         self.frags = FragTable()
         self._ipid = 0
         self._icmp_window = 0.0
@@ -141,6 +130,12 @@ class Director:
         self._timeouts = cfg.timeouts
         self._verify = cfg.verify_ip_csum
         self._fwd_frags = cfg.forward_fragments
+        self._vmac = cfg.vmac
+
+    @property
+    def arp_replies(self) -> int:
+        """ARP requests answered (for owned addresses, while active)."""
+        return self.nb.stats[NeighEvent.ARP_REQUEST_ANSWERED]
 
     # ---- the hot path ---------------------------------------------------------------------
 
@@ -151,11 +146,12 @@ class Director:
         n = len(frame)
         fast = False
         if n >= 52:
-            (etype, ver_ihl, tot_len, frag, ttl, proto, ipsum, saddr, daddr, sport, dport, ulen, usum, doff,
-             tflags, tsum) = _FAST(frame, 0)
+            (dmac, etype, ver_ihl, tot_len, frag, ttl, proto, ipsum, saddr, daddr, sport, dport, ulen, usum,
+             doff, tflags, tsum) = _FAST(frame, 0)
             end = tot_len + 14
-            if etype == 0x800 and ver_ihl == 0x45 and not frag & 0x3FFF and 34 <= end <= n and (
-                    not self._verify or not int.from_bytes(frame[14:34], "big") % 0xFFFF):
+            if (etype == 0x800 and dmac == self._vmac and ver_ihl == 0x45 and not frag & 0x3FFF
+                    and 34 <= end <= n
+                    and (not self._verify or not int.from_bytes(frame[14:34], "big") % 0xFFFF)):
                 if proto == 6:
                     fast = end >= 54 and doff >= 0x50 and (doff >> 4) * 4 <= tot_len - 20
                 elif proto == 17:
@@ -166,6 +162,8 @@ class Director:
             if ttl <= 1 or not self.active:
                 return self._guard(frame, side, (proto, saddr, sport, daddr, dport, l4, end, ttl, tflags))
         else:
+            if frame[0:6] != self._vmac:
+                return self._not_vmac(frame, side)
             r = parse_ipv4(frame, self._verify, self._fwd_frags)
             if isinstance(r, Drop):
                 return self._not_ip(frame, side, r)
@@ -208,8 +206,8 @@ class Director:
                 c.inpkts += 1
                 c.inbytes += n
             conn.in_pkts += 1
-            if not side and saddr not in self._ext_hdr:  # e.g. a conn synced from the old master
-                self.neigh[EXT].learn(saddr, bytes(frame[6:12]), self.clock())
+            if not side and saddr not in self._ext_hdr:  # a new client (or synced conn): never inside
+                self.nb.learn_client(saddr, bytes(frame[6:12]), self.clock())
         # State, both ways: an ESTABLISHED conn hit by a plain ACK (or a UDP datagram) whose timeout
         # stays the same only needs its timer refreshed; anything else runs the state machine.
         tmo = self._timeouts
@@ -288,8 +286,8 @@ class Director:
         if proto == 6 and not self._may_open(tflags):
             return None
         conn = self._schedule(svc, proto, saddr, sport, daddr, dport)
-        if conn is not None:
-            self.neigh[side].learn(saddr, bytes(frame[6:12]), self.clock())
+        if conn is not None and not side and saddr in self._ext_hdr:  # (unknown ones: learnt in handle)
+            self.nb.learn_client(saddr, bytes(frame[6:12]), self.clock())  # counts a MAC that disagrees
         return conn
 
     def _may_open(self, tflags: int) -> bool:
@@ -395,35 +393,41 @@ class Director:
     # ---- neighbours ------------------------------------------------------------------------
 
     def _ext_nexthop(self, addr: int) -> int:
-        cfg = self.cfg
-        if cfg.ext_gateway and cfg.ext_prefixlen:
-            mask = (0xFFFFFFFF << (32 - cfg.ext_prefixlen)) & 0xFFFFFFFF
-            if addr & mask != cfg.ext_net & mask:
-                return cfg.ext_gateway
-        return addr
+        return self.nb.nexthop(addr)
 
     def _ext_route(self, addr: int) -> bytes | None:
-        """Ethernet prefix towards ``addr`` through its next hop (gateway for off-link clients)."""
-        nh = self._ext_nexthop(addr)
-        return self._ext_hdr.get(nh) if nh != addr else None
+        return self.nb.route(addr)
 
     def _neigh_miss(self, side: int, addr: int, dest: Dest | None) -> Action | None:
         """No MAC for the next hop: use the dest's configured MAC, else send an ARP request."""
-        neigh = self.neigh[side]
-        now = self.clock()
-        if dest is not None and dest.mac is not None and dest.addr == addr:
-            neigh.learn(addr, dest.mac, now)
         self._drops[Drop.NO_NEIGH] += 1
-        if not neigh.should_probe(addr, now):
-            return None
-        own = self.cfg.int_addr if side == INT else self.cfg.ext_addr
-        return side, arp_request(self.cfg.vmac, own, addr)
+        mac = dest.mac if dest is not None and dest.addr == addr else None
+        return self.nb.probe(side, addr, mac, self.clock())
 
     # ---- slow paths: not IPv4, ARP, guards, ICMP ------------------------------------------
 
+    def _not_vmac(self, frame: bytearray, side: int) -> Action | None:
+        """A frame not addressed to the virtual MAC: only broadcast/multicast ARP is taken."""
+        if len(frame) < 14:
+            reason = Drop.TRUNCATED
+        elif frame[12] << 8 | frame[13] in _VLAN_TPIDS:
+            reason = Drop.VLAN_TAGGED
+        elif frame[0] & 1:
+            if frame[12] << 8 | frame[13] == ETH_P_ARP:
+                return self.nb.arp(frame, side, self.active, self.clock())
+            reason = Drop.NOT_VMAC
+        else:
+            reason = Drop.TO_HOST if bytes(frame[0:6]) in self.host_macs else Drop.NOT_VMAC
+        self._drops[reason] += 1
+        return None
+
     def _not_ip(self, frame: bytearray, side: int, reason: Drop) -> Action | None:
-        if reason == Drop.NOT_IPV4 and len(frame) >= 14 and frame[12] << 8 | frame[13] == ETH_P_ARP:
-            return self._arp(frame, side)
+        if reason == Drop.NOT_IPV4:
+            etype = frame[12] << 8 | frame[13]
+            if etype == ETH_P_ARP:
+                return self.nb.arp(frame, side, self.active, self.clock())
+            if etype in _VLAN_TPIDS:
+                reason = Drop.VLAN_TAGGED
         if reason == Drop.FRAGMENT and self._fwd_frags:
             return self._fragment(frame, side)
         self._drops[reason] += 1
@@ -467,29 +471,7 @@ class Director:
 
     def owned(self, side: int) -> set[int] | frozenset[int]:
         """Addresses this node answers ARP for on ``side`` while active."""
-        if side == INT:
-            return self.cfg.gw_addrs
-        return self.services.vaddrs() | self.cfg.extra_vips
-
-    def _arp(self, frame: bytearray, side: int) -> Action | None:
-        a = parse_arp(frame)
-        if a is None:
-            self._drops[Drop.ARP_IGNORED] += 1
-            return None
-        op, sha, spa, _tha, tpa = a
-        owned = self.owned(side)
-        if spa and spa not in owned:
-            self.neigh[side].learn(spa, sha, self.clock())
-        if op != ARP_REQUEST:
-            return None
-        if tpa not in owned or spa == tpa:
-            self._drops[Drop.ARP_IGNORED] += 1
-            return None
-        if not self.active:
-            self._drops[Drop.NOT_ACTIVE] += 1
-            return None
-        self.arp_replies += 1
-        return side, arp_reply(self.cfg.vmac, tpa, sha, spa)
+        return self.nb.owned(side)
 
     def _guard(self, frame: bytearray, side: int, r: IPv4Info) -> Action | None:
         if not self.active:
@@ -576,12 +558,18 @@ class Director:
             log.info("director inactive: no more ARP answers, no forwarding")
         return []
 
+    def learn_arp(self, frame: bytearray, side: int) -> None:
+        """Not master (fenced): learn from an ARP frame so the caches stay warm; answer nothing, count
+        no drop (the I/O layer counts the frame as ``NOT_MASTER``)."""
+        self.nb.arp(frame, side, False, self.clock(), fenced=True)
+
+    def expire_neighbours(self) -> int:
+        """Age both neighbour caches by ``cfg.neigh_max_age``; returns the entries removed."""
+        return self.nb.expire(self.clock())
+
     def garp_actions(self) -> list[Action]:
         """Gratuitous ARPs for every owned address, both sides (sent on takeover)."""
-        vmac = self.cfg.vmac
-        out: list[Action] = [(EXT, gratuitous_arp(vmac, ip)) for ip in sorted(self.owned(EXT))]
-        out += [(INT, gratuitous_arp(vmac, ip)) for ip in sorted(self.owned(INT))]
-        return out
+        return self.nb.garp_actions()
 
 
 __all__ = ["EXT", "INT", "Action", "CoreConfig", "Director"]

@@ -17,8 +17,9 @@ Wire layout (offsets from the start of the frame)::
 
 Decisions
 ---------
-* Only untagged Ethernet II IPv4 is forwarded (ARP is handled by the caller; IPv6, VLAN-tagged
-  and anything else: ``NOT_IPV4``).
+* Only untagged Ethernet II IPv4 is forwarded (ARP is handled by the caller; IPv6 and anything
+  else: ``NOT_IPV4``; the packet path counts 802.1Q/802.1ad frames as ``VLAN_TAGGED``, and the I/O
+  layer puts a tag the kernel moved into packet metadata back into the frame, so it is seen).
 * IP options (IHL > 5) are **handled**: the L4 header is found at ``14 + IHL*4`` and the options
   are forwarded untouched (the header checksum update is incremental, so they stay covered).
 * Fragments are **dropped by default**, or (``CoreConfig.forward_fragments``) **forwarded without
@@ -91,6 +92,10 @@ class Drop(IntEnum):
     TOO_BIG = 18         # TUN: encapsulated packet exceeds the MTU (frag-needed sent if DF)
     ARP_IGNORED = 19     # ARP not answered: not for an owned address, malformed, or a reply
     RST_NO_CONN = 20     # TCP RST with no entry (never creates one)
+    VLAN_TAGGED = 21     # 802.1Q / 802.1ad tagged (the data plane serves untagged links only)
+    NOT_VMAC = 22        # addressed to another unicast MAC than the virtual MAC, or a group MAC but not ARP
+    TO_HOST = 23         # addressed to the director's own interface MAC: its kernel's traffic, not ours
+    NOT_MASTER = 24      # read while the mastership deadline had passed (fencing): never forwarded
 
 
 class DropCounters:

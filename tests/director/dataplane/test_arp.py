@@ -11,7 +11,6 @@ from scapy.layers.l2 import ARP, Ether
 from director.dataplane.arp import (
     ARP_REPLY,
     ARP_REQUEST,
-    NeighCache,
     arp_reply,
     arp_request,
     gratuitous_arp,
@@ -19,6 +18,7 @@ from director.dataplane.arp import (
     usable_mac,
     vrrp_mac,
 )
+from director.dataplane.neigh import NeighCache, NeighEvent
 from director.dataplane.packet import mac_bytes
 
 VMAC = "00:00:5e:00:01:07"
@@ -102,3 +102,21 @@ def test_neigh_cache_probe_rate_limit_and_expiry() -> None:
     assert n.expire(now=30.0, max_age=15.0) == 1
     assert ip not in n and _i("198.18.2.10") in n
     assert ip not in n.hdr
+
+
+def test_neigh_cache_is_bounded_lru_by_confirmation_and_counts_evictions() -> None:
+    n = NeighCache(vrrp_mac(1), max_entries=3, max_age=100.0)
+    macs = [mac_bytes(f"02:00:00:00:00:{k:02x}") for k in range(1, 6)]
+    for k in range(3):
+        n.learn(_i(f"198.18.2.{k + 1}"), macs[k], float(k))
+    n.learn(_i("198.18.2.1"), macs[0], 10.0)  # confirmed: now the most recent
+    n.learn(_i("198.18.2.4"), macs[3], 11.0)  # full: evicts .2, the least recently confirmed
+    assert _i("198.18.2.2") not in n and len(n) == 3 and _i("198.18.2.2") not in n.hdr
+    assert n.stats[NeighEvent.NEIGH_EVICTED] == 1
+    # age: walked from the oldest confirmation, by the cache's own max_age
+    assert n.expire(now=110.5) == 2  # .3 (t=2) and .1 (t=10); .4 (t=11) stays
+    assert list(n.macs) == [_i("198.18.2.4")] and n.stats[NeighEvent.NEIGH_EXPIRED] == 2
+    # the probe bookkeeping is bounded too
+    for k in range(10):
+        assert n.should_probe(_i(f"198.18.3.{k}"), 200.0)
+    assert len(n._probed) <= 3

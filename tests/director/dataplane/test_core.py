@@ -12,6 +12,7 @@ from scapy.layers.l2 import ARP, Ether
 
 from director.dataplane.arp import vrrp_mac
 from director.dataplane.core import EXT, INT, CoreConfig, Director
+from director.dataplane.neigh import NeighEvent
 from director.dataplane.packet import Drop
 from director.services.sched import registry
 from director.services.service import Dest, ServiceTable, VirtualService
@@ -438,7 +439,7 @@ def test_unknown_dest_mac_sends_rate_limited_arp_request() -> None:
     assert send(lab, client_pkt("S"), EXT) is None  # retransmission within the probe interval
     assert drops(lab, Drop.NO_NEIGH) == 2
     m = RS_MAC[RS.index(target)]
-    assert send(lab, Ether(src=m) / ARP(op=2, hwsrc=m, psrc=target, pdst=DIR_INT), INT) is None
+    assert send(lab, Ether(src=m, dst=VMAC) / ARP(op=2, hwsrc=m, psrc=target, pdst=DIR_INT), INT) is None
     syn = client_pkt("S")
     assert send(lab, syn, EXT) == (INT, expect_in(syn, target))
 
@@ -550,7 +551,7 @@ def test_reply_to_unknown_client_arps_for_it_or_uses_the_gateway() -> None:
     a = send(lab, off_link, INT)
     assert a is not None and Ether(a[1])[ARP].pdst == "198.18.1.1"  # the gateway, not the client
     router_mac = "02:00:00:00:01:fe"
-    assert send(lab, Ether(src=router_mac) / ARP(op=2, hwsrc=router_mac, psrc="198.18.1.1",
+    assert send(lab, Ether(src=router_mac, dst=VMAC) / ARP(op=2, hwsrc=router_mac, psrc="198.18.1.1",
                                                  pdst="198.18.1.253"), EXT) is None
     assert send(lab, off_link, INT) == (EXT, expect_out(off_link, dmac=router_mac))
     assert drops(lab, Drop.NO_NEIGH) == 2
@@ -673,3 +674,131 @@ def test_fragments_are_dropped_by_default() -> None:
            UDP(sport=5353, dport=53) / (b"z" * 3000))
     assert [send(lab, p, EXT) for p in _frags(big)] == [None, None, None]
     assert drops(lab, Drop.FRAGMENT) == 3 and lab.table.count == 0 and len(lab.director.frags) == 0
+
+
+# ---- hostile L2 input (issue 17): tags, foreign MACs, spoofed neighbours, ARP outcomes -------------
+
+FOREIGN_MAC = "02:66:66:66:66:66"
+
+
+def _mac(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def test_vlan_tagged_frames_are_dropped_with_their_own_counter() -> None:
+    from scapy.layers.l2 import Dot1AD, Dot1Q
+
+    lab = make_lab()
+    for tag in (Dot1Q(vlan=5), Dot1AD(vlan=7) / Dot1Q(vlan=5)):
+        syn = (Ether(src=CLIENT_MAC, dst=VMAC) / tag / IP(src="198.18.1.10", dst=VIP) /
+               TCP(dport=80, flags="S"))
+        assert send(lab, syn, EXT) is None
+    bcast = Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff") / Dot1Q(vlan=5) / ARP(op=1, psrc="198.18.1.10",
+                                                                                 pdst=VIP)
+    assert send(lab, bcast, EXT) is None  # a tagged ARP is not answered either
+    assert drops(lab, Drop.VLAN_TAGGED) == 3 and lab.table.count == 0 and lab.svc.counters.conns == 0
+
+
+def test_only_frames_to_the_virtual_mac_are_taken() -> None:
+    from scapy.layers.inet import IPOption_RR
+
+    lab = make_lab()
+    lab.director.host_macs = frozenset({_mac("02:1b:02:00:00:01")})
+    for dst, reason in (("02:aa:bb:cc:dd:ee", Drop.NOT_VMAC), ("ff:ff:ff:ff:ff:ff", Drop.NOT_VMAC),
+                        ("01:00:5e:00:00:01", Drop.NOT_VMAC), ("02:1b:02:00:00:01", Drop.TO_HOST)):
+        plain = client_pkt("S")
+        with_options = (Ether(src=CLIENT_MAC) / IP(src="198.18.1.10", dst=VIP, options=[IPOption_RR()]) /
+                        TCP(sport=40000, dport=80, flags="S"))
+        for pkt in (plain, with_options):  # fast and slow parse alike
+            pkt.dst = dst
+            before = drops(lab, reason)
+            assert send(lab, pkt, EXT) is None
+            assert drops(lab, reason) == before + 1, (dst, reason)
+    assert lab.table.count == 0
+    # unicast ARP to another MAC is not ours either; broadcast and virtual-MAC ARP are
+    req = ARP(op=1, hwsrc=CLIENT_MAC, psrc="198.18.1.10", pdst=VIP)
+    assert send(lab, Ether(src=CLIENT_MAC, dst="02:aa:bb:cc:dd:ee") / req, EXT) is None
+    assert send(lab, Ether(src=CLIENT_MAC, dst=VMAC) / req, EXT) is not None
+    assert send(lab, client_pkt("S"), EXT) is not None
+
+
+def test_spoofed_syn_never_overwrites_a_known_client() -> None:
+    """One SYN with a live client's address from a foreign MAC must not redirect that client's replies."""
+    lab = make_lab(ndests=1)
+    syn = client_pkt("S")
+    assert send(lab, syn, EXT) is not None
+    spoof = client_pkt("S", sport=40001)
+    spoof.src = FOREIGN_MAC
+    assert send(lab, spoof, EXT) is not None  # the conn is scheduled (a SYN is a SYN) ...
+    assert lab.director.neigh[EXT].get(_i("198.18.1.10")) == _mac(CLIENT_MAC)  # ... the neighbour is kept
+    assert lab.director.nb.stats[NeighEvent.NEIGH_REFUSED_DATA] == 1
+    reply = server_pkt(RS[0], "SA")
+    assert send(lab, reply, INT) == (EXT, expect_out(reply))  # to the real client's MAC
+    # ARP is the source of truth: the client answering for its address moves the entry
+    assert send(lab, Ether(src="02:00:00:00:01:02", dst=VMAC) / ARP(op=1, hwsrc="02:00:00:00:01:02",
+                                                                    psrc="198.18.1.10", pdst=VIP), EXT)
+    assert lab.director.neigh[EXT].get(_i("198.18.1.10")) == _mac("02:00:00:00:01:02")
+
+
+def test_spoofed_server_side_frames_never_touch_the_real_servers_entries() -> None:
+    lab = make_lab()
+    for rs in RS[:2]:
+        spoof = Ether(src=FOREIGN_MAC, dst=VMAC) / IP(src=rs, dst=VIP) / TCP(sport=8080, dport=80, flags="S")
+        send(lab, spoof, INT)
+    assert all(lab.director.neigh[INT].get(_i(rs)) == _mac(m) for rs, m in zip(RS, RS_MAC, strict=True))
+    for port in (41000, 41001):
+        syn = client_pkt("S", sport=port)
+        out = send(lab, syn, EXT)
+        assert out is not None and Ether(out[1]).dst in RS_MAC[:2]
+
+
+def test_client_learning_is_rate_limited_and_skips_off_link_clients() -> None:
+    lab = make_lab(ndests=1, neigh_learn_rate=1.0, neigh_learn_burst=2, ext_gateway=_i("198.18.1.1"),
+                   ext_net=_i("198.18.1.0"), ext_prefixlen=24)
+    for k in range(3):
+        assert send(lab, client_pkt("S", src=f"198.18.1.{20 + k}"), EXT) is not None
+    assert send(lab, client_pkt("S", src="203.0.113.9"), EXT) is not None
+    ext = lab.director.neigh[EXT]
+    assert _i("198.18.1.20") in ext and _i("198.18.1.21") in ext and _i("198.18.1.22") not in ext
+    assert _i("203.0.113.9") not in ext  # off-link: through the gateway, never learned per client
+    st = lab.director.nb.stats
+    assert st[NeighEvent.NEIGH_LEARNED_DATA] == 2 and st[NeighEvent.NEIGH_RATE_LIMITED] == 1
+    lab.now[0] += 1.0
+    assert send(lab, client_pkt("S", src="198.18.1.22", sport=40002), EXT) is not None
+    assert _i("198.18.1.22") in ext
+
+
+def test_every_arp_outcome_is_counted() -> None:
+    lab = make_lab()
+    st = lab.director.nb.stats
+    before = list(st.counts)
+
+    def arp(op: int, psrc: str, pdst: str, hw: str = CLIENT_MAC, dst: str = "ff:ff:ff:ff:ff:ff") -> None:
+        send(lab, Ether(src=hw, dst=dst) / ARP(op=op, hwsrc=hw, psrc=psrc, pdst=pdst), EXT)
+
+    arp(1, "198.18.1.10", VIP)              # answered, learned
+    arp(1, "198.18.1.11", "198.18.1.99")     # not ours: ignored, and an unknown sender is not learned
+    arp(2, "198.18.1.12", "198.18.1.99", dst=VMAC)   # unsolicited reply about a stranger: ignored
+    arp(2, "198.18.1.10", "198.18.1.99", hw="02:00:00:00:01:03", dst=VMAC)  # about a known one: updated
+    arp(9, "198.18.1.10", VIP)              # unknown opcode
+    arp(1, VIP, VIP, hw=FOREIGN_MAC)        # somebody else claims the VIP
+    send(lab, Ether(src=CLIENT_MAC, dst=VMAC, type=0x0806) / (b"\x00" * 28), EXT)  # malformed
+    lab.director.set_active(False)
+    arp(1, "198.18.1.10", VIP)              # backup: not answered
+    delta = {e.name.lower(): st[e] - before[e] for e in NeighEvent if st[e] != before[e]}
+    assert delta == {"arp_request_answered": 1, "arp_request_ignored": 2, "arp_reply_ignored": 1,
+                     "arp_reply_learned": 1, "arp_unknown_op": 1, "arp_conflicts": 1, "arp_malformed": 1,
+                     "arp_request_not_active": 1, "neigh_learned_arp": 1, "neigh_updated_arp": 2}
+    assert _i("198.18.1.11") not in lab.director.neigh[EXT]
+    assert _i("198.18.1.12") not in lab.director.neigh[EXT]
+    assert lab.director.arp_replies == before[NeighEvent.ARP_REQUEST_ANSWERED] + 1
+
+
+def test_fenced_arp_learns_but_never_answers_or_counts_a_drop() -> None:
+    lab = make_lab()
+    before, answered = lab.director.counters.total(), lab.director.arp_replies
+    req = Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=CLIENT_MAC, psrc="198.18.1.10",
+                                                                pdst=VIP)
+    lab.director.learn_arp(bytearray(bytes(req)), EXT)
+    assert lab.director.neigh[EXT].get(_i("198.18.1.10")) == _mac(CLIENT_MAC)
+    assert lab.director.counters.total() == before and lab.director.arp_replies == answered
