@@ -41,6 +41,7 @@ import mmap
 import select
 import socket
 import struct
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -71,6 +72,9 @@ TP_STATUS_USER = 1
 TP_STATUS_AVAILABLE = 0
 TP_STATUS_SEND_REQUEST = 1
 TP_STATUS_CSUMNOTREADY = 1 << 3
+TP_STATUS_VLAN_VALID = 1 << 4
+TP_STATUS_VLAN_TPID_VALID = 1 << 6
+ETH_P_8021Q = 0x8100
 
 PACKET_FANOUT_HASH = 0
 PACKET_FANOUT_LB = 1
@@ -82,6 +86,9 @@ FANOUT_CBPF_DST = "cbpf-dst"
 _BLOCK_HDR = struct.Struct("=III")      # block_status, num_pkts, offset_to_first_pkt (at block + 8)
 _PKT_HDR = struct.Struct("=I8xIIIH")    # tp_next_offset, tp_snaplen, tp_len, tp_status, tp_mac
 _U32 = struct.Struct("=I")
+_VLAN = struct.Struct("=IH")            # tpacket3_hdr hv1: tp_vlan_tci, tp_vlan_tpid (at pkt + 32)
+_TAG = struct.Struct("!HH")
+_MARK = TP_STATUS_CSUMNOTREADY | TP_STATUS_VLAN_VALID
 _TX_HDR = struct.Struct("=II")           # tpacket2_hdr: tp_status, tp_len
 _AUXDATA = struct.Struct("=IIIHHHH")    # tp_status, tp_len, tp_snaplen, tp_mac, tp_net, vlan_tci, tpid
 _REQ3 = struct.Struct("=7I")
@@ -90,6 +97,26 @@ _STATS_V3 = struct.Struct("=III")
 
 Handler = Callable[[bytearray, int], "tuple[int, bytes | bytearray] | None"]
 """``Director.handle``: a frame and the side it came from in, ``(out_side, frame)`` or None out."""
+Sink = Callable[[bytearray, int], None]
+"""Where a fenced drain hands the ARP frames it drops (``Director.learn_arp``: learn, answer nothing)."""
+INF = float("inf")
+
+
+def retag(frame: bytearray, status: int, tci: int, tpid: int) -> None:
+    """Put back the 802.1Q/802.1ad tag the kernel moved into packet metadata (the packet path then sees
+    and drops a tagged frame, as on the wire)."""
+    frame[12:12] = _TAG.pack(tpid if status & TP_STATUS_VLAN_TPID_VALID and tpid else ETH_P_8021Q,
+                             tci & 0xFFFF)
+
+
+def _mark(frame: bytearray, status: int, mv: memoryview, hdr: int) -> bool:
+    """A frame whose status bits ask for work: the VLAN tag back in (from the ring header at ``hdr``),
+    the L4 checksum completed (CHECKSUM_PARTIAL). True if a checksum was completed."""
+    if status & TP_STATUS_VLAN_VALID:
+        tci, tpid = _VLAN.unpack_from(mv, hdr + 32)
+        retag(frame, status, tci, tpid)
+        return False  # dropped by the packet path: no checksum work
+    return bool(status & TP_STATUS_CSUMNOTREADY) and fix_partial_csum(frame)
 
 
 @dataclass(frozen=True)
@@ -190,7 +217,7 @@ class PacketSocket:
                 nxt, snaplen, _len, pstatus, mac = unpack_pkt(mv, pos)
                 start = pos + mac
                 frame = bytearray(mv[start:start + snaplen])
-                if pstatus & TP_STATUS_CSUMNOTREADY and fix_partial_csum(frame):
+                if pstatus & _MARK and _mark(frame, pstatus, mv, pos):
                     self.csum_fixed += 1
                 append(frame)
                 pos += nxt
@@ -199,12 +226,17 @@ class PacketSocket:
         return out
 
     def drain(self, handler: Handler, side: int, sends: Sequence[Callable[[bytes | bytearray], int]],
-              max_blocks: int = 64) -> tuple[int, int]:
+              max_blocks: int = 64, until: float = INF, clock: Callable[[], float] = time.monotonic,
+              sink: Sink | None = None) -> tuple[int, int, int]:
         """Hand every ready frame to ``handler(frame, side)`` and send what it returns on
         ``sends[out_side]``, straight from the ring (no intermediate list); never blocks.
-        Returns (frames handled, errors). A handler or send error is counted, never raised."""
+
+        Fencing: before each block the clock is read once; from the first block taken at or after
+        ``until`` on, the rest of the ready blocks are dropped unhandled (their ARP frames go to
+        ``sink``, which must send nothing). Returns (frames handled, errors, frames dropped by the
+        fence). A handler or send error is counted, never raised."""
         if self._mv is None:
-            return self._drain_plain(handler, side, sends)
+            return self._drain_plain(handler, side, sends, until, clock, sink)
         mv = self._mv
         unpack_pkt = _PKT_HDR.unpack_from
         bsize = self._block_size
@@ -214,14 +246,16 @@ class PacketSocket:
             status, num, pos = _BLOCK_HDR.unpack_from(mv, base + 8)
             if not status & TP_STATUS_USER:
                 break
+            if clock() >= until:
+                return handled, errors, self._discard(side, max_blocks, sink)
             pos += base
             for _ in range(num):
                 nxt, snaplen, _len, pstatus, mac = unpack_pkt(mv, pos)
                 start = pos + mac
                 frame = bytearray(mv[start:start + snaplen])
-                pos += nxt
-                if pstatus & TP_STATUS_CSUMNOTREADY and fix_partial_csum(frame):
+                if pstatus & _MARK and _mark(frame, pstatus, mv, pos):
                     self.csum_fixed += 1
+                pos += nxt
                 try:
                     act = handler(frame, side)
                     if act is not None:
@@ -233,11 +267,43 @@ class PacketSocket:
             handled += num
             _U32.pack_into(mv, base + 8, TP_STATUS_KERNEL)
             self._block = (self._block + 1) % self._block_count
-        return handled, errors
+        return handled, errors, 0
 
-    def _drain_plain(self, handler: Handler, side: int,
-                     sends: Sequence[Callable[[bytes | bytearray], int]]) -> tuple[int, int]:
+    def _discard(self, side: int, max_blocks: int, sink: Sink | None) -> int:
+        """Give every ready block back unhandled (fenced); ARP frames go to ``sink``. Returns frames."""
+        mv = self._mv
+        assert mv is not None
+        bsize = self._block_size
+        dropped = 0
+        for _ in range(max_blocks):
+            base = self._block * bsize
+            status, num, pos = _BLOCK_HDR.unpack_from(mv, base + 8)
+            if not status & TP_STATUS_USER:
+                break
+            pos += base
+            for _ in range(num):
+                if sink is None:
+                    break
+                nxt, snaplen, _len, pstatus, mac = _PKT_HDR.unpack_from(mv, pos)
+                start = pos + mac
+                if mv[start + 12] == 8 and mv[start + 13] == 6 and not pstatus & TP_STATUS_VLAN_VALID:
+                    with contextlib.suppress(Exception):  # learning only: never fatal
+                        sink(bytearray(mv[start:start + snaplen]), side)
+                pos += nxt
+            dropped += num
+            _U32.pack_into(mv, base + 8, TP_STATUS_KERNEL)
+            self._block = (self._block + 1) % self._block_count
+        return dropped
+
+    def _drain_plain(self, handler: Handler, side: int, sends: Sequence[Callable[[bytes | bytearray], int]],
+                     until: float, clock: Callable[[], float], sink: Sink | None) -> tuple[int, int, int]:
         frames = self._recv_plain()
+        if frames and clock() >= until:
+            for frame in frames:
+                if sink is not None and frame[12:14] == b"\x08\x06":
+                    with contextlib.suppress(Exception):
+                        sink(frame, side)
+            return 0, 0, len(frames)
         errors = 0
         for frame in frames:
             try:
@@ -248,7 +314,7 @@ class PacketSocket:
                 errors += 1
                 if errors == 1:
                     log.exception("frame from %s: handler or send failed", self.ifname)
-        return len(frames), errors
+        return len(frames), errors, 0
 
     def _recv_plain(self, max_frames: int = 256) -> list[bytearray]:
         """Up to ``max_frames`` frames by ``recvmsg`` with PACKET_AUXDATA; never blocks."""
@@ -262,9 +328,12 @@ class PacketSocket:
                 break
             frame = bytearray(data)
             for level, kind, cdata in anc:
-                if (level == SOL_PACKET and kind == PACKET_AUXDATA and len(cdata) >= 4
-                        and _U32.unpack_from(cdata)[0] & TP_STATUS_CSUMNOTREADY and fix_partial_csum(frame)):
-                    self.csum_fixed += 1
+                if level == SOL_PACKET and kind == PACKET_AUXDATA and len(cdata) >= _AUXDATA.size:
+                    status, _len, _snap, _mac, _net, tci, tpid = _AUXDATA.unpack_from(cdata)
+                    if status & TP_STATUS_VLAN_VALID:
+                        retag(frame, status, tci, tpid)
+                    elif status & TP_STATUS_CSUMNOTREADY and fix_partial_csum(frame):
+                        self.csum_fixed += 1
             out.append(frame)
         return out
 
@@ -309,6 +378,10 @@ class TxRing:
         self._queued = 0
         self._max = frame_size - self.HDR
         self.fallback = 0
+        self.fence: Callable[[], bool] | None = None
+        """If set and true at a flush, the queued frames are discarded instead of sent (fencing)."""
+        self.fenced = 0
+        """Frames discarded by the fence."""
 
     def send(self, frame: bytes | bytearray) -> int:
         n = len(frame)
@@ -317,6 +390,9 @@ class TxRing:
         if _U32.unpack_from(mv, off)[0] != TP_STATUS_AVAILABLE or n > self._max:
             self.flush()
             if _U32.unpack_from(mv, off)[0] != TP_STATUS_AVAILABLE or n > self._max:
+                if self.fence is not None and self.fence():
+                    self.fenced += 1
+                    return n
                 self.fallback += 1
                 return self.sock.send(frame)
         start = off + self.HDR
@@ -328,9 +404,22 @@ class TxRing:
 
     def flush(self) -> None:
         if self._queued:
+            if self.fence is not None and self.fence():
+                self.discard()
+                return
             self._queued = 0
             with contextlib.suppress(BlockingIOError):
                 self.sock.send(b"", socket.MSG_DONTWAIT)
+
+    def discard(self) -> int:
+        """Take back every frame queued since the last flush (the kernel only reads slots on send())."""
+        n = self._queued
+        for _ in range(n):
+            self._slot = (self._slot - 1) % self._nr
+            _TX_HDR.pack_into(self._mv, self._slot * self._fsize, TP_STATUS_AVAILABLE, 0)
+        self._queued = 0
+        self.fenced += n
+        return n
 
     def close(self) -> None:
         self._mv.release()
@@ -396,7 +485,7 @@ def join_fanout(sock: socket.socket, fanout: Fanout) -> None:
 
 def blocking_loop(socks: list[PacketSocket], handler: Handler, should_stop: Callable[[], bool],
                   poll_ms: int = 100, extra: Sequence[tuple[PacketSocket, int]] = (),
-                  tx_rings: Sequence[TxRing] = ()) -> int:
+                  tx_rings: Sequence[TxRing] = (), until: Callable[[], float] = lambda: INF) -> int:
     """Forward until ``should_stop()``: frames from ``socks[side]`` go to ``handler(frame, side)``,
     a returned ``(out_side, frame)`` is sent on ``socks[out_side]`` (or queued on ``tx_rings[out_side]``
     and flushed after each batch); ``extra`` are more receive-only
@@ -413,7 +502,7 @@ def blocking_loop(socks: list[PacketSocket], handler: Handler, should_stop: Call
     while not should_stop():
         for fd, _ev in poller.poll(poll_ms):
             side, drain = by_fd[fd]
-            n, e = drain(handler, side, sends)
+            n, e, _fenced = drain(handler, side, sends, until=until())
             for flush in flushes:
                 flush()
             handled += n

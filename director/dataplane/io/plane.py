@@ -19,6 +19,9 @@ would then point that kernel address at the virtual MAC and the kernel, which dr
 its own MAC, would go deaf): :func:`core_config` uses the NAT gateway address inside and the first
 VIP outside, both owned by the active director's virtual MAC anyway.
 
+Fencing: :meth:`DataPlane.set_master_until` sets the mastership deadline (see there); the
+stand-alone runner takes it from ``--deadline-file`` (tests).
+
 ``python -m director.dataplane.io.plane --ext IF --int IF --config runner.yaml`` runs a stand-alone
 director (the lab tests and benchmarks use it beside ``directord``), active unless ``--backup``.
 Its file (:func:`load_config`) holds a few node settings (``vmac_id``, ``gateways``, ``int_mtu``)
@@ -58,12 +61,14 @@ from director.dataplane.io.afpacket import (
     ETH_P_ARP,
     FANOUT_CBPF_DST,
     FANOUT_CBPF_SRC,
+    INF,
     Fanout,
     PacketSocket,
     RingSpec,
     TxRing,
     blocking_loop,
 )
+from director.dataplane.packet import Drop
 from director.services.service import Dest, ServiceTable
 from director.table.conn import ConnTable
 
@@ -76,8 +81,12 @@ class DataPlane:
 
     def __init__(self, director: Director, ext_ifname: str, int_ifname: str, *,
                  ring: RingSpec | None = DEFAULT_RING, fanout_group: int | None = None,
-                 batch_blocks: int = 64, tx_ring: bool = True) -> None:
+                 batch_blocks: int = 64, tx_ring: bool = True, clock: Callable[[], float] = time.monotonic,
+                 master_until: float | None = INF) -> None:
         self.director = director
+        self.clock = clock
+        """The fencing clock (CLOCK_MONOTONIC by default): deadlines are on it."""
+        self._until = -INF if master_until is None else master_until
         self.ifnames = (ext_ifname, int_ifname)
         self.ring = ring
         self.fanout_group = fanout_group
@@ -96,8 +105,27 @@ class DataPlane:
         self.ring_packets = 0
         self.ring_drops = 0
         """Frames on which ``Director.handle`` raised (it never should; counted and logged, not fatal)."""
+        self.ctl_fenced = 0
+        """Control frames (gratuitous ARP, probes) not sent because the mastership deadline had passed."""
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    # -- fencing ------------------------------------------------------------------------------------
+    def set_master_until(self, deadline: float | None) -> None:
+        """Forward only while ``clock() < deadline`` (None: not master; ``math.inf``: no fencing).
+
+        O(1), no I/O: call it as often as the mastership is re-validated. Checked before every block
+        taken from a ring, before every TX flush and before every control send; frames read at or
+        after the deadline are dropped and counted as ``not_master``, nothing is sent, no ARP answered.
+        """
+        self._until = -INF if deadline is None else deadline
+
+    @property
+    def master_until(self) -> float | None:
+        return None if self._until == -INF else self._until
+
+    def fenced(self) -> bool:
+        """True when the mastership deadline has passed (nothing is forwarded or sent)."""
+        return self.clock() >= self._until
     # -- sockets ------------------------------------------------------------------------------------
     def open(self) -> None:
         if self.socks:
@@ -112,9 +140,11 @@ class DataPlane:
                     self.arp_socks.append(PacketSocket(self.ifnames[side], ring=None, ethertype=ETH_P_ARP))
                 if self.use_tx_ring:
                     self.tx_rings.append(TxRing(self.ifnames[side]))
+                    self.tx_rings[-1].fence = self.fenced
         except BaseException:
             self.close()
             raise
+        self.director.host_macs = frozenset(s.mac for s in self.socks)
 
     def close(self) -> None:
         for s in [*self.socks, *self.arp_socks]:
@@ -153,6 +183,9 @@ class DataPlane:
     def _make_reader(self, sock: PacketSocket, side: int) -> Callable[[], None]:
         drain = sock.drain
         handle = self.director.handle
+        sink = self.director.learn_arp
+        clock = self.clock
+        drops = self.director.counters.counts
         rx = self.rx_frames
         blocks = self.batch_blocks
         sends: list[Callable[[bytes | bytearray], int]]
@@ -164,10 +197,12 @@ class DataPlane:
             sends = [s.send for s in self.socks]
 
         def on_readable() -> None:
-            n, errors = drain(handle, side, sends, blocks)
-            for flush in flushes:
+            n, errors, fenced = drain(handle, side, sends, blocks, self._until, clock, sink)
+            for flush in flushes:  # (each flush checks the deadline again)
                 flush()
-            rx[side] += n
+            rx[side] += n + fenced
+            if fenced:
+                drops[Drop.NOT_MASTER] += fenced
             if errors:
                 self.handler_errors += errors
 
@@ -178,6 +213,9 @@ class DataPlane:
         """Send actions produced outside the packet path (gratuitous ARP, ...); returns frames sent."""
         self.open()
         n = 0
+        if self.fenced():
+            self.ctl_fenced += len(list(actions))
+            return 0
         for side, frame in actions:
             try:
                 self.socks[side].send(frame)
@@ -202,6 +240,9 @@ class DataPlane:
             for dest in svc.dests:
                 if dest.addr not in neigh and neigh.should_probe(dest.addr, now):
                     acts.append((INT, arp_request(d.cfg.vmac, d.cfg.int_addr, dest.addr)))
+        gw, ext = d.cfg.ext_gateway, d.neigh[EXT]
+        if gw and gw not in ext and ext.should_probe(gw, now):  # the configured client-side gateway
+            acts.append((EXT, arp_request(d.cfg.vmac, d.cfg.ext_addr, gw)))
         return self.send(acts) if acts else 0
 
     def run_blocking(self, should_stop: Callable[[], bool]) -> int:
@@ -209,7 +250,7 @@ class DataPlane:
         self.open()
         return blocking_loop(self.socks, self.director.handle, should_stop,
                              extra=[(s, side) for side, s in enumerate(self.arp_socks)],
-                             tx_rings=self.tx_rings)
+                             tx_rings=self.tx_rings, until=lambda: self._until)
 
     def kernel_stats(self) -> tuple[int, int]:
         """(packets, drops) the kernel counted on the receive sockets since the previous call."""
@@ -227,7 +268,10 @@ class DataPlane:
             "handler_errors": self.handler_errors, "csum_fixed": self.csum_fixed,
             "cpu_user": os.times().user, "cpu_sys": os.times().system,
             "arp_replies": d.arp_replies, "conns": d.table.count, "active": d.active,
-            "drops": d.counters.as_dict(),
+            "drops": d.counters.as_dict(), "neigh": d.nb.stats.as_dict(),
+            "neigh_entries": [len(n) for n in d.neigh],
+            "master_until": self.master_until, "fenced": self.fenced(), "ctl_fenced": self.ctl_fenced,
+            "tx_fenced": sum(t.fenced for t in self.tx_rings),
             "services": [
                 {"key": list(s.key), "counters": s.counters.as_dict(),
                  "dests": {str(ipaddress.IPv4Address(x.addr)): _dest_stats(x) for x in s.dests}}
@@ -413,7 +457,10 @@ async def _serve(args: argparse.Namespace, fanout_group: int | None, worker: int
     loop.add_signal_handler(signal.SIGHUP, reload)
     if args.ready_file and worker == 0:
         Path(args.ready_file).write_text(f"{os.getpid()}\n")
+    deadline_seen: tuple[int, float | None] | None = None
     while not stop.is_set():
+        if args.deadline_file:
+            deadline_seen = _apply_deadline_file(dp, args.deadline_file, deadline_seen)
         director.table.tick()
         dp.probe_neighbours()
         if args.stats_file and worker == 0:
@@ -421,6 +468,28 @@ async def _serve(args: argparse.Namespace, fanout_group: int | None, worker: int
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.2)
     dp.detach()
+
+
+def read_deadline(text: str) -> float | None:
+    """A deadline file's content: a CLOCK_MONOTONIC time, ``inf`` (no fencing) or ``none`` (not master)."""
+    word = text.strip().lower()
+    return None if word in ("", "none") else float(word)
+
+
+def _apply_deadline_file(dp: DataPlane, path: str, seen: tuple[int, float | None] | None
+                         ) -> tuple[int, float | None] | None:
+    """Stand-alone runner: feed ``set_master_until`` from a file when its mtime changed (tests)."""
+    try:
+        mtime = os.stat(path).st_mtime_ns
+        if seen is not None and seen[0] == mtime:
+            return seen
+        deadline = read_deadline(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("deadline file %s unusable: %s", path, exc)
+        return seen
+    dp.set_master_until(deadline)
+    log.info("mastership deadline now %s", deadline)
+    return mtime, deadline
 
 
 def _run_workers(args: argparse.Namespace) -> int:
@@ -462,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-tx-ring", action="store_true", help="one send() per frame instead of a TX ring")
     ap.add_argument("--backup", action="store_true",
                     help="start inactive (SIGUSR1: become active + gratuitous ARP; SIGUSR2: inactive)")
+    ap.add_argument("--deadline-file",
+                    help="fencing: file with the mastership deadline on CLOCK_MONOTONIC ('inf': unfenced, "
+                         "'none': not master); re-read every 200 ms when it changes")
     ap.add_argument("--ready-file")
     ap.add_argument("--stats-file")
     ap.add_argument("-v", "--verbose", action="store_true")

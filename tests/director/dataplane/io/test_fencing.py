@@ -1,0 +1,219 @@
+"""Fencing and VLAN metadata in the I/O layer, on an in-memory TPACKET_V3 ring (no sockets, injected clock).
+
+A :class:`PacketSocket` is built around a ``bytearray`` laid out as the kernel lays out a TPACKET_V3 RX
+ring (block header, packet headers with status / VLAN fields, frames), so the real ``drain`` code runs;
+:class:`DataPlane` gets such sockets and a fake clock; a :class:`TxRing` gets an in-memory slot area.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import Any
+
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+
+from director.dataplane.arp import vrrp_mac
+from director.dataplane.core import EXT, INT, CoreConfig, Director
+from director.dataplane.io import afpacket
+from director.dataplane.io.afpacket import PacketSocket, TxRing
+from director.dataplane.io.plane import DataPlane
+from director.dataplane.packet import Drop
+from director.services.sched import registry
+from director.services.service import Dest, ServiceTable, VirtualService
+from director.table.conn import ConnTable
+
+VIP, RS, GW = "198.18.0.10", "198.18.1.10", "198.18.1.254"
+VMAC = "00:00:5e:00:01:01"
+CLIENT_MAC, RS_MAC = "02:00:00:00:00:01", "02:00:00:00:01:0a"
+BLOCK = 4096
+PKT_HDR = 48  # TPACKET_ALIGN(sizeof(struct tpacket3_hdr)) + room: frames start at hdr + PKT_HDR
+
+
+def _i(a: str) -> int:
+    return int(ipaddress.IPv4Address(a))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.now
+
+
+class FakeRing:
+    """The memory of a TPACKET_V3 RX ring, filled block by block like the kernel does."""
+
+    def __init__(self, blocks: int = 4) -> None:
+        self.mem = bytearray(BLOCK * blocks)
+        self.blocks = blocks
+        self.next = 0
+
+    def fill(self, frames: list[tuple[bytes, int, int]]) -> None:
+        """One block of ``(frame, tp_status, vlan_tci)``, handed to user space."""
+        base = self.next * BLOCK
+        self.next = (self.next + 1) % self.blocks
+        pos, first = base + 48, 48
+        for k, (frame, status, tci) in enumerate(frames):
+            nxt = 0 if k == len(frames) - 1 else PKT_HDR + (len(frame) + 15) // 16 * 16
+            struct.pack_into("=IIIIIIHH", self.mem, pos, nxt, 0, 0, len(frame), len(frame),
+                             status | afpacket.TP_STATUS_USER, PKT_HDR, 0)
+            struct.pack_into("=IIH", self.mem, pos + 28, 0, tci, 0x8100)
+            self.mem[pos + PKT_HDR:pos + PKT_HDR + len(frame)] = frame
+            pos += nxt
+        struct.pack_into("=III", self.mem, base + 8, afpacket.TP_STATUS_USER, len(frames), first)
+
+
+def fake_socket(ring: FakeRing, sent: list[bytes]) -> PacketSocket:
+    ps: Any = object.__new__(PacketSocket)
+    ps.ifname, ps.csum_fixed, ps._block = "fake", 0, 0
+    ps._mv, ps._ring = memoryview(ring.mem), None
+    ps._block_size, ps._block_count = BLOCK, ring.blocks
+    ps.send = lambda frame: sent.append(bytes(frame)) or len(frame)
+    ps.mac = bytes.fromhex("021b02000001")
+    ps.close = lambda: None
+    ps.stats = lambda: (0, 0)
+    result: PacketSocket = ps
+    return result
+
+
+Plane = tuple[DataPlane, list[FakeRing], list[list[bytes]]]
+
+
+def make_plane(clock: Clock, master_until: float | None) -> Plane:
+    table = ConnTable(clock)
+    services = ServiceTable()
+    svc = VirtualService(protocol=6, addr=_i(VIP), port=80, scheduler=registry.create("rr"))
+    svc.add_dest(Dest(svc, _i(RS), 80))
+    services.add(svc)
+    d = Director(table, services, clock, CoreConfig(vmac=vrrp_mac(1), gw_addrs=frozenset({_i(GW)}),
+                                                    int_addr=_i(GW)))
+    d.set_active(True)
+    d.neigh[INT].learn(_i(RS), bytes.fromhex(RS_MAC.replace(":", "")), clock.now)
+    dp = DataPlane(d, "ext", "int", tx_ring=False, clock=clock, master_until=master_until)
+    rings = [FakeRing(), FakeRing()]
+    sent: list[list[bytes]] = [[], []]
+    dp.socks = [fake_socket(rings[s], sent[s]) for s in (EXT, INT)]
+    return dp, rings, sent
+
+
+def syn(sport: int) -> bytes:
+    return bytes(Ether(src=CLIENT_MAC, dst=VMAC) / IP(src="198.18.0.100", dst=VIP) /
+                 TCP(sport=sport, dport=80, flags="S"))
+
+
+ARP_REQ = bytes(Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff") /
+                ARP(op=1, hwsrc=CLIENT_MAC, psrc="198.18.0.100", pdst=VIP))
+
+
+def test_master_forwards_until_the_deadline_then_drops_and_counts_every_frame() -> None:
+    clock = Clock()
+    dp, rings, sent = make_plane(clock, master_until=110.0)
+    read = dp._make_reader(dp.socks[EXT], EXT)
+    rings[EXT].fill([(syn(1000), 0, 0), (ARP_REQ, 0, 0)])
+    read()
+    assert len(sent[INT]) == 1 and len(sent[EXT]) == 1  # the SYN forwarded, the ARP answered
+    clock.now = 110.0  # the deadline: reached is passed
+    rings[EXT].fill([(syn(1001), 0, 0), (ARP_REQ, 0, 0), (syn(1002), 0, 0)])
+    rings[EXT].fill([(syn(1003), 0, 0)])
+    read()
+    assert len(sent[INT]) == 1 and len(sent[EXT]) == 1  # nothing more left
+    d = dp.director
+    assert d.counters[Drop.NOT_MASTER] == 4 and d.table.count == 1 and dp.rx_frames[EXT] == 6
+    assert dp.fenced() and dp.stats()["fenced"]
+    # control frames are fenced as well
+    assert dp.send_gratuitous_arp() == 0 and dp.ctl_fenced == 2 and sent == [[sent[EXT][0]], [sent[INT][0]]]
+    # the elector re-validates: forwarding resumes at once
+    dp.set_master_until(clock.now + 5)
+    rings[EXT].fill([(syn(1004), 0, 0)])
+    read()
+    assert len(sent[INT]) == 2 and d.table.count == 2
+
+
+def test_not_master_forwards_nothing_answers_no_arp_but_keeps_learning() -> None:
+    clock = Clock()
+    dp, rings, sent = make_plane(clock, master_until=None)
+    assert dp.master_until is None and dp.fenced()
+    rings[EXT].fill([(syn(1000), 0, 0), (ARP_REQ, 0, 0)])
+    dp._make_reader(dp.socks[EXT], EXT)()
+    assert sent == [[], []] and dp.director.counters[Drop.NOT_MASTER] == 2
+    assert _i("198.18.0.100") in dp.director.neigh[EXT]  # learned from the ARP, not answered
+    assert dp.director.arp_replies == 0 and dp.director.counters[Drop.NOT_ACTIVE] == 0
+
+
+def test_stall_mid_drain_drops_the_blocks_read_after_the_deadline() -> None:
+    """The loop resumes late: the clock is read before every block, so the blocks taken after the
+    deadline are dropped even within one drain call."""
+    clock = Clock()
+    dp, rings, sent = make_plane(clock, master_until=105.0)
+    rings[EXT].fill([(syn(1000), 0, 0), (syn(1001), 0, 0)])
+    rings[EXT].fill([(syn(1002), 0, 0)])
+    rings[EXT].fill([(syn(1003), 0, 0)])
+    handle = dp.director.handle
+
+    def stalling(frame: bytearray, side: int) -> Any:
+        out = handle(frame, side)
+        clock.now += 3.0  # each frame "takes" 3 s: the deadline passes inside the first block
+        return out
+
+    sock = dp.socks[EXT]
+    handled, errors, fenced = sock.drain(stalling, EXT, [s.send for s in dp.socks], 64, 105.0, clock,
+                                         dp.director.learn_arp)
+    assert (handled, errors, fenced) == (2, 0, 2)
+    assert len(sent[INT]) == 2  # only the first block, checked before the deadline
+
+
+def test_vlan_tag_from_ring_metadata_is_put_back_and_the_frame_dropped() -> None:
+    clock = Clock()
+    dp, rings, sent = make_plane(clock, master_until=float("inf"))
+    rings[EXT].fill([(syn(1000), afpacket.TP_STATUS_VLAN_VALID | afpacket.TP_STATUS_VLAN_TPID_VALID, 5)])
+    seen: list[bytes] = []
+    handle = dp.director.handle
+
+    def spy(frame: bytearray, side: int) -> Any:
+        seen.append(bytes(frame))
+        return handle(frame, side)
+
+    dp.socks[EXT].drain(spy, EXT, [s.send for s in dp.socks])
+    assert Ether(seen[0])[Dot1Q].vlan == 5 and Ether(seen[0])[IP].dst == VIP
+    assert sent == [[], []] and dp.director.counters[Drop.VLAN_TAGGED] == 1 and dp.director.table.count == 0
+
+
+def test_retag_from_auxdata_fields() -> None:
+    frame = bytearray(syn(7))
+    afpacket.retag(frame, afpacket.TP_STATUS_VLAN_VALID, 0x2007, 0)  # no TPID: 802.1Q
+    tagged = Ether(bytes(frame))
+    assert tagged[Dot1Q].vlan == 7 and tagged[Dot1Q].prio == 1 and tagged.type == 0x8100
+
+
+class FakeTxSock:
+    def __init__(self) -> None:
+        self.sends = 0
+
+    def send(self, data: bytes, flags: int = 0) -> int:
+        self.sends += 1
+        return len(data)
+
+
+def test_tx_ring_discards_queued_frames_when_fenced() -> None:
+    tx: Any = object.__new__(TxRing)
+    tx.sock, tx._fsize, tx._nr = FakeTxSock(), 256, 4
+    tx._mv = memoryview(bytearray(256 * 4))
+    tx._slot = tx._queued = tx.fallback = tx.fenced = 0
+    tx._max = 256 - TxRing.HDR
+    fenced = [False]
+    tx.fence = lambda: fenced[0]
+    tx.send(b"a" * 60)
+    tx.flush()
+    assert tx.sock.sends == 1 and tx._slot == 1
+    tx.send(b"b" * 60)
+    tx.send(b"c" * 60)
+    fenced[0] = True
+    tx.flush()
+    assert tx.sock.sends == 1 and tx.fenced == 2 and tx._slot == 1 and tx._queued == 0
+    status = struct.unpack_from("=I", tx._mv, 256)[0]
+    assert status == afpacket.TP_STATUS_AVAILABLE  # the slot is free again, nothing handed over
