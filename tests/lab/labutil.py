@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.cluster import wait_for as cluster_wait_for
-from deploy.lab import Lab
+from deploy.lab import PYTHON, Lab
 
 DEADLINE = 30.0
 
@@ -70,3 +70,74 @@ class DirectorProc:
         Lab.stop(self.proc)
 
 
+
+
+# -- crafted frames and a fabric observer (hostile-frame and fencing tests) ---------------------------
+
+SENDER = r"""
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+n = 0
+for line in sys.stdin:
+    if line.strip():
+        s.send(bytes.fromhex(line.strip()))
+        n += 1
+print(n)
+"""
+
+
+def send_frames(lab: Lab, ns: str, ifname: str, frames: list[bytes]) -> int:
+    """Send raw Ethernet frames (built with scapy by the test) from ``ifname`` in namespace ``ns``."""
+    res = subprocess.run(["ip", "netns", "exec", ns, PYTHON, "-c", SENDER, ifname],
+                         input="\n".join(f.hex() for f in frames), capture_output=True, text=True, timeout=60,
+                         check=True)
+    return int(res.stdout)
+
+
+CAPTURE = r"""
+import json, select, socket, sys
+want = bytes.fromhex(sys.argv[1])
+socks = {}
+for port in sys.argv[2:]:
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    s.bind((port, 3))
+    socks[s.fileno()] = (port, s)
+counts = {port: 0 for port in sys.argv[2:]}
+print("ready", flush=True)
+poller = select.poll()
+for fd in socks:
+    poller.register(fd, select.POLLIN)
+poller.register(sys.stdin.fileno(), select.POLLIN)
+while True:
+    ready = [fd for fd, _ in poller.poll(1000)]
+    if sys.stdin.fileno() in ready and not sys.stdin.readline():
+        break
+    for fd in ready:
+        if fd in socks:
+            port, s = socks[fd]
+            data, addr = s.recvfrom(65536)
+            if addr[2] != socket.PACKET_OUTGOING and data[6:12] == want:
+                counts[port] += 1
+print(json.dumps(counts), flush=True)
+"""
+
+
+class Capture:
+    """A fabric observer: counts frames with source MAC ``src_mac`` that the switch *receives* on the
+    given bridge ports (the peers of a director's interfaces), i.e. frames that director sent."""
+
+    def __init__(self, lab: Lab, ports: list[str], src_mac: str) -> None:
+        argv = [PYTHON, "-c", CAPTURE, src_mac.replace(":", ""), *ports]
+        self.proc = lab.popen(lab.switch, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != b"ready":
+            Lab.stop(self.proc)
+            raise AssertionError(f"capture did not start: {line!r}")
+
+    def stop(self) -> dict[str, int]:
+        """Stop and return frames per port."""
+        out, _ = self.proc.communicate(timeout=60)
+        counts: dict[str, int] = json.loads(out.splitlines()[-1])
+        return counts

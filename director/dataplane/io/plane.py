@@ -285,7 +285,7 @@ def _dest_stats(dest: Dest) -> dict[str, int]:
 
 
 # -- stand-alone director: config file, reload, stats ---------------------------------------------
-NODE_KEYS = ("vmac_id", "gateways", "int_mtu")
+NODE_KEYS = ("vmac_id", "gateways", "int_mtu", "neigh_max_entries", "neigh_learn_rate")
 """Node-level settings of the stand-alone runner; everything else is ``director.config.services``'s schema."""
 MIN_MTU, MAX_MTU = 576, 65535
 
@@ -301,6 +301,10 @@ class RunnerConfig:
     is the director's ARP sender / IPIP source inside."""
     int_mtu: int = 1500
     """MTU of the internal side (TUN: bigger packets get frag-needed)."""
+    neigh_max_entries: int = 16384
+    """Neighbour cache bound per side (``CoreConfig.neigh_max_entries``)."""
+    neigh_learn_rate: float = 1000.0
+    """Client entries learned from data frames per second (``CoreConfig.neigh_learn_rate``)."""
     config: Config = Config()
     """The virtual services and timeouts, exactly as ``director.config.services`` (``directorctl apply``)."""
 
@@ -319,6 +323,13 @@ def _node_errors(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         errs.append(f"int_mtu: must be an integer in {MIN_MTU}..{MAX_MTU}, got {mtu!r}")
     else:
         out["int_mtu"] = mtu
+    for key, lo, hi, kinds in (("neigh_max_entries", 1, 1 << 24, (int,)),
+                               ("neigh_learn_rate", 0, 1e9, (int, float))):
+        val = d.get(key, getattr(RunnerConfig, key))
+        if isinstance(val, bool) or not isinstance(val, kinds) or not lo <= val <= hi:
+            errs.append(f"{key}: must be a number in {lo}..{hi:g}, got {val!r}")
+        else:
+            out[key] = val
     gws = d.get("gateways", [])
     if not isinstance(gws, list):
         errs.append(f"gateways: must be a list of IPv4 addresses, got {gws!r}")
@@ -391,7 +402,8 @@ def core_config(rc: RunnerConfig, services: ServiceTable) -> CoreConfig:
     gws = frozenset(int(ipaddress.IPv4Address(g)) for g in rc.gateways)
     vips = sorted(services.vaddrs())
     cfg = CoreConfig(vmac=vrrp_mac(rc.vmac_id), gw_addrs=gws, int_addr=min(gws) if gws else 0,
-                     ext_addr=vips[0] if vips else 0, mtu=rc.int_mtu)
+                     ext_addr=vips[0] if vips else 0, mtu=rc.int_mtu, neigh_max_entries=rc.neigh_max_entries,
+                     neigh_learn_rate=float(rc.neigh_learn_rate))
     apply_timeouts(rc.config.timeouts, cfg.timeouts)
     return cfg
 
