@@ -15,6 +15,14 @@ the sender's stack left the L4 checksum to offload (veth, and real NICs on local
 the field holds only the pseudo-header sum, so :func:`..checksum.fix_partial_csum` completes it
 before the director patches it incrementally. Without a ring (``ring=None``) the same information comes
 from ``PACKET_AUXDATA`` control messages of ``recvmsg`` (slower; kept to compare and as a fallback).
+The kernel also moves a received frame's 802.1Q/802.1ad tag into that metadata (``TP_STATUS_VLAN_VALID``,
+``tp_vlan_tci``) before any tap sees the frame: :func:`retag` puts it back, so the packet path sees
+(and drops) a tagged frame as it was on the wire.
+
+Fencing: :meth:`PacketSocket.drain` reads the clock once before each block it takes; at or after its
+``until`` deadline it gives every ready block back unhandled (ARP frames to a learn-only ``sink``) and
+reports them as fenced; :class:`TxRing` asks its ``fence`` before every flush and discards the queued
+frames instead of sending them. See ``docs/DATAPLANE.md``.
 
 Send: a :class:`TxRing` (PACKET_TX_RING, TPACKET_V2) per interface takes the frames of a batch into
 its slots and one ``send()`` hands them all to the kernel. :meth:`PacketSocket.drain` walks the RX

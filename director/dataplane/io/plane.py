@@ -19,8 +19,10 @@ would then point that kernel address at the virtual MAC and the kernel, which dr
 its own MAC, would go deaf): :func:`core_config` uses the NAT gateway address inside and the first
 VIP outside, both owned by the active director's virtual MAC anyway.
 
-Fencing: :meth:`DataPlane.set_master_until` sets the mastership deadline (see there); the
-stand-alone runner takes it from ``--deadline-file`` (tests).
+Fencing: :meth:`DataPlane.set_master_until` sets the mastership deadline on ``clock`` (CLOCK_MONOTONIC):
+checked before every ring block, TX flush and control send; past it nothing is forwarded or sent and
+the frames read are counted as ``not_master`` (``docs/DATAPLANE.md``). The stand-alone runner takes it
+from ``--deadline-file`` (tests). ``open()`` tells the Director its interfaces' own MACs (``to_host``).
 
 ``python -m director.dataplane.io.plane --ext IF --int IF --config runner.yaml`` runs a stand-alone
 director (the lab tests and benchmarks use it beside ``directord``), active unless ``--backup``.

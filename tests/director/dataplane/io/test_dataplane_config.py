@@ -160,3 +160,23 @@ def test_empty_file_and_defaults() -> None:
         parse_runner_config("services: [")
     with pytest.raises(ConfigError, match=r"\(top level\): must be a mapping"):
         parse_runner_config("- 1\n")
+
+
+def test_neighbour_knobs_reach_the_core_and_are_validated() -> None:
+    rc = parse_runner_config("neigh_max_entries: 64\nneigh_learn_rate: 12.5\n")
+    d = build_director(rc)
+    assert d.cfg.neigh_max_entries == 64 and d.cfg.neigh_learn_rate == 12.5
+    assert all(n.max_entries == 64 for n in d.neigh)
+    assert parse_runner_config("").neigh_max_entries == 16384
+    with pytest.raises(ConfigError) as exc:
+        parse_runner_config("neigh_max_entries: 0\nneigh_learn_rate: fast\n")
+    assert {line.split(":", 1)[0] for line in exc.value.errors} == {"neigh_max_entries", "neigh_learn_rate"}
+
+
+def test_deadline_file_words() -> None:
+    from director.dataplane.io.plane import read_deadline
+
+    assert read_deadline("none\n") is None and read_deadline("") is None
+    assert read_deadline("inf") == float("inf") and read_deadline(" 12.5\n") == 12.5
+    with pytest.raises(ValueError):
+        read_deadline("soon")
