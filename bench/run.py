@@ -51,8 +51,11 @@ REFERENCES: dict[str, tuple[str, str, str]] = {
     "fwd_tcp_mbit_s": ("fwd_kernel_tcp_mbit_s", "kernel forwarding + DNAT", ""),
     "sync_lag_p99_ms_10k": ("sync_lag_p50_ms_10k", "p50 at the same rate", "<= 50 ms"),
     "election_takeover_tuned_s": ("election_takeover_default_s", "etcd default settings", "<= 1.2 s"),
-    "failover_takeover_tuned_s": ("failover_takeover_default_s", "same drill, etcd defaults", "<= 1.2 s"),
-    "failover_takeover_default_s": ("failover_takeover_tuned_s", "same drill, tuned etcd", "<= 2.5 s"),
+    "failover_takeover_crash_ms": ("failover_takeover_hostloss_ms",
+                                   "same cluster, no exit hook (lease expiry)", "<= 100 ms"),
+    "failover_takeover_hostloss_p95_s": ("failover_takeover_default_s",
+                                         "host loss with etcd defaults (median)", "<= 1.2 s"),
+    "failover_takeover_default_s": ("failover_takeover_hostloss_s", "same drill, tuned etcd", "<= 2.5 s"),
 }
 
 

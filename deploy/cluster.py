@@ -14,8 +14,10 @@ YAML written into the lab's work dir. Each node appends its role changes to an e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import signal
 import subprocess
 import time
@@ -186,7 +188,9 @@ class LabCluster:
         if node.proc is None:
             raise ClusterError(f"{node.node_id} is not running")
         t = time.time()
-        Lab.stop(node.proc, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(node.proc.pid, signal.SIGKILL)
+        node.proc.wait()  # blocking waitpid: SIGKILL cannot be ignored, and no polling delay
         node.proc = None
         if exit_hook:
             self.run_exit_hook(node)
@@ -195,8 +199,11 @@ class LabCluster:
     def run_exit_hook(self, node: NodeProc) -> str:
         """The process-exit hook (stands in for ``ExecStopPost=``); returns what it printed."""
         ns = self.lab.directors[node.n - 1].ns
-        res = subprocess.run(["ip", "netns", "exec", ns, PYTHON, "-m", "director.cluster.release",
-                              str(node.lease_file)], capture_output=True, text=True, timeout=30,
+        # nsenter joins the node's network namespace only (no sysfs remount like `ip netns exec`);
+        # the hook needs nothing outside the standard library, so python starts without site (-S)
+        res = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", PYTHON, "-S", "-m",
+                              "director.cluster.release", str(node.lease_file)],
+                             capture_output=True, text=True, timeout=30,
                              cwd=str(Path(__file__).resolve().parent.parent))
         node.released_at = time.time()
         if res.returncode != 0:

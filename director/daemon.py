@@ -48,7 +48,6 @@ from director.admin.views import conn_event, dest_label
 from director.cluster.election import LeaderRecord, Role
 from director.cluster.elector import NodeInfo, RoleChange
 from director.cluster.elector_thread import ElectorThread
-from director.cluster.members import Membership
 from director.cluster.release import LeaseRecord, write_lease_file
 from director.cluster.store import ConfigSnapshot, EtcdStore
 from director.cluster.track import LinkTracker
@@ -118,7 +117,6 @@ class Node:
         self.sync: SyncServer | None = None
         self.elector: ElectorThread | None = None
         self.links = LinkTracker((cfg.external, cfg.internal), on_down=self._on_link_down)
-        self.membership: Membership | None = None
         self.config_revision = 0
         self.config_error = ""
         self.config_snapshot: ConfigSnapshot | None = None
@@ -365,12 +363,10 @@ class Node:
             lambda: EtcdStore(list(cfg.etcd_endpoints), prefix=cfg.etcd_prefix, cluster=cfg.cluster),
             node, ttl=max(1, round(cfg.lease_ttl)), ready=self.ready,
             on_start_forwarding=self._start_forwarding, on_stop_forwarding=self._stop_forwarding,
-            on_change=self._on_change, on_fence=self._on_fence, preempt=cfg.preempt)
+            on_change=self._on_change, on_fence=self._on_fence, preempt=cfg.preempt,
+            member_info={"sync_addr": cfg.sync_advertise, "admin_addr": cfg.admin_listen or "",
+                         "version": __version__})
         await self.elector.start()
-        self.membership = Membership(self.store, cfg.node_id, {
-            "sync_addr": cfg.sync_advertise, "admin_addr": cfg.admin_listen or "", "version": __version__})
-        with contextlib.suppress(Exception):
-            await self.membership.start()
         self.events.write("started", pid=os.getpid())
 
     async def resign(self) -> None:
@@ -389,8 +385,6 @@ class Node:
             await self._bounded("resign", self.resign(), 8.0)
         if self.elector is not None:
             await self._bounded("elector", self.elector.stop(), 3.0)
-        if self.membership is not None:
-            await self._bounded("membership", self.membership.stop(), 2.0)
         for t in self._tasks:
             t.cancel()
         await self._bounded("tasks", asyncio.gather(*self._tasks, return_exceptions=True), 2.0)

@@ -433,6 +433,8 @@ class ElectionMachine:
             return []
         if self.params.priority <= ldr.priority or self.handover_asked == ldr.epoch:
             return []
+        if self.promises.members is None or self.params.node_id not in self.promises.members:
+            return []  # not listed yet: we could not campaign when the master hands over
         self.handover_asked = ldr.epoch  # once per master term
         return [Action(Act.REQUEST_HANDOVER, epoch=ldr.epoch)]
 

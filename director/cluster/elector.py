@@ -55,6 +55,7 @@ from director.cluster.election import (
 )
 from director.cluster.members import (
     MemberPublisher,
+    Membership,
     members_key,
     parse_members,
     parse_released,
@@ -106,6 +107,7 @@ class Elector:
         resign_holdoff: float | None = None,
         clock: Clock = time.monotonic,
         ready_poll: float = 0.1,
+        member_info: dict[str, Any] | None = None,
     ) -> None:
         self.store = store
         self.node = node
@@ -133,6 +135,8 @@ class Elector:
         self._members: tuple[str, ...] | None = None
         self._released = 0
         self._publisher: asyncio.Task[None] | None = None
+        self.membership = Membership(store, node.node_id, dict(member_info or {}))
+        """Our ``nodes/<id>`` record: it makes us a member the master waits for (and lists)."""
         self._killed = False
 
     # -- public ----------------------------------------------------------------------
@@ -164,6 +168,7 @@ class Elector:
 
     async def start(self) -> None:
         await self.store.connect()
+        await self.membership.start()
         self._loops = [asyncio.create_task(self._run(), name=f"elector-{self.node.node_id}"),
                        asyncio.create_task(self._watch_leader(), name=f"leader-watch-{self.node.node_id}")]
 
@@ -179,11 +184,13 @@ class Elector:
             t.cancel()
         await self._feed_and_wait(self.machine.stop(self.clock()))
         await self._cancel_all()
+        await self.membership.stop()
 
     async def kill(self) -> None:
         """Simulate a crash: stop every task, revoke nothing, call no callback."""
         self._killed = True
         await self._cancel_all()
+        await self.membership.abandon()
 
     def poke(self) -> None:
         """Readiness (or anything the loop should look at) may have changed."""
@@ -302,6 +309,12 @@ class Elector:
     def hold_promise(self, until: float, epoch: int) -> None:
         """Backup: we promised the master of `epoch` not to campaign before `until`."""
         self._post(lambda m, now: m.promise_held(now, until, epoch))
+
+    @property
+    def listed(self) -> bool:
+        """The master's member list names us (we may campaign when it goes)."""
+        members = self.machine.promises.members
+        return members is not None and self.node.node_id in members
 
     @property
     def required(self) -> frozenset[str]:

@@ -55,10 +55,12 @@ class ElectorThread:
         on_change: Callable[[RoleChange], None] | None = None,
         on_fence: Callable[[float | None], None] | None = None,
         preempt: bool = False,
+        member_info: dict[str, Any] | None = None,
     ) -> None:
         self._make_store = make_store
         self._node = node
-        self._kw: dict[str, Any] = {"ttl": ttl, "ready": ready, "preempt": preempt, "on_fence": on_fence}
+        self._kw: dict[str, Any] = {"ttl": ttl, "ready": ready, "preempt": preempt, "on_fence": on_fence,
+                                    "member_info": member_info}
         self._on_start = on_start_forwarding
         self._on_stop = on_stop_forwarding
         self._on_change = on_change

@@ -132,6 +132,14 @@ class Membership:
             with contextlib.suppress(EtcdError):
                 await self.store.put(self.store.node_key(self.node_id), json.dumps(self.info), self.lease_id)
 
+    async def abandon(self) -> None:
+        """Stop renewing without revoking (a crash, in tests): the record lives out its TTL."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self.lease_id = 0
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()

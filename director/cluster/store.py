@@ -24,17 +24,23 @@ here nor silently "repaired", the config loader refuses them by name.
 `watch_config()` yields a fresh `ConfigSnapshot` after each change, re-watching from the
 last revision + 1 after any error (etcd restart, timeout) and re-reading everything when
 the revision was compacted, so a consumer never misses a change and never needs to know.
-`apply()` writes services (and optionally timeouts, and deletes services not listed) in
-one transaction and returns its revision.
+Config writes are linearizable. `update_config(store, edit)` reads a snapshot, computes
+``edit(snapshot)`` (a `ConfigEdit`: puts, deletes, timeouts) and commits it in one transaction
+that is a compare-and-swap on that snapshot (`EtcdStore.commit`): it fails if any config key was
+created or modified after the snapshot's revision, or if a key the edit touches was deleted since;
+then it reads again and re-applies the *intent* (calls `edit` on the fresh snapshot). A write
+computed from a stale read therefore never reverts or resurrects another writer's change.
+`apply()` is that for "make etcd hold these texts"; with ``prune`` it deletes what the operator's
+file dropped relative to ``base_revision`` (the revision they diffed against), never a service
+another writer added since.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from types import TracebackType
@@ -249,9 +255,11 @@ class EtcdStore:
         kv = KV.from_pb(resp.kvs[0]) if resp.kvs else None
         return kv, int(resp.header.revision)
 
-    async def get_prefix(self, prefix: str, timeout: float | None = None) -> tuple[list[KV], int]:
+    async def get_prefix(self, prefix: str, timeout: float | None = None, *, revision: int = 0
+                         ) -> tuple[list[KV], int]:
+        """Every key under `prefix` (at `revision`, 0: now) and the revision of the read."""
         p = _b(prefix)
-        req = rpc.RangeRequest(key=p, range_end=prefix_end(p))
+        req = rpc.RangeRequest(key=p, range_end=prefix_end(p), revision=revision)
         resp = await self._call(self._kv.Range, req, timeout)
         return [KV.from_pb(kv) for kv in resp.kvs], int(resp.header.revision)
 
@@ -354,9 +362,15 @@ class EtcdStore:
         raise EtcdUnavailable("watch stream ended")
 
     # -- config ----------------------------------------------------------------------
-    async def read_config(self, timeout: float | None = None) -> ConfigSnapshot:
-        kvs, rev = await self.get_prefix(self.config_prefix, timeout)
-        return self._snapshot_from(kvs, rev)
+    async def read_config(self, timeout: float | None = None, *, revision: int = 0) -> ConfigSnapshot:
+        """All config now, or as it was at `revision` (EtcdCompacted if etcd no longer has it)."""
+        try:
+            kvs, rev = await self.get_prefix(self.config_prefix, timeout, revision=revision)
+        except EtcdError as err:
+            if revision and "compacted" in str(err):
+                raise EtcdCompacted(revision) from None
+            raise
+        return self._snapshot_from(kvs, revision or rev)
 
     def _snapshot_from(self, kvs: Iterable[KV], rev: int) -> ConfigSnapshot:
         services: dict[str, str] = {}
@@ -425,32 +439,55 @@ class EtcdStore:
                 log.info("etcd: %s; retrying in %.2fs", err, delay)
                 await asyncio.sleep(delay)
 
-    async def put_services(
-        self,
-        put: Mapping[str, str],
-        delete: Iterable[str] = (),
-        timeouts: str | None = None,
-        *,
-        guard_revision: int | None = None,
-    ) -> int:
-        """One txn: put services (and timeouts if given), delete others; returns its revision.
+    async def put_services(self, put: Mapping[str, str], delete: Iterable[str] = (),
+                           timeouts: str | None = None, *, guard_revision: int | None = None) -> int:
+        """One unconditional txn: put services (and timeouts if given), delete others; its revision.
 
-        With `guard_revision`, the txn only succeeds if no service key was created or
-        modified after that revision (raises EtcdConflict otherwise).
-        """
-        ops = [_put_op(self.service_key(n), text) for n, text in put.items()]
-        ops += [_del_op(self.service_key(n)) for n in delete]
-        if timeouts is not None:
-            ops.append(_put_op(self.timeouts_key, timeouts))
+        With `guard_revision`, only if no config key was created or modified after it (EtcdConflict).
+        Prefer `commit` / `update_config`, which also notice a touched key deleted concurrently."""
+        base = None if guard_revision is None else ConfigSnapshot(guard_revision)
+        return await self.commit(ConfigEdit(put, tuple(delete), timeouts), base)
+
+    async def commit(self, edit: ConfigEdit, base: ConfigSnapshot | None) -> int:
+        """Write `edit` in one txn, as a compare-and-swap on `base` (the snapshot it was computed
+        from; None: unconditional). Returns the txn's revision; EtcdConflict if any config key was
+        created or modified after ``base.revision``, or a key the edit touches that `base` had is gone."""
+        ops = [_put_op(self.service_key(n), text) for n, text in edit.put.items()]
+        ops += [_del_op(self.service_key(n)) for n in edit.delete]
+        if edit.timeouts is not None:
+            ops.append(_put_op(self.timeouts_key, edit.timeouts))
         compare = []
-        if guard_revision is not None:
-            p = _b(self.services_prefix)
+        if base is not None:
+            p = _b(self.config_prefix)
             compare.append(rpc.Compare(key=p, range_end=prefix_end(p), target=rpc.Compare.MOD,
-                                       result=rpc.Compare.LESS, mod_revision=guard_revision + 1))
+                                       result=rpc.Compare.LESS, mod_revision=base.revision + 1))
+            had = [self.service_key(n) for n in (*edit.put, *edit.delete) if n in base.services]
+            if edit.timeouts is not None and base.timeouts is not None:
+                had.append(self.timeouts_key)
+            compare += [rpc.Compare(key=_b(k), target=rpc.Compare.VERSION, result=rpc.Compare.GREATER,
+                                    version=0) for k in had]
         resp = await self.txn(compare, ops)
         if not resp.succeeded:
-            raise EtcdConflict("services changed concurrently")
+            raise EtcdConflict(f"config changed after revision {base.revision if base else 0}")
         return int(resp.header.revision)
+
+
+@dataclass(frozen=True)
+class ConfigEdit:
+    """A change to the config texts: services to put (name -> YAML) and delete, timeouts (None: keep)."""
+
+    put: Mapping[str, str] = field(default_factory=dict)
+    delete: Sequence[str] = ()
+    timeouts: str | None = None
+
+    def against(self, snap: ConfigSnapshot) -> ConfigEdit:
+        """Only what changes `snap`: no identical puts, no deletes of absent services."""
+        gone = sorted(n for n in set(self.delete) if n in snap.services and n not in self.put)
+        return ConfigEdit({n: t for n, t in self.put.items() if snap.services.get(n) != t}, tuple(gone),
+                          None if self.timeouts == snap.timeouts else self.timeouts)
+
+    def __bool__(self) -> bool:
+        return bool(self.put or self.delete or self.timeouts is not None)
 
 
 def _b(text: str) -> bytes:
@@ -481,25 +518,48 @@ def _batch(resp: Any) -> WatchBatch:
     return WatchBatch(int(resp.header.revision), events)
 
 
-async def apply(store: EtcdStore, services: dict[str, str], timeouts: str | None, prune: bool,
-                attempts: int = 5) -> int:
-    """Write `services` (name -> YAML text) and `timeouts` (None: leave as is) in one txn.
+async def update_config(store: EtcdStore, edit: Callable[[ConfigSnapshot], ConfigEdit], *,
+                        attempts: int = 30) -> int:
+    """Read-modify-write of the config, linearizable: read a snapshot, compute ``edit(snapshot)``,
+    commit it as a compare-and-swap on that snapshot; when another write got in between, read
+    again and re-apply the *intent* (call `edit` on the fresh snapshot), with jittered backoff.
 
-    Unchanged services are not rewritten (no spurious watch events).  With `prune`,
-    services in etcd but not in `services` are deleted, guarded against a concurrent
-    writer (optimistic retry).  Returns the revision the config is at afterwards.
+    `edit` must be a pure function of the snapshot (it may raise to refuse, e.g. ConfigError or
+    NotFound; that propagates). Returns the revision that holds the result (the read's revision
+    when there was nothing to change); EtcdConflict after `attempts` lost races.
     """
+    backoff = Backoff(0.005, 0.25)
     for _ in range(attempts):
-        current = await store.read_config()
-        put = {n: t for n, t in services.items() if current.services.get(n) != t}
-        delete = sorted(set(current.services) - set(services)) if prune else []
-        new_timeouts = timeouts if timeouts is not None and timeouts != current.timeouts else None
-        if not put and not delete and new_timeouts is None:
-            return current.revision
-        guard = current.revision if prune else None
-        with contextlib.suppress(EtcdConflict):
-            rev = await store.put_services(put, delete, new_timeouts, guard_revision=guard)
-            log.info("config applied at revision %d: %d put, %d deleted%s", rev, len(put), len(delete),
-                     ", timeouts" if new_timeouts is not None else "")
-            return rev
-    raise EtcdConflict(f"services kept changing; gave up after {attempts} attempts")
+        snap = await store.read_config()
+        change = edit(snap).against(snap)
+        if not change:
+            return snap.revision
+        try:
+            rev = await store.commit(change, snap)
+        except EtcdConflict:
+            await asyncio.sleep(backoff.next())
+            continue
+        log.info("config written at revision %d (read at %d): %d put, %d deleted%s", rev, snap.revision,
+                 len(change.put), len(change.delete), ", timeouts" if change.timeouts is not None else "")
+        return rev
+    raise EtcdConflict(f"config kept changing; gave up after {attempts} attempts")
+
+
+async def apply(store: EtcdStore, services: Mapping[str, str], timeouts: str | None, prune: bool,
+                attempts: int = 30, *, base_revision: int | None = None) -> int:
+    """Make etcd hold `services` (name -> YAML text) and `timeouts` (None: leave as is), linearizably.
+
+    Unchanged services are not rewritten (no spurious watch events). With `prune`, services
+    missing from `services` are deleted: those etcd had at `base_revision` (the revision the
+    operator diffed against), so a service another writer added since is kept; without
+    `base_revision`, those of the fresh read. Returns the revision the config is at afterwards.
+    """
+    dropped: set[str] | None = None
+    if prune and base_revision is not None:
+        dropped = set((await store.read_config(revision=base_revision)).services) - set(services)
+
+    def edit(snap: ConfigSnapshot) -> ConfigEdit:
+        gone = (dropped if dropped is not None else set(snap.services) - set(services)) if prune else ()
+        return ConfigEdit(dict(services), tuple(gone), timeouts)
+
+    return await update_config(store, edit, attempts=attempts)

@@ -202,10 +202,13 @@ def test_late_win_does_not_start_forwarding() -> None:
 def test_priority_preemption() -> None:
     backup = ElectionMachine(ElectionParams(priority=5, preempt=True, node_id="hi"))
     backup.set_ready(0.0, True)
+    assert backup.leader_observed(0.0, record("lo", priority=1)) == []  # not in lo's member list yet
+    backup.members_observed(0.0, ("hi", "late"), released=0)
     out = backup.leader_observed(0.0, record("lo", priority=1))
     assert acts(out) == [Act.REQUEST_HANDOVER]
     assert backup.set_ready(0.05, True) == []  # asked once per leader term
     late = ElectionMachine(ElectionParams(priority=5, preempt=True, node_id="late"))
+    late.members_observed(0.0, ("hi", "late"), released=0)
     late.leader_observed(0.0, record("lo", priority=1))
     assert acts(late.set_ready(0.1, True)) == [Act.REQUEST_HANDOVER]  # asks once it is synced
     leader = leader_machine(t=0.0, preempt=True, priority=1)

@@ -231,6 +231,7 @@ def test_priority_preemption_hands_over_to_the_preferred_node_once_ready(
             await wait_until(lambda: lo.is_master, what="lo leads")
             await hi.start()
             await wait_until(lambda: hi.master is not None and hi.master.node_id == "lo", what="hi follows")
+            await wait_until(lambda: hi.listed, what="hi in the member list")
             assert lo.is_master  # hi is not in sync yet: no preemption
             ready["hi"] = True
             hi.poke()

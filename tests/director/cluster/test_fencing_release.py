@@ -128,6 +128,7 @@ def test_exit_hook_releases_a_dead_masters_lease_and_a_backup_takes_over(
         await wait_until(lambda: won == ["n0"], what="n0 to win")
         await els[1].start()
         await wait_until(lambda: els[1].master is not None, what="n1 to see n0")
+        await wait_until(lambda: els[1].listed, what="n1 in n0's member list")
         write_lease_file(path, LeaseRecord((etcd.endpoint,), "lbd-test", etcd_cluster, "n0",
                                            els[0].machine.lease.lease_id, _dead_pid()))
         await els[0].kill()  # crash: nothing revoked

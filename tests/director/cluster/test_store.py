@@ -8,7 +8,15 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from deploy.etcd import EtcdServer
-from director.cluster.store import ConfigSnapshot, EtcdStore, apply, prefix_end
+from director.cluster.store import (
+    ConfigEdit,
+    ConfigSnapshot,
+    EtcdConflict,
+    EtcdStore,
+    apply,
+    prefix_end,
+    update_config,
+)
 from director.config.watch import ConfigUpdate, config_updates, validate_snapshot
 from tests.director.cluster.etcd_helpers import wait_until
 from tests.director.config.hostile_docs import bomb, deep
@@ -199,4 +207,92 @@ def test_non_utf8_keys_and_values_reach_the_validator_as_such(etcd: EtcdServer, 
             assert upd.error is not None
             assert upd.error.errors == (
                 "services['w\\udcffb']: not valid UTF-8: undecodable character at offset 6",)
+    asyncio.run(main())
+
+
+# -- linearizable config writes (issue 14 point 5) ------------------------------------------------
+
+def test_commit_is_a_compare_and_swap_on_the_snapshot_it_was_computed_from(
+        etcd: EtcdServer, etcd_cluster: str) -> None:
+    async def main() -> None:
+        async with store_for(etcd, etcd_cluster) as st, store_for(etcd, etcd_cluster) as other:
+            await apply(st, {"a": "1\n", "b": "1\n"}, None, prune=False)
+            base = await st.read_config()
+            await other.put(other.service_key("b"), "2\n")  # an untouched key modified after the base
+            with pytest.raises(EtcdConflict):
+                await st.commit(ConfigEdit({"a": "from-base\n"}), base)
+            base = await st.read_config()
+            await other.delete(other.service_key("a"))  # the touched key deleted after the base
+            with pytest.raises(EtcdConflict):
+                await st.commit(ConfigEdit({"a": "resurrected\n"}), base)
+            base = await st.read_config()
+            await other.put(other.service_key("c"), "new\n")  # a key created after the base
+            with pytest.raises(EtcdConflict):
+                await st.commit(ConfigEdit(delete=("b",)), base)
+            await other.put(other.timeouts_key, "tcp: 60\n")
+            base = await st.read_config()
+            rev = await st.commit(ConfigEdit({"a": "3\n"}, ("b",), "tcp: 61\n"), base)
+            now = await st.read_config()
+            assert now.revision == rev and dict(now.services) == {"a": "3\n", "c": "new\n"}
+            assert now.timeouts == "tcp: 61\n"
+            assert (await st.read_config(revision=base.revision)).same_config(base)
+    asyncio.run(main())
+
+
+def test_prune_deletes_only_what_the_file_dropped_relative_to_its_base(
+        etcd: EtcdServer, etcd_cluster: str) -> None:
+    async def main() -> None:
+        async with store_for(etcd, etcd_cluster) as st, store_for(etcd, etcd_cluster) as other:
+            base_rev = await apply(st, {"a": "1\n", "b": "1\n"}, None, prune=False)
+            # the operator diffs their file {a: 2} against base_rev (it drops b); meanwhile c is added
+            await other.put(other.service_key("c"), "added concurrently\n")
+            rev = await apply(st, {"a": "2\n"}, None, prune=True, base_revision=base_rev)
+            snap = await st.read_config()
+            assert snap.revision == rev
+            assert dict(snap.services) == {"a": "2\n", "c": "added concurrently\n"}
+            # without a base the fresh read is the base: c goes too
+            await apply(st, {"a": "2\n"}, None, prune=True)
+            assert dict((await st.read_config()).services) == {"a": "2\n"}
+    asyncio.run(main())
+
+
+def _count(text: str | None) -> int:
+    return 0 if text is None else int(text.split(":")[1])
+
+
+def test_concurrent_writers_never_lose_an_update(etcd: EtcdServer, etcd_cluster: str) -> None:
+    """Writers on their own connections increment a shared counter service and their own, and
+    add/delete scratch services, all by read-modify-write. Every acknowledged increment is in the
+    result, and the acknowledged writes in revision order are exactly the sequence 1, 2, 3, ..."""
+    writers, rounds = 5, 12
+    acks: list[tuple[int, str, int]] = []  # (revision, service, count written)
+
+    def incr(name: str, seen: list[int]) -> Callable[[ConfigSnapshot], ConfigEdit]:
+        def edit(snap: ConfigSnapshot) -> ConfigEdit:
+            seen[:] = [_count(snap.services.get(name)) + 1]
+            return ConfigEdit({name: f"count: {seen[0]}\n"})
+        return edit
+
+    async def writer(i: int) -> None:
+        async with store_for(etcd, etcd_cluster) as st:
+            for r in range(rounds):
+                for name in ("shared", f"own{i}"):
+                    seen: list[int] = []
+                    rev = await update_config(st, incr(name, seen))
+                    acks.append((rev, name, seen[0]))
+                scratch = f"tmp{i}-{r}"
+                await update_config(st, lambda s, n=scratch: ConfigEdit({n: "x\n"}))  # type: ignore[misc]
+                await update_config(st, lambda s, n=scratch: ConfigEdit(delete=(n,)))  # type: ignore[misc]
+
+    async def main() -> None:
+        await asyncio.gather(*(writer(i) for i in range(writers)))
+        async with store_for(etcd, etcd_cluster) as st:
+            final = await st.read_config()
+            assert dict(final.services) == {"shared": f"count: {writers * rounds}\n",
+                                            **{f"own{i}": f"count: {rounds}\n" for i in range(writers)}}
+            shared = sorted((rev, n) for rev, name, n in acks if name == "shared")
+            assert [n for _rev, n in shared] == list(range(1, writers * rounds + 1))
+            assert len({rev for rev, _n in shared}) == len(shared)
+            for rev, n in shared[:: max(1, len(shared) // 6)]:  # what each ack says is what etcd held then
+                assert (await st.read_config(revision=rev)).services["shared"] == f"count: {n}\n"
     asyncio.run(main())
