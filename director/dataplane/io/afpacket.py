@@ -19,8 +19,8 @@ The kernel also moves a received frame's 802.1Q/802.1ad tag into that metadata (
 ``tp_vlan_tci``) before any tap sees the frame: :func:`retag` puts it back, so the packet path sees
 (and drops) a tagged frame as it was on the wire.
 
-Fencing: :meth:`PacketSocket.drain` reads the clock once before each block it takes; at or after its
-``until`` deadline it gives every ready block back unhandled (ARP frames to a learn-only ``sink``) and
+Fencing: :meth:`PacketSocket.drain` asks its ``fenced()`` (one clock read) before each block it takes;
+once fenced it gives every ready block back unhandled (ARP frames to a learn-only ``sink``) and
 reports them as fenced; :class:`TxRing` asks its ``fence`` before every flush and discards the queued
 frames instead of sending them. See ``docs/DATAPLANE.md``.
 
@@ -49,7 +49,6 @@ import mmap
 import select
 import socket
 import struct
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -234,17 +233,18 @@ class PacketSocket:
         return out
 
     def drain(self, handler: Handler, side: int, sends: Sequence[Callable[[bytes | bytearray], int]],
-              max_blocks: int = 64, until: float = INF, clock: Callable[[], float] = time.monotonic,
+              max_blocks: int = 64, fenced: Callable[[], bool] | None = None,
               sink: Sink | None = None) -> tuple[int, int, int]:
         """Hand every ready frame to ``handler(frame, side)`` and send what it returns on
         ``sends[out_side]``, straight from the ring (no intermediate list); never blocks.
 
-        Fencing: before each block the clock is read once; from the first block taken at or after
-        ``until`` on, the rest of the ready blocks are dropped unhandled (their ARP frames go to
-        ``sink``, which must send nothing). Returns (frames handled, errors, frames dropped by the
-        fence). A handler or send error is counted, never raised."""
+        Fencing: ``fenced()`` (one clock read and compare, live: another thread may move the deadline)
+        is asked before each block; from the first block it says yes to, the rest of the ready blocks
+        are dropped unhandled (their ARP frames go to ``sink``, which must send nothing). Returns
+        (frames handled, errors, frames dropped by the fence). A handler or send error is counted,
+        never raised."""
         if self._mv is None:
-            return self._drain_plain(handler, side, sends, until, clock, sink)
+            return self._drain_plain(handler, side, sends, fenced, sink)
         mv = self._mv
         unpack_pkt = _PKT_HDR.unpack_from
         bsize = self._block_size
@@ -254,7 +254,7 @@ class PacketSocket:
             status, num, pos = _BLOCK_HDR.unpack_from(mv, base + 8)
             if not status & TP_STATUS_USER:
                 break
-            if clock() >= until:
+            if fenced is not None and fenced():
                 return handled, errors, self._discard(side, max_blocks, sink)
             pos += base
             for _ in range(num):
@@ -304,9 +304,9 @@ class PacketSocket:
         return dropped
 
     def _drain_plain(self, handler: Handler, side: int, sends: Sequence[Callable[[bytes | bytearray], int]],
-                     until: float, clock: Callable[[], float], sink: Sink | None) -> tuple[int, int, int]:
+                     fenced: Callable[[], bool] | None, sink: Sink | None) -> tuple[int, int, int]:
         frames = self._recv_plain()
-        if frames and clock() >= until:
+        if frames and fenced is not None and fenced():
             for frame in frames:
                 if sink is not None and frame[12:14] == b"\x08\x06":
                     with contextlib.suppress(Exception):
@@ -493,7 +493,7 @@ def join_fanout(sock: socket.socket, fanout: Fanout) -> None:
 
 def blocking_loop(socks: list[PacketSocket], handler: Handler, should_stop: Callable[[], bool],
                   poll_ms: int = 100, extra: Sequence[tuple[PacketSocket, int]] = (),
-                  tx_rings: Sequence[TxRing] = (), until: Callable[[], float] = lambda: INF) -> int:
+                  tx_rings: Sequence[TxRing] = (), fenced: Callable[[], bool] | None = None) -> int:
     """Forward until ``should_stop()``: frames from ``socks[side]`` go to ``handler(frame, side)``,
     a returned ``(out_side, frame)`` is sent on ``socks[out_side]`` (or queued on ``tx_rings[out_side]``
     and flushed after each batch); ``extra`` are more receive-only
@@ -510,7 +510,7 @@ def blocking_loop(socks: list[PacketSocket], handler: Handler, should_stop: Call
     while not should_stop():
         for fd, _ev in poller.poll(poll_ms):
             side, drain = by_fd[fd]
-            n, e, _fenced = drain(handler, side, sends, until=until())
+            n, e, _dropped = drain(handler, side, sends, fenced=fenced)
             for flush in flushes:
                 flush()
             handled += n

@@ -115,7 +115,8 @@ class DataPlane:
     def set_master_until(self, deadline: float | None) -> None:
         """Forward only while ``clock() < deadline`` (None: not master; ``math.inf``: no fencing).
 
-        O(1), no I/O: call it as often as the mastership is re-validated. Checked before every block
+        O(1), no I/O, safe from another thread (one attribute store, read live by every check): call
+        it as often as the mastership is re-validated. Checked before every block
         taken from a ring, before every TX flush and before every control send; frames read at or
         after the deadline are dropped and counted as ``not_master``, nothing is sent, no ARP answered.
         """
@@ -186,7 +187,7 @@ class DataPlane:
         drain = sock.drain
         handle = self.director.handle
         sink = self.director.learn_arp
-        clock = self.clock
+        fenced = self.fenced
         drops = self.director.counters.counts
         rx = self.rx_frames
         blocks = self.batch_blocks
@@ -199,12 +200,12 @@ class DataPlane:
             sends = [s.send for s in self.socks]
 
         def on_readable() -> None:
-            n, errors, fenced = drain(handle, side, sends, blocks, self._until, clock, sink)
+            n, errors, dropped = drain(handle, side, sends, blocks, fenced, sink)
             for flush in flushes:  # (each flush checks the deadline again)
                 flush()
-            rx[side] += n + fenced
-            if fenced:
-                drops[Drop.NOT_MASTER] += fenced
+            rx[side] += n + dropped
+            if dropped:
+                drops[Drop.NOT_MASTER] += dropped
             if errors:
                 self.handler_errors += errors
 
@@ -252,7 +253,7 @@ class DataPlane:
         self.open()
         return blocking_loop(self.socks, self.director.handle, should_stop,
                              extra=[(s, side) for side, s in enumerate(self.arp_socks)],
-                             tx_rings=self.tx_rings, until=lambda: self._until)
+                             tx_rings=self.tx_rings, fenced=self.fenced)
 
     def kernel_stats(self) -> tuple[int, int]:
         """(packets, drops) the kernel counted on the receive sockets since the previous call."""

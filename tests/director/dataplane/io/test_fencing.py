@@ -161,10 +161,28 @@ def test_stall_mid_drain_drops_the_blocks_read_after_the_deadline() -> None:
         return out
 
     sock = dp.socks[EXT]
-    handled, errors, fenced = sock.drain(stalling, EXT, [s.send for s in dp.socks], 64, 105.0, clock,
+    handled, errors, fenced = sock.drain(stalling, EXT, [s.send for s in dp.socks], 64, dp.fenced,
                                          dp.director.learn_arp)
     assert (handled, errors, fenced) == (2, 0, 2)
     assert len(sent[INT]) == 2  # only the first block, checked before the deadline
+
+
+def test_a_step_down_from_another_thread_is_seen_at_the_next_block() -> None:
+    """The elector (on its own thread) revokes mastership while a drain runs: the deadline is read
+    live, so the next block is already dropped (the TX flush's own check is tested below)."""
+    clock = Clock()
+    dp, rings, sent = make_plane(clock, master_until=float("inf"))
+    rings[EXT].fill([(syn(1000), 0, 0), (syn(1001), 0, 0)])
+    rings[EXT].fill([(syn(1002), 0, 0)])
+    handle = dp.director.handle
+
+    def step_down_midway(frame: bytearray, side: int) -> Any:
+        dp.set_master_until(None)  # what Node._on_fence(None) does from the election thread
+        return handle(frame, side)
+
+    handled, _errors, fenced = dp.socks[EXT].drain(step_down_midway, EXT, [s.send for s in dp.socks], 64,
+                                                    dp.fenced, dp.director.learn_arp)
+    assert (handled, fenced) == (2, 1) and dp.master_until is None
 
 
 def test_vlan_tag_from_ring_metadata_is_put_back_and_the_frame_dropped() -> None:
