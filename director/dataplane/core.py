@@ -407,7 +407,7 @@ class Director:
     # ---- slow paths: not IPv4, ARP, guards, ICMP ------------------------------------------
 
     def _not_vmac(self, frame: bytearray, side: int) -> Action | None:
-        """A frame not addressed to the virtual MAC: only broadcast/multicast ARP is taken."""
+        """A frame not addressed to the virtual MAC: only ARP to a group MAC or to this host is taken."""
         if len(frame) < 14:
             reason = Drop.TRUNCATED
         elif frame[12] << 8 | frame[13] in _VLAN_TPIDS:
@@ -416,8 +416,12 @@ class Director:
             if frame[12] << 8 | frame[13] == ETH_P_ARP:
                 return self.nb.arp(frame, side, self.active, self.clock())
             reason = Drop.NOT_VMAC
+        elif bytes(frame[0:6]) in self.host_macs:
+            if frame[12] << 8 | frame[13] == ETH_P_ARP:  # the answer to a quiet probe: learn, never answer
+                self.nb.arp(frame, side, False, self.clock(), fenced=True)
+            reason = Drop.TO_HOST
         else:
-            reason = Drop.TO_HOST if bytes(frame[0:6]) in self.host_macs else Drop.NOT_VMAC
+            reason = Drop.NOT_VMAC
         self._drops[reason] += 1
         return None
 

@@ -125,3 +125,20 @@ def test_frames_queued_during_a_stall_are_dropped_after_it(lab: Lab, fenced: Fen
     counts = cap.stop()
     assert counts == {"d1e": 0, "d1i": 0}
     assert d.stats()["arp_replies"] == before["arp_replies"]
+
+
+def test_a_fenced_backup_resolves_the_real_servers_quietly(lab: Lab) -> None:
+    """Not master: the neighbour probes leave from the interface's own MAC with sender 0.0.0.0, the real
+    servers' answers are learned, and no frame with the virtual MAC ever leaves."""
+    deadline_file = lab.write_file("fence-backup.deadline", "none\n")
+    cap = Capture(lab, ["d1e", "d1i"], VMAC)
+    d = DirectorProc(lab, 1, CONFIG, "fence-backup", "--backup", "--deadline-file", str(deadline_file))
+    try:
+        wait_for(lambda: d.stats()["master_until"] is None and d.stats()["neigh_entries"][1] >= 2,
+                 what="both real servers resolved by a fenced backup")
+        stats = d.fresh_stats()
+        assert stats["fenced"] and not stats["active"]
+        assert stats["neigh"]["arp_reply_learned"] >= 2 and stats["ctl_fenced"] == 0
+    finally:
+        d.stop()
+    assert cap.stop() == {"d1e": 0, "d1i": 0}

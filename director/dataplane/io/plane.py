@@ -131,8 +131,12 @@ class DataPlane:
         return self.clock() >= self._until
     # -- sockets ------------------------------------------------------------------------------------
     def open(self) -> None:
-        if self.socks:
-            return
+        """Open the sockets (once) and tell the Director its interfaces' own MACs (``to_host``)."""
+        if not self.socks:
+            self._open()
+        self.director.host_macs = frozenset(s.mac for s in self.socks)
+
+    def _open(self) -> None:
         g = self.fanout_group
         fan = (None, None) if g is None else (Fanout(g, FANOUT_CBPF_SRC), Fanout(g + 1, FANOUT_CBPF_DST))
         try:
@@ -147,7 +151,6 @@ class DataPlane:
         except BaseException:
             self.close()
             raise
-        self.director.host_macs = frozenset(s.mac for s in self.socks)
 
     def close(self) -> None:
         for s in [*self.socks, *self.arp_socks]:
@@ -234,19 +237,46 @@ class DataPlane:
         return self.send(self.director.garp_actions())
 
     def probe_neighbours(self) -> int:
-        """ARP (rate-limited) for every dest whose MAC is unknown, so first packets find it resolved."""
+        """ARP (rate-limited) for every dest whose MAC is unknown, so first packets find it resolved.
+
+        The active, unfenced master asks from the virtual MAC (with its gateway address: an
+        announcement too). Anybody else asks quietly (RFC 5227 probe: the interface's own MAC, sender
+        address 0), so a backup's caches stay warm for a takeover without making the switches move the
+        virtual MAC to its port or anybody update a cache."""
         d = self.director
-        neigh = d.neigh[INT]
+        loud = d.active and not self.fenced()
+        self.open()
+        macs = [s.mac for s in self.socks]
         now = d.clock()
         acts: list[Action] = []
-        for svc in d.services:
-            for dest in svc.dests:
-                if dest.addr not in neigh and neigh.should_probe(dest.addr, now):
-                    acts.append((INT, arp_request(d.cfg.vmac, d.cfg.int_addr, dest.addr)))
-        gw, ext = d.cfg.ext_gateway, d.neigh[EXT]
-        if gw and gw not in ext and ext.should_probe(gw, now):  # the configured client-side gateway
-            acts.append((EXT, arp_request(d.cfg.vmac, d.cfg.ext_addr, gw)))
-        return self.send(acts) if acts else 0
+        targets = [(INT, dest.addr) for svc in d.services for dest in svc.dests]
+        if d.cfg.ext_gateway:  # the configured client-side gateway
+            targets.append((EXT, d.cfg.ext_gateway))
+        for side, addr in targets:
+            cache = d.neigh[side]
+            if addr in cache or not cache.should_probe(addr, now):
+                continue
+            if loud:
+                acts.append((side, arp_request(d.cfg.vmac, d.cfg.int_addr if side == INT else d.cfg.ext_addr,
+                                               addr)))
+            else:
+                acts.append((side, arp_request(macs[side], 0, addr)))
+        if not acts:
+            return 0
+        return self.send(acts) if loud else self._send_quiet(acts)
+
+    def _send_quiet(self, actions: list[Action]) -> int:
+        """Probes from the interfaces' own MACs: no claim on any address, so never fenced."""
+        n = 0
+        for side, frame in actions:
+            try:
+                self.socks[side].send(frame)
+                self.ctl_sent += 1
+                n += 1
+            except OSError as exc:
+                self.tx_errors += 1
+                log.debug("probe on %s failed: %s", self.ifnames[side], exc)
+        return n
 
     def run_blocking(self, should_stop: Callable[[], bool]) -> int:
         """Forward without asyncio until ``should_stop()``; returns frames handled."""

@@ -235,3 +235,28 @@ def test_tx_ring_discards_queued_frames_when_fenced() -> None:
     assert tx.sock.sends == 1 and tx.fenced == 2 and tx._slot == 1 and tx._queued == 0
     status = struct.unpack_from("=I", tx._mv, 256)[0]
     assert status == afpacket.TP_STATUS_AVAILABLE  # the slot is free again, nothing handed over
+
+
+def test_probes_are_quiet_unless_active_and_unfenced() -> None:
+    """Only the forwarding master asks from the virtual MAC; anybody else asks from the interface's own
+    MAC with sender address 0 (claims nothing), and learns from the answer sent to that MAC."""
+    clock = Clock()
+    dp, _rings, sent = make_plane(clock, master_until=None)
+    d = dp.director
+    d.neigh[INT].forget(_i(RS))
+    assert dp.probe_neighbours() == 1
+    probe = Ether(sent[INT][-1])
+    assert probe.src == "02:1b:02:00:00:01" and probe[ARP].psrc == "0.0.0.0" and probe[ARP].pdst == RS
+    assert dp.ctl_fenced == 0
+    dp.open()  # (sockets already there: tells the director its own MACs)
+    answer = Ether(src=RS_MAC, dst=probe.src) / ARP(op=2, hwsrc=RS_MAC, psrc=RS, hwdst=probe.src,
+                                                    pdst="0.0.0.0")
+    assert d.handle(bytearray(bytes(answer)), INT) is None
+    assert d.neigh[INT].get(_i(RS)) == bytes.fromhex(RS_MAC.replace(":", ""))
+    assert d.counters[Drop.TO_HOST] == 1
+    # the forwarding master asks loudly, from the virtual MAC with its gateway address
+    dp.set_master_until(clock.now + 10)
+    d.neigh[INT].forget(_i(RS))
+    assert dp.probe_neighbours() == 1
+    probe = Ether(sent[INT][-1])
+    assert probe.src == VMAC and probe[ARP].psrc == GW
