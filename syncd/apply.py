@@ -21,8 +21,24 @@ child whose template has not arrived yet (same batch, later snapshot chunk) wait
 ``_waiting_ctl`` and is linked with ``control_add`` (so ``n_control`` is right) the moment its
 template appears.
 
-A snapshot marks every key it mentions (chunks and the live batches interleaved with it); at
-``snapshot_end`` every entry not mentioned is removed: the table is then the master's.
+Every upsert makes the entry exactly the master's: state and timeout, dest, control link (re-linked
+or unlinked when the master's differs, not only set when missing), key (a re-key moves the entry
+with ``ConnTable.rekey``) and timer. A snapshot marks every key it mentions (chunks and the live
+batches interleaved with it); at ``snapshot_end`` every entry not mentioned is removed, children
+first, and a stale template still controlling entries is detached from them first: the table is
+then the master's, links and ``n_control`` included.
+
+*Expiry rule.* While it follows a live stream (from the first accepted message until
+``release_timers``: the caller's heartbeat deadline passed without a stream, master switched,
+takeover, stopped) the applier holds the table's synced timers (``ConnTable.hold_synced``): a synced
+entry is never expired on the backup's own clock, only by the master's EXPIRE (or a snapshot sweep).
+When it stops following, the table's own timers take over (held entries get a full timeout).
+docs/CONTRACTS.md states the rule.
+
+*Watching.* ``on_applied`` (optional) receives the conn events this applier caused, after each
+message: ``ConnEvent(kind, snapshot, old_key)`` of the backup's entry (NEW / UPDATE / EXPIRE;
+REFRESH, a timer extension, is not an event, as on the master). The snapshot's flags carry
+``SYNC``. It must not raise (errors are logged and swallowed).
 """
 
 from __future__ import annotations
@@ -32,7 +48,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from director.services.service import DestKey, ServiceTable
-from director.table.entry import INVALID_PORT
+from director.table.entry import snapshot
+from director.table.events import ConnEvent, EventKind
 from director.types import LOCAL_CONN_FLAGS, ConnFlags
 from syncd.model import (
     BatchMsg,
@@ -62,8 +79,15 @@ class BackupApplier:
     """Applies one master's stream to a local table; remembers where to resume."""
 
     def __init__(self, table: TableLike, services: ServiceTable | None = None,
-                 epoch_floor: Callable[[], int] | None = None) -> None:
+                 epoch_floor: Callable[[], int] | None = None,
+                 on_applied: Callable[[list[ConnEvent]], None] | None = None) -> None:
         self.table = table
+        self.on_applied = on_applied
+        self.holding = False
+        """True while the table's synced timers are held (following a live stream)."""
+        self.want_snapshot = False
+        """Ask for a snapshot on the next hello (after repeated refusals at one point)."""
+        self._events: list[ConnEvent] | None = None
         self.services = services
         self.epoch_floor = epoch_floor or (lambda: 0)
         self.epoch = 0
@@ -85,16 +109,50 @@ class BackupApplier:
 
     def hello(self, node_id: str) -> FollowHello:
         """The resume point to present to the master on (re)connect."""
-        inc = 0 if self.in_snapshot else self.incarnation
+        inc = 0 if self.in_snapshot or self.want_snapshot else self.incarnation
         return FollowHello(node_id, self.applied_seq, self.epoch, inc)
 
     def stream_lost(self) -> None:
-        """The stream ended: a snapshot in progress is void, and we are no longer live."""
+        """We stopped following (takeover, master switched, stopped): ``stream_ended`` and
+        ``release_timers``."""
+        self.stream_ended()
+        self.release_timers()
+
+    def stream_ended(self) -> None:
+        """The stream ended: a snapshot in progress is void and we are no longer live. The timers
+        stay held (the caller releases them once the master's heartbeat deadline has passed without
+        a new stream, so a quick reconnect-and-resume loses nothing)."""
         self.live = False
         if self.in_snapshot:
             self.in_snapshot = False
             self._seen = set()
             self.incarnation = 0
+
+    def release_timers(self) -> None:
+        """The table's own timers take over (entries held past their deadline are armed again)."""
+        if self.holding:
+            self.holding = False
+            n = self.table.hold_synced(False)
+            if n:
+                log.info("stopped following: %d synced entries held past their deadline armed again", n)
+        self._prune()
+
+    def _following(self) -> None:
+        if not self.holding:
+            self.holding = True
+            self.table.hold_synced(True)
+
+    def _prune(self) -> None:
+        """Forget dest/template waits of entries that are gone (removed by the table's own timers)."""
+        get = self.table.get
+        for key in [k for k in self._pending_dest if get(k) is None]:
+            del self._pending_dest[key]
+        for key in [k for k in self._waiting_ctl if get(k) is None]:
+            self._forget_waiting(key)
+        if not self._pending_dest:
+            self._pending_dest = {}
+        if not self._waiting_ctl:
+            self._waiting_ctl, self._children_of = {}, {}
 
     @property
     def pending_dests(self) -> int:
@@ -106,16 +164,32 @@ class BackupApplier:
 
     def handle(self, msg: SyncMsg) -> int:
         """Validate then apply one message; returns the number of entries it applied."""
+        if self.on_applied is None:
+            return self._handle(msg)
+        self._events = []
+        try:
+            return self._handle(msg)
+        finally:
+            events, self._events = self._events, None
+            if events:
+                try:
+                    self.on_applied(events)
+                except Exception:
+                    log.exception("on_applied hook failed")
+
+    def _handle(self, msg: SyncMsg) -> int:
         floor = max(self.epoch, self.epoch_floor())
         if msg.epoch < floor:
             self.stats["refused"] += 1
             raise StaleEpochError(f"message epoch {msg.epoch} < known epoch {floor}")
         if isinstance(msg, SnapshotBeginMsg):
+            self._following()
             self._begin(msg)
             return 0
         if msg.incarnation != self.incarnation or self.incarnation == 0:
             self.stats["refused"] += 1
             raise ProtocolError(f"message of incarnation {msg.incarnation:x}, following {self.incarnation:x}")
+        self._following()
         self.epoch = msg.epoch
         if isinstance(msg, BatchMsg):
             return self._batch(msg)
@@ -139,6 +213,7 @@ class BackupApplier:
         self.applied_seq = msg.after_seq
         self.head_seq = max(self.head_seq, msg.after_seq)
         self.in_snapshot = True
+        self.want_snapshot = False
         self.live = False
         self._seen = set()
         self.stats["snapshots"] += 1
@@ -176,6 +251,7 @@ class BackupApplier:
         self.in_snapshot = False
         self.live = True
         self._seen = set()
+        self._prune()
         if self._waiting_ctl:
             log.warning("snapshot applied with %d conns whose template is unknown", len(self._waiting_ctl))
         log.info("snapshot applied: %d entries, %d stale removed, %d unbound (dest unknown)",
@@ -216,11 +292,11 @@ class BackupApplier:
     def _upsert(self, u: Update) -> None:
         table = self.table
         if u.old_key is not None and u.old_key != u.key:
-            if table.get(u.key) is None:
-                self._rekey(u)
+            self._rekey(u)
             self._repoint_children(u.old_key, u.key)
         conn = table.get(u.key)
         dest = self._find_dest(u.dest_key)
+        created = conn is None
         if conn is None:
             conn = self._create(u, dest)
         else:
@@ -240,12 +316,12 @@ class BackupApplier:
             self._pending_dest[u.key] = u.dest_key
         else:
             self._pending_dest.pop(u.key, None)
-        if self._waiting_ctl.get(u.key) != u.control_key:
-            self._forget_waiting(u.key)
-        if u.control_key is not None and conn.control is None:
-            self._link(u.key, conn, u.control_key)
+        self._sync_control(u.key, conn, u.control_key)
         if u.key[8] and u.key in self._children_of:
             self._adopt_children(u.key, conn)
+        if self._events is not None:
+            kind = EventKind.NEW if created else EventKind.UPDATE
+            self._events.append(ConnEvent(kind, snapshot(conn), u.old_key))
 
     def _create(self, u: Update, dest: Any) -> Any:
         proto, caddr, cport, vaddr, vport, daddr, dport, fwmark, _ = u.key
@@ -258,22 +334,17 @@ class BackupApplier:
             self.table.set_state(conn, u.state, u.timeout)
 
     def _rekey(self, u: Update) -> None:
-        """The master re-keyed an entry: do the same locally, or replace it."""
+        """The master re-keyed an entry (fill_cport, check_template): move ours to the new key."""
         assert u.old_key is not None
-        old = self.table.get(u.old_key)
+        table = self.table
+        old = table.get(u.old_key)
         if old is None:
             return
-        okey, nkey = u.old_key, u.key
-        if okey[2] == 0 and nkey[2] != 0 and okey[:2] == nkey[:2] and okey[3:] == nkey[3:]:
-            self.table.fill_cport(old, nkey[2])
-        elif nkey[8] and nkey[4] == INVALID_PORT and nkey[6] == INVALID_PORT and nkey[2] == 0:
-            # check_template invalidated it on the master: invalidate ours the same way (the dest
-            # is unbound first so check_template refuses it; _upsert binds the dest again)
-            if old.dest is not None:
-                self.table.unbind_dest(old)
-            self.table.check_template(old, False)
-        if old.key == nkey:
-            self._moved(okey, nkey)
+        squatter = table.get(u.key)
+        if squatter is not None:  # an entry the master no longer has under that key
+            self._remove_all([squatter])
+        if table.rekey(old, u.key):
+            self._moved(u.old_key, u.key)
         else:
             self._remove_all([old])
 
@@ -320,13 +391,26 @@ class BackupApplier:
             self.table.unbind_dest(conn)
         self.table.bind_dest(conn, dest)
 
-    def _link(self, key: ConnKey, conn: Any, control_key: ConnKey) -> None:
+    def _sync_control(self, key: ConnKey, conn: Any, control_key: ConnKey | None) -> None:
+        """Make the entry's control link the master's: keep, re-link, unlink, or wait for the template."""
+        cur = conn.control
+        if cur is not None and control_key is not None and cur.key == control_key:
+            self._forget_waiting(key)
+            return
+        if cur is not None:
+            self.table.control_del(conn)
+        if control_key is None:
+            self._forget_waiting(key)
+            return
         tpl = self.table.get(control_key)
-        if tpl is not None:
+        if tpl is not None and tpl is not conn:
+            self._forget_waiting(key)
             self.table.control_add(conn, tpl)
             return
-        self._waiting_ctl[key] = control_key
-        self._children_of.setdefault(control_key, set()).add(key)
+        if self._waiting_ctl.get(key) != control_key:
+            self._forget_waiting(key)
+            self._waiting_ctl[key] = control_key
+            self._children_of.setdefault(control_key, set()).add(key)
 
     def _adopt_children(self, key: ConnKey, tpl: Any) -> None:
         kids = self._children_of.pop(key, None)
@@ -335,25 +419,39 @@ class BackupApplier:
         for child_key in kids:
             self._waiting_ctl.pop(child_key, None)
             child = self.table.get(child_key)
-            if child is not None and child.control is None:
-                self.table.control_add(child, tpl)
+            if child is None or child.control is tpl:
+                continue
+            if child.control is not None:
+                self.table.control_del(child)
+            self.table.control_add(child, tpl)
 
     def _remove_all(self, conns: list[Any]) -> int:
-        """Remove entries now: conns first, then templates (which need n_control == 0)."""
+        """Remove entries now: conns first, then templates; a template still controlling entries
+        that are not being removed is detached from them first (the master no longer links them)."""
         conns.sort(key=lambda c: bool(c.key[8]))
         n = 0
         for conn in conns:
             key = conn.key
+            if conn.n_control:
+                self._detach_children(conn)
             self._forget(key)
             try:
+                snap = snapshot(conn) if self._events is not None else None
                 if self.table.expire(conn):
                     n += 1
+                    if self._events is not None and snap is not None:
+                        self._events.append(ConnEvent(EventKind.EXPIRE, snap, None))
                 else:
                     log.debug("entry %s not removed (n_control=%d)", key, conn.n_control)
             except Exception:
                 self.stats["apply_errors"] += 1
                 log.exception("removing %s failed", key)
         return n
+
+    def _detach_children(self, tpl: Any) -> None:
+        """Unlink every entry `tpl` controls (one table walk; only on a stale template, rare)."""
+        for c in [c for c in self.table if c.control is tpl]:
+            self.table.control_del(c)
 
     def _forget(self, key: ConnKey) -> None:
         self._pending_dest.pop(key, None)

@@ -12,8 +12,19 @@ offending message touches the table; the backup logs it (rate-limited) and recon
 backoff of ``reconnect_min``..``reconnect_max`` seconds (doubling, reset after progress), resuming
 from its last applied seq (the master answers with the missing batches or a snapshot).
 
-``set_master(addr, epoch)`` switches masters at once (the running stream is cancelled) and raises the
-epoch floor so the old master is refused even if it is still streaming. ``in_sync`` is True while
+A message with a field out of range (``FieldRangeError``, checked at decode) is refused as a whole
+and counted per field in ``refused_fields``; the backup resumes from its last applied seq, and if
+the same resume point is refused again it asks for a snapshot instead.
+
+While a stream is live the applier holds the table's synced timers (a synced entry never expires on
+this node's clock). They are released when no message came from the master for
+``heartbeat_timeout`` (a stream cut and resumed within that loses nothing), at ``set_master`` to
+another master or to none (takeover), and at ``stop``.
+
+``set_master(addr, epoch)`` switches masters at once (the running stream is cancelled and the
+timers released) and raises the epoch floor so the old master is refused even if it is still
+streaming. ``on_applied`` (constructor argument or attribute) sees the conn events applied from
+sync (``BackupApplier``), e.g. to publish them to admin watchers. ``in_sync`` is True while
 connected, with a snapshot applied (or a resume accepted) and no snapshot in progress.
 Lag samples (wall clock from the master seeing a batch's first event to applying it here; the
 nodes' clocks must be NTP-synced for cross-host figures) feed p50/p99 for the admin API and
@@ -35,9 +46,10 @@ from typing import Any
 import grpc
 
 from director.services.service import ServiceTable
+from director.table.events import ConnEvent
 from syncd.apply import BackupApplier
 from syncd.convert import decode_sync_message, encode_ack, encode_hello, identity
-from syncd.model import AckMsg, BatchMsg, LogLimiter, SyncError, TableLike
+from syncd.model import AckMsg, BatchMsg, FieldRangeError, LogLimiter, SyncError, TableLike
 from syncd.server import FOLLOW_METHOD
 from syncd.tls import TlsFilesLike, channel_credentials, channel_options
 
@@ -51,7 +63,8 @@ class BackupConfig:
     heartbeat_timeout: float = 3.5
     """Silence (no batch, chunk or heartbeat) after which the master is presumed gone."""
     max_message: int = 16 << 20
-    lag_samples: int = 200_000
+    lag_samples: int = 8192
+    """Recent lag samples kept for the percentiles (bounded: a backup's memory stays flat)."""
 
 
 class SyncBackup:
@@ -59,18 +72,22 @@ class SyncBackup:
 
     def __init__(self, target: str | None, node_id: str, table: TableLike,
                  services: ServiceTable | None = None, epoch_source: Callable[[], int] | None = None,
-                 *, tls: TlsFilesLike | None = None,
-                 cfg: BackupConfig | None = None) -> None:
+                 *, tls: TlsFilesLike | None = None, cfg: BackupConfig | None = None,
+                 on_applied: Callable[[list[ConnEvent]], None] | None = None) -> None:
         self.target = target
         self.node_id = node_id
         self.tls = tls
         self.cfg = cfg or BackupConfig()
         self._epoch_source = epoch_source or (lambda: 0)
         self._epoch_hint = 0
-        self.applier = BackupApplier(table, services, self._epoch_floor)
+        self.applier = BackupApplier(table, services, self._epoch_floor, on_applied)
         self.connected = False
         self.lags_ms: deque[float] = deque(maxlen=self.cfg.lag_samples)
         self.stats = {"connects": 0, "stream_errors": 0, "refused": 0, "messages": 0}
+        self.refused_fields: dict[str, int] = {}
+        self._refused_at: int | None = None
+        self._last_msg = 0.0
+        self._release: asyncio.TimerHandle | None = None
         self.last_error = ""
         self._logs = LogLimiter()
         self._task: asyncio.Task[None] | None = None
@@ -88,6 +105,15 @@ class SyncBackup:
     @property
     def applied_seq(self) -> int:
         return self.applier.applied_seq
+
+    @property
+    def on_applied(self) -> Callable[[list[ConnEvent]], None] | None:
+        """Called with the conn events of each applied message (see ``BackupApplier``)."""
+        return self.applier.on_applied
+
+    @on_applied.setter
+    def on_applied(self, hook: Callable[[list[ConnEvent]], None] | None) -> None:
+        self.applier.on_applied = hook
 
     def start(self) -> None:
         if self._task is None:
@@ -112,7 +138,9 @@ class SyncBackup:
         self.target = addr
         self._changed.set()
         if self._session is not None:
-            self._session.cancel()
+            self._session.cancel()  # it applies nothing more: cancelled at its next await
+        self.connected = False
+        self.applier.stream_lost()  # our own timers from now on (takeover, or a new master to follow)
 
     def rebind_pending(self) -> int:
         return self.applier.rebind_pending()
@@ -158,7 +186,8 @@ class SyncBackup:
                     with contextlib.suppress(BaseException):
                         await session  # never two streams applying at once
                 self.connected = False
-                self.applier.stream_lost()
+                self.applier.stream_ended()
+                self._release_later()
             if progressed:
                 delay = self.cfg.reconnect_min
             if self.target != target:
@@ -167,6 +196,18 @@ class SyncBackup:
                 async with asyncio.timeout(delay * random.uniform(0.8, 1.2)):
                     await self._changed.wait()
             delay = min(self.cfg.reconnect_max, delay * 2)
+
+    def _release_later(self) -> None:
+        """Release the held timers once the master's heartbeat deadline passed with no new stream."""
+        if self._release is not None:
+            self._release.cancel()
+        loop = asyncio.get_running_loop()
+        self._release = loop.call_at(self._last_msg + self.cfg.heartbeat_timeout, self._release_if_idle)
+
+    def _release_if_idle(self) -> None:
+        self._release = None
+        if not self.connected:
+            self.applier.release_timers()
 
     def _session_result(self, task: asyncio.Task[bool], target: str) -> bool:
         if task.cancelled():
@@ -179,6 +220,9 @@ class SyncBackup:
         if isinstance(exc, SyncError):
             self.stats["refused"] += 1
             what = type(exc).__name__
+            if isinstance(exc, FieldRangeError):
+                self._field_refused(exc)
+                what = f"{what}({exc.field})"
         elif isinstance(exc, grpc.aio.AioRpcError):
             what = str(exc.code())
             log.debug("stream error detail: %s", exc.debug_error_string())
@@ -193,6 +237,14 @@ class SyncBackup:
         if self._logs.should_log(what):
             log.warning("sync stream from %s ended: %s (%s #%d)", target, exc, what, self._logs.counts[what])
         return bool(progressed)
+
+    def _field_refused(self, exc: FieldRangeError) -> None:
+        """Count it; a second refusal at the same resume point asks for a snapshot instead."""
+        self.refused_fields[exc.field] = self.refused_fields.get(exc.field, 0) + 1
+        at = self.applier.applied_seq
+        if self._refused_at == at:
+            self.applier.want_snapshot = True
+        self._refused_at = at
 
     def _channel(self, target: str) -> Any:
         opts: list[tuple[str, Any]] = [
@@ -238,6 +290,7 @@ class SyncBackup:
     def _handle(self, data: bytes) -> None:
         msg = decode_sync_message(data)
         self.applier.handle(msg)
+        self._last_msg = asyncio.get_running_loop().time()
         self.connected = True
         self.stats["messages"] += 1
         if isinstance(msg, BatchMsg) and msg.first_event_ns:

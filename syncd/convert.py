@@ -7,7 +7,9 @@ written to every backup (the gRPC method uses identity serializers). Decoding ta
 returns plain records; anything that does not parse, carries an unknown version or lacks a required
 part raises ``ProtocolError`` so callers can refuse and log it without touching their table.
 Addresses travel as big-endian bytes (4 bytes when the int fits in 32 bits, else 16); ints decode
-back to the same value either way. Timeouts travel as integer milliseconds.
+back to the same value either way. Timeouts travel as integer milliseconds. Every decoded entry
+field is range-checked here (``syncd.fields``): one bad field raises ``FieldRangeError`` (a
+``ProtocolError``) and the whole message is refused before anything reaches a table.
 """
 
 from __future__ import annotations
@@ -21,11 +23,21 @@ from director.table.entry import F_TEMPLATE as _TEMPLATE
 from director.types import LOCAL_CONN_FLAGS
 from lbd_pb import sync_pb2 as pb
 from syncd import wire
+from syncd.fields import (
+    check_address,
+    check_control,
+    check_in_pkts,
+    check_old_key,
+    check_ref,
+    entry_fault,
+    entry_ok,
+)
 from syncd.model import (
     PROTOCOL_VERSION,
     AckMsg,
     BatchMsg,
     ConnKey,
+    FieldRangeError,
     FollowHello,
     HeartbeatMsg,
     ProtocolError,
@@ -40,19 +52,12 @@ from syncd.model import (
 _LOCAL = int(LOCAL_CONN_FLAGS)
 _EXPIRE, _REFRESH = int(SyncKind.EXPIRE), int(SyncKind.REFRESH)
 _KINDS = {int(k): k for k in SyncKind}
-_ALEN = (0, 4, 16)
 _from = int.from_bytes
 _U32 = 0xFFFFFFFF
 
 
 def _ab(addr: int) -> bytes:
     return addr.to_bytes(4 if addr <= _U32 else 16, "big")
-
-
-def _ai(data: bytes) -> int:
-    if len(data) not in (0, 4, 16):
-        raise ProtocolError(f"address of {len(data)} bytes")
-    return int.from_bytes(data, "big")
 
 
 def _ms(seconds: float) -> int:
@@ -103,9 +108,13 @@ def _conn_ref(key: ConnKey) -> pb.ConnRef:
                       daddr=_ab(daddr), dport=dport, fwmark=fwmark, is_template=is_tpl)
 
 
-def _ref_key(c: pb.ConnRef) -> ConnKey:
-    return (c.protocol, _ai(c.caddr), c.cport, _ai(c.vaddr), c.vport, _ai(c.daddr), c.dport, c.fwmark,
-            c.is_template)
+def _ref_key(field: str, c: pb.ConnRef) -> ConnKey:
+    """The key a ConnRef names, range-checked (``field`` names it in errors)."""
+    check_ref(field, c.protocol, (c.cport, c.vport, c.dport))
+    for a in (c.caddr, c.vaddr, c.daddr):
+        check_address(field, len(a))
+    return (c.protocol, _from(c.caddr, "big"), c.cport, _from(c.vaddr, "big"), c.vport, _from(c.daddr, "big"),
+            c.dport, c.fwmark, c.is_template)
 
 
 def _fill_entries(entries: object, updates: Iterable[Update]) -> int:
@@ -200,19 +209,23 @@ def encode_heartbeat(epoch: int, incarnation: int, last_seq: int, head_seq: int,
 
 
 def _decode_entry(e: pb.ConnEntry, dest_keys: dict[bytes, DestKey]) -> Update:
+    """One entry, every field range-checked (syncd.fields): FieldRangeError refuses the message."""
     kind = _KINDS.get(e.kind)
     if kind is None:
-        raise ProtocolError(f"unknown update kind {e.kind}")
+        raise FieldRangeError("kind", f"unknown update kind {e.kind}")
     ca, va, da = e.caddr, e.vaddr, e.daddr
-    if len(ca) not in _ALEN or len(va) not in _ALEN or len(da) not in _ALEN:
-        raise ProtocolError("address of a bad length")
+    proto, cport, vport, dport = e.protocol, e.cport, e.vport, e.dport
     flags = e.flags & ~_LOCAL
-    key = (e.protocol, _from(ca, "big"), e.cport, _from(va, "big"), e.vport, _from(da, "big"), e.dport,
+    state, timeout_ms, remaining_ms = e.state, e.timeout_ms, e.remaining_ms
+    alen, ports = (len(ca), len(va), len(da)), (cport, vport, dport)
+    if not entry_ok(proto, alen, ports, flags, state, timeout_ms, remaining_ms):
+        raise entry_fault(proto, alen, ports, flags, state, timeout_ms, remaining_ms)
+    key = (proto, _from(ca, "big"), cport, _from(va, "big"), vport, _from(da, "big"), dport,
            e.fwmark, bool(flags & _TEMPLATE))
     if kind is SyncKind.EXPIRE:
         return Update(kind, key, flags)
     if kind is SyncKind.REFRESH:
-        return Update(kind, key, flags, timeout=e.timeout_ms / 1000.0, remaining=e.remaining_ms / 1000.0)
+        return Update(kind, key, flags, timeout=timeout_ms / 1000.0, remaining=remaining_ms / 1000.0)
     dest_key: DestKey | None = None
     has = e.HasField
     if has("dest"):
@@ -220,11 +233,24 @@ def _decode_entry(e: pb.ConnEntry, dest_keys: dict[bytes, DestKey]) -> Update:
         raw = d.SerializeToString()
         dest_key = dest_keys.get(raw)
         if dest_key is None:
-            dest_key = dest_keys[raw] = (d.protocol, _ai(d.vaddr), d.vport, d.fwmark, _ai(d.daddr), d.dport)
-    control_key = _ref_key(e.control) if has("control") else None
-    old_key = _ref_key(e.old_key) if has("old_key") else None
-    return Update(kind, key, flags, e.state, e.timeout_ms / 1000.0, e.remaining_ms / 1000.0,
+            dest_key = dest_keys[raw] = _dest_key(d)
+    control_key = old_key = None
+    if has("control"):
+        control_key = _ref_key("control", e.control)
+        check_control(key, control_key)
+    if has("old_key"):
+        old_key = _ref_key("old_key", e.old_key)
+        check_old_key(key, old_key)
+    check_in_pkts(e.in_pkts)
+    return Update(kind, key, flags, state, timeout_ms / 1000.0, remaining_ms / 1000.0,
                   dest_key, control_key, e.in_pkts, old_key)
+
+
+def _dest_key(d: pb.DestRef) -> DestKey:
+    check_ref("dest", d.protocol, (d.vport, d.dport))
+    check_address("dest", len(d.vaddr))
+    check_address("dest", len(d.daddr))
+    return (d.protocol, _from(d.vaddr, "big"), d.vport, d.fwmark, _from(d.daddr, "big"), d.dport)
 
 
 def _decode_entries(entries: Iterable[pb.ConnEntry]) -> list[Update]:

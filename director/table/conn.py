@@ -26,6 +26,8 @@ unbound from its dest (with the overload clearing rule) and counted out.
 
 *Timers.* ``director.table.timer.Wheel``: ``refresh`` only moves ``expires`` (O(1)); ``tick`` collects
 due slots (O(due), plus one hop per 32 s of long timeouts); ``expire_now`` fires at the next tick.
+``hold_synced(True)`` (a backup following a live master) keeps due SYNC entries instead of expiring
+them until sync re-arms or removes them; releasing arms the ones still held.
 
 *Events.* NEW / UPDATE / EXPIRE go to ``events`` (``director.table.events``) when enabled, as
 flat ``RawEvent`` tuples built in one go; a dest's key is taken from a small identity cache (it
@@ -98,6 +100,8 @@ class ConnTable:
         self.errors: dict[str, int] = {}
         self._ev_conn: Conn | None = None  # entry of the last event built, and its key
         self._ev_key: ConnKey | None = None
+        self._hold = False
+        self._held: dict[Conn, None] = {}
 
     # ---- lookups ---------------------------------------------------------------------------
 
@@ -256,8 +260,10 @@ class ConnTable:
 
     def set_state(self, conn: Conn, state: int, timeout: float) -> None:
         """Set state and timeout and re-arm; a TCP conn entering/leaving ESTABLISHED moves
-        between its dest's inactive and active counters. Emits UPDATE if the state changed."""
+        between its dest's inactive and active counters. Emits UPDATE if the state or the timeout
+        changed (a backup's copy must learn its new timeout; per-packet calls change neither)."""
         old = conn.state
+        changed = state != old or timeout != conn.timeout
         if state != old:
             conn.state = state
             dest = conn.dest
@@ -276,14 +282,17 @@ class ConnTable:
         if conn.flags & F_HASHED:
             now = self._clock()
             self._wheel.rearm(conn, now + timeout, now)
-        if state != old and self.events.enabled:
+        if changed and self.events.enabled:
             self._event(_UPDATE, conn)
 
     def refresh(self, conn: Conn, timeout: float | None = None) -> None:
         """expires := now + (timeout or conn.timeout). O(1), no event, conn.timeout unchanged."""
         ts = conn._tslot
         if ts is None:
-            return  # removed
+            if conn.flags & F_HASHED:  # held (hold_synced): armed again
+                now = self._clock()
+                self._wheel.arm(conn, now + (conn.timeout if timeout is None else timeout), now)
+            return  # else removed
         now = self._clock()
         e = now + (conn.timeout if timeout is None else timeout)
         conn.expires = e
@@ -292,17 +301,46 @@ class ConnTable:
 
     def expire_now(self, conn: Conn) -> None:
         """Fire the entry's timer at the next tick (``ip_vs_conn_expire_now``)."""
-        if conn._tslot is not None:
+        if conn._tslot is not None or conn.flags & F_HASHED:
             self._wheel.arm_now(conn, self._clock())
 
     def tick(self) -> int:
         """Run due timers; returns how many entries were removed."""
+        return self._tick(self._hold)
+
+    def _tick(self, hold: bool) -> int:
         now = self._clock()
         n = 0
         for c in self._wheel.collect(now):
-            if self._expire(cast(Conn, c), now):
+            if hold and c.flags & F_SYNC:  # type: ignore[attr-defined]
+                self._held[cast(Conn, c)] = None
+            elif self._expire(cast(Conn, c), now):
                 n += 1
         return n
+
+    def hold_synced(self, hold: bool) -> int:
+        """While held, a due ``SYNC`` entry is not expired: it stays in the table, unarmed, until sync
+        re-arms it (``refresh``/``set_state``) or removes it (``expire``). A backup holds while it
+        follows a live master stream, so its copy never expires on its own clock (docs/CONTRACTS.md,
+        "Sync"). Releasing arms every entry still held for a full ``timeout`` from now (the
+        backup's own timers take over; IPVS backups keep a synced conn for its state timeout) and
+        returns how many were re-armed."""
+        self._hold = hold
+        if hold or not self._held:
+            return 0
+        held, self._held = self._held, {}
+        now = self._clock()
+        n = 0
+        for c in held:
+            if c._tslot is None and c.flags & F_HASHED:
+                self._wheel.arm(c, now + c.timeout, now)
+                n += 1
+        return n
+
+    @property
+    def held(self) -> int:
+        """Entries due but held by ``hold_synced`` (some may have been re-armed since)."""
+        return len(self._held)
 
     def next_deadline(self) -> float | None:
         return self._wheel.next_deadline()
@@ -320,7 +358,11 @@ class ConnTable:
         c.timeout = EXPIRE_LATER
         if c.n_control or not self._unhash(c):
             self._wheel.rearm(c, now + EXPIRE_LATER, now)  # expire later
+            if c.n_control and self.events.enabled:
+                self._event(_UPDATE, c)  # its new timeout and deadline go to the backups
             return False
+        if self._held:
+            self._held.pop(c, None)
         if self.events.enabled:
             self._event(_EXPIRE, c)
         self._wheel.disarm(c)
@@ -388,6 +430,12 @@ class ConnTable:
         c.control = ct
         ct.n_control += 1
 
+    def control_del(self, conn: Conn) -> None:
+        """Detach an entry from its template (sync: the master re-linked or unlinked it); emits UPDATE."""
+        if conn.control is not None:
+            self._control_del(conn)
+            self._emit(_UPDATE, conn)
+
     def _control_del(self, c: Conn) -> None:
         ct = c.control
         if ct is None:
@@ -410,10 +458,40 @@ class ConnTable:
             self._ev_conn = None  # its key changes: the event key cache must not serve it
             ct.dport = INVALID_PORT
             ct.vport = INVALID_PORT
-            ct._key &= ~0xFFFF  # cport = 0
+            ct._key = (ct._key & ~0xFFFF) | self._free_invalid_cport(ct.key)
             self._hash(ct)
             self._emit(_UPDATE, ct, old)
         return False
+
+    def _free_invalid_cport(self, key: ConnKey) -> int:
+        """cport for an invalidated template: 0 (the seed), or the first port no other entry with
+        the same key uses - every entry keeps a distinct key, which is how sync names it."""
+        cport = 0
+        while self.get(key) is not None and cport < 0xFFFF:
+            cport += 1
+            key = (*key[:2], cport, *key[3:])
+        return cport
+
+    def rekey(self, conn: Conn, key: ConnKey) -> bool:
+        """Give an entry the cport/vport/dport of ``key`` (sync: the master re-keyed it with
+        ``fill_cport`` or ``check_template``); NO_CPORT is cleared when it gets a port. The other
+        key fields must already match. Emits UPDATE with the old key; False if it does not apply."""
+        p, caddr, cport, vaddr, vport, daddr, dport, fwmark, tpl = key
+        k = conn._key
+        same = (k >> 24, (k >> 16) & 0xFF, conn.vaddr, conn.daddr, conn.fwmark, bool(conn.flags & F_TEMPLATE))
+        if same != (caddr, p, vaddr, daddr, fwmark, tpl) or not self._unhash(conn):
+            return False
+        old = conn.key
+        self._ev_conn = None  # its key changes: the event key cache must not serve it
+        if conn.flags & F_NO_CPORT and cport:
+            self.no_cport_count -= 1
+            conn.flags = _canon(conn.flags & ~F_NO_CPORT)
+        conn._key = (k & ~0xFFFF) | cport
+        conn.vport = vport
+        conn.dport = dport
+        self._hash(conn)
+        self._emit(_UPDATE, conn, old)
+        return True
 
     def fill_cport(self, conn: Conn, cport: int) -> None:
         """Give a NO_CPORT entry its client port (``ip_vs_conn_fill_cport``)."""
@@ -440,7 +518,7 @@ class ConnTable:
                 self.expire_now(c)
                 if c.control is not None:
                     self.expire_now(c.control)
-            self.tick()
+            self._tick(False)  # held synced entries go too
             if self.count >= before:
                 self._error("flush_stuck", "flush made no progress, %d entries left", self.count)
                 return

@@ -141,13 +141,19 @@ KNOWN_CONN_FLAGS = int(F_FWD_MASK | ConnFlags.SYNC | ConnFlags.HASHED | ConnFlag
                        | ConnFlags.INACTIVE | ConnFlags.NO_CPORT | ConnFlags.TEMPLATE | ConnFlags.ONE_PACKET)
 """Every conn flag bit this table knows; any other bit is garbage."""
 MAX_PORT = 0xFFFF
+MAX_TIMEOUT_MS = 2**31 - 1
+"""Longest timer an entry takes, in ms (what the kernel's jiffies-based timeouts hold; the config's
+``MAX_SECONDS`` is the same bound)."""
+ADDR_LENGTHS = (4, 16)
+"""Bytes of an address on the wire: IPv4, IPv6."""
 MAX_STATE = {int(Proto.TCP): max(int(s) for s in TcpState), int(Proto.UDP): 0, int(Proto.ICMP): 0}
 """Highest valid ``state`` per protocol (TCP: TcpState; UDP and ICMP have one state, 0)."""
 
 
 __all__ = [
-    "DEST_KEYS", "D_AVAILABLE", "D_OVERLOAD", "EXPIRE_LATER", "F_BYPASS", "F_FWD_MASK", "F_HASHED",
-    "F_INACTIVE", "F_NOOUTPUT", "F_NO_CPORT", "F_SYNC", "F_TEMPLATE", "INITIAL_TIMEOUT", "INVALID_PORT",
-    "KNOWN_CONN_FLAGS", "KNOWN_PROTOCOLS", "MAX_PORT", "MAX_STATE", "S_ESTABLISHED", "S_SYNACK", "S_SYN_RECV",
-    "TCP", "TODROP_RATE", "Conn", "canon", "dest_key", "make_key", "snapshot",
+    "ADDR_LENGTHS", "DEST_KEYS", "D_AVAILABLE", "D_OVERLOAD", "EXPIRE_LATER", "F_BYPASS", "F_FWD_MASK",
+    "F_HASHED", "F_INACTIVE", "F_NOOUTPUT", "F_NO_CPORT", "F_SYNC", "F_TEMPLATE", "INITIAL_TIMEOUT",
+    "INVALID_PORT", "KNOWN_CONN_FLAGS", "KNOWN_PROTOCOLS", "MAX_PORT", "MAX_STATE", "MAX_TIMEOUT_MS",
+    "S_ESTABLISHED", "S_SYNACK", "S_SYN_RECV", "TCP", "TODROP_RATE", "Conn", "canon", "dest_key", "make_key",
+    "snapshot",
 ]

@@ -70,13 +70,10 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 20.0, what: str 
 def entry_view(c: Conn) -> tuple[Any, ...]:
     """What must be equal between master and backup for one entry (timers compared separately).
 
-    A template's expiry deferred because it still controls conns sets its timeout to 60 s without
-    an event (ip_vs_conn_expire); the backup learns it only with the next REFRESH, so template
-    timeouts are not compared (their timers are, by the callers).
     INACTIVE of an unbound conn is history-dependent (set_state only moves it while bound) and
-    means nothing without a dest, so it is not compared either.
+    means nothing without a dest, so it is not compared.
     """
-    timeout = None if c.flags & ConnFlags.TEMPLATE else c.timeout
+    timeout = c.timeout
     flags = c.flags & ~int(LOCAL_CONN_FLAGS)
     if c.dest is None:
         flags &= ~int(ConnFlags.INACTIVE)

@@ -17,27 +17,43 @@ from syncd.convert import (
 from syncd.model import AckMsg, BatchMsg, FollowHello, HeartbeatMsg, ProtocolError, SyncKind, Update
 from syncd.policy import RefreshTracker, SyncPolicy, TokenBucket
 
-addr = st.one_of(st.integers(0, 2**32 - 1), st.integers(2**32, 2**128 - 1))
+v4 = st.integers(0, 2**32 - 1)
+v6 = st.integers(2**32, 2**128 - 1)
+addr = st.one_of(v4, v6)
 port = st.integers(0, 65535)
-key = st.tuples(st.sampled_from([6, 17]), addr, port, addr, port, addr, port, st.integers(0, 2**32 - 1),
-                st.booleans())
-dest_key = st.tuples(st.sampled_from([6, 17]), addr, port, st.integers(0, 2**32 - 1), addr, port)
+fwmark = st.integers(0, 2**32 - 1)
+dest_key = st.tuples(st.sampled_from([6, 17]), addr, port, fwmark, addr, port)
 ms = st.integers(0, 10**7).map(lambda v: v / 1000.0)
+KNOWN_FLAGS = 0x0007 | 0x0080 | 0x0100 | 0x0800 | 0x2000  # fwd, NOOUTPUT, INACTIVE, NO_CPORT, ONE_PACKET
+
+
+@st.composite
+def conn_keys(draw: st.DrawFn, proto: int | None = None, template: bool | None = None) -> tuple:  # type: ignore[type-arg]
+    """A key within the contract's ranges: known protocol, caddr and vaddr of one family."""
+    p = proto if proto is not None else draw(st.sampled_from([1, 6, 17]))
+    fam = draw(st.sampled_from([v4, v6]))
+    tpl = draw(st.booleans()) if template is None else template
+    return (p, draw(fam), draw(port), draw(fam), draw(port), draw(addr), draw(port), draw(fwmark), tpl)
 
 
 @st.composite
 def updates(draw: st.DrawFn) -> Update:
     kind = draw(st.sampled_from(list(SyncKind)))
-    k = draw(key)
-    flags = draw(st.integers(0, 0x3FFF)) & ~0x1060  # local flags and TEMPLATE (part of the key)
+    k = draw(conn_keys())
+    flags = draw(st.integers(0, 0x3FFF)) & KNOWN_FLAGS
+    if k[2] != 0:
+        flags &= ~0x0800  # NO_CPORT only with cport 0
     flags |= 0x1000 if k[8] else 0
     if kind == SyncKind.EXPIRE:
         return Update(kind, k, flags)
     if kind == SyncKind.REFRESH:
         return Update(kind, k, flags, timeout=draw(ms), remaining=draw(ms))
-    return Update(kind, k, flags, draw(st.integers(0, 10)), draw(ms), draw(ms), draw(st.none() | dest_key),
-                  draw(st.none() | key), draw(st.integers(0, 2**40)),
-                  draw(st.none() | key) if kind == SyncKind.UPDATE else None)
+    control = draw(st.none() | conn_keys(k[0], True).filter(lambda c: c != k))
+    old = None
+    if kind == SyncKind.UPDATE and draw(st.booleans()):
+        old = (k[0], k[1], draw(port), k[3], draw(port), k[5], draw(port), k[7], k[8])
+    return Update(kind, k, flags, draw(st.integers(0, 10 if k[0] == 6 else 0)), draw(ms), draw(ms),
+                  draw(st.none() | dest_key), control, draw(st.integers(0, 2**40)), old)
 
 
 @given(st.lists(updates(), max_size=20), st.integers(1, 2**63), st.integers(1, 2**63 - 1))

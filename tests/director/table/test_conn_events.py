@@ -161,3 +161,35 @@ def test_tap_sees_every_drained_batch_after_the_consumer() -> None:
     assert [ev[0] for ev in seen] == [c.key for c in conns]  # raw events: the key first
     tab.events.drain()
     assert len(seen) == 6  # an empty drain shows nothing
+
+
+def test_deferred_template_expiry_is_an_update_event() -> None:
+    """A template whose timer fires while it controls conns waits 60 s more: its new timeout and
+    deadline are an UPDATE, so backups learn them (issue 10, defect 6)."""
+    tab, clock = make_table()
+    tab.events.enabled = True
+    dest = make_dest()
+    tpl = new_template(tab, dest, timeout=3.0)
+    c = new_conn(tab, dest)
+    tab.control_add(c, tpl)
+    tab.set_state(c, EST, 900.0)
+    tab.events.drain()
+    clock.advance(3.0)
+    tab.tick()
+    evs = tab.events.drain()
+    assert [(e.kind, e.snap.key, e.snap.timeout, e.snap.expires) for e in evs] == [
+        (EventKind.UPDATE, tpl.key, 60.0, clock.now + 60.0)]
+
+
+def test_timeout_change_without_state_change_is_an_update_event() -> None:
+    """set_state with the same state but a new timeout (a template re-armed, new config) is evented;
+    the per-packet call with nothing new is not."""
+    tab, _ = make_table()
+    tab.events.enabled = True
+    c = new_conn(tab, make_dest())
+    tab.set_state(c, EST, 900.0)
+    tab.events.drain()
+    tab.set_state(c, EST, 900.0)
+    assert tab.events.drain() == []
+    tab.set_state(c, EST, 300.0)
+    assert [(e.kind, e.snap.timeout) for e in tab.events.drain()] == [(EventKind.UPDATE, 300.0)]
