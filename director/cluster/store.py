@@ -519,19 +519,20 @@ def _batch(resp: Any) -> WatchBatch:
 
 
 async def update_config(store: EtcdStore, edit: Callable[[ConfigSnapshot], ConfigEdit], *,
-                        attempts: int = 30) -> int:
+                        attempts: int = 30, offload: bool = False) -> int:
     """Read-modify-write of the config, linearizable: read a snapshot, compute ``edit(snapshot)``,
     commit it as a compare-and-swap on that snapshot; when another write got in between, read
     again and re-apply the *intent* (call `edit` on the fresh snapshot), with jittered backoff.
 
     `edit` must be a pure function of the snapshot (it may raise to refuse, e.g. ConfigError or
-    NotFound; that propagates). Returns the revision that holds the result (the read's revision
+    NotFound; that propagates). With `offload` it runs in a worker thread (it may parse and
+    validate the whole config). Returns the revision that holds the result (the read's revision
     when there was nothing to change); EtcdConflict after `attempts` lost races.
     """
     backoff = Backoff(0.005, 0.25)
     for _ in range(attempts):
         snap = await store.read_config()
-        change = edit(snap).against(snap)
+        change = (await asyncio.to_thread(edit, snap) if offload else edit(snap)).against(snap)
         if not change:
             return snap.revision
         try:

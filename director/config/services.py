@@ -66,6 +66,9 @@ _SERVICE_KEYS = ("name", "protocol", "vip", "port", "scheduler", "scheduler_opti
 _DEST_KEYS = ("address", "port", "weight", "u_threshold", "l_threshold", "forward", "healthcheck",
               "health")
 _OPTION_LIMIT = 2**31 - 1
+MAX_SCHED_SLOTS = 1 << 26
+"""Lookup-table slots of all sh/dh/mh schedulers together (8 bytes each: 512 MiB at most)."""
+_MH_DEFAULT_SLOTS = 65537
 _DEST_OK = ("loopback", "link-local")
 """A dest may be on this node (IPVS's local-node dests) or on a link-local segment; not a VIP."""
 
@@ -198,7 +201,18 @@ def _timeouts(raw: Any, path: str, errs: Errors) -> TimeoutsConfig | None:
                             for k in ("tcp", "tcpfin", "udp")))
 
 
+def _sched_slots(svc: ServiceConfig) -> int:
+    opts = svc.sched_opts
+    if svc.scheduler == "mh":
+        return int(opts.get("table_size", _MH_DEFAULT_SLOTS))
+    if svc.scheduler in ("sh", "dh"):
+        return 1 << int(opts.get("tab_bits", 8))
+    return 0
+
+
 def _check_unique(services: Iterable[tuple[str, ServiceConfig]], errs: Errors) -> None:
+    """Names and (protocol, vip, port) unique; scheduler tables within ``MAX_SCHED_SLOTS``."""
+    slots = 0
     names: dict[str, str] = {}
     keys: dict[tuple[int, int, int], str] = {}
     for path, svc in services:
@@ -209,6 +223,10 @@ def _check_unique(services: Iterable[tuple[str, ServiceConfig]], errs: Errors) -
         if k in keys:
             errs.add(path, f"same protocol, vip and port as {keys[k]} ({svc.protocol} {svc.vip}:{svc.port})")
         keys.setdefault(k, path)
+        slots += _sched_slots(svc)
+    if slots > MAX_SCHED_SLOTS:
+        errs.add("services", f"scheduler tables need {slots} slots together, more than {MAX_SCHED_SLOTS} "
+                 "(use smaller mh table_size / sh, dh tab_bits, or fewer hashing services)")
 
 
 def _load(text: str | bytes, path: str) -> Any:

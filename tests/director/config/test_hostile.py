@@ -194,3 +194,12 @@ def test_etcd_texts_that_are_garbage_are_clean_errors() -> None:
         parse_service("a b", good)
     with pytest.raises(ConfigError, match="not valid UTF-8"):
         parse_timeouts(b"tcp: \xff\n")
+
+
+def test_scheduler_tables_are_bounded_across_services() -> None:
+    many = [svc(name=f"s{i}", port=i + 1, scheduler="mh", scheduler_options={"table_size": 1_000_003})
+            for i in range(70)]
+    errs = errors({"services": many})
+    assert errs == ["services: scheduler tables need 70000210 slots together, more than 67108864 "
+                    "(use smaller mh table_size / sh, dh tab_bits, or fewer hashing services)"]
+    assert len(config_from_dict({"services": many[:60]}).services) == 60
