@@ -36,7 +36,7 @@ from typing import Any
 
 from director.config import validate as v
 from director.config.dump import dump_config, dump_service, dump_timeouts, service_dict
-from director.config.loader import YamlError, load_yaml
+from director.config.loader import MAX_DOCUMENT_BYTES, YamlError, decode, load_yaml
 from director.config.model import (
     DEFAULT_SCHEDULER,
     FORWARDS,
@@ -265,6 +265,17 @@ def load_config(path: str) -> Config:
         return parse_config(f.read())
 
 
+def read_document(path: str) -> str:
+    """A config file's text as a client sends it to a node (``directorctl apply -f``), checked for
+    size and UTF-8 without a traceback: ``ConfigError`` names the file; ``OSError`` if unreadable."""
+    with open(path, "rb") as f:
+        raw = f.read(MAX_DOCUMENT_BYTES + 1)
+    try:
+        return decode(raw)
+    except YamlError as e:
+        raise ConfigError([f"{path}: {e}"]) from None
+
+
 def parse_service(name: str, text: str | bytes) -> ServiceConfig:
     """One service as stored in etcd under config/services/<name>; paths read services[<name>]...."""
     path = v.item("services", name)
@@ -315,5 +326,5 @@ __all__ = [
     "Config", "ConfigError", "DestConfig", "Persistence", "ServiceConfig", "TimeoutsConfig",
     "apply_timeouts", "apply_to_services", "config_from_dict", "config_from_texts", "dump_config",
     "dump_service", "dump_timeouts", "load_config", "parse_config", "parse_service", "parse_timeouts",
-    "service_dict",
+    "read_document", "service_dict",
 ]

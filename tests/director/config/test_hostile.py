@@ -18,6 +18,7 @@ from director.config.services import (
     parse_config,
     parse_service,
     parse_timeouts,
+    read_document,
 )
 from director.config.validate import MAX_ERRORS, MAX_LINE
 from tests.director.config.hostile_docs import bomb
@@ -203,3 +204,18 @@ def test_scheduler_tables_are_bounded_across_services() -> None:
     assert errs == ["services: scheduler tables need 70000210 slots together, more than 67108864 "
                     "(use smaller mh table_size / sh, dh tab_bits, or fewer hashing services)"]
     assert len(config_from_dict({"services": many[:60]}).services) == 60
+
+
+def test_read_document_for_the_cli(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("services: []\n")
+    assert read_document(str(good)) == "services: []\n"
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"services: []\n# caf\xe9\n")
+    with pytest.raises(ConfigError) as exc:
+        read_document(str(bad))
+    assert exc.value.errors == (f"{bad}: not valid UTF-8: byte 0xe9 at offset 18",)
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"#" * (2 << 20))
+    with pytest.raises(ConfigError, match="document too large"):
+        read_document(str(big))
