@@ -10,6 +10,7 @@ built, so nothing here checks input.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 from collections.abc import Container
@@ -54,6 +55,14 @@ def apply_to_services(cfg: Config, services: ServiceTable, *, down: Container[De
         _sync_dests(live, sc, down)
 
 
+@functools.lru_cache(maxsize=256)
+def _sched_identity(name: str, opts: tuple[tuple[str, bool | int], ...]) -> tuple[str, object]:
+    """(name, normalized options) a scheduler built from this config has; cached, so a re-apply
+    (every health verdict triggers one) does not build and drop a scheduler table per service."""
+    sched = registry.create(name, **dict(opts))
+    return sched.name, getattr(sched, "opts", 0)
+
+
 def _set_service(live: VirtualService, sc: ServiceConfig) -> None:
     live.name = sc.name
     live.expire_nodest_conn = sc.expire_nodest_conn
@@ -64,8 +73,9 @@ def _set_service(live: VirtualService, sc: ServiceConfig) -> None:
         live.flags |= SvcFlags.PERSISTENT
         live.timeout = float(sc.persistence.timeout)
         live.netmask = sc.persistence.mask
-    fresh = registry.create(sc.scheduler, **sc.sched_opts)
-    if (live.scheduler.name, getattr(live.scheduler, "opts", 0)) != (fresh.name, getattr(fresh, "opts", 0)):
+    if (live.scheduler.name, getattr(live.scheduler, "opts", 0)) != _sched_identity(sc.scheduler,
+                                                                                    sc.scheduler_options):
+        fresh = registry.create(sc.scheduler, **sc.sched_opts)
         log.info("config: service %s scheduler %s -> %s", sc.name, live.scheduler.name, sc.scheduler)
         live.scheduler = fresh
         fresh.update(live.dests)
