@@ -60,6 +60,8 @@ from director.types import FwdMethod
 MAX_SERVICES = 4096
 MAX_DESTS = 4096
 """Per service; IPVS has no fixed bound, but a config this large is a mistake, not a plan."""
+MAX_SNAPSHOT_BYTES = 16 << 20
+"""All config texts of one etcd snapshot together."""
 
 _SERVICE_KEYS = ("name", "protocol", "vip", "port", "scheduler", "scheduler_options", "persistence",
                  "forward", "expire_nodest_conn", "expire_quiescent_template", "dests")
@@ -302,6 +304,9 @@ def config_from_texts(services: Mapping[str, str | bytes], timeouts: str | bytes
     Services come out sorted by name. All problems of all keys are reported together (bounded).
     """
     errs = Errors()
+    total = sum(len(t) for t in services.values()) + len(timeouts or "")
+    if total > MAX_SNAPSHOT_BYTES:  # refuse before parsing anything
+        raise ConfigError([f"services: {total} characters of config text, more than {MAX_SNAPSHOT_BYTES}"])
     parsed: list[ServiceConfig] = []
     for name in sorted(services)[:MAX_SERVICES]:
         try:

@@ -219,3 +219,10 @@ def test_read_document_for_the_cli(tmp_path: Path) -> None:
     big.write_bytes(b"#" * (2 << 20))
     with pytest.raises(ConfigError, match="document too large"):
         read_document(str(big))
+
+
+def test_a_snapshot_too_large_in_total_is_refused_before_parsing() -> None:
+    one = "#" * (1 << 20)  # each text under the per-document limit
+    with pytest.raises(ConfigError) as exc:
+        config_from_texts({f"s{i}": one for i in range(17)})
+    assert exc.value.errors == (f"services: {17 << 20} characters of config text, more than {16 << 20}",)
