@@ -2,47 +2,48 @@
 
 Theory of operation
 -------------------
-:meth:`Director.handle` takes a frame received on one side (``EXT`` = clients, ``INT`` = real
+:attr:`Director.handle` takes a frame received on one side (``EXT`` = clients, ``INT`` = real
 servers) and returns an :data:`Action` ``(out_side, frame)`` for the I/O layer to send, or
 ``None`` when the frame is consumed (every such case is counted in :class:`DropCounters`). The
-steps, in order (the steady state of a flow -- parse, lookup, timer refresh, counters, NAT or DR
-rewrite -- is inlined in ``handle`` because every call costs on this path; everything else is a
-small method):
+steady state of a flow (parse, lookup, timer refresh, counters, NAT rewrite) is inlined in one
+closure built by ``_hot_path`` because every call and lookup costs on this path; everything else is
+a small method. The steps, in order:
 
-1. **parse**: plain IPv4 TCP/UDP frames are read with one ``unpack_from`` (checksum fields
-   included, so the rewrite needs no second read); anything else (IP options, tiny frames, ICMP,
-   malformed) takes :func:`director.dataplane.packet.parse_ipv4`'s full checks; non-IPv4 -> ARP or drop.
-2. **ARP**: learn the sender into that side's neighbour cache; answer requests for owned
-   addresses (VIPs outside, NAT gateway addresses inside) from the virtual MAC, only if active.
+1. **L2 and parse**: only frames to the virtual MAC are taken (ARP also from group MACs; see
+   ``docs/DATAPLANE.md``: ``NOT_VMAC``, ``TO_HOST``, ``VLAN_TAGGED``); plain IPv4 TCP/UDP frames are
+   read with one ``unpack_from`` (checksum fields included, the header checksum verified from them);
+   anything else takes :func:`director.dataplane.packet.parse_ipv4`'s full checks.
+2. **ARP**: :class:`director.dataplane.neigh.Neighbours` learns by its rule and answers requests for
+   owned addresses (VIPs outside, NAT gateways inside) from the virtual MAC, only if active.
 3. **guards**: ICMP goes to the ICMP step; "not active" (backup) drops; TTL <= 1 drops and
    answers a client with ICMP time exceeded (rate-limited).
-4. **out-lookup** (frames from the inside): ``out_get`` finds a NAT reply -> state machine ->
-   counters -> rewrite source back to the VIP -> ``(EXT, frame)``.
-5. **in-lookup**: ``in_get``; a hit whose dest was removed follows ``expire_nodest_conn``.
-6. **miss**: find the service; TCP needs a SYN (or ``sloppy_until > now``: mid-flow after a
+4. **lookup**: from the inside ``out_get`` finds a NAT reply (OUTPUT); else ``in_get`` (INPUT), a hit
+   whose dest was removed follows ``expire_nodest_conn``.
+5. **miss**: find the service; TCP needs a SYN (or ``sloppy_until > now``: mid-flow after a
    takeover), UDP any datagram; persistent services look up the template
    (``ct_in_get(caddr & netmask, 0, vaddr, vport or 0)`` + ``check_template``) and reuse its
    dest, else the service's scheduler picks one (and a template is created); then the conn is
    created and attached to its template (``control_add``).
-7. **state**: ``director.table.proto_state.update`` (DR/TUN conns see one direction only); an
-   ESTABLISHED TCP conn hit by a plain ACK only needs its timer refreshed (fast path, same result).
-8. **count** ``in_pkts`` and per-service / per-dest packets and bytes.
-9. **transmit** by the conn's forwarding method (:mod:`director.dataplane.xmit`): NAT rewrites the
-   destination, DR the MACs, TUN encapsulates; out of the INT side.
+6. **state** (one sequence for both ways): ``director.table.proto_state.update``; an ESTABLISHED TCP
+   conn hit by a plain ACK (a UDP datagram) whose timeout stays the same only needs its timer refreshed.
+7. **count** ``in_pkts`` and per-service / per-dest packets and bytes.
+8. **transmit**: a NAT reply gets its source rewritten back to the VIP, out of the EXT side; else by
+   the conn's forwarding method (:mod:`director.dataplane.xmit`): NAT rewrites the destination, DR the
+   MACs, TUN encapsulates; out of the INT side.
 
 ICMP errors (dest unreachable incl. frag-needed, source quench, time exceeded) quoting a known
 flow are translated (NAT) or forwarded (DR/TUN) to the other side; other ICMP is dropped.
 A next hop whose MAC is unknown turns the packet into an ARP request (rate-limited) and a drop.
 Fragments are dropped (``FRAGMENT``) unless ``cfg.forward_fragments``: then they are forwarded
 without reassembly: a first fragment takes the normal path and leaves its ports in ``frags``
-(:class:`director.dataplane.packet.FragTable`); the later ones of that datagram follow its conn with only
-their IP header rewritten (``_fragment``).
+(:class:`director.dataplane.packet.FragTable`); the later ones follow its conn (``_fragment``).
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Callable
 
 from director.dataplane.config import CoreConfig
 from director.dataplane.neigh import EXT, INT, Action, Neighbours, NeighEvent
@@ -88,10 +89,11 @@ _ACK_ONLY_MASK = TH_FIN | TH_SYN | TH_RST | TH_ACK
 _ICMP_ERRORS = frozenset((3, 4, 11))
 _VLAN_TPIDS = frozenset((0x8100, 0x88A8, 0x9100))
 _int_and = int.__and__  # dest.flags is an IntFlag: test bits without its Python-level __and__
-_FAST = struct.Struct("!6s6xHBxHxxHBBHIIHHHH4xBB2xH").unpack_from
-"""52 bytes: dst MAC, ethertype ver_ihl tot_len frag ttl proto ip_csum saddr daddr | sport dport, then
-at 38/40 the UDP length/checksum, at 46/47 the TCP data offset/flags and at 50 the TCP checksum (for the
-fast path)."""
+_FAST = struct.Struct("!6s6xHBBHHHBBHIIHHHH4xBB2xH").unpack_from
+"""52 bytes: dst MAC, ethertype ver_ihl tos tot_len id frag ttl proto ip_csum saddr daddr | sport dport,
+then at 38/40 the UDP length/checksum, at 46/47 the TCP data offset/flags and at 50 the TCP checksum.
+The IPv4 header checksum is verified from these fields: the header's 16-bit words sum to 0 modulo 0xFFFF
+(a 32-bit address counts as the sum of its halves, as 2**16 == 1 modulo 0xFFFF)."""
 _IP_TAIL = struct.Struct("!BBHII").pack_into  # ttl proto csum saddr daddr at offset 22
 _PORTS_CSUM_UDP = struct.Struct("!HHHH").pack_into  # sport dport len csum at 34
 _PORTS = struct.Struct("!HH").pack_into
@@ -131,6 +133,8 @@ class Director:
         self._verify = cfg.verify_ip_csum
         self._fwd_frags = cfg.forward_fragments
         self._vmac = cfg.vmac
+        self.handle: Callable[[bytearray, int], Action | None] = self._hot_path()
+        """``handle(frame, side)``: process one received frame; the returned action (if any) is to be sent."""
 
     @property
     def arp_replies(self) -> int:
@@ -139,137 +143,157 @@ class Director:
 
     # ---- the hot path ---------------------------------------------------------------------
 
-    def handle(self, frame: bytearray, side: int) -> Action | None:
-        """Process one received frame; the returned action (if any) is to be sent."""
-        # Fast parse of the common case (Ethernet II, IPv4 without options, not a fragment, TCP or
-        # UDP header within the packet); everything else goes through parse_ipv4's full checks.
-        n = len(frame)
-        fast = False
-        if n >= 52:
-            (dmac, etype, ver_ihl, tot_len, frag, ttl, proto, ipsum, saddr, daddr, sport, dport, ulen, usum,
-             doff, tflags, tsum) = _FAST(frame, 0)
-            end = tot_len + 14
-            if (etype == 0x800 and dmac == self._vmac and ver_ihl == 0x45 and not frag & 0x3FFF
-                    and 34 <= end <= n
-                    and (not self._verify or not int.from_bytes(frame[14:34], "big") % 0xFFFF)):
-                if proto == 6:
-                    fast = end >= 54 and doff >= 0x50 and (doff >> 4) * 4 <= tot_len - 20
-                elif proto == 17:
-                    fast = 8 <= ulen <= tot_len - 20
-                    tflags = 0
-        if fast:
-            l4 = 34
-            if ttl <= 1 or not self.active:
-                return self._guard(frame, side, (proto, saddr, sport, daddr, dport, l4, end, ttl, tflags))
-        else:
-            if frame[0:6] != self._vmac:
-                return self._not_vmac(frame, side)
-            r = parse_ipv4(frame, self._verify, self._fwd_frags)
-            if isinstance(r, Drop):
-                return self._not_ip(frame, side, r)
-            proto, saddr, sport, daddr, dport, l4, end, ttl, tflags = r
-            if proto == 1 or ttl <= 1 or not self.active:
-                return self._guard(frame, side, r)
-            if frame[20] & 0x20:  # a first fragment: its ports, for the fragments that follow
-                self.frags.remember((proto, saddr, daddr, frame[18] << 8 | frame[19]), sport, dport,
-                                    self.clock())
-        # Which conn, and which way: a NAT reply (from the real servers, OUTPUT) or anything else (INPUT).
-        conn = self._out_get(proto, saddr, sport, daddr, dport) if side else None
-        if conn is not None and not conn.flags & _FWD_MASK:
-            way = _OUT
-            dest = conn.dest
-            if dest is not None:
-                n = end - 14
-                c = dest.counters
-                c.outpkts += 1
-                c.outbytes += n
-                c = dest.svc.counters
-                c.outpkts += 1
-                c.outbytes += n
-        else:
-            way = _IN
-            conn = self._in_get(proto, saddr, sport, daddr, dport)
-            if conn is None:
-                conn = self._miss(frame, side, (proto, saddr, sport, daddr, dport, l4, end, ttl, tflags))
+    def _hot_path(self) -> Callable[[bytearray, int], Action | None]:
+        """Build :attr:`handle`: everything it reads per packet is bound here once, so the steady state
+        does no attribute or global lookups (closure cells are cheaper; every call costs on this path).
+        The bound objects are never replaced: the caches' ``hdr`` dicts and ``cfg.timeouts`` change in
+        place."""
+        director, table, tmo, clock = self, self.table, self._timeouts, self.clock
+        vmac, verify, fwd_frags = self._vmac, self._verify, self._fwd_frags
+        in_get, out_get, refresh, update = self._in_get, self._out_get, self._refresh, self._update
+        ext_hdr, int_hdr = self._ext_hdr, self._int_hdr
+        learn_client, remember_frag = self.nb.learn_client, self.frags.remember
+        guard, not_vmac, not_ip = self._guard, self._not_vmac, self._not_ip
+        miss, nodest, ext_miss, neigh_miss, xmit_other = (self._miss, self._nodest, self._ext_miss,
+                                                          self._neigh_miss, self._xmit_other)
+        fast_unpack, ip_tail, ports, u16 = _FAST, _IP_TAIL, _PORTS, _U16
+        ports_csum_udp, int_and = _PORTS_CSUM_UDP, _int_and
+        fwd_mask, ack_only, th_ack, established = _FWD_MASK, _ACK_ONLY_MASK, TH_ACK, _ESTABLISHED
+        available, masq = _AVAILABLE, _MASQ
+        way_in, way_out = _IN, _OUT
+
+        def handle(frame: bytearray, side: int) -> Action | None:
+            # Fast parse of the common case (Ethernet II, IPv4 without options, not a fragment, TCP or
+            # UDP header within the packet); everything else goes through parse_ipv4's full checks.
+            n = len(frame)
+            fast = False
+            if n >= 52:
+                (dmac, etype, ver_ihl, tos, tot_len, ipid, frag, ttl, proto, ipsum, saddr, daddr, sport,
+                 dport, ulen, usum, doff, tflags, tsum) = fast_unpack(frame, 0)
+                end = tot_len + 14
+                if (etype == 0x800 and dmac == vmac and ver_ihl == 0x45 and not frag & 0x3FFF
+                        and 34 <= end <= n
+                        and (not verify or not (ver_ihl * 256 + tos + tot_len + ipid + frag + ttl * 256
+                                                + proto + ipsum + saddr + daddr) % 0xFFFF)):
+                    if proto == 6:
+                        fast = end >= 54 and doff >= 0x50 and (doff >> 4) * 4 <= tot_len - 20
+                    elif proto == 17:
+                        fast = 8 <= ulen <= tot_len - 20
+                        tflags = 0
+            if fast:
+                l4 = 34
+                if ttl <= 1 or not director.active:
+                    return guard(frame, side, (proto, saddr, sport, daddr, dport, l4, end, ttl, tflags))
+            else:
+                if frame[0:6] != vmac:
+                    return not_vmac(frame, side)
+                r = parse_ipv4(frame, verify, fwd_frags)
+                if isinstance(r, Drop):
+                    return not_ip(frame, side, r)
+                proto, saddr, sport, daddr, dport, l4, end, ttl, tflags = r
+                if proto == 1 or ttl <= 1 or not director.active:
+                    return guard(frame, side, r)
+                if frame[20] & 0x20:  # a first fragment: its ports, for the fragments that follow
+                    remember_frag((proto, saddr, daddr, frame[18] << 8 | frame[19]), sport, dport,
+                                        clock())
+            # Which conn, and which way: a NAT reply (from the real servers, OUTPUT) or anything else (INPUT).
+            conn = out_get(proto, saddr, sport, daddr, dport) if side else None
+            if conn is not None and not conn.flags & fwd_mask:
+                way = way_out
+                dest = conn.dest
+                if dest is not None:
+                    n = end - 14
+                    c = dest.counters
+                    c.outpkts += 1
+                    c.outbytes += n
+                    c = dest.svc.counters
+                    c.outpkts += 1
+                    c.outbytes += n
+            else:
+                way = way_in
+                conn = in_get(proto, saddr, sport, daddr, dport)
                 if conn is None:
-                    return None
-            dest = conn.dest
-            if dest is not None:
-                if not _int_and(dest.flags, _AVAILABLE):
-                    return self._nodest(frame, side, conn, (proto, saddr, sport, daddr, dport, l4, end, ttl,
-                                                            tflags))
-                n = end - 14
-                c = dest.counters
-                c.inpkts += 1
-                c.inbytes += n
-                c = dest.svc.counters
-                c.inpkts += 1
-                c.inbytes += n
-            conn.in_pkts += 1
-            if not side and saddr not in self._ext_hdr:  # a new client (or synced conn): never inside
-                self.nb.learn_client(saddr, bytes(frame[6:12]), self.clock())
-        # State, both ways: an ESTABLISHED conn hit by a plain ACK (or a UDP datagram) whose timeout
-        # stays the same only needs its timer refreshed; anything else runs the state machine.
-        tmo = self._timeouts
-        if proto == 6:
-            if (conn.state == _ESTABLISHED and tflags & _ACK_ONLY_MASK == TH_ACK
-                    and conn.timeout == tmo.tcp[_ESTABLISHED]):
-                self._refresh(conn)
-            else:
-                self._update(self.table, conn, way, tflags, tmo)
-        elif conn.timeout == tmo.udp:
-            self._refresh(conn)
-        else:
-            self._update(self.table, conn, way, tflags, tmo)
-        if way:  # NAT reply out to the client
-            hdr = self._ext_hdr.get(daddr)  # daddr == conn.caddr (out_get matched it)
-            if hdr is None or not fast:
-                return self._ext_miss(frame, hdr, daddr, (proto, saddr, sport, daddr, dport, l4, end, ttl,
-                                                          tflags), conn)
-            # nat_rewrite(..., 26, 0, saddr, vaddr, sport, vport) inlined, fewest writes
-            na = conn.vaddr
-            np = conn.vport
-            frame[0:12] = hdr
-            da = na - saddr
-            _IP_TAIL(frame, 22, ttl - 1, proto, (ipsum - da + 0x100) % 0xFFFF, na, daddr)
+                    conn = miss(frame, side, (proto, saddr, sport, daddr, dport, l4, end, ttl, tflags))
+                    if conn is None:
+                        return None
+                dest = conn.dest
+                if dest is not None:
+                    if not int_and(dest.flags, available):
+                        return nodest(frame, side, conn, (proto, saddr, sport, daddr, dport, l4, end, ttl,
+                                                                tflags))
+                    n = end - 14
+                    c = dest.counters
+                    c.inpkts += 1
+                    c.inbytes += n
+                    c = dest.svc.counters
+                    c.inpkts += 1
+                    c.inbytes += n
+                conn.in_pkts += 1
+                if not side and saddr not in ext_hdr:  # a new client (or synced conn): never inside
+                    learn_client(saddr, bytes(frame[6:12]), clock())
+            # State, both ways: an ESTABLISHED conn hit by a plain ACK (or a UDP datagram) whose timeout
+            # stays the same only needs its timer refreshed; anything else runs the state machine.
             if proto == 6:
-                _PORTS(frame, 34, np, dport)
-                _U16(frame, 50, (tsum - da - np + sport) % 0xFFFF)
+                if (conn.state == established and tflags & ack_only == th_ack
+                        and conn.timeout == tmo.tcp[established]):
+                    refresh(conn)
+                else:
+                    update(table, conn, way, tflags, tmo)
+            elif conn.timeout == tmo.udp:
+                refresh(conn)
             else:
-                _PORTS_CSUM_UDP(frame, 34, np, dport, ulen,
-                                ((usum - da - np + sport) % 0xFFFF or 0xFFFF) if usum else 0)
-            return EXT, frame
-        fwd = conn.flags & _FWD_MASK
-        if fwd == _MASQ:
-            na = conn.daddr
-            hdr = self._int_hdr.get(na)
-            if hdr is None:
-                return self._neigh_miss(INT, na, dest)
-            np = conn.dport
-            if not fast:
-                nat_rewrite(frame, hdr, ttl, l4, proto, 30, 2, daddr, na, dport, np)
+                update(table, conn, way, tflags, tmo)
+            if way:  # NAT reply out to the client
+                hdr = ext_hdr.get(daddr)  # daddr == conn.caddr (out_get matched it)
+                if hdr is None or not fast:
+                    return ext_miss(frame, hdr, daddr, (proto, saddr, sport, daddr, dport, l4, end, ttl,
+                                                              tflags), conn)
+                # nat_rewrite(..., 26, 0, saddr, vaddr, sport, vport) inlined, fewest writes
+                na = conn.vaddr
+                np = conn.vport
+                frame[0:12] = hdr
+                da = na - saddr
+                ip_tail(frame, 22, ttl - 1, proto, (ipsum - da + 0x100) % 0xFFFF, na, daddr)
+                if proto == 6:
+                    ports(frame, 34, np, dport)
+                    u16(frame, 50, (tsum - da - np + sport) % 0xFFFF)
+                else:
+                    ports_csum_udp(frame, 34, np, dport, ulen,
+                                    ((usum - da - np + sport) % 0xFFFF or 0xFFFF) if usum else 0)
+                return EXT, frame
+            fwd = conn.flags & fwd_mask
+            if fwd == masq:
+                na = conn.daddr
+                hdr = int_hdr.get(na)
+                if hdr is None:
+                    return neigh_miss(INT, na, dest)
+                np = conn.dport
+                if not fast:
+                    nat_rewrite(frame, hdr, ttl, l4, proto, 30, 2, daddr, na, dport, np)
+                    return INT, frame
+                # nat_rewrite(..., 30, 2, daddr, conn.daddr, dport, conn.dport) inlined, fewest writes
+                frame[0:12] = hdr
+                da = na - daddr
+                ip_tail(frame, 22, ttl - 1, proto, (ipsum - da + 0x100) % 0xFFFF, saddr, na)
+                if proto == 6:
+                    ports(frame, 34, sport, np)
+                    u16(frame, 50, (tsum - da - np + dport) % 0xFFFF)
+                else:
+                    ports_csum_udp(frame, 34, sport, np, ulen,
+                                    ((usum - da - np + dport) % 0xFFFF or 0xFFFF) if usum else 0)
                 return INT, frame
-            # nat_rewrite(..., 30, 2, daddr, conn.daddr, dport, conn.dport) inlined, fewest writes
-            frame[0:12] = hdr
-            da = na - daddr
-            _IP_TAIL(frame, 22, ttl - 1, proto, (ipsum - da + 0x100) % 0xFFFF, saddr, na)
-            if proto == 6:
-                _PORTS(frame, 34, sport, np)
-                _U16(frame, 50, (tsum - da - np + dport) % 0xFFFF)
-            else:
-                _PORTS_CSUM_UDP(frame, 34, sport, np, ulen,
-                                ((usum - da - np + dport) % 0xFFFF or 0xFFFF) if usum else 0)
-            return INT, frame
-        return self._xmit_other(frame, conn, fwd, (proto, saddr, sport, daddr, dport, l4, end, ttl, tflags))
+            return xmit_other(frame, conn, fwd, (proto, saddr, sport, daddr, dport, l4, end, ttl, tflags))
+
+        return handle
 
     def _ext_miss(self, frame: bytearray, hdr: bytes | None, caddr: int, r: IPv4Info, conn: Conn
                   ) -> Action | None:
         """NAT reply (slow parse, or the client has no neighbour entry: route via the gateway or
         ARP for it)."""
         if hdr is None:
-            hdr = self._ext_route(caddr)
+            hdr = self.nb.route(caddr)
             if hdr is None:
-                return self._neigh_miss(EXT, self._ext_nexthop(caddr), None)
+                return self._neigh_miss(EXT, self.nb.nexthop(caddr), None)
         proto, saddr, sport, _daddr, _dport, l4, _end, ttl, _tflags = r
         nat_rewrite(frame, hdr, ttl, l4, proto, 26, 0, saddr, conn.vaddr, sport, conn.vport)
         return EXT, frame
@@ -384,19 +408,13 @@ class Director:
         saddr, daddr, end = r[1], r[3], r[6]
         if not (frame[20] << 8) & IP_DF:
             return None
-        hdr = self._ext_hdr.get(saddr) or self._ext_route(saddr)
+        hdr = self._ext_hdr.get(saddr) or self.nb.route(saddr)
         if hdr is None:
             return None
         mtu = self.cfg.mtu - 20
         return EXT, icmp_error(hdr, daddr, saddr, 3, 4, mtu, memoryview(frame)[14:end])
 
     # ---- neighbours ------------------------------------------------------------------------
-
-    def _ext_nexthop(self, addr: int) -> int:
-        return self.nb.nexthop(addr)
-
-    def _ext_route(self, addr: int) -> bytes | None:
-        return self.nb.route(addr)
 
     def _neigh_miss(self, side: int, addr: int, dest: Dest | None) -> Action | None:
         """No MAC for the next hop: use the dest's configured MAC, else send an ARP request."""
@@ -453,9 +471,9 @@ class Director:
         r = (proto, saddr, sport, daddr, dport, 0, end, ttl, 0)
         conn = self._out_get(proto, saddr, sport, daddr, dport) if side else None
         if conn is not None and conn.flags & _FWD_MASK == _MASQ:
-            hdr = self._ext_hdr.get(daddr) or self._ext_route(daddr)
+            hdr = self._ext_hdr.get(daddr) or self.nb.route(daddr)
             if hdr is None:
-                return self._neigh_miss(EXT, self._ext_nexthop(daddr), None)
+                return self._neigh_miss(EXT, self.nb.nexthop(daddr), None)
             self._count(conn, end - 14, False)
             ip_rewrite(frame, hdr, ttl, 26, saddr, conn.vaddr)
             return EXT, frame
@@ -498,7 +516,7 @@ class Director:
             self._icmp_sent = 0
         if self._icmp_sent >= self.cfg.icmp_ratelimit:
             return None
-        hdr = self._ext_hdr.get(saddr) or self._ext_route(saddr)
+        hdr = self._ext_hdr.get(saddr) or self.nb.route(saddr)
         if hdr is None:
             return None
         self._icmp_sent += 1
@@ -515,9 +533,9 @@ class Director:
         # From the servers' side: the quote is client -> dest (what the dest received).
         conn = self._out_get(qproto, qdaddr, qdport, qsaddr, qsport)
         if conn is not None and conn.flags & _FWD_MASK == _MASQ:
-            hdr = self._ext_hdr.get(conn.caddr) or self._ext_route(conn.caddr)
+            hdr = self._ext_hdr.get(conn.caddr) or self.nb.route(conn.caddr)
             if hdr is None:
-                return self._neigh_miss(EXT, self._ext_nexthop(conn.caddr), None)
+                return self._neigh_miss(EXT, self.nb.nexthop(conn.caddr), None)
             self._count(conn, end - 14, False)
             nat_icmp(frame, hdr, ttl, l4, end, ql4, qproto, True, conn.vaddr, conn.vport, 0, 0)
             return EXT, frame
