@@ -296,3 +296,17 @@ def test_concurrent_writers_never_lose_an_update(etcd: EtcdServer, etcd_cluster:
             for rev, n in shared[:: max(1, len(shared) // 6)]:  # what each ack says is what etcd held then
                 assert (await st.read_config(revision=rev)).services["shared"] == f"count: {n}\n"
     asyncio.run(main())
+
+
+def test_an_edit_that_refuses_writes_nothing(etcd: EtcdServer, etcd_cluster: str) -> None:
+    async def main() -> None:
+        async with store_for(etcd, etcd_cluster) as st:
+            rev = await apply(st, {"a": "1\n"}, None, prune=False)
+
+            def refuse(snap: ConfigSnapshot) -> ConfigEdit:
+                raise LookupError(f"no service b at revision {snap.revision}")
+            with pytest.raises(LookupError, match=f"no service b at revision {rev}"):
+                await update_config(st, refuse)
+            assert (await st.read_config()).revision == rev
+            assert await update_config(st, lambda snap: ConfigEdit({"a": "1\n"})) == rev  # no-op: no write
+    asyncio.run(main())
