@@ -197,8 +197,8 @@ class Director:
                     remember_frag((proto, saddr, daddr, frame[18] << 8 | frame[19]), sport, dport,
                                         clock())
             # Which conn, and which way: a NAT reply (from the real servers, OUTPUT) or anything else (INPUT).
-            conn = out_get(proto, saddr, sport, daddr, dport) if side else None
-            if conn is not None and not conn.flags & fwd_mask:
+            if side and (conn := out_get(proto, saddr, sport, daddr, dport)) is not None and not (
+                    conn.flags & fwd_mask):
                 way = way_out
                 dest = conn.dest
                 if dest is not None:
