@@ -13,13 +13,15 @@ use the second core), both over real gRPC on 127.0.0.1. The parent drives the ch
   + decode of the same updates with no gRPC and no table (the ceiling of the wire format).
 * ``sync_lag_p50/p99_ms_<rate>``: updates generated at a paced rate (1k, 10k, 50k/s); each batch
   applied on the backup records wall time since the master saw the batch's *first* event (the
-  worst case within a batch, batch window of 5 ms included).
+  worst case within a batch). An update on an idle stream is cut at the next loop turn; only under
+  load (a cut of >= ``MasterConfig.load_events`` events) are cuts ``batch_window`` (5 ms) apart.
 * ``sync_snapshot_<n>_s`` / ``_mb``: a fresh backup joins a master holding n entries: time from the
   backup's start to in sync, and the bytes streamed.
 * ``fwd_sync_on_over_off``: Director.handle() frames/s on a mix of 1 new flow (SYN) per 10 frames,
   with the sync master consuming events and streaming to the backup vs. sync off (feed disabled).
 
-Every figure is the median of several rounds. ``python -m bench.bench_sync [--quick]`` prints JSON.
+Both processes run with directord's GC policy (``daemon_gc``). Every figure is the median of
+several rounds (5 for the stream figures). ``python -m bench.bench_sync [--quick]`` prints JSON.
 """
 
 from __future__ import annotations
@@ -60,7 +62,15 @@ def make_services() -> ServiceTable:
 
 # --- the backup process ------------------------------------------------------------------------------
 
+def daemon_gc() -> None:
+    """directord's GC policy (director/daemon.py): startup objects frozen, young generation 50,000."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+
+
 def _backup_main(pipe: Connection, target: str) -> None:
+    daemon_gc()
     asyncio.run(_backup(pipe, target))
 
 
@@ -203,7 +213,7 @@ async def _stream_figures(quick: bool) -> dict[str, float]:
     try:
         await backup.ask("wait_sync")
         gen = Gen(table, services)
-        rounds = 3
+        rounds = 3 if quick else 5
         n = 50_000 if quick else 200_000
         out["sync_updates_per_s"] = statistics.median([await _saturation(server, backup, gen, n)
                                                        for _ in range(rounds)])
@@ -314,8 +324,19 @@ async def _fwd_figures_gc(quick: bool) -> dict[str, float]:
             "fwd_sync_on_over_off": on_rate / off_rate}
 
 
+def _stream_figures_gc(quick: bool) -> dict[str, float]:
+    """The stream figures with directord's GC policy on the master too (the backup process has it)."""
+    old_threshold = gc.get_threshold()
+    daemon_gc()
+    try:
+        return asyncio.run(_stream_figures(quick))
+    finally:
+        gc.set_threshold(*old_threshold)
+        gc.unfreeze()
+
+
 def run(quick: bool = False) -> dict[str, float]:
-    out = asyncio.run(_stream_figures(quick))
+    out = _stream_figures_gc(quick)
     out.update(asyncio.run(_fwd_figures(quick)))
     for n, name in ((100_000, "100k"), (1_000_000, "1m")):
         if quick and n > 100_000:

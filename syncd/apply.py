@@ -296,22 +296,32 @@ class BackupApplier:
             self._repoint_children(u.old_key, u.key)
         conn = table.get(u.key)
         dest = self._find_dest(u.dest_key)
-        created = conn is None
         if conn is None:
+            self._insert(u, dest)
+            return
+        if u.dest_key is not None:  # bind first, so the state change moves the dest's counters
+            self._sync_dest(conn, u.dest_key, dest)
+            self._sync_state(conn, u)
+        else:  # change state while still bound (INACTIVE follows), then unbind
+            self._sync_state(conn, u)
+            self._sync_dest(conn, u.dest_key, dest)
+        if (conn.flags ^ u.flags) & _INACTIVE and conn.dest is not None and not u.key[8]:
+            # the master's activity flag is history-dependent (its state changed while unbound)
+            # and no table operation reproduces it: take the conn again (it controls nothing)
+            self._remove_all([conn])
             conn = self._create(u, dest)
-        else:
-            if u.dest_key is not None:  # bind first, so the state change moves the dest's counters
-                self._sync_dest(conn, u.dest_key, dest)
-                self._sync_state(conn, u)
-            else:  # change state while still bound (INACTIVE follows), then unbind
-                self._sync_state(conn, u)
-                self._sync_dest(conn, u.dest_key, dest)
-            if (conn.flags ^ u.flags) & _INACTIVE and conn.dest is not None and not u.key[8]:
-                # the master's activity flag is history-dependent (its state changed while unbound)
-                # and no table operation reproduces it: take the conn again (it controls nothing)
-                self._remove_all([conn])
-                conn = self._create(u, dest)
         table.refresh(conn, max(u.remaining, 0.001))
+        self._links(u, conn, dest, EventKind.UPDATE)
+
+    def _insert(self, u: Update, dest: Any) -> None:
+        """An entry new to this table (the common case: kept lean)."""
+        conn = self._create(u, dest)
+        if (u.control_key is not None or (u.dest_key is not None and dest is None) or self._pending_dest
+                or self._waiting_ctl or self._events is not None):
+            self._links(u, conn, dest, EventKind.NEW)
+
+    def _links(self, u: Update, conn: Any, dest: Any, kind: EventKind) -> None:
+        """Pending dest, control link, waiting children, watch event of an upserted entry."""
         if u.dest_key is not None and dest is None:
             self._pending_dest[u.key] = u.dest_key
         else:
@@ -320,14 +330,13 @@ class BackupApplier:
         if u.key[8] and u.key in self._children_of:
             self._adopt_children(u.key, conn)
         if self._events is not None:
-            kind = EventKind.NEW if created else EventKind.UPDATE
             self._events.append(ConnEvent(kind, snapshot(conn), u.old_key))
 
     def _create(self, u: Update, dest: Any) -> Any:
         proto, caddr, cport, vaddr, vport, daddr, dport, fwmark, _ = u.key
         flags = (u.flags & ~_LOCAL) | _SYNC
         return self.table.new(proto, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark,
-                              state=u.state, timeout=u.timeout)
+                              state=u.state, timeout=u.timeout, remaining=max(u.remaining, 0.001))
 
     def _sync_state(self, conn: Any, u: Update) -> None:
         if conn.state != u.state or conn.timeout != u.timeout:

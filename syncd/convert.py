@@ -24,6 +24,7 @@ from director.types import LOCAL_CONN_FLAGS
 from lbd_pb import sync_pb2 as pb
 from syncd import wire
 from syncd.fields import (
+    MAX_IN_PKTS,
     check_address,
     check_control,
     check_in_pkts,
@@ -53,6 +54,7 @@ _LOCAL = int(LOCAL_CONN_FLAGS)
 _EXPIRE, _REFRESH = int(SyncKind.EXPIRE), int(SyncKind.REFRESH)
 _KINDS = {int(k): k for k in SyncKind}
 _from = int.from_bytes
+_tuple_new = tuple.__new__  # builds NamedTuples without their Python-level __new__ (hot path)
 _U32 = 0xFFFFFFFF
 
 
@@ -208,8 +210,9 @@ def encode_heartbeat(epoch: int, incarnation: int, last_seq: int, head_seq: int,
     return m.SerializeToString()
 
 
-def _decode_entry(e: pb.ConnEntry, dest_keys: dict[bytes, DestKey]) -> Update:
-    """One entry, every field range-checked (syncd.fields): FieldRangeError refuses the message."""
+def _decode_entry(e: pb.ConnEntry, dest_keys: dict[bytes, DestKey], addrs: dict[bytes, int]) -> Update:
+    """One entry, every field range-checked (syncd.fields): FieldRangeError refuses the message.
+    `dest_keys` / `addrs` cache the dest references and VIP / real server addresses of one message."""
     kind = _KINDS.get(e.kind)
     if kind is None:
         raise FieldRangeError("kind", f"unknown update kind {e.kind}")
@@ -217,11 +220,17 @@ def _decode_entry(e: pb.ConnEntry, dest_keys: dict[bytes, DestKey]) -> Update:
     proto, cport, vport, dport = e.protocol, e.cport, e.vport, e.dport
     flags = e.flags & ~_LOCAL
     state, timeout_ms, remaining_ms = e.state, e.timeout_ms, e.remaining_ms
-    alen, ports = (len(ca), len(va), len(da)), (cport, vport, dport)
-    if not entry_ok(proto, alen, ports, flags, state, timeout_ms, remaining_ms):
-        raise entry_fault(proto, alen, ports, flags, state, timeout_ms, remaining_ms)
-    key = (proto, _from(ca, "big"), cport, _from(va, "big"), vport, _from(da, "big"), dport,
-           e.fwmark, bool(flags & _TEMPLATE))
+    if not entry_ok(proto, len(ca), len(va), len(da), cport, vport, dport, flags, state, timeout_ms,
+                    remaining_ms):
+        raise entry_fault(proto, len(ca), len(va), len(da), cport, vport, dport, flags, state, timeout_ms,
+                          remaining_ms)
+    vaddr = addrs.get(va)
+    if vaddr is None:
+        vaddr = addrs[va] = _from(va, "big")
+    daddr = addrs.get(da)
+    if daddr is None:
+        daddr = addrs[da] = _from(da, "big")
+    key = (proto, _from(ca, "big"), cport, vaddr, vport, daddr, dport, e.fwmark, bool(flags & _TEMPLATE))
     if kind is SyncKind.EXPIRE:
         return Update(kind, key, flags)
     if kind is SyncKind.REFRESH:
@@ -241,9 +250,11 @@ def _decode_entry(e: pb.ConnEntry, dest_keys: dict[bytes, DestKey]) -> Update:
     if has("old_key"):
         old_key = _ref_key("old_key", e.old_key)
         check_old_key(key, old_key)
-    check_in_pkts(e.in_pkts)
-    return Update(kind, key, flags, state, timeout_ms / 1000.0, remaining_ms / 1000.0,
-                  dest_key, control_key, e.in_pkts, old_key)
+    in_pkts = e.in_pkts
+    if in_pkts > MAX_IN_PKTS:
+        check_in_pkts(in_pkts)
+    return _tuple_new(Update, (kind, key, flags, state, timeout_ms / 1000.0, remaining_ms / 1000.0,
+                               dest_key, control_key, in_pkts, old_key))
 
 
 def _dest_key(d: pb.DestRef) -> DestKey:
@@ -255,7 +266,8 @@ def _dest_key(d: pb.DestRef) -> DestKey:
 
 def _decode_entries(entries: Iterable[pb.ConnEntry]) -> list[Update]:
     dest_keys: dict[bytes, DestKey] = {}
-    return [_decode_entry(e, dest_keys) for e in entries]
+    addrs: dict[bytes, int] = {}
+    return [_decode_entry(e, dest_keys, addrs) for e in entries]
 
 
 def decode_sync_message(data: bytes) -> SyncMsg:

@@ -46,33 +46,33 @@ MAX_IN_PKTS = 2**63 - 1
 _UNKNOWN_FLAGS = ~KNOWN_CONN_FLAGS
 
 
-def entry_ok(proto: int, alen: tuple[int, int, int], ports: tuple[int, int, int], flags: int, state: int,
-             timeout_ms: int, remaining_ms: int) -> bool:
-    """The fast check of one entry's own fields (kind, refs and in_pkts are checked by the caller)."""
-    return (proto in KNOWN_PROTOCOLS and alen[0] in ADDR_LENGTHS and alen[1] == alen[0]
-            and alen[2] in ADDR_LENGTHS and ports[0] <= MAX_PORT and ports[1] <= MAX_PORT
-            and ports[2] <= MAX_PORT and not flags & _UNKNOWN_FLAGS
-            and not (flags & F_NO_CPORT and ports[0]) and state <= MAX_STATE[proto]
+def entry_ok(proto: int, la: int, lv: int, ld: int, cport: int, vport: int, dport: int, flags: int,
+             state: int, timeout_ms: int, remaining_ms: int) -> bool:
+    """The fast check of one entry's own fields (`la`/`lv`/`ld`: address lengths; kind, refs and
+    in_pkts are checked by the caller)."""
+    return (proto in KNOWN_PROTOCOLS and la in ADDR_LENGTHS and lv == la and ld in ADDR_LENGTHS
+            and cport <= MAX_PORT and vport <= MAX_PORT and dport <= MAX_PORT and not flags & _UNKNOWN_FLAGS
+            and not (flags & F_NO_CPORT and cport) and state <= MAX_STATE[proto]
             and timeout_ms <= MAX_TIMEOUT_MS and remaining_ms <= MAX_TIMEOUT_MS)
 
 
-def entry_fault(proto: int, alen: tuple[int, int, int], ports: tuple[int, int, int], flags: int, state: int,
-                timeout_ms: int, remaining_ms: int) -> FieldRangeError:
+def entry_fault(proto: int, la: int, lv: int, ld: int, cport: int, vport: int, dport: int, flags: int,
+                state: int, timeout_ms: int, remaining_ms: int) -> FieldRangeError:
     """The error naming the first bad field of an entry ``entry_ok`` refused."""
     if proto not in KNOWN_PROTOCOLS:
         return FieldRangeError("protocol", f"unknown protocol {proto}")
-    for name, n in zip(("caddr", "vaddr", "daddr"), alen, strict=True):
+    for name, n in (("caddr", la), ("vaddr", lv), ("daddr", ld)):
         if n not in ADDR_LENGTHS:
             return FieldRangeError(name, f"address of {n} bytes")
-    if alen[0] != alen[1]:
-        return FieldRangeError("vaddr", f"{alen[1]}-byte VIP for a {alen[0]}-byte client")
-    for name, port in zip(("cport", "vport", "dport"), ports, strict=True):
+    if la != lv:
+        return FieldRangeError("vaddr", f"{lv}-byte VIP for a {la}-byte client")
+    for name, port in (("cport", cport), ("vport", vport), ("dport", dport)):
         if port > MAX_PORT:
             return FieldRangeError(name, f"port {port} > {MAX_PORT}")
     if flags & _UNKNOWN_FLAGS:
         return FieldRangeError("flags", f"unknown bits {flags & _UNKNOWN_FLAGS:#x}")
-    if flags & F_NO_CPORT and ports[0]:
-        return FieldRangeError("flags", f"NO_CPORT with cport {ports[0]}")
+    if flags & F_NO_CPORT and cport:
+        return FieldRangeError("flags", f"NO_CPORT with cport {cport}")
     if state > MAX_STATE[proto]:
         return FieldRangeError("state", f"state {state} for protocol {proto}")
     if timeout_ms > MAX_TIMEOUT_MS:

@@ -17,8 +17,9 @@ falls out of the ring (or more than ``backup_max_lag`` batches behind) it is swi
 
 *When to cut.* An event on an idle stream goes out at once: the first event after a cut schedules
 the next cut for the next loop turn (every event the packet path produces in that turn rides
-along). Under load cuts are spaced at least ``batch_window`` apart, so batches grow with the load
-instead of the message count.
+along). Under load - the last cut drained at least ``load_events`` events - the next cut comes
+``batch_window`` after it, so batches grow with the load instead of the message count (and the
+packet path pays for few batches).
 
 A refresh task looks at ``RefreshTracker`` every ``refresh_interval`` seconds (real time; the
 deadlines themselves are on the table's clock) and emits REFRESH updates for entries whose backup
@@ -57,8 +58,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class MasterConfig:
-    batch_window: float = 0.001
-    """Least spacing of two cuts under load (an event on an idle stream is cut at the next loop turn)."""
+    batch_window: float = 0.005
+    """Spacing of cuts under load (an event on an idle stream is cut at the next loop turn)."""
+    load_events: int = 32
+    """A cut that drained at least this many events means load: the next one waits ``batch_window``."""
     max_batch: int = 2048
     """Updates per batch message (bigger windows are split into several batches)."""
     retention_batches: int = 65536
@@ -113,6 +116,7 @@ class SyncMaster:
         self.running = False
         self._timer: asyncio.Handle | None = None
         self._last_cut = 0.0
+        self._last_events = 0
         self._first_ns = 0
         self._refresh_task: asyncio.Task[None] | None = None
         self._ack_waiters: list[Callable[[], None]] = []
@@ -172,11 +176,14 @@ class SyncMaster:
     # --- batching --------------------------------------------------------------------------------
 
     def _on_ready(self) -> None:
-        """First event after a cut: cut at the next loop turn, or ``batch_window`` after the last cut."""
+        """First event after a cut: cut at the next loop turn, or under load ``batch_window`` after the
+        last cut."""
         if self._timer is None and self.running:
             self._first_ns = time.time_ns()
             loop = asyncio.get_running_loop()
-            wait = self._last_cut + self.cfg.batch_window - time.monotonic()
+            wait = 0.0
+            if self._last_events >= self.cfg.load_events:
+                wait = self._last_cut + self.cfg.batch_window - time.monotonic()
             if wait > 0:
                 self._timer = loop.call_later(wait, self._window_closed)
             else:
@@ -198,6 +205,7 @@ class SyncMaster:
         self._first_ns = 0
         self._last_cut = time.monotonic()
         window = self._drain()
+        self._last_events = window.events
         feed = self.table.events
         if feed.overflowed:
             feed.clear_overflow()

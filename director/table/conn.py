@@ -156,11 +156,13 @@ class ConnTable:
 
     def new(self, protocol: int, caddr: int, cport: int, vaddr: int, vport: int, daddr: int,
             dport: int, flags: int, dest: Dest | None, fwmark: int = 0, *, state: int = 0,
-            timeout: float = INITIAL_TIMEOUT, control: Conn | None = None) -> Conn:
+            timeout: float = INITIAL_TIMEOUT, control: Conn | None = None,
+            remaining: float | None = None) -> Conn:
         """Create, bind, hash and arm an entry (``ip_vs_conn_new``); emits NEW.
 
         NO_CPORT is set when asked for, or when ``cport == 0`` on a non-template. ``control``
-        links the entry to its template before the NEW event is emitted.
+        links the entry to its template before the NEW event is emitted. ``remaining`` (sync: the
+        master's time left) arms the timer for that long instead of ``timeout``.
         """
         flags = int(flags)
         if cport == 0 and not flags & F_TEMPLATE:
@@ -181,7 +183,7 @@ class ConnTable:
         c._next = d.get(k)
         d[k] = c
         c.flags = _canon(flags | F_HASHED)
-        self._wheel.arm(c, c.expires, now)
+        self._wheel.arm(c, c.expires if remaining is None else now + remaining, now)
         if control is not None:
             if self.alive(control):
                 self._control_add(c, control)
