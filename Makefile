@@ -4,10 +4,11 @@ SHELL := /bin/bash
 PY ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || command -v python3)
 VENV := .venv
 VPY := $(VENV)/bin/python
-DEB_PKGS := etcd-server iproute2 nftables ethtool netsniff-ng iperf3 tcpdump python3-venv python3-pip
+DEB_PKGS := etcd-server iproute2 nftables ethtool netsniff-ng iperf3 tcpdump python3-venv python3-pip \
+  conntrack conntrackd util-linux
 PROTOS := $(wildcard proto/*.proto)
 
-.PHONY: setup test lint typecheck pytest demo bench proto lab-up lab-down clean
+.PHONY: setup test lint typecheck pytest demo bench fuzz proto lab-up lab-down clean
 
 setup: .stamp-deb .stamp-venv .stamp-proto
 
@@ -39,7 +40,7 @@ lint: setup
 	$(VENV)/bin/ruff check director syncd tests bench deploy
 
 typecheck: setup
-	$(VENV)/bin/mypy director syncd
+	$(VENV)/bin/mypy director syncd deploy
 
 pytest: setup
 	$(VPY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
@@ -51,6 +52,10 @@ demo: setup
 
 bench: setup
 	$(VPY) -m bench.run
+
+# the property tests of every operator-written document, with many more examples than `make test`
+fuzz: setup
+	LBD_FUZZ_EXAMPLES=$${LBD_FUZZ_EXAMPLES:-5000} $(VPY) -m pytest -q -p no:cacheprovider tests/director/config/test_fuzz.py
 
 lab-up: setup
 	$(VPY) -m deploy.lab up

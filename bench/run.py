@@ -19,12 +19,15 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ["bench.bench_conn", "bench.bench_core", "bench.bench_sync", "bench.bench_election",
-           "bench.bench_fwd", "bench.bench_failover"]
+MODULES = ["bench.bench_conn", "bench.bench_core", "bench.bench_sync", "bench.bench_conntrackd",
+           "bench.bench_election", "bench.bench_fwd", "bench.bench_failover"]
 
 # figure -> (reference figure, what the reference is, target as text); EXTRA_REFERENCES adds rows
 EXTRA_REFERENCES: list[tuple[str, str, str, str]] = [
     ("fwd_nat_pps_1core", "fwd_scapy_pps", "naive scapy forwarder (sniff + sendp)", ">= 100x"),
+    ("sync_updates_per_s", "ref_conntrackd_entries_per_s", "conntrackd FTFW between 2 namespaces",
+     ">= 1.2x"),
+    ("sync_lag_p50_ms_1k", "ref_conntrackd_lag_ms", "conntrackd single-entry lag", "<= 2x"),
 ]
 REFERENCES: dict[str, tuple[str, str, str]] = {
     "conn_creates_per_s": ("ref_conn_creates_per_s", "plain dict insert", ">= 300k/s"),

@@ -1,4 +1,4 @@
-"""The failover drill (`make demo`, `directorctl drill`): kill -9 the master, then switch back.
+"""The failover drill (`make demo`, `directorctl drill`): crash, switch back, freeze, etcd outage, partition.
 
 Theory of operation
 -------------------
@@ -17,8 +17,18 @@ Theory of operation
 5. Phase ``switchback``: ``directorctl failover`` against the current master's admin socket — a
    graceful resign (flush sync to every backup, stop forwarding, revoke the lease); the old master
    takes over again.
-Each phase ends once every client address has made two new connections after the takeover and no
-connection is stalled. Split brain is checked from both nodes' forwarding intervals.
+6. Phase ``freeze``: SIGSTOP the master for 5 s (a VM freeze, a stopped container), then SIGCONT.
+   The backup takes over once the lease is gone; the resumed node must forward nothing (its packet
+   path checks the mastership deadline before every batch) and rejoins as a backup.
+7. Phase ``etcd-outage``: every etcd member down for 60 s (``--outage``) under traffic. The master
+   forwards on its backups' promises (static stability, docs/HA.md): same master throughout, no gap.
+8. Phase ``partition``: the master is cut from etcd only (nftables in its namespace) for 20 s: no
+   failover at all, no gap; it wins the key back when the cut heals.
+Each phase ends once every client address has made two new connections after the fault and no
+connection is stalled. The **fabric observer** (deploy.observer: captures on every director port of
+both bridges) judges each phase: ``overlap_ms`` (two directors forwarding at once: must be 0) and
+``nobody_forwarding_ms`` (the longest silence of the fabric during the phase). Split brain is also
+checked from the nodes' own forwarding intervals.
 The report goes to stdout (human) and to ``--report`` (JSON, one entry per phase).
 """
 
@@ -36,7 +46,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from deploy.cluster import ClusterError, LabCluster, NodeProc, node_log_tail, split_brain, wait_for
-from deploy.lab import PYTHON, VIP_NAT, Lab, real_addr
+from deploy.lab import CTL_ADDR, PYTHON, VIP_NAT, Lab, real_addr
+from deploy.observer import FabricObserver, longest_silence, nobody_forwarding, overlaps
+
+PHASES = ("kill", "switchback", "freeze", "etcd-outage", "partition")
 
 SERVICES = """\
 timeouts: {{tcp: 900, tcpfin: 120, udp: 300}}
@@ -133,7 +146,8 @@ class TrafficProc:
 class Drill:
     def __init__(self, *, conns: int = 200, new_rate: float = 25.0, interval: float = 0.05,
                  n_reals: int = 3, tuned_etcd: bool = True, lab_name: str | None = None,
-                 out: IO[str] = sys.stdout) -> None:
+                 out: IO[str] = sys.stdout, phases: tuple[str, ...] = PHASES, freeze_s: float = 5.0,
+                 outage_s: float = 60.0, partition_s: float = 20.0) -> None:
         self.conns = conns
         self.new_rate = new_rate
         self.interval = interval
@@ -143,6 +157,9 @@ class Drill:
         self.cluster = LabCluster(self.lab, n_nodes=2, tuned_etcd=tuned_etcd)
         self.traffic: TrafficProc | None = None
         self.kills: dict[str, list[float]] = {}
+        self.phases = phases
+        self.freeze_s, self.outage_s, self.partition_s = freeze_s, outage_s, partition_s
+        self.observer = FabricObserver(self.lab, [n.n for n in self.cluster.nodes])
 
     def say(self, msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=self.out, flush=True)
@@ -153,6 +170,8 @@ class Drill:
                  f"{self.n_reals} real servers)")
         self.cluster.bring_up(services_yaml(self.n_reals))
         self.say("etcd up, 3 services in etcd, d1 is master, d2 follows d1 and is in sync")
+        self.observer.start()
+        self.say("fabric observer: capturing every director port on both bridges")
         self.traffic = TrafficProc(self.lab, self.conns, self.new_rate, self.interval)
         n_src = self.traffic.n_sources
         self.say(f"client: opening {self.conns} long-lived connections, new sticky connections from "
@@ -187,9 +206,19 @@ class Drill:
                       lambda: c.last_event(new, "first_forward", since), timeout)
         return (float(ev["t"]) - since) * 1000.0
 
-    def _phase_result(self, start: dict[str, Any], end: dict[str, Any], takeover_ms: float) -> dict[str, Any]:
+    def _phase_result(self, start: dict[str, Any], end: dict[str, Any], takeover_ms: float,
+                      t_start: float | None = None) -> dict[str, Any]:
         total = int(start["alive"])
+        frames = self.observer.frames()
+        # captures reach their files a little late: end the window at the newest frame written
+        newest = max((ts[-1] for ts in frames.values() if ts), default=time.time())
+        t0, t1 = (t_start if t_start is not None else newest - 1.0), min(time.time(), newest)
+        window = {k: [t for t in v if t0 <= t <= t1] for k, v in frames.items()}
         return {
+            "overlap_ms": round(sum(o[3] for o in overlaps(window)) * 1000.0, 1),
+            "overlaps": len(overlaps(window)),
+            "nobody_forwarding_ms": round(nobody_forwarding(frames, t0, t1) * 1000.0, 1),
+            "nobody_forwarding_at_s": round(longest_silence(frames, t0, t1)[1] - t0, 3),
             "connections_total": total,
             "connections_survived": min(total, int(end["alive"])),
             "resets_seen": int(end["resets"]) + int(end["mismatches"]),
@@ -212,13 +241,14 @@ class Drill:
         self.traffic.phase("kill")
         start = self.traffic.report()
         self.say(f"phase kill: kill -9 {old.node_id} (master) with {start['alive']} connections open")
-        t_kill = c.kill_node(old)
+        t_kill = c.kill_node(old)  # the launcher runs the exit hook, as systemd's ExecStopPost would
         self.kills.setdefault(old.node_id, []).append(t_kill)
         takeover = self._takeover(new, t_kill)
-        self.say(f"{new.node_id} took over: first packet forwarded {takeover:.0f} ms after the kill")
+        self.say(f"{new.node_id} took over: first packet forwarded {takeover:.0f} ms after the kill "
+                 f"(exit hook released the lease {1000 * (old.released_at - t_kill):.0f} ms after it)")
         ok_at = self.traffic.report()["new_ok"]
         end = self._settle(ok_at)
-        return self._phase_result(start, end, takeover)
+        return self._phase_result(start, end, takeover, t_kill)
 
     def rejoin(self, node: NodeProc) -> None:
         self.say(f"{node.node_id}: restarting as a backup")
@@ -248,20 +278,108 @@ class Drill:
                  f"{cur.node_id} stopped forwarding")
         ok_at = self.traffic.report()["new_ok"]
         end = self._settle(ok_at)
-        return self._phase_result(start, end, takeover)
+        return self._phase_result(start, end, takeover, t0)
+
+    def phase_freeze(self) -> dict[str, Any]:
+        assert self.traffic is not None
+        c = self.cluster
+        old = c.wait_master()
+        new = next(n for n in c.nodes if n is not old)
+        c.wait_in_sync(new, 90)
+        self.traffic.phase("freeze")
+        start = self.traffic.report()
+        self.say(f"phase freeze: SIGSTOP {old.node_id} (master) for {self.freeze_s:.0f} s")
+        t_stop = time.time()
+        c.signal_node(old, signal.SIGSTOP)
+        try:
+            takeover = self._takeover(new, t_stop)
+            self.say(f"{new.node_id} took over {takeover:.0f} ms after the freeze")
+            wait_for("the freeze to last", lambda: time.time() - t_stop >= self.freeze_s,
+                     self.freeze_s + 5, 0.1)
+        finally:
+            c.signal_node(old, signal.SIGCONT)
+        t_cont = time.time()
+        wait_for(f"{old.node_id} to notice it is a backup now",
+                 lambda: c.last_event(old, "role", t_cont, role="BACKUP"), 60)
+        resumed = sum(1 for t in self.observer.frames().get(old.node_id, []) if t > t_cont)
+        self.say(f"{old.node_id} resumed: {resumed} frames forwarded after SIGCONT (must be 0); "
+                 "it rejoins as a backup")
+        end = self._settle(self.traffic.report()["new_ok"])
+        out = self._phase_result(start, end, takeover, t_stop)
+        out["frames_after_resume"] = resumed
+        c.wait_in_sync(old, 90)
+        return out
+
+    def phase_etcd_outage(self) -> dict[str, Any]:
+        assert self.traffic is not None
+        c = self.cluster
+        master = c.wait_master()
+        self.traffic.phase("etcd-outage")
+        start = self.traffic.report()
+        self.say(f"phase etcd-outage: etcd down for {self.outage_s:.0f} s under traffic")
+        t0 = time.time()
+        c.etcd.stop()
+        try:
+            wait_for("the outage to last", lambda: time.time() - t0 >= self.outage_s,
+                     self.outage_s + 5, 0.2)
+            same = c.master() is master
+        finally:
+            c.etcd.start()
+        self.say(f"etcd back; {'the same master forwarded throughout' if same else 'the master changed'}")
+        end = self._settle(self.traffic.report()["new_ok"])
+        out = self._phase_result(start, end, 0.0, t0)
+        out["same_master"] = same and c.wait_master() is master
+        return out
+
+    def phase_partition(self) -> dict[str, Any]:
+        assert self.traffic is not None
+        c = self.cluster
+        master = c.wait_master()
+        ns = self.lab.directors[master.n - 1].ns
+        self.traffic.phase("partition")
+        start = self.traffic.report()
+        self.say(f"phase partition: {master.node_id} (master) cut from etcd for {self.partition_s:.0f} s")
+        t0 = time.time()
+        port = self.cluster.etcd.client_port
+        self.lab.exec(ns, ["nft", "add table inet lbdcut ; "
+                           "add chain inet lbdcut out { type filter hook output priority 0 ; } ; "
+                           "add chain inet lbdcut in { type filter hook input priority 0 ; } ; "
+                           f"add rule inet lbdcut out ip daddr {CTL_ADDR} tcp dport {port} drop ; "
+                           f"add rule inet lbdcut in ip saddr {CTL_ADDR} tcp sport {port} drop"])
+        try:
+            wait_for("the cut to last", lambda: time.time() - t0 >= self.partition_s,
+                     self.partition_s + 5, 0.2)
+            same = c.master() is master
+        finally:
+            self.lab.exec(ns, ["nft", "delete table inet lbdcut"])
+        self.say(f"cut healed; {'no failover' if same else 'the master changed'}")
+        end = self._settle(self.traffic.report()["new_ok"])
+        out = self._phase_result(start, end, 0.0, t0)
+        out["same_master"] = same and c.wait_master() is master
+        return out
 
     def run(self) -> dict[str, Any]:
         report: dict[str, Any] = {}
         try:
             self.setup()
             d1, _d2 = self.cluster.nodes
-            report["kill"] = self.phase_kill()
-            self.rejoin(d1)
-            report["switchback"] = self.phase_switchback(d1)
+            if "kill" in self.phases:
+                report["kill"] = self.phase_kill()
+                self.rejoin(d1)
+            if "switchback" in self.phases and "kill" in self.phases:
+                report["switchback"] = self.phase_switchback(d1)
+            if "freeze" in self.phases:
+                report["freeze"] = self.phase_freeze()
+            if "etcd-outage" in self.phases:
+                report["etcd-outage"] = self.phase_etcd_outage()
+            if "partition" in self.phases:
+                report["partition"] = self.phase_partition()
             intervals = {n.node_id: self.cluster.active_intervals(n, self.kills) for n in self.cluster.nodes}
-            overlaps = split_brain(intervals)
+            node_view = split_brain(intervals)
             for phase in report.values():
-                phase["split_brain_seen"] = bool(overlaps)
+                # the fabric is the judge: a frozen node cannot report when it really stopped
+                phase["split_brain_seen"] = phase["overlaps"] > 0
+                phase["node_reported_overlap"] = bool(node_view)
             report["lab"] = self.lab.name
         except Exception:
             for n in self.cluster.nodes:
@@ -272,6 +390,7 @@ class Drill:
         return report
 
     def teardown(self) -> None:
+        self.observer.stop()
         if self.traffic is not None:
             self.traffic.stop()
         self.cluster.close()
@@ -280,17 +399,18 @@ class Drill:
 
 def summary(report: dict[str, Any]) -> str:
     lines = []
-    for name in ("kill", "switchback"):
+    for name in PHASES:
         p = report.get(name)
         if not p:
             continue
         lines.append(
-            f"{name:>10}: {p['connections_survived']}/{p['connections_total']} connections survived, "
+            f"{name:>11}: {p['connections_survived']}/{p['connections_total']} connections survived, "
             f"{p['resets_seen']} resets, {p['bytes_verified']:,} bytes verified, worst stall "
             f"{p['max_gap_ms']:.0f} ms (UDP {p['udp_max_gap_ms']:.0f} ms), "
-            f"takeover {p['takeover_ms']:.0f} ms, "
-            f"templates kept "
-            f"{p['templates_kept']}/{p['templates_total']}, split brain: "
+            + (f"takeover {p['takeover_ms']:.0f} ms, " if p["takeover_ms"] else "")
+            + ("same master, " if p.get("same_master") else "")
+            + f"nobody forwarding {p['nobody_forwarding_ms']:.0f} ms, overlap {p['overlap_ms']:.0f} ms, "
+            f"templates kept {p['templates_kept']}/{p['templates_total']}, split brain: "
             f"{'YES' if p['split_brain_seen'] else 'no'}")
     return "\n".join(lines)
 
@@ -301,14 +421,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-rate", type=float, default=25.0, help="new sticky HTTP connections per second")
     p.add_argument("--etcd-defaults", action="store_true", help="etcd default heartbeat/election settings")
     p.add_argument("--report", default="demo-report.json", help="where to write the JSON report")
+    p.add_argument("--phases", default=",".join(PHASES), help="comma list of phases (default: all)")
+    p.add_argument("--outage", type=float, default=60.0, help="etcd-outage phase length, seconds")
+    p.add_argument("--partition", type=float, default=20.0, help="partition phase length, seconds")
     args = p.parse_args(argv)
-    drill = Drill(conns=args.conns, new_rate=args.new_rate, tuned_etcd=not args.etcd_defaults)
+    phases = tuple(x.strip() for x in args.phases.split(",") if x.strip())
+    unknown = set(phases) - set(PHASES)
+    if unknown:
+        p.error(f"unknown phase(s) {', '.join(sorted(unknown))}; choose from {', '.join(PHASES)}")
+    drill = Drill(conns=args.conns, new_rate=args.new_rate, tuned_etcd=not args.etcd_defaults, phases=phases,
+                  outage_s=args.outage, partition_s=args.partition)
     report = drill.run()
     Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
     print(summary(report))
     print(f"report written to {args.report}")
     ok = all(report[k]["connections_survived"] == report[k]["connections_total"]
-             and not report[k]["split_brain_seen"] for k in ("kill", "switchback"))
+             and not report[k]["split_brain_seen"] and report[k].get("same_master", True)
+             for k in PHASES if k in report)
     return 0 if ok else 1
 
 

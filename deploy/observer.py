@@ -85,9 +85,15 @@ def overlaps(frames: dict[str, list[float]], gap: float = 0.05) -> list[tuple[st
 
 def nobody_forwarding(frames: dict[str, list[float]], start: float, end: float) -> float:
     """The longest gap (seconds) between consecutive frames of any director within [start, end]."""
+    return longest_silence(frames, start, end)[0]
+
+
+def longest_silence(frames: dict[str, list[float]], start: float, end: float) -> tuple[float, float]:
+    """(seconds, start time) of the longest gap between consecutive frames within [start, end]."""
     ts = sorted(t for times in frames.values() for t in times if start <= t <= end)
     points = [start, *ts, end]
-    return max(b - a for a, b in zip(points, points[1:], strict=False)) if len(points) > 1 else 0.0
+    gaps = [(b - a, a) for a, b in zip(points, points[1:], strict=False)]
+    return max(gaps) if gaps else (0.0, start)
 
 
 class FabricObserver:
@@ -118,7 +124,8 @@ class FabricObserver:
 
     def frames(self) -> dict[str, list[float]]:
         """Frame times per director so far (tcpdump -U flushes every packet)."""
-        return {name: sorted(t for p in paths for t in read_pcap_times(p)) for name, paths in self.files.items()}
+        return {name: sorted(t for p in paths for t in read_pcap_times(p))
+                for name, paths in self.files.items()}
 
     def stop(self) -> dict[str, list[float]]:
         for p in self.procs:

@@ -52,7 +52,8 @@ from director.cluster.release import LeaseRecord, write_lease_file
 from director.cluster.store import ConfigSnapshot, EtcdStore
 from director.cluster.track import LinkTracker
 from director.config.node import NodeConfig, NodeConfigError, parse_node_config
-from director.config.services import Config, ConfigError, apply_timeouts, apply_to_services, config_from_texts
+from director.config.services import Config, ConfigError, apply_timeouts, apply_to_services
+from director.config.watch import ConfigUpdate, config_updates, validate_snapshot
 from director.dataplane.arp import vrrp_mac
 from director.dataplane.core import CoreConfig, Director
 from director.dataplane.io.plane import DataPlane
@@ -248,9 +249,13 @@ class Node:
     # -- config -----------------------------------------------------------------------------------
     def apply_snapshot(self, snap: ConfigSnapshot) -> bool:
         """Validate and apply one config snapshot; on error keep the running config."""
-        try:
-            cfg = config_from_texts(snap.services, snap.timeouts)
-        except ConfigError as err:
+        return self.apply_update(validate_snapshot(snap))
+
+    def apply_update(self, upd: ConfigUpdate[ConfigSnapshot]) -> bool:
+        """Apply one validated snapshot; a refused one keeps the running config."""
+        snap, cfg, err = upd.snapshot, upd.config, upd.error
+        if cfg is None:
+            err = err or ConfigError(["(internal): no config and no error"])
             self.config_error = str(err)
             log.error("config at revision %d refused, running config kept: %s", snap.revision, err)
             self.events.write("config_refused", revision=snap.revision, error=str(err))
@@ -299,8 +304,10 @@ class Node:
         self.health.invalidate_down(self.table, newly_down)
 
     async def _config_loop(self) -> None:
-        async for snap in self.store.watch_config():
-            self.apply_snapshot(snap)
+        # validation runs in a worker thread: a hostile or huge document never blocks the loop,
+        # and a refused one never ends the watch (director.config.watch)
+        async for upd in config_updates(self.store.watch_config()):
+            self.apply_update(upd)
             if self.elector is not None:
                 self.elector.poke()
 
@@ -454,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
                         "release-lease`); default $RUNTIME_DIRECTORY/lease under systemd, else none")
     args = p.parse_args(argv)
     try:
-        cfg = parse_node_config(Path(args.config).read_text())
+        cfg = parse_node_config(Path(args.config).read_bytes())
     except (OSError, NodeConfigError) as err:
         print(f"directord: {args.config}: {err}", file=sys.stderr)
         return 2

@@ -201,7 +201,8 @@ def test_nothing_imports_the_daemon_and_the_product_never_imports_the_harness() 
 
 def test_the_election_machine_is_pure() -> None:
     targets = graph()["director.cluster.election"]
-    assert targets <= {"director.types", "director.config.node"}, targets
+    assert targets <= {"director.types", "director.config.node", "director.cluster.promises"}, targets
+    assert graph()["director.cluster.promises"] == set()
 
 
 def test_modules_stay_small() -> None:

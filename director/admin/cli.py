@@ -221,11 +221,40 @@ def cmd_get(c: Client, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT["ok"]
 
 
-def cmd_apply(c: Client, args: argparse.Namespace, out: TextIO) -> int:
+def read_config_file(path: str) -> str:
+    """The file (or stdin for -) as UTF-8 text, size-checked; a UsageError names what is wrong."""
+    from director.config.loader import YamlError, decode
+    from director.config.services import read_document
+    from director.config.validate import ConfigError
+
     try:
-        text = sys.stdin.read() if args.file == "-" else _read(args.file).decode()
+        return decode(sys.stdin.buffer.read()) if path == "-" else read_document(path)
     except OSError as exc:
-        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except YamlError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    except ConfigError as exc:
+        raise UsageError("\n".join(exc.errors)) from None
+
+
+def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    """Validate a config file offline, like `keepalived -t`: no node, no etcd."""
+    from director.config.services import parse_config
+    from director.config.validate import ConfigError
+
+    text = read_config_file(args.file)
+    try:
+        cfg = parse_config(text)
+    except ConfigError as exc:
+        out.write("".join(f"{line}\n" for line in exc.errors))
+        return EXIT["usage"]
+    n_dests = sum(len(s.dests) for s in cfg.services)
+    out.write(f"{args.file}: ok ({len(cfg.services)} services, {n_dests} dests)\n")
+    return EXIT["ok"]
+
+
+def cmd_apply(c: Client, args: argparse.Namespace, out: TextIO) -> int:
+    text = read_config_file(args.file)
     plan = c.call("ApplyConfig", pb.ApplyConfigRequest(yaml=text, dry_run=True, prune=args.prune))
     if args.json and args.dry_run:
         emit_json(as_json(plan), out)
@@ -449,6 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--count", type=int, default=0, help="stop after N events")
     w.add_argument("--json", action="store_true")
     sub.add_parser("drill", help="failover drill on a lab (see `directorctl drill -h`)", add_help=False)
+    k = sub.add_parser("check", help="validate a config file offline (no node needed), like keepalived -t")
+    k.add_argument("-f", "--file", required=True, help="YAML file, or - for stdin")
     r = sub.add_parser("release-lease", help="revoke a dead directord's etcd lease (the process-exit hook; "
                        "talks to etcd, not to a node)")
     r.add_argument("lease_file", help="the file directord --lease-file wrote")
@@ -490,6 +521,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     args, rest = parser.parse_known_args(argv)
     if args.cmd == "drill":
         return cmd_drill(args, rest)
+    if args.cmd == "check":
+        try:
+            return cmd_check(args, out)
+        except UsageError as exc:
+            err.write(f"directorctl: {exc}\n")
+            return EXIT["usage"]
     if args.cmd == "release-lease":
         from director.cluster import release  # no admin connection: the node is gone
 

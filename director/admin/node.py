@@ -44,8 +44,9 @@ from director.admin.hub import EventHub, Subscription
 from director.admin.server import AdminServer, server_config_from_node, start_server
 from director.admin.views import configured_weights, diff_documents, find_service, service_view, table_conns
 from director.cluster.election import LeaderRecord, Role
-from director.cluster.store import EtcdStore
+from director.cluster.store import ConfigEdit, ConfigSnapshot, EtcdStore, update_config
 from director.cluster.store import apply as etcd_apply
+from director.config import edits as config_edits
 from director.config import services as config
 from director.config.node import NodeConfig
 from director.dataplane.core import Director
@@ -145,27 +146,29 @@ class NodeAdmin:
         return (config.dump_config(cfg), self.node.config_revision) if cfg is not None else ("", 0)
 
     # ---- config writes (through etcd) ----------------------------------------------------------
-    async def _docs(self) -> dict[str, dict[str, Any]]:
-        """The services in etcd now, as canonical documents (name -> config.service_dict)."""
-        snap = await self.node.store.read_config()
-        return {name: config.service_dict(config.parse_service(name, text))
-                for name, text in snap.services.items()}
-
-    async def _write(self, docs: Mapping[str, Mapping[str, Any]], timeouts: str | None = None) -> int:
-        cfg = config.config_from_dict({"services": [dict(d) for d in docs.values()]})
-        texts = {svc.name: config.dump_service(svc) for svc in cfg.services}
-        return await etcd_apply(self.node.store, texts, timeouts, prune=True)
+    # Every write is an *intent* over the stored documents, applied by update_config as a
+    # compare-and-swap on the revision it was computed from and re-applied to a fresh read when
+    # another writer got in between: a concurrent write is never silently reverted.
+    async def _update(self, change: Callable[[dict[str, dict[str, Any]]], None]) -> int:
+        def edit(snap: ConfigSnapshot) -> ConfigEdit:
+            docs = config_edits.documents(snap.services)
+            change(docs)  # may raise NotFound / Conflict / InvalidArgument
+            put, delete = config_edits.plan(snap.services, docs)
+            return ConfigEdit(put, delete)
+        return await update_config(self.node.store, edit, offload=True)
 
     async def apply_config(self, document: str, *, dry_run: bool, prune: bool) -> ApplyResult:
         cfg = config.parse_config(document)
         new = {svc.name: config.service_dict(svc) for svc in cfg.services}
-        old = await self._docs()
+        snap = await self.node.store.read_config()
+        old = config_edits.documents(snap.services)
         changes = diff_documents(old, new, prune=prune)
         t_text = config.dump_timeouts(cfg.timeouts) if cfg.timeouts is not None else None
         if dry_run or (not changes and t_text is None):
             return ApplyResult(changes, 0)
-        merged = dict(new) if prune else {**old, **new}
-        rev = await self._write(merged, t_text)
+        texts = {svc.name: config.dump_service(svc) for svc in cfg.services}
+        # prune deletes only what the file dropped relative to the revision this diff was made at
+        rev = await etcd_apply(self.node.store, texts, t_text, prune=prune, base_revision=snap.revision)
         return ApplyResult(changes, rev)
 
     def _name_of(self, docs: Mapping[str, Mapping[str, Any]], ref: SvcRef) -> str:
@@ -178,16 +181,17 @@ class NodeAdmin:
         name = spec.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidArgument("service.name", "a service needs a name")
-        docs = await self._docs()
-        if create_only and name in docs:
-            raise Conflict(f"service {name} exists; edit it or delete it first")
-        docs[name] = dict(spec)
-        return await self._write(docs)
+
+        def change(docs: dict[str, dict[str, Any]]) -> None:
+            if create_only and name in docs:
+                raise Conflict(f"service {name} exists; edit it or delete it first")
+            docs[name] = copy.deepcopy(dict(spec))
+        return await self._update(change)
 
     async def delete_service(self, ref: SvcRef) -> int:
-        docs = await self._docs()
-        del docs[self._name_of(docs, ref)]
-        return await self._write(docs)
+        def change(docs: dict[str, dict[str, Any]]) -> None:
+            del docs[self._name_of(docs, ref)]
+        return await self._update(change)
 
     def _dest_index(self, doc: Mapping[str, Any], daddr: int, dport: int, ref: SvcRef) -> int:
         for i, d in enumerate(doc.get("dests", [])):
@@ -196,48 +200,44 @@ class NodeAdmin:
         raise NotFound(f"no dest {fmt_hostport(daddr, dport)} in service {ref}")
 
     async def put_dest(self, ref: SvcRef, spec: Mapping[str, Any], *, create_only: bool) -> int:
-        docs = await self._docs()
-        name = self._name_of(docs, ref)
-        doc = copy.deepcopy(docs[name])
-        same = (str(spec.get("address")), spec.get("port"))
-        dests = [d for d in doc.get("dests", []) if (str(d["address"]), d["port"]) != same]
-        if create_only and len(dests) != len(doc.get("dests", [])):
-            raise Conflict(f"dest {same[0]}:{same[1]} exists in service {ref}")
-        doc["dests"] = [*dests, dict(spec)]
-        docs[name] = doc
-        return await self._write(docs)
+        def change(docs: dict[str, dict[str, Any]]) -> None:
+            doc = docs[self._name_of(docs, ref)]
+            same = (str(spec.get("address")), spec.get("port"))
+            dests = [d for d in doc.get("dests", []) if (str(d["address"]), d["port"]) != same]
+            if create_only and len(dests) != len(doc.get("dests", [])):
+                raise Conflict(f"dest {same[0]}:{same[1]} exists in service {ref}")
+            doc["dests"] = [*dests, copy.deepcopy(dict(spec))]
+        return await self._update(change)
 
     async def delete_dest(self, ref: SvcRef, daddr: int, dport: int) -> int:
-        docs = await self._docs()
-        name = self._name_of(docs, ref)
-        doc = copy.deepcopy(docs[name])
-        del doc["dests"][self._dest_index(doc, daddr, dport, ref)]
-        docs[name] = doc
-        return await self._write(docs)
+        def change(docs: dict[str, dict[str, Any]]) -> None:
+            doc = docs[self._name_of(docs, ref)]
+            del doc["dests"][self._dest_index(doc, daddr, dport, ref)]
+        return await self._update(change)
 
     async def edit_dest(self, ref: SvcRef, daddr: int, dport: int, *, weight: int | None,
                         u_threshold: int | None, l_threshold: int | None) -> int:
-        docs = await self._docs()
-        name = self._name_of(docs, ref)
-        doc = copy.deepcopy(docs[name])
-        d = doc["dests"][self._dest_index(doc, daddr, dport, ref)]
-        for key, value in (("weight", weight), ("u_threshold", u_threshold), ("l_threshold", l_threshold)):
-            if value is not None:
-                d[key] = value
-        docs[name] = doc
-        return await self._write(docs)
+        def change(docs: dict[str, dict[str, Any]]) -> None:
+            doc = docs[self._name_of(docs, ref)]
+            d = doc["dests"][self._dest_index(doc, daddr, dport, ref)]
+            for key, value in (("weight", weight), ("u_threshold", u_threshold),
+                               ("l_threshold", l_threshold)):
+                if value is not None:
+                    d[key] = value
+        return await self._update(change)
 
     async def drain_dest(self, ref: SvcRef, daddr: int, dport: int) -> int:
         return await self.edit_dest(ref, daddr, dport, weight=0, u_threshold=None, l_threshold=None)
 
     async def set_timeouts(self, timeouts: Mapping[str, float]) -> int:
-        kv, _rev = await self.node.store.get(self.node.store.timeouts_key)
-        t = config.parse_timeouts(kv.value.decode()) if kv is not None else config.TimeoutsConfig()
-        merged: dict[str, Any] = {"tcp": t.tcp, "tcpfin": t.tcpfin, "udp": t.udp}
-        merged.update({k: int(v) if float(v).is_integer() else v for k, v in timeouts.items()})
-        parsed = config.config_from_dict({"timeouts": merged}).timeouts
-        assert parsed is not None
-        return await self.node.store.put_services({}, (), config.dump_timeouts(parsed))
+        def edit(snap: ConfigSnapshot) -> ConfigEdit:
+            t = config.parse_timeouts(snap.timeouts) if snap.timeouts else config.TimeoutsConfig()
+            merged: dict[str, Any] = {"tcp": t.tcp, "tcpfin": t.tcpfin, "udp": t.udp}
+            merged.update({k: int(v) if float(v).is_integer() else v for k, v in timeouts.items()})
+            parsed = config.config_from_dict({"timeouts": merged}).timeouts
+            assert parsed is not None
+            return ConfigEdit(timeouts=config.dump_timeouts(parsed))
+        return await update_config(self.node.store, edit, offload=True)
 
     # ---- node-local -------------------------------------------------------------------------------
     def flush(self) -> int:

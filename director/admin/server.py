@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
-import importlib
 import itertools
 import logging
 import os
@@ -62,6 +61,8 @@ from director.admin.api import (
     proto_name,
 )
 from director.admin.views import page, parse_addr, parse_proto
+from director.cluster.store import EtcdConflict
+from director.config.validate import ConfigError
 from lbd_pb import admin_pb2 as pb
 from lbd_pb import admin_pb2_grpc as pb_grpc
 
@@ -281,8 +282,10 @@ def _guard(*, write: bool) -> Callable[[F], F]:
                 return await fn(self, request, context)
             except AdminError as exc:
                 await context.abort(status_code(exc), str(exc))
-            except _config_error_types() as exc:
+            except ConfigError as exc:  # bounded by construction (director.config.validate)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except EtcdConflict as exc:  # the write lost every compare-and-swap retry
+                await context.abort(grpc.StatusCode.ABORTED, f"concurrent config writes: {exc}; try again")
             except Exception:
                 log.exception("admin %s failed", fn.__name__)
                 await context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__} failed; see directord's log")
@@ -305,16 +308,6 @@ def _guard_stream(fn: F) -> F:
             log.exception("admin %s failed", fn.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__} failed; see directord's log")
     return wrapper  # type: ignore[return-value]
-
-
-def _config_error_types() -> tuple[type[Exception], ...]:
-    """director.config.services.ConfigError (if that module is importable) maps to INVALID_ARGUMENT."""
-    try:
-        mod = importlib.import_module("director.config.services")
-    except ImportError:  # pragma: no cover - config model not wired yet
-        return ()
-    err = getattr(mod, "ConfigError", None)
-    return (err,) if isinstance(err, type) and issubclass(err, Exception) else ()
 
 
 class AdminServicer(pb_grpc.AdminServicer):
