@@ -201,3 +201,21 @@ def test_neighbour_cache_is_bounded_under_a_spoofed_flood(lab: Lab, director: Di
     assert stats["neigh_entries"][0] <= NEIGH_MAX
     assert stats["neigh"]["neigh_evicted"] - before["neigh_evicted"] >= 1000 - NEIGH_MAX
     assert http_ok(lab, 3) == {"r1", "r2", "r3"}
+
+
+def test_vlan_tags_are_seen_on_the_plain_socket_path_too(lab: Lab) -> None:
+    """Without a ring the tag comes in PACKET_AUXDATA. A second director (own virtual MAC, backup: it
+    claims nothing on the fabric) reads tagged and untagged SYNs: only the tagged ones are vlan_tagged."""
+    vmac2 = "00:00:5e:00:01:02"
+    d = DirectorProc(lab, 2, CONFIG.replace("vmac_id: 1", "vmac_id: 2"), "hostile-plain", "--backup",
+                     "--no-rx-ring")
+    try:
+        c = lab.client
+        tagged = [syn(c.macs["eth0"], vmac2, c.addrs["eth0"], 34000 + k, vlan=9) for k in range(10)]
+        plain = [syn(c.macs["eth0"], vmac2, c.addrs["eth0"], 34100 + k) for k in range(10)]
+        send_frames(lab, c.ns, "eth0", tagged + plain)
+        wait_for(lambda: d.stats()["drops"]["vlan_tagged"] >= 10 and d.stats()["drops"]["not_active"] >= 10,
+                 what="10 tagged SYNs counted as vlan_tagged, 10 untagged as not_active")
+        assert d.stats()["drops"]["vlan_tagged"] == 10
+    finally:
+        d.stop()
