@@ -79,7 +79,7 @@ DEFAULT_RING = RingSpec()
 
 
 class DataPlane:
-    """Moves frames between two interfaces and a :class:`Director`."""
+    """Moves frames between two interfaces and a :class:`Director` while ``clock() < master_until``."""
 
     def __init__(self, director: Director, ext_ifname: str, int_ifname: str, *,
                  ring: RingSpec | None = DEFAULT_RING, fanout_group: int | None = None,
@@ -103,9 +103,9 @@ class DataPlane:
         self.ctl_sent = 0
         """Frames sent outside the packet path (gratuitous ARP, neighbour probes)."""
         self.tx_errors = 0
-        self.handler_errors = 0
         self.ring_packets = 0
         self.ring_drops = 0
+        self.handler_errors = 0
         """Frames on which ``Director.handle`` raised (it never should; counted and logged, not fatal)."""
         self.ctl_fenced = 0
         """Control frames (gratuitous ARP, probes) not sent because the mastership deadline had passed."""
