@@ -109,7 +109,8 @@ class Node:
         self.services = ServiceTable()
         self.core_cfg = core_config_for(cfg)
         self.director = Director(self.table, self.services, self.clock, self.core_cfg)
-        self.dataplane = DataPlane(self.director, cfg.external, cfg.internal)
+        # fenced until the election says otherwise: a fresh node never forwards on its own
+        self.dataplane = DataPlane(self.director, cfg.external, cfg.internal, master_until=None)
         self.store = EtcdStore(list(cfg.etcd_endpoints), prefix=cfg.etcd_prefix, cluster=cfg.cluster)
         self.events = EventLog(cfg.events_file, cfg.node_id)
         self.estimator = StatsEstimator()
@@ -326,8 +327,7 @@ class Node:
                     self.dataplane.probe_neighbours()
             if now - last_neigh > 60.0:  # bounded neighbour caches; dests are re-probed above
                 last_neigh = now
-                for neigh in self.director.neigh:
-                    neigh.expire(now, 3600.0)
+                self.director.expire_neighbours()
             nxt = self.table.next_deadline()
             delay = 0.1 if nxt is None else min(0.1, max(0.005, nxt - now))
             await asyncio.sleep(delay)
