@@ -98,6 +98,9 @@ async def _backup(pipe: Connection, target: str) -> None:
         elif cmd[0] == "lags":
             pipe.send(("ok", f.lag_percentile(50), f.lag_percentile(99), len(f.lags_ms)))
             f.lags_ms.clear()
+        elif cmd[0] == "size":
+            gc.collect()
+            pipe.send(("ok", len(table), rss_mb()))
     loop.remove_reader(pipe.fileno())
     await f.stop()
 
@@ -347,5 +350,69 @@ def run(quick: bool = False) -> dict[str, float]:
     return out
 
 
+# --- soak: memory given back after load -------------------------------------------------------------
+
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident set size of a process in MB (Linux /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+async def _soak(seconds: float, rate: float) -> dict[str, float]:
+    """`rate` new conns/s (timeouts 5..30 s, some closed early) for `seconds`, then the tables drain;
+    RSS of the master (this process) and the backup (child) before, at the peak and after."""
+    services = make_services()
+    table = ConnTable(time.monotonic, bits=20, event_capacity=1 << 20)
+    server = await _master(table, services)
+    backup = Backup(f"127.0.0.1:{server.port}")
+    loop = asyncio.get_running_loop()
+
+    async def timers() -> None:
+        while True:
+            table.tick()
+            await asyncio.sleep(0.05)
+
+    ticker = loop.create_task(timers())
+    out: dict[str, float] = {}
+    try:
+        await backup.ask("wait_sync")
+        gc.collect()
+        out["soak_master_rss_before_mb"] = rss_mb()
+        out["soak_backup_rss_before_mb"] = (await backup.ask("size"))[2]
+        dests, i, start = next(iter(services)).dests, 0, loop.time()
+        peak = 0
+        while (now := loop.time()) - start < seconds:
+            while i < (now - start) * rate:
+                d = dests[i & 3]
+                c = table.new(6, CLIENT_NET + (i >> 16), i & 0xFFFF, VIP, 80, d.addr, d.port, 0, d, state=EST,
+                              timeout=5.0 + (i % 26))
+                if i % 3 == 0:
+                    table.set_state(c, 5, 2.0)  # TIME_WAIT: goes early
+                i += 1
+            peak = max(peak, len(table))
+            await asyncio.sleep(0.01)
+        out["soak_peak_entries"] = peak
+        out["soak_master_rss_peak_mb"] = rss_mb()
+        out["soak_backup_rss_peak_mb"] = (await backup.ask("size"))[2]
+        while len(table) or (await backup.ask("size"))[1]:
+            await asyncio.sleep(0.5)
+        gc.collect()
+        out["soak_master_rss_after_mb"] = rss_mb()
+        out["soak_backup_rss_after_mb"] = (await backup.ask("size"))[2]
+    finally:
+        ticker.cancel()
+        backup.close()
+        await server.stop(0)
+    return out
+
+
 if __name__ == "__main__":
-    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))
+    if "--soak" in sys.argv:  # python -m bench.bench_sync --soak SECONDS
+        daemon_gc()
+        secs = float(sys.argv[sys.argv.index("--soak") + 1])
+        print(json.dumps(asyncio.run(_soak(secs, 1000.0)), indent=2))
+    else:
+        print(json.dumps(run(quick="--quick" in sys.argv), indent=2))

@@ -158,7 +158,9 @@ class SyncBackup:
                 "applied_seq": a.applied_seq, "head_seq": a.head_seq, "epoch": a.epoch,
                 "in_snapshot": a.in_snapshot, "pending_dests": a.pending_dests,
                 "lag_p50_ms": self.lag_percentile(50), "lag_p99_ms": self.lag_percentile(99),
-                "last_error": self.last_error, **self.stats, **{f"apply_{k}": v for k, v in a.stats.items()}}
+                "last_error": self.last_error, "refused_fields": dict(self.refused_fields),
+                "timers_held": a.holding,
+                **self.stats, **{f"apply_{k}": v for k, v in a.stats.items()}}
 
     # --- loop ------------------------------------------------------------------------------------
 
