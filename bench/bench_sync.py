@@ -362,8 +362,9 @@ def rss_mb(pid: int | str = "self") -> float:
 
 
 async def _soak(seconds: float, rate: float) -> dict[str, float]:
-    """`rate` new conns/s (timeouts 5..30 s, some closed early) for `seconds`, then the tables drain;
-    RSS of the master (this process) and the backup (child) before, at the peak and after."""
+    """`rate` new conns/s (timeouts 5..30 s, some closed early) for `seconds`, then the tables drain
+    and the retention ring ages out (``retention_age``); RSS of the master (this process) and the
+    backup (child) before, at the peak and after."""
     services = make_services()
     table = ConnTable(time.monotonic, bits=20, event_capacity=1 << 20)
     server = await _master(table, services)
@@ -397,8 +398,8 @@ async def _soak(seconds: float, rate: float) -> dict[str, float]:
         out["soak_peak_entries"] = peak
         out["soak_master_rss_peak_mb"] = rss_mb()
         out["soak_backup_rss_peak_mb"] = (await backup.ask("size"))[2]
-        while len(table) or (await backup.ask("size"))[1]:
-            await asyncio.sleep(0.5)
+        while len(table) or (await backup.ask("size"))[1] or len(server.master.ring):
+            await asyncio.sleep(0.5)  # tables drained and the ring's history aged out
         gc.collect()
         out["soak_master_rss_after_mb"] = rss_mb()
         out["soak_backup_rss_after_mb"] = (await backup.ask("size"))[2]

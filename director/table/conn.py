@@ -321,12 +321,10 @@ class ConnTable:
         return n
 
     def hold_synced(self, hold: bool) -> int:
-        """While held, a due ``SYNC`` entry is not expired: it stays in the table, unarmed, until sync
-        re-arms it (``refresh``/``set_state``) or removes it (``expire``). A backup holds while it
-        follows a live master stream, so its copy never expires on its own clock (docs/CONTRACTS.md,
-        "Sync"). Releasing arms every entry still held for a full ``timeout`` from now (the
-        backup's own timers take over; IPVS backups keep a synced conn for its state timeout) and
-        returns how many were re-armed."""
+        """While held, a due ``SYNC`` entry is kept, unarmed, until sync re-arms (``refresh``,
+        ``set_state``) or removes it (``expire``): a backup following a live master never expires a
+        synced entry on its own clock (docs/CONTRACTS.md, "Sync"). Releasing arms each entry still
+        held for a full ``timeout`` from now (as IPVS backups do); returns how many."""
         self._hold = hold
         if hold or not self._held:
             return 0
@@ -340,8 +338,7 @@ class ConnTable:
         return n
 
     @property
-    def held(self) -> int:
-        """Entries due but held by ``hold_synced`` (some may have been re-armed since)."""
+    def held(self) -> int:  # entries due but held by hold_synced (some may be re-armed since)
         return len(self._held)
 
     def next_deadline(self) -> float | None:
@@ -381,11 +378,14 @@ class ConnTable:
         if not f & F_HASHED:
             return False
         k = c._key
-        d = self._tab[((k >> 24) ^ (k & 0xFFFF)) & self._mask]
+        i = ((k >> 24) ^ (k & 0xFFFF)) & self._mask
+        d = self._tab[i]
         head = d[k]
         if head is c:
             if c._next is None:
                 del d[k]
+                if not d:  # a drained dict keeps its peak size: give the memory back
+                    self._tab[i] = {}
             else:
                 d[k] = c._next
         else:
