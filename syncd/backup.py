@@ -49,6 +49,7 @@ from director.services.service import ServiceTable
 from director.table.events import ConnEvent
 from syncd.apply import BackupApplier
 from syncd.convert import decode_sync_message, encode_ack, encode_hello, identity
+from syncd.memory import HeapTrimmer
 from syncd.model import AckMsg, BatchMsg, FieldRangeError, LogLimiter, SyncError, TableLike
 from syncd.server import FOLLOW_METHOD
 from syncd.tls import TlsFilesLike, channel_credentials, channel_options
@@ -87,6 +88,7 @@ class SyncBackup:
         self.refused_fields: dict[str, int] = {}
         self._refused_at: int | None = None
         self._last_msg = 0.0
+        self._trimmer = HeapTrimmer()
         self._release: asyncio.TimerHandle | None = None
         self.last_error = ""
         self._logs = LogLimiter()
@@ -292,7 +294,8 @@ class SyncBackup:
     def _handle(self, data: bytes) -> None:
         msg = decode_sync_message(data)
         self.applier.handle(msg)
-        self._last_msg = asyncio.get_running_loop().time()
+        self._last_msg = now = asyncio.get_running_loop().time()
+        self._trimmer.observe(len(self.applier.table), now)
         self.connected = True
         self.stats["messages"] += 1
         if isinstance(msg, BatchMsg) and msg.first_event_ns:

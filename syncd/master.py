@@ -49,6 +49,7 @@ from typing import Any, Protocol
 from director.types import Clock
 from syncd.coalesce import Window
 from syncd.convert import encode_batch_entries, entry_body
+from syncd.memory import HeapTrimmer
 from syncd.model import SyncKind, TableLike, Update, update_from_conn
 from syncd.policy import RefreshTracker, SyncPolicy
 from syncd.ring import RetentionRing, RingEntry, RingLimits
@@ -120,6 +121,7 @@ class SyncMaster:
         self._first_ns = 0
         self._refresh_task: asyncio.Task[None] | None = None
         self._ack_waiters: list[Callable[[], None]] = []
+        self.trimmer = HeapTrimmer()
         self.stats = {"batches": 0, "updates": 0, "refreshes": 0, "coalesced": 0, "feed_overflows": 0,
                       "snapshots": 0}
 
@@ -274,7 +276,9 @@ class SyncMaster:
             await asyncio.sleep(self.cfg.refresh_interval)
             try:
                 self.run_refresh()
-                self.ring.trim(time.monotonic())
+                now = time.monotonic()
+                self.ring.trim(now)
+                self.trimmer.observe(len(self.table) + self.ring.updates, now)
             except Exception:
                 log.exception("sync refresh pass failed")
 

@@ -10,8 +10,9 @@ both. It imports no ``*_pb2``: decoding (and every refusal of bad input) stays i
 
 Pieces that repeat across entries are encoded once and kept in small caches keyed by the values
 they encode (pure functions, so a cache hit is always right): the run of fields vaddr .. timeout_ms
-(a VIP:port, a real server, flags, state, timeout: few distinct values), dest references, template
-references and client ports. Caches are cleared when they grow past ``_CACHE_MAX`` entries.
+(a VIP:port, a real server, flags, state, timeout: few distinct values), dest references and
+template references (client ports are not cached: see ``_cport``). Caches are cleared when they
+grow past ``_CACHE_MAX`` entries.
 
 Values a field cannot hold (negative, or above 2**32 - 1 for a uint32 field) raise
 ``ValueError``, as upb does; convert.py then encodes that entry through upb, which raises the
@@ -162,7 +163,16 @@ def ms(seconds: float) -> int:
 _GROUP: dict[tuple[int, int, int, int, int, int, int, int], bytes] = {}
 _DEST: dict[DestKey, bytes] = {}
 _CONTROL: dict[ConnKey, bytes] = {}
-_CPORT: dict[int, bytes] = {}
+
+
+def _cport(cport: int) -> bytes:
+    """Field 4 (cport) of 0 < cport <= 0xFFFF. Built each time, not cached: a cache of client ports
+    fills with 65k long-lived objects allocated amid the churn, which pins memory after load."""
+    if cport < 0x80:
+        return bytes((0x20, cport))
+    if cport < 0x4000:
+        return bytes((0x20, cport & 0x7F | 0x80, cport >> 7))
+    return bytes((0x20, cport & 0x7F | 0x80, (cport >> 7) & 0x7F | 0x80, cport >> 14))
 
 
 def _group(vaddr: int, vport: int, daddr: int, dport: int, fwmark: int, flags: int, state: int,
@@ -218,12 +228,7 @@ def _head(kind: int, proto: int, caddr: int, cport: int) -> bytes:
         h = _tv(0x08, kind) + _tv(0x10, proto) + _addr(0x1A, caddr)
     if not cport:
         return h
-    p = _CPORT.get(cport)
-    if p is None:
-        p = _tv(0x20, cport)
-        if cport <= 0xFFFF:
-            _CPORT[cport] = p
-    return h + p
+    return h + (_cport(cport) if cport <= 0xFFFF else _tv(0x20, cport))
 
 
 def _flags(flags: int, is_tpl: bool) -> int:
@@ -256,10 +261,7 @@ def upsert_snap(kind: int, key: ConnKey, snap: tuple[Any, ...], now: float, old_
     if g is None:
         g = _group(*gk)
     if 0 < proto < 0x80 and 0 <= caddr <= U32 and 0 < cport <= 0xFFFF:
-        p = _CPORT.get(cport)
-        if p is None:
-            p = _CPORT[cport] = _tv(0x20, cport)
-        parts = [_head4(0x08, kind, 0x10, proto, 0x1A, 4, caddr), p, g]
+        parts = [_head4(0x08, kind, 0x10, proto, 0x1A, 4, caddr), _cport(cport), g]
     else:
         parts = [_head(kind, proto, caddr, cport), g]
     if rm:
