@@ -32,6 +32,7 @@ import gc
 import ipaddress
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -173,6 +174,21 @@ class Node:
                 except OSError as err:
                     log.error("cannot record the lease in %s (a crash will wait for the TTL): %s",
                               self.lease_file, err)
+
+    # -- static stability: promises (docs/HA.md) -------------------------------------------------------
+    def _on_promise_given(self, until: float, epoch: int) -> None:
+        """Backup: we promised the master of `epoch` not to campaign before `until`."""
+        if self.elector is not None:
+            self.elector.hold_promise(until, epoch)
+
+    def _on_promises_changed(self) -> None:
+        """Master: a backup's promise moved; the election forwards on the earliest required one."""
+        if self.elector is None or self.sync is None:
+            return
+        required = self.elector.required
+        promises = self.sync.promises()
+        until = min((promises.get(node, 0.0) for node in required), default=math.inf)
+        self.elector.grant_promises(until, required)
 
     def _on_link_down(self, ifname: str) -> None:
         """A tracked link lost carrier (on the tracker's thread): stop forwarding now, resign."""
@@ -356,6 +372,8 @@ class Node:
         self.links.start()
         self.sync, _port = await create_sync_server(cfg.sync_listen, self.table, self.services, 0,
                                                     cfg.sync_tls, clock=self.clock)
+        self.sync.master.on_promise = self._on_promises_changed
+        self.backup.on_promise = self._on_promise_given
         self.dataplane.attach(loop)
         await self.store.connect()
         self._tasks.append(asyncio.create_task(self._config_loop(), name="config"))

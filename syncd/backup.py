@@ -50,7 +50,7 @@ from director.table.events import ConnEvent
 from syncd.apply import BackupApplier
 from syncd.convert import decode_sync_message, encode_ack, encode_hello, identity
 from syncd.memory import HeapTrimmer
-from syncd.model import AckMsg, BatchMsg, FieldRangeError, LogLimiter, SyncError, TableLike
+from syncd.model import AckMsg, BatchMsg, FieldRangeError, HeartbeatMsg, LogLimiter, SyncError, TableLike
 from syncd.server import FOLLOW_METHOD
 from syncd.tls import TlsFilesLike, channel_credentials, channel_options
 
@@ -66,6 +66,9 @@ class BackupConfig:
     max_message: int = 16 << 20
     lag_samples: int = 8192
     """Recent lag samples kept for the percentiles (bounded: a backup's memory stays flat)."""
+    promise_ms: int = 1000
+    """Asked by its master, this backup promises not to campaign for this long after the request
+    arrived (static stability, docs/HA.md); 0: never promise (the master then keeps its lease only)."""
 
 
 class SyncBackup:
@@ -96,6 +99,10 @@ class SyncBackup:
         self._session: asyncio.Task[bool] | None = None
         self._changed = asyncio.Event()
         self._ack_needed = asyncio.Event()
+        self.promise: tuple[float, int] = (0.0, 0)
+        """(monotonic time, epoch): no campaign before that time, promised to the master of epoch."""
+        self.on_promise: Callable[[float, int], None] | None = None
+        self._promise_token = 0
 
     # --- public ----------------------------------------------------------------------------------
 
@@ -300,7 +307,22 @@ class SyncBackup:
         self.stats["messages"] += 1
         if isinstance(msg, BatchMsg) and msg.first_event_ns:
             self.lags_ms.append((time.time_ns() - msg.first_event_ns) / 1e6)
+        elif isinstance(msg, HeartbeatMsg) and msg.promise_token and self.cfg.promise_ms > 0:
+            self._promise(msg)
         self._ack_needed.set()
+
+    def _promise(self, msg: HeartbeatMsg) -> None:
+        """Promise not to campaign for promise_ms from now (after the receipt: never early)."""
+        until = time.monotonic() + self.cfg.promise_ms / 1000.0
+        until_before, epoch_before = self.promise
+        if msg.epoch > epoch_before or until > until_before:
+            self.promise = (until if msg.epoch > epoch_before else max(until, until_before), msg.epoch)
+        self._promise_token = msg.promise_token
+        if self.on_promise is not None:
+            try:
+                self.on_promise(*self.promise)
+            except Exception:  # never let the hook break the stream
+                log.exception("promise hook failed")
 
     async def _ack_loop(self, call: Any) -> None:
         sent: tuple[int, bool] | None = None
@@ -309,7 +331,11 @@ class SyncBackup:
                 await self._ack_needed.wait()
                 self._ack_needed.clear()
                 now = (self.applier.applied_seq, self.in_sync)
-                if now != sent:
+                token, self._promise_token = self._promise_token, 0
+                if token:  # the promise itself was recorded in _promise, before this ack leaves
+                    await call.write(encode_ack(AckMsg(*now, token, self.cfg.promise_ms)))
+                    sent = now
+                elif now != sent:
                     await call.write(encode_ack(AckMsg(*now)))
                     sent = now
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError) as exc:

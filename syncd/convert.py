@@ -34,6 +34,7 @@ from syncd.fields import (
     entry_ok,
 )
 from syncd.model import (
+    MAX_PROMISE_MS,
     PROTOCOL_VERSION,
     AckMsg,
     BatchMsg,
@@ -203,10 +204,12 @@ def encode_snapshot_end(epoch: int, incarnation: int, chunks: int, entries: int)
     return m.SerializeToString()
 
 
-def encode_heartbeat(epoch: int, incarnation: int, last_seq: int, head_seq: int, sent_ns: int) -> bytes:
+def encode_heartbeat(epoch: int, incarnation: int, last_seq: int, head_seq: int, sent_ns: int,
+                     promise_token: int = 0) -> bytes:
     m = _header(epoch, incarnation)
     hb = m.heartbeat
     hb.last_seq, hb.head_seq, hb.sent_unix_ns = last_seq, head_seq, sent_ns
+    hb.promise_token = promise_token
     return m.SerializeToString()
 
 
@@ -291,7 +294,7 @@ def decode_sync_message(data: bytes) -> SyncMsg:
         return SnapshotEndMsg(ep, inc, m.snapshot_end.chunks, m.snapshot_end.entries)
     if body == "heartbeat":
         hb = m.heartbeat
-        return HeartbeatMsg(ep, inc, hb.last_seq, hb.head_seq, hb.sent_unix_ns)
+        return HeartbeatMsg(ep, inc, hb.last_seq, hb.head_seq, hb.sent_unix_ns, hb.promise_token)
     raise ProtocolError("sync message without a body")
 
 
@@ -307,6 +310,8 @@ def encode_ack(ack: AckMsg) -> bytes:
     m = pb.BackupMessage()
     m.ack.applied_seq = ack.applied_seq
     m.ack.in_sync = ack.in_sync
+    m.ack.promise_token = ack.promise_token
+    m.ack.promise_ms = ack.promise_ms
     return m.SerializeToString()
 
 
@@ -321,7 +326,10 @@ def decode_backup_message(data: bytes) -> FollowHello | AckMsg:
         h = m.hello
         return FollowHello(h.node_id, h.last_applied_seq, h.epoch_seen, h.incarnation, h.version)
     if body == "ack":
-        return AckMsg(m.ack.applied_seq, m.ack.in_sync)
+        a = m.ack
+        if a.promise_ms > MAX_PROMISE_MS or (a.promise_ms and not a.promise_token):
+            raise ProtocolError(f"ack with a bad promise ({a.promise_ms} ms, token {a.promise_token})")
+        return AckMsg(a.applied_seq, a.in_sync, a.promise_token, a.promise_ms)
     raise ProtocolError("backup message without a body")
 
 

@@ -75,6 +75,10 @@ class MasterConfig:
     """Batches a backup may be behind (its queue bound) before it is switched to a snapshot."""
     snapshot_chunk: int = 1024
     heartbeat_interval: float = 1.0
+    promise_interval: float = 0.1
+    """How often each backup is asked to promise not to campaign (0: never; docs/HA.md)."""
+    promise_margin: float = 0.1
+    """Subtracted from every promise on the master's side (clock-rate and scheduling slack)."""
     refresh_interval: float = 0.05
     policy: SyncPolicy = field(default_factory=SyncPolicy)
 
@@ -105,6 +109,7 @@ class SyncMaster:
 
     def __init__(self, table: TableLike, clock: Clock, epoch: int = 0,
                  cfg: MasterConfig | None = None) -> None:
+        self.on_promise: Callable[[], None] | None = None
         self.table = table
         self.clock = clock
         self.cfg = cfg or MasterConfig()
@@ -313,6 +318,11 @@ class SyncMaster:
         u = update_from_conn(SyncKind.NEW, conn, now)
         self.tracker.ensure(key, u.remaining + now, u.timeout)
         return u
+
+    def promised(self) -> None:
+        """A backup's promise moved (see BackupSession): tell the node, which tells the election."""
+        if self.on_promise is not None:
+            self.on_promise()
 
     def acked(self) -> None:
         waiters, self._ack_waiters = self._ack_waiters, []

@@ -87,6 +87,7 @@ class HeartbeatMsg(NamedTuple):
     last_seq: int
     head_seq: int
     sent_ns: int
+    promise_token: int = 0
 
 
 SyncMsg = BatchMsg | SnapshotBeginMsg | SnapshotChunkMsg | SnapshotEndMsg | HeartbeatMsg
@@ -103,6 +104,12 @@ class FollowHello(NamedTuple):
 class AckMsg(NamedTuple):
     applied_seq: int
     in_sync: bool
+    promise_token: int = 0
+    promise_ms: int = 0
+
+
+MAX_PROMISE_MS = 60_000
+"""A promise longer than this is refused as hostile input (the default is 1 s)."""
 
 
 class SyncError(Exception):

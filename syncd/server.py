@@ -132,6 +132,15 @@ class SyncServer:
         """Send what is pending now and wait until every backup acked it (graceful handover)."""
         return await self.master.flush(timeout)
 
+    def promises(self) -> dict[str, float]:
+        """node id -> monotonic time until which that backup promised not to campaign (master's view;
+        only backups with a live stream: a closed stream's promise is void here at once)."""
+        out: dict[str, float] = {}
+        for s in self.sessions:
+            if not s.closed:
+                out[s.node_id] = max(out.get(s.node_id, 0.0), s.promise_until)
+        return out
+
     def backups(self) -> list[BackupStatus]:
         head = self.master.head_seq
         out = []

@@ -15,6 +15,12 @@ A session is a cursor (``sent_seq``) into the master's retention ring plus the b
   between: the packet path never pauses for it. Entries removed meanwhile are skipped; entries
   created meanwhile come through the live batches (or a later chunk: upserts are idempotent).
 
+Promises (static stability, docs/HA.md): every ``promise_interval`` the stream carries a heartbeat
+with a fresh token, even under load; the backup's ack on that token is a promise not to campaign for
+``promise_ms``. The session counts it from the time it *queued* the token (never later than the
+send, so earlier than the backup's receipt) minus ``promise_margin``: its ``promise_until`` ends
+before the backup's own promise. A closed session's promise is gone with it.
+
 Being slow is never the master's problem: the generator only advances when gRPC took the previous
 message. If the backup falls more than ``backup_max_lag`` batches behind, or out of the ring,
 the session restarts with a snapshot.
@@ -47,6 +53,10 @@ class SessionKnobs(Protocol):
     def backup_max_lag(self) -> int: ...
     @property
     def snapshot_chunk(self) -> int: ...
+    @property
+    def promise_interval(self) -> float: ...
+    @property
+    def promise_margin(self) -> float: ...
 
 
 class MasterLike(Protocol):
@@ -67,6 +77,7 @@ class MasterLike(Protocol):
     def retained(self, seq: int) -> bool: ...
     def snapshot_update(self, conn: Any, now: float) -> Update | None: ...
     def acked(self) -> None: ...
+    def promised(self) -> None: ...
 
 
 class BackupSession:
@@ -92,6 +103,11 @@ class BackupSession:
         self.close_kind = ""
         self.snapshot_reason = ""
         self.in_snapshot = False
+        self.promise_until = 0.0
+        """Monotonic time until which this backup promised not to campaign (master's view)."""
+        self._tokens: dict[int, float] = {}
+        self._next_token = 1
+        self._promise_due = 0.0
         self._wake = asyncio.Event()
         resumable = (hello.incarnation == master.incarnation and hello.epoch_seen == master.epoch
                      and master.retained(hello.last_applied_seq))
@@ -129,8 +145,34 @@ class BackupSession:
         self.in_sync = ack.in_sync
         if ack.in_sync:
             self.incarnation_acked = self.master.incarnation
+        if ack.promise_token:
+            self._take_promise(ack.promise_token, ack.promise_ms)
         self.master.acked()
         return True
+
+    def _take_promise(self, token: int, promise_ms: int) -> None:
+        sent = self._tokens.pop(token, None)
+        if sent is None:
+            return  # unknown or answered twice: no promise taken
+        for old in [t for t in self._tokens if t < token]:  # answers arrive in order
+            del self._tokens[old]
+        until = sent + promise_ms / 1000.0 - self.master.cfg.promise_margin
+        if until > self.promise_until:
+            self.promise_until = until
+            self.master.promised()
+
+    def _promise_request(self) -> bytes | None:
+        """A heartbeat with a fresh token when a promise request is due, else None."""
+        m = self.master
+        now = time.monotonic()
+        if m.cfg.promise_interval <= 0 or now < self._promise_due:
+            return None
+        self._promise_due = now + m.cfg.promise_interval
+        token, self._next_token = self._next_token, self._next_token + 1
+        self._tokens[token] = now
+        if len(self._tokens) > 64:  # a backup that never answers: keep the newest only
+            del self._tokens[min(self._tokens)]
+        return encode_heartbeat(m.epoch, m.incarnation, self.sent_seq, m.head_seq, time.time_ns(), token)
 
     def lag_seconds(self) -> float:
         """Age of the oldest batch the backup has not acknowledged (0 when caught up)."""
@@ -164,14 +206,22 @@ class BackupSession:
             for data in self._live():
                 yield data
                 sent = True
+            if (req := self._promise_request()) is not None:
+                yield req
             if sent or self.needs_snapshot or self.closed:
                 continue
             self._wake.clear()
+            wait = hb
+            if m.cfg.promise_interval > 0:
+                wait = min(hb, max(0.001, self._promise_due - time.monotonic()))
             try:
-                async with asyncio.timeout(hb):
+                async with asyncio.timeout(wait):
                     await self._wake.wait()
             except TimeoutError:
-                yield encode_heartbeat(m.epoch, m.incarnation, self.sent_seq, m.head_seq, time.time_ns())
+                if (req := self._promise_request()) is not None:
+                    yield req
+                elif wait >= hb:
+                    yield encode_heartbeat(m.epoch, m.incarnation, self.sent_seq, m.head_seq, time.time_ns())
 
     def _live(self, upto: int | None = None) -> list[bytes]:
         """Next retained batches (seq <= upto) for this backup, or [] and a snapshot request if it
@@ -223,6 +273,8 @@ class BackupSession:
                 yield encode_snapshot_chunk(epoch, inc, n_chunks, updates)
                 n_chunks += 1
                 n_entries += len(updates)
+            if (req := self._promise_request()) is not None:  # promises go on during a snapshot
+                yield req
             await asyncio.sleep(0)
         if self.needs_snapshot or self.closed or m.incarnation != inc:
             self.in_snapshot = False

@@ -215,6 +215,8 @@ class ElectionMachine:
         batch, so a stalled node cannot forward past it."""
         if self.role is not Role.MASTER:
             return None
+        if self.promises.required_epoch != self.epoch:  # our member list is not published yet
+            return self._lease_deadline()
         return self.promises.master_deadline(self._lease_deadline())
 
     def _lease_deadline(self) -> float:
@@ -470,7 +472,9 @@ class ElectionMachine:
     def _on_promises(self, now: float) -> bool:
         """MASTER and still covered by the backups' promises."""
         p = self.promises
-        return self.role is Role.MASTER and now < min(p.granted_until, self._lease_deadline() + p.max_static)
+        if self.role is not Role.MASTER or p.required_epoch != self.epoch:
+            return False
+        return now < min(p.granted_until, self._lease_deadline() + p.max_static)
 
     def _start_reacquire(self, now: float) -> list[Action]:
         """Our lease is gone but every member promised: keep forwarding, win the key back."""

@@ -321,9 +321,10 @@ class Elector:
         """The members whose promises the master needs (what it published in leader-members)."""
         return self.machine.promises.required
 
-    def _set_required(self, nodes: frozenset[str]) -> None:
+    def _set_required(self, nodes: frozenset[str], epoch: int) -> None:
         m = self.machine
         m.promises.required = nodes
+        m.promises.required_epoch = epoch
         if not nodes <= m.promises.granted_for:  # a grant computed without a new member is void
             m.promises.granted_until = 0.0
         self._fence_now()

@@ -120,6 +120,23 @@ class ElectorThread:
         if loop is not None and el is not None and not loop.is_closed():
             loop.call_soon_threadsafe(el.poke)
 
+    # -- static stability (callable from any thread) -------------------------------------------------
+    @property
+    def required(self) -> frozenset[str]:
+        """Members whose promises the master needs (what it published in leader-members)."""
+        return self.elector.required if self._elector is not None else frozenset()
+
+    def grant_promises(self, until: float, used: frozenset[str]) -> None:
+        self._soon(lambda el: el.grant_promises(until, used))
+
+    def hold_promise(self, until: float, epoch: int) -> None:
+        self._soon(lambda el: el.hold_promise(until, epoch))
+
+    def _soon(self, fn: Callable[[Elector], None]) -> None:
+        loop, el = self._loop, self._elector
+        if loop is not None and el is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(fn, el)
+
     async def resign(self) -> None:
         await self._call(lambda el: el.resign())
 

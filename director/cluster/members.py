@@ -70,7 +70,8 @@ async def release_epoch(store: EtcdStore, epoch: int, timeout: float = 1.0) -> N
 class MemberPublisher:
     """While master: publish the registered nodes as ``leader-members``; see the module docstring."""
 
-    def __init__(self, store: EtcdStore, node_id: str, on_required: Callable[[frozenset[str]], None]) -> None:
+    def __init__(self, store: EtcdStore, node_id: str,
+                 on_required: Callable[[frozenset[str], int], None]) -> None:
         self.store = store
         self.node_id = node_id
         self.on_required = on_required
@@ -102,7 +103,7 @@ class MemberPublisher:
         nodes = tuple(sorted(ids - {self.node_id}))
         if nodes == self.published:
             return
-        self.on_required(frozenset(nodes))  # the machine first: it demands their promises from now on
+        self.on_required(frozenset(nodes), epoch)  # the machine first: it demands their promises now
         lk = self.store.leader_key.encode()
         compare = [rpc.Compare(key=lk, target=rpc.Compare.LEASE, result=rpc.Compare.EQUAL, lease=lease_id)]
         body = json.dumps({"epoch": epoch, "nodes": list(nodes)}).encode()

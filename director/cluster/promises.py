@@ -41,6 +41,7 @@ class Promises:
     granted_until: float = 0.0
     required: frozenset[str] = field(default_factory=frozenset)
     granted_for: frozenset[str] = field(default_factory=frozenset)
+    required_epoch: int = 0  # the epoch whose member list `required` is (promises count only then)
     last_lease_deadline: float = 0.0  # while winning the key back: the lease deadline we had
     # backup side
     hold_until: float = 0.0

@@ -11,8 +11,14 @@ from tests.director.cluster.test_election import LEASE, acts, leader_machine, re
 NEW_LEASE = LEASE + 7
 
 
+def published(m: ElectionMachine, members: frozenset[str] = frozenset({"b1"})) -> ElectionMachine:
+    """The master published its member list for its epoch (what MemberPublisher does)."""
+    m.promises.required, m.promises.required_epoch = members, m.epoch
+    return m
+
+
 def test_master_forwards_past_its_lease_while_every_member_promised() -> None:
-    m = leader_machine(t=0.0)  # lease deadline 0.8 (ttl 1, margin 0.2)
+    m = published(leader_machine(t=0.0))  # lease deadline 0.8 (ttl 1, margin 0.2)
     m.promises_granted(0.5, 3.0, frozenset({"b1"}))
     assert m.forward_until() == 3.0
     assert Act.STOP_FORWARDING not in acts(m.tick(1.0))
@@ -30,7 +36,7 @@ def test_promises_extend_forwarding_for_at_most_max_static() -> None:
 
 
 def test_lease_gone_on_promises_wins_the_key_back_without_stopping() -> None:
-    m = leader_machine(t=0.0, epoch=10)
+    m = published(leader_machine(t=0.0, epoch=10))
     m.promises_granted(0.1, 30.0, frozenset({"b1"}))
     out = m.leader_observed(2.0, None)  # etcd expired our lease while we could not reach it
     assert acts(out) == [Act.GRANT_LEASE] and m.role is Role.MASTER and m.reacquiring
@@ -43,12 +49,26 @@ def test_lease_gone_on_promises_wins_the_key_back_without_stopping() -> None:
 
 
 def test_winning_back_fails_when_someone_else_holds_the_key() -> None:
-    m = leader_machine(t=0.0)
+    m = published(leader_machine(t=0.0))
     m.promises_granted(0.1, 30.0, frozenset({"b1"}))
     m.leader_observed(2.0, None)
     m.lease_granted(2.1, NEW_LEASE, 1.0, 2.05)
     out = m.txn_lost(2.2, NEW_LEASE, record("intruder", epoch=60))
     assert Act.STOP_FORWARDING in acts(out) and m.forward_until() is None
+
+
+def test_promises_do_not_count_before_the_member_list_of_this_epoch_is_published() -> None:
+    m = leader_machine(t=0.0, epoch=10)
+    m.promises_granted(0.1, 30.0, frozenset())
+    assert m.forward_until() == pytest.approx(0.8)  # lease only: an older list may name others
+    published(m, frozenset())
+    assert m.forward_until() == 30.0
+
+
+def test_a_grant_that_misses_a_required_member_is_void() -> None:
+    m = published(leader_machine(t=0.0), frozenset({"b1", "b2"}))
+    m.promises_granted(0.1, 30.0, frozenset({"b1"}))
+    assert m.forward_until() == pytest.approx(0.8)
 
 
 def test_without_promises_a_lost_key_stops_forwarding_at_once() -> None:

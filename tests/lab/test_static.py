@@ -1,0 +1,111 @@
+"""Static stability in the lab: etcd out of reach must not stop a healthy master (docs/HA.md, case table).
+
+Real `directord` processes, real etcd, real TCP through the VIP; the fabric observer (captures on
+every director port of both bridges) is the judge of who forwarded when. Conditions are awaited with
+generous deadlines; nothing asserts a duration.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from deploy.cluster import wait_for
+from deploy.lab import CTL_ADDR, Lab, director_int
+from deploy.observer import overlaps
+from tests.lab.test_ha import HaEnv, _assert_clean, ha  # noqa: F401  (fixture)
+
+pytestmark = [pytest.mark.lab, pytest.mark.etcd]
+
+LEASE_PLUS = 3.0
+"""Seconds past which a lease of 1 s is certainly gone: frames after that prove static stability."""
+
+
+def _cut(lab: Lab, ns: str, rules: list[str]) -> None:
+    lab.exec(ns, ["nft", "add table inet lbdcut ; "
+                  "add chain inet lbdcut out { type filter hook output priority 0 ; } ; "
+                  "add chain inet lbdcut in { type filter hook input priority 0 ; } ; " + " ; ".join(rules)])
+
+
+def _heal(lab: Lab, ns: str) -> None:
+    lab.exec(ns, ["nft", "delete table inet lbdcut"])
+
+
+def _etcd_rules(port: int) -> list[str]:
+    return [f"add rule inet lbdcut out ip daddr {CTL_ADDR} tcp dport {port} drop",
+            f"add rule inet lbdcut in ip saddr {CTL_ADDR} tcp sport {port} drop"]
+
+
+@pytest.fixture
+def static(ha: HaEnv) -> Iterator[HaEnv]:  # noqa: F811
+    yield ha
+
+
+def test_etcd_down_for_everybody(static: HaEnv) -> None:
+    env, c = static, static.cluster
+    master = c.wait_master()
+    backup = env.other(master)
+    traffic = env.start_traffic()
+    before = traffic.report()
+    t0 = time.time()
+    c.etcd.stop()
+    try:
+        wait_for("the master to forward past its lease",
+                 lambda: env.frames_after(master.node_id, t0 + LEASE_PLUS) > 200, 60)
+        assert c.last_event(master, "stopped_forwarding", t0) is None
+        assert c.last_event(backup, "forwarding", t0) is None
+    finally:
+        c.etcd.start()
+    wait_for("the master's election to settle", lambda: c.wait_master() is master, 60)
+    _assert_clean(env.settle(before["new_ok"]))
+    assert c.last_event(master, "stopped_forwarding", t0) is None, "the master stopped during the outage"
+    assert overlaps(env.observer.frames()) == []
+    c.wait_in_sync(backup, 90)
+
+
+def test_master_cut_from_etcd_only(static: HaEnv) -> None:
+    env, c = static, static.cluster
+    master = c.wait_master()
+    backup = env.other(master)
+    traffic = env.start_traffic()
+    before = traffic.report()
+    ns = env.lab.directors[master.n - 1].ns
+    t0 = time.time()
+    _cut(env.lab, ns, _etcd_rules(c.etcd.client_port))
+    try:
+        wait_for("the backup to see the master's lease gone",
+                 lambda: c.last_event(backup, "role", t0, master=None), 60)
+        wait_for("the master to forward past its lease",
+                 lambda: env.frames_after(master.node_id, time.time()) > 0
+                 and env.frames_after(master.node_id, t0 + LEASE_PLUS) > 200, 60)
+        assert c.last_event(backup, "forwarding", t0) is None, "the backup took over"
+    finally:
+        _heal(env.lab, ns)
+    wait_for("the master to win its key back", lambda: c.last_event(master, "master", t0), 60)
+    assert c.last_event(master, "stopped_forwarding", t0) is None
+    assert c.last_event(backup, "forwarding", t0) is None
+    _assert_clean(env.settle(before["new_ok"]))
+    assert overlaps(env.observer.frames()) == []
+    c.wait_in_sync(backup, 90)
+
+
+def test_master_cut_from_etcd_and_from_its_backups_hands_over_without_overlap(static: HaEnv) -> None:
+    env, c = static, static.cluster
+    master = c.wait_master()
+    backup = env.other(master)
+    traffic = env.start_traffic()
+    before = traffic.report()
+    ns = env.lab.directors[master.n - 1].ns
+    peer = director_int(backup.n)
+    t0 = time.time()
+    _cut(env.lab, ns, [*_etcd_rules(c.etcd.client_port), f"add rule inet lbdcut out ip daddr {peer} drop",
+                       f"add rule inet lbdcut in ip saddr {peer} drop"])
+    try:
+        wait_for("the isolated master to stop", lambda: c.last_event(master, "stopped_forwarding", t0), 60)
+        wait_for("the backup to take over", lambda: c.last_event(backup, "first_forward", t0), 60)
+    finally:
+        _heal(env.lab, ns)
+    _assert_clean(env.settle(before["new_ok"]))
+    assert overlaps(env.observer.frames()) == []
