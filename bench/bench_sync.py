@@ -81,6 +81,13 @@ async def _backup(pipe: Connection, target: str) -> None:
     t_start = time.time()
     f.start()
     loop = asyncio.get_running_loop()
+
+    async def timers() -> None:  # as directord's timer loop: the table's wheel runs on every node
+        while True:
+            table.tick()
+            await asyncio.sleep(0.05)
+
+    ticker = loop.create_task(timers())
     inbox: asyncio.Queue[Any] = asyncio.Queue()
     loop.add_reader(pipe.fileno(), lambda: inbox.put_nowait(pipe.recv()))
     while True:
@@ -102,6 +109,7 @@ async def _backup(pipe: Connection, target: str) -> None:
             gc.collect()
             pipe.send(("ok", len(table), rss_mb()))
     loop.remove_reader(pipe.fileno())
+    ticker.cancel()
     await f.stop()
 
 
