@@ -42,6 +42,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -310,53 +311,52 @@ class Drill:
         c.wait_in_sync(old, 90)
         return out
 
-    def phase_etcd_outage(self) -> dict[str, Any]:
+    def _no_failover_phase(self, name: str, what: str, seconds: float, fault: Callable[[NodeProc], None],
+                           heal: Callable[[NodeProc], None]) -> dict[str, Any]:
+        """A fault the master must ride through without a failover (static stability): hold it for
+        `seconds` under traffic, heal it, check that the same master forwarded throughout."""
         assert self.traffic is not None
         c = self.cluster
         master = c.wait_master()
-        self.traffic.phase("etcd-outage")
+        self.traffic.phase(name)
         start = self.traffic.report()
-        self.say(f"phase etcd-outage: etcd down for {self.outage_s:.0f} s under traffic")
+        self.say(f"phase {name}: {what} for {seconds:.0f} s under traffic")
         t0 = time.time()
-        c.etcd.stop()
+        fault(master)
         try:
-            wait_for("the outage to last", lambda: time.time() - t0 >= self.outage_s,
-                     self.outage_s + 5, 0.2)
+            wait_for(f"the {name} to last", lambda: time.time() - t0 >= seconds, seconds + 5, 0.2)
             same = c.master() is master
         finally:
-            c.etcd.start()
-        self.say(f"etcd back; {'the same master forwarded throughout' if same else 'the master changed'}")
+            heal(master)
+        self.say(f"{name} healed; {'the same master forwarded throughout' if same else 'the master changed'}")
         end = self._settle(self.traffic.report()["new_ok"])
         out = self._phase_result(start, end, 0.0, t0)
         out["same_master"] = same and c.wait_master() is master
         return out
 
+    def phase_etcd_outage(self) -> dict[str, Any]:
+        etcd = self.cluster.etcd
+        return self._no_failover_phase("etcd-outage", "etcd down", self.outage_s,
+                                       lambda _m: etcd.stop(), lambda _m: etcd.start())
+
     def phase_partition(self) -> dict[str, Any]:
-        assert self.traffic is not None
-        c = self.cluster
-        master = c.wait_master()
-        ns = self.lab.directors[master.n - 1].ns
-        self.traffic.phase("partition")
-        start = self.traffic.report()
-        self.say(f"phase partition: {master.node_id} (master) cut from etcd for {self.partition_s:.0f} s")
-        t0 = time.time()
         port = self.cluster.etcd.client_port
-        self.lab.exec(ns, ["nft", "add table inet lbdcut ; "
-                           "add chain inet lbdcut out { type filter hook output priority 0 ; } ; "
-                           "add chain inet lbdcut in { type filter hook input priority 0 ; } ; "
-                           f"add rule inet lbdcut out ip daddr {CTL_ADDR} tcp dport {port} drop ; "
-                           f"add rule inet lbdcut in ip saddr {CTL_ADDR} tcp sport {port} drop"])
-        try:
-            wait_for("the cut to last", lambda: time.time() - t0 >= self.partition_s,
-                     self.partition_s + 5, 0.2)
-            same = c.master() is master
-        finally:
-            self.lab.exec(ns, ["nft", "delete table inet lbdcut"])
-        self.say(f"cut healed; {'no failover' if same else 'the master changed'}")
-        end = self._settle(self.traffic.report()["new_ok"])
-        out = self._phase_result(start, end, 0.0, t0)
-        out["same_master"] = same and c.wait_master() is master
-        return out
+
+        def cut(master: NodeProc) -> None:
+            self.lab.exec(self._ns(master), [
+                "nft", "add table inet lbdcut ; "
+                "add chain inet lbdcut out { type filter hook output priority 0 ; } ; "
+                "add chain inet lbdcut in { type filter hook input priority 0 ; } ; "
+                f"add rule inet lbdcut out ip daddr {CTL_ADDR} tcp dport {port} drop ; "
+                f"add rule inet lbdcut in ip saddr {CTL_ADDR} tcp sport {port} drop"])
+
+        def heal(master: NodeProc) -> None:
+            self.lab.exec(self._ns(master), ["nft", "delete table inet lbdcut"])
+
+        return self._no_failover_phase("partition", "the master cut from etcd", self.partition_s, cut, heal)
+
+    def _ns(self, node: NodeProc) -> str:
+        return self.lab.directors[node.n - 1].ns
 
     def run(self) -> dict[str, Any]:
         report: dict[str, Any] = {}

@@ -9,69 +9,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from deploy.cluster import LabCluster, split_brain, wait_for
-from deploy.drill import Drill, TrafficProc, services_yaml
-from deploy.lab import CTL_ADDR, Lab, new_name
+from deploy.cluster import wait_for
+from deploy.drill import Drill, services_yaml
+from deploy.lab import CTL_ADDR
+from tests.lab.clusterenv import ClusterEnv, cluster_env
 
 pytestmark = [pytest.mark.lab, pytest.mark.etcd]
 
 CONNS = 30
 
 
-class Env:
-    def __init__(self, lab: Lab, cluster: LabCluster) -> None:
-        self.lab = lab
-        self.cluster = cluster
-        self.kills: dict[str, list[float]] = {}
-        self.traffic: TrafficProc | None = None
-
-    def start_traffic(self) -> TrafficProc:
-        self.traffic = TrafficProc(self.lab, CONNS, 10.0, 0.05)
-        n_src = self.traffic.n_sources
-
-        def ready() -> bool:
-            assert self.traffic is not None
-            r = self.traffic.report()
-            return bool(r["alive"] >= CONNS and r["sticky_sources"] >= n_src)
-
-        wait_for("traffic flowing", ready, 90, 0.5)
-        return self.traffic
-
-    def settle(self, since_ok: int) -> dict[str, Any]:
-        """Every client address made a new connection since `since_ok`, and no stream is stalled."""
-        assert self.traffic is not None
-        need = since_ok + 2 * self.traffic.n_sources
-
-        def settled() -> dict[str, Any] | None:
-            assert self.traffic is not None
-            r = self.traffic.report()
-            return r if r["new_ok"] >= need and r["current_stall_ms"] < 1500 else None
-
-        got: dict[str, Any] = wait_for("traffic to settle", settled, 180, 0.5)
-        return got
-
-    def no_split_brain(self) -> bool:
-        c = self.cluster
-        return not split_brain({n.node_id: c.active_intervals(n, self.kills) for n in c.nodes})
+Env = ClusterEnv
 
 
 @pytest.fixture
 def env() -> Iterator[Env]:
-    lab = Lab(new_name(), n_directors=2, n_reals=3)
-    cluster = LabCluster(lab, n_nodes=2)
-    e = Env(lab, cluster)
-    try:
-        cluster.bring_up(services_yaml(3))
+    with cluster_env(CONNS) as e:
         yield e
-    finally:
-        if e.traffic is not None:
-            e.traffic.stop()
-        cluster.close()
-        lab.down()
 
 
 def test_drill_kill_and_switchback_keeps_every_connection_and_template() -> None:

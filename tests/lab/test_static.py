@@ -15,7 +15,7 @@ import pytest
 from deploy.cluster import wait_for
 from deploy.lab import CTL_ADDR, Lab, director_int
 from deploy.observer import overlaps
-from tests.lab.test_ha import HaEnv, _assert_clean, ha  # noqa: F401  (fixture)
+from tests.lab.clusterenv import ClusterEnv, cluster_env
 
 pytestmark = [pytest.mark.lab, pytest.mark.etcd]
 
@@ -39,11 +39,12 @@ def _etcd_rules(port: int) -> list[str]:
 
 
 @pytest.fixture
-def static(ha: HaEnv) -> Iterator[HaEnv]:  # noqa: F811
-    yield ha
+def static() -> Iterator[ClusterEnv]:
+    with cluster_env(20, observe=True) as env:
+        yield env
 
 
-def test_etcd_down_for_everybody(static: HaEnv) -> None:
+def test_etcd_down_for_everybody(static: ClusterEnv) -> None:
     env, c = static, static.cluster
     master = c.wait_master()
     backup = env.other(master)
@@ -59,13 +60,13 @@ def test_etcd_down_for_everybody(static: HaEnv) -> None:
     finally:
         c.etcd.start()
     wait_for("the master's election to settle", lambda: c.wait_master() is master, 60)
-    _assert_clean(env.settle(before["new_ok"]))
+    env.assert_clean(env.settle(before["new_ok"]))
     assert c.last_event(master, "stopped_forwarding", t0) is None, "the master stopped during the outage"
-    assert overlaps(env.observer.frames()) == []
+    assert overlaps(env.frames()) == []
     c.wait_in_sync(backup, 90)
 
 
-def test_master_cut_from_etcd_only(static: HaEnv) -> None:
+def test_master_cut_from_etcd_only(static: ClusterEnv) -> None:
     env, c = static, static.cluster
     master = c.wait_master()
     backup = env.other(master)
@@ -86,12 +87,12 @@ def test_master_cut_from_etcd_only(static: HaEnv) -> None:
     wait_for("the master to win its key back", lambda: c.last_event(master, "master", t0), 60)
     assert c.last_event(master, "stopped_forwarding", t0) is None
     assert c.last_event(backup, "forwarding", t0) is None
-    _assert_clean(env.settle(before["new_ok"]))
-    assert overlaps(env.observer.frames()) == []
+    env.assert_clean(env.settle(before["new_ok"]))
+    assert overlaps(env.frames()) == []
     c.wait_in_sync(backup, 90)
 
 
-def test_master_cut_from_etcd_and_from_its_backups_hands_over_without_overlap(static: HaEnv) -> None:
+def test_master_cut_from_etcd_and_from_its_backups_hands_over_without_overlap(static: ClusterEnv) -> None:
     env, c = static, static.cluster
     master = c.wait_master()
     backup = env.other(master)
@@ -107,5 +108,5 @@ def test_master_cut_from_etcd_and_from_its_backups_hands_over_without_overlap(st
         wait_for("the backup to take over", lambda: c.last_event(backup, "first_forward", t0), 60)
     finally:
         _heal(env.lab, ns)
-    _assert_clean(env.settle(before["new_ok"]))
-    assert overlaps(env.observer.frames()) == []
+    env.assert_clean(env.settle(before["new_ok"]))
+    assert overlaps(env.frames()) == []

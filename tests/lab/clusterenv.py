@@ -1,0 +1,91 @@
+"""A lab cluster under client traffic, shared by the failover, HA and static-stability lab tests.
+
+`ClusterEnv` holds a lab with two `directord` nodes, the traffic tool in the client namespace
+(long-lived verified TCP streams plus new sticky connections) and, optionally, the fabric observer
+(captures on every director port of both bridges). Its helpers wait on conditions with generous
+deadlines; none of them asserts a duration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from deploy.cluster import LabCluster, NodeProc, split_brain, wait_for
+from deploy.drill import TrafficProc, services_yaml
+from deploy.lab import Lab, new_name
+from deploy.observer import FabricObserver
+
+
+class ClusterEnv:
+    def __init__(self, lab: Lab, cluster: LabCluster, conns: int, *, observe: bool = False) -> None:
+        self.lab = lab
+        self.cluster = cluster
+        self.conns = conns
+        self.kills: dict[str, list[float]] = {}
+        self.traffic: TrafficProc | None = None
+        self.observer = FabricObserver(lab, [n.n for n in cluster.nodes]) if observe else None
+
+    def start_traffic(self) -> TrafficProc:
+        traffic = self.traffic = TrafficProc(self.lab, self.conns, 10.0, 0.05)
+        n_src = traffic.n_sources
+
+        def ready() -> bool:
+            r = traffic.report()
+            return bool(r["alive"] >= self.conns and r["sticky_sources"] >= n_src)
+
+        wait_for("traffic flowing", ready, 90, 0.5)
+        return traffic
+
+    def settle(self, since_ok: int) -> dict[str, Any]:
+        """Every client address made a new connection since `since_ok`, and no stream is stalled."""
+        traffic = self.traffic
+        assert traffic is not None
+        need = since_ok + 2 * traffic.n_sources
+
+        def settled() -> dict[str, Any] | None:
+            r = traffic.report()
+            return r if r["new_ok"] >= need and r["current_stall_ms"] < 1500 else None
+
+        got: dict[str, Any] = wait_for("traffic to settle", settled, 180, 0.5)
+        return got
+
+    def assert_clean(self, end: dict[str, Any]) -> None:
+        """Every stream alive, no reset, no byte wrong, no sticky client moved."""
+        assert end["alive"] == self.conns and end["resets"] == 0 and end["mismatches"] == 0, end
+        assert end["sources_moved"] == [], end
+
+    def no_split_brain(self) -> bool:
+        c = self.cluster
+        return not split_brain({n.node_id: c.active_intervals(n, self.kills) for n in c.nodes})
+
+    def frames(self) -> dict[str, list[float]]:
+        assert self.observer is not None
+        return self.observer.frames()
+
+    def frames_after(self, name: str, t: float) -> int:
+        return sum(1 for ts in self.frames().get(name, []) if ts > t)
+
+    def other(self, node: NodeProc) -> NodeProc:
+        return next(n for n in self.cluster.nodes if n is not node)
+
+
+@contextmanager
+def cluster_env(conns: int, *, observe: bool = False) -> Iterator[ClusterEnv]:
+    """A fresh, uniquely named lab with two nodes up and in sync; torn down whatever happens."""
+    lab = Lab(new_name(), n_directors=2, n_reals=3)
+    cluster = LabCluster(lab, n_nodes=2)
+    env = ClusterEnv(lab, cluster, conns, observe=observe)
+    try:
+        cluster.bring_up(services_yaml(3))
+        if env.observer is not None:
+            env.observer.start()
+        yield env
+    finally:
+        if env.observer is not None:
+            env.observer.stop()
+        if env.traffic is not None:
+            env.traffic.stop()
+        cluster.close()
+        lab.down()
