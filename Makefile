@@ -20,18 +20,19 @@ setup: .stamp-deb .stamp-venv .stamp-proto
 	fi
 	@touch $@
 
-.stamp-venv: pyproject.toml .stamp-deb
+# Same versions on every machine: everything (build requirements included) from constraints.txt.
+.stamp-venv: pyproject.toml constraints.txt setup.py .stamp-deb
 	@echo "==> venv $(VENV) from $(PY)"
 	@[ -x $(VPY) ] || $(PY) -m venv $(VENV)
-	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e '.[dev]'
+	$(VPY) -m pip install -q -c constraints.txt --upgrade pip
+	$(VPY) -m pip install -q -c constraints.txt --build-constraint constraints.txt -e '.[dev,lab]'
 	@touch $@
 
-.stamp-proto: $(PROTOS) .stamp-venv
+# The editable install above already generated lbd_pb (setup.py's build hook); this redoes it when a
+# .proto changes, with the same recipe.
+.stamp-proto: $(PROTOS) setup.py .stamp-venv
 	@echo "==> generating gRPC code into lbd_pb"
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m grpc_tools.protoc -Iproto --python_out=lbd_pb --grpc_python_out=lbd_pb \
-	  --mypy_out=lbd_pb --mypy_grpc_out=lbd_pb $(PROTOS)
-	@sed -i -E 's/^import ([a-z_]+_pb2)( as |$$)/from lbd_pb import \1\2/' lbd_pb/*_pb2*.py lbd_pb/*_pb2*.pyi
+	$(VPY) -c 'import setup; setup.generate("lbd_pb")'
 	@touch $@
 
 proto: .stamp-proto

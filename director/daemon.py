@@ -472,6 +472,7 @@ def _default_lease_file() -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="directord", description="run one director node")
+    p.add_argument("--version", action="version", version=f"directord {__version__}")
     p.add_argument("-c", "--config", required=True, help="node YAML file")
     p.add_argument("--log-level", default=os.environ.get("DIRECTORD_LOG", "info"))
     p.add_argument("--lease-file", default=_default_lease_file(),
