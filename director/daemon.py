@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import os
+import random
 import signal
 import socket
 import sys
@@ -52,7 +53,7 @@ from director.cluster.elector_thread import ElectorThread
 from director.cluster.release import LeaseRecord, write_lease_file
 from director.cluster.store import ConfigSnapshot, EtcdStore
 from director.cluster.track import LinkTracker
-from director.config.node import NodeConfig, NodeConfigError, parse_node_config
+from director.config.node import DefenseConfig, NodeConfig, NodeConfigError, parse_node_config
 from director.config.services import Config, ConfigError, apply_timeouts, apply_to_services
 from director.config.watch import ConfigUpdate, config_updates, validate_snapshot
 from director.dataplane.arp import vrrp_mac
@@ -62,6 +63,7 @@ from director.health.service import HealthService
 from director.services.service import ServiceTable
 from director.services.stats import StatsEstimator
 from director.table.conn import ConnTable
+from director.table.defense_policy import DefensePolicy, DefenseSettings, mode_of
 from director.table.events import RawEvent, cook
 from syncd.backup import SyncBackup
 from syncd.server import SyncServer, create_sync_server
@@ -78,6 +80,42 @@ def core_config_for(cfg: NodeConfig) -> CoreConfig:
     gws = frozenset(_ip(g) for g in cfg.gateways)
     int_addr = _ip(cfg.int_addr) if cfg.int_addr else (min(gws) if gws else 0)
     return CoreConfig(vmac=vrrp_mac(cfg.vmac_id), gw_addrs=gws, int_addr=int_addr, mtu=cfg.int_mtu)
+
+
+MIB = 1 << 20
+
+
+def mem_total() -> int:
+    """The box's memory in bytes (/proc/meminfo), 0 if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (/proc/self/statm), 0 if unknown."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def defense_settings(d: DefenseConfig, memory: int) -> DefenseSettings:
+    """The node's defense settings; sizes left out are sized for the box: RSS up to a quarter of its
+    memory (defense from three quarters of that), the conn table up to one entry per 2 KiB of it
+    (65536 .. 4M), defense from half of that."""
+    rss_max = d.rss_max_mb * MIB if d.rss_max_mb is not None else memory // 4
+    rss_thr = d.rss_threshold_mb * MIB if d.rss_threshold_mb is not None else rss_max * 3 // 4
+    max_conns = d.max_conns if d.max_conns is not None else min(1 << 22, max(1 << 16, rss_max // 2048))
+    conn_thr = d.conn_threshold if d.conn_threshold is not None else max_conns // 2
+    return DefenseSettings(mode_of(d.drop_entry), mode_of(d.drop_packet), mode_of(d.secure_tcp),
+                           d.am_droprate, conn_thr, max_conns, rss_thr, rss_max)
 
 
 class EventLog:
@@ -110,6 +148,9 @@ class Node:
         self.services = ServiceTable()
         self.core_cfg = core_config_for(cfg)
         self.director = Director(self.table, self.services, self.clock, self.core_cfg)
+        self.defense = DefensePolicy(defense_settings(cfg.defense, mem_total()))
+        self.director.max_conns = self.defense.settings.max_conns
+        self._rng = random.Random()
         # fenced until the election says otherwise: a fresh node never forwards on its own
         self.dataplane = DataPlane(self.director, cfg.external, cfg.internal, master_until=None)
         self.store = EtcdStore(list(cfg.etcd_endpoints), prefix=cfg.etcd_prefix, cluster=cfg.cluster)
@@ -329,12 +370,25 @@ class Node:
                 self.elector.poke()
 
     # -- periodic work ----------------------------------------------------------------------------
+    def defend(self, now: float) -> None:
+        """IPVS's defense work, once a second: levels from the table size and RSS; the packet path reads
+        the drop rate and the secure_tcp flag; the master runs random_drop while drop_entry is engaged
+        (a backup's table follows the master's, whose own drops reach it as EXPIRE events)."""
+        d = self.defense.update(self.table.count, rss_bytes(), now)
+        self.director.todrop.set_rate(d.drop_rate)
+        self.core_cfg.timeouts.secure_tcp = d.secure_tcp
+        if d.drop_entry and self.director.active:
+            self.defense.note_random_drop(self.table.random_drop(self._rng))
+
     async def _timer_loop(self) -> None:
-        """Conn timers, neighbour probes. Sleeps until the table's next deadline (at most 100 ms)."""
-        last_probe = last_neigh = 0.0
+        """Conn timers, neighbour probes, defense. Sleeps until the table's next deadline (at most 100 ms)."""
+        last_probe = last_neigh = last_defense = 0.0
         while True:
             self.table.tick()
             now = self.clock()
+            if now - last_defense >= 1.0:
+                last_defense = now
+                self.defend(now)
             if self.estimator.due(now):
                 self.estimator.update(self.services, now)
             if now - last_probe > 1.0:

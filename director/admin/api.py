@@ -224,6 +224,26 @@ class BackupSync:
 
 
 @dataclass(frozen=True)
+class DefenseView:
+    """IPVS defense strategies (director.table.defense_policy): modes, levels, what they did."""
+
+    drop_entry: str = "off"  # off | auto | auto (engaged) | always
+    drop_packet: str = "off"
+    secure_tcp: str = "off"
+    pressure: float = 0.0  # 0: below every threshold; 1: at a maximum
+    drop_rate: int = 0  # one new-conn packet in drop_rate is dropped (0: none)
+    conn_threshold: int = 0
+    max_conns: int = 0
+    rss: int = 0
+    rss_threshold: int = 0
+    rss_max: int = 0
+    entries_dropped: int = 0
+    packets_dropped: int = 0
+    table_full_drops: int = 0
+    engaged: int = 0  # times pressure started
+
+
+@dataclass(frozen=True)
 class NodeStatus:
     node_id: str
     role: str  # "master" | "backup" | "candidate" | "stopped"
@@ -241,6 +261,7 @@ class NodeStatus:
     role_changes: int = 0
     elections: int = 0
     ready: bool = True
+    defense: DefenseView = DefenseView()
 
 
 @dataclass(frozen=True)

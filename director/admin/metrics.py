@@ -23,6 +23,7 @@ from typing import Any
 
 from director.admin.api import (
     CounterValues,
+    DefenseView,
     DestView,
     NodeApi,
     RateValues,
@@ -98,6 +99,7 @@ def render(api: NodeApi) -> str:
     e.add("lbd_templates", "gauge", "Persistence templates", st.templates)
     e.add("lbd_services", "gauge", "Virtual services", st.services)
     e.add("lbd_dests", "gauge", "Real servers (dests)", st.dests)
+    _defense(e, st.defense)
     for f in st.backups:
         e.add("lbd_sync_lag_events", "gauge", "Sync events not yet applied by the backup", f.lag_events,
               backup=f.node_id)
@@ -111,6 +113,30 @@ def render(api: NodeApi) -> str:
     _traffic(e, "lbd", {}, stats.totals, stats.total_rates)
     _services(e, stats.services)
     return e.text()
+
+
+def _defense(e: Exposition, d: DefenseView) -> None:
+    for strategy in ("drop_entry", "drop_packet", "secure_tcp"):
+        mode = getattr(d, strategy)
+        for m in ("off", "auto", "auto (engaged)", "always"):
+            e.add("lbd_defense_mode", "gauge", "1 for each strategy's current mode", int(mode == m),
+                  strategy=strategy, mode=m)
+    e.add("lbd_defense_pressure", "gauge", "How far past the defense thresholds (0 none, 1 maximum)",
+          d.pressure)
+    e.add("lbd_defense_drop_rate", "gauge", "drop_packet: one new-conn packet in this many is dropped",
+          d.drop_rate)
+    e.add("lbd_defense_max_conns", "gauge", "Hard bound on the conn table", d.max_conns)
+    e.add("lbd_defense_conn_threshold", "gauge", "Conn table size where defense starts", d.conn_threshold)
+    e.add("lbd_rss_bytes", "gauge", "Resident memory of directord", d.rss)
+    e.add("lbd_defense_rss_threshold_bytes", "gauge", "RSS where defense starts", d.rss_threshold)
+    e.add("lbd_defense_rss_max_bytes", "gauge", "RSS at full defense pressure", d.rss_max)
+    e.add("lbd_defense_entries_dropped_total", "counter", "Entries dropped by drop_entry (random_drop)",
+          d.entries_dropped)
+    e.add("lbd_defense_packets_dropped_total", "counter", "New-conn packets dropped by drop_packet",
+          d.packets_dropped)
+    e.add("lbd_defense_table_full_total", "counter", "New-conn packets dropped at max_conns",
+          d.table_full_drops)
+    e.add("lbd_defense_engaged_total", "counter", "Times defense pressure started", d.engaged)
 
 
 def _traffic(e: Exposition, prefix: str, lbl: dict[str, str], c: CounterValues, r: RateValues) -> None:

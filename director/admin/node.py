@@ -30,6 +30,7 @@ from director.admin.api import (
     ConnFilter,
     ConnView,
     CounterValues,
+    DefenseView,
     InvalidArgument,
     NodeStatus,
     NotFound,
@@ -50,11 +51,13 @@ from director.config import edits as config_edits
 from director.config import services as config
 from director.config.node import NodeConfig
 from director.dataplane.core import Director
+from director.dataplane.packet import Drop
 from director.health.service import HealthService
 from director.services.service import ServiceTable
 from director.services.stats import StatsEstimator
 from director.table.conn import ConnTable
-from director.types import ConnFlags, Proto
+from director.table.defense_policy import DefensePolicy, mode_name
+from director.types import Proto
 from syncd.server import SyncServer
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,7 @@ class Node(Protocol):
     table: ConnTable
     services: ServiceTable
     director: Director
+    defense: DefensePolicy
     store: EtcdStore
     estimator: StatsEstimator
     health: HealthService
@@ -108,7 +112,7 @@ class NodeAdmin:
     # ---- reads ------------------------------------------------------------------------------
     def status(self) -> NodeStatus:
         n = self.node
-        templates = sum(1 for c in n.table if c.flags & ConnFlags.TEMPLATE)
+        templates = n.table.template_count
         backups: tuple[BackupSync, ...] = ()
         if n.sync is not None and n.sync.serving:
             backups = tuple(BackupSync(f.node_id, "snapshot" if f.state == "snapshot" else "streaming",
@@ -120,7 +124,8 @@ class NodeAdmin:
             backups=backups, conns=n.table.count - templates, templates=templates,
             services=len(n.services), dests=sum(len(s.dests) for s in n.services),
             uptime=time.time() - n.started, version=_version(), config_revision=n.config_revision,
-            role_changes=n.role_changes, elections=n.role_changes, ready=n.ready())
+            role_changes=n.role_changes, elections=n.role_changes, ready=n.ready(),
+            defense=defense_view(n.defense, n.director))
 
     def services(self) -> list[ServiceView]:
         cfg = self.node.config
@@ -267,6 +272,16 @@ class NodeAdmin:
 
     def subscribe(self) -> Subscription:
         return self.hub.subscribe()
+
+
+def defense_view(p: DefensePolicy, director: Director) -> DefenseView:
+    s, st, drops = p.settings, p.stats, director.counters
+    return DefenseView(
+        drop_entry=mode_name(p.drop_entry), drop_packet=mode_name(p.drop_packet),
+        secure_tcp=mode_name(p.secure_tcp), pressure=st.pressure, drop_rate=p.decision.drop_rate,
+        conn_threshold=s.conn_threshold, max_conns=s.max_conns, rss=st.rss, rss_threshold=s.rss_threshold,
+        rss_max=s.rss_max, entries_dropped=st.entries_dropped, packets_dropped=drops[Drop.DEFENSE_DROP],
+        table_full_drops=drops[Drop.TABLE_FULL], engaged=st.engaged)
 
 
 def _version() -> str:

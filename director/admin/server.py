@@ -44,6 +44,7 @@ from director.admin.api import (
     ConnFilter,
     ConnView,
     CounterValues,
+    DefenseView,
     DestView,
     InvalidArgument,
     NodeApi,
@@ -239,7 +240,15 @@ def status_pb(s: NodeStatus) -> pb.StatusResponse:
                                    lag_seconds=f.lag_seconds) for f in s.backups],
         conns=s.conns, templates=s.templates, services=s.services, dests=s.dests,
         uptime_seconds=s.uptime, version=s.version, config_revision=s.config_revision,
-        role_changes=s.role_changes, elections=s.elections, ready=s.ready)
+        role_changes=s.role_changes, elections=s.elections, ready=s.ready, defense=defense_pb(s.defense))
+
+
+def defense_pb(d: DefenseView) -> pb.Defense:
+    return pb.Defense(
+        drop_entry=d.drop_entry, drop_packet=d.drop_packet, secure_tcp=d.secure_tcp, pressure=d.pressure,
+        drop_rate=d.drop_rate, conn_threshold=d.conn_threshold, max_conns=d.max_conns, rss_bytes=d.rss,
+        rss_threshold=d.rss_threshold, rss_max=d.rss_max, entries_dropped=d.entries_dropped,
+        packets_dropped=d.packets_dropped, table_full_drops=d.table_full_drops, engaged=d.engaged)
 
 
 def stats_pb(s: StatsView) -> pb.GetStatsResponse:

@@ -42,6 +42,21 @@ class TlsFiles:
 
 
 @dataclass(frozen=True)
+class DefenseConfig:
+    """``defense:`` (IPVS defense strategies, director.table.defense_policy). Modes: off, auto, always.
+    A size left out (None) is derived from the box's memory at start (director.daemon.defense_settings)."""
+
+    drop_entry: str = "auto"
+    drop_packet: str = "auto"
+    secure_tcp: str = "auto"
+    am_droprate: int = 10
+    conn_threshold: int | None = None
+    max_conns: int | None = None
+    rss_threshold_mb: int | None = None
+    rss_max_mb: int | None = None
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node_id: str
     external: str
@@ -71,6 +86,7 @@ class NodeConfig:
     table_bits: int = 16
     events_file: str | None = None
     """Append role changes and takeover timings as JSON lines here (drills read it)."""
+    defense: DefenseConfig = DefenseConfig()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -80,7 +96,12 @@ class NodeConfig:
 
 _KNOWN = ("node_id", "cluster", "etcd", "interfaces", "vmac_id", "sync", "admin", "lease_ttl",
           "sloppy_grace", "metrics", "priority", "preempt", "log_json", "gateways", "int_addr", "int_mtu",
-          "table_bits", "events_file")
+          "table_bits", "events_file", "defense")
+_DEFENSE_KEYS = ("drop_entry", "drop_packet", "secure_tcp", "am_droprate", "conn_threshold", "max_conns",
+                 "rss_threshold_mb", "rss_max_mb")
+_MODES = ("off", "auto", "always")
+MAX_CONNS_LIMIT = 1 << 26
+MAX_RSS_MB = 1 << 22
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _NAME_WHAT = "1-63 letters, digits, '_', '-' or '.', starting with a letter or digit"
 _PREFIX = re.compile(r"/?[A-Za-z0-9_.-]{1,63}(?:/[A-Za-z0-9_.-]{1,63}){0,7}/?")
@@ -145,6 +166,27 @@ def _gateways(d: Mapping[str, Any], errs: Errors) -> tuple[str, ...]:
                  for i, g in enumerate(raw))
 
 
+def _defense(d: Mapping[str, Any], errs: Errors) -> DefenseConfig:
+    sub = _section(d, "defense", _DEFENSE_KEYS, (), errs, optional=True)
+    sub = {k: "off" if val is False else val for k, val in sub.items()}  # YAML 1.1 reads `off` as false
+
+    def size(key: str, hi: int) -> int | None:
+        return None if sub.get(key) is None else v.integer(sub, key, "defense", errs, 0, hi, 0)
+
+    cfg = DefenseConfig(
+        drop_entry=v.choice(sub, "drop_entry", "defense", errs, _MODES, "auto"),
+        drop_packet=v.choice(sub, "drop_packet", "defense", errs, _MODES, "auto"),
+        secure_tcp=v.choice(sub, "secure_tcp", "defense", errs, _MODES, "auto"),
+        am_droprate=v.integer(sub, "am_droprate", "defense", errs, 1, 1_000_000, 10),
+        conn_threshold=size("conn_threshold", MAX_CONNS_LIMIT), max_conns=size("max_conns", MAX_CONNS_LIMIT),
+        rss_threshold_mb=size("rss_threshold_mb", MAX_RSS_MB), rss_max_mb=size("rss_max_mb", MAX_RSS_MB))
+    for lo, hi in (("conn_threshold", "max_conns"), ("rss_threshold_mb", "rss_max_mb")):
+        a, b = getattr(cfg, lo), getattr(cfg, hi)
+        if a is not None and b and a >= b:
+            errs.add(f"defense.{lo}", f"must be below defense.{hi} ({b}), got {a}")
+    return cfg
+
+
 class _Rename(Errors):
     """Errors of a value checked out of its mapping, reported under ``path``."""
 
@@ -195,6 +237,7 @@ def node_config_from_dict(raw: Any) -> NodeConfig:
         int_mtu=v.integer(d, "int_mtu", "", errs, MIN_MTU, MAX_MTU, 1500),
         table_bits=v.integer(d, "table_bits", "", errs, MIN_TABLE_BITS, MAX_TABLE_BITS, 16),
         events_file=v.optional_string(d, "events_file", "", errs, pattern=_PATH, what="a file path"),
+        defense=_defense(d, errs),
     )
     errs.raise_if_any(NodeConfigError)
     return cfg

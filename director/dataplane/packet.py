@@ -96,6 +96,8 @@ class Drop(IntEnum):
     NOT_VMAC = 22        # addressed to another unicast MAC than the virtual MAC, or a group MAC but not ARP
     TO_HOST = 23         # addressed to the director's own interface MAC: its kernel's traffic, not ours
     NOT_MASTER = 24      # read while the mastership deadline had passed (fencing): never forwarded
+    DEFENSE_DROP = 25    # a new-conn packet dropped by the drop_packet defense (one in drop_rate)
+    TABLE_FULL = 26      # a new-conn packet while the conn table holds defense.max_conns entries
 
 
 class DropCounters:

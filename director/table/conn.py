@@ -96,6 +96,8 @@ class ConnTable:
         self._todrop_counter = [0] * 9
         self.count = 0
         self.no_cport_count = 0
+        self.template_count = 0
+        """Templates among ``count`` (kept as entries come and go: status never walks the table)."""
         self.events = EventFeed(event_capacity)
         self.errors: dict[str, int] = {}
         self._ev_conn: Conn | None = None  # entry of the last event built, and its key
@@ -169,6 +171,8 @@ class ConnTable:
             flags |= F_NO_CPORT
         if flags & F_NO_CPORT:
             self.no_cport_count += 1
+        elif flags & F_TEMPLATE:
+            self.template_count += 1
         self.count += 1
         intern = self._intern
         now = self._clock()
@@ -370,6 +374,8 @@ class ConnTable:
         self._unbind(c)
         if c.flags & F_NO_CPORT:
             self.no_cport_count -= 1
+        elif c.flags & F_TEMPLATE:
+            self.template_count -= 1
         self.count -= 1
         return True
 

@@ -66,6 +66,13 @@ TCP_TIMEOUTS: dict[TcpState, float] = {
     TcpState.SYNACK: 120.0,
 }
 
+TCP_TIMEOUTS_DOS_CAP: tuple[float, ...] = (
+    2.0, float("inf"), 60.0, 10.0, 60.0, 60.0, 10.0, 60.0, 30.0, 60.0, 30.0,
+)
+"""secure_tcp: a state's timeout is at most this (indexed by TcpState) while the DoS table is in use, like
+the short timeout table of IPVS's secure_tcp defense: half-open entries (SYN_RECV 10 s, SYNACK 30 s) and
+closing ones go sooner; ESTABLISHED keeps its configured timeout (live flows are not shortened)."""
+
 _S = TcpState
 NO, ES, SS, SR, FW, TW, CL, CW, LA, LI, SA = (
     _S.NONE, _S.ESTABLISHED, _S.SYN_SENT, _S.SYN_RECV, _S.FIN_WAIT, _S.TIME_WAIT,
@@ -207,6 +214,6 @@ class Timeouts:
 
 
 __all__ = [
-    "ACK", "FIN", "PSH", "RST", "SYN", "TCP_STATES", "TCP_STATES_DOS", "TCP_TIMEOUTS",
+    "ACK", "FIN", "PSH", "RST", "SYN", "TCP_STATES", "TCP_STATES_DOS", "TCP_TIMEOUTS", "TCP_TIMEOUTS_DOS_CAP",
     "Direction", "TcpState", "Timeouts", "tcp_transition",
 ]
