@@ -17,9 +17,9 @@ falls out of the ring (or more than ``backup_max_lag`` batches behind) it is swi
 
 *When to cut.* An event on an idle stream goes out at once: the first event after a cut schedules
 the next cut for the next loop turn (every event the packet path produces in that turn rides
-along). Under load - the last cut drained at least ``load_events`` events - the next cut comes
-``batch_window`` after it, so batches grow with the load instead of the message count (and the
-packet path pays for few batches).
+along). Under load - the last cut drained at least ``load_events`` events and some backup stream
+is still busy sending - the next cut comes ``batch_window`` after it, so batches grow with the
+load instead of the message count (and the packet path pays for few batches).
 
 A refresh task looks at ``RefreshTracker`` every ``refresh_interval`` seconds (real time; the
 deadlines themselves are on the table's clock) and emits REFRESH updates for entries whose backup
@@ -96,6 +96,8 @@ class SessionLike(Protocol):
     def acked_seq(self) -> int: ...
     @property
     def incarnation_acked(self) -> int: ...
+    @property
+    def waiting(self) -> bool: ...
     def wake(self) -> None: ...
     def request_snapshot(self, reason: str) -> None: ...
     def close(self, reason: str, kind: str = "stopped") -> None: ...
@@ -189,12 +191,17 @@ class SyncMaster:
             self._first_ns = time.time_ns()
             loop = asyncio.get_running_loop()
             wait = 0.0
-            if self._last_events >= self.cfg.load_events:
+            if self._last_events >= self.cfg.load_events and not self._streams_idle():
                 wait = self._last_cut + self.cfg.batch_window - time.monotonic()
             if wait > 0:
                 self._timer = loop.call_later(wait, self._window_closed)
             else:
                 self._timer = loop.call_soon(self._window_closed)
+
+    def _streams_idle(self) -> bool:
+        """Every backup stream has sent everything and waits: nothing to batch behind."""
+        sessions = self.sessions
+        return bool(sessions) and all(s.waiting for s in sessions)
 
     def _window_closed(self) -> None:
         self._timer = None

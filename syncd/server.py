@@ -229,21 +229,21 @@ class SyncServer:
     def _admit(self, host: str, peer: str) -> bool:
         """Room for one more session of `host`, evicting an idle squatter if a cap is reached."""
         now = time.monotonic()
-        same_host = [s for s in self.sessions if s.host == host]
-        for scope, cap, what in ((same_host, self.cfg.max_backups_per_host, "max_backups_per_host"),
-                                 (list(self.sessions), self.cfg.max_backups, "max_backups")):
-            if len(scope) < cap:
-                continue
-            victim = self._squatter(scope, now)
-            if victim is None:
-                self._refuse(what, peer, f"{len(scope)} sessions, none evictable")
-                return False
-            idle_for = now - victim.connected_mono
-            self._refuse("evicted", victim.peer, f"no ack in {idle_for:.1f} s, room for {peer}")
-            victim.close("evicted: never acknowledged", "rate")
-            self._drop(victim)
-            if victim in same_host:
-                same_host.remove(victim)
+        return (self._room([s for s in self.sessions if s.host == host], self.cfg.max_backups_per_host,
+                           "max_backups_per_host", peer, now)
+                and self._room(list(self.sessions), self.cfg.max_backups, "max_backups", peer, now))
+
+    def _room(self, scope: list[BackupSession], cap: int, what: str, peer: str, now: float) -> bool:
+        if len(scope) < cap:
+            return True
+        victim = self._squatter(scope, now)
+        if victim is None:
+            self._refuse(what, peer, f"{len(scope)} sessions, none evictable")
+            return False
+        idle_for = now - victim.connected_mono
+        self._refuse("evicted", victim.peer, f"no ack in {idle_for:.1f} s, room for {peer}")
+        victim.close("evicted: never acknowledged", "rate")
+        self._drop(victim)
         return True
 
     def _squatter(self, sessions: list[BackupSession], now: float) -> BackupSession | None:

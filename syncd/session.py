@@ -91,6 +91,8 @@ class BackupSession:
         self.connected_at = time.time()
         self.connected_mono = time.monotonic()
         self.acks = 0
+        self.waiting = False
+        """True while the stream has sent everything and waits for the next batch (an idle stream)."""
         self.sent_seq = hello.last_applied_seq
         self.acked_seq = hello.last_applied_seq
         self.incarnation_acked = hello.incarnation
@@ -214,6 +216,7 @@ class BackupSession:
             wait = hb
             if m.cfg.promise_interval > 0:
                 wait = min(hb, max(0.001, self._promise_due - time.monotonic()))
+            self.waiting = True
             try:
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
@@ -222,6 +225,8 @@ class BackupSession:
                     yield req
                 elif wait >= hb:
                     yield encode_heartbeat(m.epoch, m.incarnation, self.sent_seq, m.head_seq, time.time_ns())
+            finally:
+                self.waiting = False
 
     def _live(self, upto: int | None = None) -> list[bytes]:
         """Next retained batches (seq <= upto) for this backup, or [] and a snapshot request if it

@@ -13,10 +13,10 @@ head of a chain (``Conn._next``, new entries first) of entries sharing the tripl
 keep lookups O(1) at any fill (and are not open to chain-flooding, so the kernel's random hash
 seed is not needed); the bucket array is what ``random_drop`` samples.
 
-*Lookups.* ``in_get`` matches vaddr/vport and the NO_CPORT rule (a port-0 lookup matches only
-NO_CPORT entries, a real port only entries without it); on a miss it retries with port 0 only
-while NO_CPORT entries exist. ``ct_in_get`` matches templates only, no retry. ``out_get``
-matches daddr/dport.
+*Lookups* (``director.table.lookup.Lookups``, a base of ``ConnTable``): ``in_get`` matches
+vaddr/vport and the NO_CPORT rule (a port-0 lookup matches only NO_CPORT entries, a real port
+only entries without it); on a miss it retries with port 0 only while NO_CPORT entries exist.
+``ct_in_get`` matches templates only, no retry. ``out_get`` matches daddr/dport.
 
 *Life cycle.* ``new`` binds the dest (forwarding flags, INACTIVE, dest counters, upper-threshold
 OVERLOAD), hashes the entry and arms its timer (state 0, 3 s unless told otherwise).
@@ -69,6 +69,7 @@ from director.table.entry import (
     snapshot,
 )
 from director.table.events import ConnEvent, ConnKey, ConnSnapshot, EventFeed, EventKind, RawEvent
+from director.table.lookup import Lookups
 from director.table.timer import DEFAULT_HORIZON, Wheel
 from director.types import Clock, DestFlags
 
@@ -81,7 +82,7 @@ _int_and = int.__and__  # dest.flags is an IntFlag: test bits without its Python
 _canon = canon
 
 
-class ConnTable:
+class ConnTable(Lookups):
     """Hash table of conns + timers + counters + event feed. Single-threaded, never blocks."""
 
     def __init__(self, clock: Clock, bits: int = DEFAULT_BITS, event_capacity: int = 65536,
@@ -104,55 +105,6 @@ class ConnTable:
         self._ev_key: ConnKey | None = None
         self._hold = False
         self._held: dict[Conn, None] = {}
-
-    # ---- lookups ---------------------------------------------------------------------------
-
-    def in_get(self, protocol: int, s_addr: int, s_port: int, d_addr: int, d_port: int) -> Conn | None:
-        """Entry for a client -> VIP packet (``ip_vs_conn_in_get``), with the port-0 retry."""
-        c = self._tab[(s_addr ^ s_port) & self._mask].get((s_addr << 24) | (protocol << 16) | s_port)
-        if s_port:  # a real port matches entries without NO_CPORT...
-            while c is not None:
-                if c.vport == d_port and c.vaddr == d_addr and not c.flags & F_NO_CPORT:
-                    return c
-                c = c._next
-            if not self.no_cport_count:
-                return None
-            # ...then retry with port 0
-            c = self._tab[s_addr & self._mask].get((s_addr << 24) | (protocol << 16))
-        while c is not None:  # port 0 matches NO_CPORT entries only
-            if c.vport == d_port and c.vaddr == d_addr and c.flags & F_NO_CPORT:
-                return c
-            c = c._next
-        return None
-
-    def ct_in_get(self, protocol: int, s_addr: int, s_port: int, d_addr: int, d_port: int) -> Conn | None:
-        """Template for (client, VIP) (``ip_vs_ct_in_get``): templates only, no retry."""
-        c = self._tab[(s_addr ^ s_port) & self._mask].get((s_addr << 24) | (protocol << 16) | s_port)
-        while c is not None:
-            if c.vport == d_port and c.vaddr == d_addr and c.flags & F_TEMPLATE:
-                return c
-            c = c._next
-        return None
-
-    def out_get(self, protocol: int, s_addr: int, s_port: int, d_addr: int, d_port: int) -> Conn | None:
-        """Entry for a real server -> client packet (``ip_vs_conn_out_get``)."""
-        c = self._tab[(d_addr ^ d_port) & self._mask].get((d_addr << 24) | (protocol << 16) | d_port)
-        while c is not None:
-            if c.dport == s_port and c.daddr == s_addr:
-                return c
-            c = c._next
-        return None
-
-    def get(self, key: ConnKey) -> Conn | None:
-        """The entry with exactly this cluster-wide key (sync)."""
-        protocol, caddr, cport, vaddr, vport, daddr, dport, fwmark, tmpl = key
-        c = self._tab[(caddr ^ cport) & self._mask].get((caddr << 24) | (protocol << 16) | cport)
-        while c is not None:
-            if (c.vport == vport and c.vaddr == vaddr and c.dport == dport and c.daddr == daddr
-                    and c.fwmark == fwmark and bool(c.flags & F_TEMPLATE) == tmpl):
-                return c
-            c = c._next
-        return None
 
     # ---- creation and dest binding ---------------------------------------------------------
 
