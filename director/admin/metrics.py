@@ -1,15 +1,21 @@
-"""Prometheus metrics: text exposition (format 0.0.4) of a node's `NodeApi`, served over HTTP.
+"""Prometheus metrics: a `prometheus_client` collector over a node's `NodeApi`, served over HTTP.
 
 Theory of operation
 -------------------
-`render(api)` takes one `status()` and one `stats()` snapshot and writes every family in the
-Prometheus text format: node role, epoch, role changes and elections; table sizes; sync lag per
-backup; config revision; per-service and per-dest counters (as `_total` counters), rates (gauges),
-conn counts, weights and health; drops by reason. Nothing is cached: a scrape reads the live node.
+`NodeCollector(api)` is a custom collector: each scrape takes one `status()` and one `stats()`
+snapshot of the live node and turns them into metric families. The packet path pays nothing: the
+counters it already keeps are read at scrape time, nothing is cached between scrapes. Names follow the
+Prometheus conventions (docs/METRICS.md lists them): counters end in ``_total``, byte counters in
+``_bytes_total``, the node's start as ``lbd_start_time_seconds``; rates are left to PromQL
+(``rate(lbd_service_packets_total[1m])``), so no pre-computed rate gauge is exported. Traffic is
+labelled ``direction`` (in, out), per-service families ``service``, per-dest ``service`` and ``dest``.
+`registry(api)` adds the standard ``process_*`` and ``python_info`` collectors in a registry of its own
+(nothing global: two nodes in one process do not mix).
 
 `start_metrics_server(api, host, port)` serves `GET /metrics` (and `/` with a link) with a tiny
-asyncio HTTP/1.1 server (one request per connection), so no dependency is needed. Port 0 picks
-a free port; the bound one is in `MetricsServer.port`.
+asyncio HTTP/1.1 server on the node's loop (one request per connection); the ``Accept`` header picks
+the Prometheus text format or OpenMetrics, as prometheus_client's own server does. Port 0 picks a
+free port; the bound one is in `MetricsServer.port`.
 """
 
 from __future__ import annotations
@@ -17,16 +23,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
 from director.admin.api import (
     CounterValues,
-    DefenseView,
     DestView,
     NodeApi,
-    RateValues,
+    NodeStatus,
     ServiceView,
     fmt_hostport,
     svc_label,
@@ -34,138 +45,197 @@ from director.admin.api import (
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ROLES = ("master", "backup", "candidate", "stopped")
 SYNC_STATES = ("snapshot", "streaming", "behind", "disconnected")
+DEFENSE_STRATEGIES = ("drop_entry", "drop_packet", "secure_tcp")
+DEFENSE_MODES = ("off", "auto", "always")
 
-_COUNTERS = (("conns", "connections scheduled"), ("inpkts", "packets in"), ("outpkts", "packets out"),
-             ("inbytes", "bytes in"), ("outbytes", "bytes out"))
-_RATES = (("cps", "connections per second"), ("inpps", "packets in per second"),
-          ("outpps", "packets out per second"), ("inbps", "bytes in per second"),
-          ("outbps", "bytes out per second"))
-
-
-def escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def labels(**kv: str) -> str:
-    if not kv:
-        return ""
-    return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in kv.items()) + "}"
-
-
-class Exposition:
-    """Collects families in order; each family: HELP, TYPE, then its samples."""
-
-    def __init__(self) -> None:
-        self._families: dict[str, tuple[str, str, list[str]]] = {}
-
-    def add(self, name: str, kind: str, help_text: str, value: float, **lbl: str) -> None:
-        fam = self._families.setdefault(name, (kind, help_text, []))
-        fam[2].append(f"{name}{labels(**lbl)} {_num(value)}")
-
-    def text(self) -> str:
-        out: list[str] = []
-        for name, (kind, help_text, samples) in self._families.items():
-            out.append(f"# HELP {name} {help_text}")
-            out.append(f"# TYPE {name} {kind}")
-            out.extend(samples)
-        return "\n".join(out) + "\n"
+EXPORTED: dict[str, str] = {
+    # node
+    "lbd_node_info": "gauge", "lbd_role": "gauge", "lbd_epoch": "gauge", "lbd_role_changes": "counter",
+    "lbd_elections": "counter", "lbd_ready": "gauge", "lbd_start_time_seconds": "gauge",
+    "lbd_config_revision": "gauge", "lbd_connections": "gauge", "lbd_templates": "gauge",
+    "lbd_services": "gauge", "lbd_dests": "gauge",
+    # sync (master side, per backup)
+    "lbd_sync_lag_events": "gauge", "lbd_sync_lag_seconds": "gauge", "lbd_sync_state": "gauge",
+    # defense
+    "lbd_defense_mode": "gauge", "lbd_defense_active": "gauge", "lbd_defense_pressure_ratio": "gauge",
+    "lbd_defense_drop_rate": "gauge", "lbd_defense_max_connections": "gauge",
+    "lbd_defense_connection_threshold": "gauge", "lbd_defense_rss_threshold_bytes": "gauge",
+    "lbd_defense_rss_max_bytes": "gauge", "lbd_defense_entries_dropped": "counter",
+    "lbd_defense_packets_dropped": "counter", "lbd_defense_table_full_drops": "counter",
+    "lbd_defense_engaged": "counter",
+    # traffic: node, service, dest
+    "lbd_packets_dropped": "counter",
+    "lbd_scheduled_connections": "counter", "lbd_packets": "counter", "lbd_bytes": "counter",
+    "lbd_service_scheduled_connections": "counter", "lbd_service_packets": "counter",
+    "lbd_service_bytes": "counter",
+    "lbd_dest_scheduled_connections": "counter", "lbd_dest_packets": "counter", "lbd_dest_bytes": "counter",
+    "lbd_dest_weight": "gauge", "lbd_dest_active_connections": "gauge",
+    "lbd_dest_inactive_connections": "gauge", "lbd_dest_persistent_connections": "gauge",
+    "lbd_dest_overloaded": "gauge", "lbd_dest_up": "gauge",
+}
+"""Every family `NodeCollector` exports -> its type (counters' samples carry ``_total``); docs/METRICS.md."""
 
 
-def _num(v: float) -> str:
-    if isinstance(v, bool):
-        return "1" if v else "0"
-    if isinstance(v, int) or float(v).is_integer():
-        return str(int(v))
-    return repr(float(v))
+class NodeCollector(Collector):
+    """The node's metric families, read from `api` at each scrape."""
+
+    def __init__(self, api: NodeApi) -> None:
+        self.api = api
+
+    def collect(self) -> Iterable[Metric]:
+        st = self.api.status()
+        stats = self.api.stats()
+        yield from _node(st)
+        yield from _sync(st)
+        yield from _defense(st)
+        drops = CounterMetricFamily("lbd_packets_dropped", "Packets dropped by the packet path, by reason",
+                                    labels=["reason"])
+        for reason, n in sorted(stats.drops.items()):
+            drops.add_metric([reason], n)
+        yield drops
+        yield from _traffic("lbd", "all services", [], [([], stats.totals)])
+        yield from _services(stats.services)
+        yield from _dests(stats.services)
 
 
-def render(api: NodeApi) -> str:
-    st = api.status()
-    stats = api.stats()
-    e = Exposition()
-    e.add("lbd_node_info", "gauge", "Node identity", 1, node=st.node_id, version=st.version)
-    for role in ROLES:
-        e.add("lbd_role", "gauge", "1 for the node's current role", int(st.role == role), role=role)
-    e.add("lbd_epoch", "gauge", "Election epoch of the current master", st.epoch)
-    e.add("lbd_role_changes_total", "counter", "Role changes of this node", st.role_changes)
-    e.add("lbd_elections_total", "counter", "Elections observed (new masters)", st.elections)
-    e.add("lbd_ready", "gauge", "1 when in sync with the master (eligible for takeover)", int(st.ready))
-    e.add("lbd_uptime_seconds", "gauge", "Seconds since the node started", st.uptime)
-    e.add("lbd_config_revision", "gauge", "etcd revision of the applied config", st.config_revision)
-    e.add("lbd_conns", "gauge", "Connection entries (templates excluded)", st.conns)
-    e.add("lbd_templates", "gauge", "Persistence templates", st.templates)
-    e.add("lbd_services", "gauge", "Virtual services", st.services)
-    e.add("lbd_dests", "gauge", "Real servers (dests)", st.dests)
-    _defense(e, st.defense)
+def registry(api: NodeApi) -> CollectorRegistry:
+    """A registry of its own: the node's families, ``process_*`` and ``python_info``."""
+    reg = CollectorRegistry()
+    reg.register(NodeCollector(api))
+    ProcessCollector(registry=reg)
+    PlatformCollector(registry=reg)
+    return reg
+
+
+def exposition(reg: CollectorRegistry, accept: str = "") -> tuple[bytes, str]:
+    """(body, content type) in the format the ``Accept`` header asks for (text format by default)."""
+    encoder, content_type = choose_encoder(accept)
+    return encoder(reg), content_type
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _node(st: NodeStatus) -> Iterator[Metric]:
+    info = GaugeMetricFamily("lbd_node_info", "Node identity (always 1)", labels=["node", "version"])
+    info.add_metric([st.node_id, st.version], 1)
+    yield info
+    role = GaugeMetricFamily("lbd_role", "1 for the node's current role", labels=["role"])
+    for r in ROLES:
+        role.add_metric([r], int(st.role == r))
+    yield role
+    yield _gauge("lbd_epoch", "Election epoch of the current master", st.epoch)
+    yield CounterMetricFamily("lbd_role_changes", "Role changes of this node", value=st.role_changes)
+    yield CounterMetricFamily("lbd_elections", "Elections observed (new masters)", value=st.elections)
+    yield _gauge("lbd_ready", "1 when in sync with the master (eligible for takeover)", int(st.ready))
+    yield _gauge("lbd_start_time_seconds", "Start time of the node since the Unix epoch",
+                 round(time.time() - st.uptime, 3))
+    yield _gauge("lbd_config_revision", "etcd revision of the applied config", st.config_revision)
+    yield _gauge("lbd_connections", "Connection entries in the table (templates excluded)", st.conns)
+    yield _gauge("lbd_templates", "Persistence templates in the table", st.templates)
+    yield _gauge("lbd_services", "Virtual services", st.services)
+    yield _gauge("lbd_dests", "Real servers (dests)", st.dests)
+
+
+def _sync(st: NodeStatus) -> Iterator[Metric]:
+    """Per backup, as seen by the master (a backup exports no samples of these)."""
+    lag = GaugeMetricFamily("lbd_sync_lag_events", "Sync events not yet applied by the backup",
+                            labels=["backup"])
+    lag_s = GaugeMetricFamily("lbd_sync_lag_seconds", "Age of the oldest sync event not yet applied",
+                              labels=["backup"])
+    state = GaugeMetricFamily("lbd_sync_state", "1 for the backup's sync state", labels=["backup", "state"])
     for f in st.backups:
-        e.add("lbd_sync_lag_events", "gauge", "Sync events not yet applied by the backup", f.lag_events,
-              backup=f.node_id)
-        e.add("lbd_sync_lag_seconds", "gauge", "Age of the oldest unapplied sync event", f.lag_seconds,
-              backup=f.node_id)
-        for state in SYNC_STATES:
-            e.add("lbd_sync_state", "gauge", "1 for the backup's sync state", int(f.state == state),
-                  backup=f.node_id, state=state)
-    for reason, n in sorted(stats.drops.items()):
-        e.add("lbd_drops_total", "counter", "Packets dropped, by reason", n, reason=reason)
-    _traffic(e, "lbd", {}, stats.totals, stats.total_rates)
-    _services(e, stats.services)
-    return e.text()
+        lag.add_metric([f.node_id], f.lag_events)
+        lag_s.add_metric([f.node_id], f.lag_seconds)
+        for s in SYNC_STATES:
+            state.add_metric([f.node_id, s], int(f.state == s))
+    yield from (lag, lag_s, state)
 
 
-def _defense(e: Exposition, d: DefenseView) -> None:
-    for strategy in ("drop_entry", "drop_packet", "secure_tcp"):
-        mode = getattr(d, strategy)
-        for m in ("off", "auto", "auto (engaged)", "always"):
-            e.add("lbd_defense_mode", "gauge", "1 for each strategy's current mode", int(mode == m),
-                  strategy=strategy, mode=m)
-    e.add("lbd_defense_pressure", "gauge", "How far past the defense thresholds (0 none, 1 maximum)",
-          d.pressure)
-    e.add("lbd_defense_drop_rate", "gauge", "drop_packet: one new-conn packet in this many is dropped",
-          d.drop_rate)
-    e.add("lbd_defense_max_conns", "gauge", "Hard bound on the conn table", d.max_conns)
-    e.add("lbd_defense_conn_threshold", "gauge", "Conn table size where defense starts", d.conn_threshold)
-    e.add("lbd_rss_bytes", "gauge", "Resident memory of directord", d.rss)
-    e.add("lbd_defense_rss_threshold_bytes", "gauge", "RSS where defense starts", d.rss_threshold)
-    e.add("lbd_defense_rss_max_bytes", "gauge", "RSS at full defense pressure", d.rss_max)
-    e.add("lbd_defense_entries_dropped_total", "counter", "Entries dropped by drop_entry (random_drop)",
-          d.entries_dropped)
-    e.add("lbd_defense_packets_dropped_total", "counter", "New-conn packets dropped by drop_packet",
-          d.packets_dropped)
-    e.add("lbd_defense_table_full_total", "counter", "New-conn packets dropped at max_conns",
-          d.table_full_drops)
-    e.add("lbd_defense_engaged_total", "counter", "Times defense pressure started", d.engaged)
+def _defense(st: NodeStatus) -> Iterator[Metric]:
+    """IPVS defense strategies: mode and whether each acts now, pressure, thresholds, what they did."""
+    d = st.defense
+    mode = GaugeMetricFamily("lbd_defense_mode", "1 for each strategy's configured mode",
+                             labels=["strategy", "mode"])
+    active = GaugeMetricFamily("lbd_defense_active", "1 while the strategy acts (always, or auto engaged)",
+                               labels=["strategy"])
+    for strategy in DEFENSE_STRATEGIES:
+        text: str = getattr(d, strategy)  # "off" | "auto" | "auto (engaged)" | "always"
+        for m in DEFENSE_MODES:
+            mode.add_metric([strategy, m], int(text.split(" ")[0] == m))
+        active.add_metric([strategy], int(text == "always" or "engaged" in text))
+    yield from (mode, active)
+    for name, doc, attr in _DEFENSE_GAUGES:
+        yield _gauge(name, doc, getattr(d, attr))
+    for name, doc, attr in _DEFENSE_COUNTERS:
+        yield CounterMetricFamily(name, doc, value=getattr(d, attr))
 
 
-def _traffic(e: Exposition, prefix: str, lbl: dict[str, str], c: CounterValues, r: RateValues) -> None:
-    what = prefix.removeprefix("lbd_") if prefix != "lbd" else "all services"
-    for name, help_text in _COUNTERS:
-        e.add(f"{prefix}_{name}_total", "counter", f"{help_text.capitalize()} ({what})", getattr(c, name),
-              **lbl)
-    for name, help_text in _RATES:
-        e.add(f"{prefix}_{name}", "gauge", f"{help_text.capitalize()} ({what})", getattr(r, name), **lbl)
+_DEFENSE_GAUGES = (
+    ("lbd_defense_pressure_ratio", "How far past the defense thresholds (0 none, 1 maximum)", "pressure"),
+    ("lbd_defense_drop_rate", "drop_packet: one new-conn packet in this many dropped", "drop_rate"),
+    ("lbd_defense_max_connections", "Hard bound on the conn table", "max_conns"),
+    ("lbd_defense_connection_threshold", "Conn table size where defense starts", "conn_threshold"),
+    ("lbd_defense_rss_threshold_bytes", "Resident memory where defense starts", "rss_threshold"),
+    ("lbd_defense_rss_max_bytes", "Resident memory at full defense pressure", "rss_max"),
+)
+_DEFENSE_COUNTERS = (
+    ("lbd_defense_entries_dropped", "Entries dropped by drop_entry (random_drop)", "entries_dropped"),
+    ("lbd_defense_packets_dropped", "New-conn packets dropped by drop_packet", "packets_dropped"),
+    ("lbd_defense_table_full_drops", "New-conn packets dropped at max_connections", "table_full_drops"),
+    ("lbd_defense_engaged", "Times defense pressure started", "engaged"),
+)
 
 
-def _services(e: Exposition, services: Iterable[ServiceView]) -> None:
-    for s in services:
-        svc = svc_label(s.ref.key)
-        _traffic(e, "lbd_service", {"service": svc}, s.counters, s.rates)
-        for d in s.dests:
-            _dest(e, svc, d)
+def _traffic(prefix: str, what: str, label_names: list[str],
+             rows: Iterable[tuple[list[str], CounterValues]]) -> Iterator[Metric]:
+    """Scheduled connections, packets and bytes (``direction`` in/out) of a level: node, service or dest."""
+    conns = CounterMetricFamily(f"{prefix}_scheduled_connections", f"Connections scheduled ({what})",
+                                labels=label_names)
+    pkts = CounterMetricFamily(f"{prefix}_packets", f"Packets forwarded ({what})",
+                               labels=[*label_names, "direction"])
+    octets = CounterMetricFamily(f"{prefix}_bytes", f"Bytes forwarded ({what})",
+                                 labels=[*label_names, "direction"], unit="bytes")
+    for lbl, c in rows:
+        conns.add_metric(lbl, c.conns)
+        pkts.add_metric([*lbl, "in"], c.inpkts)
+        pkts.add_metric([*lbl, "out"], c.outpkts)
+        octets.add_metric([*lbl, "in"], c.inbytes)
+        octets.add_metric([*lbl, "out"], c.outbytes)
+    yield from (conns, pkts, octets)
 
 
-def _dest(e: Exposition, svc: str, d: DestView) -> None:
-    lbl = {"service": svc, "dest": fmt_hostport(d.addr, d.port)}
-    _traffic(e, "lbd_dest", lbl, d.counters, d.rates)
-    e.add("lbd_dest_weight", "gauge", "Effective weight (0 = quiesced)", d.weight, **lbl)
-    e.add("lbd_dest_active_conns", "gauge", "Active (ESTABLISHED) conns", d.activeconns, **lbl)
-    e.add("lbd_dest_inactive_conns", "gauge", "Inactive conns", d.inactconns, **lbl)
-    e.add("lbd_dest_persistent_conns", "gauge", "Persistence templates bound", d.persistconns, **lbl)
-    e.add("lbd_dest_overloaded", "gauge", "1 when over its upper threshold", int(d.overloaded), **lbl)
-    if d.health:
-        e.add("lbd_dest_up", "gauge", "Health verdict: 1 up, 0 down", int(d.health != "down"), **lbl)
+def _services(services: tuple[ServiceView, ...]) -> Iterator[Metric]:
+    yield from _traffic("lbd_service", "per service", ["service"],
+                        (([svc_label(s.ref.key)], s.counters) for s in services))
+
+
+def _dests(services: tuple[ServiceView, ...]) -> Iterator[Metric]:
+    rows = [([svc_label(s.ref.key), fmt_hostport(d.addr, d.port)], d) for s in services for d in s.dests]
+    yield from _traffic("lbd_dest", "per dest", ["service", "dest"], ((lbl, d.counters) for lbl, d in rows))
+    for name, doc, value in _DEST_GAUGES:
+        fam = GaugeMetricFamily(name, doc, labels=["service", "dest"])
+        for lbl, d in rows:
+            fam.add_metric(lbl, value(d))
+        yield fam
+    up = GaugeMetricFamily("lbd_dest_up", "Health verdict: 1 up, 0 down (dests with a health check only)",
+                           labels=["service", "dest"])
+    for lbl, d in rows:
+        if d.health:
+            up.add_metric(lbl, int(d.health != "down"))
+    yield up
+
+
+_DEST_GAUGES: tuple[tuple[str, str, Callable[[DestView], float]], ...] = (
+    ("lbd_dest_weight", "Effective weight (0 = quiesced)", lambda d: d.weight),
+    ("lbd_dest_active_connections", "Active (ESTABLISHED) connections", lambda d: d.activeconns),
+    ("lbd_dest_inactive_connections", "Inactive connections", lambda d: d.inactconns),
+    ("lbd_dest_persistent_connections", "Persistence templates bound to the dest", lambda d: d.persistconns),
+    ("lbd_dest_overloaded", "1 when over its upper threshold", lambda d: int(d.overloaded)),
+)
 
 
 # ---- HTTP -------------------------------------------------------------------------------------
@@ -182,9 +252,11 @@ class MetricsServer:
 
 
 async def start_metrics_server(api: NodeApi, host: str = "127.0.0.1", port: int = 0) -> MetricsServer:
+    reg = registry(api)
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await asyncio.wait_for(_serve(api, reader, writer), 10.0)
+            await asyncio.wait_for(_serve(reg, reader, writer), 10.0)
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
             log.debug("metrics request failed: %s", exc)
         finally:
@@ -206,21 +278,24 @@ async def serve_metrics(api: NodeApi, listen: str) -> MetricsServer:
     return await start_metrics_server(api, host.strip("[]") or "0.0.0.0", int(port))
 
 
-async def _serve(api: NodeApi, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _serve(reg: CollectorRegistry, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     request = (await reader.readline()).decode("latin-1").split()
-    while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-        pass  # headers are not needed
+    accept = ""
+    while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.strip().lower() == "accept":
+            accept = value.strip()
     method, path = (request + ["", ""])[:2]
     if method not in ("GET", "HEAD"):
         _respond(writer, 405, "text/plain", b"method not allowed\n", method == "HEAD")
     elif path.split("?")[0] == "/metrics":
         try:
-            body = render(api).encode()
+            body, ctype = exposition(reg, accept)
         except Exception:  # a broken node view must not kill the scrape endpoint
             log.exception("rendering metrics failed")
             _respond(writer, 500, "text/plain", b"rendering metrics failed\n", False)
         else:
-            _respond(writer, 200, CONTENT_TYPE, body, method == "HEAD")
+            _respond(writer, 200, ctype, body, method == "HEAD")
     elif path == "/":
         _respond(writer, 200, "text/html", b'<a href="/metrics">metrics</a>\n', method == "HEAD")
     else:

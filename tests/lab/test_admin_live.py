@@ -238,7 +238,8 @@ def test_metrics_of_live_nodes(env: Env) -> None:
 
     master, backup = scrape(1), scrape(2)
     for text in (master, backup):
-        assert "# TYPE lbd_conns gauge" in text
-        assert 'lbd_drops_total{reason="' in text
+        assert "# TYPE lbd_connections gauge" in text
+        assert "# TYPE lbd_scheduled_connections_total counter" in text
+        assert 'lbd_packets_dropped_total{reason="' in text and "process_resident_memory_bytes " in text
     assert "lbd_role" in master and "lbd_sync_lag_events" in master
     assert 'lbd_node_info{' in master and 'node="d1"' in master and 'node="d2"' in backup

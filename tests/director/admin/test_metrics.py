@@ -1,15 +1,25 @@
-"""Prometheus exposition of a node (real tables) and the HTTP endpoint over a real socket."""
+"""Prometheus metrics of a node (real tables): names and types as prometheus_client parses them, values,
+escaping, and the HTTP endpoint over a real socket."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
+import time
+from typing import Any
 
-from director.admin.metrics import render, serve_metrics
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from director.admin.api import DefenseView, NodeStatus
+from director.admin.metrics import EXPORTED, NodeCollector, exposition, registry, serve_metrics
 from director.table.tcp import TcpState
 from tests.director.admin.admin_fake import WEB_YAML, FakeNode
 
-SAMPLE = re.compile(r'^([a-z_]+)(\{[^}]*\})? (-?[0-9.e+-]+)$')
+PROCESS = {"process_cpu_seconds": "counter", "process_resident_memory_bytes": "gauge",
+           "process_start_time_seconds": "gauge", "process_open_fds": "gauge", "python_info": "gauge"}
+NAME = re.compile(r"^lbd_[a-z][a-z0-9_]*$")
 
 
 def node() -> FakeNode:
@@ -24,53 +34,117 @@ def node() -> FakeNode:
     return n
 
 
-def parse(text: str) -> dict[str, float]:
-    """name{labels} -> value; also checks every line is HELP, TYPE or a well-formed sample."""
-    out: dict[str, float] = {}
-    typed: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            typed.add(line.split()[2])
-            continue
-        if line.startswith("# HELP "):
-            continue
-        m = SAMPLE.match(line)
-        assert m, f"bad line {line!r}"
-        assert m.group(1) in typed, f"sample before its TYPE: {line}"
-        out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+def families(text: str) -> dict[str, tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]]:
+    """family name -> (type, {(sample name, sorted labels): value}), through prometheus_client's parser."""
+    out: dict[str, tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]] = {}
+    for fam in text_string_to_metric_families(text):
+        assert fam.name not in out, f"family {fam.name} twice"
+        out[fam.name] = (fam.type, {(s.name, tuple(sorted(s.labels.items()))): s.value for s in fam.samples})
     return out
 
 
-def test_exposition_has_counters_sizes_roles_sync_drops() -> None:
+def scrape(api: Any) -> str:
+    return exposition(registry(api))[0].decode()
+
+
+def value(fams: dict[str, Any], sample: str, **labels: str) -> float:
+    for _kind, samples in fams.values():
+        key = (sample, tuple(sorted(labels.items())))
+        if key in samples:
+            return float(samples[key])
+    raise KeyError(f"{sample}{labels}")
+
+
+def test_names_and_types_follow_prometheus_conventions() -> None:
+    fams = families(scrape(DefenseNode()))  # every family, the optional defense view included
+    lbd = {name: kind for name, (kind, _) in fams.items() if name.startswith("lbd_")}
+    assert lbd == EXPORTED  # the documented list (docs/METRICS.md) is what a scrape shows, types included
+    for name, kind in lbd.items():
+        assert NAME.match(name), name
+        assert not re.search(r"(cps|pps|bps|_rate_|per_second|uptime)", name), f"pre-computed rate: {name}"
+        if kind == "counter":  # samples of a counter family carry _total; no gauge may end in _total
+            assert all(s == f"{name}_total" for s, _ in fams[name][1]), name
+        else:
+            assert not name.endswith("_total"), name
+        if "bytes" in name:
+            assert name.endswith("_bytes"), f"unit not last: {name}"
+    for name, kind in PROCESS.items():
+        assert fams[name][0] == kind, name
+    assert "lbd_connections" in lbd and "lbd_scheduled_connections" in lbd  # once one family, now two
+    assert not {"lbd_conns", "lbd_cps", "lbd_inbps", "lbd_uptime_seconds", "lbd_drops"} & set(lbd)
+
+
+def test_values_of_a_live_node() -> None:
     n = node()
-    m = parse(render(n))
     st = n.status()
-    assert m['lbd_role{role="master"}'] == 1 and m['lbd_role{role="backup"}'] == 0
-    assert m["lbd_epoch"] == st.epoch and m["lbd_role_changes_total"] == st.role_changes
-    assert m["lbd_conns"] == 3 and m["lbd_templates"] == 1 and m["lbd_services"] == 2 and m["lbd_dests"] == 3
-    assert m['lbd_sync_lag_events{backup="n2"}'] == 4
-    assert m['lbd_sync_state{backup="n2",state="streaming"}'] == 1
-    assert m['lbd_drops_total{reason="no_service"}'] == n.drops["no_service"]
+    fams = families(scrape(n))
     web = n.svc(80)
-    d = 'service="tcp/198.18.0.10:80",dest="198.18.1.2:8080"'
-    assert m['lbd_service_inpkts_total{service="tcp/198.18.0.10:80"}'] == web.counters.inpkts == 100
-    assert m[f"lbd_dest_inbytes_total{{{d}}}"] == 10000
-    assert m[f"lbd_dest_inpps{{{d}}}"] > 0 and m["lbd_inpps"] > 0
-    assert m[f"lbd_dest_active_conns{{{d}}}"] == web.dests[0].activeconns == 3
-    assert m[f"lbd_dest_persistent_conns{{{d}}}"] == web.dests[0].persistconns
-    assert m[f"lbd_dest_weight{{{d}}}"] == 2 and m["lbd_inpkts_total"] == 100
+    svc = "tcp/198.18.0.10:80"
+    d = {"service": svc, "dest": "198.18.1.2:8080"}
+    assert value(fams, "lbd_role", role="master") == 1 and value(fams, "lbd_role", role="backup") == 0
+    assert value(fams, "lbd_epoch") == st.epoch and value(fams, "lbd_role_changes_total") == st.role_changes
+    assert value(fams, "lbd_connections") == 3 and value(fams, "lbd_templates") == 1
+    assert value(fams, "lbd_services") == 2 and value(fams, "lbd_dests") == 3
+    assert abs(value(fams, "lbd_start_time_seconds") - (time.time() - st.uptime)) < 5
+    assert value(fams, "lbd_sync_lag_events", backup="n2") == 4
+    assert value(fams, "lbd_sync_state", backup="n2", state="streaming") == 1
+    assert value(fams, "lbd_sync_state", backup="n2", state="behind") == 0
+    assert value(fams, "lbd_packets_dropped_total", reason="no_service") == n.drops["no_service"]
+    assert value(fams, "lbd_service_packets_total", service=svc, direction="in") == web.counters.inpkts == 100
+    assert value(fams, "lbd_dest_bytes_total", direction="in", **d) == 10000
+    assert value(fams, "lbd_dest_scheduled_connections_total", **d) == web.dests[0].counters.conns
+    assert value(fams, "lbd_packets_total", direction="in") == 100
+    assert value(fams, "lbd_dest_active_connections", **d) == web.dests[0].activeconns == 3
+    assert value(fams, "lbd_dest_persistent_connections", **d) == web.dests[0].persistconns
+    assert value(fams, "lbd_dest_weight", **d) == 2
+    assert value(fams, "process_resident_memory_bytes") > 0
+    n.flush()
+    assert value(families(scrape(n)), "lbd_connections") == 0  # read at scrape time, not cached
 
 
 def test_health_and_label_escaping() -> None:
     n = node()
     web = n.svc(80)
     n.health[web.dests[1].key] = "down"
-    n.node_id = 'we"ird\\node'
-    text = render(n)
-    m = parse(text)
-    assert m['lbd_dest_up{service="tcp/198.18.0.10:80",dest="198.18.1.3:8080"}'] == 0
-    assert not any(k.startswith("lbd_dest_up") and "198.18.1.2" in k for k in m)  # no check: no sample
-    assert 'node="we\\"ird\\\\node"' in text
+    n.node_id = 'we"ird\\node\nx'
+    fams = families(scrape(n))
+    assert value(fams, "lbd_dest_up", service="tcp/198.18.0.10:80", dest="198.18.1.3:8080") == 0
+    assert not any("198.18.1.2" in str(k) for k in fams["lbd_dest_up"][1])  # no check: no sample
+    assert value(fams, "lbd_node_info", node='we"ird\\node\nx', version="test") == 1
+
+
+class DefenseNode(FakeNode):
+    """A node whose status carries a defense view (drop_packet engaged)."""
+
+    def status(self) -> NodeStatus:
+        defense = DefenseView(drop_entry="off", drop_packet="auto (engaged)", secure_tcp="always",
+                              pressure=0.5, drop_rate=10, conn_threshold=1000, max_conns=4000,
+                              rss_threshold=1 << 30, rss_max=2 << 30, entries_dropped=7,
+                              packets_dropped=11, table_full_drops=2, engaged=1)
+        return dataclasses.replace(super().status(), defense=defense)
+
+
+def test_defense_families() -> None:
+    fams = families(scrape(DefenseNode()))
+    assert value(fams, "lbd_defense_mode", strategy="drop_packet", mode="auto") == 1
+    assert value(fams, "lbd_defense_mode", strategy="drop_packet", mode="off") == 0
+    assert value(fams, "lbd_defense_active", strategy="drop_packet") == 1
+    assert value(fams, "lbd_defense_active", strategy="secure_tcp") == 1
+    assert value(fams, "lbd_defense_active", strategy="drop_entry") == 0
+    assert value(fams, "lbd_defense_packets_dropped_total") == 11
+    assert value(fams, "lbd_defense_rss_max_bytes") == 2 << 30
+    assert fams["lbd_defense_entries_dropped"][0] == "counter"
+
+
+def test_collector_alone_and_openmetrics() -> None:
+    reg = CollectorRegistry()
+    reg.register(NodeCollector(node()))
+    body, ctype = exposition(reg, "application/openmetrics-text; version=1.0.0")
+    assert ctype.startswith("application/openmetrics-text")
+    text = body.decode()
+    assert "# TYPE lbd_scheduled_connections counter\n" in text and "# TYPE lbd_connections gauge\n" in text
+    assert "# UNIT lbd_bytes bytes\n" in text and text.endswith("# EOF\n")
+    assert "process_" not in text  # only registry() adds those
 
 
 def test_http_endpoint() -> None:
@@ -79,19 +153,22 @@ def test_http_endpoint() -> None:
         srv = await serve_metrics(n, "127.0.0.1:0")
         try:
             status, headers, body = await get(srv.port, "/metrics")
-            assert status == 200 and "version=0.0.4" in headers
-            assert parse(body)["lbd_conns"] == 3
+            assert status == 200 and "Content-Type: text/plain; version=" in headers
+            assert value(families(body), "lbd_connections") == 3
             n.flush()
-            assert parse((await get(srv.port, "/metrics"))[2])["lbd_conns"] == 0  # live, not cached
+            assert value(families((await get(srv.port, "/metrics"))[2]), "lbd_connections") == 0
+            status, headers, body = await get(srv.port, "/metrics", "Accept: application/openmetrics-text")
+            assert "application/openmetrics-text" in headers and body.endswith("# EOF\n")
             assert (await get(srv.port, "/nope"))[0] == 404
         finally:
             await srv.stop()
     asyncio.run(main())
 
 
-async def get(port: int, path: str) -> tuple[int, str, str]:
+async def get(port: int, path: str, *headers: str) -> tuple[int, str, str]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    extra = "".join(f"{h}\r\n" for h in headers)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
     data = await reader.read()
     writer.close()
     head, _, body = data.decode().partition("\r\n\r\n")
