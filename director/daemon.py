@@ -149,7 +149,7 @@ class Node:
         self.core_cfg = core_config_for(cfg)
         self.director = Director(self.table, self.services, self.clock, self.core_cfg)
         self.defense = DefensePolicy(defense_settings(cfg.defense, mem_total()))
-        self.director.max_conns = self.defense.settings.max_conns
+        self.director.gate.max_conns = self.defense.settings.max_conns
         self._rng = random.Random()
         # fenced until the election says otherwise: a fresh node never forwards on its own
         self.dataplane = DataPlane(self.director, cfg.external, cfg.internal, master_until=None)
@@ -375,7 +375,7 @@ class Node:
         the drop rate and the secure_tcp flag; the master runs random_drop while drop_entry is engaged
         (a backup's table follows the master's, whose own drops reach it as EXPIRE events)."""
         d = self.defense.update(self.table.count, rss_bytes(), now)
-        self.director.todrop.set_rate(d.drop_rate)
+        self.director.gate.todrop.set_rate(d.drop_rate)
         self.core_cfg.timeouts.secure_tcp = d.secure_tcp
         if d.drop_entry and self.director.active:
             self.defense.note_random_drop(self.table.random_drop(self._rng))

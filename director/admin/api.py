@@ -23,6 +23,7 @@ Errors raised by a `NodeApi` method (the gRPC layer maps each to one status code
      +-- Conflict                          FAILED_PRECONDITION
      +-- PermissionDenied                  PERMISSION_DENIED
      +-- Unauthenticated                   UNAUTHENTICATED
+     +-- RateLimited                       RESOURCE_EXHAUSTED (per-peer token bucket, heavy calls)
 
 `director.admin.views` builds these views from the real tables so every implementation renders them
 the same way; `director.admin.hub` is the event fan-out.
@@ -75,6 +76,10 @@ class PermissionDenied(AdminError):
 
 class Unauthenticated(AdminError):
     pass
+
+
+class RateLimited(AdminError):
+    """Too many calls from one peer, or too much heavy work in progress (RESOURCE_EXHAUSTED)."""
 
 
 # ---- plain views ------------------------------------------------------------------------------
@@ -175,6 +180,8 @@ class ConnView:
     in_pkts: int
     has_control: bool
     n_control: int
+    cursor: tuple[int, ...] = ()
+    """Position in the table's paging order (``table_conns``): (bucket, *sort_key); () if not from a table."""
 
     @property
     def is_template(self) -> bool:
@@ -315,8 +322,9 @@ class NodeApi(Protocol):
 
     def services(self) -> list[ServiceView]: ...
 
-    def conns(self, flt: ConnFilter) -> Iterable[ConnView]:
-        """Matching entries (templates included), any order; may be lazy (see `table_conns`)."""
+    def conns(self, flt: ConnFilter, after: tuple[int, ...] | None = None) -> Iterable[ConnView]:
+        """Matching entries (templates included), lazily, in the stable paging order of `table_conns`
+        (each view's `cursor`); with `after` (a cursor) only the entries past it."""
         ...
 
     def stats(self) -> StatsView: ...

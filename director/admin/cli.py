@@ -53,6 +53,8 @@ _CODE_EXIT = {
     grpc.StatusCode.FAILED_PRECONDITION: ("precondition", "run it against the master "
                                           "(`directorctl status` shows it)"),
     grpc.StatusCode.INVALID_ARGUMENT: ("invalid", "fix the named field and retry"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ("error", "the node limits admin calls per client; wait a moment "
+                                         "and retry"),
 }
 
 

@@ -125,7 +125,7 @@ def status_text(st: Any) -> str:
         lines.append(f"defense     drop_entry {d.drop_entry}   drop_packet {d.drop_packet}"
                      f"{f' (1 in {d.drop_rate})' if d.drop_rate else ''}   secure_tcp {d.secure_tcp}")
         lines.append(f"            pressure {d.pressure:.2f}   conns {st.conns + st.templates}/{d.max_conns}"
-                     f" (from {d.conn_threshold})   rss {d.rss_bytes >> 20}/{d.rss_max >> 20} MiB"
+                     f" (from {d.conn_threshold})   rss {d.rss >> 20}/{d.rss_max >> 20} MiB"
                      f" (from {d.rss_threshold >> 20})")
         lines.append(f"            dropped: entries {d.entries_dropped}   packets {d.packets_dropped}"
                      f"   table full {d.table_full_drops}   engaged {d.engaged}x")

@@ -134,8 +134,8 @@ class NodeAdmin:
         return [service_view(s, health=health, configured=configured, estimator=self.node.estimator)
                 for s in self.node.services]
 
-    def conns(self, flt: ConnFilter) -> Iterator[ConnView]:
-        return table_conns(self.node.table, flt, self.node.clock())
+    def conns(self, flt: ConnFilter, after: tuple[int, ...] | None = None) -> Iterator[ConnView]:
+        return table_conns(self.node.table, flt, self.node.clock(), after)
 
     def stats(self) -> StatsView:
         n = self.node
@@ -163,7 +163,7 @@ class NodeAdmin:
         return await update_config(self.node.store, edit, offload=True)
 
     async def apply_config(self, document: str, *, dry_run: bool, prune: bool) -> ApplyResult:
-        cfg = config.parse_config(document)
+        cfg = await asyncio.to_thread(config.parse_config, document)  # a 1 MB document: never on the loop
         new = {svc.name: config.service_dict(svc) for svc in cfg.services}
         snap = await self.node.store.read_config()
         old = config_edits.documents(snap.services)

@@ -12,6 +12,9 @@ request into plain values, calls one `NodeApi` method and converts the answer in
 errors from the node map to status codes (`STATUS_OF`); anything else is logged and becomes
 INTERNAL. The node never sees protobuf.
 
+Every call is first rate-limited per peer (director.admin.limits: RESOURCE_EXHAUSTED); error messages
+are bounded. ListConns pages follow a cursor over the table's stable order (views.table_conns).
+
 Auth: on TCP every call needs a credential, either a bearer token (`authorization: Bearer <tok>`
 metadata) mapped to a role, or a TLS client certificate whose role is the subject's OU or is looked
 up by CN in `cert_roles`. Roles `admin`/`operator` may write; `reader`/`viewer` may only read.
@@ -21,6 +24,7 @@ Health and reflection need no credential.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hmac
 import itertools
@@ -44,7 +48,6 @@ from director.admin.api import (
     ConnFilter,
     ConnView,
     CounterValues,
-    DefenseView,
     DestView,
     InvalidArgument,
     NodeApi,
@@ -53,6 +56,7 @@ from director.admin.api import (
     NotFound,
     NotMaster,
     PermissionDenied,
+    RateLimited,
     RateValues,
     ServiceView,
     StatsView,
@@ -61,7 +65,8 @@ from director.admin.api import (
     fmt_addr,
     proto_name,
 )
-from director.admin.views import page, parse_addr, parse_proto
+from director.admin.limits import AdminLimits, bounded
+from director.admin.views import parse_addr, parse_proto
 from director.cluster.store import EtcdConflict
 from director.config.validate import ConfigError
 from lbd_pb import admin_pb2 as pb
@@ -74,6 +79,8 @@ WRITE_ROLES = frozenset({"admin", "operator"})
 READ_ROLES = WRITE_ROLES | {"reader", "viewer"}
 CONN_CHUNK = 512
 COLLECT_SLICE = 4096
+MAX_PAGE = 100_000
+MAX_TOKEN = 256
 
 STATUS_OF: dict[type[AdminError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -82,6 +89,7 @@ STATUS_OF: dict[type[AdminError], grpc.StatusCode] = {
     Conflict: grpc.StatusCode.FAILED_PRECONDITION,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
@@ -90,6 +98,7 @@ def status_code(exc: AdminError) -> grpc.StatusCode:
         if cls in STATUS_OF:
             return STATUS_OF[cls]
     return grpc.StatusCode.UNKNOWN
+
 
 
 # ---- auth -------------------------------------------------------------------------------------
@@ -162,9 +171,12 @@ def conn_filter(req: pb.ListConnsRequest) -> ConnFilter:
 
 
 def page_token(text: str) -> tuple[int, ...] | None:
+    """The cursor (bucket, *sort key) of the last entry of the previous page."""
     if not text:
         return None
     try:
+        if len(text) > MAX_TOKEN:
+            raise ValueError
         return tuple(int(x) for x in text.split("."))
     except ValueError:
         raise InvalidArgument("page_token", "malformed; pass next_page_token unchanged") from None
@@ -240,15 +252,8 @@ def status_pb(s: NodeStatus) -> pb.StatusResponse:
                                    lag_seconds=f.lag_seconds) for f in s.backups],
         conns=s.conns, templates=s.templates, services=s.services, dests=s.dests,
         uptime_seconds=s.uptime, version=s.version, config_revision=s.config_revision,
-        role_changes=s.role_changes, elections=s.elections, ready=s.ready, defense=defense_pb(s.defense))
-
-
-def defense_pb(d: DefenseView) -> pb.Defense:
-    return pb.Defense(
-        drop_entry=d.drop_entry, drop_packet=d.drop_packet, secure_tcp=d.secure_tcp, pressure=d.pressure,
-        drop_rate=d.drop_rate, conn_threshold=d.conn_threshold, max_conns=d.max_conns, rss_bytes=d.rss,
-        rss_threshold=d.rss_threshold, rss_max=d.rss_max, entries_dropped=d.entries_dropped,
-        packets_dropped=d.packets_dropped, table_full_drops=d.table_full_drops, engaged=d.engaged)
+        role_changes=s.role_changes, elections=s.elections, ready=s.ready,
+        defense=pb.Defense(**dataclasses.asdict(s.defense)))  # the same field names
 
 
 def stats_pb(s: StatsView) -> pb.GetStatsResponse:
@@ -287,12 +292,13 @@ def _guard(*, write: bool) -> Callable[[F], F]:
         @functools.wraps(fn)
         async def wrapper(self: AdminServicer, request: Any, context: Any) -> Any:
             try:
+                self.limits.check(str(context.peer()), fn.__name__, write)
                 self.authorize(context, write=write)
                 return await fn(self, request, context)
             except AdminError as exc:
-                await context.abort(status_code(exc), str(exc))
+                await context.abort(status_code(exc), bounded(str(exc)))
             except ConfigError as exc:  # bounded by construction (director.config.validate)
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bounded(str(exc)))
             except EtcdConflict as exc:  # the write lost every compare-and-swap retry
                 await context.abort(grpc.StatusCode.ABORTED, f"concurrent config writes: {exc}; try again")
             except Exception:
@@ -306,11 +312,12 @@ def _guard_stream(fn: F) -> F:
     @functools.wraps(fn)
     async def wrapper(self: AdminServicer, request: Any, context: Any) -> AsyncIterator[Any]:
         try:
+            self.limits.check(str(context.peer()), fn.__name__, False)
             self.authorize(context, write=False)
             async for item in fn(self, request, context):
                 yield item
         except AdminError as exc:
-            await context.abort(status_code(exc), str(exc))
+            await context.abort(status_code(exc), bounded(str(exc)))
         except (asyncio.CancelledError, GeneratorExit):
             raise
         except Exception:
@@ -320,9 +327,10 @@ def _guard_stream(fn: F) -> F:
 
 
 class AdminServicer(pb_grpc.AdminServicer):
-    def __init__(self, api: NodeApi, auth: AdminAuth) -> None:
+    def __init__(self, api: NodeApi, auth: AdminAuth, limits: AdminLimits | None = None) -> None:
         self.api = api
         self.auth = auth
+        self.limits = limits if limits is not None else AdminLimits(rate=0.0)
 
     def authorize(self, context: Any, *, write: bool) -> None:
         role = self.auth.role(context)
@@ -350,22 +358,25 @@ class AdminServicer(pb_grpc.AdminServicer):
                         ) -> AsyncIterator[pb.ListConnsResponse]:
         flt = conn_filter(request)
         after = page_token(request.page_token)
-        views = iter(self.api.conns(flt))
-        if not request.page_size and after is None:
-            # everything, in table order: stream slice by slice, the loop runs between slices
+        views = iter(self.api.conns(flt, after))
+        if not request.page_size:
+            # everything (past the cursor), in paging order: slice by slice, the loop runs between slices
             sent = False
             while chunk := list(itertools.islice(views, CONN_CHUNK)):
                 sent = True
                 yield pb.ListConnsResponse(conns=[conn_pb(c) for c in chunk])
+                await asyncio.sleep(0)
             if not sent:
                 yield pb.ListConnsResponse()
             return
-        collected: list[ConnView] = []
-        while chunk := list(itertools.islice(views, COLLECT_SLICE)):
-            collected += chunk
+        size = min(request.page_size, MAX_PAGE)
+        items: list[ConnView] = []  # one more than the page: is there a next one?
+        while len(items) <= size and (chunk := list(itertools.islice(views, min(COLLECT_SLICE,
+                                                                                size + 1 - len(items))))):
+            items += chunk
             await asyncio.sleep(0)  # let the packet path run while a big table is read
-        items, last = page(collected, request.page_size, after)
-        out = chunks(items, CONN_CHUNK) or [[]]
+        last = items[size - 1].cursor if len(items) > size else None
+        out = chunks(items[:size], CONN_CHUNK) or [[]]
         for i, part in enumerate(out):
             token = ".".join(map(str, last)) if last is not None and i == len(out) - 1 else ""
             yield pb.ListConnsResponse(conns=[conn_pb(c) for c in part], next_page_token=token)
@@ -383,8 +394,9 @@ class AdminServicer(pb_grpc.AdminServicer):
     async def ApplyConfig(self, request: pb.ApplyConfigRequest, context: Any) -> pb.ApplyConfigResponse:
         if not request.yaml.strip():
             raise InvalidArgument("yaml", "empty document")
-        return apply_pb(await self.api.apply_config(request.yaml, dry_run=request.dry_run,
-                                                    prune=request.prune))
+        with self.limits.heavy("ApplyConfig"):
+            return apply_pb(await self.api.apply_config(request.yaml, dry_run=request.dry_run,
+                                                        prune=request.prune))
 
     @_guard(write=True)
     async def PutService(self, request: pb.PutServiceRequest, context: Any) -> pb.WriteResponse:
@@ -489,6 +501,7 @@ class AdminServerConfig:
     tls: TlsConfig | None = None
     auth: AdminAuth = AdminAuth()
     insecure_tcp: bool = False    # plain TCP (labs only; still needs a token)
+    limits: AdminLimits = dataclasses.field(default_factory=AdminLimits)  # per peer, heavy calls
 
 
 @dataclass
@@ -544,7 +557,7 @@ async def start_server(api: NodeApi, cfg: AdminServerConfig) -> AdminServer:
     if cfg.listen is not None and cfg.tls is None and not cfg.insecure_tcp:
         raise ValueError("admin.listen: TCP needs TLS (tls.cert/tls.key); or use the unix socket")
     server = grpc.aio.server()
-    pb_grpc.add_AdminServicer_to_server(AdminServicer(api, cfg.auth), server)
+    pb_grpc.add_AdminServicer_to_server(AdminServicer(api, cfg.auth, cfg.limits), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -580,5 +593,5 @@ __all__ = [
     # re-exported from director.admin.api: the facade the daemon implements and its types
     "AdminError", "ApplyResult", "Conflict", "ConnFilter", "ConnView", "CounterValues", "DestView",
     "InvalidArgument", "NodeApi", "NodeEvent", "NodeStatus", "NotFound", "NotMaster", "PermissionDenied",
-    "RateValues", "ServiceView", "StatsView", "SvcRef", "Unauthenticated",
+    "RateLimited", "RateValues", "ServiceView", "StatsView", "SvcRef", "Unauthenticated",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 from director.admin.api import (
@@ -27,7 +28,7 @@ from director.admin.api import (
 )
 from director.services.service import Counters, Dest, DestKey, ServiceTable, VirtualService
 from director.services.stats import StatsEstimator
-from director.table.conn import Conn
+from director.table.conn import Conn, ConnTable
 from director.table.events import ConnEvent, ConnSnapshot
 from director.types import ConnFlags, DestFlags, Proto
 
@@ -109,37 +110,45 @@ def select_conns(views: Iterable[ConnView], flt: ConnFilter) -> list[ConnView]:
     return [c for c in views if flt.accepts(c)]
 
 
-def table_conns(table: Iterable[Conn], flt: ConnFilter, now: float) -> Iterator[ConnView]:
-    """Lazily yield views of the matching entries of a ConnTable (cheap raw checks first).
+def table_conns(table: ConnTable, flt: ConnFilter, now: float, after: tuple[int, ...] | None = None
+                 ) -> Iterator[ConnView]:
+    """Lazily yield views of the matching entries of a ConnTable (cheap raw checks first), in a stable
+    paging order: bucket by bucket, each bucket's few entries by `ConnView.sort_key`. Each view's
+    `cursor` is (bucket, *sort_key); with `after` the walk starts in its bucket, past it. No page ever
+    sorts (or copies) the table: an entry present across pages is listed exactly once, in order.
 
-    Suitable as `NodeApi.conns`: ConnTable iteration tolerates table changes between entries, so
-    the admin layer may consume it in slices while the event loop keeps forwarding.
+    Suitable as `NodeApi.conns`: the walk reads one bucket at a time, so the admin layer may consume it
+    in slices while the event loop keeps forwarding (and changing the table between slices).
     """
     svc = flt.service
-    for c in table:
-        if flt.templates_only and not c.flags & ConnFlags.TEMPLATE:
+    start = after[0] if after else 0
+    for b in range(max(0, start), table.size):
+        entries = table.bucket(b)
+        if not entries:
             continue
-        if flt.caddr is not None and c.caddr != flt.caddr:
-            continue
-        if flt.daddr is not None and c.daddr != flt.daddr:
-            continue
-        if svc is not None and not svc.matches((c.protocol, c.vaddr, c.vport, c.fwmark)):
-            continue
-        v = conn_view(c, now)
-        if flt.accepts(v):
-            yield v
+        views: list[ConnView] = []
+        for c in entries:
+            if flt.templates_only and not c.flags & ConnFlags.TEMPLATE:
+                continue
+            if flt.caddr is not None and c.caddr != flt.caddr:
+                continue
+            if flt.daddr is not None and c.daddr != flt.daddr:
+                continue
+            if svc is not None and not svc.matches((c.protocol, c.vaddr, c.vport, c.fwmark)):
+                continue
+            v = conn_view(c, now)
+            if flt.accepts(v):
+                views.append(v)
+        views.sort(key=_sort_key)
+        for v in views:
+            cur = (b, *v.sort_key)
+            if after is None or cur > after:
+                yield replace(v, cursor=cur)
 
 
-def page(conns: list[ConnView], page_size: int, after: tuple[int, ...] | None
-         ) -> tuple[list[ConnView], tuple[int, ...] | None]:
-    """Sort by key, skip up to `after`, take page_size (0 = all); returns (page, last key if more)."""
-    if after is not None:
-        conns = [c for c in conns if c.sort_key > after]
-    conns.sort(key=lambda c: c.sort_key)
-    if page_size <= 0 or len(conns) <= page_size:
-        return conns, None
-    chunk = conns[:page_size]
-    return chunk, chunk[-1].sort_key
+def _sort_key(v: ConnView) -> tuple[int, ...]:
+    return v.sort_key
+
 
 
 def diff_documents(old: Mapping[str, Mapping[str, Any]], new: Mapping[str, Mapping[str, Any]],

@@ -23,9 +23,7 @@ a small method. The steps, in order:
    takeover), UDP any datagram; persistent services look up the template
    (``ct_in_get(caddr & netmask, 0, vaddr, vport or 0)`` + ``check_template``) and reuse its
    dest, else the service's scheduler picks one (and a template is created); then the conn is
-   created and attached to its template (``control_add``). Before scheduling, the defense may refuse
-   the packet: ``TABLE_FULL`` at ``max_conns`` entries, ``DEFENSE_DROP`` one in ``todrop.rate``
-   (``director.table.defense_policy``).
+   created and attached to its template (``control_add``), unless the defense refuses it (``gate``).
 6. **state** (one sequence for both ways): ``director.table.proto_state.update``; an ESTABLISHED TCP
    conn hit by a plain ACK (a UDP datagram) whose timeout stays the same only needs its timer refreshed.
 7. **count** ``in_pkts`` and per-service / per-dest packets and bytes.
@@ -48,6 +46,7 @@ import struct
 from collections.abc import Callable
 
 from director.dataplane.config import CoreConfig
+from director.dataplane.gate import NewConnGate
 from director.dataplane.neigh import EXT, INT, Action, Neighbours, NeighEvent
 from director.dataplane.packet import (
     ETH_P_ARP,
@@ -75,7 +74,6 @@ from director.dataplane.xmit import (
 from director.services.service import Dest, ServiceTable, VirtualService
 from director.table import proto_state
 from director.table.conn import Conn, ConnTable
-from director.table.defense_policy import DropCounter
 from director.table.tcp import Direction, TcpState
 from director.types import Clock, ConnFlags, DestFlags
 
@@ -122,10 +120,7 @@ class Director:
         self.host_macs: frozenset[bytes] = frozenset()
         """The director's own interface MACs (set by the I/O layer): frames to them are its kernel's."""
         self.frags = FragTable()
-        self.todrop = DropCounter()
-        """drop_packet defense (``ip_vs_todrop``): its rate is set once a second by the daemon's policy."""
-        self.max_conns = 0
-        """Hard bound on the conn table: a new-conn packet finding this many entries is dropped (0: none)."""
+        self.gate = NewConnGate(table, self.counters.counts)  # the defense: max_conns, drop_packet
         self._ipid = 0
         self._icmp_window = 0.0
         self._icmp_sent = 0
@@ -314,13 +309,7 @@ class Director:
         if svc is None:
             self._drops[Drop.NO_SERVICE] += 1
             return None
-        if proto == 6 and not self._may_open(tflags):
-            return None
-        if self.max_conns and self.table.count >= self.max_conns:
-            self._drops[Drop.TABLE_FULL] += 1
-            return None
-        if self.todrop.rate and self.todrop.todrop():
-            self._drops[Drop.DEFENSE_DROP] += 1
+        if proto == 6 and not self._may_open(tflags) or self.gate.refuse():
             return None
         conn = self._schedule(svc, proto, saddr, sport, daddr, dport)
         if conn is not None and not side and saddr in self._ext_hdr:  # (unknown ones: learnt in handle)

@@ -64,6 +64,7 @@ from director.table.entry import (
     TCP,
     Conn,
     canon,
+    chain,
     dest_key,
     make_key,
     snapshot,
@@ -97,8 +98,7 @@ class ConnTable(Lookups):
         self._todrop_counter = [0] * 9
         self.count = 0
         self.no_cport_count = 0
-        self.template_count = 0
-        """Templates among ``count`` (kept as entries come and go: status never walks the table)."""
+        self.template_count = 0  # templates among count: status never walks the table
         self.events = EventFeed(event_capacity)
         self.errors: dict[str, int] = {}
         self._ev_conn: Conn | None = None  # entry of the last event built, and its key
@@ -523,17 +523,12 @@ class ConnTable(Lookups):
     def __iter__(self) -> Iterator[Conn]:
         """All hashed entries; safe against table changes between buckets (sync snapshots)."""
         for d in self._tab:
-            if not d:
-                continue
-            items: list[Conn] = []
-            for head in d.values():
-                c: Conn | None = head
-                while c is not None:
-                    items.append(c)
-                    c = c._next
-            for c in items:
-                if c.flags & F_HASHED:
-                    yield c
+            if d:
+                yield from (c for c in chain(d) if c.flags & F_HASHED)
+
+    def bucket(self, i: int) -> list[Conn]:
+        """The entries of bucket ``i`` (admin paging walks the buckets in order)."""
+        return chain(self._tab[i])
 
     def __len__(self) -> int:
         return self.count

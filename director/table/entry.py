@@ -115,6 +115,17 @@ DEST_KEYS: dict[Dest, DestKey] = {}
 DEST_KEYS_MAX = 4096
 
 
+def chain(bucket: dict[int, Conn]) -> list[Conn]:
+    """Every entry of one bucket of the table (each key's chain, newest first)."""
+    out: list[Conn] = []
+    for head in bucket.values():
+        c: Conn | None = head
+        while c is not None:
+            out.append(c)
+            c = c._next
+    return out
+
+
 def dest_key(dest: Dest) -> DestKey:
     """``dest.key`` from an identity cache (a dest's key never changes; the cache is bounded)."""
     k = DEST_KEYS.get(dest)
@@ -154,6 +165,6 @@ __all__ = [
     "ADDR_LENGTHS", "DEST_KEYS", "D_AVAILABLE", "D_OVERLOAD", "EXPIRE_LATER", "F_BYPASS", "F_FWD_MASK",
     "F_HASHED", "F_INACTIVE", "F_NOOUTPUT", "F_NO_CPORT", "F_SYNC", "F_TEMPLATE", "INITIAL_TIMEOUT",
     "INVALID_PORT", "KNOWN_CONN_FLAGS", "KNOWN_PROTOCOLS", "MAX_PORT", "MAX_STATE", "MAX_TIMEOUT_MS",
-    "S_ESTABLISHED", "S_SYNACK", "S_SYN_RECV", "TCP", "TODROP_RATE", "Conn", "canon", "dest_key", "make_key",
-    "snapshot",
+    "S_ESTABLISHED", "S_SYNACK", "S_SYN_RECV", "TCP", "TODROP_RATE", "Conn", "canon", "chain", "dest_key",
+    "make_key", "snapshot",
 ]

@@ -131,8 +131,8 @@ class FakeNode:
         return [service_view(s, health=self.health, configured=self._configured(), estimator=self.est)
                 for s in self.services_tab]
 
-    def conns(self, flt: ConnFilter) -> Iterator[ConnView]:
-        return table_conns(self.table, flt, self.now)
+    def conns(self, flt: ConnFilter, after: tuple[int, ...] | None = None) -> Iterator[ConnView]:
+        return table_conns(self.table, flt, self.now, after)
 
     def stats(self) -> StatsView:
         t = self.est.totals

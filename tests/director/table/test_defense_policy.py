@@ -84,18 +84,18 @@ def test_drop_counter_drops_one_in_rate() -> None:
 def test_packet_path_drop_packet_and_table_full() -> None:
     lab = make_lab()
     d = lab.director
-    d.todrop.set_rate(2)
+    d.gate.todrop.set_rate(2)
     created = [send(lab, client_pkt("S", sport=41000 + i), EXT) is not None for i in range(10)]
     assert created.count(True) == 5 and drops(lab, Drop.DEFENSE_DROP) == 5
     assert lab.table.count == 5
     # established flows are untouched: their packets never reach the defense
-    d.todrop.set_rate(1)
+    d.gate.todrop.set_rate(1)
     assert send(lab, client_pkt("A", sport=41000), EXT) is not None
-    d.todrop.set_rate(0)
-    d.max_conns = lab.table.count + 2
+    d.gate.todrop.set_rate(0)
+    d.gate.max_conns = lab.table.count + 2
     for i in range(10):
         send(lab, client_pkt("S", sport=42000 + i), EXT)
-    assert lab.table.count == d.max_conns and drops(lab, Drop.TABLE_FULL) == 8
+    assert lab.table.count == d.gate.max_conns and drops(lab, Drop.TABLE_FULL) == 8
 
 
 def test_secure_tcp_uses_dos_table_and_short_half_open_timeouts() -> None:
