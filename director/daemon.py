@@ -46,6 +46,7 @@ from director import __version__
 from director.admin.api import NodeEvent
 from director.admin.metrics import MetricsServer, serve_metrics
 from director.admin.node import NodeAdmin, start_admin
+from director.admin.sdnotify import Notifier, stopping, supervise
 from director.admin.views import conn_event, dest_label
 from director.cluster.election import LeaderRecord, Role
 from director.cluster.elector import NodeInfo, RoleChange
@@ -493,11 +494,17 @@ class Node:
         loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
         loop.add_signal_handler(signal.SIGINT, self._stopping.set)
         loop.add_signal_handler(signal.SIGUSR1, lambda: asyncio.ensure_future(self.resign()))
+        # systemd (Type=notify): READY=1 once serving (master, or ready: in sync), WATCHDOG=1 from this loop
+        sd = Notifier.from_env()
+        self._tasks.append(asyncio.create_task(supervise(
+            sd, lambda: self.role is Role.MASTER or self.ready(),
+            lambda: self.role.name.lower() + ("" if self.ready() else ", not in sync")), name="sd_notify"))
         await self.start()
         # The conn table makes no reference cycles: keep the cyclic GC off the packet path's back.
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
         await self._stopping.wait()
+        stopping(sd)
         await self.stop()
 
 
