@@ -72,7 +72,7 @@ class NodeProc:
 
 class LabCluster:
     def __init__(self, lab: Lab, *, n_nodes: int = 2, tuned_etcd: bool = True, lease_ttl: int = 1,
-                 sloppy_grace: float = 30.0) -> None:
+                 sloppy_grace: float = 30.0, node_extra: str = "") -> None:
         if n_nodes > len(lab.directors):
             raise ValueError(f"lab has {len(lab.directors)} directors, {n_nodes} nodes asked")
         self.lab = lab
@@ -80,6 +80,8 @@ class LabCluster:
                                netns=lab.ctl.ns, name=f"{lab.name}-etcd")
         self.lease_ttl = lease_ttl
         self.sloppy_grace = sloppy_grace
+        self.node_extra = node_extra
+        """More node YAML lines for every node (e.g. a ``defense:`` section)."""
         self.nodes = [self._node(i) for i in range(1, n_nodes + 1)]
 
     # -- setup --------------------------------------------------------------------------------------
@@ -107,6 +109,7 @@ class LabCluster:
             f"sloppy_grace: {self.sloppy_grace}",
             f"events_file: {node.events}",
             "int_mtu: 1600",
+            self.node_extra,
             "",
         ])
 
@@ -160,7 +163,10 @@ class LabCluster:
         self.apply_config(services_yaml)
         first, *rest = self.nodes
         self.start_node(first)
-        wait_for(f"{first.node_id} to become master", lambda: self.is_forwarding(first), timeout)
+        try:
+            wait_for(f"{first.node_id} to become master", lambda: self.is_forwarding(first), timeout)
+        except ClusterError as err:  # say why: the node's own words
+            raise ClusterError(f"{err}\n--- {first.node_id} log tail ---\n{node_log_tail(first)}") from None
         for node in rest:
             self.start_node(node)
         for node in rest:
