@@ -54,9 +54,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from director.config.loader import YamlError, load_yaml
 from director.config.services import Config, ConfigError, apply_timeouts, apply_to_services, config_from_dict
+from director.config.validate import Errors, excerpt, integer, item, keys, mapping, number, sequence
 from director.dataplane.arp import arp_request, vrrp_mac
 from director.dataplane.core import EXT, INT, Action, CoreConfig, Director
 from director.dataplane.io.afpacket import (
@@ -342,68 +342,49 @@ class RunnerConfig:
     """The virtual services and timeouts, exactly as ``director.config.services`` (``directorctl apply``)."""
 
 
-def _node_errors(d: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    """Check the node-level keys; returns (problem lines, clean values)."""
-    errs: list[str] = []
-    out: dict[str, Any] = {}
-    vmac_id = d.get("vmac_id", 1)
-    if isinstance(vmac_id, bool) or not isinstance(vmac_id, int) or not 1 <= vmac_id <= 255:
-        errs.append(f"vmac_id: must be an integer in 1..255, got {vmac_id!r}")
-    else:
-        out["vmac_id"] = vmac_id
-    mtu = d.get("int_mtu", 1500)
-    if isinstance(mtu, bool) or not isinstance(mtu, int) or not MIN_MTU <= mtu <= MAX_MTU:
-        errs.append(f"int_mtu: must be an integer in {MIN_MTU}..{MAX_MTU}, got {mtu!r}")
-    else:
-        out["int_mtu"] = mtu
-    for key, lo, hi, kinds in (("neigh_max_entries", 1, 1 << 24, (int,)),
-                               ("neigh_learn_rate", 0, 1e9, (int, float))):
-        val = d.get(key, getattr(RunnerConfig, key))
-        if isinstance(val, bool) or not isinstance(val, kinds) or not lo <= val <= hi:
-            errs.append(f"{key}: must be a number in {lo}..{hi:g}, got {val!r}")
-        else:
-            out[key] = val
-    gws = d.get("gateways", [])
-    if not isinstance(gws, list):
-        errs.append(f"gateways: must be a list of IPv4 addresses, got {gws!r}")
-        return errs, out
+def _node_settings(d: dict[str, Any], errs: Errors) -> dict[str, Any]:
+    """The node-level keys, checked with the shared validators (director.config.validate)."""
+    out: dict[str, Any] = {
+        "vmac_id": integer(d, "vmac_id", "", errs, 1, 255, 1),
+        "int_mtu": integer(d, "int_mtu", "", errs, MIN_MTU, MAX_MTU, 1500),
+        "neigh_max_entries": integer(d, "neigh_max_entries", "", errs, 1, 1 << 24,
+                                     RunnerConfig.neigh_max_entries),
+        "neigh_learn_rate": number(d, "neigh_learn_rate", "", errs, 0, 1e9, RunnerConfig.neigh_learn_rate),
+    }
+    gws = sequence(d.get("gateways", []), "gateways", errs, max_items=64)
     good = []
     for i, g in enumerate(gws):
         try:
-            if not isinstance(g, str):
+            if not isinstance(g, str) or len(g) > 15:
                 raise ValueError
             good.append(str(ipaddress.IPv4Address(g)))
         except ValueError:
-            errs.append(f"gateways[{i}]: must be an IPv4 address, got {g!r}")
+            errs.add(item("gateways", i), f"must be an IPv4 address, got {excerpt(g)}")
     out["gateways"] = tuple(good)
-    return errs, out
+    return out
 
 
 def runner_config_from_dict(data: Any) -> RunnerConfig:
     """Validate a loaded runner file; one ``ConfigError`` lists every problem, each naming its field."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError([f"(top level): must be a mapping, got {type(data).__name__}"])
-    allowed = (*NODE_KEYS, "services", "timeouts")
-    errs = [f"{k}: unknown field (allowed: {', '.join(sorted(allowed))})" for k in data if k not in allowed]
-    node_errs, node = _node_errors(data)
-    errs += node_errs
+    errs = Errors()
+    d = mapping({} if data is None else data, "", errs)
+    keys(d, (*NODE_KEYS, "services", "timeouts"), (), "", errs)
+    node = _node_settings(d, errs)
     cfg = Config()
     try:
-        cfg = config_from_dict({k: v for k, v in data.items() if k in ("services", "timeouts")})
+        cfg = config_from_dict({k: v for k, v in d.items() if k in ("services", "timeouts")})
     except ConfigError as exc:
-        errs += exc.errors
-    if errs:
-        raise ConfigError(errs)
+        errs.extend(exc.errors)
+    errs.raise_if_any()
     return RunnerConfig(config=cfg, **node)
 
 
-def parse_runner_config(text: str) -> RunnerConfig:
+def parse_runner_config(text: str | bytes) -> RunnerConfig:
+    """Parse with the shared YAML loader (size, depth, alias and tag limits; strict UTF-8)."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"(top level): not valid YAML: {exc}".replace("\n", " ")]) from exc
+        data = load_yaml(text)
+    except YamlError as exc:
+        raise ConfigError([f"(top level): {exc}"]) from None
     return runner_config_from_dict(data)
 
 
@@ -425,7 +406,7 @@ def load_config(path: str | Path) -> RunnerConfig:
             dests: [{address: 198.18.1.10, port: 8080, weight: 2, forward: nat}]
     """
     try:
-        return parse_runner_config(Path(path).read_text(encoding="utf-8"))
+        return parse_runner_config(Path(path).read_bytes())
     except ConfigError as exc:
         raise ConfigError(f"{path}: {line}" for line in exc.errors) from None
 
