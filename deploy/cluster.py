@@ -21,7 +21,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,7 @@ class NodeProc:
 
 class LabCluster:
     def __init__(self, lab: Lab, *, n_nodes: int = 2, tuned_etcd: bool = True, lease_ttl: int = 1,
-                 sloppy_grace: float = 30.0, node_extra: str = "") -> None:
+                 sloppy_grace: float = 30.0, node_extra: str = "", node_prefix: Sequence[str] = ()) -> None:
         if n_nodes > len(lab.directors):
             raise ValueError(f"lab has {len(lab.directors)} directors, {n_nodes} nodes asked")
         self.lab = lab
@@ -82,6 +82,9 @@ class LabCluster:
         self.sloppy_grace = sloppy_grace
         self.node_extra = node_extra
         """More node YAML lines for every node (e.g. a ``defense:`` section)."""
+        self.node_prefix = tuple(node_prefix)
+        """Command run before directord's, e.g. ``setpriv`` to a non-root user with two capabilities
+        (the workdir is then opened to it: the node writes its events, lease file and admin socket there)."""
         self.nodes = [self._node(i) for i in range(1, n_nodes + 1)]
 
     # -- setup --------------------------------------------------------------------------------------
@@ -179,9 +182,10 @@ class LabCluster:
         node.started_at = time.time()
         logf = open(node.log, "ab")  # noqa: SIM115 - handed to the child
         ns = self.lab.directors[node.n - 1].ns
-        node.proc = self.lab.popen(ns, [PYTHON, "-m", "director.daemon", "-c", str(node.config),
-                                        "--lease-file", str(node.lease_file)],
-                                   stdout=logf, stderr=subprocess.STDOUT)
+        if self.node_prefix:
+            self.lab.workdir.chmod(0o1777)
+        argv = [PYTHON, "-m", "director.daemon", "-c", str(node.config), "--lease-file", str(node.lease_file)]
+        node.proc = self.lab.popen(ns, [*self.node_prefix, *argv], stdout=logf, stderr=subprocess.STDOUT)
         logf.close()
 
     def kill_node(self, node: NodeProc, *, exit_hook: bool = True) -> float:
