@@ -65,7 +65,7 @@ from director.services.service import ServiceTable
 from director.services.stats import StatsEstimator
 from director.table.conn import ConnTable
 from director.table.defense_policy import DefensePolicy, DefenseSettings, mode_of
-from director.table.events import RawEvent, cook
+from director.table.events import ConnEvent, RawEvent, cook
 from syncd.backup import SyncBackup
 from syncd.server import SyncServer, create_sync_server
 
@@ -178,6 +178,7 @@ class Node:
                                     on_change=self._on_health_change)
         self.api = NodeAdmin(self)
         self.table.events.tap = self._tap_conn_events
+        self.backup.on_applied = self._tap_synced_events
         self.admin: Any = None
         self.metrics: MetricsServer | None = None
 
@@ -353,6 +354,18 @@ class Node:
         except Exception:  # never let a watcher break the sync drain
             log.exception("publishing conn events to admin watchers failed")
 
+    def _tap_synced_events(self, events: list[ConnEvent]) -> None:
+        """Conn events this backup applied from its master's stream, marked synced, for watchers."""
+        hub = self.api.hub
+        if not hub.watchers:
+            return
+        now, wall = self.clock(), time.time()
+        try:
+            for ev in events:
+                hub.publish(conn_event(ev, now, wall, synced=True))
+        except Exception:  # never let a watcher break the sync apply
+            log.exception("publishing synced conn events to admin watchers failed")
+
     def _on_health_change(self, newly_down: frozenset[Any], newly_up: frozenset[Any]) -> None:
         """A published health verdict changed: re-apply the config with the new down set."""
         self.events.write("health", down=len(newly_down), up=len(newly_up))
@@ -360,7 +373,8 @@ class Node:
             self.api.hub.publish(NodeEvent(kind="health", time=time.time(), dest=dest_label(key),
                                            up=key in newly_up))
         self._reconcile()
-        self.health.invalidate_down(self.table, newly_down)
+        if self.role is Role.MASTER:  # a backup's synced templates are the master's to invalidate
+            self.health.invalidate_down(self.table, newly_down)
 
     async def _config_loop(self) -> None:
         # validation runs in a worker thread: a hostile or huge document never blocks the loop,

@@ -310,6 +310,8 @@ class NodeEvent:
     dest: str = ""
     up: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
+    synced: bool = False
+    """A conn event this backup applied from its master's sync stream (not its own traffic)."""
 
 
 # ---- the facade -------------------------------------------------------------------------------

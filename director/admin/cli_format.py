@@ -142,7 +142,7 @@ def event_line(ev: Any) -> str:
         c = ev.conn
         what = (f"{ev.conn_event:<6} {c.protocol.upper()} {c.state} {hostport(c.caddr, c.cport)} -> "
                 f"{hostport(c.vaddr, c.vport)} -> {hostport(c.daddr, c.dport)}"
-                + (" template" if c.template else ""))
+                + (" template" if c.template else "") + (" (synced)" if ev.synced else ""))
     elif ev.kind == "role":
         what = f"role {ev.role} epoch {ev.epoch}"
     elif ev.kind == "config":

@@ -77,7 +77,7 @@ class AdminLimits:
 
     rate: float = 100.0
     burst: float = 200.0
-    heavy_calls: int = 2
+    heavy_calls: int = 1
     clock: Callable[[], float] = time.monotonic
     limiter: PeerLimiter = field(init=False)
     running: int = field(init=False, default=0)

@@ -26,6 +26,7 @@ from director import __version__
 from director.admin.api import (
     ApplyResult,
     BackupSync,
+    ConfigChange,
     Conflict,
     ConnFilter,
     ConnView,
@@ -163,15 +164,18 @@ class NodeAdmin:
         return await update_config(self.node.store, edit, offload=True)
 
     async def apply_config(self, document: str, *, dry_run: bool, prune: bool) -> ApplyResult:
-        cfg = await asyncio.to_thread(config.parse_config, document)  # a 1 MB document: never on the loop
-        new = {svc.name: config.service_dict(svc) for svc in cfg.services}
+        # a 1 MB document is seconds of parsing and diffing: never on the loop
+        cfg = await asyncio.to_thread(config.parse_config, document)
         snap = await self.node.store.read_config()
-        old = config_edits.documents(snap.services)
-        changes = diff_documents(old, new, prune=prune)
+
+        def diff() -> tuple[ConfigChange, ...]:
+            new = {svc.name: config.service_dict(svc) for svc in cfg.services}
+            return diff_documents(config_edits.documents(snap.services), new, prune=prune)
+        changes = await asyncio.to_thread(diff)
         t_text = config.dump_timeouts(cfg.timeouts) if cfg.timeouts is not None else None
         if dry_run or (not changes and t_text is None):
             return ApplyResult(changes, 0)
-        texts = {svc.name: config.dump_service(svc) for svc in cfg.services}
+        texts = await asyncio.to_thread(lambda: {svc.name: config.dump_service(svc) for svc in cfg.services})
         # prune deletes only what the file dropped relative to the revision this diff was made at
         rev = await etcd_apply(self.node.store, texts, t_text, prune=prune, base_revision=snap.revision)
         return ApplyResult(changes, rev)

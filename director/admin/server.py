@@ -277,7 +277,8 @@ def apply_pb(r: ApplyResult) -> pb.ApplyConfigResponse:
 def event_pb(e: NodeEvent) -> pb.Event:
     return pb.Event(
         kind=e.kind, time=e.time, message=e.message, conn=conn_pb(e.conn) if e.conn else None,
-        conn_event=e.conn_event, role=e.role, epoch=e.epoch, revision=e.revision, dest=e.dest, up=e.up)
+        conn_event=e.conn_event, role=e.role, epoch=e.epoch, revision=e.revision, dest=e.dest, up=e.up,
+        synced=e.synced)
 
 
 # ---- the servicer -----------------------------------------------------------------------------
@@ -395,8 +396,8 @@ class AdminServicer(pb_grpc.AdminServicer):
         if not request.yaml.strip():
             raise InvalidArgument("yaml", "empty document")
         with self.limits.heavy("ApplyConfig"):
-            return apply_pb(await self.api.apply_config(request.yaml, dry_run=request.dry_run,
-                                                        prune=request.prune))
+            result = await self.api.apply_config(request.yaml, dry_run=request.dry_run, prune=request.prune)
+            return await asyncio.to_thread(apply_pb, result)  # a YAML dump per change: off the loop
 
     @_guard(write=True)
     async def PutService(self, request: pb.PutServiceRequest, context: Any) -> pb.WriteResponse:

@@ -199,7 +199,8 @@ def snapshot_view(snap: ConnSnapshot, now: float) -> ConnView:
         has_control=snap.control_key is not None, n_control=0)
 
 
-def conn_event(ev: ConnEvent, now: float, wall: float) -> NodeEvent:
-    """A conn-table event as a NodeEvent (`now`: the table's clock; `wall`: unix time for display)."""
+def conn_event(ev: ConnEvent, now: float, wall: float, *, synced: bool = False) -> NodeEvent:
+    """A conn-table event as a NodeEvent (`now`: the table's clock; `wall`: unix time for display;
+    `synced`: applied on a backup from its master's stream)."""
     return NodeEvent(kind="conn", time=wall, conn=snapshot_view(ev.snap, now),
-                     conn_event=ev.kind.name.lower())
+                     conn_event=ev.kind.name.lower(), synced=synced)

@@ -134,7 +134,18 @@ def test_every_rpc_on_live_nodes(env: Env) -> None:
     got_event.set()
     conn_watch.cancel()
     feeder.join()
-    assert conn_ev.kind == "conn" and conn_ev.conn.vaddr == VIP_NAT
+    assert conn_ev.kind == "conn" and conn_ev.conn.vaddr == VIP_NAT and not conn_ev.synced
+
+    # the backup streams the conn events it applies from sync, marked as synced
+    synced_watch = b.WatchEvents(pb.WatchEventsRequest(kinds=["conn"]), timeout=60)
+    got_event.clear()
+    feeder = threading.Thread(target=new_conns)
+    feeder.start()
+    synced_ev = next(iter(synced_watch))
+    got_event.set()
+    synced_watch.cancel()
+    feeder.join()
+    assert synced_ev.kind == "conn" and synced_ev.synced and synced_ev.conn.vaddr == VIP_NAT
 
     watch = b.WatchEvents(pb.WatchEventsRequest(kinds=["config"]))
     m.EditDest(pb.EditDestRequest(service=WEB, address=real_addr(2), port=80, weight=5), timeout=10)
