@@ -110,3 +110,52 @@ def test_master_cut_from_etcd_and_from_its_backups_hands_over_without_overlap(st
         _heal(env.lab, ns)
     env.assert_clean(env.settle(before["new_ok"]))
     assert overlaps(env.frames()) == []
+
+
+def test_backup_cut_from_its_master_only_changes_nothing(static: ClusterEnv) -> None:
+    """The backup stops promising; the master keeps its lease (etcd is up); nobody campaigns."""
+    env, c = static, static.cluster
+    master = c.wait_master()
+    backup = env.other(master)
+    traffic = env.start_traffic()
+    before = traffic.report()
+    ns = env.lab.directors[backup.n - 1].ns
+    peer = director_int(master.n)
+    t0 = time.time()
+    _cut(env.lab, ns, [f"add rule inet lbdcut out ip daddr {peer} tcp dport 7100 drop",
+                       f"add rule inet lbdcut in ip saddr {peer} tcp sport 7100 drop"])
+    try:
+        wait_for("the backup to lose its stream",
+                 lambda: c.last_event(backup, "sync_state", t0, in_sync=False), 60)
+        wait_for("the master to forward past the backup's last promise",
+                 lambda: env.frames_after(master.node_id, time.time()) > 0
+                 and env.frames_after(master.node_id, t0 + LEASE_PLUS) > 200, 60)
+        assert c.last_event(backup, "forwarding", t0) is None
+        assert c.last_event(master, "stopped_forwarding", t0) is None
+    finally:
+        _heal(env.lab, ns)
+    c.wait_in_sync(backup, 90)
+    env.assert_clean(env.settle(before["new_ok"]))
+    assert overlaps(env.frames()) == []
+
+
+def test_master_killed_during_an_etcd_outage_is_replaced_once_etcd_returns(static: ClusterEnv) -> None:
+    """Nobody can take over while etcd is down (documented); then a synced backup does, losing nothing."""
+    env, c = static, static.cluster
+    master = c.wait_master()
+    backup = env.other(master)
+    traffic = env.start_traffic()
+    before = traffic.report()
+    t0 = time.time()
+    c.etcd.stop()
+    try:
+        c.kill_node(master)  # the exit hook cannot reach etcd: the lease stays until etcd expires it
+        wait_for("the backup's promise to lapse and its stream to end",
+                 lambda: c.last_event(backup, "sync_state", t0, in_sync=False), 60)
+        assert c.last_event(backup, "forwarding", t0) is None, "a takeover without etcd"
+    finally:
+        c.etcd.start()
+    wait_for("the synced backup to take over once etcd is back",
+             lambda: c.last_event(backup, "first_forward", t0), 90)
+    env.assert_clean(env.settle(before["new_ok"]))
+    assert overlaps(env.frames()) == []
