@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 ``python -m deploy.synflood flood IFNAME SRC_MAC DST_MAC VIP PORT RATE SECONDS`` (in the client namespace)
 sends TCP SYNs to VIP:PORT from random spoofed sources (198.19.0.0/16, random ports: every SYN is a new
-flow) out of IFNAME at RATE frames a second for SECONDS, paced in 10 ms slices; the frames are built
-beforehand with ``struct`` (IPv4 and TCP checksums included), so the sender only calls ``send``. It
+flow, none repeats in practice) out of IFNAME at RATE frames a second for SECONDS, paced in 10 ms slices;
+each frame is built with ``struct`` (IPv4 and TCP checksums included), a few microseconds each. It
 prints ``{"sent": n, "seconds": s}``.
 
 ``python -m deploy.synflood streams VIP PORT CONNS SECONDS`` opens CONNS TCP connections to an echo
@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SPOOF_NET = 0xC6130000  # 198.19.0.0/16: no lab host lives there
-FRAMES = 65536
 
 
 def _csum(data: bytes) -> int:
@@ -60,8 +59,6 @@ def flood(ifname: str, src_mac: str, dst_mac: str, vip: str, port: int, rate: in
     rng = random.Random()
     smac, dmac = bytes.fromhex(src_mac.replace(":", "")), bytes.fromhex(dst_mac.replace(":", ""))
     daddr = struct.unpack("!I", socket.inet_aton(vip))[0]
-    frames = [syn_frame(smac, dmac, SPOOF_NET | rng.randrange(1, 0xFFFF), daddr, rng.randrange(1024, 65535),
-                        port, rng.getrandbits(32)) for _ in range(FRAMES)]
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     s.bind((ifname, 0))
     per_slice = max(1, rate // 100)
@@ -73,7 +70,8 @@ def flood(ifname: str, src_mac: str, dst_mac: str, vip: str, port: int, rate: in
             time.sleep(nxt - now)
         for _ in range(per_slice):
             with contextlib.suppress(OSError):  # a full queue: the frame is lost, as on a wire
-                s.send(frames[sent % FRAMES])
+                s.send(syn_frame(smac, dmac, SPOOF_NET | rng.randrange(1, 0xFFFF), daddr,
+                                 rng.randrange(1024, 65535), port, rng.getrandbits(32)))
             sent += 1
         nxt += 0.01
         if time.monotonic() - nxt > 0.5:  # fell far behind (a busy box): do not burst to catch up

@@ -80,9 +80,14 @@ class Env:
         return self.lab.popen(c.ns, [PYTHON, "-m", "deploy.synflood", "flood", "eth0", c.macs["eth0"], VMAC,
                                      VIP_NAT, str(HTTP), str(rate), str(seconds)], stdout=subprocess.PIPE)
 
-    def streams_up(self, base: int) -> None:
-        wait_for("the echo streams to be established",
-                 lambda: self.status(self.master).conns - base >= STREAMS, 60)
+    def established_echo(self) -> int:
+        req = pb.ListConnsRequest(service=pb.ServiceRef(protocol="tcp", vip=VIP_NAT, port=ECHO),
+                                  state="ESTABLISHED")
+        with grpc.insecure_channel(f"unix:{self.sock(self.master)}") as ch:
+            return sum(len(chunk.conns) for chunk in pb_grpc.AdminStub(ch).ListConns(req, timeout=30))
+
+    def streams_up(self) -> None:
+        wait_for("the echo streams to be established", lambda: self.established_echo() >= STREAMS, 60)
 
     def role_events(self, since: float) -> list[dict[str, Any]]:
         return [ev for node in self.cluster.nodes for ev in self.cluster.events(node)
@@ -114,7 +119,7 @@ def test_syn_flood_table_bounded_streams_survive(env: Env) -> None:
     rss0 = st0.defense.rss
     since = time.time()
     streams = env.streams(FLOOD_SECONDS + 15)
-    env.streams_up(st0.conns)
+    env.streams_up()
     sampler = StatusSampler(env.sock(env.master)).start()
     try:
         flood = result(env.flood(FLOOD_RATE, FLOOD_SECONDS), FLOOD_SECONDS + 60)
@@ -171,7 +176,7 @@ def test_admin_flood_under_traffic_changes_no_role(env: Env) -> None:
     seconds = 20.0
     since = time.time()
     streams = env.streams(seconds + 15)
-    env.streams_up(env.status(env.master).conns)
+    env.streams_up()
     flood = env.flood(3000, seconds)  # keeps a big table under the admin reads
     ch = grpc.insecure_channel(f"unix:{env.sock(env.master)}",
                                options=[("grpc.max_send_message_length", 4 << 20)])
