@@ -58,14 +58,14 @@ class _Bench:
         await el.start()
         return el
 
-    async def leader(self) -> Elector:
+    async def master(self) -> Elector:
         end = time.monotonic() + DEADLINE
         while time.monotonic() < end:
             ls = [e for e in self.electors if e.is_master]
             if len(ls) == 1 and all(e.master is not None and e.epoch == ls[0].epoch for e in self.electors):
                 return ls[0]
             await asyncio.sleep(0.005)
-        raise TimeoutError("no settled leader")
+        raise TimeoutError("no settled master")
 
     async def takeover(self, graceful: bool) -> float:
         old = await self.master()
@@ -106,7 +106,7 @@ async def _measure(tuned: bool, rounds: int) -> dict[str, float]:
             await b.add()
         crash = [await b.takeover(graceful=False) for _ in range(rounds)]
         resign = [await b.takeover(graceful=True) for _ in range(max(3, rounds // 2))]
-        granted = (await b.leader()).granted_ttl
+        granted = (await b.master()).granted_ttl
         await b.close()
     finally:
         server.close()
