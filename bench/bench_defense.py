@@ -13,13 +13,23 @@ Figures (prefix ``defense_`` with the strategies on, ``nodefense_`` without): pe
 RSS during the flood, RSS growth over the idle node, entries and RSS once drained, how long the
 drain took, the share of established streams that survived, the achieved flood rate, and what each
 strategy did; ``defense_backup_diff`` is |backup - master| table entries once drained.
+
+Then, on the defended cluster, an admin flood under the same traffic (streams + a 3000/s SYN flood) for
+20 s (10 s quick): 24 threads calling ``Status``, 4 paging ``ListConns`` (1000 a page), 4 sending a
+~1 MB ``ApplyConfig`` (dry run), all on the master's unix socket. Figures ``admin_*``: calls served and
+refused (RESOURCE_EXHAUSTED) per kind, other errors, latency of the served ``Status`` calls (p50/p99),
+role changes of both nodes (their events files) and the streams that survived.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
+import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -100,12 +110,87 @@ def _one(label: str, defense: str, seconds: float) -> dict[str, float]:
             "backup_diff": abs((b.conns + b.templates) - (after.conns + after.templates)),
             "role_changes": after.role_changes - st0.role_changes,
         }
+        admin = _admin_flood(lab, cluster, 10.0 if seconds < 60 else 20.0) if label == "defense" else {}
         print(f"    {label}: table {[s['entries'] for s in during][::8]}")
         print(f"    {label}: rss MiB {[round(s['rss'] / MIB) for s in during][::8]}; streams {survived}")
-        return {f"{label}_{k}": float(v) for k, v in out.items()}
+        return {**{f"{label}_{k}": float(v) for k, v in out.items()}, **admin}
     finally:
         cluster.close()
         lab.down()
+
+
+def big_document() -> str:
+    """~1 MB of valid config (4000 services)."""
+    dests = ", ".join(f"{{address: {real_addr(i)}, port: 80, weight: {i}}}" for i in (1, 2, 3))
+    return "services:\n" + "".join(
+        f"  - {{name: flood-{i:05d}, protocol: tcp, vip: 198.18.0.{10 + i % 10}, port: {1024 + i},"
+        f" scheduler: wlc, forward: nat, dests: [{dests}]}}  # xx\n" for i in range(4000))
+
+
+def _admin_flood(lab: Lab, cluster: LabCluster, seconds: float) -> dict[str, float]:
+    master = cluster.nodes[0]
+    doc = big_document()
+    c = lab.client
+    since = time.time()
+    streams = lab.popen(c.ns, [PYTHON, "-m", "deploy.synflood", "streams", VIP_NAT, "7", str(STREAMS),
+                               str(seconds + 15)], stdout=subprocess.PIPE)
+    flood = lab.popen(c.ns, [PYTHON, "-m", "deploy.synflood", "flood", "eth0", c.macs["eth0"], VMAC, VIP_NAT,
+                             "80", "3000", str(seconds)], stdout=subprocess.PIPE)
+    ch = grpc.insecure_channel(f"unix:{cluster.admin_socket(master)}",
+                               options=[("grpc.max_send_message_length", 4 << 20)])
+    stub = pb_grpc.AdminStub(ch)
+    codes: dict[str, Counter[str]] = {k: Counter() for k in ("status", "listconns", "apply")}
+    lat: list[float] = []
+
+    def status() -> None:
+        t = time.monotonic()
+        stub.Status(pb.StatusRequest(), timeout=30)
+        lat.append(time.monotonic() - t)
+
+    def pages() -> None:
+        token = ""
+        for _ in range(5):
+            chunks = list(stub.ListConns(pb.ListConnsRequest(page_size=1000, page_token=token), timeout=30))
+            if not (token := chunks[-1].next_page_token):
+                break
+
+    def apply() -> None:
+        stub.ApplyConfig(pb.ApplyConfigRequest(yaml=doc, dry_run=True), timeout=60)
+
+    deadline = time.monotonic() + seconds
+
+    def loop(fn: Callable[[], None], got: Counter[str]) -> None:
+        while time.monotonic() < deadline:
+            try:
+                fn()
+                got["OK"] += 1
+            except grpc.RpcError as err:
+                got[err.code().name] += 1
+
+    threads = [threading.Thread(target=loop, args=(fn, codes[k]), daemon=True)
+               for k, fn, n in (("status", status, 24), ("listconns", pages, 4), ("apply", apply, 4))
+               for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=seconds + 120)
+    ch.close()
+    _json(flood, 120)
+    survived = _json(streams, 120)
+    roles = [ev for n in cluster.nodes for ev in cluster.events(n)
+             if ev["event"] == "role" and ev["t"] >= since]
+    out = {"admin_role_changes": float(len(roles)), "admin_streams_survived": survived["ok"] / STREAMS}
+    for k, got in codes.items():
+        out[f"admin_{k}_ok"] = float(got["OK"])
+        out[f"admin_{k}_refused"] = float(got["RESOURCE_EXHAUSTED"])
+        out[f"admin_{k}_other_errors"] = float(sum(v for e, v in got.items()
+                                                   if e not in ("OK", "RESOURCE_EXHAUSTED")))
+    if lat:
+        lat.sort()
+        out["admin_status_p50_ms"] = statistics.median(lat) * 1000.0
+        out["admin_status_p99_ms"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000.0
+    print(f"    admin flood: {({k: dict(v) for k, v in codes.items()})}; streams {survived}")
+    return out
 
 
 def run(quick: bool = False) -> dict[str, float]:
