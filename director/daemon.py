@@ -61,6 +61,7 @@ from director.dataplane.arp import vrrp_mac
 from director.dataplane.core import CoreConfig, Director
 from director.dataplane.io.plane import DataPlane
 from director.health.service import HealthService
+from director.logs import FORMATS, setup_logging
 from director.services.service import ServiceTable
 from director.services.stats import StatsEstimator
 from director.table.conn import ConnTable
@@ -522,24 +523,6 @@ class Node:
         await self.stop()
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out = {"t": round(record.created, 3), "level": record.levelname, "logger": record.name,
-               "msg": record.getMessage()}
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
-
-
-def setup_logging(node_id: str, as_json: bool, level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if as_json:
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {node_id} %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True)
-
-
 def _default_lease_file() -> str | None:
     rd = os.environ.get("RUNTIME_DIRECTORY")
     return os.path.join(rd.split(":")[0], "lease") if rd else None
@@ -550,6 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--version", action="version", version=f"directord {__version__}")
     p.add_argument("-c", "--config", required=True, help="node YAML file")
     p.add_argument("--log-level", default=os.environ.get("DIRECTORD_LOG", "info"))
+    p.add_argument("--log-format", choices=FORMATS, default="auto",
+                   help="journal (priority prefixes, under systemd), text, json; auto picks journal under "
+                        "journald, else json if the node YAML says log_json: true, else text")
     p.add_argument("--lease-file", default=_default_lease_file(),
                    help="where the master records its etcd lease for the exit hook (`directorctl "
                         "release-lease`); default $RUNTIME_DIRECTORY/lease under systemd, else none")
@@ -559,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, NodeConfigError) as err:
         print(f"directord: {args.config}: {err}", file=sys.stderr)
         return 2
-    setup_logging(cfg.node_id, cfg.log_json, args.log_level)
+    setup_logging(cfg.node_id, fmt=args.log_format, log_json=cfg.log_json, level=args.log_level)
     log.info("directord %s node %s on %s (pid %d)", __version__, cfg.node_id, socket.gethostname(),
              os.getpid())
     asyncio.run(Node(cfg, lease_file=args.lease_file).run())

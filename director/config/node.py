@@ -77,7 +77,7 @@ class NodeConfig:
     metrics_listen: str | None = None
     priority: int = 0
     preempt: bool = False
-    log_json: bool = True
+    log_json: bool = False
     gateways: tuple[str, ...] = ()
     """Addresses the active director answers ARP for on the internal side (the NAT real servers' gateway)."""
     int_addr: str | None = None
@@ -231,7 +231,7 @@ def node_config_from_dict(raw: Any) -> NodeConfig:
         sloppy_grace=v.number(d, "sloppy_grace", "", errs, 0.0, 3600.0, 30.0),
         priority=v.integer(d, "priority", "", errs, 0, 65535, 0),
         preempt=v.boolean(d, "preempt", "", errs, False),
-        log_json=v.boolean(d, "log_json", "", errs, True),
+        log_json=v.boolean(d, "log_json", "", errs, False),
         gateways=_gateways(d, errs),
         int_addr=v.ipv4(d, "int_addr", "", errs, unicast=True) if d.get("int_addr") is not None else None,
         int_mtu=v.integer(d, "int_mtu", "", errs, MIN_MTU, MAX_MTU, 1500),
