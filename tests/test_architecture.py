@@ -25,7 +25,7 @@ Layers, bottom to top (README's tour says the same in words)::
     cluster          etcd store and key layout, election machine and its etcd driver
     syncd            the sync daemon (master and backup sides)
     admin            API protocol, views, gRPC servicer, directorctl, metrics
-    daemon / node    directord: wires the layers; nothing imports it
+    daemon / node    directord: wires the layers (and sets up its log output); nothing imports it
     deploy           lab, drill, etcd launcher: the harness, never imported by the product
 """
 
@@ -115,7 +115,7 @@ def layer_of(module: str) -> str:
         return parts[0]
     if parts == ["director"]:
         return "version"
-    if parts[1] in ("daemon", "node"):
+    if parts[1] in ("daemon", "node", "logs"):  # logs: the daemon's log output, imported by it alone
         return "daemon"
     if module == "director.health.spec":
         return "health.spec"
