@@ -5,7 +5,7 @@ PY ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || command -v pyt
 VENV := .venv
 VPY := $(VENV)/bin/python
 DEB_PKGS := etcd-server iproute2 nftables ethtool netsniff-ng iperf3 tcpdump python3-venv python3-pip \
-  conntrack conntrackd util-linux
+  conntrack conntrackd util-linux chromium
 PROTOS := $(wildcard proto/*.proto)
 
 .PHONY: setup test lint typecheck pytest demo bench fuzz proto lab-up lab-down clean
@@ -49,7 +49,7 @@ pytest: setup
 test: lint typecheck pytest
 
 demo: setup
-	$(VPY) -m deploy.drill --report demo-report.json
+	$(VPY) -m deploy.drill --report demo-report.json --html demo-report.html
 
 bench: setup
 	$(VPY) -m bench.run

@@ -29,7 +29,9 @@ connection is stalled. The **fabric observer** (deploy.observer: captures on eve
 both bridges) judges each phase: ``overlap_ms`` (two directors forwarding at once: must be 0) and
 ``nobody_forwarding_ms`` (the longest silence of the fabric during the phase). Split brain is also
 checked from the nodes' own forwarding intervals.
-The report goes to stdout (human) and to ``--report`` (JSON, one entry per phase).
+The report goes to stdout (human), to ``--report`` (JSON, one entry per phase; ``timeline`` holds what
+the pictures need: per node the fabric's frame rate, events, fault markers, every connection's worst
+stall) and to ``--html`` (deploy.report: self-contained HTML, plots as inline SVG).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ from deploy.lab import CTL_ADDR, PYTHON, VIP_NAT, Lab, real_addr
 from deploy.observer import FabricObserver, longest_silence, nobody_forwarding, overlaps
 
 PHASES = ("kill", "switchback", "freeze", "etcd-outage", "partition")
+TIMELINE_BEFORE_S = 2.0
+"""The report's timelines start this long before a phase's fault."""
 
 SERVICES = """\
 timeouts: {{tcp: 900, tcpfin: 120, udp: 300}}
@@ -208,7 +212,8 @@ class Drill:
         return (float(ev["t"]) - since) * 1000.0
 
     def _phase_result(self, start: dict[str, Any], end: dict[str, Any], takeover_ms: float,
-                      t_start: float | None = None) -> dict[str, Any]:
+                      t_start: float | None = None,
+                      markers: list[tuple[float, str]] | None = None) -> dict[str, Any]:
         total = int(start["alive"])
         frames = self.observer.frames()
         # captures reach their files a little late: end the window at the newest frame written
@@ -232,6 +237,42 @@ class Drill:
             "new_connections_failed": int(end["new_failed"]),
             "udp_max_gap_ms": float(end["udp_max_gap_ms"]),
             "udp_lost": int(end["udp_sent"]) - int(end["udp_received"]),
+            "timeline": self._timeline(frames, t0, t1, markers or [], end),
+        }
+
+    def _timeline(self, frames: dict[str, list[float]], t_fault: float, t_end: float,
+                  markers: list[tuple[float, str]], end: dict[str, Any]) -> dict[str, Any]:
+        """What the HTML report plots for a phase (times in seconds relative to the fault): each node's
+        forwarded-frame rate (the fabric observer's frames, binned), its events, the fault/takeover
+        markers, and every connection's worst stall."""
+        lo = t_fault - TIMELINE_BEFORE_S
+        span = max(t_end - lo, 1.0)
+        bin_s = max(0.05, round(span / 600, 2))
+        n_bins = int(span / bin_s) + 1
+        rates: dict[str, list[float]] = {}
+        for name, ts in sorted(frames.items()):
+            counts = [0] * n_bins
+            for t in ts:
+                if lo <= t <= t_end:
+                    counts[min(int((t - lo) / bin_s), n_bins - 1)] += 1
+            rates[name] = [round(c / bin_s, 1) for c in counts]
+        keep = ("event", "role", "epoch", "in_sync")
+        events: dict[str, list[dict[str, Any]]] = {}
+        for n in self.cluster.nodes:
+            evs = [ev for ev in self.cluster.events(n) if float(ev["t"]) <= t_end]
+            inside = [ev for ev in evs if float(ev["t"]) >= lo]
+            # the state each lane starts in: the last role and forwarding events before the window
+            before = [ev for ev in evs if float(ev["t"]) < lo]
+            prior = [next((ev for ev in reversed(before) if ev["event"] in kinds), None)
+                     for kinds in (("role",), ("forwarding", "stopped_forwarding", "started", "stopped"))]
+            chosen = sorted((ev for ev in prior if ev is not None), key=lambda ev: float(ev["t"])) + inside
+            events[n.node_id] = [{**{k: ev[k] for k in keep if k in ev},
+                                  "t": round(float(ev["t"]) - t_fault, 4)} for ev in chosen]
+        return {
+            "t_fault": t_fault, "start_s": -TIMELINE_BEFORE_S, "end_s": round(t_end - t_fault, 3),
+            "bin_s": bin_s, "frame_rate": rates, "events": events,
+            "markers": [{"t": round(t - t_fault, 4), "label": label} for t, label in markers],
+            "stalls_ms": list(end.get("stalls_ms", [])),
         }
 
     def phase_kill(self) -> dict[str, Any]:
@@ -249,7 +290,8 @@ class Drill:
                  f"(exit hook released the lease {1000 * (old.released_at - t_kill):.0f} ms after it)")
         ok_at = self.traffic.report()["new_ok"]
         end = self._settle(ok_at)
-        return self._phase_result(start, end, takeover, t_kill)
+        marks = [(t_kill, f"kill -9 {old.node_id}"), (t_kill + takeover / 1000, f"{new.node_id} forwards")]
+        return self._phase_result(start, end, takeover, t_kill, marks)
 
     def rejoin(self, node: NodeProc) -> None:
         self.say(f"{node.node_id}: restarting as a backup")
@@ -279,7 +321,10 @@ class Drill:
                  f"{cur.node_id} stopped forwarding")
         ok_at = self.traffic.report()["new_ok"]
         end = self._settle(ok_at)
-        return self._phase_result(start, end, takeover, t0)
+        t_stop = float(stop["t"])
+        marks = [(t0, "directorctl failover"), (t_stop, f"{cur.node_id} stops forwarding"),
+                 (t_stop + takeover / 1000, f"{to.node_id} forwards")]
+        return self._phase_result(start, end, takeover, t0, marks)
 
     def phase_freeze(self) -> dict[str, Any]:
         assert self.traffic is not None
@@ -306,7 +351,9 @@ class Drill:
         self.say(f"{old.node_id} resumed: {resumed} frames forwarded after SIGCONT (must be 0); "
                  "it rejoins as a backup")
         end = self._settle(self.traffic.report()["new_ok"])
-        out = self._phase_result(start, end, takeover, t_stop)
+        marks = [(t_stop, f"SIGSTOP {old.node_id}"), (t_stop + takeover / 1000, f"{new.node_id} forwards"),
+                 (t_cont, f"SIGCONT {old.node_id}")]
+        out = self._phase_result(start, end, takeover, t_stop, marks)
         out["frames_after_resume"] = resumed
         c.wait_in_sync(old, 90)
         return out
@@ -328,9 +375,11 @@ class Drill:
             same = c.master() is master
         finally:
             heal(master)
+        t_heal = time.time()
         self.say(f"{name} healed; {'the same master forwarded throughout' if same else 'the master changed'}")
         end = self._settle(self.traffic.report()["new_ok"])
-        out = self._phase_result(start, end, 0.0, t0)
+        marks = [(t0, f"{name} starts"), (t_heal, "healed")]
+        out = self._phase_result(start, end, 0.0, t0, marks)
         out["same_master"] = same and c.wait_master() is master
         return out
 
@@ -421,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-rate", type=float, default=25.0, help="new sticky HTTP connections per second")
     p.add_argument("--etcd-defaults", action="store_true", help="etcd default heartbeat/election settings")
     p.add_argument("--report", default="demo-report.json", help="where to write the JSON report")
+    p.add_argument("--html", default="demo-report.html",
+                   help="where to write the HTML report (self-contained: plots inline); '' for none")
     p.add_argument("--phases", default=",".join(PHASES), help="comma list of phases (default: all)")
     p.add_argument("--outage", type=float, default=60.0, help="etcd-outage phase length, seconds")
     p.add_argument("--partition", type=float, default=20.0, help="partition phase length, seconds")
@@ -435,6 +486,11 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
     print(summary(report))
     print(f"report written to {args.report}")
+    if args.html:
+        from deploy.report import render_html  # matplotlib: only needed here
+
+        Path(args.html).write_text(render_html(report))
+        print(f"HTML report written to {args.html}")
     ok = all(report[k]["connections_survived"] == report[k]["connections_total"]
              and not report[k]["split_brain_seen"] and report[k].get("same_master", True)
              for k in PHASES if k in report)

@@ -17,7 +17,8 @@ back-off, so this gap is the data-plane outage itself.
 
 Control is line-based on stdin, results are JSON lines on stdout:
   ``phase NAME`` starts a new measurement phase (per-phase counters reset; sticky bindings are kept);
-  ``report`` prints the current phase's figures; ``stop`` prints a final report and exits.
+  ``report`` prints the current phase's figures (``stalls_ms``: every connection's worst stall in the
+  phase, sorted); ``stop`` prints a final report and exits.
 Nothing here sleeps to wait for a condition: the drill polls ``report`` output.
 """
 
@@ -60,6 +61,8 @@ class PhaseStats:
     udp_sent: int = 0
     udp_received: int = 0
     udp_max_gap_ms: float = 0.0
+    conn_max_gap_ms: dict[int, float] = field(default_factory=dict)
+    """Per connection, its worst gap between two completed round trips in this phase."""
 
 
 class UdpProbe(asyncio.DatagramProtocol):
@@ -112,6 +115,8 @@ class Traffic:
                 now = time.monotonic()
                 gap = (now - self.last_progress[conn_id]) * 1000.0
                 self.phase.max_gap_ms = max(self.phase.max_gap_ms, gap)
+                worst = self.phase.conn_max_gap_ms
+                worst[conn_id] = max(worst.get(conn_id, 0.0), gap)
                 self.last_progress[conn_id] = now
                 self.phase.bytes_verified += CHUNK
                 offset += CHUNK
@@ -176,8 +181,11 @@ class Traffic:
     def report(self) -> dict[str, object]:
         p = self.phase
         now = time.monotonic()
-        stalled = max(((now - t) * 1000.0 for c, t in self.last_progress.items() if c in self.alive),
-                      default=0.0)
+        current = {c: (now - t) * 1000.0 for c, t in self.last_progress.items() if c in self.alive}
+        stalled = max(current.values(), default=0.0)
+        # per connection (alive now or seen in this phase): its worst stall, the current one included
+        per_conn = {c: max(p.conn_max_gap_ms.get(c, 0.0), current.get(c, 0.0))
+                    for c in set(current) | set(p.conn_max_gap_ms)}
         return {
             "phase": p.name, "opened": self.opened, "alive": len(self.alive), "resets": p.resets,
             "mismatches": p.mismatches, "bytes_verified": p.bytes_verified,
@@ -187,6 +195,7 @@ class Traffic:
             "sources_moved": sorted(p.sources_moved), "sources_seen": len(p.sources_seen),
             "udp_sent": p.udp_sent, "udp_received": p.udp_received,
             "udp_max_gap_ms": round(p.udp_max_gap_ms, 1),
+            "stalls_ms": sorted(round(v, 1) for v in per_conn.values()),
         }
 
     async def control(self) -> None:
