@@ -174,8 +174,10 @@ def timeline_svg(name: str, phase: Mapping[str, Any]) -> str:
         t = float(m["t"])
         for axes in (ax, lanes):
             axes.axvline(t, color="#333", ls="--" if k else "-", lw=0.9)
-        ax.annotate(str(m["label"]), (t, 1.0), xycoords=("data", "axes fraction"), rotation=90,
-                    va="top", ha="right", fontsize=8, xytext=(-2, -2), textcoords="offset points")
+        # horizontal labels, staggered downwards: markers a few ms apart stay readable
+        ax.annotate(str(m["label"]), (t, 0.97 - 0.13 * (k % 6)), xycoords=("data", "axes fraction"),
+                    va="top", ha="left", fontsize=8, xytext=(3, 0), textcoords="offset points",
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
     handles, labels = ax.get_legend_handles_labels()
     handles += [Patch(color=ROLE_COLORS["MASTER"], label="master"), Patch(color=ROLE_COLORS["BACKUP"],
                 label="backup"), Patch(color="#74c476", label="forwarding (node's events)")]
@@ -201,6 +203,8 @@ def stalls_svg(name: str, phase: Mapping[str, Any]) -> str:
     takeover = float(phase.get("takeover_ms", 0.0))
     if takeover > 0:
         ax.axvline(takeover, color="#333", ls="--", lw=1, label=f"takeover {takeover:.0f} ms")
+    if stalls:
+        ax.set_ylim(bottom=0.7, top=max(ax.get_ylim()[1], 12.0))  # at least a decade on the log axis
     ax.set_xlabel("worst stall of a connection in the phase (ms)")
     ax.set_ylabel("connections")
     ax.set_title(f"{name}: per-connection stalls", loc="left", fontsize=10)

@@ -1,4 +1,5 @@
-"""The drill's HTML report (deploy.report) from a synthetic drill report (deploy.drill's JSON shape): no lab."""
+"""The drill's HTML report (deploy.report) rendered from a synthetic drill report (deploy.drill's JSON
+shape): no lab needed."""
 
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ def _phase(name: str, rng: random.Random) -> dict[str, Any]:
             markers.append({"t": 5.0, "label": f"SIGCONT {old}"})
     else:
         markers.append({"t": end_s - 5.0, "label": "healed"})
-    stalls = sorted(round(50.0 + rng.uniform(0, 30) + (takeover_ms * rng.uniform(0.8, 1.6) if failover else 0),
-                          1) for _ in range(200))
+    extra = takeover_ms if failover else 0.0
+    stalls = sorted(round(50.0 + rng.uniform(0, 30) + extra * rng.uniform(0.8, 1.6), 1) for _ in range(200))
     return {
         "overlap_ms": 0.0, "overlaps": 0, "nobody_forwarding_ms": takeover_ms or 3.0,
         "nobody_forwarding_at_s": 0.0, "connections_total": 200, "connections_survived": 200,
