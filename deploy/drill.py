@@ -259,12 +259,16 @@ class Drill:
         keep = ("event", "role", "epoch", "in_sync")
         events: dict[str, list[dict[str, Any]]] = {}
         for n in self.cluster.nodes:
-            evs = [ev for ev in self.cluster.events(n) if float(ev["t"]) <= t_end]
+            # a kill -9 leaves no event in the node's log: the drill adds one ("killed")
+            kills = [{"t": k, "event": "killed"} for k in self.kills.get(n.node_id, [])]
+            evs = sorted((ev for ev in self.cluster.events(n) + kills if float(ev["t"]) <= t_end),
+                         key=lambda ev: float(ev["t"]))
             inside = [ev for ev in evs if float(ev["t"]) >= lo]
             # the state each lane starts in: the last role and forwarding events before the window
             before = [ev for ev in evs if float(ev["t"]) < lo]
             prior = [next((ev for ev in reversed(before) if ev["event"] in kinds), None)
-                     for kinds in (("role",), ("forwarding", "stopped_forwarding", "started", "stopped"))]
+                     for kinds in (("role", "started", "killed"),
+                                   ("forwarding", "stopped_forwarding", "started", "stopped", "killed"))]
             chosen = sorted((ev for ev in prior if ev is not None), key=lambda ev: float(ev["t"])) + inside
             events[n.node_id] = [{**{k: ev[k] for k in keep if k in ev},
                                   "t": round(float(ev["t"]) - t_fault, 4)} for ev in chosen]

@@ -50,7 +50,8 @@ NODE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd")
 ROLE_COLORS = {"MASTER": "#2ca02c", "BACKUP": "#9ecae1", "FAULT": "#d62728"}
 ROLE_OTHER = "#fdd0a2"
 UNKNOWN = "#eeeeee"
-FORWARDING_EVENTS = {"forwarding": True, "stopped_forwarding": False, "started": False, "stopped": False}
+FORWARDING_EVENTS = {"forwarding": True, "stopped_forwarding": False, "started": False, "stopped": False,
+                     "killed": False}
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 1.5em auto;
@@ -89,7 +90,7 @@ def _lanes_from_events(events: Sequence[Mapping[str, Any]], start: float, end: f
     for ev in sorted(events, key=lambda e: float(e["t"])):
         t = min(max(float(ev["t"]), start), end)
         kind = str(ev.get("event", ""))
-        if kind == "role" or kind == "stopped":
+        if kind in ("role", "stopped", "killed"):  # killed: the drill's kill -9 (the node logs nothing)
             new_role = str(ev.get("role", "?")).upper() if kind == "role" else "DOWN"
             if t > role_t:
                 roles.append((role_t, t, role))

@@ -37,7 +37,7 @@ def _phase(name: str, rng: random.Random) -> dict[str, Any]:
     }
     markers = [{"t": 0.0, "label": f"{name} starts"}]
     if failover:
-        events[old].append({"event": "stopped" if name == "kill" else "stopped_forwarding", "t": 0.0})
+        events[old].append({"event": "killed" if name == "kill" else "stopped_forwarding", "t": 0.0})
         events[new] += [{"event": "role", "role": "MASTER", "epoch": 4, "t": gap - 0.01},
                         {"event": "forwarding", "t": gap - 0.005}, {"event": "first_forward", "t": gap}]
         markers.append({"t": gap, "label": f"{new} forwards"})
@@ -102,6 +102,11 @@ def test_role_lanes_from_events() -> None:
     roles, fwd = _lanes_from_events(evs, -2.0, 5.0)
     assert roles == [(-2.0, 1.0, "BACKUP"), (1.0, 3.0, "MASTER"), (3.0, 5.0, "DOWN")]
     assert fwd == [(1.1, 3.0)]
+    killed = [{"event": "role", "role": "MASTER", "t": -5.0}, {"event": "forwarding", "t": -4.0},
+              {"event": "killed", "t": 0.0}, {"event": "started", "t": 2.0}]
+    roles, fwd = _lanes_from_events(killed, -2.0, 5.0)
+    assert roles == [(-2.0, 0.0, "MASTER"), (0.0, 2.0, "DOWN"), (2.0, 5.0, "?")]
+    assert fwd == [(-2.0, 0.0)]
 
 
 def test_external_references_catches_fetches() -> None:
