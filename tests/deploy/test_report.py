@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import random
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 from deploy.report import PHASE_ORDER, _lanes_from_events, external_references, main, render_html
+from deploy.traffic import Traffic, parse_args
 
 
 def _phase(name: str, rng: random.Random) -> dict[str, Any]:
@@ -119,3 +121,15 @@ def test_cli_rerenders_a_saved_report(tmp_path: Path) -> None:
     src.write_text(json.dumps(synthetic_report()))
     assert main([str(src)]) == 0
     assert "<svg" in (tmp_path / "r.html").read_text()
+
+
+def test_traffic_report_lists_every_connections_worst_stall() -> None:
+    """The stall histogram's data: the traffic tool's per-connection worst stall, the current one included."""
+    t = Traffic(parse_args(["--echo-vip", "10.0.0.1", "--http-vip", "10.0.0.1", "--sources", "10.0.0.2"]))
+    now = time.monotonic()
+    t.alive = {1, 2}
+    t.last_progress = {1: now, 2: now - 2.0, 3: now - 9.0}  # 3 died: its current stall does not count
+    t.phase.conn_max_gap_ms = {1: 120.0, 3: 40.0}
+    stalls = t.report()["stalls_ms"]
+    assert isinstance(stalls, list) and len(stalls) == 3
+    assert stalls[0] == 40.0 and stalls[1] == 120.0 and 2000.0 <= stalls[2] < 2500.0
