@@ -5,7 +5,7 @@ PY ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || command -v pyt
 VENV := .venv
 VPY := $(VENV)/bin/python
 DEB_PKGS := etcd-server iproute2 nftables ethtool netsniff-ng iperf3 tcpdump python3-venv python3-pip \
-  conntrack conntrackd util-linux chromium
+  conntrack conntrackd util-linux systemd git chromium
 PROTOS := $(wildcard proto/*.proto)
 
 .PHONY: setup test lint typecheck pytest demo bench fuzz proto lab-up lab-down clean

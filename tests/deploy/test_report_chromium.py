@@ -15,11 +15,10 @@ from deploy.report import PHASE_ORDER, render_html
 from tests.deploy.test_report import synthetic_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make setup installs it)")
 
 
 def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    assert CHROMIUM is not None
+    assert CHROMIUM is not None, "chromium is missing: `make setup` installs the Debian package"
     argv = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
             f"--user-data-dir={tmp_path / 'profile'}", *args]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path,
