@@ -50,7 +50,7 @@ from typing import IO, Any
 
 from deploy.cluster import ClusterError, LabCluster, NodeProc, node_log_tail, split_brain, wait_for
 from deploy.lab import CTL_ADDR, PYTHON, VIP_NAT, Lab, real_addr
-from deploy.observer import FabricObserver, longest_silence, nobody_forwarding, overlaps
+from deploy.observer import FabricObserver, longest_silence, overlaps
 
 PHASES = ("kill", "switchback", "freeze", "etcd-outage", "partition")
 TIMELINE_BEFORE_S = 2.0
@@ -220,11 +220,13 @@ class Drill:
         newest = max((ts[-1] for ts in frames.values() if ts), default=time.time())
         t0, t1 = (t_start if t_start is not None else newest - 1.0), min(time.time(), newest)
         window = {k: [t for t in v if t0 <= t <= t1] for k, v in frames.items()}
+        both = overlaps(window)
+        silence, silence_at = longest_silence(frames, t0, t1)
         return {
-            "overlap_ms": round(sum(o[3] for o in overlaps(window)) * 1000.0, 1),
-            "overlaps": len(overlaps(window)),
-            "nobody_forwarding_ms": round(nobody_forwarding(frames, t0, t1) * 1000.0, 1),
-            "nobody_forwarding_at_s": round(longest_silence(frames, t0, t1)[1] - t0, 3),
+            "overlap_ms": round(sum(o[3] for o in both) * 1000.0, 1),
+            "overlaps": len(both),
+            "nobody_forwarding_ms": round(silence * 1000.0, 1),
+            "nobody_forwarding_at_s": round(silence_at - t0, 3),
             "connections_total": total,
             "connections_survived": min(total, int(end["alive"])),
             "resets_seen": int(end["resets"]) + int(end["mismatches"]),

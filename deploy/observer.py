@@ -11,7 +11,7 @@ in the pcap files are the evidence.
 
 `forwarding_intervals` turns each director's frame times into intervals (frames closer than `gap`
 belong to one interval), `overlaps` reports every pair of directors whose intervals intersect (two
-forwarders at once), and `nobody_forwarding` the longest silence of the whole fabric inside a window
+forwarders at once), and `longest_silence` the longest silence of the whole fabric inside a window
 (the outage a takeover costs while traffic flows).
 
 The pcap reader is a dozen lines of ``struct`` (classic pcap, either byte order, micro- or
@@ -81,11 +81,6 @@ def overlaps(frames: dict[str, list[float]], gap: float = 0.05) -> list[tuple[st
                     if lo <= hi:
                         out.append((a, b, lo, hi - lo))
     return out
-
-
-def nobody_forwarding(frames: dict[str, list[float]], start: float, end: float) -> float:
-    """The longest gap (seconds) between consecutive frames of any director within [start, end]."""
-    return longest_silence(frames, start, end)[0]
 
 
 def longest_silence(frames: dict[str, list[float]], start: float, end: float) -> tuple[float, float]:

@@ -236,11 +236,11 @@ class Node:
 
     def _on_link_down(self, ifname: str) -> None:
         """A tracked link lost carrier (on the tracker's thread): stop forwarding now, resign."""
+        self.events.write("link_down", ifname=ifname)  # any role: a backup now reports not ready
         if self.elector is None or self.elector.role is not Role.MASTER:
             return
         log.warning("link %s is down: resigning mastership", ifname)
         self.dataplane.set_master_until(None)
-        self.events.write("link_down", ifname=ifname)
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._resign_now()))

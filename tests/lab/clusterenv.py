@@ -8,6 +8,7 @@ deadlines; none of them asserts a duration.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -69,6 +70,17 @@ class ClusterEnv:
 
     def other(self, node: NodeProc) -> NodeProc:
         return next(n for n in self.cluster.nodes if n is not node)
+
+    def roles_under_traffic(self) -> tuple[NodeProc, NodeProc, int]:
+        """(master, backup, new connections so far) once traffic flows: the start of every fault test."""
+        master = self.cluster.wait_master()
+        traffic = self.start_traffic()
+        return master, self.other(master), int(traffic.report()["new_ok"])
+
+    def forwarding_since(self, name: str, t: float, frames: int = 200) -> bool:
+        """`name` forwarded more than `frames` frames after `t` and is still forwarding now."""
+        now = time.time()
+        return self.frames_after(name, now) > 0 and self.frames_after(name, t) > frames
 
 
 @contextmanager

@@ -35,10 +35,7 @@ def test_frozen_master_never_forwards_beside_the_new_one(ha: HaEnv) -> None:
     """SIGSTOP the master under traffic until the backup took over, SIGCONT: the fabric must never
     see both directors forward (the resumed node's packet path checks its fence before each batch)."""
     c = ha.cluster
-    old = c.wait_master()
-    new = ha.other(old)
-    traffic = ha.start_traffic()
-    before = traffic.report()
+    old, new, new_ok = ha.roles_under_traffic()
     wait_for("the master to forward under traffic", lambda: ha.frames_after(old.node_id, 0) > 100, 60)
     t_stop = time.time()
     c.signal_node(old, signal.SIGSTOP)
@@ -52,7 +49,7 @@ def test_frozen_master_never_forwards_beside_the_new_one(ha: HaEnv) -> None:
     wait_for("the old master to notice it lost", lambda: c.last_event(old, "role", t_cont, role="BACKUP"), 60)
     wait_for("the new master to go on after the resume",
              lambda: ha.frames_after(new.node_id, t_cont) > 200, 60)
-    ha.assert_clean(ha.settle(before["new_ok"]))
+    ha.assert_clean(ha.settle(new_ok))
     frames = ha.frames()
     assert not [t for t in frames[old.node_id] if t > t_cont], "the resumed master forwarded"
     assert overlaps(frames) == []
@@ -61,29 +58,22 @@ def test_frozen_master_never_forwards_beside_the_new_one(ha: HaEnv) -> None:
 def test_crashed_master_process_is_replaced_through_the_exit_hook(ha: HaEnv) -> None:
     """kill -9 under a supervisor: the exit hook revokes the dead master's lease at once."""
     c = ha.cluster
-    old = c.wait_master()
-    new = ha.other(old)
-    traffic = ha.start_traffic()
-    before = traffic.report()
+    old, new, new_ok = ha.roles_under_traffic()
     t_kill = c.kill_node(old)  # the launcher runs the exit hook after reaping the process group
     assert old.released_at > t_kill
     assert not old.lease_file.exists(), "the hook removes the lease file once released"
     wait_for("the backup to take over", lambda: c.last_event(new, "first_forward", t_kill), 60)
-    ha.assert_clean(ha.settle(before["new_ok"]))
+    ha.assert_clean(ha.settle(new_ok))
     assert overlaps(ha.frames()) == []
 
 
 def test_master_with_a_dead_link_resigns_and_a_backup_with_one_does_not_campaign(ha: HaEnv) -> None:
     c = ha.cluster
-    old = c.wait_master()
-    new = ha.other(old)
-    traffic = ha.start_traffic()
-    before = traffic.report()
+    old, new, new_ok = ha.roles_under_traffic()
     # the backup's client-side link dies first (etcd and sync stay reachable on the server side):
     # it must not campaign when the master goes
     ha.lab.exec(ha.lab.switch, f"ip link set d{new.n}e down")
-    wait_for("the backup to see its link down", lambda: ha.lab.exec(
-        ha.lab.directors[new.n - 1].ns, "ip -o link show ext").stdout.find("LOWER_UP") < 0, 30)
+    wait_for("the backup's link tracker to see its link down", lambda: c.last_event(new, "link_down"), 30)
     t_down = time.time()
     ha.lab.exec(ha.lab.switch, f"ip link set d{old.n}e down")  # now the master's client side dies
     wait_for("the master to resign for its link", lambda: c.last_event(old, "link_down", t_down), 30)
@@ -95,5 +85,5 @@ def test_master_with_a_dead_link_resigns_and_a_backup_with_one_does_not_campaign
     wait_for("the backup to take over once its link is back",
              lambda: c.last_event(new, "forwarding", t_up), 60)
     ha.lab.exec(ha.lab.switch, f"ip link set d{old.n}e up")
-    ha.assert_clean(ha.settle(before["new_ok"]))
+    ha.assert_clean(ha.settle(new_ok))
     assert overlaps(ha.frames()) == []

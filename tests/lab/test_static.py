@@ -46,10 +46,7 @@ def static() -> Iterator[ClusterEnv]:
 
 def test_etcd_down_for_everybody(static: ClusterEnv) -> None:
     env, c = static, static.cluster
-    master = c.wait_master()
-    backup = env.other(master)
-    traffic = env.start_traffic()
-    before = traffic.report()
+    master, backup, new_ok = env.roles_under_traffic()
     t0 = time.time()
     c.etcd.stop()
     try:
@@ -60,7 +57,7 @@ def test_etcd_down_for_everybody(static: ClusterEnv) -> None:
     finally:
         c.etcd.start()
     wait_for("the master's election to settle", lambda: c.wait_master() is master, 60)
-    env.assert_clean(env.settle(before["new_ok"]))
+    env.assert_clean(env.settle(new_ok))
     assert c.last_event(master, "stopped_forwarding", t0) is None, "the master stopped during the outage"
     assert overlaps(env.frames()) == []
     c.wait_in_sync(backup, 90)
@@ -68,10 +65,7 @@ def test_etcd_down_for_everybody(static: ClusterEnv) -> None:
 
 def test_master_cut_from_etcd_only(static: ClusterEnv) -> None:
     env, c = static, static.cluster
-    master = c.wait_master()
-    backup = env.other(master)
-    traffic = env.start_traffic()
-    before = traffic.report()
+    master, backup, new_ok = env.roles_under_traffic()
     ns = env.lab.directors[master.n - 1].ns
     t0 = time.time()
     _cut(env.lab, ns, _etcd_rules(c.etcd.client_port))
@@ -79,25 +73,21 @@ def test_master_cut_from_etcd_only(static: ClusterEnv) -> None:
         wait_for("the backup to see the master's lease gone",
                  lambda: c.last_event(backup, "role", t0, master=None), 60)
         wait_for("the master to forward past its lease",
-                 lambda: env.frames_after(master.node_id, time.time()) > 0
-                 and env.frames_after(master.node_id, t0 + LEASE_PLUS) > 200, 60)
+                 lambda: env.forwarding_since(master.node_id, t0 + LEASE_PLUS), 60)
         assert c.last_event(backup, "forwarding", t0) is None, "the backup took over"
     finally:
         _heal(env.lab, ns)
     wait_for("the master to win its key back", lambda: c.last_event(master, "master", t0), 60)
     assert c.last_event(master, "stopped_forwarding", t0) is None
     assert c.last_event(backup, "forwarding", t0) is None
-    env.assert_clean(env.settle(before["new_ok"]))
+    env.assert_clean(env.settle(new_ok))
     assert overlaps(env.frames()) == []
     c.wait_in_sync(backup, 90)
 
 
 def test_master_cut_from_etcd_and_from_its_backups_hands_over_without_overlap(static: ClusterEnv) -> None:
     env, c = static, static.cluster
-    master = c.wait_master()
-    backup = env.other(master)
-    traffic = env.start_traffic()
-    before = traffic.report()
+    master, backup, new_ok = env.roles_under_traffic()
     ns = env.lab.directors[master.n - 1].ns
     peer = director_int(backup.n)
     t0 = time.time()
@@ -108,17 +98,14 @@ def test_master_cut_from_etcd_and_from_its_backups_hands_over_without_overlap(st
         wait_for("the backup to take over", lambda: c.last_event(backup, "first_forward", t0), 60)
     finally:
         _heal(env.lab, ns)
-    env.assert_clean(env.settle(before["new_ok"]))
+    env.assert_clean(env.settle(new_ok))
     assert overlaps(env.frames()) == []
 
 
 def test_backup_cut_from_its_master_only_changes_nothing(static: ClusterEnv) -> None:
     """The backup stops promising; the master keeps its lease (etcd is up); nobody campaigns."""
     env, c = static, static.cluster
-    master = c.wait_master()
-    backup = env.other(master)
-    traffic = env.start_traffic()
-    before = traffic.report()
+    master, backup, new_ok = env.roles_under_traffic()
     ns = env.lab.directors[backup.n - 1].ns
     peer = director_int(master.n)
     t0 = time.time()
@@ -128,24 +115,20 @@ def test_backup_cut_from_its_master_only_changes_nothing(static: ClusterEnv) -> 
         wait_for("the backup to lose its stream",
                  lambda: c.last_event(backup, "sync_state", t0, in_sync=False), 60)
         wait_for("the master to forward past the backup's last promise",
-                 lambda: env.frames_after(master.node_id, time.time()) > 0
-                 and env.frames_after(master.node_id, t0 + LEASE_PLUS) > 200, 60)
+                 lambda: env.forwarding_since(master.node_id, t0 + LEASE_PLUS), 60)
         assert c.last_event(backup, "forwarding", t0) is None
         assert c.last_event(master, "stopped_forwarding", t0) is None
     finally:
         _heal(env.lab, ns)
     c.wait_in_sync(backup, 90)
-    env.assert_clean(env.settle(before["new_ok"]))
+    env.assert_clean(env.settle(new_ok))
     assert overlaps(env.frames()) == []
 
 
 def test_master_killed_during_an_etcd_outage_is_replaced_once_etcd_returns(static: ClusterEnv) -> None:
     """Nobody can take over while etcd is down (documented); then a synced backup does, losing nothing."""
     env, c = static, static.cluster
-    master = c.wait_master()
-    backup = env.other(master)
-    traffic = env.start_traffic()
-    before = traffic.report()
+    master, backup, new_ok = env.roles_under_traffic()
     t0 = time.time()
     c.etcd.stop()
     try:
@@ -157,5 +140,5 @@ def test_master_killed_during_an_etcd_outage_is_replaced_once_etcd_returns(stati
         c.etcd.start()
     wait_for("the synced backup to take over once etcd is back",
              lambda: c.last_event(backup, "first_forward", t0), 90)
-    env.assert_clean(env.settle(before["new_ok"]))
+    env.assert_clean(env.settle(new_ok))
     assert overlaps(env.frames()) == []

@@ -218,19 +218,10 @@ class DataPlane:
     def send(self, actions: Iterable[Action]) -> int:
         """Send actions produced outside the packet path (gratuitous ARP, ...); returns frames sent."""
         self.open()
-        n = 0
         if self.fenced():
             self.ctl_fenced += len(list(actions))
             return 0
-        for side, frame in actions:
-            try:
-                self.socks[side].send(frame)
-                self.ctl_sent += 1
-                n += 1
-            except OSError as exc:
-                self.tx_errors += 1
-                log.warning("send on %s failed: %s", self.ifnames[side], exc)
-        return n
+        return self._send_all(actions, logging.WARNING)
 
     def send_gratuitous_arp(self) -> int:
         """Announce every owned address (VIPs outside, gateways inside) from the virtual MAC."""
@@ -267,6 +258,10 @@ class DataPlane:
 
     def _send_quiet(self, actions: list[Action]) -> int:
         """Probes from the interfaces' own MACs: no claim on any address, so never fenced."""
+        return self._send_all(actions, logging.DEBUG)
+
+    def _send_all(self, actions: Iterable[Action], failure_level: int) -> int:
+        """Send control frames one by one (counted); returns how many left."""
         n = 0
         for side, frame in actions:
             try:
@@ -275,7 +270,7 @@ class DataPlane:
                 n += 1
             except OSError as exc:
                 self.tx_errors += 1
-                log.debug("probe on %s failed: %s", self.ifnames[side], exc)
+                log.log(failure_level, "send on %s failed: %s", self.ifnames[side], exc)
         return n
 
     def run_blocking(self, should_stop: Callable[[], bool]) -> int:
