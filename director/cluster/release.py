@@ -116,6 +116,7 @@ def revoke(endpoint: str, lease_id: int, timeout: float) -> None:
 def announce_released(endpoint: str, rec: LeaseRecord, timeout: float) -> None:
     """Write ``leader-released`` = the dead master's epoch (see director.cluster.members): backups
     drop their promise to it at once instead of waiting for it to lapse."""
+    # members.released_key, spelled out here: the hook must not import the gRPC store
     key = f"/{rec.prefix.strip('/')}/{rec.cluster}/leader-released"
     value = json.dumps({"epoch": rec.epoch})
     status, body = _post(endpoint, "/v3/kv/put", {"key": _b64(key), "value": _b64(value)}, timeout)
