@@ -348,12 +348,20 @@ class NodeApi(Protocol):
 
     async def delete_service(self, ref: SvcRef) -> int: ...
 
+    async def edit_service(self, ref: SvcRef, fields: Mapping[str, Any]) -> int:
+        """Set some fields of one service (config schema; None removes an optional one); its
+        dests and name stay. InvalidArgument for `name`/`dests`, NotFound for no such service."""
+        ...
+
     async def put_dest(self, ref: SvcRef, spec: Mapping[str, Any], *, create_only: bool) -> int: ...
 
     async def delete_dest(self, ref: SvcRef, daddr: int, dport: int) -> int: ...
 
     async def edit_dest(self, ref: SvcRef, daddr: int, dport: int, *, weight: int | None,
-                        u_threshold: int | None, l_threshold: int | None) -> int: ...
+                        u_threshold: int | None, l_threshold: int | None,
+                        fields: Mapping[str, Any] | None = None) -> int:
+        """Set the given values (and `fields`, other dest fields; None removes one) of one dest."""
+        ...
 
     async def drain_dest(self, ref: SvcRef, daddr: int, dport: int) -> int:
         """Set the dest's configured weight to 0 (through etcd); returns the revision."""

@@ -202,6 +202,16 @@ class NodeAdmin:
             del docs[self._name_of(docs, ref)]
         return await self._update(change)
 
+    async def edit_service(self, ref: SvcRef, fields: Mapping[str, Any]) -> int:
+        for key in fields:
+            if key in _IDENTITY:
+                raise InvalidArgument(f"set.{key}", "cannot be edited: delete the service and add it "
+                                      "again (dests have their own calls)")
+
+        def change(docs: dict[str, dict[str, Any]]) -> None:
+            merge_fields(docs[self._name_of(docs, ref)], fields)
+        return await self._update(change)
+
     def _dest_index(self, doc: Mapping[str, Any], daddr: int, dport: int, ref: SvcRef) -> int:
         for i, d in enumerate(doc.get("dests", [])):
             if int(ipaddress.ip_address(d["address"])) == daddr and int(d["port"]) == dport:
@@ -225,10 +235,16 @@ class NodeAdmin:
         return await self._update(change)
 
     async def edit_dest(self, ref: SvcRef, daddr: int, dport: int, *, weight: int | None,
-                        u_threshold: int | None, l_threshold: int | None) -> int:
+                        u_threshold: int | None, l_threshold: int | None,
+                        fields: Mapping[str, Any] | None = None) -> int:
+        for key in fields or {}:
+            if key in ("address", "port"):
+                raise InvalidArgument(f"set.{key}", "cannot be edited: delete the dest and add it again")
+
         def change(docs: dict[str, dict[str, Any]]) -> None:
             doc = docs[self._name_of(docs, ref)]
             d = doc["dests"][self._dest_index(doc, daddr, dport, ref)]
+            merge_fields(d, fields or {})
             for key, value in (("weight", weight), ("u_threshold", u_threshold),
                                ("l_threshold", l_threshold)):
                 if value is not None:
@@ -276,6 +292,19 @@ class NodeAdmin:
 
     def subscribe(self) -> Subscription:
         return self.hub.subscribe()
+
+
+_IDENTITY = ("name", "dests", "protocol", "vip", "port")
+"""Fields EditService refuses: they say which service it is (or are edited by the dest calls)."""
+
+
+def merge_fields(doc: dict[str, Any], fields: Mapping[str, Any]) -> None:
+    """Set each field of `doc` (a service or dest document); None removes it."""
+    for key, value in fields.items():
+        if value is None:
+            doc.pop(key, None)
+        else:
+            doc[key] = copy.deepcopy(value)
 
 
 def defense_view(p: DefensePolicy, director: Director) -> DefenseView:

@@ -38,6 +38,7 @@ from director.admin.api import (
     SvcRef,
 )
 from director.admin.hub import EventHub, Subscription
+from director.admin.node import merge_fields
 from director.admin.views import (
     configured_weights,
     conn_event,
@@ -170,6 +171,12 @@ class FakeNode:
         del self.docs[self._doc_name(ref)]
         return self._commit()
 
+    async def edit_service(self, ref: SvcRef, fields: Mapping[str, Any]) -> int:
+        doc = copy.deepcopy(self.docs[self._doc_name(ref)])
+        merge_fields(doc, fields)
+        self._store(doc)
+        return self._commit()
+
     async def put_dest(self, ref: SvcRef, spec: Mapping[str, Any], *, create_only: bool) -> int:
         doc = copy.deepcopy(self.docs[self._doc_name(ref)])
         same = (spec.get("address"), spec.get("port"))
@@ -188,9 +195,11 @@ class FakeNode:
         return self._commit()
 
     async def edit_dest(self, ref: SvcRef, daddr: int, dport: int, *, weight: int | None,
-                        u_threshold: int | None, l_threshold: int | None) -> int:
+                        u_threshold: int | None, l_threshold: int | None,
+                        fields: Mapping[str, Any] | None = None) -> int:
         name, i = self._doc_dest(ref, daddr, dport)
         doc = copy.deepcopy(self.docs[name])
+        merge_fields(doc["dests"][i], fields or {})
         for key, value in (("weight", weight), ("u_threshold", u_threshold), ("l_threshold", l_threshold)):
             if value is not None:
                 doc["dests"][i][key] = value

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from director.admin.api import DefenseView, NodeStatus
 from director.admin.cli_format import status_text
+from director.admin.convert import status_pb
 from director.admin.node import defense_view
-from director.admin.server import status_pb
 from director.dataplane.config import CoreConfig
 from director.dataplane.core import Director
 from director.dataplane.packet import Drop
