@@ -41,6 +41,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from types import TracebackType
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,13 @@ class EtcdServer:
         etcd_bin: str = "etcd",
         extra_args: Sequence[str] = (),
         keep_dir: bool = False,
+        initial_cluster: str | None = None,
+        cluster_token: str | None = None,
     ) -> None:
         self.host = host
+        self.initial_cluster = initial_cluster
+        """``name=peer-url,...`` of every member (cluster mode); None: a single-member cluster."""
+        self.cluster_token = cluster_token
         self.netns = netns
         self.name = name
         self.etcd_bin = etcd_bin
@@ -137,9 +143,9 @@ class EtcdServer:
             f"--advertise-client-urls={self.client_url}",
             f"--listen-peer-urls={self.peer_url}",
             f"--initial-advertise-peer-urls={self.peer_url}",
-            f"--initial-cluster={self.name}={self.peer_url}",
+            f"--initial-cluster={self.initial_cluster or f'{self.name}={self.peer_url}'}",
             "--initial-cluster-state=new",
-            f"--initial-cluster-token={os.path.basename(self.run_dir)}",
+            f"--initial-cluster-token={self.cluster_token or os.path.basename(self.run_dir)}",
             f"--heartbeat-interval={self.heartbeat_ms}",
             f"--election-timeout={self.election_ms}",
             "--logger=zap",
@@ -166,6 +172,27 @@ class EtcdServer:
                 break
             log.warning("etcd port clash, retrying with new ports")
         raise EtcdServerError(f"etcd did not become healthy; log tail:\n{self.log_tail()}")
+
+    def spawn(self) -> None:
+        """Start etcd without waiting for health (a cluster member is healthy only with a quorum)."""
+        if self._proc is not None and self._proc.poll() is None:
+            raise EtcdServerError("etcd already running")
+        self._pick_ports(fresh=False)
+        self._spawn()
+
+    def wait_healthy(self, timeout: float = 20.0) -> None:
+        if not self._wait_healthy(timeout):
+            raise EtcdServerError(f"etcd {self.name} did not become healthy; log tail:\n{self.log_tail()}")
+
+    def status(self, timeout: float = 1.0) -> dict[str, Any] | None:
+        """The member's ``Maintenance.Status`` (JSON gateway): ``member_id``, ``leader`` (ids as ints),
+        ``raft_term``; None if it does not answer."""
+        body = self._http("/v3/maintenance/status", "{}", timeout)
+        if not isinstance(body, dict) or "header" not in body:
+            return None
+        hdr = body["header"]
+        return {"member_id": int(hdr.get("member_id", 0)), "leader": int(body.get("leader", 0)),
+                "raft_term": int(body.get("raftTerm", hdr.get("raft_term", 0)))}
 
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM our etcd (SIGKILL after `grace` seconds); the data dir is kept."""
@@ -200,9 +227,24 @@ class EtcdServer:
 
     def healthy(self, timeout: float = 1.0) -> bool:
         """True if ``/health`` says so (probed inside the namespace when there is one)."""
-        if self.netns:
-            return self._probe_in_netns(timeout)
-        return probe_health(self.client_url, timeout)
+        body = self._http("/health", None, timeout)
+        return isinstance(body, dict) and body.get("health") == "true"
+
+    def _http(self, path: str, data: str | None, timeout: float) -> Any:
+        """GET (or POST `data`) ``client_url + path`` and decode the JSON answer; None on any failure.
+        Inside the namespace when there is one (a short python child: the namespace is not ours)."""
+        url = self.client_url + path
+        if not self.netns:
+            return http_json(url, data, timeout)
+        code = ("import sys,urllib.request;"
+                f"d={data!r};r=urllib.request.urlopen({url!r},d.encode() if d else None,timeout={timeout});"
+                "sys.stdout.write(r.read().decode())")
+        argv = ["ip", "netns", "exec", str(self.netns), sys.executable, "-S", "-c", code]
+        try:
+            res = subprocess.run(argv, capture_output=True, timeout=timeout + 5, text=True)
+            return json.loads(res.stdout) if res.returncode == 0 else None
+        except (subprocess.TimeoutExpired, ValueError):
+            return None
 
     def log_tail(self, n: int = 30) -> str:
         try:
@@ -276,27 +318,19 @@ class EtcdServer:
                 proc.wait()
         self._proc = None
 
-    def _probe_in_netns(self, timeout: float) -> bool:
-        code = (
-            "import sys,urllib.request,json;"
-            f"r=urllib.request.urlopen('{self.client_url}/health',timeout={timeout});"
-            "sys.exit(0 if json.loads(r.read()).get('health')=='true' else 1)"
-        )
-        argv = ["ip", "netns", "exec", str(self.netns), sys.executable, "-c", code]
-        try:
-            res = subprocess.run(argv, capture_output=True, timeout=timeout + 5)
-        except subprocess.TimeoutExpired:
-            return False
-        return res.returncode == 0
+
+def http_json(url: str, data: str | None = None, timeout: float = 1.0) -> Any:
+    """GET (POST when `data`) `url`, decode its JSON answer; None on any failure."""
+    try:
+        with urllib.request.urlopen(url, data.encode() if data else None, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
 
 
 def probe_health(client_url: str, timeout: float = 1.0) -> bool:
     """GET ``<client_url>/health`` and check ``{"health": "true"}``."""
-    try:
-        with urllib.request.urlopen(f"{client_url}/health", timeout=timeout) as resp:
-            body = json.loads(resp.read())
-    except (OSError, urllib.error.URLError, ValueError):
-        return False
+    body = http_json(f"{client_url}/health", None, timeout)
     return isinstance(body, dict) and body.get("health") == "true"
 
 
@@ -310,6 +344,172 @@ def _free_port_in_netns(netns: str, host: str) -> int:
         capture_output=True, check=True, text=True, timeout=10,
     )
     return int(out.stdout.strip())
+
+
+# ---------------------------------------------------------------------------- cluster mode
+MEMBER_BASE = 241
+"""Members' addresses on the internal segment: 198.18.1.241, .242, ... (client: .240)."""
+
+
+class MemberNet:
+    """One network namespace per member (``<prefix>-e<i>``), each on a bridge by a veth.
+
+    In a lab the bridge is the lab's internal segment (``switch``/``bridge`` given): the directors
+    reach every member there, and `Lab.down` removes the namespaces with the lab's. Stand-alone
+    (``switch=None``) it makes its own switch namespace, bridge and a client namespace ``<prefix>-ec``
+    (198.18.1.240) to talk to the members from."""
+
+    def __init__(self, prefix: str, n: int, switch: str | None = None, bridge: str = "brint",
+                 net: str = "198.18.1", mtu: int = 1600) -> None:
+        self.prefix, self.n, self.net, self.mtu = prefix, n, net, mtu
+        self.own = switch is None
+        self.switch = switch or f"{prefix}-esw"
+        self.bridge = bridge if switch else "br0"
+        self.client_ns = f"{prefix}-ec"
+
+    def ns(self, i: int) -> str:
+        return f"{self.prefix}-e{i}"
+
+    def addr(self, i: int) -> str:
+        return f"{self.net}.{MEMBER_BASE - 1 + i}"
+
+    def up(self) -> None:
+        have = set(_netns_list())
+        if self.own and self.switch not in have:
+            _sh(["ip", "netns", "add", self.switch])
+            _sh(["ip", "netns", "exec", self.switch, "ip", "link", "add", self.bridge, "type", "bridge"])
+            _sh(["ip", "netns", "exec", self.switch, "ip", "link", "set", self.bridge, "up"])
+        hosts = [(self.ns(i), f"e{i}", self.addr(i)) for i in range(1, self.n + 1)]
+        if self.own:
+            hosts.append((self.client_ns, "ec", f"{self.net}.{MEMBER_BASE - 1}"))
+        for ns, port, addr in hosts:
+            if ns in have:
+                continue
+            sw = ["ip", "netns", "exec", self.switch]
+            _sh(["ip", "netns", "add", ns])
+            _sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+            _sh([*sw, "ip", "link", "add", port, "mtu", str(self.mtu), "type", "veth", "peer", "name", "eth0",
+                 "netns", ns, "mtu", str(self.mtu)])
+            _sh([*sw, "ip", "link", "set", port, "master", self.bridge, "up"])
+            _sh(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0"])
+            _sh(["ip", "-n", ns, "link", "set", "eth0", "up"])
+
+    def down(self) -> None:
+        for ns in _netns_list():
+            mine = ns.startswith(f"{self.prefix}-e") and (self.own or ns[len(self.prefix) + 2:].isdigit())
+            if mine:
+                subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+
+class EtcdCluster:
+    """A real N-member etcd cluster, one member per namespace, peers talking over the bridge.
+
+    Same lifecycle verbs as `EtcdServer` for the whole cluster (`start`, `stop`, `close`), plus the
+    faults of a member: `kill` (SIGKILL), `stop_member` (SIGTERM), `start_member` (same ports, same
+    data dir: it rejoins with its data), `pause`/`resume` (SIGSTOP/SIGCONT). `leader()` asks the
+    members' status endpoints which member leads; `wait_leader` polls until one does."""
+
+    def __init__(self, net: MemberNet, *, name: str = "lbd-etcd", client_port: int = 2379,
+                 peer_port: int = 2380, tuned: bool = True) -> None:
+        self.net = net
+        self.client_port = client_port
+        urls = ",".join(f"{name}-{i}=http://{net.addr(i)}:{peer_port}" for i in range(1, net.n + 1))
+        self.members = [
+            EtcdServer(host=net.addr(i), client_port=client_port, peer_port=peer_port, tuned=tuned,
+                       netns=net.ns(i), name=f"{name}-{i}", initial_cluster=urls, cluster_token=name)
+            for i in range(1, net.n + 1)]
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Wire the namespaces (once), spawn every stopped member, wait until all are healthy."""
+        self.net.up()
+        for m in self.members:
+            if not m.running():
+                m.spawn()
+        for m in self.members:
+            m.wait_healthy(timeout)
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()
+
+    def close(self) -> None:
+        for m in self.members:
+            m.close()
+        if self.net.own:
+            self.net.down()
+
+    # -- member faults ----------------------------------------------------------------------------
+    def kill(self, m: EtcdServer) -> None:
+        m.kill()
+
+    def stop_member(self, m: EtcdServer) -> None:
+        m.stop()
+
+    def start_member(self, m: EtcdServer, wait: bool = True, timeout: float = 30.0) -> None:
+        """Restart a stopped member on its ports with its data dir; `wait`: until it is healthy
+        (only possible when a quorum is running)."""
+        m.spawn()
+        if wait:
+            m.wait_healthy(timeout)
+
+    def pause(self, m: EtcdServer) -> None:
+        m.pause()
+
+    def resume(self, m: EtcdServer) -> None:
+        m.resume()
+
+    # -- who leads ----------------------------------------------------------------------------------
+    def statuses(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for m in self.members:
+            st = m.status() if m.running() else None
+            if st is not None:
+                out[m.name] = st
+        return out
+
+    def leader(self) -> EtcdServer | None:
+        """The member that leads, as the answering members see it (None: no leader)."""
+        sts = self.statuses()
+        by_id = {st["member_id"]: name for name, st in sts.items()}
+        votes = [st["leader"] for st in sts.values() if st["leader"]]
+        if not votes:
+            return None
+        lead = max(set(votes), key=votes.count)
+        name = by_id.get(lead)
+        return next((m for m in self.members if m.name == name), None)
+
+    def followers(self) -> list[EtcdServer]:
+        lead = self.leader()
+        return [m for m in self.members if m is not lead and m.running()]
+
+    def wait_leader(self, timeout: float = 30.0, not_: EtcdServer | None = None) -> EtcdServer:
+        deadline = time.monotonic() + timeout
+        while True:
+            lead = self.leader()
+            if lead is not None and lead is not not_ and lead.healthy():
+                return lead
+            if time.monotonic() > deadline:
+                raise EtcdServerError("no etcd leader elected")
+            time.sleep(0.1)
+
+    def quorum(self) -> bool:
+        """True when some running member reports healthy (it has a leader)."""
+        return any(m.healthy() for m in self.members if m.running() and m.status() is not None)
+
+
+def _netns_list() -> list[str]:
+    out = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True).stdout.strip()
+    return [e["name"] for e in json.loads(out)] if out else []
+
+
+def _sh(argv: list[str]) -> None:
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        raise EtcdServerError(f"{' '.join(argv)}: {res.stderr.strip()}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
