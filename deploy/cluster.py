@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploy.etcd import EtcdServer
+from deploy.etcd import EtcdCluster, EtcdServer, MemberNet
 from deploy.lab import CTL_ADDR, GATEWAY, PYTHON, Lab, director_int
 
 log = logging.getLogger(__name__)
@@ -72,12 +72,17 @@ class NodeProc:
 
 class LabCluster:
     def __init__(self, lab: Lab, *, n_nodes: int = 2, tuned_etcd: bool = True, lease_ttl: int = 1,
-                 sloppy_grace: float = 30.0, node_extra: str = "", node_prefix: Sequence[str] = ()) -> None:
+                 sloppy_grace: float = 30.0, node_extra: str = "", node_prefix: Sequence[str] = (),
+                 etcd_members: int = 1) -> None:
         if n_nodes > len(lab.directors):
             raise ValueError(f"lab has {len(lab.directors)} directors, {n_nodes} nodes asked")
         self.lab = lab
-        self.etcd = EtcdServer(host=CTL_ADDR, client_port=2379, peer_port=2380, tuned=tuned_etcd,
-                               netns=lab.ctl.ns, name=f"{lab.name}-etcd")
+        self.etcd: EtcdServer | EtcdCluster = EtcdServer(
+            host=CTL_ADDR, client_port=2379, peer_port=2380, tuned=tuned_etcd, netns=lab.ctl.ns,
+            name=f"{lab.name}-etcd")
+        if etcd_members > 1:  # one member per namespace on the internal segment (deploy.etcd.MemberNet)
+            self.etcd = EtcdCluster(MemberNet(lab.name, etcd_members, switch=lab.switch),
+                                    name=f"{lab.name}-etcd", tuned=tuned_etcd)
         self.lease_ttl = lease_ttl
         self.sloppy_grace = sloppy_grace
         self.node_extra = node_extra
@@ -96,12 +101,17 @@ class LabCluster:
     def endpoint(self) -> str:
         return f"{CTL_ADDR}:{self.etcd.client_port}"
 
+    @property
+    def endpoints(self) -> list[str]:
+        """Every etcd member's client address (what the node configs list)."""
+        return self.etcd.endpoints if isinstance(self.etcd, EtcdCluster) else [self.endpoint]
+
     def node_yaml(self, node: NodeProc) -> str:
         addr = director_int(node.n)
         return "\n".join([
             f"node_id: {node.node_id}",
             f"cluster: {self.lab.name}",
-            f"etcd: {{endpoints: ['{self.endpoint}'], prefix: /lbd}}",
+            f"etcd: {{endpoints: {self.endpoints!r}, prefix: /lbd}}",
             "interfaces: {external: ext, internal: int}",
             "vmac_id: 1",
             f"gateways: ['{GATEWAY}']",
@@ -132,7 +142,7 @@ class LabCluster:
             "from director.cluster.store import EtcdStore, apply\n"
             f"cfg = parse_config(open({str(path)!r}).read())\n"
             "async def main():\n"
-            f"    async with EtcdStore([{self.endpoint!r}], prefix='/lbd',\n"
+            f"    async with EtcdStore({self.endpoints!r}, prefix='/lbd',\n"
             f"                         cluster={self.lab.name!r}) as st:\n"
             "        t = dump_timeouts(cfg.timeouts) if cfg.timeouts else None\n"
             "        rev = await apply(st, {s.name: dump_service(s) for s in cfg.services}, t, prune=True)\n"
@@ -148,7 +158,7 @@ class LabCluster:
             "import asyncio, sys\n"
             "from director.cluster.store import EtcdStore\n"
             "async def main():\n"
-            f"    async with EtcdStore([{self.endpoint!r}], prefix='/lbd',\n"
+            f"    async with EtcdStore({self.endpoints!r}, prefix='/lbd',\n"
             f"                         cluster={self.lab.name!r}) as st:\n"
             f"        key = st.root + '/' + {relkey!r}\n"
             f"        text = {text!r}\n"
