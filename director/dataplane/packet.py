@@ -98,6 +98,7 @@ class Drop(IntEnum):
     NOT_MASTER = 24      # read while the mastership deadline had passed (fencing): never forwarded
     DEFENSE_DROP = 25    # a new-conn packet dropped by the drop_packet defense (one in drop_rate)
     TABLE_FULL = 26      # a new-conn packet while the conn table holds defense.max_conns entries
+    BYPASS = 27          # to a VIP, but no service for its port or no usable dest (and no sorry server)
 
 
 class DropCounters:
