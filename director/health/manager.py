@@ -25,17 +25,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from director.health.dns import check_dns
+from director.health.grpc_check import check_grpc
 from director.health.http import check_http
+from director.health.https import check_https
+from director.health.misc import check_misc
+from director.health.ping import check_ping
 from director.health.spec import CheckResult, HealthSpec
 from director.health.tcp import check_tcp
+from director.health.udp import check_udp
 from director.services.service import Dest, DestKey, ServiceTable, VirtualService
-from director.types import Clock, ConnFlags, DestFlags
+from director.types import Clock, ConnFlags, DestFlags, Proto
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +63,22 @@ class Transition:
     up: bool
     at: float
     detail: str
+    weight: int | None = None
+    """misc `dynamic`: the weight the check asked for (None: the configured one)."""
+
+
+@dataclass
+class HealthStats:
+    """Totals over the node's life (kept across masterships): probes run, failed, killed at timeout."""
+
+    probes: int = 0
+    failures: int = 0
+    killed: int = 0
 
 
 class DestHealth:
     __slots__ = ("key", "host", "port", "spec", "up", "known", "ok_streak", "fail_streak", "next_due",
-                 "in_flight", "last_detail", "checks", "failures")
+                 "in_flight", "last_detail", "checks", "failures", "weight")
 
     def __init__(self, key: DestKey, host: str, port: int, spec: HealthSpec, now: float, up: bool,
                  known: bool = False) -> None:
@@ -77,12 +95,15 @@ class DestHealth:
         self.last_detail = ""
         self.checks = 0
         self.failures = 0
+        self.weight: int | None = None
 
 
 class HealthManager:
-    def __init__(self) -> None:
+    def __init__(self, stats: HealthStats | None = None) -> None:
         self._dests: dict[DestKey, DestHealth] = {}
         self._seeds: dict[DestKey, bool] = {}
+        self._weights: dict[DestKey, int | None] = {}
+        self.stats = stats if stats is not None else HealthStats()
 
     def __len__(self) -> int:
         return len(self._dests)
@@ -90,13 +111,16 @@ class HealthManager:
     def get(self, key: DestKey) -> DestHealth | None:
         return self._dests.get(key)
 
-    def seed(self, verdicts: Mapping[DestKey, bool]) -> None:
+    def seed(self, verdicts: Mapping[DestKey, bool],
+             weights: Mapping[DestKey, int | None] | None = None) -> None:
         """Start from published verdicts (a new master takes over the old master's view)."""
         self._seeds.update(verdicts)
+        self._weights.update(weights or {})
         for key, up in verdicts.items():
             h = self._dests.get(key)
             if h is not None:
                 h.up, h.known, h.ok_streak, h.fail_streak = up, True, 0, 0
+                h.weight = self._weights.get(key)
 
     def configure(self, targets: Mapping[DestKey, tuple[str, int, HealthSpec]], now: float) -> None:
         """Check exactly these dests: key -> (host, port, spec). Unchanged ones keep their state."""
@@ -111,6 +135,7 @@ class HealthManager:
             else:
                 up, known = self._seeds.get(key, True), key in self._seeds
             self._dests[key] = DestHealth(key, host, port, spec, now, up, known)
+            self._dests[key].weight = old.weight if old is not None else self._weights.get(key)
 
     def due(self, now: float) -> list[Probe]:
         out = []
@@ -129,13 +154,20 @@ class HealthManager:
         h.in_flight = False
         h.checks += 1
         h.last_detail = result.detail
+        self.stats.probes += 1
+        self.stats.killed += result.killed
         if result.ok:
             h.ok_streak, h.fail_streak = h.ok_streak + 1, 0
             if (not h.up or not h.known) and h.ok_streak >= h.spec.rise:
                 h.up = h.known = True
-                return Transition(key, True, now, result.detail)
+                h.weight = result.weight
+                return Transition(key, True, now, result.detail, result.weight)
+            if h.up and h.known and result.weight != h.weight:  # misc dynamic: a new weight, at once
+                h.weight = result.weight
+                return Transition(key, True, now, result.detail, result.weight)
         else:
             h.failures += 1
+            self.stats.failures += 1
             h.ok_streak, h.fail_streak = 0, h.fail_streak + 1
             if (h.up or not h.known) and h.fail_streak >= h.spec.fall:
                 h.up, h.known = False, True
@@ -155,11 +187,43 @@ Checker = Callable[[Probe], Awaitable[CheckResult]]
 
 async def run_probe(probe: Probe) -> CheckResult:
     """The default checker: dispatch on the spec's kind."""
-    spec = probe.spec
+    spec, host, port, timeout = probe.spec, probe.host, probe.port, probe.spec.timeout
     if spec.kind == "http":
-        return await check_http(probe.host, probe.port, spec.timeout, path=spec.path, vhost=spec.host,
-                                expect_status=spec.expect_status, expect_body=spec.expect_body)
-    return await check_tcp(probe.host, probe.port, spec.timeout)
+        return await check_http(host, port, timeout, path=spec.path, vhost=spec.host,
+                                expect_status=spec.expect_status, expect_body=spec.expect_body,
+                                digest=spec.digest)
+    if spec.kind == "https":
+        return await check_https(host, port, timeout, path=spec.path, vhost=spec.host,
+                                 expect_status=spec.expect_status, expect_body=spec.expect_body,
+                                 digest=spec.digest, server_name=spec.server_name, verify=spec.verify,
+                                 ca_file=spec.ca_file)
+    if spec.kind == "dns":
+        return await check_dns(host, port, timeout, query=spec.query, qtype=spec.qtype,
+                               expect_rcode=spec.expect_rcode, expect_answer=spec.expect_answer)
+    if spec.kind == "udp":
+        return await check_udp(host, port, timeout, payload=spec.payload, expect=spec.expect,
+                               require_reply=spec.require_reply)
+    if spec.kind == "grpc":
+        return await check_grpc(host, port, timeout, service=spec.grpc_service)
+    if spec.kind == "misc":
+        return await check_misc(spec.command, timeout, env=probe_env(probe), dynamic=spec.dynamic)
+    if spec.kind == "ping":
+        return await check_ping(host, timeout)
+    return await check_tcp(host, port, timeout)
+
+
+def probe_env(probe: Probe) -> dict[str, str]:
+    """The environment a misc command sees: which dest it checks."""
+    proto, vaddr, vport, fwmark, _daddr, dport = probe.key
+    name = Proto(proto).name.lower() if proto in Proto._value2member_map_ else str(proto)
+    service = f"fwmark:{fwmark}" if fwmark else f"{name}/{_hostport(ipaddress.ip_address(vaddr), vport)}"
+    return {"LBD_DEST": _hostport(ipaddress.ip_address(probe.host), dport), "LBD_DEST_ADDR": probe.host,
+            "LBD_DEST_PORT": str(dport), "LBD_CHECK_PORT": str(probe.port), "LBD_SERVICE": service,
+            "LBD_TIMEOUT": f"{probe.spec.timeout:g}"}
+
+
+def _hostport(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
+    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
 
 
 class HealthRunner:
@@ -215,6 +279,11 @@ class HealthRunner:
         if transition is not None:
             log.info("dest %s:%s is %s (%s)", probe.host, probe.port,
                      "up" if transition.up else "down", transition.detail)
+        h = self.manager.get(probe.key)
+        if result.killed and h is not None and h.fail_streak == 1:  # once per run of failures
+            log.warning("health check of %s:%s killed at its timeout: %s", probe.host, probe.port,
+                        " ".join(probe.spec.command)[:200])
+        if transition is not None:
             try:
                 await self.on_transition(transition)
             except Exception:
@@ -290,9 +359,12 @@ def verdict_key(prefix: str, cluster: str, key: DestKey) -> str:
     return f"{prefix.rstrip('/')}/{cluster}/health/{dest_id(key)}"
 
 
-def encode_verdict(up: bool, *, since: float, node: str, epoch: int, detail: str = "") -> str:
-    return json.dumps({"up": up, "since": since, "node": node, "epoch": epoch, "detail": detail},
-                      sort_keys=True)
+def encode_verdict(up: bool, *, since: float, node: str, epoch: int, detail: str = "",
+                   weight: int | None = None) -> str:
+    d: dict[str, Any] = {"up": up, "since": since, "node": node, "epoch": epoch, "detail": detail}
+    if weight is not None:
+        d["weight"] = weight
+    return json.dumps(d, sort_keys=True)
 
 
 def decode_verdict(text: str | bytes) -> dict[str, Any]:
@@ -300,6 +372,9 @@ def decode_verdict(text: str | bytes) -> dict[str, Any]:
     d = json.loads(text)
     if not isinstance(d, dict) or not isinstance(d.get("up"), bool) or not isinstance(d.get("epoch"), int):
         raise ValueError(f"not a health verdict: {text!r}")
+    w = d.get("weight")
+    if w is not None and (not isinstance(w, int) or isinstance(w, bool) or not 0 <= w <= 65535):
+        raise ValueError(f"bad weight in health verdict: {text!r}")
     return d
 
 
@@ -320,7 +395,7 @@ def targets_from(services: Iterable[VirtualService], specs: Mapping[DestKey, Hea
 
 
 __all__ = [
-    "CheckResult", "DestHealth", "HealthManager", "HealthRunner", "HealthSpec", "Probe", "Transition",
-    "apply_verdict", "decode_verdict", "dest_id", "encode_verdict", "invalidate_templates",
+    "CheckResult", "DestHealth", "HealthManager", "HealthRunner", "HealthSpec", "HealthStats", "Probe",
+    "Transition", "apply_verdict", "decode_verdict", "dest_id", "encode_verdict", "invalidate_templates",
     "parse_dest_id", "run_probe", "targets_from", "verdict_key",
 ]

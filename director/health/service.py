@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from director.health.manager import (
     HealthManager,
     HealthRunner,
+    HealthStats,
     TemplateTable,
     Transition,
     decode_verdict,
@@ -43,7 +44,7 @@ from director.health.manager import (
     parse_dest_id,
 )
 from director.health.spec import HealthSpec
-from director.services.service import DestKey
+from director.services.service import DestKey, ServiceTable
 from director.types import Clock, ConnFlags
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,9 @@ class HealthService:
         self.wall = wall
         self.epoch = epoch
         self.on_change = on_change
-        self.manager = HealthManager()
+        self.stats = HealthStats()
+        """Probes run, failed and killed at their timeout on this node (while master), for metrics."""
+        self.manager = HealthManager(self.stats)
         self.verdicts: dict[DestKey, dict[str, Any]] = {}  # published view: key -> decoded verdict
         self.specs: dict[DestKey, HealthSpec] = {}
         self.expire_quiescent: dict[DestKey, bool] = {}
@@ -96,6 +99,22 @@ class HealthService:
 
     def down_keys(self) -> frozenset[DestKey]:
         return frozenset(k for k, v in self.verdicts.items() if not v["up"] and k in self.specs)
+
+    def weights(self) -> dict[DestKey, int]:
+        """Weights set by misc `dynamic` checks (published, up dests only)."""
+        return {k: v["weight"] for k, v in self.verdicts.items()
+                if v["up"] and v.get("weight") is not None and k in self.specs}
+
+    def apply_weights(self, services: ServiceTable) -> int:
+        """After the config is applied: give dynamically weighted dests their checked weight."""
+        changed = 0
+        for key, weight in self.weights().items():
+            dest = services.find_dest(key)
+            svc = services.get_fwmark(key[3]) if key[3] else services.get(key[0], key[1], key[2])
+            if dest is not None and svc is not None and dest.weight != weight:
+                svc.edit_dest(dest, weight=weight)
+                changed += 1
+        return changed
 
     def health_view(self) -> dict[DestKey, str]:
         """For admin views: "up" / "down" per checked dest, "unknown" before its first verdict."""
@@ -114,7 +133,7 @@ class HealthService:
                 if hc is None:
                     continue
                 key: DestKey = (int(sc.proto), sc.vaddr, sc.port, 0, dc.daddr, dc.port)
-                targets[key] = (dc.address, hc.port or dc.port, hc)
+                targets[key] = (dc.address, hc.port_for(dc.port), hc)
                 eqt[key] = bool(sc.expire_quiescent_template)
         self._targets = targets
         self.specs = {k: t[2] for k, t in targets.items()}
@@ -132,8 +151,9 @@ class HealthService:
             return
         self.master = master
         if master:
-            self.manager = HealthManager()
-            self.manager.seed({k: bool(v["up"]) for k, v in self.verdicts.items()})
+            self.manager = HealthManager(self.stats)
+            self.manager.seed({k: bool(v["up"]) for k, v in self.verdicts.items()},
+                              {k: v.get("weight") for k, v in self.verdicts.items()})
             self.manager.configure(self._targets, self.clock())
             self.runner = HealthRunner(self.manager, self.clock, self._publish)
             self.runner.start()
@@ -215,10 +235,10 @@ class HealthService:
         self._swap(fresh)
 
     def _swap(self, fresh: dict[DestKey, dict[str, Any]]) -> None:
-        before = self.down_keys()
+        before, weights = self.down_keys(), self.weights()
         self.verdicts = fresh
         after = self.down_keys()
-        if before != after and self.on_change is not None:
+        if (before != after or weights != self.weights()) and self.on_change is not None:
             self.on_change(after - before, before - after)
 
     # ---- master side -------------------------------------------------------------------------
@@ -226,11 +246,12 @@ class HealthService:
     async def _publish(self, t: Transition) -> None:
         store = self.store
         if store is None:  # no etcd (single node): apply the verdict directly
-            self.apply_event(dest_id(t.key), encode_verdict(t.up, since=self.wall(), node=self.node_id,
-                                                            epoch=self.epoch(), detail=t.detail).encode())
+            self.apply_event(dest_id(t.key), encode_verdict(
+                t.up, since=self.wall(), node=self.node_id, epoch=self.epoch(), detail=t.detail,
+                weight=t.weight).encode())
             return
         value = encode_verdict(t.up, since=self.wall(), node=self.node_id, epoch=self.epoch(),
-                               detail=t.detail)
+                               detail=t.detail, weight=t.weight)
         delay = RETRY_MIN
         while self.master:
             try:
