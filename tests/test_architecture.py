@@ -24,6 +24,7 @@ Layers, bottom to top (README's tour says the same in words)::
     health           health checkers and their manager
     cluster          etcd store and key layout, election machine and its etcd driver
     syncd            the sync daemon (master and backup sides)
+    workers          directord's packet worker processes (workers: N) and their pool in the parent
     admin            API protocol, views, gRPC servicer, directorctl, metrics
     daemon / node    directord: wires the layers (and sets up its log output); nothing imports it
     deploy           lab, drill, etcd launcher: the harness, never imported by the product
@@ -42,8 +43,8 @@ MAX_LINES = 600
 HARNESS_ENTRIES = {("director.admin.cli", "deploy.drill")}
 """The only product -> harness edges: `directorctl drill` imports the drill lazily, by name, when run."""
 
-LAYERS = ["types", "services", "table", "config", "dataplane", "health", "cluster", "syncd", "admin",
-          "daemon", "deploy"]
+LAYERS = ["types", "services", "table", "config", "dataplane", "health", "cluster", "syncd", "workers",
+          "admin", "daemon", "deploy"]
 ALLOWED: dict[str, set[str]] = {
     "types": set(),
     "services": {"types"},
@@ -53,10 +54,11 @@ ALLOWED: dict[str, set[str]] = {
     "health": {"types", "services", "config"},
     "cluster": {"types", "config"},
     "syncd": {"types", "services", "table", "lbd_pb"},
+    "workers": {"types", "services", "table", "config", "dataplane", "syncd"},
     "admin": {"types", "services", "table", "config", "dataplane", "health", "cluster", "syncd", "lbd_pb",
               "version"},
     "daemon": {"types", "services", "table", "config", "dataplane", "health", "cluster", "syncd", "admin",
-               "version"},
+               "workers", "version"},
     "deploy": set(LAYERS) | {"lbd_pb", "version"},
 }
 

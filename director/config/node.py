@@ -20,6 +20,7 @@ finite and in range.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -87,6 +88,8 @@ class NodeConfig:
     events_file: str | None = None
     """Append role changes and takeover timings as JSON lines here (drills read it)."""
     defense: DefenseConfig = DefenseConfig()
+    workers: int = 1
+    """Packet worker processes (1: the data plane runs in directord's own loop; ``auto``: usable cores)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -96,7 +99,7 @@ class NodeConfig:
 
 _KNOWN = ("node_id", "cluster", "etcd", "interfaces", "vmac_id", "sync", "admin", "lease_ttl",
           "sloppy_grace", "metrics", "priority", "preempt", "log_json", "gateways", "int_addr", "int_mtu",
-          "table_bits", "events_file", "defense")
+          "table_bits", "events_file", "defense", "workers")
 _DEFENSE_KEYS = ("drop_entry", "drop_packet", "secure_tcp", "am_droprate", "conn_threshold", "max_conns",
                  "rss_threshold_mb", "rss_max_mb")
 _MODES = ("off", "auto", "always")
@@ -187,6 +190,16 @@ def _defense(d: Mapping[str, Any], errs: Errors) -> DefenseConfig:
     return cfg
 
 
+MAX_WORKERS = 256
+
+
+def _workers(d: Mapping[str, Any], errs: Errors) -> int:
+    """``workers``: a count (1..256) or ``auto`` (the CPUs this process may run on)."""
+    if d.get("workers") == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    return v.integer(d, "workers", "", errs, 1, MAX_WORKERS, 1)
+
+
 class _Rename(Errors):
     """Errors of a value checked out of its mapping, reported under ``path``."""
 
@@ -238,6 +251,7 @@ def node_config_from_dict(raw: Any) -> NodeConfig:
         table_bits=v.integer(d, "table_bits", "", errs, MIN_TABLE_BITS, MAX_TABLE_BITS, 16),
         events_file=v.optional_string(d, "events_file", "", errs, pattern=_PATH, what="a file path"),
         defense=_defense(d, errs),
+        workers=_workers(d, errs),
     )
     errs.raise_if_any(NodeConfigError)
     return cfg

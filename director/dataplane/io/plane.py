@@ -110,6 +110,9 @@ class DataPlane:
         self.ctl_fenced = 0
         """Control frames (gratuitous ARP, probes) not sent because the mastership deadline had passed."""
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.arp_answer = True
+        """False: frames of the ARP sockets (``arp_socks``) are learned, never answered (every worker of
+        a node but one: one answer per request is enough)."""
 
     # -- fencing ------------------------------------------------------------------------------------
     def set_master_until(self, deadline: float | None) -> None:
@@ -189,6 +192,8 @@ class DataPlane:
     def _make_reader(self, sock: PacketSocket, side: int) -> Callable[[], None]:
         drain = sock.drain
         handle = self.director.handle
+        if not self.arp_answer and sock in self.arp_socks:
+            handle = self._learn_only
         sink = self.director.learn_arp
         fenced = self.fenced
         drops = self.director.counters.counts
@@ -213,6 +218,9 @@ class DataPlane:
                 self.handler_errors += errors
 
         return on_readable
+
+    def _learn_only(self, frame: bytearray, side: int) -> None:
+        self.director.learn_arp(frame, side)
 
     # -- control ----------------------------------------------------------------------------------
     def send(self, actions: Iterable[Action]) -> int:

@@ -1,0 +1,374 @@
+"""directord's packet workers, seen from the parent: spawn, fence, config, events, stats, restarts.
+
+Theory of operation
+-------------------
+With ``workers: N`` (N >= 2) the parent process keeps everything but the packets: the election (its
+own thread), config watch, health checks, sync server and backup, admin and metrics. It owns no
+packet socket; :class:`WorkerPool` stands where the in-process ``DataPlane`` stands in
+``director.daemon`` (``set_master_until``, ``send``, ``send_gratuitous_arp``, ``attach``,
+``detach``) and drives N worker processes (director.workers.worker), each forwarding the clients
+of its shard (director.dataplane.io.shard) with its own conn table.
+
+* **Fence**: ``set_master_until`` writes the deadline into the shared page
+  (director.workers.fence) that every worker reads before every ring block and TX flush. It is
+  called on the election thread (and the link tracker's): a lock keeps the seqlock single-writer.
+* **Config**: ``push_config(cfg, down)`` sends the validated ``Config`` the parent applied, with
+  the health-checked down set, to every worker (same ``apply_to_services`` code path), and the shard
+  mask (widest persistence netmask) when it changed.
+* **The parent's table is a replica** of the union of the shards: every worker event batch is
+  applied to it with syncd's ``BackupApplier`` (the code a sync backup runs; event feed off during
+  the apply), then, while the parent serves sync, the worker's raw events are pushed into the
+  replica's feed as they are: the ``SyncMaster`` sees exactly what an in-process master would,
+  one stream multiplexing every shard; snapshots, ``ListConns`` and ``Status`` read the replica.
+  The replica is never ticked: its entries go away only by a worker's EXPIRE.
+* **Backup**: what the parent's ``SyncBackup`` applied to the replica (``on_applied`` events) is
+  routed to the owning worker by the shard function (``route_synced``).
+* **Stats**: each worker reports its counters every 100 ms; the pool sums them into the parent's
+  services, dests and drop counters (so admin, rates and metrics read node totals) and keeps the
+  per-worker figures (``per_worker``; also written to ``stats_path`` as JSON once a second).
+* **Crash**: a worker's exit is seen at once (pidfd readable). The pool spawns it again with the
+  same index (so the same shard: the filter is a pure function of the address), pushes the config,
+  the role and the shard's entries from the replica (their timers restarted at full timeout: the
+  replica holds no live timers). More than ``MAX_RESTARTS`` restarts within ``RESTART_WINDOW``
+  seconds: ``on_fatal`` (the daemon resigns).
+* **Parent death**: workers die with it (``PR_SET_PDEATHSIG``). The crash exit hook
+  (director.cluster.release) revokes the lease only after the launcher reaped the *whole* node:
+  systemd runs ``ExecStopPost=`` once the unit's cgroup (workers included) is empty, the lab kills
+  the node's process group; workers are spawned in the parent's process group and cgroup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from director.config.services import Config
+from director.dataplane.core import Action, CoreConfig
+from director.dataplane.io.shard import shard_of, widest_mask
+from director.services.service import ServiceTable
+from director.table.conn import ConnTable
+from director.table.events import ConnEvent, RawEvent
+from director.workers.channel import Channel, Message
+from director.workers.fence import SharedFence
+from syncd.apply import BackupApplier
+from syncd.model import SyncKind, Update
+
+log = logging.getLogger("directord.workers")
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
+_SLOTS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
+
+
+class WorkerProc:
+    """One worker process and its end of the control pipe."""
+
+    def __init__(self, index: int, proc: subprocess.Popen[bytes], channel: Channel, pidfd: int) -> None:
+        self.index = index
+        self.proc = proc
+        self.channel = channel
+        self.pidfd = pidfd
+        self.ready = False
+        self.started = time.monotonic()
+
+
+class WorkerPool:
+    """N packet workers standing in for the node's DataPlane (see the module docstring)."""
+
+    def __init__(self, count: int, ext: str, intf: str, core: CoreConfig, table: ConnTable,
+                 services: ServiceTable, *, table_bits: int, max_conns: int,
+                 stats_path: str | None = None, drop_counts: list[int] | None = None) -> None:
+        self.count = count
+        self.ifnames = (ext, intf)
+        self.core = core
+        self.table = table
+        self.services = services
+        self.table_bits = table_bits
+        self.max_conns = max_conns
+        self.stats_path = stats_path
+        self.drop_counts = drop_counts
+        """The parent's ``Director.counters.counts``: set to the workers' sum."""
+        self.fence = SharedFence.create()
+        self._fence_lock = threading.Lock()
+        self._until: float | None = None
+        self.applier = BackupApplier(table, services)
+        self.workers: list[WorkerProc | None] = [None] * count
+        self.per_worker: list[dict[str, Any]] = [{} for _ in range(count)]
+        self.mask = 0xFFFFFFFF
+        self.active = False
+        self.sloppy_until = 0.0
+        self.config: tuple[Config, frozenset[Any]] | None = None
+        self.restarts: list[float] = []
+        self.on_fatal: Callable[[str], None] = lambda _why: None
+        self.on_worker: Callable[[str, int, dict[str, Any]], None] = lambda _kind, _i, _f: None
+        self.mirrored = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._last_stats_write = 0.0
+
+    # -- DataPlane's surface for the daemon --------------------------------------------------------
+    def set_master_until(self, deadline: float | None) -> None:
+        """The election moved the deadline: every worker reads it before its next block."""
+        with self._fence_lock:
+            self._until = deadline
+            self.fence.set(deadline)
+
+    @property
+    def master_until(self) -> float | None:
+        return self._until
+
+    def fenced(self) -> bool:
+        return time.monotonic() >= self.fence.until()
+
+    def send(self, actions: Iterable[Action]) -> int:
+        """Control frames (gratuitous ARP) go out through worker 0 (fenced there)."""
+        acts = list(actions)
+        w = self.workers[0]
+        if acts and w is not None:
+            w.channel.send(("send", acts))
+        return len(acts)
+
+    def send_gratuitous_arp(self) -> int:
+        self._send_to(0, ("garp",))
+        return 0
+
+    def probe_neighbours(self) -> int:
+        """Worker 0 probes on its own (and every worker learns the answers)."""
+        return 0
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        for i in range(self.count):
+            self._spawn(i)
+
+    def detach(self) -> None:
+        """Stop every worker (``stop`` message, then SIGKILL after 2 s) and close the fence."""
+        self._stopping = True
+        for w in self.workers:
+            if w is not None:
+                w.channel.send(("stop",))
+        deadline = time.monotonic() + 2.0
+        for i, w in enumerate(self.workers):
+            if w is None:
+                continue
+            try:
+                w.proc.wait(max(0.01, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait()
+            self._forget(i)
+
+    # -- role and config -----------------------------------------------------------------------------
+    def set_active(self, on: bool, sloppy_until: float = 0.0) -> None:
+        self.active, self.sloppy_until = on, sloppy_until
+        self._broadcast(("active", on, sloppy_until))
+
+    def push_config(self, cfg: Config, down: frozenset[Any]) -> None:
+        """The config the parent applied (and its health down set), for every worker."""
+        self.config = (cfg, down)
+        self._broadcast(("config", cfg, down))
+        mask = widest_mask([s.netmask for s in self.services if s.persistent])
+        if mask != self.mask:
+            log.info("shard mask %08x -> %08x: filters replaced, shards rebuilt", self.mask, mask)
+            self.mask = mask
+            self._broadcast(("mask", mask))
+            for i in range(self.count):
+                self._send_to(i, ("synced", self._shard_updates(i)))
+
+    def push_defense(self, drop_rate: int, secure_tcp: bool) -> None:
+        self._broadcast(("defense", drop_rate, secure_tcp))
+
+    # -- sync -----------------------------------------------------------------------------------------
+    def route_synced(self, events: list[ConnEvent]) -> None:
+        """Entries the parent's sync backup applied go to the worker owning their client."""
+        now = time.monotonic()
+        per: list[list[Update]] = [[] for _ in range(self.count)]
+        for kind, snap, old_key in events:
+            u = Update(SyncKind(int(kind)), snap.key, snap.flags, snap.state, snap.timeout,
+                       snap.expires - now, snap.dest_key, snap.control_key, snap.in_pkts, old_key)
+            per[shard_of(snap.key[1], self.mask, self.count)].append(u)
+        for i, ups in enumerate(per):
+            if ups:
+                self._send_to(i, ("synced", ups))
+
+    def _mirror(self, evs: list[RawEvent]) -> None:
+        """A worker's events into the replica (and, while serving sync, into its feed)."""
+        now = time.monotonic()
+        feed = self.table.events
+        serving = feed.enabled
+        feed.enabled = False
+        try:
+            chunk: list[Update] = []
+            keys: set[Any] = set()
+            for ev in evs:
+                key = ev[0]
+                if key in keys or (ev[9] is not None and ev[9] in keys):
+                    self.applier.apply(chunk)
+                    chunk, keys = [], set()
+                keys.add(key)
+                chunk.append(Update(SyncKind(int(ev[8])), key, ev[1], ev[2], ev[3], ev[4] - now, ev[5], ev[6],
+                                    ev[7], ev[9]))
+            if chunk:
+                self.applier.apply(chunk)
+        finally:
+            feed.enabled = serving
+        self.mirrored += len(evs)
+        if serving:
+            push = feed.push_raw
+            for ev in evs:
+                push(ev)
+
+    def _shard_updates(self, index: int) -> list[Update]:
+        """Worker ``index``'s share of the replica, as NEW updates with full timeouts (rebuild)."""
+        out: list[Update] = []
+        for conn in self.table:
+            key = conn.key
+            if shard_of(key[1], self.mask, self.count) != index:
+                continue
+            d = conn.dest
+            out.append(Update(SyncKind.NEW, key, conn.flags, conn.state, conn.timeout, conn.timeout,
+                              d.key if d is not None else None,
+                              conn.control.key if conn.control is not None else None, 0))
+        out.sort(key=lambda u: not u.key[8])  # templates first: children link to them
+        return out
+
+    # -- workers ----------------------------------------------------------------------------------------
+    def _send_to(self, index: int, msg: Message) -> None:
+        w = self.workers[index]
+        if w is not None:
+            w.channel.send(msg)
+
+    def _broadcast(self, msg: Message) -> None:
+        for w in self.workers:
+            if w is not None:
+                w.channel.send(msg)
+
+    def _spawn(self, index: int) -> None:
+        loop = self._loop
+        assert loop is not None
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        argv = [sys.executable, "-m", "director.workers.worker", "--fd", str(theirs.fileno()),
+                "--fence-fd", str(self.fence.fd), "--index", str(index), "--count", str(self.count),
+                "--parent", str(os.getpid()),
+                "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()]
+        proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(), self.fence.fd), close_fds=True)
+        theirs.close()
+        ch = Channel(mine)
+        pidfd = os.pidfd_open(proc.pid)
+        w = WorkerProc(index, proc, ch, pidfd)
+        self.workers[index] = w
+        ch.on_message = self._on_message
+        ch.attach(loop)
+        loop.add_reader(pidfd, self._exited, index, proc.pid)
+        ch.send(("init", {"core": self.core, "table_bits": self.table_bits, "max_conns": self.max_conns,
+                          "mask": self.mask, "ext": self.ifnames[0], "int": self.ifnames[1]}))
+        if self.config is not None:
+            ch.send(("config", *self.config))
+        if self.active:
+            ch.send(("active", True, self.sloppy_until))
+        log.info("worker %d started (pid %d)", index, proc.pid)
+
+    def _forget(self, index: int) -> None:
+        w = self.workers[index]
+        if w is None:
+            return
+        self.workers[index] = None
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(w.pidfd)
+        os.close(w.pidfd)
+        w.channel.close()
+
+    def _exited(self, index: int, pid: int) -> None:
+        w = self.workers[index]
+        if w is None or w.proc.pid != pid:
+            return
+        code = w.proc.wait()
+        self._forget(index)
+        if self._stopping:
+            return
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW] + [now]
+        log.error("worker %d (pid %d) exited with %s: restarting it", index, pid, code)
+        self.on_worker("worker_exit", index, {"pid": pid, "code": code})
+        if len(self.restarts) > MAX_RESTARTS:
+            self.on_fatal(f"{len(self.restarts)} worker restarts within {RESTART_WINDOW:.0f} s")
+        self._spawn(index)
+        self._send_to(index, ("synced", self._shard_updates(index)))
+
+    def _on_message(self, msg: Message) -> None:
+        kind = msg[0]
+        if kind == "events":
+            self._mirror(msg[2])
+        elif kind == "stats":
+            self.per_worker[msg[1]] = msg[2]
+            self._aggregate()
+        elif kind == "ready":
+            w = self.workers[msg[1]]
+            if w is not None:
+                w.ready = True
+            self.on_worker("worker_ready", msg[1], {"pid": msg[2]})
+        elif kind == "overflow":
+            log.warning("worker %d's event feed overflowed: replica may miss entries", msg[1])
+
+    # -- stats ------------------------------------------------------------------------------------------
+    def _aggregate(self) -> None:
+        """Sum the workers' counters into the parent's services, dests and drops."""
+        reports = [r for r in self.per_worker if r]
+        for svc in self.services:
+            svc_sum = [0] * len(_SLOTS)
+            dest_sum: dict[Any, list[int]] = {}
+            for r in reports:
+                got = r["services"].get(svc.key)
+                if got is None:
+                    continue
+                svc_sum = [a + b for a, b in zip(svc_sum, got[0], strict=True)]
+                for dk, vals in got[1].items():
+                    acc = dest_sum.setdefault(dk, [0] * len(_SLOTS))
+                    acc[:] = [a + b for a, b in zip(acc, vals, strict=True)]
+            _store(svc.counters, svc_sum)
+            for dest in svc.dests:
+                if dest.key in dest_sum:
+                    _store(dest.counters, dest_sum[dest.key])
+        drops = self.drops()
+        if self.drop_counts is not None and len(drops) == len(self.drop_counts):
+            self.drop_counts[:] = drops
+        self._write_stats()
+
+    def _write_stats(self) -> None:
+        now = time.monotonic()
+        if not self.stats_path or now - self._last_stats_write < 1.0:
+            return
+        self._last_stats_write = now
+        rows = [{k: v for k, v in r.items() if k != "services"} for r in self.per_worker]
+        tmp = f"{self.stats_path}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump({"workers": rows, "mask": self.mask, "mirrored": self.mirrored,
+                           "replica_conns": self.table.count}, fh)
+            os.replace(tmp, self.stats_path)
+        except OSError as err:
+            log.debug("worker stats file: %s", err)
+
+    def drops(self) -> list[int]:
+        """Drop counters summed over the workers (by reason index)."""
+        out: list[int] = []
+        for r in self.per_worker:
+            d = r.get("drops") or []
+            out = [a + b for a, b in zip(out, d, strict=True)] if out else list(d)
+        return out
+
+    def close(self) -> None:
+        self.fence.close()
+
+
+def _store(counters: Any, values: list[int]) -> None:
+    for name, value in zip(_SLOTS, values, strict=True):
+        setattr(counters, name, value)

@@ -1,0 +1,305 @@
+"""One packet worker of directord (``workers: N`` with N >= 2): a shard of the node's traffic.
+
+Theory of operation
+-------------------
+``python -m director.workers.worker --fd F --fence-fd G --index I --count N --parent PID`` is started
+by the parent (director.workers.pool) with one end of its control socketpair (fd F) and the shared
+fence (fd G) inherited. It first asks the kernel to SIGKILL it when the parent dies
+(``PR_SET_PDEATHSIG``; if the parent is already gone it exits), then waits for ``("init", ...)``:
+interfaces, ``CoreConfig``, table size, ``max_conns`` and the shard mask. It builds its own
+``ConnTable`` (its shard), ``ServiceTable`` and ``Director`` and a :class:`WorkerPlane`: the
+node's ``DataPlane`` whose sockets carry the shard filter (director.dataplane.io.shard) and whose
+fence is the shared deadline (director.workers.fence) instead of an attribute. Then it says
+``("ready", index, pid)`` and forwards on its own asyncio loop; nothing else runs there.
+
+Messages from the parent (``Channel``; tuples, first item the name):
+
+=============================  ===============================================================
+``config`` cfg, down            the validated services config the parent applied, and the dests
+                                health checks hold down: ``apply_to_services`` + ``apply_timeouts``,
+                                the code path of the in-process daemon
+``active`` on, sloppy_until     role: ``Director.set_active``; worker 0 sends the gratuitous ARPs
+``send`` actions                control frames (worker 0): the parent's ``DataPlane.send``
+``garp``                        worker 0 repeats the gratuitous ARPs
+``synced`` updates              entries the parent's sync backup applied (this shard): applied
+                                with syncd's ``BackupApplier`` (event feed off: not re-reported)
+``mask`` m                      new shard mask: the filters are replaced
+``defense`` rate, secure_tcp    the node's defense levels (drop_packet rate, secure_tcp)
+``stop``                        leave
+=============================  ===============================================================
+
+To the parent: ``ready``, ``events`` (the table's ``RawEvent`` batches, cut once per loop turn,
+events of entries outside this shard left out) and ``stats`` every 100 ms (service / dest
+counters, drops, ring and CPU figures) which the parent sums.
+
+A synced entry is held (``ConnTable.hold_synced``) while the worker is not active, so a backup
+never expires what its master still has; the takeover releases the hold (full timeouts), as the
+in-process backup does when it stops following.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import gc
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from director.config.services import Config, apply_timeouts, apply_to_services
+from director.dataplane.core import EXT, INT, CoreConfig, Director
+from director.dataplane.io.afpacket import ETH_P_ARP, PacketSocket, TxRing, attach_filter
+from director.dataplane.io.plane import DEFAULT_RING, DataPlane
+from director.dataplane.io.shard import DST, SRC, shard_filter, shard_of
+from director.services.service import ServiceTable
+from director.table.conn import ConnTable
+from director.table.events import RawEvent
+from director.workers.channel import Channel, Message
+from director.workers.fence import SharedFence
+from syncd.apply import BackupApplier
+from syncd.model import Update
+
+log = logging.getLogger("directord.worker")
+PR_SET_PDEATHSIG = 1
+STATS_INTERVAL = 0.1
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this process when the parent dies; exit now if it already has."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+class WorkerPlane(DataPlane):
+    """A DataPlane on the shard filter, fenced by the shared deadline."""
+
+    def __init__(self, director: Director, ext: str, intf: str, fence: SharedFence, index: int,
+                 count: int, mask: int) -> None:
+        super().__init__(director, ext, intf, ring=DEFAULT_RING)
+        self.shared = fence
+        self.index, self.count, self.mask = index, count, mask
+        self.arp_answer = index == 0
+
+    def set_master_until(self, deadline: float | None) -> None:
+        raise RuntimeError("a worker's deadline is the parent's (shared memory)")
+
+    @property
+    def master_until(self) -> float | None:
+        until = self.shared.until()
+        return None if until == float("-inf") else until
+
+    def fenced(self) -> bool:
+        return self.clock() >= self.shared.until()
+
+    def _open(self) -> None:
+        try:
+            for side in (EXT, INT):
+                sock = PacketSocket(self.ifnames[side], ring=self.ring, drop_arp=True)
+                self.socks.append(sock)
+                self._filter(sock, side)
+                self.arp_socks.append(PacketSocket(self.ifnames[side], ring=None, ethertype=ETH_P_ARP))
+                self.tx_rings.append(TxRing(self.ifnames[side]))
+                self.tx_rings[-1].fence = self.fenced
+        except BaseException:
+            self.close()
+            raise
+
+    def _filter(self, sock: PacketSocket, side: int) -> None:
+        attach_filter(sock.sock, shard_filter(SRC if side == EXT else DST, self.mask, self.index, self.count))
+
+    def set_mask(self, mask: int) -> None:
+        self.mask = mask
+        for side, sock in enumerate(self.socks):
+            self._filter(sock, side)
+
+
+class Worker:
+    def __init__(self, channel: Channel, fence: SharedFence, index: int, count: int) -> None:
+        self.ch = channel
+        self.fence = fence
+        self.index, self.count = index, count
+        self.clock = time.monotonic
+        self.plane: WorkerPlane | None = None
+        self.director: Director | None = None
+        self.table: ConnTable | None = None
+        self.applier: BackupApplier | None = None
+        self.mask = 0xFFFFFFFF
+        self._init: asyncio.Future[dict[str, Any]] | None = None
+        self._flush_armed = False
+        self._stop = asyncio.Event()
+
+    # -- setup ----------------------------------------------------------------------------------------
+    def build(self, init: dict[str, Any]) -> None:
+        core: CoreConfig = init["core"]
+        self.mask = init["mask"]
+        self.table = ConnTable(self.clock, bits=init["table_bits"])
+        services = ServiceTable()
+        self.director = Director(self.table, services, self.clock, core)
+        self.director.gate.max_conns = init["max_conns"]
+        self.applier = BackupApplier(self.table, services)
+        self.table.hold_synced(True)
+        self.plane = WorkerPlane(self.director, init["ext"], init["int"], self.fence, self.index, self.count,
+                                 self.mask)
+        feed = self.table.events
+        feed.enabled = True
+        feed.on_ready = self._arm_flush
+
+    # -- events to the parent ----------------------------------------------------------------------
+    def _arm_flush(self) -> None:
+        if not self._flush_armed:
+            self._flush_armed = True
+            asyncio.get_running_loop().call_soon(self._flush_events)
+
+    def _flush_events(self) -> None:
+        self._flush_armed = False
+        assert self.table is not None
+        evs: list[RawEvent] = self.table.events.drain_raw(1 << 30)
+        if self.table.events.overflowed:
+            self.table.events.clear_overflow()
+            self.ch.send(("overflow", self.index))
+        mine = self._mine
+        evs = [ev for ev in evs if mine(ev[0][1])]
+        if evs:
+            self.ch.send(("events", self.index, evs))
+
+    def _mine(self, caddr: int) -> bool:
+        return self.count < 2 or shard_of(caddr, self.mask, self.count) == self.index
+
+    # -- messages from the parent -------------------------------------------------------------------
+    def on_message(self, msg: Message) -> None:
+        kind = msg[0]
+        if kind == "init":  # built at once: the messages queued behind it apply to the new tables
+            self.build(msg[1])
+            if self._init is not None and not self._init.done():
+                self._init.set_result(msg[1])
+            return
+        d, plane = self.director, self.plane
+        if d is None or plane is None:
+            return
+        if kind == "config":
+            self._config(msg[1], msg[2])
+        elif kind == "active":
+            self._active(bool(msg[1]), float(msg[2]))
+        elif kind == "send":
+            plane.send(msg[1])
+        elif kind == "garp":
+            if d.active:
+                plane.send_gratuitous_arp()
+        elif kind == "synced":
+            self._synced(msg[1])
+        elif kind == "mask":
+            self.mask = int(msg[1])
+            plane.set_mask(self.mask)
+        elif kind == "defense":
+            d.gate.todrop.set_rate(msg[1])
+            d.cfg.timeouts.secure_tcp = msg[2]
+        elif kind == "stop":
+            self._stop.set()
+
+    def _config(self, cfg: Config, down: frozenset[Any]) -> None:
+        d = self.director
+        assert d is not None and self.applier is not None
+        apply_to_services(cfg, d.services, down=down)
+        apply_timeouts(cfg.timeouts, d.cfg.timeouts)
+        self.applier.rebind_pending()
+
+    def _active(self, on: bool, sloppy_until: float) -> None:
+        d, plane, table = self.director, self.plane, self.table
+        assert d is not None and plane is not None and table is not None
+        d.sloppy_until = sloppy_until
+        acts = d.set_active(on)
+        table.hold_synced(not on)
+        if on and self.index == 0:
+            plane.send(acts)
+
+    def _synced(self, updates: list[Update]) -> None:
+        table, applier = self.table, self.applier
+        assert table is not None and applier is not None
+        feed = table.events
+        feed.enabled = False
+        try:
+            applier.apply(updates)
+        finally:
+            feed.enabled = True
+
+    # -- stats ---------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        d, plane = self.director, self.plane
+        assert d is not None and plane is not None
+        packets, drops = plane.kernel_stats()
+        t = os.times()
+        return {
+            "services": {s.key: (tuple(s.counters.as_dict().values()),
+                                 {x.key: tuple(x.counters.as_dict().values()) for x in s.dests})
+                         for s in d.services},
+            "drops": list(d.counters.counts), "conns": d.table.count, "active": d.active,
+            "rx_frames": list(plane.rx_frames), "ring_packets": packets, "ring_drops": drops,
+            "handler_errors": plane.handler_errors, "tx_errors": plane.tx_errors,
+            "tx_fenced": sum(r.fenced for r in plane.tx_rings), "ctl_fenced": plane.ctl_fenced,
+            "cpu": t.user + t.system, "pid": os.getpid(), "neigh": d.nb.stats.as_dict(),
+        }
+
+    # -- main loop ------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._init = loop.create_future()
+        self.ch.on_message = self.on_message
+        self.ch.on_close = self._stop.set
+        self.ch.attach(loop)
+        await self._init
+        assert self.plane is not None and self.director is not None and self.table is not None
+        self.plane.attach(loop)
+        self.ch.send(("ready", self.index, os.getpid()))
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 100)
+        last_stats = last_probe = last_neigh = 0.0
+        while not self._stop.is_set():
+            self.table.tick()
+            now = self.clock()
+            if now - last_stats >= STATS_INTERVAL:
+                last_stats = now
+                self.ch.send(("stats", self.index, self.stats()))
+            if self.index == 0 and now - last_probe > 1.0:
+                last_probe = now
+                with contextlib.suppress(OSError):
+                    self.plane.probe_neighbours()
+            if now - last_neigh > 60.0:
+                last_neigh = now
+                self.director.expire_neighbours()
+            nxt = self.table.next_deadline()
+            delay = 0.05 if nxt is None else min(0.05, max(0.005, nxt - now))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+        self.plane.detach()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m director.workers.worker")
+    p.add_argument("--fd", type=int, required=True)
+    p.add_argument("--fence-fd", type=int, required=True)
+    p.add_argument("--index", type=int, required=True)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--parent", type=int, required=True)
+    p.add_argument("--log-level", default="info")
+    args = p.parse_args(argv)
+    die_with_parent(args.parent)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s worker{args.index}: %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM ends us
+    ch = Channel(socket.socket(fileno=args.fd))
+    worker = Worker(ch, SharedFence(args.fence_fd), args.index, args.count)
+    asyncio.run(worker.run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
