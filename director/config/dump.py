@@ -35,6 +35,12 @@ def service_dict(svc: ServiceConfig) -> dict[str, Any]:
     out.update(forward=svc.forward, expire_nodest_conn=svc.expire_nodest_conn,
                expire_quiescent_template=svc.expire_quiescent_template,
                dests=[_dest_dict(d) for d in svc.dests])
+    if svc.sorry is not None:  # optional keys only when set: documents written before them stay equal
+        out["sorry_server"] = svc.sorry.ident
+        if svc.sorry.forward is not None:
+            out["sorry_forwarding"] = svc.sorry.forward
+    if svc.ops:
+        out["ops"] = True
     return out
 
 

@@ -1,7 +1,7 @@
 """The virtual-service config model: frozen dataclasses, their constants and derived keys.
 
-``Config`` > ``ServiceConfig`` > ``DestConfig`` (with ``Persistence``, ``TimeoutsConfig`` and the
-dest's ``director.health.spec.HealthSpec``) is what ``director.config.services`` builds from YAML
+``Config`` > ``ServiceConfig`` > ``DestConfig`` (with ``Persistence``, ``SorryServer``, ``TimeoutsConfig``
+and the dest's ``director.health.spec.HealthSpec``) is what ``director.config.services`` builds from YAML
 after validation; every value here has been checked, so the properties (``vaddr``, ``key``,
 ``fwd_of``) cannot fail.
 """
@@ -58,6 +58,24 @@ class DestConfig:
 
 
 @dataclass(frozen=True)
+class SorryServer:
+    """keepalived's ``sorry_server``: where new conns go while no dest of the service is usable."""
+
+    address: str
+    port: int
+    forward: str | None = None
+    """nat | dr | tun (``sorry_forwarding``); None inherits the service's."""
+
+    @property
+    def daddr(self) -> int:
+        return int(ipaddress.IPv4Address(self.address))
+
+    @property
+    def ident(self) -> str:
+        return f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     name: str
     protocol: str
@@ -71,6 +89,10 @@ class ServiceConfig:
     expire_nodest_conn: bool = False
     expire_quiescent_template: bool = False
     dests: tuple[DestConfig, ...] = ()
+    sorry: SorryServer | None = None
+    """``sorry_server`` / ``sorry_forwarding``: the fallback dest (never scheduled among ``dests``)."""
+    ops: bool = False
+    """One-packet scheduling (``ipvsadm --ops``, UDP only): every datagram scheduled on its own."""
 
     @property
     def proto(self) -> Proto:
@@ -92,6 +114,10 @@ class ServiceConfig:
     def fwd_of(self, dest: DestConfig) -> FwdMethod:
         """The dest's effective forwarding method."""
         return FORWARDS[dest.forward or self.forward]
+
+    def sorry_fwd(self) -> FwdMethod:
+        """The sorry server's forwarding method (its own, else the service's)."""
+        return FORWARDS[(self.sorry.forward if self.sorry is not None else None) or self.forward]
 
     def dest(self, address: str, port: int) -> DestConfig | None:
         return next((d for d in self.dests if d.address == address and d.port == port), None)

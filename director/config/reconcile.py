@@ -20,7 +20,7 @@ from typing import Protocol
 from director.config.model import Config, DestConfig, ServiceConfig, TimeoutsConfig
 from director.services.sched import registry
 from director.services.service import Dest, DestKey, ServiceTable, VirtualService
-from director.types import SvcFlags
+from director.types import FwdMethod, SvcFlags
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ def apply_to_services(cfg: Config, services: ServiceTable, *, down: Container[De
         else:
             _set_service(live, sc)
         _sync_dests(live, sc, down)
+        _sync_sorry(live, sc)
+    services.reindex()
 
 
 @functools.lru_cache(maxsize=256)
@@ -67,6 +69,10 @@ def _set_service(live: VirtualService, sc: ServiceConfig) -> None:
     live.name = sc.name
     live.expire_nodest_conn = sc.expire_nodest_conn
     live.expire_quiescent_template = sc.expire_quiescent_template
+    if sc.ops:
+        live.flags |= SvcFlags.ONEPACKET
+    else:
+        live.flags &= ~SvcFlags.ONEPACKET
     if sc.persistence is None:
         live.flags &= ~SvcFlags.PERSISTENT
     else:
@@ -101,7 +107,7 @@ def _sync_dests(live: VirtualService, sc: ServiceConfig, down: Container[DestKey
             log.info("config: service %s removing dest %s:%d", sc.name, _ip(dest.addr), dest.port)
             live.remove_dest(dest)
     for (daddr, dport), (dc, weight) in wanted.items():
-        fwd = sc.fwd_of(dc)
+        fwd = _fwd(daddr, sc.fwd_of(dc))
         found = live.find_dest(daddr, dport)
         if found is None:
             log.info("config: service %s adding dest %s", sc.name, dc.ident)
@@ -115,6 +121,24 @@ def _sync_dests(live: VirtualService, sc: ServiceConfig, down: Container[DestKey
         if (dest.weight, dest.u_threshold, dest.l_threshold) != (weight, dc.u_threshold, dc.l_threshold):
             log.info("config: service %s dest %s weight %d -> %d", sc.name, dc.ident, dest.weight, weight)
             live.edit_dest(dest, weight=weight, u_threshold=dc.u_threshold, l_threshold=dc.l_threshold)
+
+
+def _fwd(daddr: int, configured: FwdMethod) -> FwdMethod:
+    """A loopback dest is the director itself: IPVS's LOCALNODE (the packet path drops its conns)."""
+    return FwdMethod.LOCALNODE if daddr >> 24 == 127 else configured
+
+
+def _sync_sorry(live: VirtualService, sc: ServiceConfig) -> None:
+    """The sorry dest: kept while its address, port and forwarding stay (its conns with it), else
+    replaced (the old one's conns then drop like a removed dest's)."""
+    want, cur = sc.sorry, live.sorry
+    if want is None:
+        live.set_sorry(None)
+        return
+    fwd = _fwd(want.daddr, sc.sorry_fwd())
+    if cur is None or (cur.addr, cur.port, cur.fwd) != (want.daddr, want.port, fwd):
+        log.info("config: service %s sorry server %s", sc.name, want.ident)
+        live.set_sorry(Dest(live, want.daddr, want.port, fwd=fwd))
 
 
 class _TimeoutSetter(Protocol):

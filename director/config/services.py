@@ -6,8 +6,16 @@ Operators write YAML (``deploy/examples/services.yaml`` shows every field): ``ti
 tcpfin, udp, like ``ipvsadm --set``) and ``services``, each with name, protocol (tcp|udp), vip,
 port (0 = any, persistent only), scheduler (+ ``scheduler_options``, see
 ``director.services.sched.registry.OPTIONS``), persistence {timeout, netmask}, forward (nat|dr|tun, the
-dests' default), expire_nodest_conn, expire_quiescent_template and dests {address, port, weight,
-u_threshold, l_threshold, forward, healthcheck}.
+dests' default), expire_nodest_conn, expire_quiescent_template, sorry_server ("addr[:port]") with
+sorry_forwarding, ops (UDP one-packet scheduling) and dests {address, port, weight, u_threshold,
+l_threshold, forward, healthcheck}.
+
+Refused, each with its field named: ``ops`` on TCP or with persistence (as ipvsadm refuses them); a dest
+or sorry server at a VIP of the config (the director itself, IPVS's LOCALNODE, which a user-space
+director cannot hand to its node's stack; a loopback dest is accepted and dropped by the packet path
+as ``LOCALNODE``); a sorry server that is also a dest; a NAT dest of
+an ``ops`` service that is a NAT dest of another UDP service too (its replies, which match no entry, are
+translated by the dest's address and port: ``docs/DATAPLANE.md``, "One-packet scheduling").
 
 Text is read by ``director.config.loader.load_yaml`` (size, depth, alias and tag limits, duplicate
 keys refused, strict UTF-8) and checked field by field with ``director.config.validate`` into the
@@ -31,7 +39,7 @@ The rest of the package, re-exported here so callers need one import: ``director
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from director.config import validate as v
@@ -49,6 +57,7 @@ from director.config.model import (
     DestConfig,
     Persistence,
     ServiceConfig,
+    SorryServer,
     TimeoutsConfig,
 )
 from director.config.reconcile import apply_timeouts, apply_to_services
@@ -64,7 +73,8 @@ MAX_SNAPSHOT_BYTES = 16 << 20
 """All config texts of one etcd snapshot together."""
 
 _SERVICE_KEYS = ("name", "protocol", "vip", "port", "scheduler", "scheduler_options", "persistence",
-                 "forward", "expire_nodest_conn", "expire_quiescent_template", "dests")
+                 "forward", "expire_nodest_conn", "expire_quiescent_template", "dests", "sorry_server",
+                 "sorry_forwarding", "ops")
 _DEST_KEYS = ("address", "port", "weight", "u_threshold", "l_threshold", "forward", "healthcheck",
               "health")
 _OPTION_LIMIT = 2**31 - 1
@@ -72,7 +82,10 @@ MAX_SCHED_SLOTS = 1 << 26
 """Lookup-table slots of all sh/dh/mh schedulers together (8 bytes each: 512 MiB at most)."""
 _MH_DEFAULT_SLOTS = 65537
 _DEST_OK = ("loopback", "link-local")
-"""A dest may be on this node (IPVS's local-node dests) or on a link-local segment; not a VIP."""
+"""A dest may be on a link-local segment, or loopback: IPVS's local node, which the live service marks
+``FwdMethod.LOCALNODE`` and the packet path drops (``LOCALNODE``); health-checker tests use it."""
+_LOCALNODE = ("must not be the director itself (IPVS local node: a user-space director cannot hand "
+              "conns to its node's own stack); give a real server's address")
 
 
 def _items(d: Mapping[str, Any], key: str, path: str, errs: Errors, limit: int) -> list[Any]:
@@ -145,6 +158,42 @@ def _dest(raw: Any, path: str, svc_port: int, errs: Errors) -> DestConfig:
         healthcheck=_healthcheck(d, path, errs))
 
 
+def _sorry(d: Mapping[str, Any], path: str, svc_port: int, errs: Errors) -> SorryServer | None:
+    """``sorry_server: "addr[:port]"`` (port: the service's by default) and ``sorry_forwarding``."""
+    raw = d.get("sorry_server")
+    fwd = None if d.get("sorry_forwarding") is None else v.choice(d, "sorry_forwarding", path, errs,
+                                                                   FORWARDS, "nat")
+    if raw is None:
+        if fwd is not None:
+            errs.add(v.join(path, "sorry_forwarding"), "needs sorry_server")
+        return None
+    if not isinstance(raw, str) or len(raw) > 21:
+        errs.add(v.join(path, "sorry_server"), f"must be 'address' or 'address:port', got {v.excerpt(raw)}")
+        return None
+    host, sep, port_text = raw.rpartition(":")
+    if not sep:
+        host, port_text = raw, ""
+    address = v.ipv4({"sorry_server": host}, "sorry_server", path, errs, unicast=True, allow=_DEST_OK)
+    port = svc_port
+    if sep:
+        port = v.integer({"sorry_server": int(port_text) if port_text.isascii() and port_text.isdigit()
+                          and len(port_text) <= 5 else port_text},
+                         "sorry_server", path, errs, 0 if svc_port == 0 else 1, 65535, svc_port)
+    return SorryServer(address, port, fwd)
+
+
+def _ops(d: Mapping[str, Any], path: str, protocol: str, persistence: Persistence | None,
+         errs: Errors) -> bool:
+    """``ops``: UDP only and never with persistence, as ipvsadm refuses both."""
+    ops = v.boolean(d, "ops", path, errs, False)
+    if ops and protocol != "udp":
+        errs.add(v.join(path, "ops"), f"one-packet scheduling is for UDP services only (like ipvsadm "
+                 f"--ops), got protocol {protocol}")
+    if ops and persistence is not None:
+        errs.add(v.join(path, "ops"), "cannot be combined with persistence (like ipvsadm --ops)")
+    return ops
+
+
 def _service_body(d: Mapping[str, Any], name: str, path: str, errs: Errors) -> ServiceConfig:
     port = v.integer(d, "port", path, errs, 0, 65535, 1)
     persistence = _persistence(d.get("persistence"), v.join(path, "persistence"), errs)
@@ -155,13 +204,14 @@ def _service_body(d: Mapping[str, Any], name: str, path: str, errs: Errors) -> S
     dpath = v.join(path, "dests")
     dests = tuple(_dest(x, v.item(dpath, i), port, errs)
                   for i, x in enumerate(_items(d, "dests", path, errs, MAX_DESTS)))
+    protocol = v.choice(d, "protocol", path, errs, PROTOCOLS, "tcp")
     svc = ServiceConfig(
-        name=name, protocol=v.choice(d, "protocol", path, errs, PROTOCOLS, "tcp"),
+        name=name, protocol=protocol,
         vip=v.ipv4(d, "vip", path, errs, unicast=True), port=port, scheduler=scheduler,
         scheduler_options=opts, persistence=persistence, forward=forward,
         expire_nodest_conn=v.boolean(d, "expire_nodest_conn", path, errs, False),
         expire_quiescent_template=v.boolean(d, "expire_quiescent_template", path, errs, False),
-        dests=dests)
+        dests=dests, sorry=_sorry(d, path, port, errs), ops=_ops(d, path, protocol, persistence, errs))
     _check_dests(svc, path, errs)
     return svc
 
@@ -176,6 +226,16 @@ def _check_dests(svc: ServiceConfig, path: str, errs: Errors) -> None:
         if svc.fwd_of(dest) != FwdMethod.NAT and dest.port != svc.port:
             errs.add(v.join(dpath, "port"), f"must equal the service port {svc.port} with forward "
                      f"{svc.fwd_of(dest).name.lower()} (no port translation), got {dest.port}")
+    sorry = svc.sorry
+    if sorry is None:
+        return
+    spath = v.join(path, "sorry_server")
+    if (sorry.address, sorry.port) in seen:
+        errs.add(spath, f"must not be one of the dests, got {sorry.ident} "
+                 f"(also dests[{seen[(sorry.address, sorry.port)]}])")
+    if svc.sorry_fwd() != FwdMethod.NAT and sorry.port != svc.port:
+        errs.add(spath, f"port must equal the service port {svc.port} with forwarding "
+                 f"{svc.sorry_fwd().name.lower()} (no port translation), got {sorry.port}")
 
 
 def _service(raw: Any, path: str, errs: Errors, name: str | None = None) -> ServiceConfig:
@@ -213,7 +273,9 @@ def _sched_slots(svc: ServiceConfig) -> int:
 
 
 def _check_unique(services: Iterable[tuple[str, ServiceConfig]], errs: Errors) -> None:
-    """Names and (protocol, vip, port) unique; scheduler tables within ``MAX_SCHED_SLOTS``."""
+    """Names and (protocol, vip, port) unique; scheduler tables within ``MAX_SCHED_SLOTS``; no dest on
+    the director itself; ops NAT dests unambiguous."""
+    services = list(services)
     slots = 0
     names: dict[str, str] = {}
     keys: dict[tuple[int, int, int], str] = {}
@@ -229,6 +291,41 @@ def _check_unique(services: Iterable[tuple[str, ServiceConfig]], errs: Errors) -
     if slots > MAX_SCHED_SLOTS:
         errs.add("services", f"scheduler tables need {slots} slots together, more than {MAX_SCHED_SLOTS} "
                  "(use smaller mh table_size / sh, dh tab_bits, or fewer hashing services)")
+    _check_localnode(services, errs)
+    _check_ops_replies(services, errs)
+
+
+def _real_servers(path: str, svc: ServiceConfig) -> Iterator[tuple[str, str, int, FwdMethod]]:
+    """(field path, address, port, forwarding) of every dest of a service, the sorry server last."""
+    for i, d in enumerate(svc.dests):
+        yield v.join(v.item(v.join(path, "dests"), i), "address"), d.address, d.port, svc.fwd_of(d)
+    if svc.sorry is not None:
+        yield v.join(path, "sorry_server"), svc.sorry.address, svc.sorry.port, svc.sorry_fwd()
+
+
+def _check_localnode(services: list[tuple[str, ServiceConfig]], errs: Errors) -> None:
+    """A dest at a VIP of the config is the director itself (LOCALNODE): refused."""
+    vips = {svc.vip: path for path, svc in services}
+    for path, svc in services:
+        for field, address, _port, _fwd in _real_servers(path, svc):
+            if address in vips:
+                errs.add(field, f"{_LOCALNODE}, got {address} (the vip of {vips[address]})")
+
+
+def _check_ops_replies(services: Iterable[tuple[str, ServiceConfig]], errs: Errors) -> None:
+    """A NAT dest of an ops service answers without an entry: its (address, port) alone must name the
+    service, so it may be a NAT dest of no other UDP service."""
+    owner: dict[tuple[str, int], tuple[str, bool]] = {}
+    for path, svc in services:
+        if svc.protocol != "udp":
+            continue
+        for field, address, port, fwd in _real_servers(path, svc):
+            if fwd != FwdMethod.NAT:
+                continue
+            prev = owner.setdefault((address, port), (path, svc.ops))
+            if prev[0] != path and (prev[1] or svc.ops):
+                errs.add(field, f"{address}:{port} is also a NAT dest of {prev[0]}; a NAT dest of an ops "
+                         "service may serve no other UDP service (its replies match no entry)")
 
 
 def _load(text: str | bytes, path: str) -> Any:

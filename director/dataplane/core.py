@@ -19,11 +19,14 @@ a small method. The steps, in order:
    answers a client with ICMP time exceeded (rate-limited).
 4. **lookup**: from the inside ``out_get`` finds a NAT reply (OUTPUT); else ``in_get`` (INPUT), a hit
    whose dest was removed follows ``expire_nodest_conn``.
-5. **miss**: find the service; TCP needs a SYN (or ``sloppy_until > now``: mid-flow after a
-   takeover), UDP any datagram; persistent services look up the template
-   (``ct_in_get(caddr & netmask, 0, vaddr, vport or 0)`` + ``check_template``) and reuse its
-   dest, else the service's scheduler picks one (and a template is created); then the conn is
-   created and attached to its template (``control_add``), unless the defense refuses it (``gate``).
+5. **miss**: from the inside, a datagram from a NAT dest of a one-packet service (``ops``) has no
+   entry by design: ``services.ops_dest`` names its dest and its source goes back to the VIP
+   (``_ops_reply``). Else find the service (none, to a VIP: ``BYPASS``; to anything else:
+   ``NO_SERVICE``); TCP needs a SYN (or ``sloppy_until > now``: mid-flow after a takeover), UDP any
+   datagram; unless the defense refuses it (``gate``; never for ``ops``, which adds no entry),
+   :class:`director.dataplane.newconn.Scheduling` picks the dest (persistence template, scheduler,
+   then the sorry dest) and creates the conn (no usable dest and no sorry dest: ``BYPASS``); a
+   one-packet service's conn lives for this packet only.
 6. **state** (one sequence for both ways): ``director.table.proto_state.update``; an ESTABLISHED TCP
    conn hit by a plain ACK (a UDP datagram) whose timeout stays the same only needs its timer refreshed.
 7. **count** ``in_pkts`` and per-service / per-dest packets and bytes.
@@ -48,6 +51,7 @@ from collections.abc import Callable
 from director.dataplane.config import CoreConfig
 from director.dataplane.gate import NewConnGate
 from director.dataplane.neigh import EXT, INT, Action, Neighbours, NeighEvent
+from director.dataplane.newconn import Scheduling
 from director.dataplane.packet import (
     ETH_P_ARP,
     TH_ACK,
@@ -71,7 +75,7 @@ from director.dataplane.xmit import (
     nat_rewrite,
     tun_encap,
 )
-from director.services.service import Dest, ServiceTable, VirtualService
+from director.services.service import Dest, ServiceTable
 from director.table import proto_state
 from director.table.conn import Conn, ConnTable
 from director.table.tcp import Direction, TcpState
@@ -83,6 +87,7 @@ _MASQ = int(ConnFlags.MASQ)
 _FWD_MASK = int(ConnFlags.FWD_MASK)
 _TUNNEL = int(ConnFlags.TUNNEL)
 _DROUTE = int(ConnFlags.DROUTE)
+_LOCALNODE = int(ConnFlags.LOCALNODE)
 _AVAILABLE = int(DestFlags.AVAILABLE)
 _ESTABLISHED = int(TcpState.ESTABLISHED)
 _ACK_ONLY_MASK = TH_FIN | TH_SYN | TH_RST | TH_ACK
@@ -121,6 +126,7 @@ class Director:
         """The director's own interface MACs (set by the I/O layer): frames to them are its kernel's."""
         self.frags = FragTable()
         self.gate = NewConnGate(table, self.counters.counts)  # the defense: max_conns, drop_packet
+        self.sched = Scheduling(table, cfg, clock)
         self._ipid = 0
         self._icmp_window = 0.0
         self._icmp_sent = 0
@@ -158,6 +164,7 @@ class Director:
         guard, not_vmac, not_ip = self._guard, self._not_vmac, self._not_ip
         miss, nodest, ext_miss, neigh_miss, xmit_other = (self._miss, self._nodest, self._ext_miss,
                                                           self._neigh_miss, self._xmit_other)
+        ops_dest, ops_reply = self.services.ops_dest, self._ops_reply
         fast_unpack, ip_tail, ports, u16 = _FAST, _IP_TAIL, _PORTS, _U16
         ports_csum_udp, int_and = _PORTS_CSUM_UDP, _int_and
         fwd_mask, ack_only, th_ack, established = _FWD_MASK, _ACK_ONLY_MASK, TH_ACK, _ESTABLISHED
@@ -215,6 +222,8 @@ class Director:
                 way = way_in
                 conn = in_get(proto, saddr, sport, daddr, dport)
                 if conn is None:
+                    if side and ops_dest and (dest := ops_dest.get((proto, saddr, sport))) is not None:
+                        return ops_reply(frame, dest, (proto, saddr, sport, daddr, dport, l4, end, ttl, 0))
                     conn = miss(frame, side, (proto, saddr, sport, daddr, dport, l4, end, ttl, tflags))
                     if conn is None:
                         return None
@@ -306,13 +315,16 @@ class Director:
         """No entry: schedule and create one if this packet may open a conn; else count a drop."""
         proto, saddr, sport, daddr, dport, _l4, _end, _ttl, tflags = r
         svc = self.services.get(proto, daddr, dport)
-        if svc is None:
-            self._drops[Drop.NO_SERVICE] += 1
+        if svc is None:  # to a VIP: BYPASS (IPVS would pass it on to the VIP: that is us); else not ours
+            self._drops[Drop.BYPASS if self.services.is_vip(daddr) else Drop.NO_SERVICE] += 1
             return None
-        if proto == 6 and not self._may_open(tflags) or self.gate.refuse():
+        if proto == 6 and not self._may_open(tflags) or not svc.one_packet and self.gate.refuse():
             return None
-        conn = self._schedule(svc, proto, saddr, sport, daddr, dport)
-        if conn is not None and not side and saddr in self._ext_hdr:  # (unknown ones: learnt in handle)
+        conn = self.sched.conn(svc, proto, saddr, sport, daddr, dport)
+        if conn is None:
+            self._drops[Drop.BYPASS] += 1
+            return None
+        if not side and saddr in self._ext_hdr:  # (unknown ones: learnt in handle)
             self.nb.learn_client(saddr, bytes(frame[6:12]), self.clock())  # counts a MAC that disagrees
         return conn
 
@@ -326,43 +338,20 @@ class Director:
         self._drops[Drop.NO_CONN] += 1
         return False
 
-    def _schedule(self, svc: VirtualService, proto: int, caddr: int, cport: int, vaddr: int,
-                  vport: int) -> Conn | None:
-        """Pick a dest (persistence template first) and create the conn (ip_vs_schedule)."""
-        template: Conn | None = None
-        if svc.persistent:
-            template = self._template(svc, proto, caddr, cport, vaddr, vport)
-            dest = template.dest if template is not None else None
-        else:
-            dest = svc.scheduler.schedule(svc.dests, caddr, cport)
-        if dest is None:
-            self._drops[Drop.NO_DEST] += 1
-            return None
-        dport = dest.port or vport
-        conn = self.table.new(proto, caddr, cport, vaddr, vport, dest.addr, dport, dest.conn_flags, dest,
-                              control=template)
-        if template is not None:
-            self.table.refresh(template, svc.timeout)
-        dest.counters.conns += 1
-        svc.counters.conns += 1
-        return conn
-
-    def _template(self, svc: VirtualService, proto: int, caddr: int, cport: int, vaddr: int,
-                  vport: int) -> Conn | None:
-        """The persistence template of this client network (ip_vs_sched_persist); None: no dest."""
-        snet = caddr & svc.netmask
-        tvport = vport if svc.port else 0
-        table = self.table
-        ct = table.ct_in_get(proto, snet, 0, vaddr, tvport)
-        if ct is not None and ct.dest is not None and table.check_template(
-                ct, svc.expire_quiescent_template or self.cfg.expire_quiescent_template):
-            return ct
-        dest = svc.scheduler.schedule(svc.dests, caddr, cport)
-        if dest is None:
-            return None
-        tdport = dest.port if svc.port else 0
-        return table.new(proto, snet, 0, vaddr, tvport, dest.addr, tdport,
-                         ConnFlags.TEMPLATE | dest.conn_flags, dest, timeout=svc.timeout)
+    def _ops_reply(self, frame: bytearray, dest: Dest, r: IPv4Info) -> Action | None:
+        """A datagram from a NAT dest of a one-packet service, matching no entry: its source is
+        translated back to the service's VIP and port (``services.ops_dest``; docs/DATAPLANE.md)."""
+        proto, saddr, sport, caddr, _cport, l4, end, ttl, _ = r
+        svc = dest.svc
+        n = end - 14
+        for c in (dest.counters, svc.counters):
+            c.outpkts += 1
+            c.outbytes += n
+        hdr = self._ext_hdr.get(caddr) or self.nb.route(caddr)
+        if hdr is None:
+            return self._neigh_miss(EXT, self.nb.nexthop(caddr), None)
+        nat_rewrite(frame, hdr, ttl, l4, proto, 26, 0, saddr, svc.addr, sport, svc.port)
+        return EXT, frame
 
     def _nodest(self, frame: bytearray, side: int, conn: Conn, r: IPv4Info) -> Action | None:
         """The conn's dest was removed: drop; with expire_nodest_conn expire it and reschedule
@@ -384,17 +373,16 @@ class Director:
     # ---- transmitters other than NAT in ----------------------------------------------------
 
     def _xmit_other(self, frame: bytearray, conn: Conn, fwd: int, r: IPv4Info) -> Action | None:
-        ttl = r[7]
+        if fwd != _DROUTE and fwd != _TUNNEL:  # LOCALNODE (a loopback dest) / BYPASS: nowhere to send
+            self._drops[Drop.LOCALNODE if fwd == _LOCALNODE else Drop.BYPASS] += 1
+            return None
         hdr = self._int_hdr.get(conn.daddr)
         if hdr is None:
             return self._neigh_miss(INT, conn.daddr, conn.dest)
         if fwd == _DROUTE:
-            dr_rewrite(frame, hdr, ttl)
+            dr_rewrite(frame, hdr, r[7])
             return INT, frame
-        if fwd == _TUNNEL:
-            return self._tun(frame, conn, hdr, r)
-        self._drops[Drop.NO_DEST] += 1  # LOCALNODE / BYPASS: nothing to forward to
-        return None
+        return self._tun(frame, conn, hdr, r)
 
     def _tun(self, frame: bytearray, conn: Conn, hdr: bytes, r: IPv4Info) -> Action | None:
         end = r[6]

@@ -99,6 +99,7 @@ class Drop(IntEnum):
     DEFENSE_DROP = 25    # a new-conn packet dropped by the drop_packet defense (one in drop_rate)
     TABLE_FULL = 26      # a new-conn packet while the conn table holds defense.max_conns entries
     BYPASS = 27          # to a VIP, but no service for its port or no usable dest (and no sorry server)
+    LOCALNODE = 28       # a conn to a dest on the director itself (loopback): no local stack to hand it to
 
 
 class DropCounters:

@@ -7,6 +7,16 @@ its forwarding method. Addresses are ints (IPv4 fits in 32 bits; IPv6 in 128).
 
 The conn table and the packet path mutate the counters; the control plane (config, health checks)
 mutates weights and membership through the methods here so the scheduler is always told.
+
+A service may have a **sorry dest** (keepalived's ``sorry_server``): a ``Dest`` of the service that is
+not in ``dests`` (no scheduler ever sees it); the packet path sends a new conn there when the scheduler
+finds no usable dest. ``ServiceTable.find_dest`` finds it too, so a synced sorry conn binds to it.
+
+**One-packet services** (``SvcFlags.ONEPACKET``, UDP): ``ServiceTable.ops_dest`` maps the
+(protocol, address, port) of each NAT dest (and NAT sorry dest) of such a service to that dest, so a
+reply that matches no entry can still be translated back to its VIP; the map is rebuilt by ``add``,
+``remove`` and ``reindex`` (the config reconcile calls it after every change) and only ever grows stale
+toward dests that recently left, whose late replies it still translates.
 """
 
 from __future__ import annotations
@@ -119,6 +129,8 @@ class VirtualService:
     """Per-service expire_nodest_conn (set from the config; Linux has it as a sysctl)."""
     expire_quiescent_template: bool = False
     """Per-service expire_quiescent_template (set from the config; Linux has it as a sysctl)."""
+    sorry: Dest | None = None
+    """The sorry dest (keepalived ``sorry_server``): new conns go there when no dest is usable."""
 
     @property
     def key(self) -> SvcKey:
@@ -127,6 +139,19 @@ class VirtualService:
     @property
     def persistent(self) -> bool:
         return bool(self.flags & SvcFlags.PERSISTENT)
+
+    @property
+    def one_packet(self) -> bool:
+        """One-packet scheduling (``ipvsadm --ops``): no entry outlives its datagram."""
+        return bool(self.flags & SvcFlags.ONEPACKET)
+
+    def set_sorry(self, dest: Dest | None) -> None:
+        """Install (or clear) the sorry dest; a replaced one is no longer AVAILABLE (its conns drop
+        like a removed dest's)."""
+        old = self.sorry
+        if old is not None and old is not dest:
+            old.flags &= ~DestFlags.AVAILABLE
+        self.sorry = dest
 
     def find_dest(self, addr: int, port: int) -> Dest | None:
         for d in self.dests:
@@ -163,20 +188,47 @@ class ServiceTable:
     def __init__(self) -> None:
         self._by_addr: dict[tuple[int, int, int], VirtualService] = {}
         self._by_fwmark: dict[int, VirtualService] = {}
+        self._vips: dict[int, int] = {}  # vaddr -> services on it
+        self.ops_dest: dict[tuple[int, int, int], Dest] = {}
+        """(protocol, daddr, dport) -> NAT dest of a one-packet service (the module docstring); changed
+        in place only (the packet path holds it)."""
 
     def add(self, svc: VirtualService) -> None:
         if svc.fwmark:
             self._by_fwmark[svc.fwmark] = svc
         else:
             self._by_addr[(svc.protocol, svc.addr, svc.port)] = svc
+            self._vips[svc.addr] = self._vips.get(svc.addr, 0) + 1
+        self.reindex()
 
     def remove(self, svc: VirtualService) -> None:
         if svc.fwmark:
             self._by_fwmark.pop(svc.fwmark, None)
-        else:
-            self._by_addr.pop((svc.protocol, svc.addr, svc.port), None)
+        elif self._by_addr.pop((svc.protocol, svc.addr, svc.port), None) is not None:
+            n = self._vips.pop(svc.addr, 0) - 1
+            if n > 0:
+                self._vips[svc.addr] = n
         for d in svc.dests:
             d.flags &= ~DestFlags.AVAILABLE
+        svc.set_sorry(None)
+        self.reindex()
+
+    def reindex(self) -> None:
+        """Rebuild ``ops_dest`` from the one-packet services' NAT dests (after any change of their
+        dests, sorry dest or flags)."""
+        fresh: dict[tuple[int, int, int], Dest] = {}
+        for svc in self:
+            if svc.one_packet:
+                for d in (*svc.dests, *((svc.sorry,) if svc.sorry is not None else ())):
+                    if d.fwd == FwdMethod.NAT:
+                        fresh.setdefault((svc.protocol, d.addr, d.port), d)
+        if fresh != self.ops_dest:
+            self.ops_dest.clear()
+            self.ops_dest.update(fresh)
+
+    def is_vip(self, vaddr: int) -> bool:
+        """Some address-keyed service listens on ``vaddr`` (any protocol or port)."""
+        return vaddr in self._vips
 
     def get(self, protocol: int, vaddr: int, vport: int) -> VirtualService | None:
         """Service for a packet to vaddr:vport; a port-0 service matches any port (persistent port 0)."""
@@ -191,10 +243,16 @@ class ServiceTable:
     def find_dest(self, key: DestKey) -> Dest | None:
         proto, vaddr, vport, fwmark, daddr, dport = key
         svc = self._by_fwmark.get(fwmark) if fwmark else self._by_addr.get((proto, vaddr, vport))
-        return svc.find_dest(daddr, dport) if svc is not None else None
+        if svc is None:
+            return None
+        dest = svc.find_dest(daddr, dport)
+        sorry = svc.sorry
+        if dest is None and sorry is not None and sorry.addr == daddr and sorry.port == dport:
+            return sorry
+        return dest
 
     def vaddrs(self) -> set[int]:
-        return {s.addr for s in self._by_addr.values()}
+        return set(self._vips)
 
     def __iter__(self) -> Iterator[VirtualService]:
         yield from self._by_addr.values()

@@ -224,14 +224,18 @@ def test_non_syn_without_entry_is_dropped_unless_sloppy() -> None:
     assert drops(lab, Drop.NO_CONN) == 2
 
 
-def test_no_service_and_no_dest() -> None:
+def test_no_service_and_no_dest_are_bypass_and_not_a_vip_is_no_service() -> None:
     lab = make_lab()
-    assert send(lab, client_pkt("S", dport=81), EXT) is None
+    assert send(lab, client_pkt("S", dport=81), EXT) is None  # a VIP, but no service on this port
+    assert drops(lab, Drop.BYPASS) == 1
+    other = Ether(src=CLIENT_MAC, dst=VMAC) / IP(src="198.18.1.10", dst="198.18.0.99") / TCP(dport=80)
+    assert send(lab, other, EXT) is None  # not a VIP at all
     assert drops(lab, Drop.NO_SERVICE) == 1
     for d in list(lab.svc.dests):
         lab.svc.edit_dest(d, weight=0)
-    assert send(lab, client_pkt("S"), EXT) is None
-    assert drops(lab, Drop.NO_DEST) == 1
+    assert send(lab, client_pkt("S"), EXT) is None  # the service has no usable dest
+    assert drops(lab, Drop.BYPASS) == 2
+    assert drops(lab, Drop.NO_DEST) == 0
 
 
 # ---- persistence ------------------------------------------------------------------------------
