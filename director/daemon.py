@@ -67,6 +67,7 @@ from director.services.stats import StatsEstimator
 from director.table.conn import ConnTable
 from director.table.defense_policy import DefensePolicy, DefenseSettings, mode_of
 from director.table.events import ConnEvent, RawEvent, cook
+from director.workers.pool import WorkerPool
 from syncd.backup import SyncBackup
 from syncd.server import SyncServer, create_sync_server
 
@@ -154,7 +155,19 @@ class Node:
         self.director.gate.max_conns = self.defense.settings.max_conns
         self._rng = random.Random()
         # fenced until the election says otherwise: a fresh node never forwards on its own
-        self.dataplane = DataPlane(self.director, cfg.external, cfg.internal, master_until=None)
+        self.dataplane: DataPlane | WorkerPool = DataPlane(self.director, cfg.external, cfg.internal,
+                                                           master_until=None)
+        self.pool: WorkerPool | None = None
+        """``workers: N`` (N >= 2): the packet workers stand where the DataPlane stands; ``table`` is then
+        the replica of their shards (director.workers.pool)."""
+        if cfg.workers > 1:
+            self.pool = self.dataplane = WorkerPool(
+                cfg.workers, cfg.external, cfg.internal, self.core_cfg, self.table, self.services,
+                table_bits=cfg.table_bits, max_conns=self.defense.settings.max_conns,
+                stats_path=f"{cfg.events_file}.workers.json" if cfg.events_file else None,
+                drop_counts=self.director.counters.counts)
+            self.pool.on_worker = lambda kind, i, fields: self.events.write(kind, worker=i, **fields)
+            self.pool.on_fatal = self._workers_failed
         self.store = EtcdStore(list(cfg.etcd_endpoints), prefix=cfg.etcd_prefix, cluster=cfg.cluster)
         self.events = EventLog(cfg.events_file, cfg.node_id)
         self.estimator = StatsEstimator()
@@ -179,7 +192,7 @@ class Node:
                                     on_change=self._on_health_change)
         self.api = NodeAdmin(self)
         self.table.events.tap = self._tap_conn_events
-        self.backup.on_applied = self._tap_synced_events
+        self.backup.on_applied = self._tap_synced_events if self.pool is None else self._route_synced
         self.admin: Any = None
         self.metrics: MetricsServer | None = None
 
@@ -245,6 +258,20 @@ class Node:
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._resign_now()))
 
+    def _workers_failed(self, why: str) -> None:
+        """Workers keep crashing: this node cannot forward reliably; hand the mastership over."""
+        log.error("packet workers failing (%s): resigning", why)
+        self.events.write("workers_failed", why=why)
+        if self.elector is not None and self.elector.role is Role.MASTER:
+            self.dataplane.set_master_until(None)
+            asyncio.ensure_future(self._resign_now())
+
+    def _route_synced(self, events: list[ConnEvent]) -> None:
+        """Backup with workers: what sync applied to the replica goes to the owning workers too."""
+        if self.pool is not None:
+            self.pool.route_synced(events)
+        self._tap_synced_events(events)
+
     async def _resign_now(self) -> None:
         if self.elector is not None and self.elector.role is Role.MASTER:
             await self.elector.resign()
@@ -258,6 +285,8 @@ class Node:
             self.sync.set_epoch(epoch)
             self.sync.start_serving()
         self.director.sloppy_until = self.clock() + self.cfg.sloppy_grace
+        if self.pool is not None:
+            self.pool.set_active(True, self.director.sloppy_until)
         self.dataplane.send(self.director.set_active(True))
         self.events.write("forwarding", epoch=epoch)
         self._first_forward_task = asyncio.ensure_future(self._watch_first_forward(epoch))
@@ -267,6 +296,8 @@ class Node:
     def _stop_forwarding(self) -> None:
         was = self.director.active
         self.director.set_active(False)
+        if self.pool is not None:
+            self.pool.set_active(False)
         if self.sync is not None and self.sync.serving:
             self.sync.stop_serving()
         if self._first_forward_task is not None:
@@ -342,6 +373,8 @@ class Node:
             return
         apply_to_services(self.config, self.services, down=self.health.down_keys())
         self.backup.rebind_pending()
+        if self.pool is not None:
+            self.pool.push_config(self.config, self.health.down_keys())
 
     def _tap_conn_events(self, events: list[RawEvent]) -> None:
         """Conn events the sync master drained, for `directorctl watch` (only while someone watches)."""
@@ -393,14 +426,17 @@ class Node:
         d = self.defense.update(self.table.count, rss_bytes(), now)
         self.director.gate.todrop.set_rate(d.drop_rate)
         self.core_cfg.timeouts.secure_tcp = d.secure_tcp
-        if d.drop_entry and self.director.active:
+        if self.pool is not None:  # the workers' tables are the real ones; random_drop stays per worker
+            self.pool.push_defense(d.drop_rate, d.secure_tcp)
+        elif d.drop_entry and self.director.active:
             self.defense.note_random_drop(self.table.random_drop(self._rng))
 
     async def _timer_loop(self) -> None:
         """Conn timers, neighbour probes, defense. Sleeps until the table's next deadline (at most 100 ms)."""
         last_probe = last_neigh = last_defense = 0.0
         while True:
-            self.table.tick()
+            if self.pool is None:  # a replica of the workers' shards is never ticked (pool docstring)
+                self.table.tick()
             now = self.clock()
             if now - last_defense >= 1.0:
                 last_defense = now

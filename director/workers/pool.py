@@ -362,7 +362,10 @@ class WorkerPool:
         out: list[int] = []
         for r in self.per_worker:
             d = r.get("drops") or []
-            out = [a + b for a, b in zip(out, d, strict=True)] if out else list(d)
+            if d and out and len(d) == len(out):
+                out = [a + b for a, b in zip(out, d, strict=True)]
+            elif d and not out:
+                out = list(d)
         return out
 
     def close(self) -> None:

@@ -216,10 +216,8 @@ class Worker:
         d, plane, table = self.director, self.plane, self.table
         assert d is not None and plane is not None and table is not None
         d.sloppy_until = sloppy_until
-        acts = d.set_active(on)
+        d.set_active(on)  # its gratuitous ARPs: the parent's ``send`` (through worker 0)
         table.hold_synced(not on)
-        if on and self.index == 0:
-            plane.send(acts)
 
     def _synced(self, updates: list[Update]) -> None:
         table, applier = self.table, self.applier
@@ -241,6 +239,7 @@ class Worker:
             "services": {s.key: (tuple(s.counters.as_dict().values()),
                                  {x.key: tuple(x.counters.as_dict().values()) for x in s.dests})
                          for s in d.services},
+            "forwarded": sum(s.counters.inpkts + s.counters.outpkts for s in d.services),
             "drops": list(d.counters.counts), "conns": d.table.count, "active": d.active,
             "rx_frames": list(plane.rx_frames), "ring_packets": packets, "ring_drops": drops,
             "handler_errors": plane.handler_errors, "tx_errors": plane.tx_errors,

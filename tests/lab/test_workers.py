@@ -1,0 +1,161 @@
+"""directord with `workers: 2` in the lab: two packet worker processes per node (director.workers).
+
+Each test builds its own uniquely named lab with real etcd. The node writes its per-worker counters to
+``<events file>.workers.json`` once a second (director.workers.pool); the tests read them to see which
+worker forwarded. Conditions are polled with generous deadlines; nothing asserts a duration.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploy.cluster import LabCluster, NodeProc, wait_for
+from deploy.drill import services_yaml as drill_services
+from deploy.lab import VIP_NAT, Lab, new_name, real_addr
+from director.dataplane.io.shard import shard_of
+from tests.lab.clusterenv import ClusterEnv
+
+pytestmark = [pytest.mark.lab, pytest.mark.etcd]
+
+WORKERS = "workers: 2"
+SLASH24 = 0xFFFFFF00
+
+
+def web_yaml(persistence: str = "") -> str:
+    dests = "\n".join(f"      - {{address: {real_addr(i)}, port: 80, weight: 1}}" for i in (1, 2, 3))
+    return (f"timeouts: {{tcp: 900, tcpfin: 120, udp: 300}}\nservices:\n  - name: web\n    protocol: tcp\n"
+            f"    vip: {VIP_NAT}\n    port: 80\n    scheduler: rr\n    forward: nat\n{persistence}"
+            f"    dests:\n{dests}\n")
+
+
+def worker_stats(node: NodeProc) -> list[dict[str, Any]]:
+    path = Path(f"{node.events}.workers.json")
+    try:
+        rows: list[dict[str, Any]] = json.loads(path.read_text())["workers"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return []
+    return rows
+
+
+def forwarded(row: dict[str, Any]) -> int:
+    """Packets the worker forwarded for a virtual service (both directions)."""
+    return int(row.get("forwarded", 0))
+
+
+def http_gets(lab: Lab, sources: list[str], each: int) -> dict[str, list[str]]:
+    """`each` HTTP GETs to the VIP from every client address; the real servers that answered."""
+    code = (
+        "import http.client, json\n"
+        "out = {}\n"
+        f"for src in {sources!r}:\n"
+        "    names = []\n"
+        f"    for _ in range({each}):\n"
+        f"        c = http.client.HTTPConnection({VIP_NAT!r}, 80, timeout=10, source_address=(src, 0))\n"
+        "        c.request('GET', '/')\n"
+        "        names.append(c.getresponse().read().decode().strip())\n"
+        "        c.close()\n"
+        "    out[src] = names\n"
+        "print(json.dumps(out))\n"
+    )
+    res = lab.run_python(lab.client.ns, code, timeout=120)
+    got: dict[str, list[str]] = json.loads(res.stdout.strip().splitlines()[-1])
+    return got
+
+
+@pytest.fixture
+def single() -> Iterator[tuple[Lab, LabCluster]]:
+    lab = Lab(new_name(), n_directors=1, n_reals=3)
+    cluster = LabCluster(lab, n_nodes=1, node_extra=WORKERS)
+    try:
+        yield lab, cluster
+    finally:
+        cluster.close()
+        lab.down()
+
+
+def _ready_workers(cluster: LabCluster, node: NodeProc) -> None:
+    wait_for("both workers ready", lambda: len({e["worker"] for e in cluster.current_events(node)
+                                                if e["event"] == "worker_ready"}) == 2, 60)
+
+
+def test_two_workers_forward_nat_and_each_takes_its_share_of_the_clients(
+        single: tuple[Lab, LabCluster]) -> None:
+    lab, cluster = single
+    node = cluster.bring_up(web_yaml())
+    _ready_workers(cluster, node)
+    sources = lab.client_sources()
+    got = http_gets(lab, sources, 3)
+    assert all(len(names) == 3 and all(names) for names in got.values()), got
+    expected = {shard_of(int(ipaddress.IPv4Address(s)), 0xFFFFFFFF, 2) for s in sources}
+    assert expected == {0, 1}  # the lab's client addresses fall into both shards
+
+    def both_forwarded() -> list[dict[str, Any]] | None:
+        rows = worker_stats(node)
+        return rows if len(rows) == 2 and all(forwarded(r) > 0 for r in rows) else None
+
+    rows = wait_for("both workers to report forwarded frames", both_forwarded, 30)
+    assert len({r["pid"] for r in rows}) == 2
+    assert all(r["handler_errors"] == 0 for r in rows)
+
+
+def test_persistence_scope_stays_on_one_worker_and_one_dest(single: tuple[Lab, LabCluster]) -> None:
+    lab, cluster = single
+    node = cluster.bring_up(web_yaml("    persistence: {timeout: 300, netmask: 255.255.255.0}\n"))
+    _ready_workers(cluster, node)
+    sources = lab.client_sources()
+    # without the mask these clients would be spread over both workers
+    assert {shard_of(int(ipaddress.IPv4Address(s)), 0xFFFFFFFF, 2) for s in sources} == {0, 1}
+    got = http_gets(lab, sources, 2)
+    answered = {name for names in got.values() for name in names}
+    assert len(answered) == 1, got  # one /24 template: every later conn of the scope finds it
+    owner = shard_of(int(ipaddress.IPv4Address(sources[0])), SLASH24, 2)
+
+    def owner_only() -> list[dict[str, Any]] | None:
+        rows = worker_stats(node)
+        return rows if len(rows) == 2 and forwarded(rows[owner]) > 0 else None
+
+    rows = wait_for("the scope's worker to report forwarded frames", owner_only, 30)
+    assert forwarded(rows[1 - owner]) == 0
+
+
+@pytest.fixture
+def pair() -> Iterator[ClusterEnv]:
+    lab = Lab(new_name(), n_directors=2, n_reals=3)
+    cluster = LabCluster(lab, n_nodes=2, node_extra=WORKERS)
+    env = ClusterEnv(lab, cluster, 30)
+    try:
+        cluster.bring_up(drill_services(3))
+        yield env
+    finally:
+        if env.traffic is not None:
+            env.traffic.stop()
+        cluster.close()
+        lab.down()
+
+
+def test_crashed_master_with_two_workers_is_replaced_by_a_backup_with_two_workers(pair: ClusterEnv) -> None:
+    """Sync from both workers of the master reaches the backup's workers: the kill keeps every stream."""
+    c = pair.cluster
+    master, backup, new_ok = pair.roles_under_traffic()
+    c.wait_in_sync(backup)
+
+    def backup_workers_hold_the_streams() -> bool:
+        rows = worker_stats(backup)
+        return len(rows) == 2 and all(r["conns"] > 0 for r in rows) and sum(r["conns"] for r in rows) >= 30
+
+    # the synced entries reached the backup's workers, each its own shard, before anything fails
+    wait_for("the backup's workers to hold the synced streams", backup_workers_hold_the_streams, 60)
+    t_kill = c.kill_node(master)
+    pair.kills.setdefault(master.node_id, []).append(t_kill)
+    wait_for("the backup to take over", lambda: c.is_forwarding(backup), 60)
+    end = pair.settle(new_ok)
+    pair.assert_clean(end)
+    assert pair.no_split_brain()
+    rows = worker_stats(backup)
+    assert len(rows) == 2 and all(forwarded(r) > 0 for r in rows), rows
