@@ -12,7 +12,10 @@ are ignored.
     CANDIDATE --granted--> CAMPAIGN: txn "create leader key if absent" with that lease
     CANDIDATE --won--> MASTER: START_FORWARDING(epoch = revision of the create)
     CANDIDATE --lost--> BACKUP: REVOKE the unused lease, follow the winner's record
-    MASTER: RENEW every TTL/3 (a keepalive, its deadline bounded by the step-down time)
+    MASTER: RENEW every TTL/3 (a keepalive, its deadline bounded by the step-down time),
+            TOUCH every window/3 (txn: rewrite the key if it still has our lease and epoch)
+    BACKUP --master's record untouched for its window + margin, promise lapsed-->
+            DELETE_STALE (txn: delete the key if its mod revision is still the one seen)
     MASTER --no renewal for TTL - margin--> STEPPED_DOWN(uncertain): STOP_FORWARDING
     MASTER --key gone / held by another lease / lease gone--> BACKUP: STOP_FORWARDING
     STEPPED_DOWN(uncertain) --renewal ok + key still ours--> MASTER (same epoch)
@@ -29,6 +32,16 @@ keeps trying to renew the same lease; if etcd answers that it is still alive (et
 restarted: leases are extended when it comes back) and the key still carries our lease
 and epoch, it resumes with the same epoch instead of starting an election.
 
+Touches (fast takeover when a master host is lost): etcd expires a lease up to 0.5 s late (its
+lessor scans twice a second), so waiting for the key to vanish makes host-loss takeover TTL + 0..0.5 s.
+Instead the master declares a ``touch_window`` W in its record and rewrites the key every W/3; it
+forwards only until ``send time of its last acknowledged touch + W`` (and its lease, and promises).
+A backup that saw no new mod revision for W + `stale_margin` on its own clock (the touch it saw was
+sent before it saw it) and whose own promise lapsed deletes the key in a txn guarded by that revision:
+if the master touched in between, the txn fails; if not, the master's window has passed, and its next
+touch fails its compare. Then the normal campaign runs. A record without ``touch_window`` (an older
+master) is never deleted this way. See docs/HA.md.
+
 Readiness gate: a node campaigns only when `set_ready(True)` was fed (the daemon says
 so when its table has applied the current master's snapshot, or no master ever existed).
 Priority preemption (off by default): a ready backup with a higher priority than the
@@ -42,102 +55,15 @@ The adapter `Elector` (and `NodeInfo`, `RoleChange`, `Membership`) lives in
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
-from enum import Enum, IntEnum
-from typing import Any
 
+from director.cluster.leader import Act, Action, ElectionParams, LeaderRecord, LeaseState, Role, Why
 from director.cluster.promises import Promises
 
+__all__ = ["Act", "Action", "ElectionMachine", "ElectionParams", "LeaderRecord", "Role", "Why"]
+
 log = logging.getLogger(__name__)
-
-
-class Role(IntEnum):
-    BACKUP = 0
-    CANDIDATE = 1
-    MASTER = 2
-    STEPPED_DOWN = 3
-    STOPPED = 4
-
-
-class Why(Enum):
-    """Why the machine is in STEPPED_DOWN."""
-
-    NONE = "none"
-    UNCERTAIN = "uncertain"  # could not renew in time; the lease may still be alive
-    RESIGNED = "resigned"
-
-
-class Act(Enum):
-    GRANT_LEASE = "grant_lease"  # -> lease_granted / lease_failed
-    CAMPAIGN = "campaign"  # txn create-if-absent -> txn_won / txn_lost / txn_failed
-    RENEW = "renew"  # keepalive -> renew_ok / renew_failed
-    VERIFY = "verify"  # read the leader key -> leader_observed / verify_failed
-    REVOKE = "revoke"  # best effort, no answer expected
-    START_FORWARDING = "start_forwarding"
-    STOP_FORWARDING = "stop_forwarding"
-    REQUEST_HANDOVER = "request_handover"  # preemption: ask the master to hand over to us
-
-
-@dataclass(frozen=True)
-class Action:
-    act: Act
-    lease_id: int = 0
-    epoch: int = 0
-    timeout: float = 0.0
-
-
-@dataclass(frozen=True)
-class LeaderRecord:
-    """The value of the leader key.  `epoch` is the key's create revision, `lease` its lease."""
-
-    node_id: str
-    sync_addr: str = ""
-    admin_addr: str = ""
-    epoch: int = 0
-    lease: int = 0
-    priority: int = 0
-
-    def to_json(self) -> str:
-        return json.dumps({"node_id": self.node_id, "sync_addr": self.sync_addr,
-                           "admin_addr": self.admin_addr, "epoch": self.epoch,
-                           "priority": self.priority}, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, raw: bytes | str, *, epoch: int, lease: int) -> LeaderRecord:
-        """Parse a leader value; epoch and lease come from the key's metadata."""
-        try:
-            obj: Any = json.loads(raw)
-        except ValueError:
-            obj = None
-        if not isinstance(obj, dict):
-            log.warning("leader key holds non-JSON value %r", raw[:80])
-            return cls(node_id="?", epoch=epoch, lease=lease)
-        return cls(node_id=str(obj.get("node_id", "?")), sync_addr=str(obj.get("sync_addr", "")),
-                   admin_addr=str(obj.get("admin_addr", "")), epoch=epoch, lease=lease,
-                   priority=int(obj.get("priority", 0) or 0))
-
-
-@dataclass(frozen=True)
-class ElectionParams:
-    ttl: float = 1.0  # requested; the granted TTL (lease_granted) is what counts
-    margin: float = 0.2  # step down this long before the lease could expire
-    retry: float = 0.1  # delay before retrying a failed renew / campaign / grant
-    resign_holdoff: float = 2.0  # after resign: no campaign until a new master or this passes
-    priority: int = 0
-    preempt: bool = False
-    node_id: str = ""  # only used to recognise our own handover requests
-
-
-@dataclass
-class _Lease:
-    lease_id: int = 0
-    ttl: float = 0.0
-    sent_at: float = 0.0  # send time of the grant request
-    last_ok_sent: float = 0.0  # send time of the last successful keepalive (or the grant)
-    step_down_at: float = 0.0
-    next_renew_at: float = 0.0
 
 
 @dataclass
@@ -151,7 +77,7 @@ class ElectionMachine:
     observed: bool = False  # the leader key has been read at least once
     ready: bool = False
     epoch: int = 0
-    lease: _Lease = field(default_factory=_Lease)
+    lease: LeaseState = field(default_factory=LeaseState)
     not_before: float = 0.0  # no campaign before this time
     retry_at: float = 0.0  # CANDIDATE: retry the txn at this time
     stepped_down_at: float | None = None  # when forwarding last stopped (for safety checks)
@@ -160,6 +86,10 @@ class ElectionMachine:
     handover_asked: int = 0  # epoch of the master we last asked to hand over to us
     promises: Promises = field(default_factory=Promises)
     reacquiring: bool = False  # MASTER on promises whose lease is gone: winning the key back
+    seen_revision: int = 0  # backup: the leader key's mod revision last observed ...
+    seen_at: float = 0.0  # ... and when it was first seen
+    stale_retry_at: float = 0.0  # backup: no DELETE_STALE before this (the last one failed)
+    stale_deleted: int = 0  # stale leader keys this node deleted
 
     def __post_init__(self) -> None:
         self.promises.node_id = self.params.node_id
@@ -200,10 +130,16 @@ class ElectionMachine:
         if self.role in (Role.MASTER, Role.STEPPED_DOWN) and self.lease.lease_id \
                 and Act.RENEW not in self.pending:
             times.append(self.lease.next_renew_at)
+        if self._touching() and Act.TOUCH not in self.pending:
+            times.append(self.lease.next_touch_at)
         if self.role is Role.STEPPED_DOWN and self.why is Why.RESIGNED:
             times.append(self.not_before)
         if self.role is Role.BACKUP and self._could_campaign():
             times.append(max(self.not_before, self.promises.next_change(self.not_before) or 0.0))
+        elif self.role is Role.BACKUP and (stale := self._stale_at()) is not None \
+                and Act.DELETE_STALE not in self.pending:
+            times.append(max(self.not_before, stale, self.stale_retry_at,
+                             self.promises.next_change(self.not_before) or 0.0))
         if self.role is Role.CANDIDATE and self.lease.lease_id and Act.CAMPAIGN not in self.pending:
             times += [self.retry_at, self.lease.step_down_at]
         return min(times) if times else None
@@ -220,8 +156,18 @@ class ElectionMachine:
         return self.promises.master_deadline(self._lease_deadline())
 
     def _lease_deadline(self) -> float:
-        """The current lease's step-down time; while winning the key back, the last one we had."""
-        return self.lease.step_down_at if self.lease.lease_id else self.promises.last_lease_deadline
+        """The current lease's step-down time, bounded by the touch window; while winning the key
+        back, the last one we had."""
+        ls = self.lease
+        if not ls.lease_id:
+            return self.promises.last_lease_deadline
+        w = self.touch_window()
+        return min(ls.step_down_at, ls.touch_ok_sent + w) if w else ls.step_down_at
+
+    def touch_window(self) -> float:
+        """Seconds a master forwards after the send time of its last acknowledged touch (the
+        promise its leader record declares); 0 when touching is off."""
+        return self.params.touch * (self.lease.ttl or self.params.ttl)
 
     # -- promises (static stability, see director.cluster.promises) ---------------------
     def promises_granted(self, now: float, until: float, required: frozenset[str]) -> list[Action]:
@@ -260,16 +206,17 @@ class ElectionMachine:
     # -- campaign results ------------------------------------------------------------
     def lease_granted(self, now: float, lease_id: int, ttl: float, sent_at: float) -> list[Action]:
         self.pending.discard(Act.GRANT_LEASE)
-        fresh = _Lease(lease_id, ttl, sent_at, sent_at, sent_at + ttl - self.params.margin, sent_at + ttl / 3)
+        fresh = LeaseState(lease_id, ttl, sent_at, sent_at, sent_at + ttl - self.params.margin,
+                           sent_at + ttl / 3, touch_ok_sent=sent_at)
         if self.role is Role.MASTER and self.reacquiring and not self.lease.lease_id:
             self.lease = fresh
-            return self._campaign()
+            return self._campaign(now)
         if self.role is not Role.CANDIDATE or self.lease.lease_id:
             return [Action(Act.REVOKE, lease_id)]
         self.lease = fresh
         if self.master is not None:
             return self._abandon_candidacy(now)
-        return self._campaign()
+        return self._campaign(now)
 
     def lease_failed(self, now: float) -> list[Action]:
         self.pending.discard(Act.GRANT_LEASE)
@@ -326,11 +273,78 @@ class ElectionMachine:
         ls.last_ok_sent = max(ls.last_ok_sent, sent_at)
         ls.step_down_at = max(ls.step_down_at, sent_at + ttl - self.params.margin)
         ls.next_renew_at = max(ls.next_renew_at, sent_at + ls.ttl / 3)
-        if self.role is Role.STEPPED_DOWN and self.why is Why.UNCERTAIN and now < ls.step_down_at \
+        return self._maybe_verify(now)
+
+    def _maybe_verify(self, now: float) -> list[Action]:
+        """STEPPED_DOWN(uncertain) and the lease and touches are fresh again: read the key to resume."""
+        if self.role is Role.STEPPED_DOWN and self.why is Why.UNCERTAIN and now < self._lease_deadline() \
                 and Act.VERIFY not in self.pending:
             self.pending.add(Act.VERIFY)
-            return [Action(Act.VERIFY, lease_id)]
+            return [Action(Act.VERIFY, self.lease.lease_id)]
         return []
+
+    # -- touches (master) and stale keys (backup) ------------------------------------------
+    def touch_ok(self, now: float, lease_id: int, sent_at: float) -> list[Action]:
+        """Our touch txn committed: the key still carries our lease and epoch."""
+        self.pending.discard(Act.TOUCH)
+        ls = self.lease
+        if lease_id != ls.lease_id or not lease_id:
+            return []
+        ls.touch_ok_sent = max(ls.touch_ok_sent, sent_at)
+        ls.next_touch_at = max(ls.next_touch_at, sent_at + self.touch_window() / 3)
+        return self._maybe_verify(now)
+
+    def touch_failed(self, now: float, lease_id: int) -> list[Action]:
+        self.pending.discard(Act.TOUCH)
+        if lease_id == self.lease.lease_id:
+            self.lease.next_touch_at = now + self.params.retry
+        return []
+
+    def touch_lost(self, now: float, lease_id: int, record: LeaderRecord | None) -> list[Action]:
+        """The touch txn's compare failed: the key is gone or someone else's."""
+        self.pending.discard(Act.TOUCH)
+        if lease_id != self.lease.lease_id:
+            return []
+        return self.leader_observed(now, record)
+
+    def stale_done(self, now: float, deleted: bool) -> list[Action]:
+        """Our DELETE_STALE txn finished (the watch reports what the key is now)."""
+        self.pending.discard(Act.DELETE_STALE)
+        if deleted:
+            self.stale_deleted += 1
+        else:
+            self.stale_retry_at = now + self.params.retry
+        return self._maybe_campaign(now) if self.role is Role.BACKUP else []
+
+    def _touching(self) -> bool:
+        return (self.role in (Role.MASTER, Role.STEPPED_DOWN) and bool(self.lease.lease_id)
+                and bool(self.epoch) and not self.reacquiring and self.touch_window() > 0)
+
+    def _maybe_touch(self, now: float) -> list[Action]:
+        if not self._touching() or Act.TOUCH in self.pending or now < self.lease.next_touch_at:
+            return []
+        self.pending.add(Act.TOUCH)
+        return [Action(Act.TOUCH, self.lease.lease_id, self.epoch, timeout=self.touch_window() / 2)]
+
+    def _stale_at(self) -> float | None:
+        """Backup: when the current master's record goes stale (its touch promise lapsed), if it
+        declared one and we could take its place then."""
+        m = self.master
+        if m is None or not m.touch_window or not self.ready or not self.observed:
+            return None
+        return self.seen_at + m.touch_window + self.params.stale_margin
+
+    def _maybe_delete_stale(self, now: float) -> list[Action]:
+        stale = self._stale_at()
+        if stale is None or now < max(stale, self.not_before, self.stale_retry_at) \
+                or Act.DELETE_STALE in self.pending \
+                or not self.promises.may_campaign(now):
+            return []
+        assert self.master is not None
+        log.warning("leader key of %s untouched for %.2fs (its window %.2fs): deleting it",
+                    self.master.node_id, now - self.seen_at, self.master.touch_window)
+        self.pending.add(Act.DELETE_STALE)
+        return [Action(Act.DELETE_STALE, revision=self.seen_revision, timeout=max(0.5, self.params.ttl))]
 
     def renew_failed(self, now: float, lease_id: int) -> list[Action]:
         self.pending.discard(Act.RENEW)
@@ -347,7 +361,7 @@ class ElectionMachine:
         acts = self._stop_forwarding(now) if self.role is Role.MASTER else []
         if self.master is not None and self.master.lease == lease_id:
             self.master = None
-        self.lease = _Lease()
+        self.lease = LeaseState()
         self._to_backup()
         return acts + self._maybe_campaign(now)
 
@@ -356,12 +370,18 @@ class ElectionMachine:
         return []
 
     # -- observations of the leader key ----------------------------------------------
-    def leader_observed(self, now: float, record: LeaderRecord | None) -> list[Action]:
+    def leader_observed(self, now: float, record: LeaderRecord | None, *,
+                        fresh: bool = False) -> list[Action]:
+        """The leader key as read or watched. `fresh`: a (re)read after the watch was down, so we
+        may have missed touches: its staleness counts from now, plus a TTL of grace."""
         self.pending.discard(Act.VERIFY)
         self.observed = True
         ours = record is not None and bool(self.lease.lease_id) and record.lease == self.lease.lease_id
         if record is not None:
             self.promises.leader_seen_at = now
+            if fresh or record.revision != self.seen_revision:
+                self.seen_revision = record.revision
+                self.seen_at = now + (self.params.ttl if fresh else 0.0)
         if self.role is Role.MASTER and record is None and (self.reacquiring or self._on_promises(now)):
             self.master = None
             return [] if self.reacquiring else self._start_reacquire(now)
@@ -404,7 +424,7 @@ class ElectionMachine:
         self.reacquiring = False
         if self.master is not None and self.master.lease == self.lease.lease_id:
             self.master = None
-        self.lease = _Lease()
+        self.lease = LeaseState()
         self.pending.clear()
         self.role, self.why = Role.STEPPED_DOWN, Why.RESIGNED
         self.not_before = now + self.params.resign_holdoff
@@ -420,12 +440,14 @@ class ElectionMachine:
         return self.observed and self.master is None and self.ready
 
     def _maybe_campaign(self, now: float) -> list[Action]:
+        if self.master is not None:
+            return self._maybe_delete_stale(now)
         if not self._could_campaign() or now < self.not_before or Act.GRANT_LEASE in self.pending:
             return []
         if not self.promises.may_campaign(now):
             return []
         self.role, self.why = Role.CANDIDATE, Why.NONE
-        self.lease = _Lease()
+        self.lease = LeaseState()
         self.pending.add(Act.GRANT_LEASE)
         return [Action(Act.GRANT_LEASE, timeout=max(self.params.ttl, 0.5))]
 
@@ -440,28 +462,30 @@ class ElectionMachine:
         self.handover_asked = ldr.epoch  # once per master term
         return [Action(Act.REQUEST_HANDOVER, epoch=ldr.epoch)]
 
-    def _campaign(self) -> list[Action]:
+    def _campaign(self, now: float) -> list[Action]:
+        # the create is a write backups see: as good as a touch sent now (the adapter sends at once)
+        self.lease.touch_ok_sent = max(self.lease.touch_ok_sent, now)
         self.pending.add(Act.CAMPAIGN)
         return [Action(Act.CAMPAIGN, self.lease.lease_id, timeout=self._rpc_timeout())]
 
     def _candidate_tick(self, now: float) -> list[Action]:
         if not self.lease.lease_id:
             return []
-        if now >= self.lease.step_down_at and Act.CAMPAIGN not in self.pending:
+        if now >= self._lease_deadline() and Act.CAMPAIGN not in self.pending:
             return self._abandon_candidacy(now)  # too slow: the lease may be gone by the time we win
         if Act.CAMPAIGN not in self.pending and now >= self.retry_at:
-            return self._campaign()
+            return self._campaign(now)
         return []
 
     def _abandon_candidacy(self, now: float) -> list[Action]:
         acts = [Action(Act.REVOKE, self.lease.lease_id)] if self.lease.lease_id else []
-        self.lease = _Lease()
+        self.lease = LeaseState()
         self._to_backup()
         return acts + self._maybe_campaign(now)
 
     def _win(self, now: float, epoch: int) -> list[Action]:
         self.epoch = epoch
-        if now >= self.lease.step_down_at:
+        if now >= self._lease_deadline():
             self.role, self.why = Role.STEPPED_DOWN, Why.UNCERTAIN
             return self._maybe_renew(now)
         self.role, self.why = Role.MASTER, Why.NONE
@@ -481,7 +505,7 @@ class ElectionMachine:
         log.warning("lease gone while forwarding on promises; winning the leader key back")
         self.reacquiring = True
         self.promises.last_lease_deadline = self._lease_deadline()
-        self.lease = _Lease()
+        self.lease = LeaseState()
         self.pending.discard(Act.RENEW)
         self.pending.add(Act.GRANT_LEASE)
         return [Action(Act.GRANT_LEASE, timeout=max(self.params.ttl, 0.5))]
@@ -493,7 +517,7 @@ class ElectionMachine:
             self.pending.add(Act.GRANT_LEASE)
             return [Action(Act.GRANT_LEASE, timeout=max(self.params.ttl, 0.5))]
         if Act.CAMPAIGN not in self.pending and now >= self.retry_at:
-            return self._campaign()
+            return self._campaign(now)
         return self._maybe_renew(now)
 
     def _lose(self, now: float) -> list[Action]:
@@ -502,17 +526,17 @@ class ElectionMachine:
         acts = self._stop_forwarding(now)
         if self.lease.lease_id:
             acts.append(Action(Act.REVOKE, self.lease.lease_id))
-        self.lease = _Lease()
+        self.lease = LeaseState()
         self._to_backup()
         return acts + self._maybe_campaign(now)
 
     def _reclaim_or_lose(self, now: float, ours: bool) -> list[Action]:
         if not ours:
             acts = [Action(Act.REVOKE, self.lease.lease_id)] if self.lease.lease_id else []
-            self.lease = _Lease()
+            self.lease = LeaseState()
             self._to_backup()
             return acts + self._maybe_campaign(now)
-        if now < self.lease.step_down_at and self.master is not None and self.master.epoch == self.epoch:
+        if now < self._lease_deadline() and self.master is not None and self.master.epoch == self.epoch:
             log.info("lease survived; resuming mastership, epoch %d", self.epoch)
             self.role, self.why = Role.MASTER, Why.NONE
             return [Action(Act.START_FORWARDING, self.lease.lease_id, self.epoch)] + self._maybe_renew(now)
@@ -530,6 +554,9 @@ class ElectionMachine:
         return [Action(Act.STOP_FORWARDING, self.lease.lease_id, self.epoch)]
 
     def _maybe_renew(self, now: float) -> list[Action]:
+        return self._renew(now) + self._maybe_touch(now)
+
+    def _renew(self, now: float) -> list[Action]:
         ls = self.lease
         if not ls.lease_id or Act.RENEW in self.pending or now < ls.next_renew_at:
             return []

@@ -108,6 +108,7 @@ class Elector:
         clock: Clock = time.monotonic,
         ready_poll: float = 0.1,
         member_info: dict[str, Any] | None = None,
+        touch: float = ElectionParams.touch,
     ) -> None:
         self.store = store
         self.node = node
@@ -115,7 +116,8 @@ class Elector:
         self.ready_poll = ready_poll
         self.machine = ElectionMachine(ElectionParams(
             ttl=float(ttl), margin=margin, priority=node.priority, preempt=preempt,
-            resign_holdoff=2.0 * ttl if resign_holdoff is None else resign_holdoff, node_id=node.node_id))
+            resign_holdoff=2.0 * ttl if resign_holdoff is None else resign_holdoff, node_id=node.node_id,
+            touch=touch))
         self.history: list[RoleChange] = []
         self._ttl = ttl
         self._ready = ready or (lambda: True)
@@ -281,6 +283,7 @@ class Elector:
         runner = {
             Act.GRANT_LEASE: self._grant, Act.CAMPAIGN: self._campaign, Act.RENEW: self._renew,
             Act.VERIFY: self._verify, Act.REVOKE: self._revoke, Act.REQUEST_HANDOVER: self._request_handover,
+            Act.TOUCH: self._touch, Act.DELETE_STALE: self._delete_stale,
         }[a.act]
         return self._spawn(runner(a))
 
@@ -349,7 +352,8 @@ class Elector:
     # -- publishing ------------------------------------------------------------------
     def _own_record(self, epoch: int, lease_id: int) -> LeaderRecord:
         n = self.node
-        return LeaderRecord(n.node_id, n.sync_addr, n.admin_addr, epoch, lease_id, n.priority)
+        return LeaderRecord(n.node_id, n.sync_addr, n.admin_addr, epoch, lease_id, n.priority,
+                            self.machine.touch_window())
 
     def _snapshot(self) -> RoleChange:
         return RoleChange(self.machine.role, self.master, self.epoch, self.clock())
@@ -410,6 +414,44 @@ class Elector:
             return
         self._post(lambda m, now: m.renew_ok(now, lid, sent, float(ttl)))
 
+    async def _touch(self, a: Action) -> None:
+        """Rewrite our leader value if the key still has our epoch and lease (see election.py)."""
+        lk = self.store.leader_key.encode()
+        value = self._own_record(a.epoch, a.lease_id).to_json().encode()
+        compare = [_eq(lk, rpc.Compare.CREATE, create_revision=a.epoch),
+                   _eq(lk, rpc.Compare.LEASE, lease=a.lease_id)]
+        success = [rpc.RequestOp(request_put=rpc.PutRequest(key=lk, value=value, lease=a.lease_id))]
+        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=lk))]
+        lid, sent = a.lease_id, self.clock()
+        try:
+            resp = await self.store.txn(compare, success, failure, timeout=a.timeout)
+        except EtcdError as err:
+            log.debug("touch failed: %s", err)
+            self._post(lambda m, now: m.touch_failed(now, lid))
+            return
+        if resp.succeeded:
+            self._post(lambda m, now: m.touch_ok(now, lid, sent))
+            return
+        kvs = resp.responses[0].response_range.kvs if resp.responses else []
+        record = _record(KV.from_pb(kvs[0])) if kvs else None
+        self._post(lambda m, now: m.touch_lost(now, lid, record))
+
+    async def _delete_stale(self, a: Action) -> None:
+        """Delete a leader key whose master stopped touching it, unless it moved since we saw it."""
+        lk = self.store.leader_key.encode()
+        compare = [_eq(lk, rpc.Compare.MOD, mod_revision=a.revision)]
+        success = [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=lk))]
+        deleted = False
+        try:
+            resp = await self.store.txn(compare, success, [], timeout=a.timeout)
+            deleted = bool(resp.succeeded)
+        except EtcdError as err:
+            log.info("deleting the stale leader key failed: %s", err)
+        if deleted:
+            log.warning("deleted the stale leader key (revision %d)", a.revision)
+            self._post(lambda m, now: m.leader_observed(now, None))
+        self._post(lambda m, now: m.stale_done(now, deleted))
+
     async def _verify(self, a: Action) -> None:
         try:
             kv, _ = await self.store.get(self.store.leader_key, timeout=max(0.2, self._ttl / 3))
@@ -457,7 +499,7 @@ class Elector:
                 kvs, rev = await self.store.get_prefix(lk)
                 by_key = {kv.key: kv for kv in kvs}
                 self._observe_members(by_key.get(self.members_key), by_key.get(self.released_key))
-                self._observe(by_key.get(lk))
+                self._observe(by_key.get(lk), fresh=True)
                 self._observe_handover(by_key.get(self.handover_key))
                 async for batch in self.store.watch(lk, prefix=True, start_revision=rev + 1):
                     backoff.reset()
@@ -476,9 +518,9 @@ class Elector:
                 log.info("leader watch interrupted (%s); re-reading in %.2fs", err, delay)
                 await asyncio.sleep(delay)
 
-    def _observe(self, kv: KV | None) -> None:
+    def _observe(self, kv: KV | None, *, fresh: bool = False) -> None:
         record = _record(kv) if kv is not None else None
-        self._post(lambda m, now: m.leader_observed(now, record))
+        self._post(lambda m, now: m.leader_observed(now, record, fresh=fresh))
 
     def _observe_members(self, members: KV | None, released: KV | None, *, keep_members: bool = False,
                          keep_released: bool = False) -> None:
@@ -499,7 +541,8 @@ def _eq(key: bytes, target: Any, **value: int) -> Any:
 
 
 def _record(kv: KV) -> LeaderRecord:
-    return LeaderRecord.from_json(kv.value, epoch=kv.create_revision, lease=kv.lease)
+    return LeaderRecord.from_json(kv.value, epoch=kv.create_revision, lease=kv.lease,
+                                  revision=kv.mod_revision)
 
 
 def _handover(kv: KV) -> tuple[str, int]:

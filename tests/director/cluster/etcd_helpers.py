@@ -36,7 +36,8 @@ class Cluster:
     """N electors on one etcd, recording who forwards and checking that never two do at once."""
 
     def __init__(self, server: EtcdServer, cluster: str, n: int = 3, ttl: int = 1,
-                 ready: dict[str, bool] | None = None) -> None:
+                 ready: dict[str, bool] | None = None, touch: float = 0.6) -> None:
+        self.touch = touch
         self.server = server
         self.forwarding: set[str] = set()
         self.overlaps: list[set[str]] = []
@@ -49,7 +50,7 @@ class Cluster:
     def _make(self, node_id: str, store: EtcdStore, ttl: int) -> Elector:
         return Elector(
             store, NodeInfo(node_id, sync_addr=f"198.18.0.{len(node_id)}:7000", admin_addr="a"),
-            ttl=ttl, ready=lambda: self.ready.get(node_id, True),
+            ttl=ttl, ready=lambda: self.ready.get(node_id, True), touch=self.touch,
             on_start_forwarding=lambda epoch: self._start(node_id, epoch),
             on_stop_forwarding=lambda: self._stop(node_id),
         )

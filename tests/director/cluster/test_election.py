@@ -35,7 +35,9 @@ def record(node: str = "other", epoch: int = 7, lease: int = OTHER, priority: in
 
 
 def leader_machine(t: float = 0.0, ttl: float = 1.0, epoch: int = 10, **params: object) -> ElectionMachine:
-    """A machine that won an election with lease LEASE granted at time t."""
+    """A machine that won an election with lease LEASE granted at time t (touches off unless
+    `touch` is given: these tests are about the lease; test_touch.py covers touches)."""
+    params.setdefault("touch", 0.0)
     m = ElectionMachine(ElectionParams(ttl=ttl, **params))  # type: ignore[arg-type]
     assert acts(m.leader_observed(t, None)) == []  # not ready yet
     assert acts(m.set_ready(t, True)) == [Act.GRANT_LEASE]

@@ -52,10 +52,34 @@ def test_one_leader_among_three_and_every_follower_knows_it(etcd: EtcdServer, et
     run(main)
 
 
-def test_crashed_leader_is_replaced_after_its_lease_expires_with_a_higher_epoch(
+def test_crashed_leader_is_replaced_once_its_touch_window_passed_before_its_lease_expires(
         etcd: EtcdServer, etcd_cluster: str) -> None:
     async def main() -> None:
         c = Cluster(etcd, etcd_cluster, n=3)
+        await c.start()
+        try:
+            await wait_until(c.settled, what="first leader")
+            (old,) = c.leaders()
+            old_epoch = old.epoch
+            await c.kill(old)  # stops touching and renewing, revokes nothing
+            fence = old.machine.forward_until()  # how long it would have forwarded, frozen
+            rest = [e for e in c.electors if e is not old]
+            await wait_until(lambda: c.settled(rest), what="a new leader")
+            (new,) = [e for e in rest if e.is_master]
+            assert new.epoch > old_epoch
+            assert sum(e.machine.stale_deleted for e in rest) == 1  # a backup deleted the untouched key
+            (_, _, started) = next(s for s in c.starts if s[1] == new.epoch)
+            assert fence is not None and started > fence  # the old master had stopped forwarding
+            assert c.overlaps == []
+        finally:
+            await c.close()
+    run(main)
+
+
+def test_crashed_leader_without_touches_is_replaced_after_its_lease_expires_with_a_higher_epoch(
+        etcd: EtcdServer, etcd_cluster: str) -> None:
+    async def main() -> None:
+        c = Cluster(etcd, etcd_cluster, n=3, touch=0.0)  # masters that declare no touch window
         await c.start()
         try:
             await wait_until(c.settled, what="first leader")

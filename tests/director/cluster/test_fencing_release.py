@@ -32,7 +32,7 @@ def run(coro_fn: Callable[[], object]) -> None:
 # -- the fence of the pure machine -------------------------------------------------------------------
 
 def _master(t: float = 0.0) -> ElectionMachine:
-    m = ElectionMachine(ElectionParams(ttl=1.0, margin=0.2))
+    m = ElectionMachine(ElectionParams(ttl=1.0, margin=0.2, touch=0.0))  # the lease alone: see test_touch.py
     m.set_ready(t, True)
     m.leader_observed(t, None)
     m.tick(t)  # -> CANDIDATE, grant
