@@ -203,8 +203,10 @@ def test_nothing_imports_the_daemon_and_the_product_never_imports_the_harness() 
 
 def test_the_election_machine_is_pure() -> None:
     targets = graph()["director.cluster.election"]
-    assert targets <= {"director.types", "director.config.node", "director.cluster.promises"}, targets
+    assert targets <= {"director.types", "director.config.node", "director.cluster.promises",
+                       "director.cluster.leader"}, targets
     assert graph()["director.cluster.promises"] == set()
+    assert graph()["director.cluster.leader"] == set()
 
 
 def test_modules_stay_small() -> None:
