@@ -40,7 +40,7 @@ async def guarded(exchange: Coroutine[Any, Any, CheckResult], timeout: float, wh
     except ssl.SSLError as exc:
         return CheckResult(False, f"tls error: {exc.reason or exc}")
     except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
-        return CheckResult(False, f"{what} error: {exc}")
+        return CheckResult(False, f"{what} error: {exc or type(exc).__name__}")
 
 
 async def get(host: str, port: int, path: str, vhost: str, expect_status: tuple[int, ...],

@@ -36,20 +36,28 @@ OUTPUT_GRACE = 1.0
 async def check_misc(argv: Sequence[str], timeout: float, *, env: Mapping[str, str] | None = None,
                      dynamic: bool = False) -> CheckResult:
     """Run `argv` with `env` added to the environment; never raises."""
+    loop = asyncio.get_running_loop()
+    rfd, wfd = os.pipe()  # our own pipe: Process.wait() (3.11) would also wait for a pipe it owns
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=wfd, stderr=wfd, start_new_session=True,
+            env={**os.environ, **(env or {})})
     except OSError as exc:
+        os.close(rfd)
         return CheckResult(False, f"cannot run {argv[0]}: {exc.strerror or exc}")
-    assert proc.stdout is not None
-    output = asyncio.ensure_future(_read_bounded(proc.stdout))
+    finally:
+        os.close(wfd)
+    stream = asyncio.StreamReader()
+    pipe, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream),
+                                           os.fdopen(rfd, "rb", buffering=0))
+    output = asyncio.ensure_future(_read_bounded(stream))
     try:
         code: int | None = await asyncio.wait_for(proc.wait(), timeout)
     except TimeoutError:
         code = None
     except asyncio.CancelledError:
         output.cancel()
+        pipe.close()
         raise
     finally:  # also on cancellation: nothing of the script outlives its probe
         _kill_group(proc.pid)  # leftovers of the script would also hold the output pipe
@@ -62,6 +70,7 @@ async def check_misc(argv: Sequence[str], timeout: float, *, env: Mapping[str, s
         pass
     finally:
         output.cancel()
+        pipe.close()
     if code is None:
         return CheckResult(False, f"killed after {timeout:g}s", killed=True)
     return verdict(code, dynamic, _first_line(said))

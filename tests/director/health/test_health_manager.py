@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,6 +22,7 @@ from director.health.manager import (
     targets_from,
     verdict_key,
 )
+from director.health.service import HealthService
 from director.health.spec import CheckResult, HealthSpec
 from director.services.sched import registry
 from director.services.service import Dest, DestKey, ServiceTable, VirtualService
@@ -260,3 +262,39 @@ async def _until(cond: object, timeout: float = 20.0) -> None:
         if time.monotonic() > end:
             raise AssertionError("condition not reached")
         await asyncio.sleep(0.01)
+
+
+def test_dynamic_weight_is_announced_when_it_changes() -> None:
+    spec = HealthSpec(kind="misc", command=("x",), dynamic=True, rise=1, fall=1)
+    m = manager(spec)
+    t = probe_at(m, 0, CheckResult(True, "exit 7", weight=5))
+    assert t == Transition(KEY, True, 0, "exit 7", 5)
+    assert probe_at(m, 2, CheckResult(True, "exit 7", weight=5)) is None  # same weight: nothing new
+    assert probe_at(m, 4, CheckResult(True, "exit 3", weight=1)) == Transition(KEY, True, 4, "exit 3", 1)
+    assert probe_at(m, 6, CheckResult(True, "exit 0")) == Transition(KEY, True, 6, "exit 0", None)
+    assert probe_at(m, 8, CheckResult(False, "exit 1")) == Transition(KEY, False, 8, "exit 1", None)
+    assert (m.stats.probes, m.stats.failures, m.stats.killed) == (5, 1, 0)
+    m2 = HealthManager()
+    m2.seed({KEY: True}, {KEY: 5})
+    m2.configure({KEY: ("198.18.1.2", 8080, spec)}, 0)
+    assert probe_at(m2, 0, CheckResult(True, "exit 7", weight=5)) is None  # the new master agrees
+
+
+def test_verdict_weight_codec_and_application() -> None:
+    text = encode_verdict(True, since=1.0, node="d1", epoch=3, detail="exit 7", weight=5)
+    assert decode_verdict(text)["weight"] == 5
+    assert "weight" not in decode_verdict(encode_verdict(True, since=1.0, node="d1", epoch=3))
+    for bad in ('{"up": true, "epoch": 1, "weight": -1}', '{"up": true, "epoch": 1, "weight": true}'):
+        with pytest.raises(ValueError, match="bad weight"):
+            decode_verdict(bad)
+    services, _table, svc, _ = tables()
+    dest = svc.dests[0]
+    dest.weight = 3
+    spec = HealthSpec(kind="misc", command=("x",), dynamic=True)
+    hs = HealthService("d1")
+    hs.specs = {KEY: spec}
+    hs.apply_event(dest_id(KEY), text.encode())
+    assert hs.weights() == {KEY: 5} and hs.apply_weights(services) == 1 and dest.weight == 5
+    assert hs.apply_weights(services) == 0
+    hs.apply_event(dest_id(KEY), encode_verdict(False, since=2.0, node="d1", epoch=3, weight=5).encode())
+    assert hs.weights() == {}  # a down dest is quiesced by the config, not weighted

@@ -90,3 +90,78 @@ def test_collector_form_reports_into_the_callers_errors() -> None:
     assert health_spec("tcp", "h", Errors()) is None
     ok = Errors()
     assert health_spec({"type": "tcp"}, "h", ok) == HealthSpec() and ok.count == 0
+
+
+# ---- the keepalived-class checkers' fields --------------------------------------------------------
+
+@pytest.mark.parametrize("doc", [
+    {"type": "https", "path": "/h", "host": "www.lbd.test", "sni": "api.lbd.test", "verify": True,
+     "ca_file": "/etc/lbd/ca.pem", "digest": "9E107D9D372BB6826BD81D3542A419D6", "expect_status": [200]},
+    {"type": "http", "digest": "9e107d9d372bb6826bd81d3542a419d6"},
+    {"type": "dns", "query": "_sip._udp.lbd.test.", "qtype": "SRV", "expect_rcode": "NXDOMAIN",
+     "expect_answer": ["sip.lbd.test"], "port": 5353},
+    {"type": "udp", "payload": "ping\n", "expect": "^pong", "require_reply": True},
+    {"type": "udp", "payload_hex": "00ff"},
+    {"type": "grpc", "grpc_service": "lbd.Db"},
+    {"type": "misc", "command": ["/usr/local/bin/check", "--fast"], "dynamic": True, "timeout": 5},
+    {"type": "misc", "command": "/usr/local/bin/check --name 'a b'"},
+    {"type": "ping", "interval": 1},
+])
+def test_every_kind_round_trips(doc: dict[str, Any]) -> None:
+    spec = HealthSpec.from_dict(doc)
+    assert spec.kind == doc["type"]
+    assert HealthSpec.from_dict(spec.as_dict()) == spec
+
+
+def test_new_fields_are_parsed() -> None:
+    s = HealthSpec.from_dict({"type": "https", "host": "www.lbd.test:8443", "digest": "AB" * 16})
+    assert (s.digest, s.server_name, s.verify, s.port_for(443)) == ("ab" * 16, "www.lbd.test", False, 443)
+    assert HealthSpec.from_dict({"type": "https", "host": "198.18.2.10"}).server_name is None
+    assert HealthSpec.from_dict({"type": "https", "host": "a.test", "sni": "b.test"}).server_name == "b.test"
+    d = HealthSpec.from_dict({"type": "dns", "query": "www.lbd.test", "expect_answer": "198.18.2.10"})
+    assert (d.qtype, d.expect_rcode, d.expect_answer) == ("A", "NOERROR", ("198.18.2.10",))
+    assert d.port_for(80) == 53
+    assert HealthSpec.from_dict({"type": "udp", "payload": "é"}).payload == "é".encode()
+    m = HealthSpec.from_dict({"type": "misc", "command": "check --name 'a b'"})
+    assert (m.command, m.dynamic) == (("check", "--name", "a b"), False)
+
+
+def test_new_fields_name_their_problems() -> None:
+    errs = problems({"type": "dns", "qtype": "ANY", "expect_rcode": "OK", "expect_answer": [""],
+                     "query": "bad name!"}, "s.dests[0].health")
+    assert errs == (
+        "s.dests[0].health.query: must be a DNS name, got 'bad name!'",
+        "s.dests[0].health.expect_answer[0]: must be a string of 1..255 characters, got ''",
+        "s.dests[0].health.qtype: must be one of A, NS, CNAME, SOA, PTR, MX, TXT, AAAA, SRV, got 'ANY'",
+        "s.dests[0].health.expect_rcode: must be one of NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, "
+        "REFUSED, got 'OK'")
+    assert problems({"type": "dns"}) == ("health.query: required for type dns",)
+    assert problems({"type": "misc"}) == ("health.command: required for type misc",)
+    assert problems({"type": "misc", "command": []}) == ("health.command: must name a program",)
+    assert problems({"type": "misc", "command": ["ok", 5]}) == (
+        "health.command[1]: must be a non-empty string without NUL, got 5",)
+    assert problems({"type": "misc", "command": "a 'b"}) == (
+        "health.command: cannot split the command: No closing quotation",)
+    assert problems({"type": "misc", "command": ["x"], "dynamic": "yes"}) == (
+        "health.dynamic: must be true or false, got 'yes'",)
+    assert problems({"type": "https", "digest": "abc", "sni": "-x-", "verify": 1}) == (
+        "health.digest: must be an MD5 digest: 32 hex digits, got 'abc'",
+        "health.sni: must be a DNS name, got '-x-'", "health.verify: must be true or false, got 1")
+    assert problems({"type": "udp", "payload": "a", "payload_hex": "00"}) == (
+        "health.payload_hex: give payload or payload_hex, not both",)
+    assert problems({"type": "udp", "payload_hex": "0g"}) == (
+        "health.payload_hex: must be hex digits, two per byte, got '0g'",)
+    assert problems({"type": "udp", "expect": "a{5000}"}) == (
+        "health.expect: repetition counts are limited to 1000, got '{5000}'",)
+    assert problems({"type": "grpc", "grpc_service": "a b"}) == (
+        "health.grpc_service: must be a gRPC service name (visible ASCII, at most 200), got 'a b'",)
+
+
+def test_a_field_of_another_type_is_an_error() -> None:
+    assert problems({"type": "tcp", "sni": "a.test", "command": ["x"]}) == (
+        "health.sni: applies to type https only, this check is tcp",
+        "health.command: applies to type misc only, this check is tcp")
+    assert problems({"type": "https", "query": "a.test"}) == (
+        "health.query: applies to type dns only, this check is https",)
+    assert problems({"type": "ping", "digest": "0" * 32}) == (
+        "health.digest: applies to type http and https only, this check is ping",)
