@@ -29,6 +29,7 @@ from typing import Any
 from director.config import validate as v
 from director.config.loader import YamlError, load_yaml
 from director.config.validate import ConfigError, Errors
+from director.health.spec import parse_argv
 
 
 class NodeConfigError(ConfigError):
@@ -55,6 +56,33 @@ class DefenseConfig:
     max_conns: int | None = None
     rss_threshold_mb: int | None = None
     rss_max_mb: int | None = None
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """``notify:`` commands run on role changes and dest verdicts (director.admin.notify): argv lists,
+    empty when not set; each is killed after ``timeout`` seconds."""
+
+    master: tuple[str, ...] = ()
+    backup: tuple[str, ...] = ()
+    fault: tuple[str, ...] = ()
+    dest_up: tuple[str, ...] = ()
+    dest_down: tuple[str, ...] = ()
+    timeout: float = 10.0
+
+
+NOTIFY_HOOKS = ("master", "backup", "fault", "dest_up", "dest_down")
+
+
+def _notify(d: Mapping[str, Any], errs: Errors) -> NotifyConfig:
+    """``notify:``: each hook an argv list, or a string split like a shell would (run without one)."""
+    if d.get("notify") is None:
+        return NotifyConfig()
+    sub = v.mapping(d["notify"], "notify", errs)
+    v.keys(sub, (*NOTIFY_HOOKS, "timeout"), (), "notify", errs)
+    hooks = {h: tuple(parse_argv(sub[h], v.join("notify", h), errs)) for h in NOTIFY_HOOKS
+             if sub.get(h) is not None}
+    return NotifyConfig(**hooks, timeout=v.number(sub, "timeout", "notify", errs, 0.1, 3600.0, 10.0))
 
 
 @dataclass(frozen=True)
@@ -89,6 +117,7 @@ class NodeConfig:
     """Append role changes and takeover timings as JSON lines here (drills read it)."""
     defense: DefenseConfig = DefenseConfig()
     workers: int = 1
+    notify: NotifyConfig = NotifyConfig()
     """Packet worker processes (1: the data plane runs in directord's own loop; ``auto``: usable cores)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -99,7 +128,7 @@ class NodeConfig:
 
 _KNOWN = ("node_id", "cluster", "etcd", "interfaces", "vmac_id", "sync", "admin", "lease_ttl",
           "sloppy_grace", "metrics", "priority", "preempt", "log_json", "gateways", "int_addr", "int_mtu",
-          "table_bits", "events_file", "defense", "workers")
+          "table_bits", "events_file", "defense", "workers", "notify")
 _DEFENSE_KEYS = ("drop_entry", "drop_packet", "secure_tcp", "am_droprate", "conn_threshold", "max_conns",
                  "rss_threshold_mb", "rss_max_mb")
 _MODES = ("off", "auto", "always")
@@ -252,6 +281,7 @@ def node_config_from_dict(raw: Any) -> NodeConfig:
         events_file=v.optional_string(d, "events_file", "", errs, pattern=_PATH, what="a file path"),
         defense=_defense(d, errs),
         workers=_workers(d, errs),
+        notify=_notify(d, errs),
     )
     errs.raise_if_any(NodeConfigError)
     return cfg

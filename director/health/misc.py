@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from director.health.spec import CheckResult
 
 MAX_OUTPUT = 4096
+MAX_STDIN = 32768
 OUTPUT_GRACE = 1.0
 """Seconds to collect the output after the exit (the group is dead by then: EOF comes at once)."""
 
@@ -36,17 +37,38 @@ OUTPUT_GRACE = 1.0
 async def check_misc(argv: Sequence[str], timeout: float, *, env: Mapping[str, str] | None = None,
                      dynamic: bool = False) -> CheckResult:
     """Run `argv` with `env` added to the environment; never raises."""
+    try:
+        code, said = await run_command(argv, timeout, env=env)
+    except OSError as exc:
+        return CheckResult(False, f"cannot run {argv[0]}: {exc.strerror or exc}")
+    if code is None:
+        return CheckResult(False, f"killed after {timeout:g}s", killed=True)
+    return verdict(code, dynamic, said)
+
+
+async def run_command(argv: Sequence[str], timeout: float, *, env: Mapping[str, str] | None = None,
+                      stdin: bytes = b"") -> tuple[int | None, str]:
+    """Run `argv` in its own process group, `stdin` (at most `MAX_STDIN` bytes) on its standard input;
+    (exit status, or None if it was killed at `timeout`; the first line of its output). The group is
+    killed when the command ends either way. OSError if it cannot start. Also the notify hooks'
+    runner (director.admin.notify)."""
     loop = asyncio.get_running_loop()
+    if len(stdin) > MAX_STDIN:
+        raise ValueError(f"stdin of {len(stdin)} bytes, at most {MAX_STDIN}")
+    in_r, in_w = os.pipe()
+    os.write(in_w, stdin)  # fits in an empty pipe's buffer: never blocks
+    os.close(in_w)
     rfd, wfd = os.pipe()  # our own pipe: Process.wait() (3.11) would also wait for a pipe it owns
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=wfd, stderr=wfd, start_new_session=True,
+            *argv, stdin=in_r, stdout=wfd, stderr=wfd, start_new_session=True,
             env={**os.environ, **(env or {})})
-    except OSError as exc:
+    except OSError:
         os.close(rfd)
-        return CheckResult(False, f"cannot run {argv[0]}: {exc.strerror or exc}")
+        raise
     finally:
         os.close(wfd)
+        os.close(in_r)
     stream = asyncio.StreamReader()
     pipe, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream),
                                            os.fdopen(rfd, "rb", buffering=0))
@@ -59,7 +81,7 @@ async def check_misc(argv: Sequence[str], timeout: float, *, env: Mapping[str, s
         output.cancel()
         pipe.close()
         raise
-    finally:  # also on cancellation: nothing of the script outlives its probe
+    finally:  # also on cancellation: nothing of the command outlives it
         _kill_group(proc.pid)  # leftovers of the script would also hold the output pipe
     said = b""
     try:
@@ -71,9 +93,7 @@ async def check_misc(argv: Sequence[str], timeout: float, *, env: Mapping[str, s
     finally:
         output.cancel()
         pipe.close()
-    if code is None:
-        return CheckResult(False, f"killed after {timeout:g}s", killed=True)
-    return verdict(code, dynamic, _first_line(said))
+    return code, _first_line(said)
 
 
 def verdict(code: int, dynamic: bool, said: str = "") -> CheckResult:
