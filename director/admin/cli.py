@@ -123,6 +123,8 @@ def report_rpc_error(exc: Any, addr: str, err: TextIO) -> int:
     detail = exc.details() or code.name
     if code == grpc.StatusCode.UNAVAILABLE:
         detail = f"cannot reach the admin API at {addr}"
+    if code == grpc.StatusCode.FAILED_PRECONDITION and " exists" in detail:
+        hint = "it exists already: edit it (edit-service / edit-dest), or add it with --replace"
     err.write(f"directorctl: {detail}\n  -> {hint}\n")
     return EXIT[name]
 

@@ -218,7 +218,8 @@ class FakeNode:
 
     def _store(self, doc: dict[str, Any]) -> None:
         """Validate one service document with the real config model and keep its canonical form."""
-        svc = config.config_from_dict({"services": [doc]}).services[0]
+        others = [d for name, d in self.docs.items() if name != doc.get("name")]
+        svc = config.config_from_dict({"services": [doc, *others]}).services[0]  # cross-checked too
         self.docs[svc.name] = config.service_dict(svc)
 
     def _commit(self) -> int:
