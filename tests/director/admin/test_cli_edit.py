@@ -124,7 +124,8 @@ def test_restore_ipvsadm_rules_from_stdin(env: Env) -> None:
     assert code == 0 and "dry run: nothing written" in out and "- delete dns" in out
     assert doc(env, "web")["scheduler"] == "wlc"
     code, out, _ = restore(env, rules)
-    assert code == 0 and "applied 3 change(s)" in out  # web changed, tcp-198.18.0.30-25 added, dns pruned (-C)
+    # web changed, tcp-198.18.0.30-25 added, dns pruned (-C)
+    assert code == 0 and "applied 3 change(s)" in out
     assert set(env.node.docs) == {"web", "tcp-198.18.0.30-25"}  # the running name is kept
     web = doc(env, "web")
     assert web["scheduler"] == "rr" and [d["weight"] for d in web["dests"]] == [5]  # type: ignore[index]
@@ -186,7 +187,8 @@ def test_import_keepalived_offline_and_apply(env: Env, tmp_path: Path) -> None:
     data = yaml.safe_load(out)
     (svc,) = data["services"]
     assert (svc["scheduler"], svc["forward"]) == ("wrr", "nat")
-    assert svc["dests"][0]["healthcheck"] == {"type": "tcp", "interval": 3, "timeout": 2, "on_failure": "remove"}
+    assert svc["dests"][0]["healthcheck"] == {"type": "tcp", "interval": 3, "timeout": 2,
+                                              "on_failure": "remove"}
     assert "# notify:" in out and "#   master:" in out and "# priority: 150" in out
     assert f"{conf}: line 18: " in err and "SMTP_CHECK" in err
     lines = {u["line"] for u in json.loads(report.read_text())["untranslated"]}
