@@ -260,25 +260,70 @@ class BackupApplier:
     # --- application -----------------------------------------------------------------------------
 
     def apply(self, updates: Sequence[Update]) -> int:
-        """Apply updates: expirations first (conns before templates), then upserts in order."""
+        """Apply updates: expirations first (conns before templates), then upserts in order. Runs of
+        plain upserts (no control link, no re-key, dest known) while nothing waits for a dest or a
+        template go to the table in bulk (``ConnTable.new_synced``): new keys are created there, the
+        others updated one by one right after, before any later update."""
         table = self.table
         self._dest_cache = {}  # the service table does not change while a message is applied
-        expire = SyncKind.EXPIRE
-        victims = [c for c in (table.get(u.key) for u in updates if u.kind == expire) if c is not None]
+        expire, refresh = SyncKind.EXPIRE, SyncKind.REFRESH
+        victims = [c for c in (table.get(u.key) for u in updates if u.kind is expire) if c is not None]
         n = self._remove_all(victims) if victims else 0
+        rows: list[tuple[ConnKey, int, int, float, float, Any]] = []
+        run: list[Update] = []
+        find_dest = self._find_dest
         for u in updates:
-            if u.kind == expire:
+            kind = u.kind
+            if kind is expire:
                 continue
-            try:
-                if u.kind == SyncKind.REFRESH:
-                    self._refresh(u)
-                else:
-                    self._upsert(u)
-                n += 1
-            except Exception:
-                self.stats["apply_errors"] += 1
-                log.exception("applying %s for %s failed", u.kind.name, u.key)
+            if (kind is not refresh and u.control_key is None and u.old_key is None and not self._pending_dest
+                    and not self._waiting_ctl):
+                dk = u.dest_key
+                dest = find_dest(dk) if dk is not None else None
+                if dk is None or dest is not None:
+                    rem = u.remaining
+                    rows.append((u.key, (u.flags & ~_LOCAL) | _SYNC, u.state, u.timeout,
+                                 rem if rem > 0.001 else 0.001, dest))
+                    run.append(u)
+                    continue
+            if run:
+                n += self._apply_run(rows, run)
+                rows, run = [], []
+            n += self._apply_one(u)
+        if run:
+            n += self._apply_run(rows, run)
         self.stats["updates"] += n
+        return n
+
+    def _apply_one(self, u: Update) -> int:
+        try:
+            if u.kind == SyncKind.REFRESH:
+                self._refresh(u)
+            else:
+                self._upsert(u)
+            return 1
+        except Exception:
+            self.stats["apply_errors"] += 1
+            log.exception("applying %s for %s failed", u.kind.name, u.key)
+            return 0
+
+    def _apply_run(self, rows: list[tuple[ConnKey, int, int, float, float, Any]], run: list[Update]) -> int:
+        """Plain upserts in bulk: new keys created by the table, known ones upserted one by one."""
+        try:
+            created = self.table.new_synced(rows)
+        except Exception:  # upserts are idempotent: apply the run again, one by one
+            self.stats["apply_errors"] += 1
+            log.exception("bulk insert of %d synced entries failed", len(rows))
+            return sum(self._apply_one(u) for u in run)
+        events = self._events
+        n = 0
+        for u, conn in zip(run, created, strict=True):
+            if conn is None:
+                n += self._apply_one(u)
+                continue
+            n += 1
+            if events is not None:
+                events.append(ConnEvent(EventKind.NEW, snapshot(conn), None))
         return n
 
     def _refresh(self, u: Update) -> None:

@@ -16,7 +16,8 @@ Within a window only the latest state of each entry matters, so events are folde
 Snapshots are handled as plain tuples (``SnapTuple``: a ConnSnapshot, or the table's RawEvent
 whose first eight fields are a snapshot's), so the master can feed raw events in unchanged.
 ``updates()`` yields ``Update`` records; ``encode()`` yields the same updates already encoded as
-ConnEntry bytes (``convert.entry_body``) without building records - the master's path.
+ConnEntry bytes (``convert.entry_body``) without building records, and ``encode_packed()`` as packed
+rows (``syncd.packed``, wire version 2) - the master's path.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from syncd import wire
 from syncd.convert import entry_body
 from syncd.model import ConnKey, SnapTuple, SyncKind, Update
+from syncd.packed import Packer
 from syncd.policy import RefreshTracker, SyncPolicy
 
 NEW, UPDATE, EXPIRE = SyncKind.NEW, SyncKind.UPDATE, SyncKind.EXPIRE
@@ -101,6 +103,24 @@ class Window:
         """``updates()`` as encoded ConnEntry bodies (``convert.entry_body`` of each): same entries,
         same order, same tracker calls, no records built."""
         return self._walk(now, policy, tracker, _expire_body, _upsert_body)
+
+    def encode_packed(self, now: float, policy: SyncPolicy, tracker: RefreshTracker, out: Packer) -> None:
+        """``encode()`` as packed rows into `out` (syncd.packed): an update a row cannot hold goes as
+        its ConnEntry body. Same updates, same order, same tracker calls."""
+        row_upsert, row_expire = out.upsert, out.expire
+
+        def gone(key: ConnKey) -> Any:
+            row = row_expire(key)
+            return row if row is not None else (_expire_body(key),)
+
+        def upsert(kind: int, key: ConnKey, snap: SnapTuple, now: float, old_key: ConnKey | None) -> Any:
+            if old_key is None and snap[6] is None:
+                row = row_upsert(kind, key, snap[1], snap[2], snap[3], snap[4] - now, snap[5], snap[7])
+                if row is not None:
+                    return row
+            return (_upsert_body(kind, key, snap, now, old_key),)
+
+        out.add(self._walk(now, policy, tracker, gone, upsert))
 
     def _walk(self, now: float, policy: SyncPolicy, tracker: RefreshTracker,
               gone_of: Callable[[ConnKey], Any],

@@ -22,7 +22,7 @@ from director.services.service import DestKey
 from director.table.entry import F_TEMPLATE as _TEMPLATE
 from director.types import LOCAL_CONN_FLAGS
 from lbd_pb import sync_pb2 as pb
-from syncd import wire
+from syncd import packed, wire
 from syncd.fields import (
     MAX_IN_PKTS,
     check_address,
@@ -36,6 +36,7 @@ from syncd.fields import (
 from syncd.model import (
     MAX_PROMISE_MS,
     PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     AckMsg,
     BatchMsg,
     ConnKey,
@@ -156,22 +157,72 @@ def _header(epoch: int, incarnation: int) -> pb.SyncMessage:
     return pb.SyncMessage(version=PROTOCOL_VERSION, epoch=epoch, incarnation=incarnation)
 
 
+def pack_updates(updates: Iterable[Update]) -> packed.Packer:
+    """Rows of `updates` (syncd.packed), each update a row when one can hold it, else a full entry."""
+    p = packed.Packer(wire.dest_ref)
+    rows, upsert, expire = p.rows, p.upsert, p.expire
+    for u in updates:
+        kind = int(u.kind)
+        if kind == _EXPIRE:
+            row = expire(u.key, u.flags)
+        elif u.control_key is None and u.old_key is None:
+            if kind == _REFRESH:
+                row = upsert(kind, u.key, u.flags, 0, u.timeout, u.remaining, None, 0)
+            else:
+                row = upsert(kind, u.key, u.flags, u.state, u.timeout, u.remaining, u.dest_key,
+                             max(0, u.in_pkts))
+        else:
+            row = None
+        if row is None:
+            p.add_full(entry_body(u))
+        else:
+            rows.append(row)
+    return p
+
+
 def encode_batch(epoch: int, incarnation: int, seq: int, first_event_ns: int,
                  updates: Iterable[Update]) -> bytes:
-    return wire.batch(PROTOCOL_VERSION, epoch, incarnation, seq, first_event_ns,
-                      [entry_body(u) for u in updates])
+    p = pack_updates(updates)
+    return wire.batch_packed(PROTOCOL_VERSION, epoch, incarnation, seq, first_event_ns, p.fulls,
+                             b"".join(p.rows), p.dests)
 
 
 def encode_batch_entries(epoch: int, incarnation: int, seq: int, first_event_ns: int,
                          bodies: list[bytes]) -> bytes:
-    """A batch of already encoded entries (``entry_body`` / the coalescer's fast path)."""
+    """A batch of already encoded entries (``entry_body``), no packed rows."""
     return wire.batch(PROTOCOL_VERSION, epoch, incarnation, seq, first_event_ns, bodies)
+
+
+def encode_batch_packed(epoch: int, incarnation: int, seq: int, first_event_ns: int, fulls: list[bytes],
+                        rows: bytes, dests: list[bytes]) -> bytes:
+    """A batch of packed rows (``packed.Packer.parts``; the master's path)."""
+    return wire.batch_packed(PROTOCOL_VERSION, epoch, incarnation, seq, first_event_ns, fulls, rows, dests)
+
+
+def _fill_packed(msg: pb.Batch | pb.SnapshotChunk, updates: Iterable[Update]) -> None:
+    p = pack_updates(updates)
+    for body in p.fulls:
+        msg.entries.add().MergeFromString(body)
+    msg.packed = b"".join(p.rows)
+    for body in p.dests:
+        msg.dests.add().MergeFromString(body)
 
 
 def encode_batch_pb(epoch: int, incarnation: int, seq: int, first_event_ns: int,
                     updates: Iterable[Update]) -> bytes:
-    """encode_batch through upb: the reference the hand-rolled encoding is tested against."""
+    """encode_batch through upb: the reference the hand-rolled framing is tested against."""
     m = _header(epoch, incarnation)
+    m.batch.seq = seq
+    m.batch.first_event_unix_ns = first_event_ns
+    _fill_packed(m.batch, updates)
+    return m.SerializeToString()
+
+
+def encode_batch_v1_pb(epoch: int, incarnation: int, seq: int, first_event_ns: int,
+                       updates: Iterable[Update]) -> bytes:
+    """A version-1 batch (every update a full ConnEntry) through upb: what a version-1 master sent."""
+    m = _header(epoch, incarnation)
+    m.version = 1
     m.batch.seq = seq
     m.batch.first_event_unix_ns = first_event_ns
     _fill_entries(m.batch.entries, updates)
@@ -186,14 +237,31 @@ def encode_snapshot_begin(epoch: int, incarnation: int, after_seq: int, entries_
 
 
 def encode_snapshot_chunk(epoch: int, incarnation: int, index: int, updates: Iterable[Update]) -> bytes:
-    return wire.snapshot_chunk(PROTOCOL_VERSION, epoch, incarnation, index, [entry_body(u) for u in updates])
+    p = pack_updates(updates)
+    return wire.snapshot_chunk_packed(PROTOCOL_VERSION, epoch, incarnation, index, p.fulls, b"".join(p.rows),
+                                      p.dests)
 
 
 def encode_snapshot_chunk_pb(epoch: int, incarnation: int, index: int, updates: Iterable[Update]) -> bytes:
     """encode_snapshot_chunk through upb (reference for the tests)."""
     m = _header(epoch, incarnation)
     m.snapshot_chunk.index = index
-    _fill_entries(m.snapshot_chunk.entries, updates)
+    _fill_packed(m.snapshot_chunk, updates)
+    return m.SerializeToString()
+
+
+def downgrade(data: bytes) -> bytes:
+    """A message of this version as version 1, for a backup that said hello with version 1: packed
+    rows become full entries (an older master's encoding of the same updates)."""
+    msg = decode_sync_message(data)
+    if isinstance(msg, BatchMsg):
+        return wire.batch(1, msg.epoch, msg.incarnation, msg.seq, msg.first_event_ns,
+                          [entry_body(u) for u in msg.updates])
+    if isinstance(msg, SnapshotChunkMsg):
+        return wire.snapshot_chunk(1, msg.epoch, msg.incarnation, msg.chunk_index,
+                                   [entry_body(u) for u in msg.updates])
+    m = pb.SyncMessage.FromString(data)
+    m.version = 1
     return m.SerializeToString()
 
 
@@ -273,23 +341,32 @@ def _decode_entries(entries: Iterable[pb.ConnEntry]) -> list[Update]:
     return [_decode_entry(e, dest_keys, addrs) for e in entries]
 
 
+def _decode_updates(m: pb.Batch | pb.SnapshotChunk) -> list[Update]:
+    """A batch's or chunk's updates: its packed rows with its full entries in place (version 2), or
+    its full entries alone."""
+    fulls = _decode_entries(m.entries)
+    if not m.packed and not m.dests:
+        return fulls
+    return packed.unpack(m.packed, fulls, [_dest_key(d) for d in m.dests])
+
+
 def decode_sync_message(data: bytes) -> SyncMsg:
     """Parse one SyncMessage; raises ProtocolError on garbage, unknown version or empty body."""
     try:
         m = pb.SyncMessage.FromString(data)
     except (DecodeError, ValueError) as exc:
         raise ProtocolError(f"undecodable sync message ({len(data)} bytes): {exc}") from None
-    if m.version != PROTOCOL_VERSION:
+    if m.version not in SUPPORTED_VERSIONS:
         raise ProtocolError(f"unknown sync protocol version {m.version}")
     body = m.WhichOneof("body")
     ep, inc = m.epoch, m.incarnation
     if body == "batch":
         b = m.batch
-        return BatchMsg(ep, inc, b.seq, b.first_event_unix_ns, _decode_entries(b.entries))
+        return BatchMsg(ep, inc, b.seq, b.first_event_unix_ns, _decode_updates(b))
     if body == "snapshot_begin":
         return SnapshotBeginMsg(ep, inc, m.snapshot_begin.after_seq, m.snapshot_begin.entries_estimate)
     if body == "snapshot_chunk":
-        return SnapshotChunkMsg(ep, inc, m.snapshot_chunk.index, _decode_entries(m.snapshot_chunk.entries))
+        return SnapshotChunkMsg(ep, inc, m.snapshot_chunk.index, _decode_updates(m.snapshot_chunk))
     if body == "snapshot_end":
         return SnapshotEndMsg(ep, inc, m.snapshot_end.chunks, m.snapshot_end.entries)
     if body == "heartbeat":
@@ -339,7 +416,8 @@ def identity(data: bytes) -> bytes:
 
 
 __all__ = [
-    "decode_backup_message", "decode_sync_message", "encode_ack", "encode_batch", "encode_batch_entries",
-    "encode_batch_pb", "encode_heartbeat", "encode_hello", "encode_snapshot_begin", "encode_snapshot_chunk",
-    "encode_snapshot_chunk_pb", "encode_snapshot_end", "entry_body", "identity",
+    "decode_backup_message", "decode_sync_message", "downgrade", "encode_ack", "encode_batch",
+    "encode_batch_entries", "encode_batch_packed", "encode_batch_pb", "encode_batch_v1_pb",
+    "encode_heartbeat", "encode_hello", "encode_snapshot_begin", "encode_snapshot_chunk",
+    "encode_snapshot_chunk_pb", "encode_snapshot_end", "entry_body", "identity", "pack_updates",
 ]

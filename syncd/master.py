@@ -7,8 +7,9 @@ event after the feed was empty. That hook (cheap, called from the packet path) a
 ``batch_window`` seconds; when it fires ``cut_batch`` drains the feed, keeps only the latest state
 per entry (``coalesce.Window``), filters with ``SyncPolicy.should_sync``, and encodes the result
 once into ``max_batch``-sized batch messages with seq = previous + 1. The feed is read as raw
-event tuples and the window's updates go straight to wire bytes (``syncd.wire``, byte-identical to
-upb) without intermediate records: this path runs on the packet path's loop, so it is kept lean.
+event tuples and the window's updates go straight to packed rows (``syncd.packed``, wire version 2;
+an update a row cannot hold as its ConnEntry bytes, ``syncd.wire``) without intermediate records:
+this path runs on the packet path's loop, so it is kept lean.
 Encoded batches go into a retention ring (``syncd.ring``: bounded by batch count, update count,
 bytes and age) shared by every backup session: a session is just a cursor into the ring, so a slow
 backup costs nothing but ring space, never blocks the packet path or the other backups, and when it
@@ -47,10 +48,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from director.types import Clock
+from syncd import wire
 from syncd.coalesce import Window
-from syncd.convert import encode_batch_entries, entry_body
+from syncd.convert import encode_batch_entries, encode_batch_packed, pack_updates
 from syncd.memory import HeapTrimmer
 from syncd.model import SyncKind, TableLike, Update, update_from_conn
+from syncd.packed import ROW_SIZE, Packer
 from syncd.policy import RefreshTracker, SyncPolicy
 from syncd.ring import RetentionRing, RingEntry, RingLimits
 
@@ -227,9 +230,10 @@ class SyncMaster:
             log.warning("conn event feed overflowed: every backup gets a snapshot")
             for s in self.sessions:
                 s.request_snapshot("event feed overflow")
-        bodies = window.encode(self.clock(), self.cfg.policy, self.tracker)
-        self.emit_encoded(bodies, first_ns)
-        return len(bodies)
+        rows = Packer(wire.dest_ref)
+        window.encode_packed(self.clock(), self.cfg.policy, self.tracker, rows)
+        self.emit_packed(rows, first_ns)
+        return len(rows)
 
     def _drain(self) -> Window:
         window = Window()
@@ -254,7 +258,7 @@ class SyncMaster:
 
     def emit(self, updates: list[Update], first_ns: int) -> None:
         """Append `updates` to the stream as one or more batches and wake the backups."""
-        self.emit_encoded([entry_body(u) for u in updates], first_ns)
+        self.emit_packed(pack_updates(updates), first_ns)
 
     def emit_encoded(self, bodies: list[bytes], first_ns: int) -> None:
         """``emit`` of updates already encoded (``convert.entry_body``): each batch is serialized once
@@ -270,6 +274,23 @@ class SyncMaster:
             self.ring.append(RingEntry(self.head_seq, data, len(part), created))
             self.stats["batches"] += 1
             self.stats["updates"] += len(part)
+        self.ring.trim(created)
+        for s in self.sessions:
+            s.wake()
+
+    def emit_packed(self, rows: Packer, first_ns: int) -> None:
+        """``emit`` of updates already packed (``syncd.packed``): one batch per ``max_batch`` rows."""
+        if not rows.rows:
+            return
+        created = time.monotonic()
+        for part, fulls in rows.parts(self.cfg.max_batch):
+            self.head_seq += 1
+            data = encode_batch_packed(self.epoch, self.incarnation, self.head_seq, first_ns, fulls, part,
+                                       rows.dests)
+            n = len(part) // ROW_SIZE
+            self.ring.append(RingEntry(self.head_seq, data, n, created))
+            self.stats["batches"] += 1
+            self.stats["updates"] += n
         self.ring.trim(created)
         for s in self.sessions:
             s.wake()

@@ -46,7 +46,15 @@ from director.services.service import ServiceTable
 from director.types import Clock
 from syncd.convert import decode_backup_message, identity
 from syncd.master import MasterConfig, SyncMaster
-from syncd.model import PROTOCOL_VERSION, AckMsg, FollowHello, LogLimiter, ProtocolError, TableLike
+from syncd.model import (
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    AckMsg,
+    FollowHello,
+    LogLimiter,
+    ProtocolError,
+    TableLike,
+)
 from syncd.policy import TokenBucket
 from syncd.session import BackupSession
 from syncd.tls import TlsFilesLike, server_credentials
@@ -268,7 +276,7 @@ class SyncServer:
             self._refuse("no_hello", peer, "first message is not a hello")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first message must be a hello")
             raise AssertionError("unreachable")
-        if msg.version != PROTOCOL_VERSION:
+        if msg.version not in SUPPORTED_VERSIONS:
             self._refuse("version", peer, f"version {msg.version}")
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"unsupported sync version {msg.version} (speaking {PROTOCOL_VERSION})")

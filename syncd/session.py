@@ -21,6 +21,9 @@ with a fresh token, even under load; the backup's ack on that token is a promise
 send, so earlier than the backup's receipt) minus ``promise_margin``: its ``promise_until`` ends
 before the backup's own promise. A closed session's promise is gone with it.
 
+A backup that said hello with an older wire version (1) is sent every message converted to that
+version (``convert.downgrade``: packed rows become full entries); the ring keeps one encoding.
+
 Being slow is never the master's problem: the generator only advances when gRPC took the previous
 message. If the backup falls more than ``backup_max_lag`` batches behind, or out of the ring,
 the session restarts with a snapshot.
@@ -35,8 +38,14 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Protocol
 
-from syncd.convert import encode_heartbeat, encode_snapshot_begin, encode_snapshot_chunk, encode_snapshot_end
-from syncd.model import AckMsg, FollowHello, TableLike, Update
+from syncd.convert import (
+    downgrade,
+    encode_heartbeat,
+    encode_snapshot_begin,
+    encode_snapshot_chunk,
+    encode_snapshot_end,
+)
+from syncd.model import PROTOCOL_VERSION, AckMsg, FollowHello, TableLike, Update
 from syncd.ring import RingEntry
 
 log = logging.getLogger(__name__)
@@ -86,6 +95,8 @@ class BackupSession:
     def __init__(self, master: MasterLike, hello: FollowHello, peer: str) -> None:
         self.master = master
         self.node_id = hello.node_id
+        self.version = hello.version
+        """The wire version the backup speaks: an older one is sent messages of its version."""
         self.peer = peer
         self.host = peer.rsplit(":", 1)[0]
         self.connected_at = time.time()
@@ -189,7 +200,10 @@ class BackupSession:
 
     async def stream(self) -> AsyncIterator[bytes]:
         """The encoded messages for this backup, forever (until closed)."""
+        old = self.version < PROTOCOL_VERSION
         async for data in self._stream():
+            if old:
+                data = downgrade(data)
             self.bytes_sent += len(data)
             self.messages_sent += 1
             yield data

@@ -207,13 +207,17 @@ def _control(key: ConnKey) -> bytes:
     return c
 
 
+def dest_ref(dk: DestKey) -> bytes:
+    """Body of a DestRef message."""
+    proto, vaddr, vport, fwmark, daddr, dport = dk
+    return b"".join((_tv(0x08, proto), _addr(0x12, vaddr), _tv(0x18, vport), _tv(0x20, fwmark),
+                     _addr(0x2A, daddr), _tv(0x30, dport)))
+
+
 def _dest(dk: DestKey) -> bytes:
     d = _DEST.get(dk)
     if d is None:
-        proto, vaddr, vport, fwmark, daddr, dport = dk
-        body = b"".join((_tv(0x08, proto), _addr(0x12, vaddr), _tv(0x18, vport), _tv(0x20, fwmark),
-                         _addr(0x2A, daddr), _tv(0x30, dport)))
-        d = _tl(b"\x72", body)
+        d = _tl(b"\x72", dest_ref(dk))
         if len(_DEST) >= _CACHE_MAX:
             _DEST.clear()
         _DEST[dk] = d
@@ -337,6 +341,31 @@ def snapshot_chunk(version: int, epoch: int, incarnation: int, index: int, bodie
     return _message(version, epoch, incarnation, b"\x32", parts)
 
 
+def _packed(tag: bytes, rows: bytes) -> list[bytes]:
+    return [tag, varint(len(rows)), rows] if rows else []
+
+
+def batch_packed(version: int, epoch: int, incarnation: int, seq: int, first_event_ns: int,
+                 fulls: list[bytes], rows: bytes, dests: list[bytes]) -> bytes:
+    """A version-2 SyncMessage{batch}: full ConnEntry bodies, packed rows, DestRef bodies (syncd.packed)."""
+    parts = [_tv64(0x08, seq), _tv64(0x10, first_event_ns)]
+    parts += _repeated(b"\x1a", fulls)
+    parts += _packed(b"\x22", rows)
+    parts += _repeated(b"\x2a", dests)
+    return _message(version, epoch, incarnation, b"\x22", parts)
+
+
+def snapshot_chunk_packed(version: int, epoch: int, incarnation: int, index: int, fulls: list[bytes],
+                          rows: bytes, dests: list[bytes]) -> bytes:
+    """A version-2 SyncMessage{snapshot_chunk} (as ``batch_packed``)."""
+    parts = [_tv(0x08, index)]
+    parts += _repeated(b"\x12", fulls)
+    parts += _packed(b"\x1a", rows)
+    parts += _repeated(b"\x22", dests)
+    return _message(version, epoch, incarnation, b"\x32", parts)
+
+
 __all__ = [
-    "batch", "conn_ref", "expire", "ms", "refresh", "snapshot_chunk", "upsert", "upsert_snap", "varint",
+    "batch", "batch_packed", "conn_ref", "dest_ref", "expire", "ms", "refresh", "snapshot_chunk",
+    "snapshot_chunk_packed", "upsert", "upsert_snap", "varint",
 ]

@@ -149,6 +149,49 @@ class ConnTable(Lookups):
             self._event(_NEW, c)
         return c
 
+    def new_synced(self,
+                   rows: list[tuple[ConnKey, int, int, float, float, Dest | None]]) -> list[Conn | None]:
+        """Bulk ``new`` for a backup (sync): rows (key, flags, state, timeout, remaining, dest), flags
+        including SYNC. Entries whose key the table holds are left alone (None in the result, in row
+        order; the caller updates them); the others are created exactly as ``new`` does, on one clock
+        reading, without per-entry calls."""
+        tab, mask, intern, arm, bind = self._tab, self._mask, self._intern, self._wheel.arm, self._bind
+        now, emit = self._clock(), self.events.enabled
+        out: list[Conn | None] = []
+        for key, flags, state, timeout, rem, dest in rows:
+            protocol, caddr, cport, vaddr, vport, daddr, dport, fwmark, tpl = key
+            k = (caddr << 24) | (protocol << 16) | cport
+            d = tab[(caddr ^ cport) & mask]
+            c = head = d.get(k)
+            while c is not None:
+                if (c.vport == vport and c.vaddr == vaddr and c.dport == dport and c.daddr == daddr
+                        and c.fwmark == fwmark and bool(c.flags & F_TEMPLATE) == tpl):
+                    break
+                c = c._next
+            if c is not None:
+                out.append(None)
+                continue
+            if cport == 0 and not flags & F_TEMPLATE:
+                flags |= F_NO_CPORT
+            if flags & F_NO_CPORT:
+                self.no_cport_count += 1
+            elif flags & F_TEMPLATE:
+                self.template_count += 1
+            self.count += 1
+            c = Conn(k, intern.setdefault(vaddr, vaddr), intern.setdefault(vport, vport),
+                     intern.setdefault(daddr, daddr), intern.setdefault(dport, dport), fwmark, flags, state,
+                     timeout, now)
+            if dest is not None:
+                flags = bind(c, flags, dest, True)
+            c._next = head
+            d[k] = c
+            c.flags = _canon(flags | F_HASHED)
+            arm(c, now + rem, now)
+            if emit:
+                self._event(_NEW, c)
+            out.append(c)
+        return out
+
     def _bind(self, c: Conn, flags: int, dest: Dest, new: bool) -> int:
         """ip_vs_bind_dest: flags from the dest, counters, OVERLOAD; returns the new flags."""
         cflags = dest.conn_flags

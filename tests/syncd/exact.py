@@ -20,6 +20,7 @@ from syncd.apply import BackupApplier
 from syncd.convert import decode_sync_message
 from syncd.master import MasterConfig, SyncMaster
 from syncd.model import AckMsg, BatchMsg, SnapshotEndMsg, SyncMsg
+from syncd.packed import Packer
 from syncd.session import BackupSession
 from tests.syncd.helpers import FakeClock, make_services
 
@@ -158,14 +159,20 @@ class Exact:
         self.max_stall = max_stall
         self.views: dict[tuple[int, int], View] = {}
         self.links: list[Link] = []
-        emit = self.master.emit_encoded
+        emit, emit_packed = self.master.emit_encoded, self.master.emit_packed
 
         def recording(bodies: list[bytes], first_ns: int) -> None:
             emit(bodies, first_ns)
             if bodies:
                 self.record()
 
+        def recording_packed(rows: Packer, first_ns: int) -> None:
+            emit_packed(rows, first_ns)
+            if len(rows):
+                self.record()
+
         self.master.emit_encoded = recording  # type: ignore[method-assign]
+        self.master.emit_packed = recording_packed  # type: ignore[method-assign]
 
     def record(self) -> None:
         self.views[(self.master.incarnation, self.master.head_seq)] = View(self.table, self.services)

@@ -72,7 +72,7 @@ class ScriptedMaster:
 def _scripts() -> list[list[bytes]]:
     good = encode_batch(EPOCH, INC, 12, 0, [_entry(0, SyncKind.EXPIRE)])
     v99 = b"\x08\x63" + good[2:]  # field 1 (version) = 99
-    assert good[:2] == b"\x08\x01"
+    assert good[:2] == b"\x08\x02"
     return [
         [encode_snapshot_begin(EPOCH, INC, 10, 3),
          encode_snapshot_chunk(EPOCH, INC, 0, [_entry(i) for i in range(3)]),

@@ -1,5 +1,5 @@
-"""The hand-rolled wire encoding (syncd.wire) is byte for byte upb's, and the coalescer's encoded
-path sends exactly the updates of its record path."""
+"""The hand-rolled wire encoding (syncd.wire, syncd.packed) is byte for byte upb's, the coalescer's
+encoded and packed paths send exactly the updates of its record path, and version 1 still works."""
 
 from __future__ import annotations
 
@@ -9,15 +9,22 @@ from hypothesis import strategies as st
 from director.table.conn import ConnTable
 from director.types import ConnFlags
 from syncd.coalesce import Window
+from syncd import wire
 from syncd.convert import (
     decode_sync_message,
+    downgrade,
     encode_batch,
     encode_batch_entries,
+    encode_batch_packed,
     encode_batch_pb,
+    encode_batch_v1_pb,
     encode_snapshot_chunk,
     encode_snapshot_chunk_pb,
+    entry_body,
+    pack_updates,
 )
-from syncd.model import BatchMsg, Update
+from syncd.model import BatchMsg, SyncKind, Update
+from syncd.packed import Packer
 from syncd.policy import RefreshTracker, SyncPolicy
 from tests.syncd.helpers import CLIENT_NET, VIP, FakeClock, make_services
 from tests.syncd.test_convert import updates
@@ -48,19 +55,49 @@ def test_window_encode_sends_what_updates_says() -> None:
     nocport = t.new(6, CLIENT_NET + 99, 0, VIP, 80, d.addr, d.port, 0, d)
     t.fill_cport(nocport, 4242)
     events = t.events.drain_raw(1 << 20)
-    w1, w2 = Window(), Window()
+    w1, w2, w3 = Window(), Window(), Window()
     for ev in events:
-        w1.add(ev[8], ev, ev[9])
-        w2.add(ev[8], ev, ev[9])
+        for w in (w1, w2, w3):
+            w.add(ev[8], ev, ev[9])
     policy = SyncPolicy()
-    tr1, tr2 = RefreshTracker(policy), RefreshTracker(policy)
+    tr1, tr2, tr3 = RefreshTracker(policy), RefreshTracker(policy), RefreshTracker(policy)
     ups = w1.updates(clock(), policy, tr1)
     bodies = w2.encode(clock(), policy, tr2)
-    assert len(ups) == len(bodies) > 30
+    rows = Packer(wire.dest_ref)
+    w3.encode_packed(clock(), policy, tr3, rows)
+    assert len(ups) == len(bodies) == len(rows) > 30
+    assert 0 < len(rows.fulls) < len(rows)  # children of the template and the re-key go in full
     msg = decode_sync_message(encode_batch_entries(1, 2, 3, 4, bodies))
-    assert isinstance(msg, BatchMsg)
-    assert encode_batch(1, 2, 3, 4, ups) == encode_batch_entries(1, 2, 3, 4, bodies)
-    assert len(tr1) == len(tr2) and tr1.due(clock() + 1e6) == tr2.due(clock() + 1e6)
+    assert isinstance(msg, BatchMsg) and msg == decode_sync_message(encode_batch(1, 2, 3, 4, ups))
+    assert encode_batch_entries(1, 2, 3, 4, [entry_body(u) for u in ups]) == encode_batch_entries(1, 2, 3, 4, bodies)
+    ((part, fulls),) = rows.parts(4096)
+    assert encode_batch(1, 2, 3, 4, ups) == encode_batch_packed(1, 2, 3, 4, fulls, part, rows.dests)
+    assert len(tr1) == len(tr2) == len(tr3)
+    assert tr1.due(clock() + 1e6) == tr2.due(clock() + 1e6) == tr3.due(clock() + 1e6)
+
+
+@given(st.lists(updates(), max_size=40), st.integers(1, 7))
+def test_packed_parts_keep_every_update_in_order(ups: list[Update], step: int) -> None:
+    """A window cut into several batches: each part decodes to its slice of the updates."""
+    p = pack_updates(ups)
+    got: list[Update] = []
+    for i, (part, fulls) in enumerate(p.parts(step)):
+        msg = decode_sync_message(encode_batch_packed(1, 2, i + 1, 0, fulls, part, p.dests))
+        assert isinstance(msg, BatchMsg) and len(msg.updates) <= step
+        got += msg.updates
+    assert got == ups
+
+
+def test_version_1_messages_still_decode_and_downgrade_gives_them() -> None:
+    """A version-1 master's batch decodes; a version-2 batch downgraded for a version-1 backup is
+    exactly what a version-1 master sends."""
+    d = next(iter(make_services())).dests[0]
+    ups = [Update(SyncKind.NEW, (6, CLIENT_NET + i, 1000 + i, VIP, 80, d.addr, d.port, 0, False), 0x100, 1,
+                  900.0, 899.5, d.key, None, i) for i in range(5)]
+    v1 = encode_batch_v1_pb(3, 4, 5, 6, ups)
+    assert decode_sync_message(v1) == BatchMsg(3, 4, 5, 6, ups)
+    v2 = encode_batch(3, 4, 5, 6, ups)
+    assert v2 != v1 and downgrade(v2) == v1
 
 
 def test_event_key_is_fresh_after_a_rekey_while_events_were_off() -> None:
