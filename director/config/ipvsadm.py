@@ -11,7 +11,7 @@ What the rules cannot say (health checks, ``expire_nodest_conn``...) is listed i
 ``parse_rules(text, names)`` reads such rules back, e.g. from an existing IPVS box, by replaying
 the commands in order (``-A -E -D -C -a -e -d --set``) over plain service documents (the
 ``apply -f`` schema): it does no I/O and never raises on bad input. Every line it cannot translate
-(IPv6, fwmark services, hostnames instead of numbers, ``--pe``, ``-o``, unknown options, a dest of
+(IPv6, fwmark services, hostnames instead of numbers, ``--pe``, unknown options, a dest of
 an unknown service) becomes a problem ``line N: ...``; nothing is dropped silently. Defaults are
 ipvsadm's: scheduler wlc, persistence 300 s, forwarding ``-g`` (direct routing), weight 1, the
 dest port the service's. With ``running`` (the running config's service documents by key), a
@@ -45,8 +45,9 @@ _WITH_VALUE = {"-t": "tcp", "--tcp-service": "tcp", "-u": "udp", "--udp-service"
                "-x": "u_threshold", "--u-threshold": "u_threshold", "-y": "l_threshold",
                "--l-threshold": "l_threshold", "-b": "flags", "--sched-flags": "flags", "--pe": "pe",
                "--tun-type": "tun_type", "--tun-port": "tun_type", "--tun-nocsum": "tun_type"}
-_UNSUPPORTED_FLAGS = {"-o": "one-packet scheduling (-o/--ops)", "--ops": "one-packet scheduling (-o/--ops)",
-                      "-6": "IPv6 services (-6)", "--ipv6": "IPv6 services (-6)"}
+_UNSUPPORTED_FLAGS = {"-6": "IPv6 services (-6)", "--ipv6": "IPv6 services (-6)"}
+_OPS = ("-o", "--ops", "ops")
+"""One-packet scheduling; old ipvsadm -S wrote a bare ``ops``."""
 _KEPT = ("expire_nodest_conn", "expire_quiescent_template")
 DEFAULT_PERSISTENCE = 300
 DEFAULT_SCHEDULER = "wlc"
@@ -102,6 +103,8 @@ def service_rule(svc: ServiceConfig) -> str:
         line += f" -p {svc.persistence.timeout}"
         if svc.persistence.netmask != "255.255.255.255":
             line += f" -M {svc.persistence.netmask}"
+    if svc.ops:
+        line += " -o"
     return line
 
 
@@ -122,6 +125,8 @@ def dropped_fields(svc: ServiceConfig) -> Iterator[str]:
     for name in ("expire_nodest_conn", "expire_quiescent_template"):
         if getattr(svc, name):
             yield f"service {svc.name}: {name}"
+    if svc.sorry is not None:
+        yield f"service {svc.name}: sorry_server {svc.sorry.ident}"
     for d in svc.dests:
         if d.healthcheck is not None:
             yield f"service {svc.name}: the health check of dest {d.ident}"
@@ -159,6 +164,7 @@ class _Line:
     values: dict[str, str] = field(default_factory=dict)
     persistent: str | None = None
     fwd: str | None = None
+    ops: bool = False
     args: list[str] = field(default_factory=list)
 
 
@@ -195,6 +201,8 @@ def _tokens(words: list[str]) -> _Line:
             line.persistent = nxt or str(DEFAULT_PERSISTENCE)
         elif word in _FLAG_FWD:
             line.fwd = _FLAG_FWD[word]
+        elif word in _OPS:
+            line.ops = True
         elif word in _UNSUPPORTED_FLAGS:
             raise RuleError(f"{_UNSUPPORTED_FLAGS[word]} not supported")
         elif word in _WITH_VALUE:
@@ -246,6 +254,8 @@ def _service_fields(line: _Line, doc: dict[str, Any]) -> None:
     for key in ("pe", "tun_type"):
         if key in line.values:
             raise RuleError(f"--{key.replace('_', '-')} not supported")
+    if line.ops:
+        doc["ops"] = True
     if line.persistent is not None:
         if not line.persistent.isdigit() or int(line.persistent) < 1:
             raise RuleError(f"-p must be a number of seconds, got {line.persistent!r}")

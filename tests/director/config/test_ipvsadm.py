@@ -10,7 +10,7 @@ SAVED = """\
 -A -t 198.18.0.10:80 -s wlc -p 300 -M 255.255.255.0
 -a -t 198.18.0.10:80 -r 198.18.1.2:8080 -m -w 2
 -a -t 198.18.0.10:80 -r 198.18.1.3:8080 -m -w 1
--A -u 198.18.0.11:53 -s rr
+-A -u 198.18.0.11:53 -s rr -o
 -a -u 198.18.0.11:53 -r 198.18.1.4:53 -g -w 1
 -a -u 198.18.0.11:53 -r 198.18.1.5:53 -i -w 0
 """
@@ -27,7 +27,7 @@ def test_saved_rules_become_a_valid_config() -> None:
         300, "255.255.255.0")
     assert web.forward == "nat" and [(d.address, d.port, d.weight) for d in web.dests] == [
         ("198.18.1.2", 8080, 2), ("198.18.1.3", 8080, 1)]
-    assert dns.forward == "dr" and dns.persistence is None
+    assert dns.forward == "dr" and dns.persistence is None and dns.ops and not web.ops
     assert [(d.address, d.forward, d.weight) for d in dns.dests] == [
         ("198.18.1.4", None, 1), ("198.18.1.5", "tun", 0)]
 
@@ -94,7 +94,7 @@ def test_untranslatable_lines_are_reported_with_their_number() -> None:
 -A -t www.example.com:http -s rr
 -a -t 198.18.0.10:80 -r 198.18.1.2:80 -g --frobnicate
 -a -t 198.18.0.99:80 -r 198.18.1.2:80
--A -t 198.18.0.10:81 -s rr -o
+-A -t 198.18.0.10:81 -s rr -6
 -A -t 198.18.0.10:82 -s rr --pe sip
 -a -t 198.18.0.10:80 -r 198.18.1.2:80 -w heavy
 -a -t 198.18.0.10:80 -r 198.18.1.2:80 -m -w 1
@@ -103,7 +103,7 @@ def test_untranslatable_lines_are_reported_with_their_number() -> None:
     assert lines == [f"line {n}" for n in range(2, 11)], rules.problems
     text = "\n".join(rules.problems)
     for needle in ("fwmark services are not supported", "IPv6", "numeric addresses and ports (ipvsadm -S -n)",
-                   "unknown option '--frobnicate'", "no service tcp/198.18.0.99:80", "-o/--ops",
+                   "unknown option '--frobnicate'", "no service tcp/198.18.0.99:80", "IPv6 services (-6)",
                    "--pe not supported", "weight must be an integer"):
         assert needle in text
     (svc,) = config_from_dict(rules.document()).services  # what did translate is kept
