@@ -148,6 +148,7 @@ class DestView:
     configured_weight: int | None = None
     counters: CounterValues = CounterValues()
     rates: RateValues = RateValues()
+    sorry: bool = False  # the service's sorry server (keepalived sorry_server), listed after its dests
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ class ServiceView:
     counters: CounterValues = CounterValues()
     rates: RateValues = RateValues()
     name: str = ""
+    ops: bool = False  # one-packet scheduling (ipvsadm --ops)
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,13 @@ def svc_line(s: Any) -> str:
         line += f" persistent {s.persistence_timeout:g}"
         if s.netmask and s.netmask != "255.255.255.255":
             line += f" mask {s.netmask}"
+    if s.ops:
+        line += " ops"
     return line
 
 
 def dest_flags(d: Any) -> str:
-    notes = []
+    notes = ["sorry"] if d.sorry else []
     if d.health == "down":
         notes.append("down")
     if d.configured_weight != d.weight:

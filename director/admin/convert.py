@@ -49,14 +49,14 @@ def dest_pb(d: DestView) -> pb.Dest:
         inactive_conns=d.inactconns, persistent_conns=d.persistconns, available=d.available,
         overloaded=d.overloaded, health=d.health, counters=counters_pb(d.counters),
         rates=rates_pb(d.rates),
-        configured_weight=d.weight if d.configured_weight is None else d.configured_weight)
+        configured_weight=d.weight if d.configured_weight is None else d.configured_weight, sorry=d.sorry)
 
 
 def service_pb(s: ServiceView) -> pb.Service:
     return pb.Service(
         ref=ref_pb(s.ref), scheduler=s.scheduler, persistent=s.persistent,
         persistence_timeout=s.timeout, netmask=fmt_addr(s.netmask), dests=[dest_pb(d) for d in s.dests],
-        counters=counters_pb(s.counters), rates=rates_pb(s.rates), name=s.name)
+        counters=counters_pb(s.counters), rates=rates_pb(s.rates), name=s.name, ops=s.ops)
 
 
 def conn_pb(c: ConnView) -> pb.Conn:

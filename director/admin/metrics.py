@@ -73,7 +73,7 @@ EXPORTED: dict[str, str] = {
     "lbd_dest_scheduled_connections": "counter", "lbd_dest_packets": "counter", "lbd_dest_bytes": "counter",
     "lbd_dest_weight": "gauge", "lbd_dest_active_connections": "gauge",
     "lbd_dest_inactive_connections": "gauge", "lbd_dest_persistent_connections": "gauge",
-    "lbd_dest_overloaded": "gauge", "lbd_dest_up": "gauge",
+    "lbd_dest_overloaded": "gauge", "lbd_dest_up": "gauge", "lbd_dest_sorry": "gauge",
 }
 """Every family `NodeCollector` exports -> its type (counters' samples carry ``_total``); docs/METRICS.md."""
 
@@ -235,6 +235,8 @@ _DEST_GAUGES: tuple[tuple[str, str, Callable[[DestView], float]], ...] = (
     ("lbd_dest_inactive_connections", "Inactive connections", lambda d: d.inactconns),
     ("lbd_dest_persistent_connections", "Persistence templates bound to the dest", lambda d: d.persistconns),
     ("lbd_dest_overloaded", "1 when over its upper threshold", lambda d: int(d.overloaded)),
+    ("lbd_dest_sorry", "1 for the service's sorry server (its conns: lbd_dest_scheduled_connections_total)",
+     lambda d: int(d.sorry)),
 )
 
 

@@ -55,13 +55,13 @@ NO_RATES = RateValues()
 
 
 def dest_view(d: Dest, *, health: str = "", configured_weight: int | None = None,
-              rates: RateValues = NO_RATES) -> DestView:
+              rates: RateValues = NO_RATES, sorry: bool = False) -> DestView:
     return DestView(
         addr=d.addr, port=d.port, fwd=d.fwd, weight=d.weight, u_threshold=d.u_threshold,
         l_threshold=d.l_threshold, activeconns=d.activeconns, inactconns=d.inactconns,
         persistconns=d.persistconns, available=bool(d.flags & DestFlags.AVAILABLE),
         overloaded=bool(d.flags & DestFlags.OVERLOAD), health=health,
-        configured_weight=configured_weight, counters=CounterValues.of(d.counters), rates=rates)
+        configured_weight=configured_weight, counters=CounterValues.of(d.counters), rates=rates, sorry=sorry)
 
 
 def service_view(svc: VirtualService, *, health: Mapping[DestKey, str] | None = None,
@@ -78,10 +78,13 @@ def service_view(svc: VirtualService, *, health: Mapping[DestKey, str] | None = 
         dest_view(d, health=health.get(d.key, ""), configured_weight=configured.get(d.key),
                   rates=rates(d.counters))
         for d in svc.dests)
+    if svc.sorry is not None:
+        dests += (dest_view(svc.sorry, rates=rates(svc.sorry.counters), sorry=True),)
     return ServiceView(
         ref=SvcRef(svc.protocol, svc.addr, svc.port, svc.fwmark), scheduler=svc.scheduler.name,
         persistent=svc.persistent, timeout=svc.timeout, netmask=svc.netmask, dests=dests,
-        counters=CounterValues.of(svc.counters), rates=rates(svc.counters), name=svc.name)
+        counters=CounterValues.of(svc.counters), rates=rates(svc.counters), name=svc.name,
+        ops=svc.one_packet)
 
 
 def configured_weights(services: Iterable[Any]) -> dict[DestKey, int]:

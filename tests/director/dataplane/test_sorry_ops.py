@@ -284,3 +284,31 @@ def test_bypass_counts_vip_traffic_with_no_service_or_no_dest() -> None:
     assert (node.drops(Drop.NO_DEST), node.drops(Drop.NO_SERVICE)) == (0, 0)
     assert "bypass" in node.director.counters.as_dict()
     assert _s(node.svc.addr) == VIP
+
+
+# ---- visible to the operator -------------------------------------------------------------------
+
+
+def test_sorry_server_and_ops_are_listed_and_counted_in_metrics() -> None:
+    from director.admin import cli_format, metrics
+    from director.admin.convert import service_pb
+    from director.admin.views import service_view
+
+    node = make_node(yaml_of(extra=f"    sorry_server: {SORRY}:8080\n"))
+    quiesce_all(node)
+    assert node.send(syn(40070), EXT) is not None
+    view = service_view(node.svc)
+    assert [d.sorry for d in view.dests] == [False, False, False, True]
+    assert view.dests[-1].counters.conns == 1 and view.dests[-1].inactconns == 1
+    text = cli_format.services_table([service_pb(view)])
+    (line,) = [x for x in text.splitlines() if SORRY in x]
+    assert line.split() == ["->", f"{SORRY}:8080", "Masq", "1", "0", "1", "sorry"]
+    fams = {f.name: f for f in metrics._dests((view,))}
+    sorry_rows = {s.labels["dest"]: s.value for s in fams["lbd_dest_sorry"].samples}
+    assert sorry_rows == {**{f"{a}:8080": 0 for a in RS}, f"{SORRY}:8080": 1}
+    conns = {s.labels["dest"]: s.value for s in fams["lbd_dest_scheduled_connections"].samples
+             if s.name.endswith("_total")}
+    assert conns[f"{SORRY}:8080"] == 1
+    ops = make_node(yaml_of("udp", 53, "    ops: true\n"))
+    assert cli_format.services_table([service_pb(service_view(ops.svc))]).splitlines()[3] == (
+        f"UDP  {VIP}:53 rr ops")
