@@ -8,7 +8,7 @@ DEB_PKGS := etcd-server iproute2 nftables ethtool netsniff-ng iperf3 tcpdump pyt
   conntrack conntrackd util-linux systemd git chromium
 PROTOS := $(wildcard proto/*.proto)
 
-.PHONY: setup test lint typecheck pytest demo bench fuzz proto lab-up lab-down clean
+.PHONY: setup test lint typecheck pytest demo chaos bench fuzz proto lab-up lab-down clean
 
 setup: .stamp-deb .stamp-venv .stamp-proto
 
@@ -50,6 +50,12 @@ test: lint typecheck pytest
 
 demo: setup
 	$(VPY) -m deploy.drill --report demo-report.json --html demo-report.html
+
+# seeded random faults under load, judged from the fabric and the clients (docs/CHAOS.md);
+# `make chaos SEED=s MINUTES=m` replays a run; exit code 1 on any violation
+MINUTES ?= 15
+chaos: setup
+	$(VPY) -m deploy.chaos --minutes $(MINUTES) $(if $(SEED),--seed $(SEED)) --report chaos-report.json
 
 bench: setup
 	$(VPY) -m bench.run

@@ -65,6 +65,8 @@ class FaultObs:
     udp_sent: int = 0
     udp_received: int = 0
     max_gap_ms: float = 0.0
+    new_failed: int = 0
+    """New connections that failed in this window (not a violation: a figure)."""
 
 
 @dataclass(frozen=True)
@@ -221,5 +223,6 @@ def fault_figures(obs: Observations, f: FaultObs) -> dict[str, Any]:
         "overlap_ms": round(1000 * sum(o[3] for o in both), 1), "lost_connections": f.lost,
         "documented_loss": f.kind in DOCUMENTED_LOSS, "settled": f.settled,
         "udp_lost": max(0, f.udp_sent - f.udp_received), "max_stall_ms": f.max_gap_ms,
+        "new_failed": f.new_failed,
         "moves": sum(1 for m in obs.moves if f.t0 <= m.t <= f.t_end),
     }

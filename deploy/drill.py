@@ -471,7 +471,14 @@ def summary(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--chaos" in argv:  # `directorctl drill --chaos --seed S --minutes M`: the chaos run (docs/CHAOS.md)
+        from deploy.chaos import main as chaos_main
+
+        return chaos_main([a for a in argv if a != "--chaos"])
     p = argparse.ArgumentParser(prog="drill", description="run the failover drill in a fresh lab")
+    p.add_argument("--chaos", action="store_true",
+                   help="run the seeded chaos run instead (--seed S --minutes M; see docs/CHAOS.md)")
     p.add_argument("--conns", type=int, default=200, help="long-lived verified TCP connections (200)")
     p.add_argument("--new-rate", type=float, default=25.0, help="new sticky HTTP connections per second")
     p.add_argument("--etcd-defaults", action="store_true", help="etcd default heartbeat/election settings")
