@@ -46,6 +46,7 @@ from director import __version__
 from director.admin.api import NodeEvent
 from director.admin.metrics import MetricsServer, serve_metrics
 from director.admin.node import NodeAdmin, start_admin
+from director.admin.notify import NotifyRunner
 from director.admin.sdnotify import Notifier, stopping, supervise
 from director.admin.views import conn_event, dest_label
 from director.cluster.election import LeaderRecord, Role
@@ -250,6 +251,7 @@ class Node:
     def _on_link_down(self, ifname: str) -> None:
         """A tracked link lost carrier (on the tracker's thread): stop forwarding now, resign."""
         self.events.write("link_down", ifname=ifname)  # any role: a backup now reports not ready
+        self.notify.role("fault", reason=f"link {ifname} down")
         if self.elector is None or self.elector.role is not Role.MASTER:
             return
         log.warning("link %s is down: resigning mastership", ifname)
@@ -310,6 +312,7 @@ class Node:
         self.role = change.role
         self.role_changes += 1
         self.master = change.master
+        self.notify.role(change.role.name, epoch=change.epoch, master=getattr(change.master, "node_id", None))
         self.events.write("role", role=change.role.name, epoch=change.epoch,
                           master=change.master.node_id if change.master else None)
         self.api.hub.publish(NodeEvent(kind="role", time=time.time(), role=change.role.name.lower(),
@@ -372,6 +375,7 @@ class Node:
         if self.config is None:
             return
         apply_to_services(self.config, self.services, down=self.health.down_keys())
+        self.health.apply_weights(self.services)  # misc `dynamic` checks' weights
         self.backup.rebind_pending()
         if self.pool is not None:
             self.pool.push_config(self.config, self.health.down_keys())
@@ -404,6 +408,7 @@ class Node:
         """A published health verdict changed: re-apply the config with the new down set."""
         self.events.write("health", down=len(newly_down), up=len(newly_up))
         for key in newly_down | newly_up:
+            self.notify.dest(key, key in newly_up, self.health.verdicts.get(key, {}).get("detail", ""))
             self.api.hub.publish(NodeEvent(kind="health", time=time.time(), dest=dest_label(key),
                                            up=key in newly_up))
         self._reconcile()
@@ -475,6 +480,7 @@ class Node:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self.notify = NotifyRunner(cfg.notify, cfg.node_id, cfg.cluster)  # role/dest hooks, on this loop
         self.links.start()
         self.sync, _port = await create_sync_server(cfg.sync_listen, self.table, self.services, 0,
                                                     cfg.sync_tls, clock=self.clock)
@@ -530,6 +536,7 @@ class Node:
         self.links.stop()
         self.dataplane.detach()
         await self._bounded("etcd client", self.store.close(), 2.0)
+        await self._bounded("notify hooks", self.notify.stop("shutdown"), self.cfg.notify.timeout + 2.0)
         self.events.write("stopped")
 
     async def _bounded(self, what: str, aw: Any, timeout: float) -> None:
