@@ -251,12 +251,13 @@ def _service_option(ctx: Ctx, c: Stmt, svc: dict[str, Any], defaults: dict[str, 
 
 
 def _virtual_server(ctx: Ctx, s: Stmt, out: Imported) -> None:
-    ctx.path = f"virtual_server {' '.join(s.args)}"
+    ctx.path = ""
     if len(s.args) != 2 or s.args[0] in ("fwmark", "group"):
         ctx.skip(s, "fwmark and group virtual servers are not supported (the service YAML has vip and port)"
                  if s.args[:1] in (("fwmark",), ("group",)) else "needs IP PORT")
         return
     vip, port = s.args
+    ctx.path = f"virtual_server {vip} {port}"
     svc: dict[str, Any] = {"name": f"{vip}-{port}", "protocol": "tcp", "vip": vip,
                            "port": int(port) if port.isdigit() else port, "dests": []}
     defaults: dict[str, Any] = {}
@@ -299,7 +300,11 @@ def _argv(ctx: Ctx, s: Stmt) -> list[str] | None:
 
 def _vrrp_instance(ctx: Ctx, s: Stmt, out: Imported) -> None:
     ctx.path = f"vrrp_instance {' '.join(s.args)}"
+    stop: Stmt | None = None
     for c in s.block or ():
+        if c.key == "notify_stop":
+            stop = c
+            continue
         if c.key in _NOTIFY:
             argv = _argv(ctx, c)
             if argv is None:
@@ -320,8 +325,21 @@ def _vrrp_instance(ctx: Ctx, s: Stmt, out: Imported) -> None:
                              + " (directors elect their master through etcd; VIPs come from the services)")
             ctx.skip(c, "VRRP is replaced by the etcd election: see the notes in the node fragment")
         else:
-            ctx.skip(c, "no equivalent" if c.key != "notify_stop" else
-                     "no stop hook: notify.fault runs when the node stops forwarding")
+            ctx.skip(c, "no equivalent")
+    if stop is not None:
+        _notify_stop(ctx, stop, out)
+
+
+def _notify_stop(ctx: Ctx, stop: Stmt, out: Imported) -> None:
+    """notify.fault also runs at shutdown (role stopped): it takes notify_stop when no notify_fault."""
+    argv = _argv(ctx, stop)
+    if argv is None:
+        return
+    if out.notify.get("fault") not in (None, argv):
+        ctx.skip(stop, "notify.fault (notify_fault) also runs at shutdown; one command per hook")
+    else:
+        out.notify["fault"] = argv
+        out.notes.append(f"line {stop.line}: notify_stop became notify.fault (it also runs at shutdown)")
 
 
 def _global_defs(ctx: Ctx, s: Stmt, out: Imported) -> None:

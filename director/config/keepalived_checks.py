@@ -28,6 +28,7 @@ CHECKERS = {"HTTP_GET": "http", "SSL_GET": "https", "TCP_CHECK": "tcp", "MISC_CH
 MAX_STATUSES = 64
 _COMMON = {"delay_loop": "interval", "connect_timeout": "timeout", "retry": "fall", "nb_get_retry": "fall",
            "connect_port": "port"}
+_URL_KEYS = {"path": "path", "digest": "digest", "regex": "expect_body"}
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2})+")
 
 
@@ -98,14 +99,12 @@ def _statuses(ctx: Ctx, s: Stmt) -> list[int] | None:
 
 def _url(ctx: Ctx, s: Stmt, out: dict[str, Any]) -> None:
     for c in s.block or ():
-        if c.key == "path" and (value := _one(ctx, c)) is not None:
-            out["path"] = value
-        elif c.key == "digest" and (value := _one(ctx, c)) is not None:
-            out["digest"] = value.lower()
-        elif c.key == "status_code" and (codes := _statuses(ctx, c)) is not None:
-            out["expect_status"] = codes
-        elif c.key == "regex" and (value := _one(ctx, c)) is not None:
-            out["expect_body"] = value
+        if c.key == "status_code":
+            if (codes := _statuses(ctx, c)) is not None:
+                out["expect_status"] = codes
+        elif c.key in _URL_KEYS:
+            if (value := _one(ctx, c)) is not None:
+                out[_URL_KEYS[c.key]] = value.lower() if c.key == "digest" else value
         else:
             ctx.skip(c, "no equivalent in the http check")
 
@@ -117,8 +116,9 @@ def _http(ctx: Ctx, c: Stmt, out: dict[str, Any], state: dict[str, Any]) -> bool
             _url(ctx, c, out)
         else:
             ctx.skip(c, f"one path per check: the first url (line {state['url']}) is kept")
-    elif c.key == "virtualhost" and (value := _one(ctx, c)) is not None:
-        out["host"] = value
+    elif c.key == "virtualhost":
+        if (value := _one(ctx, c)) is not None:
+            out["host"] = value
     elif c.key == "enable_sni" and out["type"] == "https":
         state["sni"] = c
     else:
@@ -148,12 +148,10 @@ def _misc(ctx: Ctx, c: Stmt, out: dict[str, Any]) -> bool:
 
 
 def _dns(ctx: Ctx, c: Stmt, out: dict[str, Any]) -> bool:
-    if c.key == "type" and (value := _one(ctx, c)) is not None:
-        out["qtype"] = value.upper()
-    elif c.key == "name" and (value := _one(ctx, c)) is not None:
-        out["query"] = value
-    else:
+    if c.key not in ("type", "name"):
         return False
+    if (value := _one(ctx, c)) is not None:
+        out["qtype" if c.key == "type" else "query"] = value.upper() if c.key == "type" else value
     return True
 
 
@@ -191,12 +189,14 @@ def translate(ctx: Ctx, s: Stmt, defaults: Mapping[str, Any]) -> dict[str, Any] 
             ctx.path = where
             ctx.skip(s, "no such checker here (tcp, http, https, dns, udp, grpc, misc, ping)")
             return None
-        return _translate(ctx, s, kind, defaults)
+        out = _translate(ctx, s, kind, defaults)
+        ctx.path = where
+        return _complete(ctx, s, kind, out)
     finally:
         ctx.path = where
 
 
-def _translate(ctx: Ctx, s: Stmt, kind: str, defaults: Mapping[str, Any]) -> dict[str, Any] | None:
+def _translate(ctx: Ctx, s: Stmt, kind: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"type": kind}
     for key in ("interval", "timeout", "fall", "port"):
         if key in defaults:
@@ -220,8 +220,13 @@ def _translate(ctx: Ctx, s: Stmt, kind: str, defaults: Mapping[str, Any]) -> dic
             out["sni"] = str(out["host"]).rsplit(":", 1)[0]
         else:
             ctx.skip(state["sni"], "needs virtualhost (the name to send)")
+    return out
+
+
+def _complete(ctx: Ctx, s: Stmt, kind: str, out: dict[str, Any]) -> dict[str, Any] | None:
+    """Refuse a checker that misses what it needs (reported at its own line)."""
     if kind == "misc" and "command" not in out:
-        ctx.skip(s, "MISC_CHECK without misc_path")
+        ctx.skip(s, "MISC_CHECK without misc_path: nothing to run")
         return None
     if kind == "dns" and "query" not in out:
         ctx.skip(s, "DNS_CHECK without name: keepalived asks for '.', give the name to query")
