@@ -51,7 +51,8 @@ def test_the_filter_accepts_exactly_the_frames_of_its_shard() -> None:
                                                           for i in range(10)]
     for count in (2, 3, 4):
         for mask in (0xFFFFFFFF, 0xFFFFFF00, 0xFFFF0000):
-            progs = {(side, i): shard_filter(side, mask, i, count) for side in (SRC, DST) for i in range(count)}
+            progs = {(side, i): shard_filter(side, mask, i, count)
+                     for side in (SRC, DST) for i in range(count)}
             for addr in addrs:
                 owner = shard_of(addr, mask, count)
                 peer = rng.getrandbits(32)
