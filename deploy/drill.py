@@ -152,14 +152,15 @@ class Drill:
     def __init__(self, *, conns: int = 200, new_rate: float = 25.0, interval: float = 0.05,
                  n_reals: int = 3, tuned_etcd: bool = True, lab_name: str | None = None,
                  out: IO[str] = sys.stdout, phases: tuple[str, ...] = PHASES, freeze_s: float = 5.0,
-                 outage_s: float = 60.0, partition_s: float = 20.0) -> None:
+                 outage_s: float = 60.0, partition_s: float = 20.0, workers: int = 1) -> None:
         self.conns = conns
         self.new_rate = new_rate
         self.interval = interval
         self.out = out
         self.lab = Lab(lab_name, n_directors=2, n_reals=n_reals)
         self.n_reals = n_reals
-        self.cluster = LabCluster(self.lab, n_nodes=2, tuned_etcd=tuned_etcd)
+        self.cluster = LabCluster(self.lab, n_nodes=2, tuned_etcd=tuned_etcd,
+                                  node_extra=f"workers: {workers}" if workers > 1 else "")
         self.traffic: TrafficProc | None = None
         self.kills: dict[str, list[float]] = {}
         self.phases = phases
@@ -486,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--html", default="demo-report.html",
                    help="where to write the HTML report (self-contained: plots inline); '' for none")
     p.add_argument("--phases", default=",".join(PHASES), help="comma list of phases (default: all)")
+    p.add_argument("--workers", type=int, default=1, help="packet workers per directord (node `workers:`)")
     p.add_argument("--outage", type=float, default=60.0, help="etcd-outage phase length, seconds")
     p.add_argument("--partition", type=float, default=20.0, help="partition phase length, seconds")
     args = p.parse_args(argv)
@@ -494,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown phase(s) {', '.join(sorted(unknown))}; choose from {', '.join(PHASES)}")
     drill = Drill(conns=args.conns, new_rate=args.new_rate, tuned_etcd=not args.etcd_defaults, phases=phases,
-                  outage_s=args.outage, partition_s=args.partition)
+                  outage_s=args.outage, partition_s=args.partition, workers=args.workers)
     report = drill.run()
     Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
     print(summary(report))

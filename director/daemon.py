@@ -16,6 +16,11 @@ parses arguments and wires the parts; `Node` owns them and reacts to role change
 * **step down** (lease renewal overdue, resign, shutdown): `_stop_forwarding()` deactivates the
   director at once, before the lease can expire anywhere else.
 
+With ``workers: N`` (N >= 2) the packets go to N worker processes instead
+(director.workers.pool.WorkerPool stands where the DataPlane stands; docs/DATAPLANE.md "Workers"):
+``table`` is then the replica of their shards (sync, admin), the fence is a shared page, config and
+role are pushed over a control pipe, and the workers' counters are summed into ``services``.
+
 Config comes from etcd (``config/``), is validated by director.config.services and applied in place; invalid
 config is refused with a log line naming the field, and the running config stays. SIGTERM resigns
 (after flushing sync to every backup), SIGUSR1 resigns and stays as a backup (graceful failover).

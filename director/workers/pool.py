@@ -26,6 +26,9 @@ of its shard (director.dataplane.io.shard) with its own conn table.
 * **Stats**: each worker reports its counters every 100 ms; the pool sums them into the parent's
   services, dests and drop counters (so admin, rates and metrics read node totals) and keeps the
   per-worker figures (``per_worker``; also written to ``stats_path`` as JSON once a second).
+* **Global dest counts**: from the workers' own per-dest active/inactive counts the pool sends
+  each worker the others' share (``peers``, only when it changed): lc/wlc/sed/nq and the overload
+  thresholds see node totals (director.workers.worker, "Global dest counts").
 * **Crash**: a worker's exit is seen at once (pidfd readable). The pool spawns it again with the
   same index (so the same shard: the filter is a pure function of the address), pushes the config,
   the role and the shard's entries from the replica (their timers restarted at full timeout: the
@@ -102,6 +105,7 @@ class WorkerPool:
         self.applier = BackupApplier(table, services)
         self.workers: list[WorkerProc | None] = [None] * count
         self.per_worker: list[dict[str, Any]] = [{} for _ in range(count)]
+        self._peers_sent: list[dict[Any, tuple[int, int]]] = [{} for _ in range(count)]
         self.mask = 0xFFFFFFFF
         self.active = False
         self.sloppy_until = 0.0
@@ -292,6 +296,8 @@ class WorkerPool:
             return
         code = w.proc.wait()
         self._forget(index)
+        self.per_worker[index] = {}
+        self._peers_sent[index] = {}
         if self._stopping:
             return
         now = time.monotonic()
@@ -337,17 +343,37 @@ class WorkerPool:
             for dest in svc.dests:
                 if dest.key in dest_sum:
                     _store(dest.counters, dest_sum[dest.key])
+        self._exchange_counts(reports)
         drops = self.drops()
         if self.drop_counts is not None and len(drops) == len(self.drop_counts):
             self.drop_counts[:] = drops
         self._write_stats()
+
+    def _exchange_counts(self, reports: list[dict[str, Any]]) -> None:
+        """Send every worker the other workers' active/inactive conns per dest, when they changed."""
+        total: dict[Any, list[int]] = {}
+        for r in reports:
+            for key, (a, i) in r.get("own", {}).items():
+                acc = total.setdefault(key, [0, 0])
+                acc[0] += a
+                acc[1] += i
+        for index, r in enumerate(self.per_worker):
+            own = r.get("own")
+            if own is None:
+                continue
+            peers = {key: (t[0] - own.get(key, (0, 0))[0], t[1] - own.get(key, (0, 0))[1])
+                     for key, t in total.items()}
+            peers = {k: v for k, v in peers.items() if v != (0, 0)}
+            if peers != self._peers_sent[index]:
+                self._peers_sent[index] = peers
+                self._send_to(index, ("peers", peers))
 
     def _write_stats(self) -> None:
         now = time.monotonic()
         if not self.stats_path or now - self._last_stats_write < 1.0:
             return
         self._last_stats_write = now
-        rows = [{k: v for k, v in r.items() if k != "services"} for r in self.per_worker]
+        rows = [{k: v for k, v in r.items() if k not in ("services", "own")} for r in self.per_worker]
         tmp = f"{self.stats_path}.tmp"
         try:
             with open(tmp, "w", encoding="utf-8") as fh:

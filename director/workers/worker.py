@@ -25,12 +25,21 @@ Messages from the parent (``Channel``; tuples, first item the name):
                                 with syncd's ``BackupApplier`` (event feed off: not re-reported)
 ``mask`` m                      new shard mask: the filters are replaced
 ``defense`` rate, secure_tcp    the node's defense levels (drop_packet rate, secure_tcp)
+``peers`` {dest key: (a, i)}    the other workers' active / inactive conns per dest (below)
 ``stop``                        leave
 =============================  ===============================================================
 
 To the parent: ``ready``, ``events`` (the table's ``RawEvent`` batches, cut once per loop turn,
 events of entries outside this shard left out) and ``stats`` every 100 ms (service / dest
 counters, drops, ring and CPU figures) which the parent sums.
+
+*Global dest counts.* lc/wlc/sed/nq and the dests' overload thresholds must see the node's conns,
+not one shard's. Each worker reports its *own* active/inactive counts per dest in its stats; the
+parent sums them and sends every worker the others' share (``peers``), which the worker adds to
+its ``Dest.activeconns`` / ``inactconns`` as an offset (replacing the previous offset), so the
+schedulers and the conn table read node totals with no change to them. The view of the other
+workers is at most ~0.2 s old (two stats periods): a burst of new conns within that time is
+balanced per worker. An overload flag is re-evaluated at the dest's next bind/unbind.
 
 A synced entry is held (``ConnTable.hold_synced``) while the worker is not active, so a backup
 never expires what its master still has; the takeover releases the hold (full timeouts), as the
@@ -133,6 +142,8 @@ class Worker:
         self.table: ConnTable | None = None
         self.applier: BackupApplier | None = None
         self.mask = 0xFFFFFFFF
+        self.peers: dict[Any, tuple[int, int]] = {}
+        """Dest -> the other workers' (active, inactive) counts currently added to its counters."""
         self._init: asyncio.Future[dict[str, Any]] | None = None
         self._flush_armed = False
         self._stop = asyncio.Event()
@@ -202,6 +213,8 @@ class Worker:
         elif kind == "defense":
             d.gate.todrop.set_rate(msg[1])
             d.cfg.timeouts.secure_tcp = msg[2]
+        elif kind == "peers":
+            self._peers(msg[1])
         elif kind == "stop":
             self._stop.set()
 
@@ -211,6 +224,32 @@ class Worker:
         apply_to_services(cfg, d.services, down=down)
         apply_timeouts(cfg.timeouts, d.cfg.timeouts)
         self.applier.rebind_pending()
+
+    def _peers(self, counts: dict[Any, tuple[int, int]]) -> None:
+        """Replace the other workers' share in every dest's counters (see the module docstring)."""
+        d = self.director
+        assert d is not None
+        peers: dict[Any, tuple[int, int]] = {}
+        for svc in d.services:
+            for dest in svc.dests:
+                new = counts.get(dest.key, (0, 0))
+                old = self.peers.get(dest, (0, 0))
+                dest.activeconns += new[0] - old[0]
+                dest.inactconns += new[1] - old[1]
+                if new != (0, 0):
+                    peers[dest] = new
+        self.peers = peers
+
+    def _own(self) -> dict[Any, tuple[int, int]]:
+        """This worker's own (active, inactive) conns per dest key (the peers' share taken out)."""
+        d = self.director
+        assert d is not None
+        out: dict[Any, tuple[int, int]] = {}
+        for svc in d.services:
+            for dest in svc.dests:
+                pa, pi = self.peers.get(dest, (0, 0))
+                out[dest.key] = (dest.activeconns - pa, dest.inactconns - pi)
+        return out
 
     def _active(self, on: bool, sloppy_until: float) -> None:
         d, plane, table = self.director, self.plane, self.table
@@ -239,6 +278,7 @@ class Worker:
             "services": {s.key: (tuple(s.counters.as_dict().values()),
                                  {x.key: tuple(x.counters.as_dict().values()) for x in s.dests})
                          for s in d.services},
+            "own": self._own(),
             "forwarded": sum(s.counters.inpkts + s.counters.outpkts for s in d.services),
             "drops": list(d.counters.counts), "conns": d.table.count, "active": d.active,
             "rx_frames": list(plane.rx_frames), "ring_packets": packets, "ring_drops": drops,

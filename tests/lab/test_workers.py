@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from deploy.cluster import LabCluster, NodeProc, wait_for
+from deploy.drill import Drill
 from deploy.drill import services_yaml as drill_services
 from deploy.lab import VIP_NAT, Lab, new_name, real_addr
 from director.dataplane.io.shard import shard_of
@@ -182,3 +183,20 @@ def test_a_killed_worker_is_restarted_with_its_shard_and_no_stream_breaks(pair: 
     assert c.master() is master
     assert c.last_event(master, "stopped_forwarding", t_kill) is None
     assert c.last_event(backup, "forwarding", t_kill) is None
+
+
+def test_drill_kill_switchback_and_freeze_with_two_workers_on_both_nodes() -> None:
+    """The failover drill (deploy.drill) with `workers: 2` on both directors."""
+    report = Drill(conns=40, new_rate=20.0, workers=2, phases=("kill", "switchback", "freeze")).run()
+    for phase in ("kill", "switchback"):
+        p = report[phase]
+        assert p["connections_total"] == 40
+        assert p["connections_survived"] == p["connections_total"], p
+        assert p["resets_seen"] == 0, p
+        assert p["templates_total"] > 0
+        assert p["templates_kept"] == p["templates_total"], p
+        assert p["split_brain_seen"] is False
+    freeze = report["freeze"]
+    assert freeze["split_brain_seen"] is False, freeze
+    assert freeze["connections_survived"] == freeze["connections_total"], freeze
+    assert freeze["frames_after_resume"] == 0, freeze  # the workers obeyed the shared fence
