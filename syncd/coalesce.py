@@ -106,21 +106,40 @@ class Window:
 
     def encode_packed(self, now: float, policy: SyncPolicy, tracker: RefreshTracker, out: Packer) -> None:
         """``encode()`` as packed rows into `out` (syncd.packed): an update a row cannot hold goes as
-        its ConnEntry body. Same updates, same order, same tracker calls."""
-        row_upsert, row_expire = out.upsert, out.expire
+        its ConnEntry body. Same updates, same order, same tracker calls (the master's hot path: one
+        loop, the tracker told in one call)."""
+        gone: list[Any] = []
+        gone_tpl: list[Any] = []
+        expire_row = out.expire
 
-        def gone(key: ConnKey) -> Any:
-            row = row_expire(key)
-            return row if row is not None else (_expire_body(key),)
+        def gone_item(k: ConnKey) -> Any:
+            row = expire_row(k)
+            return row if row is not None else (_expire_body(k),)
 
-        def upsert(kind: int, key: ConnKey, snap: SnapTuple, now: float, old_key: ConnKey | None) -> Any:
-            if old_key is None and snap[6] is None:
-                row = row_upsert(kind, key, snap[1], snap[2], snap[3], snap[4] - now, snap[5], snap[7])
-                if row is not None:
-                    return row
-            return (_upsert_body(kind, key, snap, now, old_key),)
-
-        out.add(self._walk(now, policy, tracker, gone, upsert))
+        for k in self.early:
+            tracker.forget(k)
+            (gone_tpl if k[8] else gone).append(gone_item(k))
+        items: list[Any] = []
+        sent: list[tuple[ConnKey, float, float]] = []
+        append, sent_append, snap_row = items.append, sent.append, out.snap_row
+        should_sync, filtering = policy.should_sync_key, not policy.sync_all
+        for key, (first, last, snap, old_key) in self.pending.items():
+            if last == EXPIRE:
+                if first == NEW:
+                    continue  # created and removed within the window
+                tracker.forget(key)
+                (gone_tpl if key[8] else gone).append(gone_item(key if old_key is None else old_key))
+                continue
+            if old_key is not None:
+                tracker.forget(old_key)
+            if filtering and not should_sync(key, snap[STATE]):
+                continue
+            kind = NEW if first == NEW else last
+            row = snap_row(kind, key, snap, now) if old_key is None and snap[CONTROL_KEY] is None else None
+            append(row if row is not None else (_upsert_body(kind, key, snap, now, old_key),))
+            sent_append((key, snap[EXPIRES], snap[TIMEOUT]))
+        tracker.sent_many(sent)
+        out.add(gone + gone_tpl + items if gone or gone_tpl else items)
 
     def _walk(self, now: float, policy: SyncPolicy, tracker: RefreshTracker,
               gone_of: Callable[[ConnKey], Any],

@@ -246,12 +246,18 @@ class SyncMaster:
                 break
             n += len(events)
             for ev in events:  # RawEvent: snapshot fields, kind, old_key
-                p = pending.get(ev[0])
-                if p is not None and ev[9] is None and ev[8] != _NEW:  # the common repeat: inline
-                    p[1] = ev[8]
-                    p[2] = ev
-                else:
-                    add(ev[8], ev, ev[9])
+                key = ev[0]
+                p = pending.get(key)
+                if ev[9] is None:  # the common cases inline: a first event, a repeat (Window.add)
+                    kind = ev[8]
+                    if p is None:
+                        pending[key] = [kind, kind, ev, None]
+                        continue
+                    if kind != _NEW:
+                        p[1] = kind
+                        p[2] = ev
+                        continue
+                add(ev[8], ev, ev[9])
         window.events = n
         self.stats["coalesced"] += window.events - len(window.pending)
         return window

@@ -111,7 +111,7 @@ class Packer:
     def add(self, items: list[Any]) -> None:
         """Queue rows (bytes) and full entries (1-tuples of a ConnEntry body), in order."""
         rows = self.rows
-        if not any(type(it) is tuple for it in items):
+        if tuple not in map(type, items):
             rows += items
             return
         for it in items:
@@ -131,6 +131,22 @@ class Packer:
             return _pack(kind, proto, caddr, cport, vaddr, vport, daddr, dport, fwmark, flags, state,
                          _ms(timeout), _ms(remaining), 0 if dest_key is None else self.dest_index(dest_key),
                          in_pkts)
+        except (struct.error, ValueError, OverflowError):
+            return None
+
+    def snap_row(self, kind: int, key: ConnKey, snap: tuple[Any, ...], now: float) -> bytes | None:
+        """``upsert`` of a conn snapshot tuple (key, flags, state, timeout, expires, dest_key, control_key,
+        in_pkts, ...) at `now`: the master's window path, inlined."""
+        proto, caddr, cport, vaddr, vport, daddr, dport, fwmark, is_tpl = key
+        flags = snap[1] & ~_LOCAL
+        flags = (flags | F_TEMPLATE) if is_tpl else (flags & ~F_TEMPLATE)
+        timeout, remaining, dk = snap[3], snap[4] - now, snap[5]
+        di = 0 if dk is None else (self._dix.get(dk) or self.dest_index(dk))
+        tm = int(timeout * 1000.0 + 0.5) if 0.0 <= timeout < 4e6 else _ms(timeout)
+        rm = int(remaining * 1000.0 + 0.5) if 0.0 <= remaining < 4e6 else _ms(remaining)
+        try:
+            return _pack(kind, proto, caddr, cport, vaddr, vport, daddr, dport, fwmark, flags, snap[2], tm,
+                         rm, di, snap[7])
         except (struct.error, ValueError, OverflowError):
             return None
 

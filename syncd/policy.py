@@ -82,6 +82,21 @@ class RefreshTracker:
             margin = p.refresh_min_margin
         heapq.heappush(self._heap, (deadline - margin, deadline, key))
 
+    def sent_many(self, items: list[tuple[ConnKey, float, float]]) -> None:
+        """``sent`` of each (key, deadline, timeout), in order (one call per master window)."""
+        d, heap, push = self._deadline, self._heap, heapq.heappush
+        top, bottom = self.policy.refresh_margin, self.policy.refresh_min_margin
+        for key, deadline, timeout in items:
+            d[key] = deadline
+            margin = timeout * 0.5
+            if margin > top:
+                margin = top
+            if margin < bottom:
+                margin = bottom
+            push(heap, (deadline - margin, deadline, key))
+        if len(d) > self._peak:
+            self._peak = len(d)
+
     def ensure(self, key: ConnKey, deadline: float, timeout: float) -> None:
         """A snapshot sent `key` with `deadline`: track the earlier of it and what batches sent (each
         backup must be refreshed before *its* copy runs out)."""
