@@ -20,7 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = ["bench.bench_conn", "bench.bench_core", "bench.bench_sync", "bench.bench_conntrackd",
-           "bench.bench_election", "bench.bench_fwd", "bench.bench_failover", "bench.bench_defense"]
+           "bench.bench_election", "bench.bench_fwd", "bench.bench_fwd_directord", "bench.bench_failover",
+           "bench.bench_defense"]
 
 # figure -> (reference figure, what the reference is, target as text); EXTRA_REFERENCES adds rows
 EXTRA_REFERENCES: list[tuple[str, str, str, str]] = [
