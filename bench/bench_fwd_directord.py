@@ -9,7 +9,8 @@ same run. The traffic is ``bench.bench_fwd``'s: ``trafgen`` pinned to CPU 0 send
 
 * ``fwd_nat_pps_w1``: ``workers: 1``, the whole directord pinned to CPU 1 (the data plane on its
   loop, the election on its own thread); ``fwd_nat_pps_w2``: ``workers: 2`` (unpinned: two workers
-  share both CPUs with the generator and the parent); ``fwd_kernel_pps``: kernel DNAT on d3.
+  share both CPUs with the generator and the parent); ``fwd_directord_kernel_pps``: kernel DNAT
+  on d3 (same run).
 * ``fwd_cpu_us_per_pkt_w1`` / ``_w2``: CPU time (user + system) of every directord process (parent
   and workers) during the window, divided by the packets r1 received.
 * ``fwd_nat_pps_lossless_w1``: the highest offered rate (a ladder of paced trafgen rates) at which
@@ -187,7 +188,7 @@ def run(quick: bool = False, workers: int = 2) -> dict[str, float]:
         b.setup()
         d3 = lab.directors[2]
         for _ in range(rounds):
-            add("fwd_kernel_pps", b.fwd.pps(d3.macs["ext"], VIP_KERNEL))
+            add("fwd_directord_kernel_pps", b.fwd.pps(d3.macs["ext"], VIP_KERNEL))
             for w in (1, workers):
                 b.start_master(w)
                 pps, cpu = b.pps_and_cpu()
@@ -210,7 +211,7 @@ def run(quick: bool = False, workers: int = 2) -> dict[str, float]:
         lab.down()
     out = {k: statistics.median(v) for k, v in res.items()}
     out["fwd_directord_cores"] = float(os.cpu_count() or 0)
-    kernel = out.get("fwd_kernel_pps", 0.0)
+    kernel = out.get("fwd_directord_kernel_pps", 0.0)
     if kernel:
         out["fwd_nat_w1_over_kernel"] = out["fwd_nat_pps_w1"] / kernel
     return out
