@@ -333,7 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent(args.parent)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s worker{args.index}: %(message)s")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM ends us
+    # systemd (KillMode=control-group) and the lab signal the whole group: the parent decides when a
+    # worker ends ("stop", or its end of the pipe closing), so a graceful resign keeps forwarding until
+    # the handover; PR_SET_PDEATHSIG and the final SIGKILL still end a worker whatever happens
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     ch = Channel(socket.socket(fileno=args.fd))
     worker = Worker(ch, SharedFence(args.fence_fd), args.index, args.count)
     asyncio.run(worker.run())

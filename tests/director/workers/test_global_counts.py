@@ -1,0 +1,83 @@
+"""Global dest counts with workers: the pool sends each worker the others' share, the worker keeps it
+added to its dests' counters, and its scheduler (wlc here) then balances over the node's conns."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from director.config.services import parse_config
+from director.dataplane.config import CoreConfig
+from director.services.service import ServiceTable
+from director.table.conn import ConnTable
+from director.workers.fence import SharedFence
+from director.workers.pool import WorkerPool
+from director.workers.worker import Worker
+
+CONFIG = """
+services:
+  - name: web
+    protocol: tcp
+    vip: 198.18.0.10
+    port: 80
+    scheduler: wlc
+    forward: nat
+    dests: [{address: 198.18.1.10, port: 80}, {address: 198.18.1.11, port: 80}]
+"""
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.msgs: list[tuple[Any, ...]] = []
+
+    def send(self, msg: tuple[Any, ...]) -> None:
+        self.msgs.append(msg)
+
+
+@pytest.fixture
+def worker() -> Iterator[Worker]:
+    fence = SharedFence.create()
+    w = Worker(Sent(), fence, 0, 2)  # type: ignore[arg-type]
+    w.on_message(("init", {"core": CoreConfig(), "mask": 0xFFFFFFFF, "table_bits": 8, "max_conns": 1000,
+                           "ext": "ext", "int": "int"}))
+    w.on_message(("config", parse_config(CONFIG), frozenset()))
+    yield w
+    fence.close()
+
+
+def test_the_other_workers_share_is_added_replaced_and_taken_out_of_the_own_counts(worker: Worker) -> None:
+    assert worker.director is not None
+    svc = next(iter(worker.director.services))
+    a, b = svc.dests
+    worker.on_message(("peers", {a.key: (5, 1)}))
+    assert (a.activeconns, a.inactconns, b.activeconns) == (5, 1, 0)
+    assert svc.scheduler.schedule(svc.dests, 1, 1) is b  # wlc sees the node's 5 conns on a
+    a.activeconns += 1  # this worker's own conn on a
+    assert worker._own()[a.key] == (1, 0)
+    worker.on_message(("peers", {a.key: (2, 0)}))
+    assert (a.activeconns, a.inactconns) == (3, 0)
+    worker.on_message(("peers", {}))
+    assert (a.activeconns, a.inactconns) == (1, 0)
+    assert worker.stats()["own"][a.key] == (1, 0)
+
+
+def test_the_pool_sends_each_worker_the_others_share_only_when_it_changed() -> None:
+    pool = WorkerPool(2, "ext", "int", CoreConfig(), ConnTable(lambda: 0.0, bits=8), ServiceTable(),
+                      table_bits=8, max_conns=100)
+    sent = [Sent(), Sent()]
+
+    class Proc:
+        def __init__(self, ch: Sent) -> None:
+            self.channel = ch
+
+    pool.workers = [Proc(sent[0]), Proc(sent[1])]  # type: ignore[list-item]
+    key = (6, 1, 80, 0, 2, 80)
+    pool.per_worker = [{"own": {key: (3, 0)}}, {"own": {key: (1, 1)}}]
+    pool._exchange_counts(pool.per_worker)
+    assert sent[0].msgs == [("peers", {key: (1, 1)})]
+    assert sent[1].msgs == [("peers", {key: (3, 0)})]
+    pool._exchange_counts(pool.per_worker)
+    assert len(sent[0].msgs) == len(sent[1].msgs) == 1  # nothing changed: nothing sent
+    pool.close()
