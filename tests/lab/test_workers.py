@@ -128,10 +128,20 @@ def test_persistence_scope_stays_on_one_worker_and_one_dest(single: tuple[Lab, L
     assert forwarded(rows[1 - owner]) == 0
 
 
-@pytest.fixture
-def pair() -> Iterator[ClusterEnv]:
+class MixedCluster(LabCluster):
+    """A lab cluster whose nodes run different worker counts (node id -> `workers:`)."""
+
+    def __init__(self, lab: Lab, workers: dict[str, int]) -> None:
+        super().__init__(lab, n_nodes=2)
+        self.workers = workers
+
+    def node_yaml(self, node: NodeProc) -> str:
+        return super().node_yaml(node) + f"workers: {self.workers[node.node_id]}\n"
+
+
+def cluster_with(workers: dict[str, int]) -> Iterator[ClusterEnv]:
     lab = Lab(new_name(), n_directors=2, n_reals=3)
-    cluster = LabCluster(lab, n_nodes=2, node_extra=WORKERS)
+    cluster = MixedCluster(lab, workers)
     env = ClusterEnv(lab, cluster, 30)
     try:
         cluster.bring_up(drill_services(3))
@@ -141,6 +151,29 @@ def pair() -> Iterator[ClusterEnv]:
             env.traffic.stop()
         cluster.close()
         lab.down()
+
+
+@pytest.fixture
+def pair() -> Iterator[ClusterEnv]:
+    yield from cluster_with({"d1": 2, "d2": 2})
+
+
+@pytest.fixture(params=[{"d1": 2, "d2": 1}, {"d1": 1, "d2": 2}], ids=["w2-to-w1", "w1-to-w2"])
+def mixed(request: pytest.FixtureRequest) -> Iterator[ClusterEnv]:
+    yield from cluster_with(request.param)
+
+
+def test_a_backup_with_another_worker_count_takes_over_every_stream(mixed: ClusterEnv) -> None:
+    """One sync stream whatever the shards: a backup re-shards on apply (or keeps one table)."""
+    c = mixed.cluster
+    master, backup, new_ok = mixed.roles_under_traffic()
+    c.wait_in_sync(backup)
+    t_kill = c.kill_node(master)
+    mixed.kills.setdefault(master.node_id, []).append(t_kill)
+    wait_for("the backup to take over", lambda: c.is_forwarding(backup), 60)
+    end = mixed.settle(new_ok)
+    mixed.assert_clean(end)
+    assert mixed.no_split_brain()
 
 
 def test_crashed_master_with_two_workers_is_replaced_by_a_backup_with_two_workers(pair: ClusterEnv) -> None:
