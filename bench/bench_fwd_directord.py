@@ -118,8 +118,19 @@ class DirectordBench:
                    if ev["event"] == "role" and ev["t"] >= since)
 
     # -- measurements ---------------------------------------------------------------------------------
+    def quiesce(self, timeout: float = 15.0) -> None:
+        """Wait until r1 receives nothing more: the director's rings hold no backlog of the last run."""
+        last, deadline = -1, time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = self.fwd.rx_packets()
+            if now == last:
+                return
+            last = now
+            time.sleep(0.3)
+
     def pps_and_cpu(self) -> tuple[float, float]:
         """(pps r1 received, directord CPU microseconds per packet) over one window."""
+        self.quiesce()
         c0 = self.cpu(self.d1)
         n0 = self.fwd.rx_packets()
         pps = self.fwd.pps(VMAC, VIP_NAT)
@@ -132,6 +143,7 @@ class DirectordBench:
         return int(json.loads(out)[0]["stats64"]["tx"]["packets"])
 
     def loss_at(self, rate: int) -> float:
+        self.quiesce()
         cfg = self.lab.write_file("trafgen-lossless.cfg", trafgen_config(VMAC, VIP_NAT))
         gen = self.lab.popen(self.lab.client.ns, ["taskset", "-c", str(GEN_CPU), "trafgen", "-o", "eth0",
                                                   "-i", str(cfg), "-P", "1", "--no-sock-mem", "-Q", "-C",
@@ -141,9 +153,11 @@ class DirectordBench:
             time.sleep(0.5)
             t0, r0 = self.tx_packets(), self.fwd.rx_packets()
             time.sleep(self.seconds)
-            t1, r1 = self.tx_packets(), self.fwd.rx_packets()
         finally:
             self.lab.stop(gen, signal.SIGINT)
+        t1 = self.tx_packets()
+        self.quiesce()  # what was sent in the window and is still queued counts as received, not lost
+        r1 = self.fwd.rx_packets()
         sent = t1 - t0
         return 1.0 - (r1 - r0) / sent if sent else 1.0
 
