@@ -273,7 +273,7 @@ async def start_metrics_server(api: NodeApi, host: str = "127.0.0.1", port: int 
 
 
 async def serve_metrics(api: NodeApi, listen: str) -> MetricsServer:
-    """start_metrics_server on "host:port" (NodeConfig.metrics_listen; "[::1]:9120" for IPv6)."""
+    """start_metrics_server on "host:port" (NodeConfig.metrics_listen; "[::1]:9712" for IPv6)."""
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"metrics.listen: want host:port, got {listen!r}")
