@@ -5,8 +5,9 @@ Theory of operation
 `ChaosLab` builds a `deploy.cluster.LabCluster` with three nodes and a three-member etcd cluster
 (`deploy.etcd.EtcdCluster`, one namespace per member) and writes three services: ``stream`` (TCP
 echo, Maglev, r1-r3), ``probe`` (UDP echo, Maglev, r1-r3) and ``web`` (HTTP, wlc, persistent, r1-r4,
-HTTP health checks). r4 serves only ``web``: it is the server that flaps (its processes are stopped
-and started), so a flap costs no echo stream and moves only the sticky clients of r4.
+HTTP health checks, ``expire_quiescent_template``: the sticky clients of a failed dest move). r4
+serves only ``web``: it is the server that flaps (its processes are stopped and started), so a flap
+costs no echo stream and moves only the sticky clients of r4.
 
 It also runs what goes on *beside* the schedule:
 
@@ -63,7 +64,8 @@ def _service(name: str, proto: str, port: int, sched: str, servers: Sequence[int
 def services_yaml() -> str:
     return "timeouts: {tcp: 900, tcpfin: 120, udp: 300}\nservices:\n" + "".join([
         _service("stream", "tcp", 7, "mh", (1, 2, 3)), _service("probe", "udp", 7, "mh", (1, 2, 3)),
-        _service("web", "tcp", 80, "wlc", (1, 2, 3, 4), "    persistence: {timeout: 300}\n", hc=True)])
+        _service("web", "tcp", 80, "wlc", (1, 2, 3, 4),
+                 "    persistence: {timeout: 300}\n    expire_quiescent_template: true\n", hc=True)])
 
 
 def weight_key(svc: str, addr: str, port: int) -> str:
