@@ -15,8 +15,10 @@ Application is idempotent: NEW/UPDATE upsert, REFRESH extends the timer, EXPIRE 
 is a no-op. Inside one message expirations go first, conns before templates (a template only goes
 away once its children are gone; the master puts at most one update per key in a batch, except an
 EXPIRE before a NEW when a key is reused), then the upserts in order. Entries are created with the
-SYNC flag and bound to the local dest found by ``DestKey`` (``ServiceTable.find_dest``); an unknown
-dest leaves the entry unbound and remembered, ``rebind_pending()`` binds it once the dest exists. A
+SYNC flag and bound to the local dest found by ``DestKey`` (``ServiceTable.find_dest``, cached per
+message); runs of plain upserts go to the table in bulk (``ConnTable.new_synced``, see ``apply``).
+An unknown dest leaves the entry unbound and remembered, ``rebind_pending()`` binds it once the dest
+exists. A
 child whose template has not arrived yet (same batch, later snapshot chunk) waits in
 ``_waiting_ctl`` and is linked with ``control_add`` (so ``n_control`` is right) the moment its
 template appears.

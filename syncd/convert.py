@@ -3,7 +3,10 @@
 Theory of operation
 -------------------
 Encoding goes straight to bytes: a batch is serialized once on the master and the same bytes are
-written to every backup (the gRPC method uses identity serializers). Decoding takes bytes and
+written to every backup (the gRPC method uses identity serializers). Batches and snapshot chunks
+carry their updates as packed rows (wire version 2, ``syncd.packed``: ``pack_updates``), an update
+a row cannot hold as a full ConnEntry (``entry_body``); ``downgrade`` turns a message into the
+version-1 layout for a backup that speaks version 1. Decoding takes bytes and
 returns plain records; anything that does not parse, carries an unknown version or lacks a required
 part raises ``ProtocolError`` so callers can refuse and log it without touching their table.
 Addresses travel as big-endian bytes (4 bytes when the int fits in 32 bits, else 16); ints decode

@@ -35,7 +35,14 @@ sub-messages are not written. Every message this module writes::
     Batch                                         SnapshotChunk
     0x08  1 seq                 varint            0x08  1 index     varint
     0x10  2 first_event_unix_ns varint            0x12  2 entries   len+ConnEntry (repeated)
-    0x1a  3 entries             len+ConnEntry (repeated)
+    0x1a  3 entries             len+ConnEntry     0x1a  3 packed    len+rows (version 2)
+    0x22  4 packed              len+rows (v2)     0x22  4 dests     len+DestRef (repeated, v2)
+    0x2a  5 dests               len+DestRef (repeated, version 2)
+
+    Version 2 (``batch_packed`` / ``snapshot_chunk_packed``): ``packed`` holds fixed 41-byte rows
+    (``syncd.packed``), ``dests`` the DestRefs they index and ``entries`` only the updates a row
+    cannot hold, each in the place of a kind-0 row. ``batch`` / ``snapshot_chunk`` write the
+    version-1 layout (every update a ConnEntry), still valid in version 2.
 
     ConnEntry (one update)                 written for kind:  NEW/UPDATE  EXPIRE  REFRESH
     tag        field           type        bytes / values
