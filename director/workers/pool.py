@@ -88,8 +88,11 @@ class WorkerPool:
 
     def __init__(self, count: int, ext: str, intf: str, core: CoreConfig, table: ConnTable,
                  services: ServiceTable, *, table_bits: int, max_conns: int,
-                 stats_path: str | None = None, drop_counts: list[int] | None = None) -> None:
+                 stats_path: str | None = None, drop_counts: list[int] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.count = count
+        self.clock = clock
+        """CLOCK_MONOTONIC: one clock for the parent and its workers (event times are on it)."""
         self.ifnames = (ext, intf)
         self.core = core
         self.table = table
@@ -193,7 +196,7 @@ class WorkerPool:
     # -- sync -----------------------------------------------------------------------------------------
     def route_synced(self, events: list[ConnEvent]) -> None:
         """Entries the parent's sync backup applied go to the worker owning their client."""
-        now = time.monotonic()
+        now = self.clock()
         per: list[list[Update]] = [[] for _ in range(self.count)]
         for kind, snap, old_key in events:
             u = Update(SyncKind(int(kind)), snap.key, snap.flags, snap.state, snap.timeout,
@@ -205,7 +208,7 @@ class WorkerPool:
 
     def _mirror(self, evs: list[RawEvent]) -> None:
         """A worker's events into the replica (and, while serving sync, into its feed)."""
-        now = time.monotonic()
+        now = self.clock()
         feed = self.table.events
         serving = feed.enabled
         feed.enabled = False
