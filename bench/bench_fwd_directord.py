@@ -118,13 +118,12 @@ class DirectordBench:
                    if ev["event"] == "role" and ev["t"] >= since)
 
     # -- measurements ---------------------------------------------------------------------------------
-    def quiesce(self, timeout: float = 15.0) -> None:
+    def quiesce(self, timeout: float = 15.0, stable: int = 3) -> None:
         """Wait until r1 receives nothing more: the director's rings hold no backlog of the last run."""
-        last, deadline = -1, time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        last, same, deadline = -1, 0, time.monotonic() + timeout
+        while time.monotonic() < deadline and same < stable:
             now = self.fwd.rx_packets()
-            if now == last:
-                return
+            same = same + 1 if now == last else 0
             last = now
             time.sleep(0.3)
 

@@ -32,8 +32,11 @@ of its shard (director.dataplane.io.shard) with its own conn table.
 * **Crash**: a worker's exit is seen at once (pidfd readable). The pool spawns it again with the
   same index (so the same shard: the filter is a pure function of the address), pushes the config,
   the role and the shard's entries from the replica (their timers restarted at full timeout: the
-  replica holds no live timers). More than ``MAX_RESTARTS`` restarts within ``RESTART_WINDOW``
-  seconds: ``on_fatal`` (the daemon resigns).
+  replica holds no live timers). A second restart within ``RESTART_WINDOW`` waits (0.4 s, doubling,
+  at most 5 s); more than ``MAX_RESTARTS``: ``on_fatal`` (the daemon resigns) and the pool keeps
+  trying at that pace.
+* **Defense**: each worker's table is bounded by ``max_conns / N`` (the node's bound shared out;
+  a node whose clients all fall into one shard reaches the bound with fewer conns).
 * **Parent death**: workers die with it (``PR_SET_PDEATHSIG``). The crash exit hook
   (director.cluster.release) revokes the lease only after the launcher reaped the *whole* node:
   systemd runs ``ExecStopPost=`` once the unit's cgroup (workers included) is empty, the lab kills
@@ -275,7 +278,8 @@ class WorkerPool:
         ch.on_message = self._on_message
         ch.attach(loop)
         loop.add_reader(pidfd, self._exited, index, proc.pid)
-        ch.send(("init", {"core": self.core, "table_bits": self.table_bits, "max_conns": self.max_conns,
+        ch.send(("init", {"core": self.core, "table_bits": self.table_bits,
+                          "max_conns": max(1, self.max_conns // self.count),
                           "mask": self.mask, "ext": self.ifnames[0], "int": self.ifnames[1]}))
         if self.config is not None:
             ch.send(("config", *self.config))
@@ -309,6 +313,14 @@ class WorkerPool:
         self.on_worker("worker_exit", index, {"pid": pid, "code": code})
         if len(self.restarts) > MAX_RESTARTS:
             self.on_fatal(f"{len(self.restarts)} worker restarts within {RESTART_WINDOW:.0f} s")
+        delay = 0.0 if len(self.restarts) <= 1 else min(5.0, 0.1 * 2 ** len(self.restarts))
+        assert self._loop is not None
+        self._loop.call_later(delay, self._respawn, index)
+
+    def _respawn(self, index: int) -> None:
+        """Start worker ``index`` again and hand it its shard of the replica."""
+        if self._stopping or self.workers[index] is not None:
+            return
         self._spawn(index)
         self._send_to(index, ("synced", self._shard_updates(index)))
 
