@@ -132,3 +132,23 @@ def main() -> None:  # pragma: no cover - the capture tool for the docs
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+def test_shape_comparison_tells_stale_docs_from_new_numbers() -> None:
+    doc = examples("```\n$ directorctl list --stats    # a comment\n"
+                   "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n"
+                   "TCP  198.18.0.10:80                     3     3600        0  4500000        0\n"
+                   "...\n"
+                   "(exit 0)\n```\n"
+                   "```\n# file: x.yaml\nservices: []\n```\n", "t.md")
+    (ex,) = doc.examples
+    assert ex.argv == ["list", "--stats"] and ex.exit_code == 0 and doc.files == {"x.yaml": "services: []\n"}
+    live = ["Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes",
+            "TCP  198.18.0.10:80                    12       99        1       77        5", "  -> more"]
+    assert same_shape(ex, live) is None  # other numbers, more lines where the doc elides
+    assert same_shape(ex, ["Prot LocalAddress:Port Conns InPkts OutPkts", *live[1:]]) is not None
+    conns = Example("t", 1, ["list", "-c"], ["IPVS connection entries", "pro expire state x",
+                                             "TCP 04:58  NONE        198.18.0.100:0        198.18.0.10:80"
+                                             "        198.18.1.10:80"])
+    assert same_shape(conns, conns.output[:2]) is None
+    assert same_shape(conns, [*conns.output[:2], "TCP 4:58 NONE 198.18.0.100:0"]) is not None
