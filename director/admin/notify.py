@@ -80,6 +80,7 @@ class NotifyRunner:
             self._loop = asyncio.get_running_loop()
         self._lanes: dict[str, deque[tuple[str, dict[str, Any]]]] = {"role": deque(), "dest": deque()}
         self._workers: dict[str, asyncio.Task[None]] = {}
+        self.running = 0
 
     def start(self) -> None:
         """Bind to the running loop if not built on it (events may then come from any thread)."""
@@ -106,7 +107,8 @@ class NotifyRunner:
             self._workers.pop(lane, None)
 
     def pending(self) -> int:
-        return sum(len(q) for q in self._lanes.values()) + len(self._workers)
+        """Events not finished: queued or with their command running."""
+        return sum(len(q) for q in self._lanes.values()) + self.running
 
     # ---- on the loop -------------------------------------------------------------------------
 
@@ -153,7 +155,11 @@ class NotifyRunner:
         try:
             while queue:
                 hook, event = queue.popleft()
-                await self._run(hook, event)
+                self.running += 1
+                try:
+                    await self._run(hook, event)
+                finally:
+                    self.running -= 1
         finally:
             self._workers.pop(lane, None)
 

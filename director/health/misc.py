@@ -15,7 +15,7 @@ misbehaving script can neither stall the probe loop nor pile up processes. The f
 output (stdout and stderr, at most `MAX_OUTPUT` bytes kept) goes into the result's detail. The
 dest is described in the environment: ``LBD_DEST`` (addr:port), ``LBD_DEST_ADDR``,
 ``LBD_DEST_PORT``, ``LBD_CHECK_PORT`` (the probed port), ``LBD_SERVICE`` (proto/vip:port or
-fwmark:N), ``LBD_TIMEOUT``, on top of the node's own environment.
+fwm/N), ``LBD_TIMEOUT``, on top of the node's own environment.
 """
 
 from __future__ import annotations
@@ -59,11 +59,18 @@ async def run_command(argv: Sequence[str], timeout: float, *, env: Mapping[str, 
     os.write(in_w, stdin)  # fits in an empty pipe's buffer: never blocks
     os.close(in_w)
     rfd, wfd = os.pipe()  # our own pipe: Process.wait() (3.11) would also wait for a pipe it owns
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=in_r, stdout=wfd, stderr=wfd, start_new_session=True,
-            env={**os.environ, **(env or {})})
-    except OSError:
+    start = asyncio.ensure_future(asyncio.create_subprocess_exec(
+        *argv, stdin=in_r, stdout=wfd, stderr=wfd, start_new_session=True, env={**os.environ, **(env or {})}))
+    try:  # shielded: cancelling a starting subprocess can hang asyncio (3.11); finish, kill, reap
+        proc = await asyncio.shield(start)
+    except asyncio.CancelledError:
+        os.close(rfd)
+        with contextlib.suppress(OSError):
+            started = await start
+            _kill_group(started.pid)
+            await started.wait()
+        raise
+    except BaseException:
         os.close(rfd)
         raise
     finally:

@@ -4,13 +4,14 @@ a script killed with its whole process group at the timeout, counted by the mana
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
 from pathlib import Path
 
 from director.health.manager import HealthManager, Probe, run_probe
-from director.health.misc import check_misc, verdict
+from director.health.misc import check_misc, run_command, verdict
 from director.health.spec import CheckResult, HealthSpec
 
 KEY = (6, 0xC612000A, 80, 0, 0x7F000001, 8080)
@@ -98,3 +99,30 @@ def _alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_cancelling_a_starting_command_neither_hangs_nor_leaves_it_running(tmp_path: Path) -> None:
+    token = f"lbd-cancel-{os.getpid()}-{time.monotonic_ns()}"
+    hang = script(tmp_path, "hang", f"exec -a {token} sleep 300")
+
+    async def main() -> None:
+        task = asyncio.ensure_future(run_command([hang], 60))
+        await asyncio.sleep(0)  # inside the subprocess start
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 20)
+    asyncio.run(main())
+    end = time.monotonic() + 20
+    while _with_token(token):
+        assert time.monotonic() < end, "the cancelled command still runs"
+        time.sleep(0.01)
+
+
+def _with_token(token: str) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if token.encode() in (entry / "cmdline").read_bytes() and _alive(int(entry.name)):
+                    out.append(int(entry.name))
+    return out
