@@ -34,6 +34,10 @@ from lbd_pb import admin_pb2 as pb
 
 
 def cmd_list(c: Client, args: argparse.Namespace, out: TextIO) -> int:
+    if args.udp_service:
+        if args.service:
+            raise UsageError("give -t or -u, not both")
+        args.service = f"udp/{args.udp_service}"
     if args.connection:
         return _list_conns(c, args, out)
     req = pb.ListServicesRequest(service=parse_svc(args.service) if args.service else None)

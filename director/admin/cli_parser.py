@@ -69,7 +69,8 @@ def _json(p: argparse.ArgumentParser) -> None:
 
 def _add_reads(sub: _Sub) -> None:
     ls = sub.add("list", "services and dests, like ipvsadm -Ln", aliases=["ls"])
-    ls.add_argument("-t", "--service", help="only this service, e.g. tcp/198.18.0.10:80")
+    ls.add_argument("-t", "--service", help="only this service, e.g. tcp/198.18.0.10:80 or 198.18.0.10:80")
+    ls.add_argument("-u", "--udp-service", metavar="VIP:PORT", help="only this UDP service (ipvsadm -u)")
     ls.add_argument("-c", "--connection", action="store_true", help="connection entries (ipvsadm -Lnc)")
     ls.add_argument("--stats", action="store_true", help="counters (ipvsadm --stats)")
     ls.add_argument("--rate", action="store_true", help="rates (ipvsadm --rate)")

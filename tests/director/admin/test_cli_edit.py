@@ -217,6 +217,8 @@ def test_version_and_options_after_the_command(env: Env, tmp_path: Path) -> None
     port = env.server.port
     code, out2, _ = cli_run(["list", "--addr", f"127.0.0.1:{port}", "--insecure", "--token", "t0k"])
     assert code == 0 and "TCP  198.18.0.10:80" in out2
+    code, out2, _ = env.run("list", "-u", "198.18.0.10:53")  # ipvsadm -Ln -u VIP:PORT
+    assert code == 0 and "UDP  198.18.0.10:53 rr" in out2 and "TCP" not in out2
 
 
 def actions(parser: argparse.ArgumentParser, path: str = "directorctl") -> list[tuple[str, argparse.Action]]:
