@@ -16,10 +16,8 @@ parses arguments and wires the parts; `Node` owns them and reacts to role change
 * **step down** (lease renewal overdue, resign, shutdown): `_stop_forwarding()` deactivates the
   director at once, before the lease can expire anywhere else.
 
-With ``workers: N`` (N >= 2) the packets go to N worker processes instead
-(director.workers.pool.WorkerPool stands where the DataPlane stands; docs/DATAPLANE.md "Workers"):
-``table`` is then the replica of their shards (sync, admin), the fence is a shared page, config and
-role are pushed over a control pipe, and the workers' counters are summed into ``services``.
+With ``workers: N`` (N >= 2) N worker processes forward instead (director.workers.pool; ``table`` is
+then the replica of their shards, read by sync and admin; docs/DATAPLANE.md "Workers").
 
 Config comes from etcd (``config/``), is validated by director.config.services and applied in place; invalid
 config is refused with a log line naming the field, and the running config stays. SIGTERM resigns
@@ -161,19 +159,9 @@ class Node:
         self.director.gate.max_conns = self.defense.settings.max_conns
         self._rng = random.Random()
         # fenced until the election says otherwise: a fresh node never forwards on its own
-        self.dataplane: DataPlane | WorkerPool = DataPlane(self.director, cfg.external, cfg.internal,
-                                                           master_until=None)
-        self.pool: WorkerPool | None = None
-        """``workers: N`` (N >= 2): the packet workers stand where the DataPlane stands; ``table`` is then
-        the replica of their shards (director.workers.pool)."""
-        if cfg.workers > 1:
-            self.pool = self.dataplane = WorkerPool(
-                cfg.workers, cfg.external, cfg.internal, self.core_cfg, self.table, self.services,
-                table_bits=cfg.table_bits, max_conns=self.defense.settings.max_conns,
-                stats_path=f"{cfg.events_file}.workers.json" if cfg.events_file else None,
-                drop_counts=self.director.counters.counts)
-            self.pool.on_worker = lambda kind, i, fields: self.events.write(kind, worker=i, **fields)
-            self.pool.on_fatal = self._workers_failed
+        self.pool = WorkerPool.for_node(cfg, self.director, self.defense.settings.max_conns)
+        """``workers: N`` (N >= 2; else None): stands where the DataPlane stands (director.workers.pool)."""
+        self.dataplane = self.pool or DataPlane(self.director, cfg.external, cfg.internal, master_until=None)
         self.store = EtcdStore(list(cfg.etcd_endpoints), prefix=cfg.etcd_prefix, cluster=cfg.cluster)
         self.events = EventLog(cfg.events_file, cfg.node_id)
         self.estimator = StatsEstimator()
@@ -198,7 +186,11 @@ class Node:
                                     on_change=self._on_health_change)
         self.api = NodeAdmin(self)
         self.table.events.tap = self._tap_conn_events
-        self.backup.on_applied = self._tap_synced_events if self.pool is None else self._route_synced
+        self.backup.on_applied = (self._tap_synced_events if self.pool is None
+                                  else self.pool.synced_router(self._tap_synced_events))
+        if self.pool is not None:
+            self.pool.on_worker = lambda kind, i, fields: self.events.write(kind, worker=i, **fields)
+            self.pool.on_fatal = self._workers_failed
         self.admin: Any = None
         self.metrics: MetricsServer | None = None
 
@@ -266,18 +258,10 @@ class Node:
             loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._resign_now()))
 
     def _workers_failed(self, why: str) -> None:
-        """Workers keep crashing: this node cannot forward reliably; hand the mastership over."""
-        log.error("packet workers failing (%s): resigning", why)
+        """Packet workers keep crashing (director.workers.pool): stop forwarding, hand the mastership over."""
         self.events.write("workers_failed", why=why)
-        if self.elector is not None and self.elector.role is Role.MASTER:
-            self.dataplane.set_master_until(None)
-            asyncio.ensure_future(self._resign_now())
-
-    def _route_synced(self, events: list[ConnEvent]) -> None:
-        """Backup with workers: what sync applied to the replica goes to the owning workers too."""
-        if self.pool is not None:
-            self.pool.route_synced(events)
-        self._tap_synced_events(events)
+        self.dataplane.set_master_until(None)
+        asyncio.ensure_future(self._resign_now())
 
     async def _resign_now(self) -> None:
         if self.elector is not None and self.elector.role is Role.MASTER:

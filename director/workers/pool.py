@@ -57,8 +57,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from director.config.node import NodeConfig
 from director.config.services import Config
-from director.dataplane.core import Action, CoreConfig
+from director.dataplane.core import Action, CoreConfig, Director
 from director.dataplane.io.shard import shard_of, widest_mask
 from director.services.service import ServiceTable
 from director.table.conn import ConnTable
@@ -123,6 +124,23 @@ class WorkerPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._last_stats_write = 0.0
+
+    @classmethod
+    def for_node(cls, cfg: NodeConfig, director: Director, max_conns: int) -> WorkerPool | None:
+        """The pool of a node with ``workers: N`` (N >= 2) around its Director's tables; else None."""
+        if cfg.workers < 2:
+            return None
+        return cls(cfg.workers, cfg.external, cfg.internal, director.cfg, director.table, director.services,
+                   table_bits=cfg.table_bits, max_conns=max_conns,
+                   stats_path=f"{cfg.events_file}.workers.json" if cfg.events_file else None,
+                   drop_counts=director.counters.counts)
+
+    def synced_router(self, tap: Callable[[list[ConnEvent]], None]) -> Callable[[list[ConnEvent]], None]:
+        """The sync backup's ``on_applied``: route to the workers (``route_synced``), then ``tap``."""
+        def route(events: list[ConnEvent]) -> None:
+            self.route_synced(events)
+            tap(events)
+        return route
 
     # -- DataPlane's surface for the daemon --------------------------------------------------------
     def set_master_until(self, deadline: float | None) -> None:
