@@ -26,6 +26,11 @@ CHECKERS = {"HTTP_GET": "http", "SSL_GET": "https", "TCP_CHECK": "tcp", "MISC_CH
             "DNS_CHECK": "dns", "UDP_CHECK": "udp", "PING_CHECK": "ping", "SMTP_CHECK": None,
             "BFD_CHECK": None, "FILE_CHECK": None}
 MAX_STATUSES = 64
+HTTP_CODES = frozenset((*range(100, 104), *range(200, 209), 226, *range(300, 309), *range(400, 419),
+                        *range(421, 427), 428, 429, 431, 451, *range(500, 509), 510, 511))
+"""The registered HTTP status codes: what a status range stands for."""
+ANY_2XX = sorted(c for c in HTTP_CODES if 200 <= c < 300)
+"""keepalived's default when a url gives no status_code: any 2xx."""
 _COMMON = {"delay_loop": "interval", "connect_timeout": "timeout", "retry": "fall", "nb_get_retry": "fall",
            "connect_port": "port"}
 _URL_KEYS = {"path": "path", "digest": "digest", "regex": "expect_body"}
@@ -83,14 +88,18 @@ def _number(ctx: Ctx, s: Stmt, lo: int, hi: int) -> int | None:
 
 
 def _statuses(ctx: Ctx, s: Stmt) -> list[int] | None:
-    """`status_code 200`, `status_code 200 204`, `status_code 200-299` (expanded, at most 64)."""
+    """`status_code 200`, `status_code 200 204`, `status_code 200-299` (a range: the registered codes
+    in it, so `200-299` is keepalived's default, any 2xx)."""
     codes: list[int] = []
     for arg in s.args:
         lo, _, hi = arg.partition("-")
         if not lo.isdigit() or (hi and not hi.isdigit()):
             ctx.skip(s, f"not a status code or range: {arg}")
             return None
-        codes.extend(range(int(lo), int(hi or lo) + 1))
+        if hi:
+            codes.extend(c for c in range(int(lo), int(hi) + 1) if c in HTTP_CODES)
+        else:
+            codes.append(int(lo))
     if not codes or len(codes) > MAX_STATUSES:
         ctx.skip(s, f"needs 1..{MAX_STATUSES} status codes")
         return None
@@ -215,6 +224,8 @@ def _translate(ctx: Ctx, s: Stmt, kind: str, defaults: Mapping[str, Any]) -> dic
             ctx.skip(c, "checks always go to the dest's own address")
         else:
             ctx.skip(c, "no equivalent")
+    if kind in ("http", "https") and "expect_status" not in out:
+        out["expect_status"] = list(ANY_2XX)
     if "sni" in state:
         if "host" in out:
             out["sni"] = str(out["host"]).rsplit(":", 1)[0]
