@@ -15,6 +15,8 @@ import yaml
 from director import __version__
 from director.admin import cli
 from director.admin.cli_parser import build_parser
+from director.config.node import node_config_from_dict
+from director.config.services import config_from_dict
 from tests.director.admin.admin_fake import ip
 from tests.director.admin.conftest import Env, cli_run
 
@@ -195,6 +197,15 @@ def test_import_keepalived_offline_and_apply(env: Env, tmp_path: Path) -> None:
     assert 18 in lines and 2 in lines  # state MASTER: VRRP is replaced by the election
     code, _, err = cli_run(["import-keepalived", str(conf), "--strict"])
     assert code == cli.EXIT["usage"] and "--strict" in err
+    svc_file, node_file = tmp_path / "services.yaml", tmp_path / "node-fragment.yaml"
+    code, out, _ = cli_run(["import-keepalived", str(conf), "-o", str(svc_file),
+                            "--node-config", str(node_file)])
+    assert code == 0 and out == "" and "# notify" not in svc_file.read_text()
+    assert config_from_dict(yaml.safe_load(svc_file.read_text())).services[0].scheduler == "wrr"
+    base = {"node_id": "d1", "etcd": {"endpoints": ["198.18.1.250:2379"]},
+            "interfaces": {"external": "e0", "internal": "i0"}, "sync": {"listen": "198.18.1.1:7100"}}
+    node = node_config_from_dict({**base, **yaml.safe_load(node_file.read_text())})
+    assert node.notify.master == ("/etc/keepalived/to-master.sh", "--page") and node.priority == 150
 
     code, out, _ = env.run("import-keepalived", str(conf), "--apply")
     assert code == 0 and "+ add tcp-198.18.0.50-80" in out and "applied 1 change(s)" in out
