@@ -10,7 +10,11 @@ use the second core), both over real gRPC on 127.0.0.1. The parent drives the ch
 * ``sync_updates_per_s``: NEW updates created on the master as fast as the loop allows (yielding
   every 1000 so batches flow) until the backup acknowledges having applied them all; updates
   divided by the elapsed time. The reference ``ref_sync_wire_roundtrip_per_s`` is protobuf encode
-  + decode of the same updates with no gRPC and no table (the ceiling of the wire format).
+  + decode of the same updates with no gRPC and no table (the ceiling of the wire format; packed
+  rows since wire version 2). ``sync_master_cpu_us_per_update`` / ``sync_backup_cpu_us_per_update``:
+  CPU time (all threads) each process spent per update in the same rounds - the master's includes
+  creating the conns (the packet path's share); unlike the rate they hardly depend on what else runs
+  on the machine.
 * ``sync_lag_p50/p99_ms_<rate>``: updates generated at a paced rate (1k, 10k, 50k/s); each batch
   applied on the backup records wall time since the master saw the batch's *first* event (the
   worst case within a batch). An update on an idle stream is cut at the next loop turn; only under
@@ -105,6 +109,8 @@ async def _backup(pipe: Connection, target: str) -> None:
         elif cmd[0] == "lags":
             pipe.send(("ok", f.lag_percentile(50), f.lag_percentile(99), len(f.lags_ms)))
             f.lags_ms.clear()
+        elif cmd[0] == "cpu":
+            pipe.send(("ok", time.process_time()))
         elif cmd[0] == "size":
             gc.collect()
             pipe.send(("ok", len(table), rss_mb()))
@@ -169,8 +175,11 @@ async def _caught_up(server: SyncServer, backup: Backup) -> float:
     return float(reply[1])
 
 
-async def _saturation(server: SyncServer, backup: Backup, gen: Gen, n: int) -> float:
+async def _saturation(server: SyncServer, backup: Backup, gen: Gen, n: int) -> tuple[float, float, float]:
+    """(updates/s, master CPU us per update, backup CPU us per update) of one round."""
     await _caught_up(server, backup)
+    b0 = (await backup.ask("cpu"))[1]
+    c0 = time.process_time()
     t0 = time.time()
     done = 0
     while done < n:
@@ -178,7 +187,9 @@ async def _saturation(server: SyncServer, backup: Backup, gen: Gen, n: int) -> f
         done += 1000
         await asyncio.sleep(0)
     t1 = await _caught_up(server, backup)
-    return n / (t1 - t0)
+    c1 = time.process_time()
+    b1 = (await backup.ask("cpu"))[1]
+    return n / (t1 - t0), (c1 - c0) / n * 1e6, (b1 - b0) / n * 1e6
 
 
 async def _paced(server: SyncServer, backup: Backup, gen: Gen, rate: float,
@@ -226,8 +237,10 @@ async def _stream_figures(quick: bool) -> dict[str, float]:
         gen = Gen(table, services)
         rounds = 3 if quick else 5
         n = 50_000 if quick else 200_000
-        out["sync_updates_per_s"] = statistics.median([await _saturation(server, backup, gen, n)
-                                                       for _ in range(rounds)])
+        sat = [await _saturation(server, backup, gen, n) for _ in range(rounds)]
+        out["sync_updates_per_s"] = statistics.median(r[0] for r in sat)
+        out["sync_master_cpu_us_per_update"] = statistics.median(r[1] for r in sat)
+        out["sync_backup_cpu_us_per_update"] = statistics.median(r[2] for r in sat)
         seconds = 1.0 if quick else 3.0
         for rate, name in ((1000, "1k"), (10_000, "10k"), (50_000, "50k")):
             res = [await _paced(server, backup, gen, rate, seconds) for _ in range(rounds)]
