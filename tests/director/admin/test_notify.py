@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from director.admin import notify as notify_mod
 from director.admin.notify import NotifyRunner, environment
@@ -199,3 +200,16 @@ def test_node_yaml_notify_section() -> None:
         "notify.timeout: must be a number in 0.1..3600, got 0")
     with pytest.raises(NodeConfigError, match="notify: must be a mapping"):
         node_config_from_dict({**BASE, "notify": ["x"]})
+
+
+def test_the_example_in_config_md_parses() -> None:
+    text = (Path(__file__).resolve().parents[3] / "docs" / "CONFIG.md").read_text()
+    section = text[text.index("## Notify hooks"):]
+    block = section[section.index("```yaml\n") + 8:section.index("```", section.index("```yaml\n") + 8)]
+    cfg = node_config_from_dict({**BASE, **yaml.safe_load(block)}).notify
+    assert cfg.backup == ("/usr/local/bin/page", "--backup") and cfg.timeout == 10.0
+    errors = section[section.index("Refused, each naming its field:"):].split("```")[1].strip().splitlines()
+    with pytest.raises(NodeConfigError) as exc:
+        node_config_from_dict({**BASE, "notify": {"master": [], "fault": "a 'b", "dest_up": [1],
+                                                  "timeout": 0}})
+    assert list(exc.value.errors) == errors

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from director.config.validate import ConfigError, Errors
-from director.health.spec import HealthSpec, health_spec
+from director.health.spec import FIELDS, HealthSpec, health_spec
 
 
 def problems(d: Any, where: str = "health") -> tuple[str, ...]:
@@ -165,3 +168,13 @@ def test_a_field_of_another_type_is_an_error() -> None:
         "health.query: applies to type dns only, this check is https",)
     assert problems({"type": "ping", "digest": "0" * 32}) == (
         "health.digest: applies to type http and https only, this check is ping",)
+
+
+def test_the_examples_in_config_md_parse() -> None:
+    text = (Path(__file__).resolve().parents[3] / "docs" / "CONFIG.md").read_text()
+    section = text[text.index("## Health checks"):text.index("## Notify hooks")]
+    (block,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    kinds = [HealthSpec.from_dict(d["health"]).kind for d in yaml.safe_load(block)["dests"]]
+    assert kinds == ["https", "dns", "udp", "grpc", "misc", "ping"]
+    for row in re.findall(r"^\| `([a-z_]+)`", section, re.M):  # every field in the table is a real one
+        assert row in FIELDS, row
