@@ -55,7 +55,8 @@ demo: setup
 # `make chaos SEED=s MINUTES=m` replays a run; exit code 1 on any violation
 MINUTES ?= 15
 chaos: setup
-	$(VPY) -m deploy.chaos --minutes $(MINUTES) $(if $(SEED),--seed $(SEED)) --report chaos-report.json
+	$(VPY) -m deploy.chaos --minutes $(MINUTES) $(if $(SEED),--seed $(SEED)) $(if $(KINDS),--kinds $(KINDS)) \
+	  --report chaos-report.json
 
 bench: setup
 	$(VPY) -m bench.run

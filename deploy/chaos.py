@@ -33,7 +33,7 @@ from typing import IO, Any
 
 from deploy.chaos_judge import FaultObs, Move, Observations, expected_config, judge
 from deploy.chaos_lab import FLAP_SERVER, ChaosLab, Sampler, Writers
-from deploy.chaos_schedule import Fault, describe, make_schedule
+from deploy.chaos_schedule import KINDS, Fault, describe, make_schedule
 from deploy.chaos_traffic import TrafficDriver
 from deploy.cluster import ClusterError, NodeProc, node_log_tail, wait_for
 from deploy.etcd import EtcdServer
@@ -46,10 +46,11 @@ CONVERGE_TIMEOUT_S = 60.0
 class ChaosRun:
     def __init__(self, seed: int, minutes: float, *, conns: int = 40, new_rate: float = 10.0,
                  interval: float = 0.1, udp_rate: float = 50.0, out: IO[str] = sys.stdout,
-                 lab_name: str | None = None) -> None:
+                 lab_name: str | None = None, kinds: dict[str, float] | None = None) -> None:
         self.seed, self.minutes, self.out = seed, minutes, out
         self.conns, self.new_rate, self.interval, self.udp_rate = conns, new_rate, interval, udp_rate
-        self.schedule = make_schedule(seed, minutes)
+        self.kinds = kinds
+        self.schedule = make_schedule(seed, minutes, kinds)
         self.chaos = ChaosLab(lab_name)
         self.observer = FabricObserver(self.chaos.lab, [1, 2, 3])
         self.writers = Writers(self.chaos, seed)
@@ -308,7 +309,8 @@ class ChaosRun:
             r["max_rss_kb"], r["max_fds"] = max(r["max_rss_kb"], s.rss_kb), max(r["max_fds"], s.fds)
         return {
             "seed": self.seed, "minutes": self.minutes, "lab": lab_name, "duration_s": round(duration, 1),
-            "replay": f"make chaos SEED={self.seed} MINUTES={self.minutes:g}",
+            "replay": f"make chaos SEED={self.seed} MINUTES={self.minutes:g}"
+                      + (f" KINDS={','.join(sorted(self.kinds))}" if self.kinds else ""),
             "schedule": [f.as_dict() for f in self.schedule],
             "faults_run": len(self.faults), "violations": violations, "faults": figures, "notes": self.notes,
             "writes": {"acknowledged": sum(1 for w in obs.writes if w.revision),
@@ -365,12 +367,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", default="chaos-report.json")
     p.add_argument("--conns", type=int, default=40, help="long-lived verified TCP streams")
     p.add_argument("--plan", action="store_true", help="print the schedule and exit")
+    p.add_argument("--kinds", default="", help="comma list: draw only these fault kinds (default: all)")
     args = p.parse_args(argv)
     seed = args.seed if args.seed is not None else int(time.time()) % 100000
+    kinds = {k: KINDS[k] for k in args.kinds.split(",") if k} or None
+    if args.kinds and set(args.kinds.split(",")) - set(KINDS):
+        p.error(f"unknown kinds; choose from {', '.join(sorted(KINDS))}")
     if args.plan:
-        print(describe(make_schedule(seed, args.minutes)))
+        print(describe(make_schedule(seed, args.minutes, kinds)))
         return 0
-    run = ChaosRun(seed, args.minutes, conns=args.conns)
+    run = ChaosRun(seed, args.minutes, conns=args.conns, kinds=kinds)
     report = run.run()
     Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
     print(summary(report))

@@ -30,6 +30,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -277,7 +278,7 @@ class Sampler:
         if proc is None:
             return None
         try:
-            status = open(f"/proc/{proc.pid}/status").read()  # noqa: SIM115 - tiny, read at once
+            status = Path(f"/proc/{proc.pid}/status").read_text()
             if "\nState:\tT" in status:  # frozen: its table answer would time out
                 return None
             rss = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:")))
