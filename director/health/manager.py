@@ -216,7 +216,7 @@ def probe_env(probe: Probe) -> dict[str, str]:
     """The environment a misc command sees: which dest it checks."""
     proto, vaddr, vport, fwmark, _daddr, dport = probe.key
     name = Proto(proto).name.lower() if proto in Proto._value2member_map_ else str(proto)
-    service = f"fwmark:{fwmark}" if fwmark else f"{name}/{_hostport(ipaddress.ip_address(vaddr), vport)}"
+    service = f"fwm/{fwmark}" if fwmark else f"{name}/{_hostport(ipaddress.ip_address(vaddr), vport)}"
     return {"LBD_DEST": _hostport(ipaddress.ip_address(probe.host), dport), "LBD_DEST_ADDR": probe.host,
             "LBD_DEST_PORT": str(dport), "LBD_CHECK_PORT": str(probe.port), "LBD_SERVICE": service,
             "LBD_TIMEOUT": f"{probe.spec.timeout:g}"}

@@ -9,7 +9,10 @@ The daemon owns one `HealthService` and calls three things on it:
 * `set_master(True/False)` on role changes: only the master runs the `HealthRunner`. On
   becoming master it seeds the manager from the published verdicts and re-checks from there;
 * `down_keys()` when applying config: the dests the *published* verdicts hold down (what
-  `director.config.services.apply_to_services(..., down=...)` takes).
+  `director.config.services.apply_to_services(..., down=...)` takes); then `apply_weights(services)`
+  gives the dests of misc `dynamic` checks the weight their published verdict carries.
+
+`stats` (`HealthStats`: probes, failures, commands killed at their timeout) survives masterships.
 
 `run(store)` is a task every node runs: it reads ``<root>/health/`` and then watches it (resuming
 from the last revision + 1 after errors, re-reading after compaction). Each change updates the
@@ -132,7 +135,7 @@ class HealthService:
                 hc = dc.healthcheck
                 if hc is None:
                     continue
-                key: DestKey = (int(sc.proto), sc.vaddr, sc.port, 0, dc.daddr, dc.port)
+                key: DestKey = (int(sc.proto), sc.vaddr, sc.port, sc.fwmark, dc.daddr, dc.port)
                 targets[key] = (dc.address, hc.port_for(dc.port), hc)
                 eqt[key] = bool(sc.expire_quiescent_template)
         self._targets = targets
