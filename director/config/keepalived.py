@@ -23,6 +23,7 @@ result with the real config parser.
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -175,10 +176,26 @@ def _vs_defaults(ctx: Ctx, s: Stmt, defaults: dict[str, Any]) -> bool:
     return True
 
 
+def _addr_problem(addr: str, port: str = "0") -> str | None:
+    """Why an address and port cannot be a service's or dest's (None: they can)."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return f"not an IP address: {addr} (names are not resolved)"
+    if ip.version != 4:
+        return "IPv6 addresses are not supported yet"
+    if not port.isdigit() or int(port) > 65535:
+        return f"not a port: {port}"
+    return None
+
+
 def _real_server(ctx: Ctx, s: Stmt, svc: dict[str, Any], defaults: Mapping[str, Any]) -> None:
     where = ctx.path
     if len(s.args) not in (1, 2):
         ctx.skip(s, "needs IP [PORT]")
+        return
+    if (why := _addr_problem(*s.args)) is not None:
+        ctx.skip(s, why)
         return
     dest: dict[str, Any] = {"address": s.args[0]}
     if len(s.args) == 2:
@@ -257,6 +274,9 @@ def _virtual_server(ctx: Ctx, s: Stmt, out: Imported) -> None:
                  if s.args[:1] in (("fwmark",), ("group",)) else "needs IP PORT")
         return
     vip, port = s.args
+    if (why := _addr_problem(vip, port)) is not None:
+        ctx.skip(s, why)
+        return
     ctx.path = f"virtual_server {vip} {port}"
     svc: dict[str, Any] = {"name": f"{vip}-{port}", "protocol": "tcp", "vip": vip,
                            "port": int(port) if port.isdigit() else port, "dests": []}

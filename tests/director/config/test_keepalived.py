@@ -108,3 +108,24 @@ def test_checker_defaults_and_overrides() -> None:
     hc = imp.services[0]["dests"][0]["healthcheck"]
     assert (hc["interval"], hc["timeout"], hc["path"], hc["on_failure"]) == (3, 2, "/a", "remove")
     assert [(u.line, u.why.startswith("one path per check")) for u in imp.untranslated] == [(6, True)]
+
+
+def test_addresses_it_cannot_use_are_listed_not_written() -> None:
+    imp = translate("""virtual_server 2001:db8::1 80 {
+  real_server 198.18.1.2 80 {
+  }
+}
+virtual_server 198.18.0.10 http {
+}
+virtual_server 198.18.0.11 80 {
+  real_server www.example.test 80 {
+  }
+  real_server 198.18.1.3 80 {
+  }
+}
+""")
+    assert [(u.line, u.why) for u in imp.untranslated] == [
+        (1, "IPv6 addresses are not supported yet"), (5, "not a port: http"),
+        (8, "not an IP address: www.example.test (names are not resolved)")]
+    (svc,) = config_from_dict(imp.document()).services
+    assert [d.address for d in svc.dests] == ["198.18.1.3"]
