@@ -35,14 +35,15 @@ How nodes agree on a dest's health
 ----------------------------------
 Only the **master** runs checks. When a verdict changes it writes it to etcd under
 ``/<prefix>/<cluster>/health/<dest id>`` (`verdict_key`, value `encode_verdict`: up, since, node,
-epoch, detail, and weight for a misc dynamic check) in the same etcd as the config. **Every node**, master included, applies verdicts
-from its config watch, never from its own probes, so all nodes forward with the same dest set, and
-a backup that takes over starts from exactly the view the old master published (a dest cannot be
-up on one node and down on another after a failover). The new master seeds its `HealthManager`
-from those verdicts (`seed`) and re-checks everything from there: a dest that recovered during the
-hand-over comes back after `rise` good probes, one that died goes down after `fall` bad ones.
-Verdict keys of dests no longer in the config are deleted by the master. A verdict written with an
-older epoch than the current leader's is ignored (a deposed master's late write cannot win).
+epoch, detail, and weight for a misc dynamic check) in the same etcd as the config. **Every node**,
+master included, applies verdicts from its config watch, never from its own probes, so all nodes
+forward with the same dest set, and a backup that takes over starts from exactly the view the old
+master published (a dest cannot be up on one node and down on another after a failover). The new
+master seeds its `HealthManager` from those verdicts (`seed`) and re-checks everything from there:
+a dest that recovered during the hand-over comes back after `rise` good probes, one that died goes
+down after `fall` bad ones. Verdict keys of dests no longer in the config are deleted by the
+master. A verdict written with an older epoch than the current leader's is ignored (a deposed
+master's late write cannot win).
 Backups therefore never probe real servers: no duplicated check load, and no disagreement caused
 by a backup's different network path.
 """
@@ -64,8 +65,7 @@ from director.health.manager import (
 from director.health.service import HealthService
 
 __all__ = [
-    "CheckResult", "DestHealth", "HealthManager", "HealthRunner", "HealthService", "HealthSpec", "HealthStats",
-    "Probe",
-    "Transition",
+    "CheckResult", "DestHealth", "HealthManager", "HealthRunner", "HealthService", "HealthSpec",
+    "HealthStats", "Probe", "Transition",
     "apply_verdict", "decode_verdict", "encode_verdict", "verdict_key",
 ]
