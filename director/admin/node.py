@@ -69,7 +69,8 @@ ROLE_NAMES = {Role.MASTER: "master", Role.BACKUP: "backup", Role.STEPPED_DOWN: "
 
 def _ref_of(doc: Mapping[str, Any]) -> SvcRef:
     return SvcRef(int(Proto[str(doc.get("protocol", "tcp")).upper()]),
-                  int(ipaddress.ip_address(doc["vip"])), int(doc["port"]), int(doc.get("fwmark", 0)))
+                  int(ipaddress.ip_address(doc.get("vip", "0.0.0.0"))), int(doc.get("port", 0)),
+                  int(doc.get("fwmark", 0)))
 
 
 class Node(Protocol):

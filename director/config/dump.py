@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from director.config.model import Config, DestConfig, ServiceConfig, TimeoutsConfig
+from director.config.model import Config, DestConfig, Selector, ServiceConfig, TimeoutsConfig
 
 
 def _dest_dict(d: DestConfig) -> dict[str, Any]:
@@ -24,10 +24,20 @@ def _dest_dict(d: DestConfig) -> dict[str, Any]:
     return out
 
 
+def _selector_dict(x: Selector) -> dict[str, Any]:
+    ports: dict[str, Any] = {"port": x.port} if x.port == x.port_hi else {"ports": x.ports}
+    return {"protocol": x.protocol, "vip": x.vip, **ports}
+
+
 def service_dict(svc: ServiceConfig) -> dict[str, Any]:
     """The canonical plain-data form of a service (what dump_service writes)."""
-    out: dict[str, Any] = {"name": svc.name, "protocol": svc.protocol, "vip": svc.vip, "port": svc.port,
-                           "scheduler": svc.scheduler}
+    out: dict[str, Any] = {"name": svc.name}
+    if svc.fwmark:  # a service group: its selectors instead of protocol, vip and port
+        out["fwmark"] = svc.fwmark
+        out["group"] = [_selector_dict(x) for x in svc.group]
+    else:
+        out.update(protocol=svc.protocol, vip=svc.vip, port=svc.port)
+    out["scheduler"] = svc.scheduler
     if svc.scheduler_options:
         out["scheduler_options"] = dict(svc.scheduler_options)
     if svc.persistence is not None:

@@ -58,6 +58,29 @@ class DestConfig:
 
 
 @dataclass(frozen=True)
+class Selector:
+    """One selector of a service group (fwmark semantics): protocol, VIP and a port or port range."""
+
+    protocol: str
+    vip: str
+    port: int
+    port_hi: int
+    """Last port of the range (== ``port`` for a single port)."""
+
+    @property
+    def proto(self) -> Proto:
+        return PROTOCOLS[self.protocol]
+
+    @property
+    def vaddr(self) -> int:
+        return int(ipaddress.ip_address(self.vip))
+
+    @property
+    def ports(self) -> str:
+        return str(self.port) if self.port == self.port_hi else f"{self.port}-{self.port_hi}"
+
+
+@dataclass(frozen=True)
 class SorryServer:
     """keepalived's ``sorry_server``: where new conns go while no dest of the service is usable."""
 
@@ -93,6 +116,10 @@ class ServiceConfig:
     """``sorry_server`` / ``sorry_forwarding``: the fallback dest (never scheduled among ``dests``)."""
     ops: bool = False
     """One-packet scheduling (``ipvsadm --ops``, UDP only): every datagram scheduled on its own."""
+    fwmark: int = 0
+    """A service group (IPVS fwmark service): known by this number; ``group`` selects its packets and
+    ``protocol``/``vip``/``port`` are placeholders (the first selector's protocol, 0.0.0.0, 0)."""
+    group: tuple[Selector, ...] = ()
 
     @property
     def proto(self) -> Proto:
@@ -104,8 +131,18 @@ class ServiceConfig:
 
     @property
     def key(self) -> tuple[int, int, int]:
-        """(protocol, vaddr, vport): how the live ServiceTable knows the service."""
+        """(protocol, vaddr, vport): how the live ServiceTable knows an address service."""
         return (int(self.proto), self.vaddr, self.port)
+
+    @property
+    def svc_key(self) -> tuple[int, int, int, int]:
+        """(protocol, vaddr, vport, fwmark): the live ``VirtualService.key`` (first four of a DestKey)."""
+        return (int(self.proto), self.vaddr, self.port, self.fwmark)
+
+    @property
+    def protocols(self) -> frozenset[str]:
+        """Protocols of the service (a group's selectors may mix tcp and udp)."""
+        return frozenset(x.protocol for x in self.group) if self.fwmark else frozenset((self.protocol,))
 
     @property
     def sched_opts(self) -> dict[str, bool | int]:

@@ -1,6 +1,7 @@
 """Live reconcile: bring a running ``ServiceTable`` and the protocol timeouts in line with a ``Config``.
 
-``apply_to_services`` reconciles in place: services are matched by (protocol, vip, port) and dests
+``apply_to_services`` reconciles in place: services are matched by (protocol, vip, port) (service
+groups by their fwmark; their selectors are re-indexed when they change) and dests
 by (address, port); objects that still exist are edited, never recreated, so existing conns keep
 their ``Dest``; weights and thresholds change through ``VirtualService.edit_dest``, removed dests
 go through ``remove_dest``; a scheduler is recreated only when its name or options change.
@@ -34,27 +35,36 @@ def apply_to_services(cfg: Config, services: ServiceTable, *, down: Container[De
 
     ``down``: keys of dests that health checks hold down. Such a dest (if it has a healthcheck)
     stays as the verdict left it: weight 0 for ``on_failure: quiesce``, unlinked for ``remove``,
-    so a config change never revives a dead server. Only address-keyed services (fwmark 0) are
-    managed; fwmark services are left alone.
+    so a config change never revives a dead server. Address services are matched by (protocol, vip,
+    port), service groups (fwmark services) by their fwmark.
     """
-    wanted = {s.key: s for s in cfg.services}
-    for svc in [s for s in services if not s.fwmark]:
-        if (svc.protocol, svc.addr, svc.port) not in wanted:
+    wanted = {s.key: s for s in cfg.services if not s.fwmark}
+    groups = {s.fwmark: s for s in cfg.services if s.fwmark}
+    for svc in list(services):
+        if (svc.fwmark not in groups) if svc.fwmark else ((svc.protocol, svc.addr, svc.port) not in wanted):
             log.info("config: removing service %s", svc.name or svc.key)
             services.remove(svc)
-    for key, sc in wanted.items():
-        live = services.get(*key)
-        if live is None or live.port != sc.port:
+    for sc in cfg.services:
+        live = services.get_fwmark(sc.fwmark) if sc.fwmark else services.get_addr(*sc.key)
+        if live is None:
             sched = registry.create(sc.scheduler, **sc.sched_opts)
-            live = VirtualService(int(sc.proto), sc.vaddr, sc.port, sched)
-            log.info("config: adding service %s (%s %s:%d)", sc.name, sc.protocol, sc.vip, sc.port)
+            live = VirtualService(int(sc.proto), sc.vaddr, sc.port, sched, fwmark=sc.fwmark)
+            log.info("config: adding service %s (%s)", sc.name, f"fwmark {sc.fwmark}" if sc.fwmark else
+                     f"{sc.protocol} {sc.vip}:{sc.port}")
             _set_service(live, sc)
+            live.selectors = _selectors(sc)
             services.add(live)
         else:
             _set_service(live, sc)
+            if live.selectors != _selectors(sc):
+                services.set_selectors(live, _selectors(sc))
         _sync_dests(live, sc, down)
         _sync_sorry(live, sc)
     services.reindex()
+
+
+def _selectors(sc: ServiceConfig) -> tuple[tuple[int, int, int, int], ...]:
+    return tuple((int(x.proto), x.vaddr, x.port, x.port_hi) for x in sc.group)
 
 
 @functools.lru_cache(maxsize=256)
@@ -93,7 +103,7 @@ def _wanted_dests(sc: ServiceConfig,
     out = {}
     for d in sc.dests:
         hc = d.healthcheck
-        is_down = hc is not None and (int(sc.proto), sc.vaddr, sc.port, 0, d.daddr, d.port) in down
+        is_down = hc is not None and (*sc.svc_key, d.daddr, d.port) in down
         if is_down and hc is not None and hc.on_failure == "remove":
             continue
         out[(d.daddr, d.port)] = (d, 0 if is_down else d.weight)

@@ -42,6 +42,7 @@ import ipaddress
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from director.config import groups
 from director.config import validate as v
 from director.config.dump import dump_config, dump_service, dump_timeouts, service_dict
 from director.config.loader import MAX_DOCUMENT_BYTES, YamlError, decode, load_yaml
@@ -74,7 +75,7 @@ MAX_SNAPSHOT_BYTES = 16 << 20
 
 _SERVICE_KEYS = ("name", "protocol", "vip", "port", "scheduler", "scheduler_options", "persistence",
                  "forward", "expire_nodest_conn", "expire_quiescent_template", "dests", "sorry_server",
-                 "sorry_forwarding", "ops")
+                 "sorry_forwarding", "ops", "fwmark", "group")
 _DEST_KEYS = ("address", "port", "weight", "u_threshold", "l_threshold", "forward", "healthcheck",
               "health")
 _OPTION_LIMIT = 2**31 - 1
@@ -182,20 +183,21 @@ def _sorry(d: Mapping[str, Any], path: str, svc_port: int, errs: Errors) -> Sorr
     return SorryServer(address, port, fwd)
 
 
-def _ops(d: Mapping[str, Any], path: str, protocol: str, persistence: Persistence | None,
+def _ops(d: Mapping[str, Any], path: str, protocols: frozenset[str], persistence: Persistence | None,
          errs: Errors) -> bool:
-    """``ops``: UDP only and never with persistence, as ipvsadm refuses both."""
+    """``ops``: UDP only (every selector of a group) and never with persistence, as ipvsadm refuses both."""
     ops = v.boolean(d, "ops", path, errs, False)
-    if ops and protocol != "udp":
+    if ops and protocols - {"udp"}:
         errs.add(v.join(path, "ops"), f"one-packet scheduling is for UDP services only (like ipvsadm "
-                 f"--ops), got protocol {protocol}")
+                 f"--ops), got protocol {', '.join(sorted(protocols))}")
     if ops and persistence is not None:
         errs.add(v.join(path, "ops"), "cannot be combined with persistence (like ipvsadm --ops)")
     return ops
 
 
 def _service_body(d: Mapping[str, Any], name: str, path: str, errs: Errors) -> ServiceConfig:
-    port = v.integer(d, "port", path, errs, 0, 65535, 1)
+    fwmark, group = groups.group_fields(d, path, errs) if groups.is_group(d) else (0, ())
+    port = 0 if fwmark else v.integer(d, "port", path, errs, 0, 65535, 1)
     persistence = _persistence(d.get("persistence"), v.join(path, "persistence"), errs)
     if port == 0 and "port" in d and persistence is None:
         errs.add(v.join(path, "port"), "0 (any port) needs persistence, like ipvsadm")
@@ -204,14 +206,20 @@ def _service_body(d: Mapping[str, Any], name: str, path: str, errs: Errors) -> S
     dpath = v.join(path, "dests")
     dests = tuple(_dest(x, v.item(dpath, i), port, errs)
                   for i, x in enumerate(_items(d, "dests", path, errs, MAX_DESTS)))
-    protocol = v.choice(d, "protocol", path, errs, PROTOCOLS, "tcp")
+    if fwmark:
+        protocol, vip = (group[0].protocol if group else "tcp"), "0.0.0.0"
+        protocols = frozenset(x.protocol for x in group)
+    else:
+        protocol = v.choice(d, "protocol", path, errs, PROTOCOLS, "tcp")
+        vip = v.ipv4(d, "vip", path, errs, unicast=True)
+        protocols = frozenset((protocol,))
     svc = ServiceConfig(
-        name=name, protocol=protocol,
-        vip=v.ipv4(d, "vip", path, errs, unicast=True), port=port, scheduler=scheduler,
+        name=name, protocol=protocol, vip=vip, port=port, scheduler=scheduler,
         scheduler_options=opts, persistence=persistence, forward=forward,
         expire_nodest_conn=v.boolean(d, "expire_nodest_conn", path, errs, False),
         expire_quiescent_template=v.boolean(d, "expire_quiescent_template", path, errs, False),
-        dests=dests, sorry=_sorry(d, path, port, errs), ops=_ops(d, path, protocol, persistence, errs))
+        dests=dests, sorry=_sorry(d, path, port, errs), ops=_ops(d, path, protocols, persistence, errs),
+        fwmark=fwmark, group=group)
     _check_dests(svc, path, errs)
     return svc
 
@@ -240,7 +248,8 @@ def _check_dests(svc: ServiceConfig, path: str, errs: Errors) -> None:
 
 def _service(raw: Any, path: str, errs: Errors, name: str | None = None) -> ServiceConfig:
     d = v.mapping(raw, path, errs)
-    required = ("protocol", "vip", "port") + (("name",) if name is None else ())
+    required = (("fwmark", "group") if groups.is_group(d) else ("protocol", "vip", "port")) + (
+        ("name",) if name is None else ())
     v.keys(d, _SERVICE_KEYS, required, path, errs)
     raw_name = d.get("name", name)
     if name is not None and raw_name != name:
@@ -284,13 +293,15 @@ def _check_unique(services: Iterable[tuple[str, ServiceConfig]], errs: Errors) -
             errs.add(v.join(path, "name"), f"duplicate service name {svc.name!r} (also {names[svc.name]})")
         names.setdefault(svc.name, path)
         k = svc.key
-        if k in keys:
+        if not svc.fwmark and k in keys:
             errs.add(path, f"same protocol, vip and port as {keys[k]} ({svc.protocol} {svc.vip}:{svc.port})")
-        keys.setdefault(k, path)
+        if not svc.fwmark:
+            keys.setdefault(k, path)
         slots += _sched_slots(svc)
     if slots > MAX_SCHED_SLOTS:
         errs.add("services", f"scheduler tables need {slots} slots together, more than {MAX_SCHED_SLOTS} "
                  "(use smaller mh table_size / sh, dh tab_bits, or fewer hashing services)")
+    groups.check_selectors(services, errs)
     _check_localnode(services, errs)
     _check_ops_replies(services, errs)
 
@@ -305,7 +316,8 @@ def _real_servers(path: str, svc: ServiceConfig) -> Iterator[tuple[str, str, int
 
 def _check_localnode(services: list[tuple[str, ServiceConfig]], errs: Errors) -> None:
     """A dest at a VIP of the config is the director itself (LOCALNODE): refused."""
-    vips = {svc.vip: path for path, svc in services}
+    vips = {svc.vip: path for path, svc in services if not svc.fwmark}
+    vips.update((sel.vip, path) for path, svc in services for sel in svc.group if sel.vip not in vips)
     for path, svc in services:
         for field, address, _port, _fwd in _real_servers(path, svc):
             if address in vips:
@@ -317,7 +329,7 @@ def _check_ops_replies(services: Iterable[tuple[str, ServiceConfig]], errs: Erro
     service, so it may be a NAT dest of no other UDP service."""
     owner: dict[tuple[str, int], tuple[str, bool]] = {}
     for path, svc in services:
-        if svc.protocol != "udp":
+        if "udp" not in svc.protocols:
             continue
         for field, address, port, fwd in _real_servers(path, svc):
             if fwd != FwdMethod.NAT:

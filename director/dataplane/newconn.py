@@ -7,7 +7,10 @@ dest and creates the entry, in this order:
 
 1. **persistence**: a persistent service looks up the template of the client's network
    (``ct_in_get(caddr & netmask, 0, vaddr, vport or 0)`` + ``check_template``) and reuses its dest;
-   else its scheduler picks one and a template is created (``table.new(..., TEMPLATE)``);
+   else its scheduler picks one and a template is created (``table.new(..., TEMPLATE)``). A service
+   group (fwmark service) keys its templates as IPVS keys fwmark templates: the mark in place of the
+   VIP, port 0 (protocol: the service's), so one client network sticks to one dest over all the
+   group's VIPs and ports; its conns carry the mark (``Conn.fwmark``) and the packet's own VIP and port;
 2. **scheduler**: any other service asks its scheduler;
 3. **sorry dest** (keepalived ``sorry_server``): when the scheduler finds no usable dest (all down,
    quiesced or overloaded, or none configured), the service's sorry dest takes the conn. No template
@@ -65,7 +68,7 @@ class Scheduling:
         if svc.one_packet:
             return self.one_packet(dest, proto, caddr, cport, vaddr, vport)
         conn = self.table.new(proto, caddr, cport, vaddr, vport, dest.addr, dest.port or vport,
-                              dest.conn_flags, dest, control=template)
+                              dest.conn_flags, dest, svc.fwmark, control=template)
         if template is not None:
             self.table.refresh(template, svc.timeout)
         return conn
@@ -82,7 +85,11 @@ class Scheduling:
         """The persistence template of this client network (ip_vs_sched_persist); None: no dest
         (the sorry dest, if any, then takes the conn without a template)."""
         snet = caddr & svc.netmask
-        tvport = vport if svc.port else 0
+        fwmark = svc.fwmark
+        if fwmark:  # a group: one template per client network over all its selectors (the mark as vaddr)
+            proto, vaddr, tvport = svc.protocol, fwmark, 0
+        else:
+            tvport = vport if svc.port else 0
         table = self.table
         ct = table.ct_in_get(proto, snet, 0, vaddr, tvport)
         if ct is not None and ct.dest is not None and table.check_template(
@@ -93,7 +100,7 @@ class Scheduling:
             return None
         tdport = dest.port if svc.port else 0
         return table.new(proto, snet, 0, vaddr, tvport, dest.addr, tdport, _TEMPLATE | dest.conn_flags, dest,
-                         timeout=svc.timeout)
+                         fwmark, timeout=svc.timeout)
 
 
 __all__ = ["Scheduling"]

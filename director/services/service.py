@@ -12,6 +12,11 @@ A service may have a **sorry dest** (keepalived's ``sorry_server``): a ``Dest`` 
 not in ``dests`` (no scheduler ever sees it); the packet path sends a new conn there when the scheduler
 finds no usable dest. ``ServiceTable.find_dest`` finds it too, so a synced sorry conn binds to it.
 
+A **service group** (IPVS fwmark service, ``fwmark != 0``) is found by its selectors instead of its
+address: ``selectors`` holds (protocol, vaddr, first port, last port) tuples, and ``ServiceTable.get``
+looks an address service up first, then a group's single port, then a group's port range, then a
+port-0 (any port) address service. The config refuses overlapping selectors, so at most one matches.
+
 **One-packet services** (``SvcFlags.ONEPACKET``, UDP): ``ServiceTable.ops_dest`` maps the
 (protocol, address, port) of each NAT dest (and NAT sorry dest) of such a service to that dest, so a
 reply that matches no entry can still be translated back to its VIP; the map is rebuilt by ``add``,
@@ -27,6 +32,8 @@ from typing import Protocol
 
 from director.types import DestFlags, FwdMethod, Proto, SvcFlags
 
+Selector = tuple[int, int, int, int]
+"""(protocol, vaddr, first port, last port): which packets a service group takes."""
 SvcKey = tuple[int, int, int, int]
 """(protocol, vaddr, vport, fwmark)."""
 DestKey = tuple[int, int, int, int, int, int]
@@ -131,6 +138,8 @@ class VirtualService:
     """Per-service expire_quiescent_template (set from the config; Linux has it as a sysctl)."""
     sorry: Dest | None = None
     """The sorry dest (keepalived ``sorry_server``): new conns go there when no dest is usable."""
+    selectors: tuple[Selector, ...] = ()
+    """A group's (fwmark service's) selectors; change them through ``ServiceTable.set_selectors``."""
 
     @property
     def key(self) -> SvcKey:
@@ -188,7 +197,10 @@ class ServiceTable:
     def __init__(self) -> None:
         self._by_addr: dict[tuple[int, int, int], VirtualService] = {}
         self._by_fwmark: dict[int, VirtualService] = {}
-        self._vips: dict[int, int] = {}  # vaddr -> services on it
+        self._vips: dict[int, int] = {}  # vaddr -> address services on it
+        self._group_vips: set[int] = set()
+        self._by_sel: dict[tuple[int, int, int], VirtualService] = {}  # a group's single ports
+        self._ranges: dict[tuple[int, int], list[tuple[int, int, VirtualService]]] = {}  # its port ranges
         self.ops_dest: dict[tuple[int, int, int], Dest] = {}
         """(protocol, daddr, dport) -> NAT dest of a one-packet service (the module docstring); changed
         in place only (the packet path holds it)."""
@@ -213,9 +225,24 @@ class ServiceTable:
         svc.set_sorry(None)
         self.reindex()
 
+    def set_selectors(self, svc: VirtualService, selectors: tuple[Selector, ...]) -> None:
+        """Give a service group new selectors (and index them)."""
+        svc.selectors = selectors
+        self.reindex()
+
     def reindex(self) -> None:
-        """Rebuild ``ops_dest`` from the one-packet services' NAT dests (after any change of their
-        dests, sorry dest or flags)."""
+        """Rebuild the groups' selector index and ``ops_dest`` (from the one-packet services' NAT dests)
+        after any change of selectors, dests, sorry dests or flags."""
+        self._by_sel.clear()
+        self._ranges.clear()
+        self._group_vips.clear()
+        for svc in self._by_fwmark.values():
+            for proto, vaddr, lo, hi in svc.selectors:
+                self._group_vips.add(vaddr)
+                if lo == hi:
+                    self._by_sel.setdefault((proto, vaddr, lo), svc)
+                else:
+                    self._ranges.setdefault((proto, vaddr), []).append((lo, hi, svc))
         fresh: dict[tuple[int, int, int], Dest] = {}
         for svc in self:
             if svc.one_packet:
@@ -227,15 +254,27 @@ class ServiceTable:
             self.ops_dest.update(fresh)
 
     def is_vip(self, vaddr: int) -> bool:
-        """Some address-keyed service listens on ``vaddr`` (any protocol or port)."""
-        return vaddr in self._vips
+        """Some service listens on ``vaddr`` (any protocol or port)."""
+        return vaddr in self._vips or vaddr in self._group_vips
 
     def get(self, protocol: int, vaddr: int, vport: int) -> VirtualService | None:
-        """Service for a packet to vaddr:vport; a port-0 service matches any port (persistent port 0)."""
+        """Service for a packet to vaddr:vport: an address service, a group by its selectors (port, then
+        range), a port-0 address service (any port, persistent)."""
         svc = self._by_addr.get((protocol, vaddr, vport))
         if svc is None:
-            svc = self._by_addr.get((protocol, vaddr, 0))
+            if self._group_vips:
+                svc = self._by_sel.get((protocol, vaddr, vport))
+                if svc is None:
+                    for lo, hi, group in self._ranges.get((protocol, vaddr), ()):
+                        if lo <= vport <= hi:
+                            return group
+            if svc is None:
+                svc = self._by_addr.get((protocol, vaddr, 0))
         return svc
+
+    def get_addr(self, protocol: int, vaddr: int, vport: int) -> VirtualService | None:
+        """The address service keyed exactly so (no group, no port-0 fallback)."""
+        return self._by_addr.get((protocol, vaddr, vport))
 
     def get_fwmark(self, fwmark: int) -> VirtualService | None:
         return self._by_fwmark.get(fwmark)
@@ -252,7 +291,7 @@ class ServiceTable:
         return dest
 
     def vaddrs(self) -> set[int]:
-        return set(self._vips)
+        return set(self._vips) | self._group_vips
 
     def __iter__(self) -> Iterator[VirtualService]:
         yield from self._by_addr.values()
@@ -262,4 +301,4 @@ class ServiceTable:
         return len(self._by_addr) + len(self._by_fwmark)
 
 
-__all__ = ["Counters", "Dest", "DestKey", "Proto", "ServiceTable", "SvcKey", "VirtualService"]
+__all__ = ["Counters", "Dest", "DestKey", "Proto", "Selector", "ServiceTable", "SvcKey", "VirtualService"]

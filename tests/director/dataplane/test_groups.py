@@ -1,0 +1,121 @@
+"""Service groups (fwmark semantics) in the packet core: selectors, one template over ports and VIPs,
+the packet's port kept, ARP for every group VIP, BYPASS for a group VIP's other ports, sync to a backup.
+
+Services come from YAML through ``parse_config`` + ``apply_to_services`` (the real config path) onto a
+real ConnTable with a fake clock; frames are scapy-built (no sockets).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import ARP, Ether
+
+from director.dataplane.core import EXT, INT
+from director.dataplane.packet import Drop
+from director.types import ConnFlags
+from syncd.apply import BackupApplier
+from syncd.convert import decode_sync_message, encode_batch
+from syncd.model import BatchMsg, SyncKind, update_from_conn
+from tests.director.dataplane.test_sorry_ops import CLIENT, CLIENT_MAC, MAC, RS, VMAC, make_node
+
+VIP1, VIP2 = "198.18.0.100", "198.18.0.101"
+
+
+def _i(a: str) -> int:
+    return int(ipaddress.IPv4Address(a))
+
+
+def group_yaml(persistent: bool = True, selectors: str = "", scheduler: str = "rr") -> str:
+    sels = selectors or (f"      - {{protocol: tcp, vip: {VIP1}, port: 80}}\n"
+                         f"      - {{protocol: tcp, vip: {VIP1}, port: 443}}\n"
+                         f"      - {{protocol: tcp, vip: {VIP2}, ports: 10000-10100}}\n"
+                         f"      - {{protocol: udp, vip: {VIP2}, port: 53}}\n")
+    rows = "".join(f"      - {{address: {a}}}\n" for a in RS)
+    persistence = "    persistence: {timeout: 300, netmask: 255.255.255.0}\n" if persistent else ""
+    return (f"services:\n  - name: shop\n    fwmark: 7\n    scheduler: {scheduler}\n    group:\n{sels}"
+            f"{persistence}    dests:\n{rows}")
+
+
+def tcp(vip: str, dport: int, sport: int, src: str = CLIENT, flags: str = "S") -> Ether:
+    return Ether(src=CLIENT_MAC, dst=VMAC) / IP(src=src, dst=vip) / TCP(sport=sport, dport=dport, flags=flags)
+
+
+def test_one_template_binds_a_client_network_over_every_selector() -> None:
+    node = make_node(group_yaml())
+    svc = node.svc
+    assert svc.fwmark == 7 and svc.key == (6, 0, 0, 7)
+    first = node.send(tcp(VIP1, 80, 41000), EXT)
+    assert first is not None and first[0] == INT
+    dest = first[1][IP].dst
+    for vip, port, sport in ((VIP1, 443, 41001), (VIP2, 10000, 41002), (VIP2, 10100, 41003)):
+        out = node.send(tcp(vip, port, sport), EXT)
+        assert out is not None and out[1][IP].dst == dest  # sticky over ports and VIPs together
+        assert out[1][TCP].dport == port  # dest port 0: the packet's port is kept
+    other_net = node.send(tcp(VIP1, 80, 41004, src="198.18.3.10"), EXT)
+    assert other_net is not None and other_net[1][IP].dst != dest  # rr: the next client net, next dest
+    (tpl,) = [c for c in node.table if c.flags & ConnFlags.TEMPLATE and c.caddr == _i(CLIENT) & 0xFFFFFF00]
+    assert (tpl.vaddr, tpl.vport, tpl.fwmark, tpl.n_control) == (7, 0, 7, 4)  # IPVS: the mark as vaddr
+    conn = node.table.in_get(6, _i(CLIENT), 41002, _i(VIP2), 10000)
+    assert conn is not None and conn.fwmark == 7 and conn.dest is not None and conn.dest.svc is svc
+    reply = (Ether(src=MAC[dest], dst=VMAC) / IP(src=dest, dst=CLIENT) /
+             TCP(sport=10000, dport=41002, flags="SA"))
+    back = node.send(reply, INT)
+    assert back is not None and (back[1][IP].src, back[1][TCP].sport) == (VIP2, 10000)
+
+
+def test_udp_selector_in_the_same_group_and_rr_without_persistence() -> None:
+    node = make_node(group_yaml(persistent=False))
+    seen: Counter[str] = Counter()
+    for sport in range(42000, 42006):
+        out = node.send(tcp(VIP1, 443, sport), EXT)
+        assert out is not None
+        seen[out[1][IP].dst] += 1
+    assert seen == dict.fromkeys(RS, 2)
+    dns = Ether(src=CLIENT_MAC, dst=VMAC) / IP(src=CLIENT, dst=VIP2) / UDP(sport=5300, dport=53) / b"q"
+    out = node.send(dns, EXT)
+    assert out is not None and out[1][UDP].dport == 53 and node.svc.counters.conns == 7
+
+
+def test_group_vips_are_owned_and_other_ports_are_bypass() -> None:
+    node = make_node(group_yaml())
+    assert node.services.vaddrs() == {_i(VIP1), _i(VIP2)}
+    ask = Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=CLIENT_MAC, psrc=CLIENT, pdst=VIP2)
+    answer = node.send(ask, EXT)
+    assert answer is not None and answer[1][ARP].op == 2 and answer[1][ARP].psrc == VIP2
+    for port in (81, 9999, 10101):
+        assert node.send(tcp(VIP2 if port > 9000 else VIP1, port, 43000), EXT) is None
+    assert node.drops(Drop.BYPASS) == 3 and len(node.table) == 0
+
+
+def test_group_selectors_follow_the_config() -> None:
+    node = make_node(group_yaml())
+    live = node.svc
+    node.apply(group_yaml(selectors=f"      - {{protocol: tcp, vip: {VIP1}, ports: 8000-8010}}\n"))
+    assert node.svc is live  # the same live service, re-indexed
+    assert node.services.get(6, _i(VIP1), 8005) is live and node.services.get(6, _i(VIP1), 80) is None
+    assert node.services.vaddrs() == {_i(VIP1)}
+    node.apply(f"services:\n  - {{name: web, protocol: tcp, vip: {VIP1}, port: 80,"
+               f" dests: [{{address: {RS[0]}}}]}}\n")
+    assert [s.fwmark for s in node.services] == [0] and node.services.get(6, _i(VIP1), 8005) is None
+
+
+def test_group_conn_and_template_sync_to_the_backups_group() -> None:
+    text = group_yaml()
+    master, backup = make_node(text), make_node(text)
+    assert master.send(tcp(VIP2, 10050, 44000), EXT) is not None
+    entries = sorted(master.table, key=lambda c: not c.flags & ConnFlags.TEMPLATE)  # template first
+    ups = [update_from_conn(SyncKind.NEW, c, master.now[0]) for c in entries]
+    msg = decode_sync_message(encode_batch(1, 1, 1, 0, ups))
+    assert isinstance(msg, BatchMsg)
+    BackupApplier(backup.table, backup.services).apply(msg.updates)
+    copy = backup.table.in_get(6, _i(CLIENT), 44000, _i(VIP2), 10050)
+    assert copy is not None and copy.fwmark == 7 and copy.dest is not None and copy.dest.svc is backup.svc
+    assert copy.control is not None and copy.control.vaddr == 7 and copy.control.dest is copy.dest
+    # the backup, taking over, keeps the client on the same dest for another selector
+    out = backup.send(tcp(VIP1, 80, 44001), EXT)
+    assert out is not None and _i(out[1][IP].dst) == copy.daddr
+
+
