@@ -165,7 +165,11 @@ class HealthSpec:
             if self.expect_answer:
                 out["expect_answer"] = list(self.expect_answer)
         elif self.kind == "udp":
-            out.update(payload_hex=self.payload.hex(), require_reply=self.require_reply)
+            out["require_reply"] = self.require_reply
+            if self.payload:
+                text = self.payload.decode("utf-8", "replace")
+                printable = text.encode() == self.payload and text.isprintable()
+                out.update({"payload": text} if printable else {"payload_hex": self.payload.hex()})
             _put(out, expect=self.expect)
         elif self.kind == "grpc":
             out["grpc_service"] = self.grpc_service

@@ -178,3 +178,9 @@ def test_the_examples_in_config_md_parse() -> None:
     assert kinds == ["https", "dns", "udp", "grpc", "misc", "ping"]
     for row in re.findall(r"^\| `([a-z_]+)`", section, re.M):  # every field in the table is a real one
         assert row in FIELDS, row
+
+
+def test_udp_payload_is_dumped_as_text_when_it_is_text() -> None:
+    assert HealthSpec.from_dict({"type": "udp", "payload": "ping"}).as_dict()["payload"] == "ping"
+    assert HealthSpec.from_dict({"type": "udp", "payload": "a\nb"}).as_dict()["payload_hex"] == "610a62"
+    assert "payload" not in HealthSpec.from_dict({"type": "udp"}).as_dict()
