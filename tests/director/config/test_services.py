@@ -58,7 +58,7 @@ def ip(s: str) -> int:
 
 def test_example_file_parses_and_round_trips() -> None:
     cfg = load_config(str(EXAMPLE))
-    assert [s.name for s in cfg.services] == ["web", "shop-tls", "dns"]
+    assert [s.name for s in cfg.services] == ["web", "shop-tls", "dns", "ftp"]
     text = dump_config(cfg)
     assert parse_config(text) == cfg
     assert dump_config(parse_config(text)) == text

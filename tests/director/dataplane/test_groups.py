@@ -119,3 +119,15 @@ def test_group_conn_and_template_sync_to_the_backups_group() -> None:
     assert out is not None and _i(out[1][IP].dst) == copy.daddr
 
 
+
+
+def test_group_is_listed_as_an_fwm_row_like_ipvsadm() -> None:
+    from director.admin import cli_format
+    from director.admin.convert import service_pb
+    from director.admin.views import service_view
+
+    node = make_node(group_yaml())
+    assert node.send(tcp(VIP1, 80, 45000), EXT) is not None
+    lines = cli_format.services_table([service_pb(service_view(node.svc))]).splitlines()
+    assert lines[3] == "FWM  7 rr persistent 300 mask 255.255.255.0"
+    assert [line.split()[1] for line in lines[4:]] == [f"{a}:0" for a in RS]
