@@ -3,19 +3,21 @@
 Theory of operation
 -------------------
 ``format_rules(cfg)`` writes a config the way ``ipvsadm -S -n`` writes the kernel's table: one
-``-A`` line per service (``-t|-u VIP:PORT -s SCHED [-b FLAGS] [-p TIMEOUT [-M NETMASK]]``), then one
-``-a`` line per dest (``-r ADDR:PORT -g|-i|-m -w WEIGHT``, plus ``-x/-y`` thresholds when set, which
-``ipvsadm -R`` accepts), and a leading ``--set TCP TCPFIN UDP`` when the config carries timeouts.
-What the rules cannot say (health checks, ``expire_nodest_conn``...) is listed in ``dropped``.
+``-A`` line per service (``-t|-u VIP:PORT`` or ``-f MARK``, ``-s SCHED [-b FLAGS] [-p TIMEOUT [-M
+NETMASK]] [-o]``), then one ``-a`` line per dest (``-r ADDR:PORT -g|-i|-m -w WEIGHT``, plus ``-x/-y``
+thresholds when set, which ``ipvsadm -R`` accepts), and a leading ``--set TCP TCPFIN UDP`` when the
+config carries timeouts. What the rules cannot say (health checks, ``expire_*``, a sorry server, a
+group's selectors: on an IPVS box the iptables rules that set the mark) is listed in ``dropped``.
 
-``parse_rules(text, names)`` reads such rules back, e.g. from an existing IPVS box, by replaying
-the commands in order (``-A -E -D -C -a -e -d --set``) over plain service documents (the
-``apply -f`` schema): it does no I/O and never raises on bad input. Every line it cannot translate
-(IPv6, fwmark services, hostnames instead of numbers, ``--pe``, unknown options, a dest of
-an unknown service) becomes a problem ``line N: ...``; nothing is dropped silently. Defaults are
-ipvsadm's: scheduler wlc, persistence 300 s, forwarding ``-g`` (direct routing), weight 1, the
-dest port the service's. With ``running`` (the running config's service documents by key), a
-service the rules add keeps its running name (so a restore updates it in place) and what ipvsadm
+``parse_rules(text, running)`` reads such rules back, e.g. from an existing IPVS box, by replaying
+the commands in order (``-A -E -D -C -a -e -d --set``) over plain service documents (the ``apply -f``
+schema): it does no I/O and never raises on bad input. Every line it cannot translate (IPv6,
+hostnames instead of numbers, ``--pe``, unknown options, a dest of an unknown service, a fwmark
+service whose selectors the running config does not know) becomes a problem ``line N: ...``;
+nothing is dropped silently. Defaults are ipvsadm's: scheduler wlc, persistence 300 s, forwarding
+``-g`` (direct routing), weight 1, the dest port the service's (0 for a fwmark service). With
+``running`` (the running config's service documents by key), a service the rules add keeps its
+running name (so a restore updates it in place), a fwmark service its ``group``, and what ipvsadm
 cannot say (``expire_*`` flags, each dest's health check); a new one is named ``tcp-198.18.0.10-80``.
 """
 
@@ -88,7 +90,13 @@ def _common_forward(svc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _svc_arg(svc: ServiceConfig) -> str:
+    if svc.fwmark:
+        return f"-f {svc.fwmark}"
     return f"{'-t' if svc.protocol == 'tcp' else '-u'} {svc.vip}:{svc.port}"
+
+
+def _key(svc: ServiceConfig) -> SvcKey:
+    return ("fwm", "", svc.fwmark) if svc.fwmark else (svc.protocol, svc.vip, svc.port)
 
 
 def _sched_flags(svc: ServiceConfig) -> str:
@@ -125,6 +133,9 @@ def dropped_fields(svc: ServiceConfig) -> Iterator[str]:
     for name in ("expire_nodest_conn", "expire_quiescent_template"):
         if getattr(svc, name):
             yield f"service {svc.name}: {name}"
+    if svc.fwmark:
+        yield (f"service {svc.name}: the group selectors of fwmark {svc.fwmark} (on an IPVS box, the "
+               "iptables rules that set the mark)")
     if svc.sorry is not None:
         yield f"service {svc.name}: sorry_server {svc.sorry.ident}"
     for d in svc.dests:
@@ -134,7 +145,7 @@ def dropped_fields(svc: ServiceConfig) -> Iterator[str]:
 
 def running_documents(cfg: Config) -> dict[SvcKey, dict[str, Any]]:
     """The ``running`` argument of ``parse_rules`` from a config."""
-    return {(s.protocol, s.vip, s.port): service_dict(s) for s in cfg.services}
+    return {_key(s): service_dict(s) for s in cfg.services}
 
 
 def format_rules(cfg: Config) -> tuple[str, list[str]]:
@@ -221,14 +232,22 @@ def _tokens(words: list[str]) -> _Line:
 
 
 def _service_key(line: _Line) -> SvcKey:
-    for what in ("fwmark", "sctp"):
-        if what in line.values:
-            raise RuleError(f"{what} services are not supported yet (the service YAML has no {what})")
+    if "sctp" in line.values:
+        raise RuleError("sctp services are not supported")
+    if "fwmark" in line.values:
+        mark = line.values["fwmark"]
+        if not mark.isdigit() or not 0 < int(mark) < 2**32:
+            raise RuleError(f"-f needs a firewall mark 1..4294967295, got {mark!r}")
+        return "fwm", "", int(mark)
     proto = next((p for p in ("tcp", "udp") if p in line.values), None)
     if proto is None:
-        raise RuleError("no service: give -t VIP:PORT or -u VIP:PORT")
+        raise RuleError("no service: give -t VIP:PORT, -u VIP:PORT or -f MARK")
     vip, port = _hostport(line.values[proto], "service")
     return proto, vip, port if port is not None else 0
+
+
+def _label(key: SvcKey) -> str:
+    return f"fwm/{key[2]}" if key[0] == "fwm" else f"{key[0]}/{key[1]}:{key[2]}"
 
 
 def _int(line: _Line, key: str, lo: int, hi: int) -> int | None:
@@ -303,21 +322,33 @@ class _Replay:
         svcs = self.rules.services
         if line.command == "delete-service":
             if svcs.pop(key, None) is None:
-                raise RuleError(f"no service {key[0]}/{key[1]}:{key[2]} to delete")
+                raise RuleError(f"no service {_label(key)} to delete")
             return
         if line.command == "add-service":
             if key in svcs:
-                raise RuleError(f"service {key[0]}/{key[1]}:{key[2]} added twice")
-            old = self.running.get(key, {})
-            doc = {"name": old.get("name") or f"{key[0]}-{key[1]}-{key[2]}", "protocol": key[0],
-                   "vip": key[1], "port": key[2], "scheduler": DEFAULT_SCHEDULER, "dests": [],
-                   **{k: old[k] for k in _KEPT if k in old}}
+                raise RuleError(f"service {_label(key)} added twice")
+            doc = self.new_service(key)
         elif key not in svcs:
-            raise RuleError(f"no service {key[0]}/{key[1]}:{key[2]} to edit (add it with -A first)")
+            raise RuleError(f"no service {_label(key)} to edit (add it with -A first)")
         else:
             doc = dict(svcs[key])
         _service_fields(line, doc)  # raises before anything is changed
         svcs[key] = doc
+
+    def new_service(self, key: SvcKey) -> dict[str, Any]:
+        """A service the rules add: the running one's name and what rules cannot say are kept."""
+        old = self.running.get(key, {})
+        if key[0] == "fwm":
+            if "group" not in old:
+                raise RuleError(f"fwmark {key[2]}: its selectors (on an IPVS box, the iptables rules that "
+                                "set the mark) are not in the rules: add the service with its group: "
+                                "(docs/CONFIG.md, Service groups), then restore again")
+            where: dict[str, Any] = {"fwmark": key[2], "group": old["group"]}
+        else:
+            where = {"protocol": key[0], "vip": key[1], "port": key[2]}
+        name = old.get("name") or (f"fwm-{key[2]}" if key[0] == "fwm" else f"{key[0]}-{key[1]}-{key[2]}")
+        return {"name": name, **where, "scheduler": DEFAULT_SCHEDULER, "dests": [],
+                **{k: old[k] for k in _KEPT if k in old}}
 
     def kept_check(self, key: SvcKey, addr: str, port: int) -> dict[str, Any]:
         for d in self.running.get(key, {}).get("dests") or []:
@@ -328,11 +359,11 @@ class _Replay:
     def server(self, line: _Line, key: SvcKey) -> None:
         doc = self.rules.services.get(key)
         if doc is None:
-            raise RuleError(f"no service {key[0]}/{key[1]}:{key[2]} (add it with -A first)")
+            raise RuleError(f"no service {_label(key)} (add it with -A first)")
         if "real" not in line.values:
             raise RuleError("no real server: give -r ADDR[:PORT]")
         addr, dport = _hostport(line.values["real"], "real server")
-        port = dport if dport is not None else key[2]
+        port = dport if dport is not None else (0 if key[0] == "fwm" else key[2])
         dests: list[dict[str, Any]] = doc["dests"]
         i = next((i for i, d in enumerate(dests) if (d["address"], d["port"]) == (addr, port)), None)
         if line.command == "delete-server":

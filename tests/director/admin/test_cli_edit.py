@@ -138,7 +138,7 @@ def test_restore_refuses_untranslated_rules_unless_partial(env: Env, tmp_path: P
     f.write_text("-A -t 198.18.0.40:80 -s rr\n-A -f 7 -s rr\n-a -t 198.18.0.40:80 -r 198.18.1.2:80 -g\n")
     rev = env.node.revision
     code, _, err = env.run("restore", "-f", str(f))
-    assert code == cli.EXIT["usage"] and "line 2: fwmark services" in err and "nothing written" in err
+    assert code == cli.EXIT["usage"] and "line 2: fwmark 7: its selectors" in err and "nothing written" in err
     assert env.node.revision == rev
     code, out, err = env.run("restore", "-f", str(f), "--partial")
     assert code == 0 and "line 2" in err and "tcp-198.18.0.40-80" in env.node.docs

@@ -102,7 +102,7 @@ def test_untranslatable_lines_are_reported_with_their_number() -> None:
     lines = [p.split(":")[0] for p in rules.problems]
     assert lines == [f"line {n}" for n in range(2, 11)], rules.problems
     text = "\n".join(rules.problems)
-    for needle in ("fwmark services are not supported", "IPv6", "numeric addresses and ports (ipvsadm -S -n)",
+    for needle in ("fwmark 5: its selectors", "IPv6", "numeric addresses and ports (ipvsadm -S -n)",
                    "unknown option '--frobnicate'", "no service tcp/198.18.0.99:80", "IPv6 services (-6)",
                    "--pe not supported", "weight must be an integer"):
         assert needle in text
@@ -126,3 +126,35 @@ services:
     assert web.name == "web" and web.expire_nodest_conn and web.scheduler == "wlc"
     hc = web.dests[0].healthcheck
     assert hc is not None and hc.interval == 5 and web.dests[1].healthcheck is None
+
+
+GROUP = """
+services:
+  - name: shop
+    fwmark: 7
+    group:
+      - {protocol: tcp, vip: 198.18.0.10, port: 80}
+      - {protocol: tcp, vip: 198.18.0.10, port: 443}
+    persistence: {timeout: 600}
+    expire_quiescent_template: true
+    dests: [{address: 198.18.1.2}, {address: 198.18.1.3, weight: 2}]
+"""
+
+
+def test_fwmark_services_round_trip_with_their_running_selectors() -> None:
+    cfg = parse_config(GROUP)
+    text, dropped = format_rules(cfg)
+    assert text.splitlines() == ["-A -f 7 -s wlc -p 600", "-a -f 7 -r 198.18.1.2:0 -m -w 1",
+                                 "-a -f 7 -r 198.18.1.3:0 -m -w 2"]
+    assert dropped == ["service shop: expire_quiescent_template",
+                       "service shop: the group selectors of fwmark 7 (on an IPVS box, the iptables rules "
+                       "that set the mark)"]
+    rules = parse_rules(text + "-a -f 7 -r 198.18.1.4 -m\n", running_documents(cfg))
+    assert rules.problems == []
+    (shop,) = config_from_dict(rules.document()).services
+    assert (shop.name, shop.fwmark, [x.port for x in shop.group]) == ("shop", 7, [80, 443])
+    assert shop.expire_quiescent_template
+    assert [(d.address, d.port) for d in shop.dests][-1] == ("198.18.1.4", 0)
+    unknown = parse_rules(text)  # no running service knows which packets carry mark 7
+    assert [p.split(":")[0] for p in unknown.problems] == ["line 1", "line 2", "line 3"]
+    assert "add the service with its group:" in unknown.problems[0]
