@@ -100,12 +100,45 @@ def _service_fields(args: argparse.Namespace) -> dict[str, Any]:
     return fields
 
 
+def _edit_fields(args: argparse.Namespace) -> dict[str, Any]:
+    fields = _service_fields(args)
+    group = _selectors(args.group)
+    if group is not None:
+        fields["group"] = group
+    return fields
+
+
+def _selectors(items: list[str] | None) -> list[dict[str, Any]] | None:
+    """--group tcp/VIP:PORT or tcp/VIP:LO-HI (repeated): a service group's selectors."""
+    if not items:
+        return None
+    out: list[dict[str, Any]] = []
+    for item in items:
+        proto, _, rest = item.rpartition("/")
+        vip, _, ports = rest.rpartition(":")
+        lo, dash, hi = ports.partition("-")
+        if proto not in ("tcp", "udp") or not vip or not lo.isdigit() or (dash and not hi.isdigit()):
+            raise UsageError(f"bad --group {item!r}: write tcp/VIP:PORT or udp/VIP:LO-HI")
+        out.append({"protocol": proto, "vip": vip.strip("[]"), **({"ports": ports} if dash else
+                                                                  {"port": int(lo)})})
+    return out
+
+
 def cmd_add_service(c: Client, args: argparse.Namespace, out: TextIO) -> int:
     ref, text = _ref(args)
+    group = _selectors(args.group)
     if ref.fwmark:
-        raise UsageError("fwmark services are not supported yet: give -t or -u VIP:PORT")
-    name = args.name or f"{ref.protocol}-{ref.vip}-{ref.port}"
-    spec = {"name": name, "protocol": ref.protocol, "vip": ref.vip, "port": ref.port, **_service_fields(args)}
+        if group is None:
+            raise UsageError("a fwmark service (service group) needs its selectors: --group tcp/VIP:PORT "
+                             "(repeat it; ranges as tcp/VIP:LO-HI)")
+        name = args.name or f"fwm-{ref.fwmark}"
+        where: dict[str, Any] = {"fwmark": ref.fwmark, "group": group}
+    elif group is not None:
+        raise UsageError("--group goes with -f MARK (a service group)")
+    else:
+        name = args.name or f"{ref.protocol}-{ref.vip}-{ref.port}"
+        where = {"protocol": ref.protocol, "vip": ref.vip, "port": ref.port}
+    spec = {"name": name, **where, **_service_fields(args)}
     spec = {k: v for k, v in spec.items() if v is not None}
     rev = c.call("PutService", pb.PutServiceRequest(service=_struct(spec), create_only=not args.replace))
     done = "written" if args.replace else "added"
@@ -115,9 +148,10 @@ def cmd_add_service(c: Client, args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_edit_service(c: Client, args: argparse.Namespace, out: TextIO) -> int:
     ref, text = _ref(args)
-    fields = _service_fields(args)
+    fields = _edit_fields(args)
     if not fields:
-        raise UsageError("nothing to change: give -s, -b, -p/--no-persistent, -M, -g/-i/-m or --expire-*")
+        raise UsageError("nothing to change: give -s, -b, -p/--no-persistent, -M, -g/-i/-m, --group or "
+                         "--expire-*")
     rev = c.call("EditService", pb.EditServiceRequest(service=ref, set=_struct(fields))).revision
     out.write(f"service {text} updated at revision {rev}\n")
     return EXIT["ok"]

@@ -128,8 +128,8 @@ def _service_ref(p: argparse.ArgumentParser, *, positional: bool = True) -> None
         p.add_argument("service", nargs="?", help="tcp/VIP:PORT, udp/VIP:PORT or VIP:PORT (or -t/-u)")
     p.add_argument("-t", "--tcp-service", metavar="VIP:PORT", help="a TCP service (ipvsadm -t)")
     p.add_argument("-u", "--udp-service", metavar="VIP:PORT", help="a UDP service (ipvsadm -u)")
-    p.add_argument("-f", "--fwmark-service", metavar="MARK", help="a firewall-mark service (ipvsadm -f; "
-                   "not supported by the config yet)")
+    p.add_argument("-f", "--fwmark-service", metavar="MARK", help="a firewall-mark service, i.e. a service "
+                   "group (ipvsadm -f)")
 
 
 def _forward(p: argparse.ArgumentParser, what: str) -> None:
@@ -153,6 +153,9 @@ def _service_options(p: argparse.ArgumentParser) -> None:
                    help="persistence, seconds (ipvsadm -p; default 300)")
     p.add_argument("-M", "--netmask", help="persistence granularity, e.g. 255.255.255.0 or 24 (ipvsadm -M)")
     _forward(p, "the dests' default forwarding")
+    p.add_argument("--group", action="append", metavar="PROTO/VIP:PORT", help="with -f: a selector of the "
+                   "service group, e.g. tcp/198.18.0.10:443 or udp/198.18.0.10:10000-10100 (repeatable; "
+                   "edit-service replaces them all)")
     p.add_argument("--expire-nodest-conn", action=argparse.BooleanOptionalAction, default=None,
                    help="drop conns of a removed dest at once")
     p.add_argument("--expire-quiescent-template", action=argparse.BooleanOptionalAction, default=None,

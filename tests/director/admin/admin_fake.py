@@ -279,8 +279,8 @@ class FakeNode:
 
 
 def doc_ref(doc: Mapping[str, Any]) -> SvcRef:
-    return SvcRef(int(Proto[doc.get("protocol", "tcp").upper()]), ip(doc["vip"]), doc["port"],
-                  doc.get("fwmark", 0))
+    return SvcRef(int(Proto[doc.get("protocol", "tcp").upper()]), ip(doc.get("vip", "0.0.0.0")),
+                  doc.get("port", 0), doc.get("fwmark", 0))
 
 
 class LoopThread:

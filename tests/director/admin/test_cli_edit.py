@@ -62,6 +62,29 @@ def test_add_edit_delete_service_like_ipvsadm(env: Env) -> None:
     assert code == cli.EXIT["usage"] and "two services" in err
 
 
+def test_fwmark_service_group_like_ipvsadm_f(env: Env) -> None:
+    code, _, err = env.run("add-service", "-f", "7", "-s", "rr")
+    assert code == cli.EXIT["usage"] and "--group" in err
+    code, out, err = env.run("add-service", "-f", "7", "-s", "rr", "-p", "600",
+                             "--group", "tcp/198.18.0.20:80", "--group", "tcp/198.18.0.20:443",
+                             "--group", "udp/198.18.0.20:10000-10100")
+    assert code == 0 and "service fwm-7 (fwm/7) added" in out, err
+    group = doc(env, "fwm-7")["group"]
+    assert group == [{"protocol": "tcp", "vip": "198.18.0.20", "port": 80},
+                     {"protocol": "tcp", "vip": "198.18.0.20", "port": 443},
+                     {"protocol": "udp", "vip": "198.18.0.20", "ports": "10000-10100"}]
+    code, _, err = env.run("add-dest", "-f", "7", "-r", "198.18.1.8:0", "-w", "2")
+    assert code == 0, err
+    code, _, err = env.run("edit-service", "fwm/7", "--group", "tcp/198.18.0.20:8443")
+    fwm = doc(env, "fwm-7")
+    assert code == 0 and [x["port"] for x in fwm["group"]] == [8443]  # type: ignore[index]
+    assert fwm["scheduler"] == "rr" and [d["weight"] for d in fwm["dests"]] == [2]  # type: ignore[index]
+    code, out, _ = env.run("save", "--format", "ipvsadm")
+    assert "-A -f 7 -s rr -p 600" in out and "-a -f 7 -r 198.18.1.8:0 -m -w 2" in out
+    code, _, _ = env.run("delete-service", "-f", "7")
+    assert code == 0 and "fwm-7" not in env.node.docs
+
+
 def test_add_edit_delete_dest_like_ipvsadm(env: Env) -> None:
     code, out, _ = env.run("add-dest", "-t", "198.18.0.10:80", "-r", "198.18.1.9:8080", "-m", "-w", "4",
                            "-x", "100", "-y", "50")
