@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from deploy.cluster import LabCluster, NodeProc, wait_for
@@ -23,6 +24,8 @@ from deploy.drill import Drill
 from deploy.drill import services_yaml as drill_services
 from deploy.lab import VIP_NAT, Lab, new_name, real_addr
 from director.dataplane.io.shard import shard_of
+from lbd_pb import admin_pb2 as pb
+from lbd_pb import admin_pb2_grpc as pb_grpc
 from tests.lab.clusterenv import ClusterEnv
 
 pytestmark = [pytest.mark.lab, pytest.mark.etcd]
@@ -106,6 +109,33 @@ def test_two_workers_forward_nat_and_each_takes_its_share_of_the_clients(
     rows = wait_for("both workers to report forwarded frames", both_forwarded, 30)
     assert len({r["pid"] for r in rows}) == 2
     assert all(r["handler_errors"] == 0 for r in rows)
+
+
+def test_admin_gives_the_node_totals_over_both_workers(single: tuple[Lab, LabCluster]) -> None:
+    """Status, ListConns and GetStats of a `workers: 2` node count every worker's conns and packets."""
+    lab, cluster = single
+    node = cluster.bring_up(web_yaml())
+    _ready_workers(cluster, node)
+    sources = lab.client_sources()
+    got = http_gets(lab, sources, 3)
+    assert sum(len(v) for v in got.values()) == 30
+    stub = pb_grpc.AdminStub(grpc.insecure_channel(f"unix:{cluster.admin_socket(node)}"))
+
+    def totals() -> tuple[Any, list[dict[str, Any]]] | None:
+        rows = worker_stats(node)  # written once a second: wait until it shows what GetStats shows
+        st = stub.GetStats(pb.GetStatsRequest(), timeout=10)
+        created = [int(r.get("created", 0)) for r in rows]
+        moved = sum(forwarded(r) for r in rows)
+        if len(rows) == 2 and min(created) > 0 and st.services[0].counters.conns == sum(created) >= 30 \
+                and st.totals.inpkts + st.totals.outpkts == moved:
+            return st, rows
+        return None
+
+    # both workers created conns and forwarded packets, and the node's totals are their sums
+    stats, rows = wait_for("GetStats to hold the sums over both workers", totals, 30)
+    conns = [c for ch in stub.ListConns(pb.ListConnsRequest(), timeout=10) for c in ch.conns]
+    assert len(conns) == stats.services[0].counters.conns and {c.caddr for c in conns} == set(sources)
+    assert stub.Status(pb.StatusRequest(), timeout=10).conns == len(conns)
 
 
 def test_persistence_scope_stays_on_one_worker_and_one_dest(single: tuple[Lab, LabCluster]) -> None:
