@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = ["bench.bench_conn", "bench.bench_core", "bench.bench_sync", "bench.bench_conntrackd",
            "bench.bench_election", "bench.bench_fwd", "bench.bench_fwd_directord", "bench.bench_failover",
-           "bench.bench_defense"]
+           "bench.bench_defense", "bench.bench_health"]
 
 # figure -> (reference figure, what the reference is, target as text); EXTRA_REFERENCES adds rows
 EXTRA_REFERENCES: list[tuple[str, str, str, str]] = [
@@ -58,6 +58,8 @@ REFERENCES: dict[str, tuple[str, str, str]] = {
     "fwd_tcp_mbit_s": ("fwd_kernel_tcp_mbit_s", "kernel forwarding + DNAT", ""),
     "sync_lag_p99_ms_10k": ("sync_lag_p50_ms_10k", "p50 at the same rate", "<= 50 ms"),
     "election_takeover_tuned_s": ("election_takeover_default_s", "etcd default settings", "<= 1.2 s"),
+    "health_loop_stall_max_ms": ("ref_idle_loop_stall_max_ms", "same ticker, idle loop", ""),
+    "health_https_probes_per_s": ("ref_health_tcp_probes_per_s", "TCP connect check", ""),
     "defense_table_peak": ("nodefense_table_peak", "same flood, defense off", "<= defense_max_conns"),
     "defense_rss_growth_mib": ("nodefense_rss_growth_mib", "same flood, defense off", "bounded"),
     "defense_streams_survived": ("nodefense_streams_survived", "same flood, defense off", "1.0"),
