@@ -24,7 +24,9 @@ Theory of operation
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -46,7 +48,9 @@ CONVERGE_TIMEOUT_S = 60.0
 class ChaosRun:
     def __init__(self, seed: int, minutes: float, *, conns: int = 40, new_rate: float = 10.0,
                  interval: float = 0.1, udp_rate: float = 50.0, out: IO[str] = sys.stdout,
-                 lab_name: str | None = None, kinds: dict[str, float] | None = None) -> None:
+                 lab_name: str | None = None, kinds: dict[str, float] | None = None,
+                 logs_dir: Path | None = None) -> None:
+        self.logs_dir = logs_dir
         self.seed, self.minutes, self.out = seed, minutes, out
         self.conns, self.new_rate, self.interval, self.udp_rate = conns, new_rate, interval, udp_rate
         self.kinds = kinds
@@ -288,6 +292,7 @@ class ChaosRun:
             final = self.traffic.stop() if self.traffic is not None else None
             frames = self.observer.stop()
             lab_name = self.chaos.lab.name
+            self.keep_logs()
             self.chaos.close()
         moves = [Move(float(t), str(s), str(a), str(b)) for t, s, a, b in (final or {}).get("moves", [])]
         obs = Observations(frames=frames, faults=self.faults, moves=moves, server_down=self.chaos.server_down,
@@ -295,6 +300,17 @@ class ChaosRun:
                            samples=list(self.sampler.samples))
         violations, figures = judge(obs)
         return self.report(obs, violations, figures, final or {}, lab_name, time.time() - t_begin)
+
+    def keep_logs(self) -> None:
+        """Copy every node's log and events and every etcd member's log out of the lab (which goes)."""
+        if self.logs_dir is None:
+            return
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        sources = [(p, p.name) for n in self.chaos.cluster.nodes for p in (n.log, n.events)]
+        sources += [(Path(m.log_path), f"{m.name}.log") for m in self.chaos.etcd.members]
+        for src, name in sources:
+            with contextlib.suppress(OSError):
+                shutil.copyfile(src, self.logs_dir / name)
 
     def report(self, obs: Observations, violations: list[dict[str, Any]], figures: list[dict[str, Any]],
                final: dict[str, Any], lab_name: str, duration: float) -> dict[str, Any]:
@@ -367,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", default="chaos-report.json")
     p.add_argument("--conns", type=int, default=40, help="long-lived verified TCP streams")
     p.add_argument("--plan", action="store_true", help="print the schedule and exit")
+    p.add_argument("--logs", default=None,
+                   help="copy the nodes' and etcd's logs here (default: <report>-logs; '' for none)")
     p.add_argument("--kinds", default="", help="comma list: draw only these fault kinds (default: all)")
     args = p.parse_args(argv)
     seed = args.seed if args.seed is not None else int(time.time()) % 100000
@@ -376,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         print(describe(make_schedule(seed, args.minutes, kinds)))
         return 0
-    run = ChaosRun(seed, args.minutes, conns=args.conns, kinds=kinds)
+    logs = Path(args.logs if args.logs is not None else Path(args.report).with_suffix("").name + "-logs")
+    run = ChaosRun(seed, args.minutes, conns=args.conns, kinds=kinds, logs_dir=logs if str(logs) else None)
     report = run.run()
     Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
     print(summary(report))

@@ -26,6 +26,10 @@ with a bug may report a config it does not run. The judge therefore takes only
                    write of unknown outcome to that key makes its value acceptable too)
 ``table``          a backup's table of established streams differs from the master's
 ``growth``         a node process's RSS, fds or table size grew without bound over its life
+``outage``         during a fault docs/HA.md says costs no failover (an etcd fault, a cut between a node
+                   and etcd or between the master and its backups, anything done to a backup or a
+                   real server, a live config change) the fabric fell silent for more than
+                   `NO_GAP_MAX_MS`
 """
 
 from __future__ import annotations
@@ -45,6 +49,13 @@ GROWTH_LIMITS = (("rss_kb", RSS_FACTOR, RSS_SLACK_KB), ("fds", 1.0, FD_SLACK),
                  ("conns", CONN_FACTOR, CONN_SLACK))
 """(attribute, factor, slack): a life's end (median of its last third) may reach base * factor + slack,
 base being the median of its first third."""
+NO_GAP_KINDS = frozenset({
+    "cut-master-etcd", "cut-backup-etcd", "cut-master-backups", "kill-backup", "freeze-backup",
+    "restart-backup", "etcd-kill-leader", "etcd-kill-follower", "etcd-quorum-loss", "etcd-pause",
+    "dest-flap", "timeouts"})
+"""Faults the master must ride through without a failover (static stability, docs/HA.md)."""
+NO_GAP_MAX_MS = 1500.0
+"""Longer than any gap of a loaded fabric and than a 1 s lease: a silence this long is an outage."""
 MIN_LIFE_S = 60.0
 """A process life shorter than this is not judged for growth (not enough to see a trend)."""
 
@@ -117,7 +128,7 @@ def _v(rule: str, what: str, **figures: Any) -> dict[str, Any]:
 def judge(obs: Observations) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(violations, per-fault figures)."""
     violations = (_overlap_rule(obs) + _loss_rule(obs) + _sticky_rule(obs) + _config_rule(obs)
-                  + _table_rule(obs) + _growth_rule(obs.samples))
+                  + _table_rule(obs) + _growth_rule(obs.samples) + _outage_rule(obs))
     return violations, [fault_figures(obs, f) for f in obs.faults]
 
 
@@ -143,6 +154,17 @@ def _loss_rule(obs: Observations) -> list[dict[str, Any]]:
         if not f.settled:
             out.append(_v("lost", f"traffic did not settle after fault {f.index} ({f.kind} {f.target})",
                           fault=f.index))
+    return out
+
+
+def _outage_rule(obs: Observations) -> list[dict[str, Any]]:
+    out = []
+    for f in obs.faults:
+        silence, at = longest_silence(obs.frames, f.t0, f.t_end)
+        if f.kind in NO_GAP_KINDS and silence * 1000.0 > NO_GAP_MAX_MS:
+            out.append(_v("outage", f"nobody forwarded for {silence * 1000:.0f} ms during fault {f.index} "
+                                    f"({f.kind} {f.target}), {at - f.t0:.1f} s after it began",
+                          fault=f.index, nobody_forwarding_ms=round(silence * 1000.0, 1)))
     return out
 
 

@@ -88,3 +88,16 @@ def test_unbounded_growth_of_rss_fds_or_table() -> None:
     short = clean()
     short.samples = [Sample("d2", 7, float(t), 100_000 * (t + 1), 40, 300) for t in range(0, 30, 5)]
     assert rules(short) == []  # a life too short to judge
+
+
+def test_a_silent_fabric_during_a_fault_that_allows_no_failover_is_an_outage() -> None:
+    obs = clean()
+    obs.faults = [FaultObs(0, "etcd-quorum-loss", "etcd", 3.0, 6.0, 9.5)]
+    obs.frames = {"d1": steady("d1", 0, 4) + steady("d1", 6.5, 20)}  # 2.5 s of silence
+    got = judge(obs)[0]
+    assert [v["rule"] for v in got] == ["outage"] and got[0]["fault"] == 0
+    obs.faults[0].kind = "kill-master"  # a takeover may cost a gap: a figure, not a violation
+    assert rules(obs) == []
+    obs.faults[0].kind = "etcd-quorum-loss"
+    obs.frames = {"d1": steady("d1", 0, 4) + steady("d1", 5.0, 20)}  # 1 s: within the bound
+    assert rules(obs) == []
