@@ -56,7 +56,12 @@ def node_fragment_text(imp: Imported, source: str) -> str:
 
 
 def services_text(imp: Imported, source: str) -> str:
-    return f"# services translated from {source} by directorctl import-keepalived\n" + _dump(imp.document())
+    text = f"# services translated from {source} by directorctl import-keepalived\n" + _dump(imp.document())
+    if imp.pending:
+        text += ("# fwmark virtual servers: add each one's group: (the selectors your iptables rules mark),\n"
+                 "# then move it under services:\n")
+        text += "".join(f"# {line}\n" for line in _dump(imp.pending).splitlines())
+    return text
 
 
 def _validate(imp: Imported) -> list[str]:

@@ -23,6 +23,7 @@ result with the real config parser.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import shlex
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -137,6 +138,8 @@ class Imported:
     notes: list[str] = field(default_factory=list)
     """Node-level facts worth a comment in the fragment (VRRP interface, router id, VIPs)."""
     untranslated: list[Untranslated] = field(default_factory=list)
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    """fwmark virtual servers, translated but without the ``group:`` selectors they need."""
 
     def document(self) -> dict[str, Any]:
         return {"services": self.services}
@@ -267,31 +270,93 @@ def _service_option(ctx: Ctx, c: Stmt, svc: dict[str, Any], defaults: dict[str, 
         ctx.skip(c, f"value not supported: {' '.join(c.args)}" if known else "no equivalent")
 
 
-def _virtual_server(ctx: Ctx, s: Stmt, out: Imported) -> None:
-    ctx.path = ""
-    if len(s.args) != 2 or s.args[0] in ("fwmark", "group"):
-        ctx.skip(s, "fwmark and group virtual servers are not supported (the service YAML has vip and port)"
-                 if s.args[:1] in (("fwmark",), ("group",)) else "needs IP PORT")
-        return
-    vip, port = s.args
-    if (why := _addr_problem(vip, port)) is not None:
-        ctx.skip(s, why)
-        return
-    ctx.path = f"virtual_server {vip} {port}"
-    svc: dict[str, Any] = {"name": f"{vip}-{port}", "protocol": "tcp", "vip": vip,
-                           "port": int(port) if port.isdigit() else port, "dests": []}
+def _service_body(ctx: Ctx, s: Stmt, svc: dict[str, Any], label: str) -> None:
+    """The options and real servers of one virtual_server block, into `svc`."""
     defaults: dict[str, Any] = {}
     body = s.block or ()
     for c in body:
         if c.key != "real_server":
             _service_option(ctx, c, svc, defaults)
-    svc["name"] = f"{svc['protocol']}-{vip}-{port}"
     for c in body:
         if c.key == "real_server":
-            ctx.path = f"virtual_server {vip} {port} > real_server {' '.join(c.args)}"
+            ctx.path = f"{label} > real_server {' '.join(c.args)}"
             rs_defaults = {k: v for k, v in defaults.items() if k != "inhibit_on_failure"}
             _real_server(ctx, _with_inhibit(c, defaults), svc, rs_defaults)
+
+
+def _virtual_server(ctx: Ctx, s: Stmt, out: Imported) -> None:
+    ctx.path = ""
+    kind = s.args[0] if len(s.args) == 2 else ""
+    if kind == "fwmark":
+        _fwmark_server(ctx, s, out)
+        return
+    if kind == "group":
+        _group_server(ctx, s, out)
+        return
+    if len(s.args) != 2:
+        ctx.skip(s, "needs IP PORT, fwmark MARK or group NAME")
+        return
+    vip, port = s.args
+    if (why := _addr_problem(vip, port)) is not None:
+        ctx.skip(s, why)
+        return
+    label = ctx.path = f"virtual_server {vip} {port}"
+    svc: dict[str, Any] = {"name": "", "protocol": "tcp", "vip": vip, "port": int(port), "dests": []}
+    _service_body(ctx, s, svc, label)
+    svc["name"] = f"{svc['protocol']}-{vip}-{port}"
     out.services.append(svc)
+
+
+def _fwmark_server(ctx: Ctx, s: Stmt, out: Imported) -> None:
+    """A fwmark virtual server: translated, but its selectors (the iptables rules) are not in the file."""
+    mark = s.args[1]
+    if not mark.isdigit() or not 0 < int(mark) < 2**32:
+        ctx.skip(s, f"not a firewall mark: {mark}")
+        return
+    label = ctx.path = f"virtual_server fwmark {mark}"
+    svc: dict[str, Any] = {"name": f"fwm-{mark}", "fwmark": int(mark), "group": [], "dests": []}
+    _service_body(ctx, s, svc, label)
+    protocol = svc.pop("protocol", None)
+    ctx.path = ""
+    ctx.skip(s, "the packets it takes are chosen by iptables rules that set the mark, not in keepalived."
+             "conf: its translation is printed commented out; add its group: selectors"
+             + (f" ({protocol} ones)" if protocol else "") + " (docs/CONFIG.md, Service groups)")
+    out.pending.append(svc)
+
+
+def _group_members(ctx: Ctx, name: str) -> list[tuple[str, int]]:
+    """(vip, port) of each usable entry of virtual_server_group `name` (IP PORT, or IP-LAST PORT)."""
+    members: list[tuple[str, int]] = []
+    for e in ctx.groups[name].block or ():
+        if e.key == "fwmark" or len(e.args) != 1:
+            ctx.path = f"virtual_server_group {name}"
+            ctx.skip(e, "a fwmark in a group is not supported" if e.key == "fwmark" else "needs IP PORT")
+            continue
+        first, dash, last = e.key.partition("-")
+        if (why := _addr_problem(first, e.args[0])) is not None or (dash and not last.isdigit()):
+            ctx.path = f"virtual_server_group {name}"
+            ctx.skip(e, why or f"not an address range: {e.key}")
+            continue
+        base = ipaddress.IPv4Address(first)
+        count = int(last) - int(first.rsplit(".", 1)[1]) + 1 if dash else 1
+        members.extend((str(base + i), int(e.args[0])) for i in range(max(count, 0)))
+    return members
+
+
+def _group_server(ctx: Ctx, s: Stmt, out: Imported) -> None:
+    """`virtual_server group NAME`: keepalived makes one IPVS service per group entry, all alike."""
+    name = s.args[1]
+    if name not in ctx.groups:
+        ctx.skip(s, f"no virtual_server_group {name}")
+        return
+    members = _group_members(ctx, name)
+    label = ctx.path = f"virtual_server group {name}"
+    template: dict[str, Any] = {"name": "", "protocol": "tcp", "vip": "", "port": 0, "dests": []}
+    _service_body(ctx, s, template, label)
+    for vip, port in members:
+        svc = copy.deepcopy(template)
+        svc.update(name=f"{template['protocol']}-{vip}-{port}", vip=vip, port=port)
+        out.services.append(svc)
 
 
 def _with_inhibit(rs: Stmt, defaults: Mapping[str, Any]) -> Stmt:
@@ -372,10 +437,10 @@ def _global_defs(ctx: Ctx, s: Stmt, out: Imported) -> None:
 
 _TOP: dict[str, Callable[[Ctx, Stmt, Imported], None]] = {
     "virtual_server": _virtual_server, "vrrp_instance": _vrrp_instance, "global_defs": _global_defs,
+    "virtual_server_group": lambda ctx, s, out: None,  # read where a virtual_server uses it
 }
 _TOP_WHY = {
     "include": "not followed: import the included files too",
-    "virtual_server_group": "virtual server groups are not supported",
     "vrrp_sync_group": "VRRP is replaced by the etcd election",
     "vrrp_script": "no tracked scripts: a node that cannot serve stops (or fails its health)",
     "SSL": "client certificates are not supported; a CA goes in each https check's ca_file",
@@ -385,8 +450,10 @@ _TOP_WHY = {
 def translate(text: str) -> Imported:
     """Everything of a keepalived.conf the service YAML and the node's notify hooks can say."""
     out = Imported()
-    ctx = Ctx(out.untranslated)
-    for s in parse(text, out.untranslated):
+    tree = parse(text, out.untranslated)
+    ctx = Ctx(out.untranslated, groups={s.args[0]: s for s in tree
+                                        if s.key == "virtual_server_group" and len(s.args) == 1})
+    for s in tree:
         ctx.path = ""
         handler = _TOP.get(s.key)
         if handler is not None:

@@ -63,6 +63,8 @@ class Ctx:
 
     untranslated: list[Untranslated] = field(default_factory=list)
     path: str = ""
+    groups: dict[str, Stmt] = field(default_factory=dict)
+    """The virtual_server_group blocks by name."""
 
     def skip(self, s: Stmt, why: str) -> None:
         text = " ".join((s.key, *s.args))
