@@ -123,9 +123,14 @@ class HealthManager:
                 h.weight = self._weights.get(key)
 
     def configure(self, targets: Mapping[DestKey, tuple[str, int, HealthSpec]], now: float) -> None:
-        """Check exactly these dests: key -> (host, port, spec). Unchanged ones keep their state."""
+        """Check exactly these dests: key -> (host, port, spec). Unchanged ones keep their state.
+
+        The first probes of the dests added together are spread over their interval (the i-th of n
+        at now + interval * i / n), so a new config or a new master does not fire every probe in
+        the same loop turn; a single new dest is probed at once."""
         for key in [k for k in self._dests if k not in targets]:
             del self._dests[key]
+        fresh = []
         for key, (host, port, spec) in targets.items():
             old = self._dests.get(key)
             if old is not None and (old.host, old.port, old.spec) == (host, port, spec):
@@ -136,6 +141,10 @@ class HealthManager:
                 up, known = self._seeds.get(key, True), key in self._seeds
             self._dests[key] = DestHealth(key, host, port, spec, now, up, known)
             self._dests[key].weight = old.weight if old is not None else self._weights.get(key)
+            fresh.append(key)
+        for i, key in enumerate(sorted(fresh)):
+            h = self._dests[key]
+            h.next_due = now + h.spec.interval * i / len(fresh)
 
     def due(self, now: float) -> list[Probe]:
         out = []

@@ -7,15 +7,15 @@
 * killed by a signal, not startable (missing program, permission), or still running at `timeout`:
   down.
 
-The command is an argv list run without a shell (asyncio subprocess, so the event loop never
-waits on it), stdin from /dev/null, in its own session (process group). At `timeout` the whole
-group gets SIGKILL and the result says ``killed`` (`CheckResult.killed`; the health runner counts
-these); when the command exits, whatever it left running in its group is killed too, so a
-misbehaving script can neither stall the probe loop nor pile up processes. The first line of its
-output (stdout and stderr, at most `MAX_OUTPUT` bytes kept) goes into the result's detail. The
-dest is described in the environment: ``LBD_DEST`` (addr:port), ``LBD_DEST_ADDR``,
-``LBD_DEST_PORT``, ``LBD_CHECK_PORT`` (the probed port), ``LBD_SERVICE`` (proto/vip:port or
-fwm/N), ``LBD_TIMEOUT``, on top of the node's own environment.
+The command is an argv list run without a shell (asyncio subprocess, so the event loop never waits
+on it; starts are serialized, one fork per loop iteration), stdin from /dev/null, in its own
+session (process group). At `timeout` the whole group gets SIGKILL and the result says ``killed``
+(`CheckResult.killed`; the health runner counts these); when the command exits, whatever it left
+running in its group is killed too, so a misbehaving script can neither stall the probe loop nor
+pile up processes. The first line of its output (stdout and stderr, at most `MAX_OUTPUT` bytes
+kept) goes into the result's detail. The dest is described in the environment: ``LBD_DEST``
+(addr:port), ``LBD_DEST_ADDR``, ``LBD_DEST_PORT``, ``LBD_CHECK_PORT`` (the probed port),
+``LBD_SERVICE`` (proto/vip:port or fwm/N), ``LBD_TIMEOUT``, on top of the node's own environment.
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ import asyncio
 import contextlib
 import os
 import signal
+import weakref
 from collections.abc import Mapping, Sequence
 
 from director.health.spec import CheckResult
 
 MAX_OUTPUT = 4096
+_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 MAX_STDIN = 32768
 OUTPUT_GRACE = 1.0
 """Seconds to collect the output after the exit (the group is dead by then: EOF comes at once)."""
@@ -59,8 +61,7 @@ async def run_command(argv: Sequence[str], timeout: float, *, env: Mapping[str, 
     os.write(in_w, stdin)  # fits in an empty pipe's buffer: never blocks
     os.close(in_w)
     rfd, wfd = os.pipe()  # our own pipe: Process.wait() (3.11) would also wait for a pipe it owns
-    start = asyncio.ensure_future(asyncio.create_subprocess_exec(
-        *argv, stdin=in_r, stdout=wfd, stderr=wfd, start_new_session=True, env={**os.environ, **(env or {})}))
+    start = asyncio.ensure_future(_spawn(argv, in_r, wfd, {**os.environ, **(env or {})}))
     try:  # shielded: cancelling a starting subprocess can hang asyncio (3.11); finish, kill, reap
         proc = await asyncio.shield(start)
     except asyncio.CancelledError:
@@ -101,6 +102,21 @@ async def run_command(argv: Sequence[str], timeout: float, *, env: Mapping[str, 
         output.cancel()
         pipe.close()
     return code, _first_line(said)
+
+
+async def _spawn(argv: Sequence[str], stdin: int, out: int,
+                 env: Mapping[str, str]) -> asyncio.subprocess.Process:
+    """Start one process; at most one start per loop iteration (a fork takes milliseconds: twenty
+    probes due together must not stall the packet path for all of them at once)."""
+    loop = asyncio.get_running_loop()
+    gate = _gates.get(loop)
+    if gate is None:
+        gate = _gates[loop] = asyncio.Lock()
+    async with gate:
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=stdin, stdout=out, stderr=out,
+                                                    start_new_session=True, env=env)
+        await asyncio.sleep(0)  # let the loop run what waited behind this fork
+    return proc
 
 
 def verdict(code: int, dynamic: bool, said: str = "") -> CheckResult:

@@ -298,3 +298,14 @@ def test_verdict_weight_codec_and_application() -> None:
     assert hs.apply_weights(services) == 0
     hs.apply_event(dest_id(KEY), encode_verdict(False, since=2.0, node="d1", epoch=3, weight=5).encode())
     assert hs.weights() == {}  # a down dest is quiesced by the config, not weighted
+
+
+def test_first_probes_of_dests_added_together_are_spread_over_the_interval() -> None:
+    keys = [(6, 1, 80, 0, d, 8080) for d in (5, 2, 4, 3)]
+    m = HealthManager()
+    m.configure({k: ("198.18.1.2", 8080, SPEC) for k in keys}, 10.0)  # SPEC.interval is 2
+    started = {t: [p.key[4] for p in m.due(t)] for t in (10.0, 10.4, 10.5, 11.0, 11.5)}
+    assert started == {10.0: [2], 10.4: [], 10.5: [3], 11.0: [4], 11.5: [5]}
+    later = (6, 1, 80, 0, 9, 8080)
+    m.configure({**{k: ("198.18.1.2", 8080, SPEC) for k in keys}, later: ("198.18.1.9", 8080, SPEC)}, 12.0)
+    assert [p.key for p in m.due(12.0)] == [later]  # one new dest: probed at once; the others keep their turn
