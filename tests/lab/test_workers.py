@@ -87,8 +87,10 @@ def single() -> Iterator[tuple[Lab, LabCluster]]:
 
 
 def _ready_workers(cluster: LabCluster, node: NodeProc) -> None:
+    """Both workers started and report themselves active (the master's role reached them)."""
     wait_for("both workers ready", lambda: len({e["worker"] for e in cluster.current_events(node)
                                                 if e["event"] == "worker_ready"}) == 2, 60)
+    wait_for("both workers active", lambda: [r.get("active") for r in worker_stats(node)] == [True, True], 60)
 
 
 def test_two_workers_forward_nat_and_each_takes_its_share_of_the_clients(
