@@ -56,8 +56,8 @@ def test_every_problem_is_collected() -> None:
         "gateways: [198.18.2.1, 127.0.0.1, x]\nint_mtu: 70000\ntable_bits: 40\n"
     assert errors_of(text) == (
         "bogus: unknown field (allowed: admin, cluster, defense, etcd, events_file, gateways, int_addr, "
-        "int_mtu, interfaces, lease_ttl, log_json, metrics, node_id, notify, preempt, priority, sloppy_grace, "
-        "sync, table_bits, vmac_id, workers)",
+        "int_mtu, interfaces, lease_ttl, log_json, metrics, node_id, notify, preempt, priority, "
+        "sloppy_grace, sync, table_bits, vmac_id, workers)",
         "vmac_id: must be an integer in 1..255, got 0",
         "lease_ttl: must be a number in 1..600, got nan",
         "sloppy_grace: must be a number in 0..3600, got inf",
