@@ -56,6 +56,7 @@ The adapter `Elector` (and `NodeInfo`, `RoleChange`, `Membership`) lives in
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 from director.cluster.leader import Act, Action, ElectionParams, LeaderRecord, LeaseState, Role, Why
@@ -247,12 +248,16 @@ class ElectionMachine:
         if lease_id == self.lease.lease_id and self.role is Role.MASTER and self.reacquiring:
             if record is not None and record.lease == lease_id:
                 return self.txn_won(now, lease_id, record.epoch)
+            if record is not None:
+                self._see(now, record)
             self.master = record
             return self._lose(now)  # someone else holds the key: stop at once
         if lease_id != self.lease.lease_id or self.role is not Role.CANDIDATE:
             return []
         if record is not None and record.lease == lease_id:
             return self._win(now, record.epoch)  # an earlier attempt of ours had won
+        if record is not None:
+            self._see(now, record)
         self.master = record
         return self._abandon_candidacy(now)
 
@@ -307,6 +312,17 @@ class ElectionMachine:
             return []
         return self.leader_observed(now, record)
 
+    def watch_lost(self, now: float) -> list[Action]:
+        """Our view of the leader key is interrupted (watch error): we may miss touches, so no key
+        counts as stale until a fresh read."""
+        self.seen_at = math.inf
+        return []
+
+    def _see(self, now: float, record: LeaderRecord, fresh: bool = False) -> None:
+        if fresh or record.revision != self.seen_revision or self.seen_at == math.inf:
+            self.seen_revision = record.revision
+            self.seen_at = now + (self.params.ttl if fresh or self.seen_at == math.inf else 0.0)
+
     def stale_done(self, now: float, deleted: bool) -> list[Action]:
         """Our DELETE_STALE txn finished (the watch reports what the key is now)."""
         self.pending.discard(Act.DELETE_STALE)
@@ -330,7 +346,7 @@ class ElectionMachine:
         """Backup: when the current master's record goes stale (its touch promise lapsed), if it
         declared one and we could take its place then."""
         m = self.master
-        if m is None or not m.touch_window or not self.ready or not self.observed:
+        if m is None or not m.touch_window or not self.ready or not self.observed or self.seen_at == math.inf:
             return None
         return self.seen_at + m.touch_window + self.params.stale_margin
 
@@ -379,9 +395,7 @@ class ElectionMachine:
         ours = record is not None and bool(self.lease.lease_id) and record.lease == self.lease.lease_id
         if record is not None:
             self.promises.leader_seen_at = now
-            if fresh or record.revision != self.seen_revision:
-                self.seen_revision = record.revision
-                self.seen_at = now + (self.params.ttl if fresh else 0.0)
+            self._see(now, record, fresh)
         if self.role is Role.MASTER and record is None and (self.reacquiring or self._on_promises(now)):
             self.master = None
             return [] if self.reacquiring else self._start_reacquire(now)

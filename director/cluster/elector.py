@@ -45,6 +45,7 @@ from typing import Any
 
 from aetcd import rpc
 
+from director.cluster.compactor import COMPACT_EVERY, compact_history
 from director.cluster.election import (
     Act,
     Action,
@@ -109,7 +110,9 @@ class Elector:
         ready_poll: float = 0.1,
         member_info: dict[str, Any] | None = None,
         touch: float = ElectionParams.touch,
+        compact_every: float = COMPACT_EVERY,
     ) -> None:
+        self.compact_every = compact_every
         self.store = store
         self.node = node
         self.clock = clock
@@ -137,6 +140,7 @@ class Elector:
         self._members: tuple[str, ...] | None = None
         self._released = 0
         self._publisher: asyncio.Task[None] | None = None
+        self._compactor: asyncio.Task[None] | None = None
         self.membership = Membership(store, node.node_id, dict(member_info or {}))
         """Our ``nodes/<id>`` record: it makes us a member the master waits for (and lists)."""
         self._killed = False
@@ -336,11 +340,14 @@ class Elector:
         self._stop_publisher()
         pub = MemberPublisher(self.store, self.node.node_id, self._set_required)
         self._publisher = self._spawn(pub.run(lease_id, epoch))
+        if self.compact_every > 0:
+            self._compactor = self._spawn(compact_history(self.store, self.compact_every))
 
     def _stop_publisher(self) -> None:
-        if self._publisher is not None:
-            self._publisher.cancel()
-            self._publisher = None
+        for task in (self._publisher, self._compactor):
+            if task is not None:
+                task.cancel()
+        self._publisher = self._compactor = None
 
     async def _cancel_all(self) -> None:
         tasks = [*self._loops, *self._tasks]
@@ -515,6 +522,7 @@ class Elector:
                             self._observe_members(None, live, keep_members=True)
             except EtcdError as err:
                 delay = backoff.next()
+                self._post(lambda m, now: m.watch_lost(now))
                 log.info("leader watch interrupted (%s); re-reading in %.2fs", err, delay)
                 await asyncio.sleep(delay)
 

@@ -153,3 +153,22 @@ def test_a_backup_never_deletes_before_the_master_stopped_forwarding(
         assert nxt is not None and nxt > now
         now = nxt
     assert now > fence
+
+
+def test_no_key_is_stale_while_the_watch_is_down_and_a_fresh_read_restarts_the_clock() -> None:
+    b = backup(0.0)
+    b.watch_lost(0.3)  # etcd restarts: touches may be missed
+    assert b.tick(50.0) == [] and b.next_deadline() is None
+    b.leader_observed(50.0, touched(revision=100), fresh=True)
+    assert b.tick(51.69) == []
+    assert acts(b.tick(51.71)) == [Act.DELETE_STALE]
+
+
+def test_a_lost_campaign_starts_the_clock_on_the_winners_record() -> None:
+    b = ElectionMachine(ElectionParams(ttl=1.0, node_id="b"))
+    b.leader_observed(0.0, None)
+    b.set_ready(0.0, True)
+    b.lease_granted(0.0, LEASE + 5, 1.0, 0.0)
+    b.txn_lost(0.01, LEASE + 5, touched(revision=300))
+    assert b.tick(0.5) == []  # not stale from time 0: it was first seen at 0.01
+    assert b.tick(0.72) == [Action(Act.DELETE_STALE, revision=300, timeout=1.0)]
