@@ -192,7 +192,7 @@ def environment(event: dict[str, Any]) -> dict[str, str]:
     out = {}
     for k, val in event.items():
         text = ("1" if val else "0") if isinstance(val, bool) else str(val)
-        out[f"LBD_{k.upper()}"] = text
+        out[f"LBD_{k.upper()}"] = text.replace("\0", "")  # (a probe's words could hold a NUL)
     return out
 
 

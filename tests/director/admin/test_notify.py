@@ -174,8 +174,8 @@ def test_shutdown_reports_fault_and_waits(tmp_path: Path) -> None:
 
 
 def test_environment_flattening() -> None:
-    assert environment({"event": "dest_up", "up": True, "epoch": 3}) == {
-        "LBD_EVENT": "dest_up", "LBD_UP": "1", "LBD_EPOCH": "3"}
+    assert environment({"event": "dest_up", "up": True, "epoch": 3, "detail": "a\0b"}) == {
+        "LBD_EVENT": "dest_up", "LBD_UP": "1", "LBD_EPOCH": "3", "LBD_DETAIL": "ab"}
 
 
 BASE = {"node_id": "d1", "etcd": {"endpoints": ["198.18.1.250:2379"]},
