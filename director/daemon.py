@@ -401,7 +401,9 @@ class Node:
             self.api.hub.publish(NodeEvent(kind="health", time=time.time(), dest=dest_label(key),
                                            up=key in newly_up))
         self._reconcile()
-        if self.role is Role.MASTER:  # a backup's synced templates are the master's to invalidate
+        if self.role is Role.MASTER and self.pool is not None:  # the templates live in the workers
+            self.pool.invalidate_down(newly_down, self.health.expire_quiescent)
+        elif self.role is Role.MASTER:  # a backup's synced templates are the master's to invalidate
             self.health.invalidate_down(self.table, newly_down)
 
     async def _config_loop(self) -> None:

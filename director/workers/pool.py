@@ -211,6 +211,13 @@ class WorkerPool:
             for i in range(self.count):
                 self._send_to(i, ("synced", self._shard_updates(i)))
 
+    def invalidate_down(self, keys: Iterable[Any], expire_quiescent: dict[Any, bool]) -> None:
+        """Master: health took these dests down; every worker checks its templates bound to them
+        (``check_template``, as ``HealthService.invalidate_down`` does in-process)."""
+        down = frozenset(keys)
+        if down:
+            self._broadcast(("invalidate", down, {k: expire_quiescent.get(k, False) for k in down}))
+
     def push_defense(self, drop_rate: int, secure_tcp: bool) -> None:
         self._broadcast(("defense", drop_rate, secure_tcp))
 

@@ -25,6 +25,7 @@ Messages from the parent (``Channel``; tuples, first item the name):
                                 with syncd's ``BackupApplier`` (event feed off: not re-reported)
 ``mask`` m                      new shard mask: the filters are replaced
 ``defense`` rate, secure_tcp    the node's defense levels (drop_packet rate, secure_tcp)
+``invalidate`` keys, quiescent  health took these dests down: ``check_template`` on their templates
 ``peers`` {dest key: (a, i)}    the other workers' active / inactive conns per dest (below)
 ``stop``                        leave
 =============================  ===============================================================
@@ -69,6 +70,7 @@ from director.dataplane.io.shard import DST, SRC, shard_filter, shard_of
 from director.services.service import ServiceTable
 from director.table.conn import ConnTable
 from director.table.events import RawEvent
+from director.types import ConnFlags
 from director.workers.channel import Channel, Message
 from director.workers.fence import SharedFence
 from syncd.apply import BackupApplier
@@ -76,6 +78,7 @@ from syncd.model import Update
 
 log = logging.getLogger("directord.worker")
 PR_SET_PDEATHSIG = 1
+TEMPLATE = int(ConnFlags.TEMPLATE)
 STATS_INTERVAL = 0.1
 
 
@@ -213,6 +216,8 @@ class Worker:
         elif kind == "defense":
             d.gate.todrop.set_rate(msg[1])
             d.cfg.timeouts.secure_tcp = msg[2]
+        elif kind == "invalidate":
+            self._invalidate(msg[1], msg[2])
         elif kind == "peers":
             self._peers(msg[1])
         elif kind == "stop":
@@ -224,6 +229,15 @@ class Worker:
         apply_to_services(cfg, d.services, down=down)
         apply_timeouts(cfg.timeouts, d.cfg.timeouts)
         self.applier.rebind_pending()
+
+    def _invalidate(self, keys: frozenset[Any], expire_quiescent: dict[Any, bool]) -> None:
+        """Health took these dests down: check the templates bound to them (the in-process rule)."""
+        table = self.table
+        assert table is not None
+        hits = [(c, c.dest.key) for c in table if c.flags & TEMPLATE and c.dest is not None
+                and c.dest.key in keys]
+        for ct, key in hits:
+            table.check_template(ct, expire_quiescent.get(key, False))
 
     def _peers(self, counts: dict[Any, tuple[int, int]]) -> None:
         """Replace the other workers' share in every dest's counters (see the module docstring)."""

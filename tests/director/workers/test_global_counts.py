@@ -12,10 +12,12 @@ from director.config.services import parse_config
 from director.dataplane.config import CoreConfig
 from director.services.service import ServiceTable
 from director.table.conn import ConnTable
+from director.types import ConnFlags
 from director.workers.fence import SharedFence
 from director.workers.pool import WorkerPool
 from director.workers.worker import Worker
 
+TEMPLATE = int(ConnFlags.TEMPLATE)
 CONFIG = """
 services:
   - name: web
@@ -81,3 +83,22 @@ def test_the_pool_sends_each_worker_the_others_share_only_when_it_changed() -> N
     pool._exchange_counts(pool.per_worker)
     assert len(sent[0].msgs) == len(sent[1].msgs) == 1  # nothing changed: nothing sent
     pool.close()
+
+
+def test_a_health_down_verdict_invalidates_the_templates_in_the_worker(worker: Worker) -> None:
+    """The master's health verdict reaches the templates where they live (the workers' tables)."""
+    assert worker.director is not None and worker.table is not None
+    svc = next(iter(worker.director.services))
+    a, b = svc.dests
+    caddr = 0xC6120064
+    table = worker.table
+    table.events.enabled = False  # no loop here to cut event batches for the parent
+    tpl_a = table.new(6, caddr, 0, svc.key[1], 80, a.addr, a.port, TEMPLATE, a, timeout=300)
+    tpl_b = table.new(6, caddr + 1, 0, svc.key[1], 80, b.addr, b.port, TEMPLATE, b, timeout=300)
+    key_a, key_b = tpl_a.key, tpl_b.key
+    worker.on_message(("config", parse_config(CONFIG), frozenset({a.key})))  # the parent's reconcile first
+    worker.on_message(("invalidate", frozenset({a.key}), {}))
+    assert table.get(key_a) is tpl_a  # a quiesced dest (weight 0) keeps its templates by default
+    worker.on_message(("invalidate", frozenset({a.key}), {a.key: True}))  # expire_quiescent_template
+    assert table.get(key_a) is None  # no later conn of that scope lands on the dead dest
+    assert table.get(key_b) is tpl_b
