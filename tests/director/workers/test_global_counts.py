@@ -26,7 +26,9 @@ services:
     port: 80
     scheduler: wlc
     forward: nat
-    dests: [{address: 198.18.1.10, port: 80}, {address: 198.18.1.11, port: 80}]
+    dests:
+      - {address: 198.18.1.10, port: 80, healthcheck: {type: tcp}}
+      - {address: 198.18.1.11, port: 80, healthcheck: {type: tcp}}
 """
 
 
