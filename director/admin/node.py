@@ -73,6 +73,13 @@ def _ref_of(doc: Mapping[str, Any]) -> SvcRef:
                   int(doc.get("fwmark", 0)))
 
 
+class Workers(Protocol):
+    """What admin drives in a node's packet workers (director.workers.pool.WorkerPool)."""
+
+    def flush(self) -> None: ...
+    def zero_counters(self, svc_keys: list[Any]) -> None: ...
+
+
 class Node(Protocol):
     """The parts of a running node (`director.daemon.Node`) the admin API reads and drives.
 
@@ -95,6 +102,9 @@ class Node(Protocol):
     role: Role
     master: LeaderRecord | None
     role_changes: int
+
+    @property
+    def pool(self) -> Workers | None: ...
 
     @property
     def api(self) -> NodeAdmin: ...
@@ -268,11 +278,16 @@ class NodeAdmin:
     # ---- node-local -------------------------------------------------------------------------------
     def flush(self) -> int:
         n = self.node.table.count
-        self.node.table.flush()
+        if self.node.pool is not None:  # the workers' tables; their EXPIRE events empty the replica
+            self.node.pool.flush()
+        else:
+            self.node.table.flush()
         return n
 
     def zero_counters(self, ref: SvcRef | None) -> None:
         svcs = [find_service(self.node.services, ref)] if ref is not None else list(self.node.services)
+        if self.node.pool is not None:  # the node's counters are the workers' sums
+            self.node.pool.zero_counters([s.key for s in svcs])
         for svc in svcs:
             svc.counters.zero()
             for d in svc.dests:

@@ -218,6 +218,14 @@ class WorkerPool:
         if down:
             self._broadcast(("invalidate", down, {k: expire_quiescent.get(k, False) for k in down}))
 
+    def flush(self) -> None:
+        """``directorctl flush``: every worker empties its table (the replica follows their EXPIREs)."""
+        self._broadcast(("flush",))
+
+    def zero_counters(self, svc_keys: list[Any]) -> None:
+        """``directorctl zero``: the workers zero these services' counters (the node's are their sums)."""
+        self._broadcast(("zero", svc_keys))
+
     def push_defense(self, drop_rate: int, secure_tcp: bool) -> None:
         self._broadcast(("defense", drop_rate, secure_tcp))
 

@@ -25,6 +25,7 @@ Messages from the parent (``Channel``; tuples, first item the name):
                                 with syncd's ``BackupApplier`` (event feed off: not re-reported)
 ``mask`` m                      new shard mask: the filters are replaced
 ``defense`` rate, secure_tcp    the node's defense levels (drop_packet rate, secure_tcp)
+``flush`` / ``zero`` svc keys    admin: empty the table / zero these services' counters
 ``invalidate`` keys, quiescent  health took these dests down: ``check_template`` on their templates
 ``peers`` {dest key: (a, i)}    the other workers' active / inactive conns per dest (below)
 ``stop``                        leave
@@ -216,6 +217,14 @@ class Worker:
         elif kind == "defense":
             d.gate.todrop.set_rate(msg[1])
             d.cfg.timeouts.secure_tcp = msg[2]
+        elif kind == "flush":
+            d.table.flush()
+        elif kind == "zero":
+            for svc in d.services:
+                if svc.key in msg[1]:
+                    svc.counters.zero()
+                    for dest in svc.dests:
+                        dest.counters.zero()
         elif kind == "invalidate":
             self._invalidate(msg[1], msg[2])
         elif kind == "peers":

@@ -138,6 +138,13 @@ def test_admin_gives_the_node_totals_over_both_workers(single: tuple[Lab, LabClu
     conns = [c for ch in stub.ListConns(pb.ListConnsRequest(), timeout=10) for c in ch.conns]
     assert len(conns) == stats.services[0].counters.conns and {c.caddr for c in conns} == set(sources)
     assert stub.Status(pb.StatusRequest(), timeout=10).conns == len(conns)
+    # flush and zero reach the workers' tables and counters, not only the parent's sums
+    stub.ZeroCounters(pb.ZeroCountersRequest(), timeout=10)
+    assert stub.Flush(pb.FlushRequest(), timeout=10).removed == len(conns)
+    wait_for("every worker's table and counters emptied", lambda: all(
+        r.get("conns") == 0 and r.get("created") == 0 and forwarded(r) == 0 for r in worker_stats(node)), 30)
+    wait_for("the node's view emptied", lambda: stub.Status(pb.StatusRequest(), timeout=10).conns == 0
+             and stub.GetStats(pb.GetStatsRequest(), timeout=10).services[0].counters.conns == 0, 30)
 
 
 def test_persistence_scope_stays_on_one_worker_and_one_dest(single: tuple[Lab, LabCluster]) -> None:
