@@ -183,3 +183,24 @@ def warn(args: argparse.Namespace, text: str) -> None:
     """One line on the command's error stream (`main` puts it on args.err_stream)."""
     err: TextIO = getattr(args, "err_stream", None) or sys.stderr
     err.write(f"directorctl {text}\n")
+
+
+SETTLE_MAX = 5.0
+"""At most this long a write command waits for its node to apply the revision it wrote."""
+
+
+def settle(c: Client, args: argparse.Namespace, revision: int) -> None:
+    """Read-your-writes on this node: wait (bounded) until it has applied `revision` from its config
+    watch, so the next `directorctl list` shows the change; say so when it has not (e.g. refused)."""
+    import time
+
+    from lbd_pb import admin_pb2 as pb
+
+    deadline = time.monotonic() + min(SETTLE_MAX, c.timeout if c.timeout > 0 else SETTLE_MAX)
+    while True:
+        applied = int(c.call("Status", pb.StatusRequest()).config_revision)
+        if applied >= revision or time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
+    if applied < revision:
+        warn(args, f"note: {c.addr} runs revision {applied}, not yet {revision} (`directorctl status`)")

@@ -274,3 +274,25 @@ def test_every_argument_has_help() -> None:
     assert {"add-service", "edit-service", "delete-service", "add-dest", "edit-dest", "delete-dest", "save",
             "restore", "import-keepalived", "check", "apply", "list"} <= commands
     assert len(walked) > 200
+
+
+def test_writes_wait_until_their_node_runs_the_revision(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from director.admin import cli_base
+
+    real = env.node.status
+    lag = {"on": False}
+
+    def status() -> object:
+        st = real()
+        return dataclasses.replace(st, config_revision=1) if lag["on"] else st
+
+    monkeypatch.setattr(env.node, "status", status)
+    code, _, err = env.run("edit-dest", WEB, "198.18.1.2:8080", "-w", "4")
+    assert code == 0 and err == ""  # the fake applies at once: nothing to say
+    lag["on"] = True
+    monkeypatch.setattr(cli_base, "SETTLE_MAX", 0.2)
+    code, out, err = env.run("edit-dest", WEB, "198.18.1.2:8080", "-w", "5")
+    assert code == 0 and "updated at revision" in out
+    assert "runs revision 1, not yet" in err and "directorctl status" in err
