@@ -34,10 +34,11 @@ WORKERS = "workers: 2"
 SLASH24 = 0xFFFFFF00
 
 
-def web_yaml(persistence: str = "") -> str:
-    dests = "\n".join(f"      - {{address: {real_addr(i)}, port: 80, weight: 1}}" for i in (1, 2, 3))
+def web_yaml(persistence: str = "", scheduler: str = "rr", weights: tuple[int, ...] = (1, 1, 1)) -> str:
+    dests = "\n".join(f"      - {{address: {real_addr(i)}, port: 80, weight: {w}}}"
+                      for i, w in enumerate(weights, 1))
     return (f"timeouts: {{tcp: 900, tcpfin: 120, udp: 300}}\nservices:\n  - name: web\n    protocol: tcp\n"
-            f"    vip: {VIP_NAT}\n    port: 80\n    scheduler: rr\n    forward: nat\n{persistence}"
+            f"    vip: {VIP_NAT}\n    port: 80\n    scheduler: {scheduler}\n    forward: nat\n{persistence}"
             f"    dests:\n{dests}\n")
 
 
@@ -145,6 +146,24 @@ def test_admin_gives_the_node_totals_over_both_workers(single: tuple[Lab, LabClu
         r.get("conns") == 0 and r.get("created") == 0 and forwarded(r) == 0 for r in worker_stats(node)), 30)
     wait_for("the node's view emptied", lambda: stub.Status(pb.StatusRequest(), timeout=10).conns == 0
              and stub.GetStats(pb.GetStatsRequest(), timeout=10).services[0].counters.conns == 0, 30)
+
+
+def test_wrr_per_worker_keeps_the_weights_over_the_box(single: tuple[Lab, LabCluster]) -> None:
+    """wrr runs in each worker over its own clients: with whole cycles on each worker the box gives
+    the dests exactly their weights' proportions (1:3 here: 5 sources x 4 conns per shard)."""
+    lab, cluster = single
+    node = cluster.bring_up(web_yaml(scheduler="wrr", weights=(1, 3)))
+    _ready_workers(cluster, node)
+    sources = lab.client_sources()
+    per_shard = [sum(1 for s in sources if shard_of(int(ipaddress.IPv4Address(s)), 0xFFFFFFFF, 2) == i)
+                 for i in (0, 1)]
+    assert per_shard == [5, 5]
+    got = http_gets(lab, sources, 4)
+    names = [n for v in got.values() for n in v]
+    assert (names.count("r1"), names.count("r2")) == (10, 30), got
+    rows = wait_for("both workers' conns", lambda: (r := worker_stats(node)) and len(r) == 2 and
+                    [x.get("created") for x in r] == [20, 20] and r, 30)
+    assert len(rows) == 2
 
 
 def test_persistence_scope_stays_on_one_worker_and_one_dest(single: tuple[Lab, LabCluster]) -> None:
