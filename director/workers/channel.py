@@ -53,6 +53,11 @@ class Channel:
         self.sent = 0
         self.received = 0
 
+    @property
+    def backlog(self) -> int:
+        """Bytes queued for the peer and not yet taken by the socket."""
+        return len(self._out)
+
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         loop.add_reader(self.sock.fileno(), self._readable)

@@ -26,6 +26,9 @@ of its shard (director.dataplane.io.shard) with its own conn table.
 * **Stats**: each worker reports its counters every 100 ms; the pool sums them into the parent's
   services, dests and drop counters (so admin, rates and metrics read node totals) and keeps the
   per-worker figures (``per_worker``; also written to ``stats_path`` as JSON once a second).
+* **Backpressure**: a worker whose pipe backlog grows too big drops its events and later sends its
+  whole shard (``resync``): the pool replaces that shard in the replica and has every backup
+  re-snapshot (director.workers.worker, "Backpressure").
 * **Global dest counts**: from the workers' own per-dest active/inactive counts the pool sends
   each worker the others' share (``peers``, only when it changed): lc/wlc/sed/nq and the overload
   thresholds see node totals (director.workers.worker, "Global dest counts").
@@ -242,7 +245,7 @@ class WorkerPool:
             if ups:
                 self._send_to(i, ("synced", ups))
 
-    def _mirror(self, evs: list[RawEvent]) -> None:
+    def _mirror(self, evs: list[RawEvent], to_feed: bool = True) -> None:
         """A worker's events into the replica (and, while serving sync, into its feed)."""
         now = self.clock()
         feed = self.table.events
@@ -264,10 +267,30 @@ class WorkerPool:
         finally:
             feed.enabled = serving
         self.mirrored += len(evs)
-        if serving:
+        if serving and to_feed:
             push = feed.push_raw
             for ev in evs:
                 push(ev)
+
+    def _resync(self, index: int, evs: list[RawEvent]) -> None:
+        """Worker ``index`` dropped events (backpressure): its shard in the replica becomes exactly
+        ``evs`` (all its entries), and every backup re-snapshots (the feed-overflow path)."""
+        keys = {ev[0] for ev in evs}
+        stale = [Update(SyncKind.EXPIRE, c.key) for c in self.table
+                 if shard_of(c.key[1], self.mask, self.count) == index and c.key not in keys]
+        log.warning("worker %d resync: %d entries, %d stale removed", index, len(evs), len(stale))
+        feed = self.table.events
+        serving = feed.enabled
+        feed.enabled = False
+        try:
+            self.applier.apply(stale)
+        finally:
+            feed.enabled = serving
+        self._mirror(evs, to_feed=False)
+        if serving:
+            feed.overflowed = True  # the sync master sends every backup a snapshot at its next cut
+            if feed.on_ready is not None:
+                feed.on_ready()
 
     def _shard_updates(self, index: int) -> list[Update]:
         """Worker ``index``'s share of the replica, as NEW updates with full timeouts (rebuild)."""
@@ -369,8 +392,8 @@ class WorkerPool:
             if w is not None:
                 w.ready = True
             self.on_worker("worker_ready", msg[1], {"pid": msg[2]})
-        elif kind == "overflow":
-            log.warning("worker %d's event feed overflowed: replica may miss entries", msg[1])
+        elif kind == "resync":
+            self._resync(msg[1], msg[2])
 
     # -- stats ------------------------------------------------------------------------------------------
     def _aggregate(self) -> None:

@@ -35,6 +35,12 @@ To the parent: ``ready``, ``events`` (the table's ``RawEvent`` batches, cut once
 events of entries outside this shard left out) and ``stats`` every 100 ms (service / dest
 counters, drops, ring and CPU figures) which the parent sums.
 
+*Backpressure.* If the parent falls behind (its end of the pipe holds more than ``MAX_BACKLOG``
+bytes: a new-conn flood the parent cannot mirror as fast), the worker stops sending events (they are
+dropped, the packet path never waits) and, once the backlog is below a quarter of that, sends
+``resync``: every entry of its shard as NEW events. The parent then replaces the shard in its
+replica and has every backup re-snapshot (the sync master's feed-overflow path).
+
 *Global dest counts.* lc/wlc/sed/nq and the dests' overload thresholds must see the node's conns,
 not one shard's. Each worker reports its *own* active/inactive counts per dest in its stats; the
 parent sums them and sends every worker the others' share (``peers``), which the worker adds to
@@ -70,7 +76,8 @@ from director.dataplane.io.plane import DEFAULT_RING, DataPlane
 from director.dataplane.io.shard import DST, SRC, shard_filter, shard_of
 from director.services.service import ServiceTable
 from director.table.conn import ConnTable
-from director.table.events import RawEvent
+from director.table.entry import snapshot
+from director.table.events import EventKind, RawEvent
 from director.types import ConnFlags
 from director.workers.channel import Channel, Message
 from director.workers.fence import SharedFence
@@ -81,6 +88,7 @@ log = logging.getLogger("directord.worker")
 PR_SET_PDEATHSIG = 1
 TEMPLATE = int(ConnFlags.TEMPLATE)
 STATS_INTERVAL = 0.1
+MAX_BACKLOG = 32 << 20
 
 
 def die_with_parent(parent: int) -> None:
@@ -150,6 +158,8 @@ class Worker:
         """Dest -> the other workers' (active, inactive) counts currently added to its counters."""
         self._init: asyncio.Future[dict[str, Any]] | None = None
         self._flush_armed = False
+        self._resync = False
+        """Events were dropped (backpressure): a full ``resync`` is owed to the parent."""
         self._stop = asyncio.Event()
 
     # -- setup ----------------------------------------------------------------------------------------
@@ -180,11 +190,27 @@ class Worker:
         evs: list[RawEvent] = self.table.events.drain_raw(1 << 30)
         if self.table.events.overflowed:
             self.table.events.clear_overflow()
-            self.ch.send(("overflow", self.index))
+            self._resync = True
+        if not self._resync and self.ch.backlog > MAX_BACKLOG:
+            log.warning("parent behind (%d bytes queued): events dropped, resync owed", self.ch.backlog)
+            self._resync = True
+        if self._resync:
+            self._send_resync()
+            return
         mine = self._mine
         evs = [ev for ev in evs if mine(ev[0][1])]
         if evs:
             self.ch.send(("events", self.index, evs))
+
+    def _send_resync(self) -> None:
+        """Once the parent caught up: every entry of this shard, templates first, as NEW events."""
+        if not self._resync or self.ch.backlog > MAX_BACKLOG // 4:
+            return
+        assert self.table is not None
+        self._resync = False
+        rows = [(*snapshot(c), EventKind.NEW, None) for c in self.table if self._mine(c.key[1])]
+        rows.sort(key=lambda ev: not ev[0][8])
+        self.ch.send(("resync", self.index, rows))
 
     def _mine(self, caddr: int) -> bool:
         return self.count < 2 or shard_of(caddr, self.mask, self.count) == self.index
@@ -327,6 +353,7 @@ class Worker:
         last_stats = last_probe = last_neigh = 0.0
         while not self._stop.is_set():
             self.table.tick()
+            self._send_resync()
             now = self.clock()
             if now - last_stats >= STATS_INTERVAL:
                 last_stats = now

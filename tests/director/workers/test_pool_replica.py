@@ -14,7 +14,8 @@ from director.dataplane.config import CoreConfig
 from director.dataplane.io.shard import shard_of
 from director.services.service import Dest, ServiceTable, VirtualService
 from director.table.conn import Conn, ConnTable
-from director.table.events import cook
+from director.table.entry import snapshot
+from director.table.events import EventKind, cook
 from director.types import ConnFlags, FwdMethod, Proto
 from director.workers.pool import WorkerPool
 
@@ -119,3 +120,25 @@ def test_synced_entries_and_a_rebuild_go_to_the_worker_owning_the_client(pool: W
             assert msg[0] == "synced"
             assert all(shard_of(u.key[1], pool.mask, 2) == index for u in msg[1])
     assert sum(len(m[1]) for ch in sent for m in ch.msgs) == 3
+
+
+def test_a_resync_replaces_one_shard_and_makes_the_backups_resnapshot(pool: WorkerPool) -> None:
+    w, dest = worker_table()
+    conns = [w.new(TCP, c, 40000 + i, VIP, 80, RS, 80, 0, dest, state=1, timeout=60)
+             for i, c in enumerate(CLIENTS)]
+    pool._mirror(w.events.drain_raw(1 << 20))
+    owner = {c.key: shard_of(c.key[1], pool.mask, 2) for c in conns}
+    # worker 0 lost events: one of its entries is gone meanwhile; a new one appeared
+    gone = next(c for c in conns if owner[c.key] == 0)
+    w.expire_now(gone)
+    w.tick()
+    fresh = w.new(TCP, next(c for c in CLIENTS if shard_of(c, pool.mask, 2) == 0), 50000, VIP, 80, RS, 80, 0,
+                  dest, state=1, timeout=60)
+    w.events.drain_raw(1 << 20)  # dropped: never reached the parent
+    pool.table.events.enabled = True  # serving sync
+    rows = [(*snapshot(c), EventKind.NEW, None) for c in w if shard_of(c.key[1], pool.mask, 2) == 0]
+    pool._resync(0, rows)
+    assert view(pool.table) == view(w)
+    assert pool.table.get(gone.key) is None and pool.table.get(fresh.key) is not None
+    assert pool.table.events.overflowed  # every backup gets a snapshot at the next cut
+    assert len(pool.table.events) == 0  # no stream of partial events: the snapshot covers them
