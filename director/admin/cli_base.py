@@ -185,22 +185,20 @@ def warn(args: argparse.Namespace, text: str) -> None:
     err.write(f"directorctl {text}\n")
 
 
-SETTLE_MAX = 5.0
+SETTLE_MAX = 2.0
 """At most this long a write command waits for its node to apply the revision it wrote."""
 
 
-def settle(c: Client, args: argparse.Namespace, revision: int) -> None:
-    """Read-your-writes on this node: wait (bounded) until it has applied `revision` from its config
-    watch, so the next `directorctl list` shows the change; say so when it has not (e.g. refused)."""
+def settle(c: Client, revision: int) -> None:
+    """Read-your-writes on this node: wait (bounded) until it runs `revision` from its config watch,
+    so the next `directorctl list` shows the change. A write that changed nothing returns etcd's
+    current revision, which the node's config never reaches: hence the bound, and no complaint."""
     import time
 
     from lbd_pb import admin_pb2 as pb
 
     deadline = time.monotonic() + min(SETTLE_MAX, c.timeout if c.timeout > 0 else SETTLE_MAX)
-    while True:
-        applied = int(c.call("Status", pb.StatusRequest()).config_revision)
-        if applied >= revision or time.monotonic() >= deadline:
-            break
+    while int(c.call("Status", pb.StatusRequest()).config_revision) < revision:
+        if time.monotonic() >= deadline:
+            return
         time.sleep(0.02)
-    if applied < revision:
-        warn(args, f"note: {c.addr} runs revision {applied}, not yet {revision} (`directorctl status`)")

@@ -142,7 +142,7 @@ def cmd_add_service(c: Client, args: argparse.Namespace, out: TextIO) -> int:
     spec = {"name": name, **where, **_service_fields(args)}
     spec = {k: v for k, v in spec.items() if v is not None}
     rev = c.call("PutService", pb.PutServiceRequest(service=_struct(spec), create_only=not args.replace))
-    settle(c, args, rev.revision)
+    settle(c, rev.revision)
     done = "written" if args.replace else "added"
     out.write(f"service {name} ({text}) {done} at revision {rev.revision}\n")
     return EXIT["ok"]
@@ -155,7 +155,7 @@ def cmd_edit_service(c: Client, args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError("nothing to change: give -s, -b, -p/--no-persistent, -M, -g/-i/-m, --group or "
                          "--expire-*")
     rev = c.call("EditService", pb.EditServiceRequest(service=ref, set=_struct(fields))).revision
-    settle(c, args, rev)
+    settle(c, rev)
     out.write(f"service {text} updated at revision {rev}\n")
     return EXIT["ok"]
 
@@ -163,7 +163,7 @@ def cmd_edit_service(c: Client, args: argparse.Namespace, out: TextIO) -> int:
 def cmd_delete_service(c: Client, args: argparse.Namespace, out: TextIO) -> int:
     ref, text = _ref(args)
     rev = c.call("DeleteService", pb.DeleteServiceRequest(service=ref)).revision
-    settle(c, args, rev)
+    settle(c, rev)
     out.write(f"service {text} deleted at revision {rev}\n")
     return EXIT["ok"]
 
@@ -185,7 +185,7 @@ def cmd_add_dest(c: Client, args: argparse.Namespace, out: TextIO) -> int:
     spec = {"address": addr, "port": port, **_dest_fields(args)}
     rev = c.call("PutDest", pb.PutDestRequest(service=ref, dest=_struct(spec),
                                                create_only=not args.replace)).revision
-    settle(c, args, rev)
+    settle(c, rev)
     out.write(f"dest {dtext} {'written' if args.replace else 'added'} to {text} at revision {rev}\n")
     return EXIT["ok"]
 
@@ -211,7 +211,7 @@ def cmd_edit_dest(c: Client, args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError("nothing to change: give --weight, --u-threshold, --l-threshold, -g/-i/-m, "
                          "--health or --no-health")
     rev = c.call("EditDest", req).revision
-    settle(c, args, rev)
+    settle(c, rev)
     out.write(f"dest {dtext} of {text} updated at revision {rev}\n")
     return EXIT["ok"]
 
@@ -221,7 +221,7 @@ def cmd_delete_dest(c: Client, args: argparse.Namespace, out: TextIO) -> int:
     dtext = dest_arg(args)
     addr, port = parse_hostport(dtext, "dest")
     rev = c.call("DeleteDest", pb.DeleteDestRequest(service=ref, address=addr, port=port)).revision
-    settle(c, args, rev)
+    settle(c, rev)
     out.write(f"dest {dtext} deleted from {text} at revision {rev}\n")
     return EXIT["ok"]
 

@@ -152,7 +152,7 @@ def apply_document(c: Client, text: str, args: argparse.Namespace, out: TextIO, 
             emit_json(as_json(plan), out)
         return EXIT["ok"]
     done = c.call("ApplyConfig", pb.ApplyConfigRequest(yaml=text, dry_run=False, prune=prune))
-    settle(c, args, done.revision)
+    settle(c, done.revision)
     if as_json_out:
         emit_json(as_json(done), out)
     else:
@@ -176,7 +176,7 @@ def cmd_drain(c: Client, args: argparse.Namespace, out: TextIO) -> int:
     addr, port = parse_hostport(args.dest, "dest")
     svc = parse_svc(args.service)
     rev = c.call("DrainDest", pb.DrainDestRequest(service=svc, address=addr, port=port)).revision
-    settle(c, args, rev)
+    settle(c, rev)
     out.write(f"draining {args.dest} of {args.service}: weight 0 at revision {rev}\n")
     if not args.wait:
         return EXIT["ok"]
@@ -230,7 +230,7 @@ def cmd_timeouts(c: Client, args: argparse.Namespace, out: TextIO) -> int:
     if not values:
         raise UsageError("nothing to set: e.g. `directorctl timeouts --tcp 900 --tcpfin 120 --udp 300`")
     rev = c.call("SetTimeouts", pb.SetTimeoutsRequest(timeouts=values)).revision
-    settle(c, args, rev)
+    settle(c, rev)
     shown = " ".join(f"{k}={v:g}" for k, v in sorted(values.items()))
     out.write(f"timeouts {shown} written at revision {rev}\n")
     return EXIT["ok"]
