@@ -37,8 +37,6 @@ SCHEDULERS = {"rr": "rr", "wrr": "wrr", "lc": "lc", "wlc": "wlc", "sh": "sh", "d
               "nq": "nq", "mh": "mh"}
 FORWARDS = {"NAT": "nat", "DR": "dr", "TUN": "tun"}
 SCHED_FLAGS = {"sh-port": "port", "sh-fallback": "fallback", "mh-port": "port", "mh-fallback": "fallback"}
-SORRY_SUPPORTED = True
-"""The service YAML has ``sorry_server`` / ``sorry_forwarding`` (``director.config.services``)."""
 
 
 @dataclass(frozen=True)
@@ -259,9 +257,9 @@ def _service_option(ctx: Ctx, c: Stmt, svc: dict[str, Any], defaults: dict[str, 
         svc.setdefault("scheduler_options", {})[SCHED_FLAGS[c.key]] = True
     elif c.key in ("ops", "one_packet_scheduling") and not c.args:
         svc["ops"] = True
-    elif c.key == "sorry_server" and SORRY_SUPPORTED and len(c.args) == 2:
+    elif c.key == "sorry_server" and len(c.args) == 2:
         svc["sorry_server"] = f"{c.args[0]}:{c.args[1]}"
-    elif c.key in ("sorry_server_lvs_method", "sorry_server_lb_kind") and SORRY_SUPPORTED and arg in FORWARDS:
+    elif c.key in ("sorry_server_lvs_method", "sorry_server_lb_kind") and arg in FORWARDS:
         svc["sorry_forwarding"] = FORWARDS[arg]
     elif c.key == "inhibit_on_failure":
         defaults["inhibit_on_failure"] = True
