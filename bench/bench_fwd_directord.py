@@ -98,9 +98,12 @@ class DirectordBench:
     def stop_backup(self) -> None:
         self.cluster.stop_node(self.d2)
 
-    def _warm(self) -> None:
-        """One short burst so the dest's MAC is resolved and the conns exist before measuring."""
-        self.fwd.pps(VMAC, VIP_NAT)
+    def _warm(self, tries: int = 20) -> None:
+        """Bursts until r1 receives: the dest's MAC resolved and the conns exist before measuring."""
+        for _ in range(tries):
+            if self.fwd.pps(VMAC, VIP_NAT) > 0:
+                return
+        raise RuntimeError("directord on d1 forwards nothing")
 
     def worker_pids(self, node: NodeProc) -> list[int]:
         try:
@@ -222,6 +225,7 @@ def run(quick: bool = False, workers: int = 2) -> dict[str, float]:
     finally:
         b.cluster.close()
         lab.down()
+    log.info("every round: %s", json.dumps(res))
     out = {k: statistics.median(v) for k, v in res.items()}
     out["fwd_directord_cores"] = float(os.cpu_count() or 0)
     kernel = out.get("fwd_directord_kernel_pps", 0.0)

@@ -202,7 +202,7 @@ class Node:
         """Campaign only with both links up and a table in sync with the current master (or none).
 
         Called on the election thread: reads plain attributes only."""
-        if self.config_snapshot is None or not self.links.all_up:
+        if self.config_snapshot is None or not self.links.all_up or (self.pool and not self.pool.ready):
             return False
         # the election's own view: fresher than self.master, which the main loop updates later
         ldr = self.elector.master if self.elector is not None and self.elector.started else self.master

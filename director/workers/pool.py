@@ -145,6 +145,11 @@ class WorkerPool:
             tap(events)
         return route
 
+    @property
+    def ready(self) -> bool:
+        """Every worker is up (said ``ready``): a node campaigns only then (plain reads: any thread)."""
+        return all(w is not None and w.ready for w in self.workers)
+
     # -- DataPlane's surface for the daemon --------------------------------------------------------
     def set_master_until(self, deadline: float | None) -> None:
         """The election moved the deadline: every worker reads it before its next block."""
