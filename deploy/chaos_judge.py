@@ -21,7 +21,8 @@ with a bug may report a config it does not run. The judge therefore takes only
 ``overlap``        two directors' forwarding intervals intersect (one frame is enough)
 ``lost``           a fault cost established connections (resets, EOFs, wrong bytes), except the
                    documented ones (`DOCUMENTED_LOSS`), or traffic never settled after it
-``sticky``         a source moved away from its server while that server had never failed
+``sticky``         a source moved away from its server while that server was up (not within one of
+                   its outages, or `STICKY_GRACE_S` after it)
 ``config``         a node's final config differs from the last acknowledged write of some key (a
                    write of unknown outcome to that key makes its value acceptable too)
 ``table``          a backup's table of established streams differs from the master's
@@ -56,6 +57,8 @@ NO_GAP_KINDS = frozenset({
 """Faults the master must ride through without a failover (static stability, docs/HA.md)."""
 NO_GAP_MAX_MS = 1500.0
 """Longer than any gap of a loaded fabric and than a 1 s lease: a silence this long is an outage."""
+STICKY_GRACE_S = 5.0
+"""A source makes a request about every second: its move may come this long after the outage."""
 MIN_LIFE_S = 60.0
 """A process life shorter than this is not judged for growth (not enough to see a trend)."""
 
@@ -111,8 +114,9 @@ class Observations:
     frames: dict[str, list[float]]
     faults: list[FaultObs]
     moves: list[Move] = field(default_factory=list)
-    server_down: dict[str, list[float]] = field(default_factory=dict)
-    """Per real server, the times it was stopped (its health check then fails)."""
+    server_down: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    """Per real server, the (stopped, started again) times of each of its outages (its health check
+    fails in between; the end is +inf while it is down)."""
     writes: list[Write] = field(default_factory=list)
     configs: dict[str, dict[str, str]] = field(default_factory=dict)
     """Per node, its final running config as key -> value (same keys as the writes)."""
@@ -171,7 +175,7 @@ def _outage_rule(obs: Observations) -> list[dict[str, Any]]:
 def _sticky_rule(obs: Observations) -> list[dict[str, Any]]:
     out = []
     for m in obs.moves:
-        if not any(t <= m.t for t in obs.server_down.get(m.from_server, [])):
+        if not any(a <= m.t <= b + STICKY_GRACE_S for a, b in obs.server_down.get(m.from_server, [])):
             out.append(_v("sticky", f"{m.source} moved from {m.from_server} (never failed) to "
                                     f"{m.to_server} during {fault_of(obs, m.t)}", t=m.t))
     return out

@@ -90,7 +90,7 @@ class ChaosLab:
         self.lab = Lab(lab_name, n_directors=3, n_reals=FLAP_SERVER)
         self.cluster = LabCluster(self.lab, n_nodes=3, etcd_members=3)
         self.kills: dict[str, list[float]] = {}
-        self.server_down: dict[str, list[float]] = {}
+        self.server_down: dict[str, list[tuple[float, float]]] = {}
         self._channels: dict[str, grpc.Channel] = {}
 
     @property
@@ -175,7 +175,7 @@ class ChaosLab:
         """Stop real server `n`'s processes (the lab started them; they are found by its namespace)."""
         ns = self.lab.reals[n - 1].ns
         pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-        self.server_down.setdefault(f"r{n}", []).append(time.time())
+        self.server_down.setdefault(f"r{n}", []).append((time.time(), float("inf")))
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
@@ -186,6 +186,8 @@ class ChaosLab:
         wait_for(f"r{n} processes gone", lambda: not subprocess.run(
             ["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split(), 20)
         self.lab.ensure_servers()
+        down = self.server_down[f"r{n}"]
+        down[-1] = (down[-1][0], time.time())
 
 
 class Writers:

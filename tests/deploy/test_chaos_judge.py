@@ -53,9 +53,11 @@ def test_a_sticky_source_may_leave_only_a_server_that_failed() -> None:
     obs = clean()
     obs.moves = [Move(11.0, "198.18.0.101", "r4", "r1")]
     assert rules(obs) == ["sticky"]
-    obs.server_down = {"r4": [10.5]}
+    obs.server_down = {"r4": [(10.5, 12.0)]}
     assert rules(obs) == []
-    obs.server_down = {"r4": [11.5]}  # failed only after the move
+    obs.server_down = {"r4": [(11.5, 12.0)]}  # failed only after the move
+    assert rules(obs) == ["sticky"]
+    obs.server_down = {"r4": [(2.0, 4.0)]}  # failed long before: the move is not explained by it
     assert rules(obs) == ["sticky"]
 
 
