@@ -185,13 +185,17 @@ def _sorry(d: Mapping[str, Any], path: str, svc_port: int, errs: Errors) -> Sorr
 
 def _ops(d: Mapping[str, Any], path: str, protocols: frozenset[str], persistence: Persistence | None,
          errs: Errors) -> bool:
-    """``ops``: UDP only (every selector of a group) and never with persistence, as ipvsadm refuses both."""
+    """``ops``: UDP only and never with persistence, as ipvsadm refuses both; not in a group (its NAT
+    replies are translated by the dest's address alone, docs/DATAPLANE.md)."""
     ops = v.boolean(d, "ops", path, errs, False)
     if ops and protocols - {"udp"}:
         errs.add(v.join(path, "ops"), f"one-packet scheduling is for UDP services only (like ipvsadm "
                  f"--ops), got protocol {', '.join(sorted(protocols))}")
     if ops and persistence is not None:
         errs.add(v.join(path, "ops"), "cannot be combined with persistence (like ipvsadm --ops)")
+    if ops and "fwmark" in d:
+        errs.add(v.join(path, "ops"), "not with fwmark: a reply without an entry could not tell which of the "
+                 "group's VIPs and ports it answers")
     return ops
 
 

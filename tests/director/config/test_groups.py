@@ -57,17 +57,16 @@ def test_group_schema_and_round_trip() -> None:
     assert text.startswith("name: shop\nfwmark: 7\n")
 
 
-def test_mixed_protocols_ops_and_dest_ports() -> None:
-    dns = group(name="dns", fwmark=53, persistence=None, ops=True, scheduler="rr", group=[
+def test_mixed_protocols_dest_ports_and_no_ops() -> None:
+    dns = group(name="dns", fwmark=53, persistence=None, scheduler="rr", group=[
         {"protocol": "udp", "vip": "198.18.0.10", "port": 53},
-        {"protocol": "udp", "vip": "198.18.0.12", "port": 53}],
+        {"protocol": "tcp", "vip": "198.18.0.12", "port": 53}],
         dests=[{"address": "198.18.2.1", "port": 5353}])
     cfg = config_from_dict({"services": [dns]})
-    assert cfg.services[0].ops and cfg.services[0].dests[0].port == 5353
-    mixed = group(group=[{"protocol": "tcp", "vip": "198.18.0.10", "port": 53},
-                         {"protocol": "udp", "vip": "198.18.0.10", "port": 53}], ops=True, persistence=None)
-    assert errors(mixed) == ("services[0].ops: one-packet scheduling is for UDP services only (like ipvsadm "
-                             "--ops), got protocol tcp, udp",)
+    assert cfg.services[0].protocols == {"tcp", "udp"} and cfg.services[0].dests[0].port == 5353
+    udp_only = {**dns, "group": dns["group"][:1], "ops": True}
+    assert errors(udp_only) == ("services[0].ops: not with fwmark: a reply without an entry could not tell "
+                                "which of the group's VIPs and ports it answers",)
 
 
 @pytest.mark.parametrize(("over", "line"), [
