@@ -9,8 +9,11 @@ dest and creates the entry, in this order:
    (``ct_in_get(caddr & netmask, 0, vaddr, vport or 0)`` + ``check_template``) and reuses its dest;
    else its scheduler picks one and a template is created (``table.new(..., TEMPLATE)``). A service
    group (fwmark service) keys its templates as IPVS keys fwmark templates: the mark in place of the
-   VIP, port 0 (protocol: the service's), so one client network sticks to one dest over all the
-   group's VIPs and ports; its conns carry the mark (``Conn.fwmark``) and the packet's own VIP and port;
+   VIP, port 0, so one client network sticks to one dest over all the group's VIPs and ports. IPVS's
+   fwmark template is protocol-less; here a template is of its conns' protocol (sync requires it), and
+   a client's first template of the other protocol takes the dest of a valid one of this protocol, so
+   TCP and UDP selectors stick together too. Its conns carry the mark (``Conn.fwmark``) and the
+   packet's own VIP and port;
 2. **scheduler**: any other service asks its scheduler;
 3. **sorry dest** (keepalived ``sorry_server``): when the scheduler finds no usable dest (all down,
    quiesced or overloaded, or none configured), the service's sorry dest takes the conn. No template
@@ -34,10 +37,11 @@ from director.dataplane.config import CoreConfig
 from director.services.service import Dest, VirtualService
 from director.table.conn import Conn, ConnTable
 from director.table.entry import make_key
-from director.types import Clock, ConnFlags
+from director.types import Clock, ConnFlags, Proto
 
 _ONE_PACKET = int(ConnFlags.ONE_PACKET)
 _TEMPLATE = ConnFlags.TEMPLATE
+_OTHER = {int(Proto.TCP): int(Proto.UDP), int(Proto.UDP): int(Proto.TCP)}
 
 
 class Scheduling:
@@ -80,6 +84,15 @@ class Scheduling:
         conn.dest = dest
         return conn
 
+    def _valid_template(self, svc: VirtualService, proto: int, snet: int, vaddr: int,
+                        vport: int) -> Conn | None:
+        """The template under this key if ``check_template`` keeps it."""
+        ct = self.table.ct_in_get(proto, snet, 0, vaddr, vport)
+        if ct is not None and ct.dest is not None and self.table.check_template(
+                ct, svc.expire_quiescent_template or self.cfg.expire_quiescent_template):
+            return ct
+        return None
+
     def _template(self, svc: VirtualService, proto: int, caddr: int, cport: int, vaddr: int,
                   vport: int) -> Conn | None:
         """The persistence template of this client network (ip_vs_sched_persist); None: no dest
@@ -87,20 +100,21 @@ class Scheduling:
         snet = caddr & svc.netmask
         fwmark = svc.fwmark
         if fwmark:  # a group: one template per client network over all its selectors (the mark as vaddr)
-            proto, vaddr, tvport = svc.protocol, fwmark, 0
+            vaddr, tvport = fwmark, 0
         else:
             tvport = vport if svc.port else 0
-        table = self.table
-        ct = table.ct_in_get(proto, snet, 0, vaddr, tvport)
-        if ct is not None and ct.dest is not None and table.check_template(
-                ct, svc.expire_quiescent_template or self.cfg.expire_quiescent_template):
+        ct = self._valid_template(svc, proto, snet, vaddr, tvport)
+        if ct is not None:
             return ct
-        dest = svc.scheduler.schedule(svc.dests, caddr, cport)
+        sibling = None
+        if fwmark and proto in _OTHER:  # the client's template of the group's other protocol, if any
+            sibling = self._valid_template(svc, _OTHER[proto], snet, vaddr, 0)
+        dest = sibling.dest if sibling is not None else svc.scheduler.schedule(svc.dests, caddr, cport)
         if dest is None:
             return None
         tdport = dest.port if svc.port else 0
-        return table.new(proto, snet, 0, vaddr, tvport, dest.addr, tdport, _TEMPLATE | dest.conn_flags, dest,
-                         fwmark, timeout=svc.timeout)
+        return self.table.new(proto, snet, 0, vaddr, tvport, dest.addr, tdport, _TEMPLATE | dest.conn_flags,
+                              dest, fwmark, timeout=svc.timeout)
 
 
 __all__ = ["Scheduling"]

@@ -131,3 +131,24 @@ def test_group_is_listed_as_an_fwm_row_like_ipvsadm() -> None:
     lines = cli_format.services_table([service_pb(service_view(node.svc))]).splitlines()
     assert lines[3] == "FWM  7 rr persistent 300 mask 255.255.255.0"
     assert [line.split()[1] for line in lines[4:]] == [f"{a}:0" for a in RS]
+
+
+def test_tcp_and_udp_selectors_stick_together_with_same_protocol_templates_that_sync() -> None:
+    text = group_yaml()
+    master, backup = make_node(text), make_node(text)
+    first = master.send(tcp(VIP1, 443, 46000), EXT)
+    assert first is not None
+    dns = Ether(src=CLIENT_MAC, dst=VMAC) / IP(src=CLIENT, dst=VIP2) / UDP(sport=5300, dport=53) / b"q"
+    out = master.send(dns, EXT)
+    assert out is not None and out[1][IP].dst == first[1][IP].dst  # the UDP selector follows the TCP one
+    templates = {c.protocol: c for c in master.table if c.flags & ConnFlags.TEMPLATE}
+    assert set(templates) == {6, 17} and templates[6].dest is templates[17].dest
+    conns = [c for c in master.table if not c.flags & ConnFlags.TEMPLATE]
+    assert all(c.control is templates[c.protocol] for c in conns)  # each child under its own protocol's
+    ups = [update_from_conn(SyncKind.NEW, c, master.now[0]) for c in [*templates.values(), *conns]]
+    msg = decode_sync_message(encode_batch(1, 1, 1, 0, ups))
+    assert isinstance(msg, BatchMsg)
+    applier = BackupApplier(backup.table, backup.services)
+    assert applier.apply(msg.updates) == 4 and applier.stats["apply_errors"] == 0
+    copy = backup.table.in_get(17, _i(CLIENT), 5300, _i(VIP2), 53)
+    assert copy is not None and copy.control is not None and copy.control.protocol == 17
