@@ -84,10 +84,10 @@ class ClusterEnv:
 
 
 @contextmanager
-def cluster_env(conns: int, *, observe: bool = False) -> Iterator[ClusterEnv]:
+def cluster_env(conns: int, *, observe: bool = False, etcd_members: int = 1) -> Iterator[ClusterEnv]:
     """A fresh, uniquely named lab with two nodes up and in sync; torn down whatever happens."""
     lab = Lab(new_name(), n_directors=2, n_reals=3)
-    cluster = LabCluster(lab, n_nodes=2)
+    cluster = LabCluster(lab, n_nodes=2, etcd_members=etcd_members)
     env = ClusterEnv(lab, cluster, conns, observe=observe)
     try:
         cluster.bring_up(services_yaml(3))

@@ -1,15 +1,21 @@
 """A short seeded chaos run (deploy.chaos) in a fresh lab: the judge finds nothing, every fault ran
-and recovered, and the report holds what an operator needs to replay and read it."""
+and recovered, and the report holds what an operator needs to replay and read it. Then two lab
+failover cases on a real 3-member etcd cluster (one member per namespace)."""
 
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 
 from deploy.chaos import ChaosRun, summary
 from deploy.chaos_schedule import make_schedule
+from deploy.cluster import wait_for
+from deploy.etcd import EtcdCluster
 from deploy.lab import new_name
+from deploy.observer import overlaps
+from tests.lab.clusterenv import cluster_env
 
 pytestmark = [pytest.mark.lab, pytest.mark.etcd]
 
@@ -32,3 +38,44 @@ def test_a_short_seeded_chaos_run_is_clean() -> None:
     assert report["writes"]["acknowledged"] > 10 and report["final"]["master"]
     assert len(set(report["final"]["table_sizes"].values())) == 1 and report["traffic"]["bytes_verified"] > 0
     assert "replay: make chaos SEED=1 MINUTES=2.5" in text
+
+
+# ------------------------------------------------------- the lab failover on a 3-member etcd cluster
+def test_a_crashed_master_is_replaced_while_the_etcd_leader_is_down() -> None:
+    """kill -9 of the etcd leader, then of the master: the exit hook reaches a live member (the node
+    config lists all three), a backup takes over, every stream survives, no two forwarders at once."""
+    with cluster_env(20, observe=True, etcd_members=3) as env:
+        etcd = env.cluster.etcd
+        assert isinstance(etcd, EtcdCluster)
+        master, backup, ok = env.roles_under_traffic()
+        leader = etcd.wait_leader()
+        etcd.kill(leader)
+        t_kill = env.cluster.kill_node(master)
+        env.kills.setdefault(master.node_id, []).append(t_kill)
+        wait_for("the backup to forward", lambda: env.forwarding_since(backup.node_id, t_kill), 60)
+        env.assert_clean(env.settle(ok))
+        assert overlaps(env.frames()) == [] and env.no_split_brain()
+        etcd.start_member(leader)  # back with its data
+        assert etcd.wait_leader() is not None and leader.healthy()
+
+
+def test_an_etcd_quorum_loss_costs_no_failover_and_no_connection() -> None:
+    """Two of three members stopped: the survivor has no leader, every etcd call of the nodes fails or
+    hangs; the master forwards on its backup's promises (docs/HA.md) until the quorum is back."""
+    with cluster_env(20, observe=True, etcd_members=3) as env:
+        etcd = env.cluster.etcd
+        assert isinstance(etcd, EtcdCluster)
+        master, _backup, ok = env.roles_under_traffic()
+        stopped = etcd.members[1:]
+        for m in stopped:
+            etcd.stop_member(m)
+        t0 = time.time()
+        wait_for("the quorum to be gone", lambda: etcd.leader() is None and not etcd.quorum(), 30)
+        wait_for("an outage of several lease TTLs", lambda: time.time() - t0 >= 4, 10, 0.1)
+        assert env.cluster.master() is master
+        for m in stopped:
+            etcd.start_member(m, wait=False)
+        for m in etcd.members:
+            m.wait_healthy(30)
+        env.assert_clean(env.settle(ok))
+        assert env.cluster.wait_master() is master and overlaps(env.frames()) == []
