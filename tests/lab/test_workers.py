@@ -23,6 +23,7 @@ from deploy.cluster import LabCluster, NodeProc, wait_for
 from deploy.drill import Drill
 from deploy.drill import services_yaml as drill_services
 from deploy.lab import VIP_NAT, Lab, new_name, real_addr
+from director.cluster.release import pid_alive
 from director.dataplane.io.shard import shard_of
 from lbd_pb import admin_pb2 as pb
 from lbd_pb import admin_pb2_grpc as pb_grpc
@@ -291,3 +292,18 @@ def test_drill_kill_switchback_and_freeze_with_two_workers_on_both_nodes() -> No
     assert freeze["split_brain_seen"] is False, freeze
     assert freeze["connections_survived"] == freeze["connections_total"], freeze
     assert freeze["frames_after_resume"] == 0, freeze  # the workers obeyed the shared fence
+
+
+def test_workers_die_with_the_parent(single: tuple[Lab, LabCluster]) -> None:
+    """kill -9 of directord alone (not its group): the kernel kills its workers (PR_SET_PDEATHSIG),
+    so nothing of the node forwards once the parent is gone and the exit hook may release the lease."""
+    lab, cluster = single
+    node = cluster.bring_up(web_yaml())
+    _ready_workers(cluster, node)
+    pids = [int(r["pid"]) for r in worker_stats(node)]
+    assert len(pids) == 2 and all(pid_alive(p) for p in pids)
+    assert node.proc is not None
+    os.kill(node.proc.pid, signal.SIGKILL)
+    node.proc.wait()
+    wait_for("both workers gone", lambda: not any(pid_alive(p) for p in pids), 30)
+    node.proc = None
