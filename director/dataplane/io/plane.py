@@ -12,7 +12,10 @@ ARPs for dests whose MAC is unknown, ``run_blocking()`` is the same loop without
 
 Fanout workers (``fanout_group``): the data sockets join client-address fanout groups and filter ARP
 out; each worker also has plain ETH_P_ARP sockets outside the group, so every worker sees every ARP
-(replies to its own probes included) and keeps a complete neighbour cache.
+(replies to its own probes included) and keeps a complete neighbour cache. directord's packet
+workers (``workers: N``, director.workers) open their sockets with a shard filter instead of a fanout
+group (director.dataplane.io.shard) and set ``arp_answer`` False on all but one worker: every worker
+learns from every ARP frame, one answers.
 
 The director's own kernel addresses are never used as ARP sender addresses (a real server or peer
 would then point that kernel address at the virtual MAC and the kernel, which drops frames not for
