@@ -476,6 +476,8 @@ class Node:
         self.sync, _port = await create_sync_server(cfg.sync_listen, self.table, self.services, 0,
                                                     cfg.sync_tls, clock=self.clock)
         self.sync.master.on_promise = self._on_promises_changed
+        if self.pool is not None:  # the table is the workers' replica: they know its real deadlines
+            self.sync.master.on_stale = self.pool.ask_expires
         self.backup.on_promise = self._on_promise_given
         self.dataplane.attach(loop)
         await self.store.connect()

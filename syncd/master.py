@@ -115,6 +115,10 @@ class SyncMaster:
     def __init__(self, table: TableLike, clock: Clock, epoch: int = 0,
                  cfg: MasterConfig | None = None) -> None:
         self.on_promise: Callable[[], None] | None = None
+        self.on_stale: Callable[[list[Any]], None] | None = None
+        """Called with the keys a refresh pass found not extended. A table that is a replica (directord
+        with packet workers) cannot see traffic extend its entries: its owner asks the workers and
+        refreshes them (director.workers.pool); the next pass then sends their REFRESH."""
         self.table = table
         self.clock = clock
         self.cfg = cfg or MasterConfig()
@@ -326,6 +330,8 @@ class SyncMaster:
         now = self.clock()
         tracker, table = self.tracker, self.table
         out: list[Update] = []
+        on_stale = self.on_stale
+        stale: list[Any] = []
         for key, deadline in tracker.due(now):
             conn = table.get(key)
             if conn is None:
@@ -336,6 +342,10 @@ class SyncMaster:
                 tracker.sent(key, conn.expires, conn.timeout)
             else:  # not longer-lived (yet): look again after half the time left (traffic may come)
                 tracker.recheck(key, deadline, now + max(self.cfg.refresh_interval, (deadline - now) / 2))
+                if on_stale is not None:
+                    stale.append(key)
+        if stale and on_stale is not None:
+            on_stale(stale)
         self.stats["refreshes"] += len(out)
         self.emit(out, time.time_ns())
         return len(out)

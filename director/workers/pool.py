@@ -20,7 +20,10 @@ of its shard (director.dataplane.io.shard) with its own conn table.
   the apply), then, while the parent serves sync, the worker's raw events are pushed into the
   replica's feed as they are: the ``SyncMaster`` sees exactly what an in-process master would,
   one stream multiplexing every shard; snapshots, ``ListConns`` and ``Status`` read the replica.
-  The replica is never ticked: its entries go away only by a worker's EXPIRE.
+  The replica is never ticked: its entries go away only by a worker's EXPIRE. Traffic extends a
+  worker's entry without an event, so when the sync master's refresh pass finds a replica entry not
+  extended it asks (``on_stale`` -> ``ask_expires``); the worker answers with its real deadline, the
+  pool extends the replica's copy and the next pass sends the REFRESH (as an in-process master would).
 * **Backup**: what the parent's ``SyncBackup`` applied to the replica (``on_applied`` events) is
   routed to the owning worker by the shard function (``route_synced``).
 * **Stats**: each worker reports its counters every 100 ms; the pool sums them into the parent's
@@ -124,6 +127,8 @@ class WorkerPool:
         self.on_fatal: Callable[[str], None] = lambda _why: None
         self.on_worker: Callable[[str, int, dict[str, Any]], None] = lambda _kind, _i, _f: None
         self.mirrored = 0
+        self._asked: set[Any] = set()
+        """Replica keys whose deadline was asked of their worker and not answered yet."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._last_stats_write = 0.0
@@ -277,6 +282,30 @@ class WorkerPool:
             for ev in evs:
                 push(ev)
 
+    def ask_expires(self, keys: list[Any]) -> None:
+        """The sync master's refresh pass found these replica entries not extended (``on_stale``):
+        ask their workers for the real deadlines (traffic moves them without events)."""
+        per: list[list[Any]] = [[] for _ in range(self.count)]
+        pending = self._asked
+        for key in keys:
+            if key not in pending:
+                pending.add(key)
+                per[shard_of(key[1], self.mask, self.count)].append(key)
+        for i, ks in enumerate(per):
+            if ks:
+                self._send_to(i, ("expires?", ks))
+
+    def _expires(self, rows: list[tuple[Any, float]], asked: list[Any]) -> None:
+        """A worker's answer: extend the replica's entries (no event; the next refresh pass sends
+        their REFRESH to the backups)."""
+        now = self.clock()
+        get, refresh = self.table.get, self.table.refresh
+        for key, expires in rows:
+            conn = get(key)
+            if conn is not None and expires > conn.expires:
+                refresh(conn, expires - now)
+        self._asked.difference_update(asked)
+
     def _resync(self, index: int, evs: list[RawEvent]) -> None:
         """Worker ``index`` dropped events (backpressure): its shard in the replica becomes exactly
         ``evs`` (all its entries), and every backup re-snapshots (the feed-overflow path)."""
@@ -366,6 +395,7 @@ class WorkerPool:
         self._forget(index)
         self.per_worker[index] = {}
         self._peers_sent[index] = {}
+        self._asked.clear()  # its unanswered questions are asked again by the next refresh pass
         if self._stopping:
             return
         now = time.monotonic()
@@ -397,6 +427,8 @@ class WorkerPool:
             if w is not None:
                 w.ready = True
             self.on_worker("worker_ready", msg[1], {"pid": msg[2]})
+        elif kind == "expires":
+            self._expires(msg[1], msg[2])
         elif kind == "resync":
             self._resync(msg[1], msg[2])
 

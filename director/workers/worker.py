@@ -25,6 +25,7 @@ Messages from the parent (``Channel``; tuples, first item the name):
                                 with syncd's ``BackupApplier`` (event feed off: not re-reported)
 ``mask`` m                      new shard mask: the filters are replaced
 ``defense`` rate, secure_tcp    the node's defense levels (drop_packet rate, secure_tcp)
+``expires?`` keys               the real deadlines of these entries (traffic moves them silently)
 ``flush`` / ``zero`` svc keys    admin: empty the table / zero these services' counters
 ``invalidate`` keys, quiescent  health took these dests down: ``check_template`` on their templates
 ``peers`` {dest key: (a, i)}    the other workers' active / inactive conns per dest (below)
@@ -243,6 +244,10 @@ class Worker:
         elif kind == "defense":
             d.gate.todrop.set_rate(msg[1])
             d.cfg.timeouts.secure_tcp = msg[2]
+        elif kind == "expires?":
+            get = d.table.get
+            rows = [(key, conn.expires) for key in msg[1] if (conn := get(key)) is not None]
+            self.ch.send(("expires", rows, msg[1]))
         elif kind == "flush":
             d.table.flush()
         elif kind == "zero":

@@ -18,6 +18,8 @@ from director.table.entry import snapshot
 from director.table.events import EventKind, cook
 from director.types import ConnFlags, FwdMethod, Proto
 from director.workers.pool import WorkerPool
+from syncd.master import SyncMaster
+from tests.syncd.helpers import FakeClock
 
 TCP = int(Proto.TCP)
 VIP = int(ipaddress.IPv4Address("198.18.0.10"))
@@ -142,3 +144,38 @@ def test_a_resync_replaces_one_shard_and_makes_the_backups_resnapshot(pool: Work
     assert pool.table.get(gone.key) is None and pool.table.get(fresh.key) is not None
     assert pool.table.events.overflowed  # every backup gets a snapshot at the next cut
     assert len(pool.table.events) == 0  # no stream of partial events: the snapshot covers them
+
+
+def test_a_replica_entry_extended_by_traffic_in_its_worker_is_refreshed_to_the_backups() -> None:
+    """Traffic moves a worker's deadline without an event: the sync master's refresh pass finds the
+    replica's copy not extended, the pool asks the worker, and the next pass sends the REFRESH."""
+    clock = FakeClock(1000.0)
+    svcs, _ = services()
+    replica = ConnTable(clock, bits=8)
+    pool = WorkerPool(2, "ext", "int", CoreConfig(), replica, svcs, table_bits=8, max_conns=100, clock=clock)
+    sent = [Sent(), Sent()]
+
+    class Proc:
+        def __init__(self, ch: Sent) -> None:
+            self.channel = ch
+
+    pool.workers = [Proc(sent[0]), Proc(sent[1])]  # type: ignore[list-item]
+    w = ConnTable(clock, bits=8)
+    w.events.enabled = True
+    _, dest = services()
+    conn = w.new(TCP, CLIENTS[0], 40000, VIP, 80, RS, 80, 0, dest, state=1, timeout=60)
+    pool._mirror(w.events.drain_raw(1 << 20))
+    master = SyncMaster(replica, clock)
+    master.on_stale = pool.ask_expires
+    master.tracker.sent(conn.key, replica.get(conn.key).expires, 60)  # type: ignore[union-attr]
+    clock.advance(30)
+    w.refresh(conn)  # traffic: the worker's deadline moves to 1090, silently
+    clock.advance(28.5)  # the backup copy (1060) enters the 2 s refresh margin
+    assert master.run_refresh() == 0  # the replica still says 1060
+    owner = sent[shard_of(conn.key[1], pool.mask, 2)]
+    assert owner.msgs == [("expires?", [conn.key])]
+    pool._expires([(conn.key, conn.expires)], [conn.key])  # the worker's answer
+    assert replica.get(conn.key).expires == conn.expires  # type: ignore[union-attr]
+    clock.advance(1)
+    assert master.run_refresh() == 1  # REFRESH with the worker's deadline
+    pool.close()
