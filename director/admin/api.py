@@ -253,6 +253,26 @@ class DefenseView:
 
 
 @dataclass(frozen=True)
+class HookView:
+    """One notify hook's totals (director.admin.notify)."""
+
+    runs: int = 0
+    failed: int = 0
+    killed: int = 0
+    dropped: int = 0
+
+
+@dataclass(frozen=True)
+class HealthCounts:
+    """Health-check totals over the node's life, and the notify hooks' per hook."""
+
+    probes: int = 0
+    failures: int = 0
+    killed: int = 0
+    hooks: tuple[tuple[str, HookView], ...] = ()
+
+
+@dataclass(frozen=True)
 class NodeStatus:
     node_id: str
     role: str  # "master" | "backup" | "candidate" | "stopped"
@@ -271,6 +291,7 @@ class NodeStatus:
     elections: int = 0
     ready: bool = True
     defense: DefenseView = DefenseView()
+    health: HealthCounts = HealthCounts()
 
 
 @dataclass(frozen=True)

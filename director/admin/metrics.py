@@ -65,6 +65,11 @@ EXPORTED: dict[str, str] = {
     "lbd_defense_rss_max_bytes": "gauge", "lbd_defense_entries_dropped": "counter",
     "lbd_defense_packets_dropped": "counter", "lbd_defense_table_full_drops": "counter",
     "lbd_defense_engaged": "counter",
+    # health checks and notify hooks
+    "lbd_health_probes": "counter", "lbd_health_probe_failures": "counter",
+    "lbd_health_probes_killed": "counter",
+    "lbd_notify_runs": "counter", "lbd_notify_failed": "counter", "lbd_notify_killed": "counter",
+    "lbd_notify_dropped": "counter",
     # traffic: node, service, dest
     "lbd_packets_dropped": "counter",
     "lbd_scheduled_connections": "counter", "lbd_packets": "counter", "lbd_bytes": "counter",
@@ -90,6 +95,7 @@ class NodeCollector(Collector):
         yield from _node(st)
         yield from _sync(st)
         yield from _defense(st)
+        yield from _health(st)
         drops = CounterMetricFamily("lbd_packets_dropped", "Packets dropped by the packet path, by reason",
                                     labels=["reason"])
         for reason, n in sorted(stats.drops.items()):
@@ -138,6 +144,22 @@ def _node(st: NodeStatus) -> Iterator[Metric]:
     yield _gauge("lbd_templates", "Persistence templates in the table", st.templates)
     yield _gauge("lbd_services", "Virtual services", st.services)
     yield _gauge("lbd_dests", "Real servers (dests)", st.dests)
+
+
+def _health(st: NodeStatus) -> Iterator[Metric]:
+    h = st.health
+    yield CounterMetricFamily("lbd_health_probes", "Health-check probes run", value=h.probes)
+    yield CounterMetricFamily("lbd_health_probe_failures", "Health-check probes that failed",
+                              value=h.failures)
+    yield CounterMetricFamily("lbd_health_probes_killed", "Health-check commands killed at their timeout",
+                              value=h.killed)
+    for name, doc in (("runs", "Notify hook commands run"), ("failed", "Notify hook commands that failed"),
+                      ("killed", "Notify hook commands killed at their timeout"),
+                      ("dropped", "Notify hook events dropped (queue full)")):
+        fam = CounterMetricFamily(f"lbd_notify_{name}", doc, labels=["hook"])
+        for hook, view in h.hooks:
+            fam.add_metric([hook], getattr(view, name))
+        yield fam
 
 
 def _sync(st: NodeStatus) -> Iterator[Metric]:

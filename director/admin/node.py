@@ -32,6 +32,8 @@ from director.admin.api import (
     ConnView,
     CounterValues,
     DefenseView,
+    HealthCounts,
+    HookView,
     InvalidArgument,
     NodeStatus,
     NotFound,
@@ -43,6 +45,7 @@ from director.admin.api import (
     fmt_hostport,
 )
 from director.admin.hub import EventHub, Subscription
+from director.admin.notify import NotifyRunner
 from director.admin.server import AdminServer, server_config_from_node, start_server
 from director.admin.views import configured_weights, diff_documents, find_service, service_view, table_conns
 from director.cluster.election import LeaderRecord, Role
@@ -96,6 +99,7 @@ class Node(Protocol):
     store: EtcdStore
     estimator: StatsEstimator
     health: HealthService
+    notify: NotifyRunner
     sync: SyncServer | None
     config: config.Config | None
     config_revision: int
@@ -112,6 +116,13 @@ class Node(Protocol):
     def ready(self) -> bool: ...
 
     async def resign(self) -> None: ...
+
+
+def health_counts(n: Node) -> HealthCounts:
+    h = n.health.stats
+    hooks = tuple((name, HookView(s.runs, s.failed, s.killed, s.dropped))
+                  for name, s in sorted(n.notify.stats.items()))
+    return HealthCounts(h.probes, h.failures, h.killed, hooks)
 
 
 class NodeAdmin:
@@ -137,7 +148,7 @@ class NodeAdmin:
             services=len(n.services), dests=sum(len(s.dests) for s in n.services),
             uptime=time.time() - n.started, version=_version(), config_revision=n.config_revision,
             role_changes=n.role_changes, elections=n.role_changes, ready=n.ready(),
-            defense=defense_view(n.defense, n.director))
+            defense=defense_view(n.defense, n.director), health=health_counts(n))
 
     def services(self) -> list[ServiceView]:
         cfg = self.node.config

@@ -12,7 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from director.admin.api import DefenseView, NodeStatus
+from director.admin.api import DefenseView, HealthCounts, HookView, NodeStatus
 from director.admin.metrics import EXPORTED, NodeCollector, exposition, registry, serve_metrics
 from director.table.tcp import TcpState
 from tests.director.admin.admin_fake import WEB_YAML, FakeNode
@@ -134,6 +134,26 @@ def test_defense_families() -> None:
     assert value(fams, "lbd_defense_packets_dropped_total") == 11
     assert value(fams, "lbd_defense_rss_max_bytes") == 2 << 30
     assert fams["lbd_defense_entries_dropped"][0] == "counter"
+
+
+class HealthNode(FakeNode):
+    """A node whose status carries health-check and notify-hook totals."""
+
+    def status(self) -> NodeStatus:
+        hooks = (("dest_down", HookView(runs=4, failed=1)), ("master", HookView(runs=2, killed=1, dropped=3)))
+        return dataclasses.replace(super().status(), health=HealthCounts(120, 9, 2, hooks))
+
+
+def test_health_check_and_notify_hook_families() -> None:
+    fams = families(scrape(HealthNode()))
+    assert value(fams, "lbd_health_probes_total") == 120
+    assert value(fams, "lbd_health_probe_failures_total") == 9
+    assert value(fams, "lbd_health_probes_killed_total") == 2
+    assert value(fams, "lbd_notify_runs_total", hook="dest_down") == 4
+    assert value(fams, "lbd_notify_failed_total", hook="dest_down") == 1
+    assert value(fams, "lbd_notify_killed_total", hook="master") == 1
+    assert value(fams, "lbd_notify_dropped_total", hook="master") == 3
+    assert fams["lbd_notify_runs"][0] == "counter"
 
 
 def test_collector_alone_and_openmetrics() -> None:
