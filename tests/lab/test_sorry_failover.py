@@ -5,7 +5,8 @@ quiesced (so new conns go to its sorry server r3) and a persistent service group
 UDP 7 on the NAT VIP). Before the kill the backup's admin API must show the synced sorry conn on its
 sorry dest (``sorry`` flag through the gRPC view) and the group's templates; after the takeover the
 held TCP conn on the sorry server still answers, and every client address is still sent to the same
-server, now over the group's UDP selector.
+server, now over the group's UDP selector; the new master's stats API counts a datagram to a VIP port
+without a service as ``bypass``.
 """
 
 from __future__ import annotations
@@ -58,14 +59,19 @@ def services(c: LabCluster, node: NodeProc) -> Any:
         return pb_grpc.AdminStub(ch).ListServices(pb.ListServicesRequest(), timeout=10).services
 
 
+def drops(c: LabCluster, node: NodeProc) -> dict[str, int]:
+    with grpc.insecure_channel(f"unix:{c.admin_socket(node)}") as ch:
+        return dict(pb_grpc.AdminStub(ch).GetStats(pb.GetStatsRequest(), timeout=10).drops)
+
+
 UDP_FROM = r"""
 import json, socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((sys.argv[1], 0))
 s.settimeout(1.0)
 reply = None
-for _ in range(10):  # lost datagrams (takeover, ARP) are sent again
-    s.sendto(b"which", (sys.argv[2], 7))
+for _ in range(int(sys.argv[4])):  # lost datagrams (takeover, ARP) are sent again
+    s.sendto(b"which", (sys.argv[2], int(sys.argv[3])))
     try:
         reply = s.recv(2048).decode()
         break
@@ -73,6 +79,12 @@ for _ in range(10):  # lost datagrams (takeover, ARP) are sent again
         continue
 print(json.dumps(reply))
 """
+
+
+def udp_from(lab: Lab, src: str, port: int, tries: int) -> Any:
+    """One datagram from ``src`` to the NAT VIP, sent up to ``tries`` times; the reply or None."""
+    return json.loads(lab.run_python(lab.client.ns, UDP_FROM, src, VIP_NAT, str(port), str(tries),
+                                     timeout=60).stdout)
 
 
 def test_sorry_flow_and_group_templates_survive_a_kill(cluster: LabCluster) -> None:
@@ -107,8 +119,12 @@ def test_sorry_flow_and_group_templates_survive_a_kill(cluster: LabCluster) -> N
         answer = json.loads(held.stdout.readline())
         assert answer is not None and answer.rstrip().endswith("r3")  # the sorry flow survived the kill
         for src in sources:  # the template outlived the master: same server, over the UDP selector
-            reply = json.loads(lab.run_python(lab.client.ns, UDP_FROM, src, VIP_NAT, timeout=60).stdout)
+            reply = udp_from(lab, src, 7, 10)
             assert reply is not None and reply.split("|")[0] == before[src]
+        # the new master's stats API counts traffic to a VIP port without a service as bypass
+        bypass = drops(c, backup).get("bypass", 0)
+        assert udp_from(lab, sources[0], 9, 2) is None
+        wait_for("bypass drops in GetStats", lambda: drops(c, backup).get("bypass", 0) >= bypass + 2, 30)
     finally:
         held.stdin.close()
         Lab.stop(held)
