@@ -294,7 +294,8 @@ class ChaosRun:
             lab_name = self.chaos.lab.name
             self.keep_logs()
             self.chaos.close()
-        moves = [Move(float(t), str(s), str(a), str(b)) for t, s, a, b in (final or {}).get("moves", [])]
+        moves = [Move(float(m[0]), str(m[1]), str(m[2]), str(m[3]), int(m[4]), m[5], m[6])
+                 for m in (final or {}).get("moves", [])]
         obs = Observations(frames=frames, faults=self.faults, moves=moves, server_down=self.chaos.server_down,
                            writes=list(self.writers.writes), configs=configs, tables=tables, master=master,
                            samples=list(self.sampler.samples))
@@ -394,8 +395,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         print(describe(make_schedule(seed, args.minutes, kinds)))
         return 0
-    logs = Path(args.logs if args.logs is not None else Path(args.report).with_suffix("").name + "-logs")
-    run = ChaosRun(seed, args.minutes, conns=args.conns, kinds=kinds, logs_dir=logs if str(logs) else None)
+    report_path = Path(args.report)
+    logs = Path(args.logs) if args.logs is not None else report_path.with_name(report_path.stem + "-logs")
+    run = ChaosRun(seed, args.minutes, conns=args.conns, kinds=kinds,
+                   logs_dir=None if args.logs == "" else logs)
     report = run.run()
     Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
     print(summary(report))

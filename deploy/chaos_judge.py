@@ -89,6 +89,10 @@ class Move:
     source: str
     from_server: str
     to_server: str
+    port: int = 0
+    port_last_server: str | None = None
+    """The server the same (address, source port) reached last time, if it was used before."""
+    port_last_age_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -176,8 +180,10 @@ def _sticky_rule(obs: Observations) -> list[dict[str, Any]]:
     out = []
     for m in obs.moves:
         if not any(a <= m.t <= b + STICKY_GRACE_S for a, b in obs.server_down.get(m.from_server, [])):
-            out.append(_v("sticky", f"{m.source} moved from {m.from_server} (never failed) to "
-                                    f"{m.to_server} during {fault_of(obs, m.t)}", t=m.t))
+            reuse = (f"; its source port {m.port} reached {m.port_last_server} {m.port_last_age_s} s earlier"
+                     if m.port_last_server is not None else "")
+            out.append(_v("sticky", f"{m.source} moved from {m.from_server} (up) to {m.to_server} during "
+                                    f"{fault_of(obs, m.t)}{reuse}", t=m.t, port_reuse=m.port_last_server))
     return out
 
 

@@ -6,7 +6,10 @@ Theory of operation
 many client addresses, UDP datagrams with sequence numbers) with one change: it remembers, per
 client address, the server that answered its *last* request, and when a new request of that address
 lands elsewhere it records a move (wall-clock time, address, from, to). The judge decides whether the
-move was allowed (the server it left had failed). ``report`` adds ``moves`` (every move so far) and
+move was allowed (the server it left had failed). Each move also names its source port and, if that
+port was used before by the address, the server that answered then and how long ago (a SYN on a
+4-tuple the director still holds, e.g. in TIME_WAIT, follows that old entry). ``report`` adds
+``moves`` (every move so far) and
 ``servers`` (how many client addresses each server answered last).
 
 Same command line and stdin protocol as deploy.traffic (``python -m deploy.chaos_traffic ...``).
@@ -35,12 +38,16 @@ class ChaosTraffic(Traffic):
         super().__init__(args)
         self.last_server: dict[str, str] = {}
         self.moves: list[list[object]] = []
+        self.by_port: dict[tuple[str, int], tuple[str, float]] = {}
+        """(address, source port) -> (server, time) of its last request: a move on a reused port may
+        have followed the director's old entry for that 4-tuple."""
 
     async def one_request(self, src: str) -> None:
         a = self.args
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(a.http_vip, a.http_port, local_addr=(src, 0)), 5)
+            port = int(writer.get_extra_info("sockname")[1])
             writer.write(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n")
             await writer.drain()
             body = await asyncio.wait_for(reader.read(65536), 5)
@@ -58,8 +65,12 @@ class ChaosTraffic(Traffic):
         self.phase.sticky_checked += 1
         before = self.last_server.get(src)
         self.last_server[src] = server
+        now = time.time()
+        prev = self.by_port.get((src, port))
+        self.by_port[(src, port)] = (server, now)
         if before is not None and before != server:
-            self.moves.append([round(time.time(), 4), src, before, server])
+            reuse = [port, prev[0], round(now - prev[1], 1)] if prev is not None else [port, None, None]
+            self.moves.append([round(now, 4), src, before, server, *reuse])
             self.phase.sticky_moved += 1
             self.phase.sources_moved.add(src)
 

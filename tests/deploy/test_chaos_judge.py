@@ -103,3 +103,10 @@ def test_a_silent_fabric_during_a_fault_that_allows_no_failover_is_an_outage() -
     obs.faults[0].kind = "etcd-quorum-loss"
     obs.frames = {"d1": steady("d1", 0, 4) + steady("d1", 5.0, 20)}  # 1 s: within the bound
     assert rules(obs) == []
+
+
+def test_a_move_on_a_reused_source_port_says_where_that_port_went_before() -> None:
+    obs = clean()
+    obs.moves = [Move(11.0, "198.18.0.107", "r3", "r4", 40001, "r4", 30.0)]
+    (v,) = judge(obs)[0]
+    assert v["rule"] == "sticky" and v["port_reuse"] == "r4" and "port 40001 reached r4" in v["what"]
