@@ -43,7 +43,7 @@ def apply_to_services(cfg: Config, services: ServiceTable, *, down: Container[De
     for svc in list(services):
         if (svc.fwmark not in groups) if svc.fwmark else ((svc.protocol, svc.addr, svc.port) not in wanted):
             log.info("config: removing service %s", svc.name or svc.key)
-            services.remove(svc)
+            services.remove(svc, index=False)
     for sc in cfg.services:
         live = services.get_fwmark(sc.fwmark) if sc.fwmark else services.get_addr(*sc.key)
         if live is None:
@@ -53,14 +53,13 @@ def apply_to_services(cfg: Config, services: ServiceTable, *, down: Container[De
                      f"{sc.protocol} {sc.vip}:{sc.port}")
             _set_service(live, sc)
             live.selectors = _selectors(sc)
-            services.add(live)
+            services.add(live, index=False)
         else:
             _set_service(live, sc)
-            if live.selectors != _selectors(sc):
-                services.set_selectors(live, _selectors(sc))
+            live.selectors = _selectors(sc)
         _sync_dests(live, sc, down)
         _sync_sorry(live, sc)
-    services.reindex()
+    services.reindex()  # once, after every change: selectors, ops dests, VIPs
 
 
 def _selectors(sc: ServiceConfig) -> tuple[tuple[int, int, int, int], ...]:

@@ -205,15 +205,17 @@ class ServiceTable:
         """(protocol, daddr, dport) -> NAT dest of a one-packet service (the module docstring); changed
         in place only (the packet path holds it)."""
 
-    def add(self, svc: VirtualService) -> None:
+    def add(self, svc: VirtualService, *, index: bool = True) -> None:
+        """Add a service; ``index=False`` leaves ``reindex`` to the caller (one pass after many adds)."""
         if svc.fwmark:
             self._by_fwmark[svc.fwmark] = svc
         else:
             self._by_addr[(svc.protocol, svc.addr, svc.port)] = svc
             self._vips[svc.addr] = self._vips.get(svc.addr, 0) + 1
-        self.reindex()
+        if index:
+            self.reindex()
 
-    def remove(self, svc: VirtualService) -> None:
+    def remove(self, svc: VirtualService, *, index: bool = True) -> None:
         if svc.fwmark:
             self._by_fwmark.pop(svc.fwmark, None)
         elif self._by_addr.pop((svc.protocol, svc.addr, svc.port), None) is not None:
@@ -223,7 +225,8 @@ class ServiceTable:
         for d in svc.dests:
             d.flags &= ~DestFlags.AVAILABLE
         svc.set_sorry(None)
-        self.reindex()
+        if index:
+            self.reindex()
 
     def set_selectors(self, svc: VirtualService, selectors: tuple[Selector, ...]) -> None:
         """Give a service group new selectors (and index them)."""
