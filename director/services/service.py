@@ -154,6 +154,10 @@ class VirtualService:
         """One-packet scheduling (``ipvsadm --ops``): no entry outlives its datagram."""
         return bool(self.flags & SvcFlags.ONEPACKET)
 
+    def counted_dests(self) -> tuple[Dest, ...]:
+        """Every dest with counters of its own: ``dests`` and the sorry dest (for stats and sums)."""
+        return (*self.dests, self.sorry) if self.sorry is not None else tuple(self.dests)
+
     def set_sorry(self, dest: Dest | None) -> None:
         """Install (or clear) the sorry dest; a replaced one is no longer AVAILABLE (its conns drop
         like a removed dest's)."""

@@ -254,7 +254,7 @@ class Worker:
             for svc in d.services:
                 if svc.key in msg[1]:
                     svc.counters.zero()
-                    for dest in svc.dests:
+                    for dest in svc.counted_dests():
                         dest.counters.zero()
         elif kind == "invalidate":
             self._invalidate(msg[1], msg[2])
@@ -330,7 +330,7 @@ class Worker:
         t = os.times()
         return {
             "services": {s.key: (tuple(s.counters.as_dict().values()),
-                                 {x.key: tuple(x.counters.as_dict().values()) for x in s.dests})
+                                 {x.key: tuple(x.counters.as_dict().values()) for x in s.counted_dests()})
                          for s in d.services},
             "own": self._own(),
             "forwarded": sum(s.counters.inpkts + s.counters.outpkts for s in d.services),
