@@ -301,7 +301,7 @@ class NodeAdmin:
             self.node.pool.zero_counters([s.key for s in svcs])
         for svc in svcs:
             svc.counters.zero()
-            for d in svc.dests:
+            for d in svc.counted_dests():
                 d.counters.zero()
 
     async def resign(self) -> tuple[str, int]:
