@@ -334,7 +334,7 @@ class Worker:
                          for s in d.services},
             "own": self._own(),
             "forwarded": sum(s.counters.inpkts + s.counters.outpkts for s in d.services),
-            "created": sum(s.counters.conns for s in d.services),
+            "created": sum(s.counters.conns for s in d.services), "mask": self.mask,
             "drops": list(d.counters.counts), "conns": d.table.count, "active": d.active,
             "rx_frames": list(plane.rx_frames), "ring_packets": packets, "ring_drops": drops,
             "handler_errors": plane.handler_errors, "tx_errors": plane.tx_errors,

@@ -20,7 +20,7 @@ import grpc
 import pytest
 
 from deploy.cluster import LabCluster, NodeProc, wait_for
-from deploy.drill import Drill
+from deploy.drill import Drill, TrafficProc
 from deploy.drill import services_yaml as drill_services
 from deploy.lab import VIP_NAT, Lab, new_name, real_addr
 from director.cluster.release import pid_alive
@@ -307,3 +307,47 @@ def test_workers_die_with_the_parent(single: tuple[Lab, LabCluster]) -> None:
     node.proc.wait()
     wait_for("both workers gone", lambda: not any(pid_alive(p) for p in pids), 30)
     node.proc = None
+
+
+def test_a_new_shard_mask_moves_the_entries_and_no_stream_breaks() -> None:
+    """A config adding a /24 persistence netmask changes the shard mask under live streams: the
+    filters are replaced and each worker gets its new shard from the replica. No sloppy grace (0 s),
+    so a mid-flow packet reaching a worker without its entry would be dropped and its stream stall."""
+    lab = Lab(new_name(), n_directors=1, n_reals=3)
+    cluster = LabCluster(lab, n_nodes=1, node_extra=WORKERS, sloppy_grace=0.0)
+    traffic: TrafficProc | None = None
+    try:
+        node = cluster.bring_up(drill_services(3))
+        _ready_workers(cluster, node)
+        sources = lab.client_sources()
+        before = {shard_of(int(ipaddress.IPv4Address(s)), 0xFFFFFFFF, 2) for s in sources}
+        after = {shard_of(int(ipaddress.IPv4Address(s)), SLASH24, 2) for s in sources}
+        assert before == {0, 1} and len(after) == 1  # half of the clients change worker
+        traffic = TrafficProc(lab, 20, 10.0, 0.05)
+        t = traffic
+        wait_for("traffic flowing", lambda: t.report()["alive"] >= 20, 90, 0.5)
+        t_change = time.time()
+        yaml = drill_services(3).replace("persistence: {timeout: 300}",
+                                         "persistence: {timeout: 300, netmask: 255.255.255.0}")
+        assert yaml != drill_services(3)
+        cluster.apply_config(yaml)
+        wait_for("the new config applied", lambda: cluster.last_event(node, "config_applied", t_change), 30)
+        rows = wait_for("both workers on the /24 mask", lambda: (r := worker_stats(node)) and len(r) == 2
+                        and all(x.get("mask") == SLASH24 for x in r) and r, 60)
+        owner = after.pop()
+        created = [int(x["created"]) for x in rows]
+        since = int(t.report()["new_ok"])
+        def settled() -> dict[str, Any] | None:
+            r = t.report()
+            return r if r["new_ok"] >= since + 20 and r["current_stall_ms"] < 1500 else None
+
+        end = wait_for("new connections after the change, no stall", settled, 120, 0.5)
+        assert end["alive"] == 20 and end["resets"] == 0 and end["mismatches"] == 0, end
+        rows = worker_stats(node)  # every new conn since the change was made by the /24's worker
+        assert int(rows[1 - owner]["created"]) == created[1 - owner]
+        assert int(rows[owner]["created"]) > created[owner]
+    finally:
+        if traffic is not None:
+            traffic.stop()
+        cluster.close()
+        lab.down()
