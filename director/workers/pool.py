@@ -448,7 +448,7 @@ class WorkerPool:
                     acc = dest_sum.setdefault(dk, [0] * len(_SLOTS))
                     acc[:] = [a + b for a, b in zip(acc, vals, strict=True)]
             _store(svc.counters, svc_sum)
-            for dest in svc.dests:
+            for dest in svc.counted_dests():
                 if dest.key in dest_sum:
                     _store(dest.counters, dest_sum[dest.key])
         self._exchange_counts(reports)
