@@ -1,6 +1,7 @@
 """Sorry flows and service-group templates are synced like any entry and survive a master's kill -9.
 
-A uniquely named lab with etcd and two ``directord`` nodes serves a TCP service whose dests are all
+A uniquely named lab with etcd and two ``directord`` nodes (in-process, then with two packet workers
+per node) serves a TCP service whose dests are all
 quiesced (so new conns go to its sorry server r3) and a persistent service group (fwmark 1: TCP 80 and
 UDP 7 on the NAT VIP). Before the kill the backup's admin API must show the synced sorry conn on its
 sorry dest (``sorry`` flag through the gRPC view) and the group's templates; after the takeover the
@@ -41,10 +42,10 @@ def services_yaml() -> str:
             f"    dests: [{dests}]\n")
 
 
-@pytest.fixture
-def cluster() -> Iterator[LabCluster]:
+@pytest.fixture(params=["", "workers: 2"], ids=["in-process", "two-workers"])
+def cluster(request: pytest.FixtureRequest) -> Iterator[LabCluster]:
     lab = Lab(new_name(), n_directors=2, n_reals=3)
-    c = LabCluster(lab, n_nodes=2)
+    c = LabCluster(lab, n_nodes=2, node_extra=request.param)
     try:
         c.bring_up(services_yaml())
         wait_for("admin sockets", lambda: all(c.admin_socket(n).exists() for n in c.nodes), 30)
@@ -112,6 +113,12 @@ def test_sorry_flow_and_group_templates_survive_a_kill(cluster: LabCluster) -> N
                     and group.ref.fwmark == 1 and templates == len(sources))
 
         wait_for("the backup to hold the synced sorry conn and the group's templates", backup_has_them, 60)
+
+        def master_counted() -> bool:  # the master's sorry row counts the conn (summed over its workers)
+            (sorry,) = [d for s in services(c, master) if s.name == "sorry-http" for d in s.dests if d.sorry]
+            return bool(sorry.counters.conns >= 1)
+
+        wait_for("the master's sorry dest to count its conn", master_counted, 30)
         c.kill_node(master)
         assert c.wait_master(60) is backup
         held.stdin.write(b"get\n")
