@@ -330,18 +330,22 @@ def _check_localnode(services: list[tuple[str, ServiceConfig]], errs: Errors) ->
 
 def _check_ops_replies(services: Iterable[tuple[str, ServiceConfig]], errs: Errors) -> None:
     """A NAT dest of an ops service answers without an entry: its (address, port) alone must name the
-    service, so it may be a NAT dest of no other UDP service."""
-    owner: dict[tuple[str, int], tuple[str, bool]] = {}
+    service, so it may be a NAT dest of no other UDP service (port 0, a group's "the packet's port",
+    shares every port of the address)."""
+    seen: dict[str, list[tuple[int, str, bool]]] = {}
     for path, svc in services:
         if "udp" not in svc.protocols:
             continue
         for field, address, port, fwd in _real_servers(path, svc):
             if fwd != FwdMethod.NAT:
                 continue
-            prev = owner.setdefault((address, port), (path, svc.ops))
-            if prev[0] != path and (prev[1] or svc.ops):
-                errs.add(field, f"{address}:{port} is also a NAT dest of {prev[0]}; a NAT dest of an ops "
+            others = seen.setdefault(address, [])
+            prev = next((o for o in others if o[1] != path and (o[2] or svc.ops)
+                         and (o[0] == port or not o[0] or not port)), None)
+            if prev is not None:
+                errs.add(field, f"{address}:{port} is also a NAT dest of {prev[1]}; a NAT dest of an ops "
                          "service may serve no other UDP service (its replies match no entry)")
+            others.append((port, path, svc.ops))
 
 
 def _load(text: str | bytes, path: str) -> Any:

@@ -125,3 +125,12 @@ def test_cross_checks_run_on_etcd_snapshots_too() -> None:
         config_from_texts({"a": "protocol: tcp\nvip: 198.18.0.10\nport: 80\ndests:\n- address: 198.18.0.11\n",
                            "b": "protocol: tcp\nvip: 198.18.0.11\nport: 80\n"})
     assert e.value.errors[0].startswith("services[a].dests[0].address: must not be the director itself")
+
+
+def test_an_ops_nat_dest_conflicts_with_a_port_zero_dest_of_a_group() -> None:
+    dns = svc(name="dns", protocol="udp", port=53, ops=True, dests=[{"address": "198.18.2.1", "port": 53}])
+    shop = {"name": "shop", "fwmark": 1, "group": [{"protocol": "udp", "vip": "198.18.0.11", "port": 7}],
+            "dests": [{"address": "198.18.2.1"}]}
+    (err,) = errors(dns, shop)
+    assert err.startswith("services[1].dests[0].address: 198.18.2.1:0 is also a NAT dest of services[0]")
+    config_from_dict({"services": [dns, {**shop, "dests": [{"address": "198.18.2.2"}]}]})
