@@ -332,20 +332,22 @@ def _check_ops_replies(services: Iterable[tuple[str, ServiceConfig]], errs: Erro
     """A NAT dest of an ops service answers without an entry: its (address, port) alone must name the
     service, so it may be a NAT dest of no other UDP service (port 0, a group's "the packet's port",
     shares every port of the address)."""
-    seen: dict[str, list[tuple[int, str, bool]]] = {}
+    seen: dict[str, list[tuple[int, str]]] = {}  # address -> (port, service path): every UDP NAT dest
+    ops: dict[str, list[tuple[int, str]]] = {}  # ... of ops services only (few; what a non-ops dest checks)
     for path, svc in services:
         if "udp" not in svc.protocols:
             continue
         for field, address, port, fwd in _real_servers(path, svc):
             if fwd != FwdMethod.NAT:
                 continue
-            others = seen.setdefault(address, [])
-            prev = next((o for o in others if o[1] != path and (o[2] or svc.ops)
-                         and (o[0] == port or not o[0] or not port)), None)
+            against = seen.get(address, ()) if svc.ops else ops.get(address, ())
+            prev = next((p for o, p in against if p != path and (o == port or not o or not port)), None)
             if prev is not None:
-                errs.add(field, f"{address}:{port} is also a NAT dest of {prev[1]}; a NAT dest of an ops "
+                errs.add(field, f"{address}:{port} is also a NAT dest of {prev}; a NAT dest of an ops "
                          "service may serve no other UDP service (its replies match no entry)")
-            others.append((port, path, svc.ops))
+            seen.setdefault(address, []).append((port, path))
+            if svc.ops:
+                ops.setdefault(address, []).append((port, path))
 
 
 def _load(text: str | bytes, path: str) -> Any:
