@@ -1,4 +1,4 @@
-"""Run a real single-member etcd 3.4 server for tests, the demo and the lab.
+"""Run real etcd 3.4 for tests, the demo and the lab: one member, or a cluster of N.
 
 Theory of operation
 -------------------
@@ -18,6 +18,13 @@ the PID this object started (SIGTERM, then SIGKILL after a grace period).  `paus
 `resume()` send SIGSTOP / SIGCONT (an "unreachable but connected" etcd).  With ``netns``
 the command is prefixed with ``ip netns exec <ns>`` (which execs, so the PID is etcd's),
 and the health probe runs inside the namespace too.
+
+Cluster mode: `EtcdCluster` runs N `EtcdServer` members (``initial_cluster`` names them all), each
+in its own network namespace made by `MemberNet` (``<prefix>-e<i>``, 198.18.1.241.., a veth on a
+bridge: the lab's internal segment, or a bridge of its own), so the peers' raft traffic crosses a
+real bridge. `leader()` asks every member's ``/v3/maintenance/status`` (JSON gateway) which member
+leads; the faults are per member: `kill` (SIGKILL), `stop_member` (SIGTERM), `start_member` (same
+ports and data dir: it rejoins with its data), `pause`/`resume` (SIGSTOP/SIGCONT).
 
 ``python -m deploy.etcd [--host H] [--port P] [--defaults] [--netns NS]`` runs one in
 the foreground for a lab or a demo: it prints the endpoint, then stops on SIGTERM / Ctrl-C.
