@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = ["bench.bench_conn", "bench.bench_core", "bench.bench_sync", "bench.bench_conntrackd",
            "bench.bench_election", "bench.bench_fwd", "bench.bench_fwd_directord", "bench.bench_failover",
-           "bench.bench_defense", "bench.bench_health"]
+           "bench.bench_defense", "bench.bench_health", "bench.bench_sorry_ops"]
 
 # figure -> (reference figure, what the reference is, target as text); EXTRA_REFERENCES adds rows
 EXTRA_REFERENCES: list[tuple[str, str, str, str]] = [
@@ -69,6 +69,10 @@ REFERENCES: dict[str, tuple[str, str, str]] = {
                                                 "same cluster, no exit hook", ""),
     "failover_takeover_hostloss_p95_s": ("failover_takeover_default_s",
                                          "host loss with etcd defaults (median)", "<= 1.2 s"),
+    "ops_datagram_in_frames_per_s": ("udp_new_conn_per_datagram_frames_per_s",
+                                     "a new conn (entry + event) per datagram", ">= 1x"),
+    "ops_reply_no_entry_frames_per_s": ("udp_established_reply_frames_per_s",
+                                        "an established flow's reply (entry lookup)", ""),
     "failover_takeover_default_s": ("failover_takeover_hostloss_s", "same drill, tuned etcd", "<= 2.5 s"),
 }
 
