@@ -88,6 +88,14 @@ def test_packed_parts_keep_every_update_in_order(ups: list[Update], step: int) -
     assert got == ups
 
 
+@given(st.lists(updates(), max_size=20), u64, u64, u64, u64)
+def test_downgrade_is_what_a_version_1_master_sends(ups: list[Update], epoch: int, inc: int, seq: int,
+                                                    ns: int) -> None:
+    v1 = encode_batch_v1_pb(epoch, inc, seq, ns, ups)
+    assert downgrade(encode_batch(epoch, inc, seq, ns, ups)) == v1
+    assert decode_sync_message(v1) == decode_sync_message(encode_batch(epoch, inc, seq, ns, ups))
+
+
 def test_version_1_messages_still_decode_and_downgrade_gives_them() -> None:
     """A version-1 master's batch decodes; a version-2 batch downgraded for a version-1 backup is
     exactly what a version-1 master sends."""
