@@ -251,7 +251,7 @@ class DataPlane:
         macs = [s.mac for s in self.socks]
         now = d.clock()
         acts: list[Action] = []
-        targets = [(INT, dest.addr) for svc in d.services for dest in svc.dests]
+        targets = [(INT, dest.addr) for svc in d.services for dest in svc.counted_dests()]  # sorry too
         if d.cfg.ext_gateway:  # the configured client-side gateway
             targets.append((EXT, d.cfg.ext_gateway))
         for side, addr in targets:

@@ -260,3 +260,14 @@ def test_probes_are_quiet_unless_active_and_unfenced() -> None:
     assert dp.probe_neighbours() == 1
     probe = Ether(sent[INT][-1])
     assert probe.src == VMAC and probe[ARP].psrc == GW
+
+
+def test_the_sorry_dest_is_probed_like_the_dests() -> None:
+    """Its MAC must be known before the first conn falls back to it (no first-packet drop)."""
+    clock = Clock()
+    dp, _rings, sent = make_plane(clock, master_until=clock.now + 10)
+    svc = next(iter(dp.director.services))
+    sorry = "198.18.1.99"
+    svc.set_sorry(Dest(svc, _i(sorry), 80))
+    assert dp.probe_neighbours() == 1  # RS is known; only the sorry dest is asked for
+    assert Ether(sent[INT][-1])[ARP].pdst == sorry
