@@ -367,7 +367,7 @@ class Node:
         self.health.apply_weights(self.services)  # misc `dynamic` checks' weights
         self.backup.rebind_pending()
         if self.pool is not None:
-            self.pool.push_config(self.config, self.health.down_keys())
+            self.pool.push_config(self.config, self.health.down_keys(), self.health.weights())
 
     def _tap_conn_events(self, events: list[RawEvent]) -> None:
         """Conn events the sync master drained, for `directorctl watch` (only while someone watches)."""

@@ -47,7 +47,7 @@ from director.health.manager import (
     parse_dest_id,
 )
 from director.health.spec import HealthSpec
-from director.services.service import DestKey, ServiceTable
+from director.services.service import DestKey, ServiceTable, set_dest_weights
 from director.types import Clock, ConnFlags
 
 log = logging.getLogger(__name__)
@@ -110,14 +110,7 @@ class HealthService:
 
     def apply_weights(self, services: ServiceTable) -> int:
         """After the config is applied: give dynamically weighted dests their checked weight."""
-        changed = 0
-        for key, weight in self.weights().items():
-            dest = services.find_dest(key)
-            svc = services.get_fwmark(key[3]) if key[3] else services.get(key[0], key[1], key[2])
-            if dest is not None and svc is not None and dest.weight != weight:
-                svc.edit_dest(dest, weight=weight)
-                changed += 1
-        return changed
+        return set_dest_weights(services, self.weights())
 
     def health_view(self) -> dict[DestKey, str]:
         """For admin views: "up" / "down" per checked dest, "unknown" before its first verdict."""

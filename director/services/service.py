@@ -26,9 +26,9 @@ toward dests that recently left, whose late replies it still translates.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from director.types import DestFlags, FwdMethod, Proto, SvcFlags
 
@@ -309,3 +309,15 @@ class ServiceTable:
 
 
 __all__ = ["Counters", "Dest", "DestKey", "Proto", "Selector", "ServiceTable", "SvcKey", "VirtualService"]
+
+
+def set_dest_weights(services: ServiceTable, weights: Mapping[Any, int]) -> int:
+    """Give dests (by key) these weights (misc `dynamic` health checks); returns how many changed."""
+    changed = 0
+    for key, weight in weights.items():
+        dest = services.find_dest(key)
+        svc = services.get_fwmark(key[3]) if key[3] else services.get(key[0], key[1], key[2])
+        if dest is not None and svc is not None and dest.weight != weight:
+            svc.edit_dest(dest, weight=weight)
+            changed += 1
+    return changed

@@ -60,7 +60,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from director.config.node import NodeConfig
@@ -123,6 +123,7 @@ class WorkerPool:
         self.active = False
         self.sloppy_until = 0.0
         self.config: tuple[Config, frozenset[Any]] | None = None
+        self.weights: dict[Any, int] = {}
         self.restarts: list[float] = []
         self.on_fatal: Callable[[str], None] = lambda _why: None
         self.on_worker: Callable[[str, int, dict[str, Any]], None] = lambda _kind, _i, _f: None
@@ -212,10 +213,13 @@ class WorkerPool:
         self.active, self.sloppy_until = on, sloppy_until
         self._broadcast(("active", on, sloppy_until))
 
-    def push_config(self, cfg: Config, down: frozenset[Any]) -> None:
-        """The config the parent applied (and its health down set), for every worker."""
+    def push_config(self, cfg: Config, down: frozenset[Any],
+                    weights: Mapping[Any, int] | None = None) -> None:
+        """The config the parent applied (its health down set, and the weights dynamic checks set),
+        for every worker."""
         self.config = (cfg, down)
-        self._broadcast(("config", cfg, down))
+        self.weights = dict(weights or {})
+        self._broadcast(("config", cfg, down, self.weights))
         mask = widest_mask([s.netmask for s in self.services if s.persistent])
         if mask != self.mask:
             log.info("shard mask %08x -> %08x: filters replaced, shards rebuilt", self.mask, mask)
@@ -372,7 +376,7 @@ class WorkerPool:
                           "max_conns": max(1, self.max_conns // self.count),
                           "mask": self.mask, "ext": self.ifnames[0], "int": self.ifnames[1]}))
         if self.config is not None:
-            ch.send(("config", *self.config))
+            ch.send(("config", *self.config, self.weights))
         if self.active:
             ch.send(("active", True, self.sloppy_until))
         log.info("worker %d started (pid %d)", index, proc.pid)

@@ -75,7 +75,7 @@ from director.dataplane.core import EXT, INT, CoreConfig, Director
 from director.dataplane.io.afpacket import ETH_P_ARP, PacketSocket, TxRing, attach_filter
 from director.dataplane.io.plane import DEFAULT_RING, DataPlane
 from director.dataplane.io.shard import DST, SRC, shard_filter, shard_of
-from director.services.service import ServiceTable
+from director.services.service import ServiceTable, set_dest_weights
 from director.table.conn import ConnTable
 from director.table.entry import snapshot
 from director.table.events import EventKind, RawEvent
@@ -228,7 +228,7 @@ class Worker:
         if d is None or plane is None:
             return
         if kind == "config":
-            self._config(msg[1], msg[2])
+            self._config(msg[1], msg[2], msg[3] if len(msg) > 3 else {})
         elif kind == "active":
             self._active(bool(msg[1]), float(msg[2]))
         elif kind == "send":
@@ -263,10 +263,11 @@ class Worker:
         elif kind == "stop":
             self._stop.set()
 
-    def _config(self, cfg: Config, down: frozenset[Any]) -> None:
+    def _config(self, cfg: Config, down: frozenset[Any], weights: dict[Any, int]) -> None:
         d = self.director
         assert d is not None and self.applier is not None
         apply_to_services(cfg, d.services, down=down)
+        set_dest_weights(d.services, weights)  # misc `dynamic` checks, as the parent applied them
         apply_timeouts(cfg.timeouts, d.cfg.timeouts)
         self.applier.rebind_pending()
 

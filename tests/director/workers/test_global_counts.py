@@ -104,3 +104,15 @@ def test_a_health_down_verdict_invalidates_the_templates_in_the_worker(worker: W
     worker.on_message(("invalidate", frozenset({a.key}), {a.key: True}))  # expire_quiescent_template
     assert table.get(key_a) is None  # no later conn of that scope lands on the dead dest
     assert table.get(key_b) is tpl_b
+
+
+def test_dynamic_weights_of_misc_checks_reach_the_worker_with_the_config(worker: Worker) -> None:
+    """The parent's health sets a misc `dynamic` weight; the worker's dests (where it schedules) get
+    it with the config push, and a plain config push (weights gone) puts the configured one back."""
+    assert worker.director is not None
+    svc = next(iter(worker.director.services))
+    a, b = svc.dests
+    worker.on_message(("config", parse_config(CONFIG), frozenset(), {a.key: 7}))
+    assert (a.weight, b.weight) == (7, 1)
+    worker.on_message(("config", parse_config(CONFIG), frozenset(), {}))
+    assert (a.weight, b.weight) == (1, 1)
