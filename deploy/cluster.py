@@ -122,6 +122,7 @@ class LabCluster:
             f"sloppy_grace: {self.sloppy_grace}",
             f"events_file: {node.events}",
             "int_mtu: 1600",
+            "" if "workers:" in self.node_extra else "workers: 1",  # the product's default is auto
             self.node_extra,
             "",
         ])

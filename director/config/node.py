@@ -117,8 +117,9 @@ class NodeConfig:
     """Append role changes and takeover timings as JSON lines here (drills read it)."""
     defense: DefenseConfig = DefenseConfig()
     workers: int = 1
+    """Packet worker processes (1: the data plane runs in directord's own loop; the file's default,
+    ``auto``, is the usable cores)."""
     notify: NotifyConfig = NotifyConfig()
-    """Packet worker processes (1: the data plane runs in directord's own loop; ``auto``: usable cores)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -224,7 +225,7 @@ MAX_WORKERS = 256
 
 def _workers(d: Mapping[str, Any], errs: Errors) -> int:
     """``workers``: a count (1..256) or ``auto`` (the CPUs this process may run on)."""
-    if d.get("workers") == "auto":
+    if d.get("workers", "auto") == "auto":  # the default: every core the operator gives directord
         return max(1, len(os.sched_getaffinity(0)))
     return v.integer(d, "workers", "", errs, 1, MAX_WORKERS, 1)
 

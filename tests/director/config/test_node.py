@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from director.config.node import NodeConfigError, parse_node_config
@@ -22,6 +24,8 @@ def test_good_node_config_parses_with_defaults() -> None:
     assert cfg.sync_advertise == "198.18.1.1:7100"
     assert cfg.vmac == bytes.fromhex("00005e000107")
     assert cfg.lease_ttl == 1.0
+    assert cfg.workers == max(1, len(os.sched_getaffinity(0)))  # default: every usable core
+    assert parse_node_config(GOOD + "workers: 1\n").workers == 1
 
 
 @pytest.mark.parametrize(
