@@ -273,6 +273,19 @@ class HealthCounts:
 
 
 @dataclass(frozen=True)
+class WorkerView:
+    """One packet worker (``workers:`` >= 2), from its last report (every 100 ms)."""
+
+    index: int
+    up: bool
+    pid: int = 0
+    forwarded: int = 0  # packets its services forwarded
+    conns: int = 0  # entries in its shard of the table
+    ring_drops: int = 0  # frames the kernel dropped on its receive rings
+    cpu_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class NodeStatus:
     node_id: str
     role: str  # "master" | "backup" | "candidate" | "stopped"
@@ -292,6 +305,8 @@ class NodeStatus:
     ready: bool = True
     defense: DefenseView = DefenseView()
     health: HealthCounts = HealthCounts()
+    workers: tuple[WorkerView, ...] = ()  # empty: the data plane runs in directord itself
+    worker_exits: int = 0
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,9 @@ EXPORTED: dict[str, str] = {
     "lbd_health_probes_killed": "counter",
     "lbd_notify_runs": "counter", "lbd_notify_failed": "counter", "lbd_notify_killed": "counter",
     "lbd_notify_dropped": "counter",
+    # packet workers
+    "lbd_worker_up": "gauge", "lbd_worker_packets": "counter", "lbd_worker_connections": "gauge",
+    "lbd_worker_ring_drops": "counter", "lbd_worker_cpu_seconds": "counter", "lbd_worker_exits": "counter",
     # traffic: node, service, dest
     "lbd_packets_dropped": "counter",
     "lbd_scheduled_connections": "counter", "lbd_packets": "counter", "lbd_bytes": "counter",
@@ -96,6 +99,7 @@ class NodeCollector(Collector):
         yield from _sync(st)
         yield from _defense(st)
         yield from _health(st)
+        yield from _workers(st)
         drops = CounterMetricFamily("lbd_packets_dropped", "Packets dropped by the packet path, by reason",
                                     labels=["reason"])
         for reason, n in sorted(stats.drops.items()):
@@ -144,6 +148,25 @@ def _node(st: NodeStatus) -> Iterator[Metric]:
     yield _gauge("lbd_templates", "Persistence templates in the table", st.templates)
     yield _gauge("lbd_services", "Virtual services", st.services)
     yield _gauge("lbd_dests", "Real servers (dests)", st.dests)
+
+
+def _workers(st: NodeStatus) -> Iterator[Metric]:
+    """Per packet worker (``workers:`` >= 2; no samples when the data plane runs in directord)."""
+    lbl = ["worker"]
+    fams: list[GaugeMetricFamily | CounterMetricFamily] = [
+        GaugeMetricFamily("lbd_worker_up", "1 while the packet worker runs and reports", labels=lbl),
+        CounterMetricFamily("lbd_worker_packets", "Packets forwarded by the worker", labels=lbl),
+        GaugeMetricFamily("lbd_worker_connections", "Entries in the worker's shard", labels=lbl),
+        CounterMetricFamily("lbd_worker_ring_drops", "Frames the kernel dropped on the worker's rings",
+                            labels=lbl),
+        CounterMetricFamily("lbd_worker_cpu_seconds", "CPU time of the worker process", labels=lbl)]
+    for w in st.workers:
+        values = (int(w.up), w.forwarded, w.conns, w.ring_drops, w.cpu_seconds)
+        for fam, val in zip(fams, values, strict=True):
+            fam.add_metric([str(w.index)], val)
+    yield from fams
+    yield CounterMetricFamily("lbd_worker_exits", "Packet workers that exited and were restarted",
+                              value=st.worker_exits)
 
 
 def _health(st: NodeStatus) -> Iterator[Metric]:

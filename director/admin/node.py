@@ -42,6 +42,7 @@ from director.admin.api import (
     ServiceView,
     StatsView,
     SvcRef,
+    WorkerView,
     fmt_hostport,
 )
 from director.admin.hub import EventHub, Subscription
@@ -78,6 +79,9 @@ def _ref_of(doc: Mapping[str, Any]) -> SvcRef:
 
 class Workers(Protocol):
     """What admin drives in a node's packet workers (director.workers.pool.WorkerPool)."""
+
+    per_worker: list[dict[str, Any]]
+    exits: int
 
     def flush(self) -> None: ...
     def zero_counters(self, svc_keys: list[Any]) -> None: ...
@@ -118,6 +122,14 @@ class Node(Protocol):
     async def resign(self) -> None: ...
 
 
+def worker_views(pool: Workers | None) -> tuple[WorkerView, ...]:
+    if pool is None:
+        return ()
+    return tuple(WorkerView(i, bool(r), int(r.get("pid", 0)), int(r.get("forwarded", 0)),
+                            int(r.get("conns", 0)), int(r.get("ring_drops", 0)), float(r.get("cpu", 0.0)))
+                 for i, r in enumerate(pool.per_worker))
+
+
 def health_counts(n: Node) -> HealthCounts:
     h = n.health.stats
     hooks = tuple((name, HookView(s.runs, s.failed, s.killed, s.dropped))
@@ -148,7 +160,8 @@ class NodeAdmin:
             services=len(n.services), dests=sum(len(s.dests) for s in n.services),
             uptime=time.time() - n.started, version=_version(), config_revision=n.config_revision,
             role_changes=n.role_changes, elections=n.role_changes, ready=n.ready(),
-            defense=defense_view(n.defense, n.director), health=health_counts(n))
+            defense=defense_view(n.defense, n.director), health=health_counts(n),
+            workers=worker_views(n.pool), worker_exits=n.pool.exits if n.pool is not None else 0)
 
     def services(self) -> list[ServiceView]:
         cfg = self.node.config

@@ -125,6 +125,8 @@ class WorkerPool:
         self.config: tuple[Config, frozenset[Any]] | None = None
         self.weights: dict[Any, int] = {}
         self.restarts: list[float] = []
+        self.exits = 0
+        """Workers that exited (and were restarted) over the node's life."""
         self.on_fatal: Callable[[str], None] = lambda _why: None
         self.on_worker: Callable[[str, int, dict[str, Any]], None] = lambda _kind, _i, _f: None
         self.mirrored = 0
@@ -403,6 +405,7 @@ class WorkerPool:
         if self._stopping:
             return
         now = time.monotonic()
+        self.exits += 1
         self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW] + [now]
         log.error("worker %d (pid %d) exited with %s: restarting it", index, pid, code)
         self.on_worker("worker_exit", index, {"pid": pid, "code": code})

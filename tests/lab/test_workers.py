@@ -19,10 +19,10 @@ from typing import Any
 import grpc
 import pytest
 
-from deploy.cluster import LabCluster, NodeProc, wait_for
+from deploy.cluster import METRICS_PORT, LabCluster, NodeProc, wait_for
 from deploy.drill import Drill, TrafficProc
 from deploy.drill import services_yaml as drill_services
-from deploy.lab import VIP_NAT, Lab, new_name, real_addr
+from deploy.lab import VIP_NAT, Lab, director_int, new_name, real_addr
 from director.cluster.release import pid_alive
 from director.dataplane.io.shard import shard_of
 from lbd_pb import admin_pb2 as pb
@@ -140,6 +140,15 @@ def test_admin_gives_the_node_totals_over_both_workers(single: tuple[Lab, LabClu
     conns = [c for ch in stub.ListConns(pb.ListConnsRequest(), timeout=10) for c in ch.conns]
     assert len(conns) == stats.services[0].counters.conns and {c.caddr for c in conns} == set(sources)
     assert stub.Status(pb.StatusRequest(), timeout=10).conns == len(conns)
+    # the metrics scrape has a row per worker, both up and both forwarding
+    code = ("import urllib.request\n"
+            f"print(urllib.request.urlopen('http://{director_int(node.n)}:{METRICS_PORT}/metrics', timeout=5)"
+            ".read().decode())\n")
+    text = lab.run_python(lab.ctl.ns, code, timeout=60).stdout
+    for w in ("0", "1"):
+        assert f'lbd_worker_up{{worker="{w}"}} 1.0' in text, text[-2000:]
+        row = next(x for x in text.splitlines() if x.startswith(f'lbd_worker_packets_total{{worker="{w}"}}'))
+        assert float(row.split()[-1]) > 0
     # flush and zero reach the workers' tables and counters, not only the parent's sums
     stub.ZeroCounters(pb.ZeroCountersRequest(), timeout=10)
     assert stub.Flush(pb.FlushRequest(), timeout=10).removed == len(conns)

@@ -12,7 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from director.admin.api import DefenseView, HealthCounts, HookView, NodeStatus
+from director.admin.api import DefenseView, HealthCounts, HookView, NodeStatus, WorkerView
 from director.admin.metrics import EXPORTED, NodeCollector, exposition, registry, serve_metrics
 from director.table.tcp import TcpState
 from tests.director.admin.admin_fake import WEB_YAML, FakeNode
@@ -154,6 +154,27 @@ def test_health_check_and_notify_hook_families() -> None:
     assert value(fams, "lbd_notify_killed_total", hook="master") == 1
     assert value(fams, "lbd_notify_dropped_total", hook="master") == 3
     assert fams["lbd_notify_runs"][0] == "counter"
+
+
+class WorkersNode(FakeNode):
+    """A node with two packet workers, the second one down (restarting)."""
+
+    def status(self) -> NodeStatus:
+        workers = (WorkerView(0, True, 100, forwarded=5000, conns=40, ring_drops=3, cpu_seconds=1.5),
+                   WorkerView(1, False))
+        return dataclasses.replace(super().status(), workers=workers, worker_exits=2)
+
+
+def test_worker_families_per_worker_and_none_without_workers() -> None:
+    fams = families(scrape(WorkersNode()))
+    assert value(fams, "lbd_worker_up", worker="0") == 1 and value(fams, "lbd_worker_up", worker="1") == 0
+    assert value(fams, "lbd_worker_packets_total", worker="0") == 5000
+    assert value(fams, "lbd_worker_connections", worker="0") == 40
+    assert value(fams, "lbd_worker_ring_drops_total", worker="0") == 3
+    assert value(fams, "lbd_worker_cpu_seconds_total", worker="0") == 1.5
+    assert value(fams, "lbd_worker_exits_total") == 2
+    plain = families(scrape(node()))
+    assert not plain["lbd_worker_up"][1]  # in-process data plane: the family has no samples
 
 
 def test_collector_alone_and_openmetrics() -> None:
