@@ -9,8 +9,8 @@ system guards it) and/or a TCP address with TLS or mutual TLS.
 
 Every Admin method runs inside `_guard`: it authorizes the call (`AdminAuth.role`), converts the
 request into plain values, calls one `NodeApi` method and converts the answer into protobuf. Typed
-errors from the node map to status codes (`STATUS_OF`); anything else is logged and becomes
-INTERNAL. The node never sees protobuf.
+errors from the node map to status codes (`STATUS_OF`); an etcd that cannot be reached (or has no
+quorum) is UNAVAILABLE; anything else is logged and becomes INTERNAL. The node never sees protobuf.
 
 Every call is first rate-limited per peer (director.admin.limits: RESOURCE_EXHAUSTED); error messages
 are bounded. ListConns pages follow a cursor over the table's stable order (views.table_conns).
@@ -66,7 +66,7 @@ from director.admin.api import (
 from director.admin.convert import apply_pb, conn_pb, event_pb, service_pb, stats_pb, status_pb
 from director.admin.limits import AdminLimits, bounded
 from director.admin.views import parse_addr, parse_proto
-from director.cluster.store import EtcdConflict
+from director.cluster.store import EtcdConflict, EtcdError
 from director.config.validate import ConfigError
 from lbd_pb import admin_pb2 as pb
 from lbd_pb import admin_pb2_grpc as pb_grpc
@@ -221,6 +221,10 @@ def _guard(*, write: bool) -> Callable[[F], F]:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bounded(str(exc)))
             except EtcdConflict as exc:  # the write lost every compare-and-swap retry
                 await context.abort(grpc.StatusCode.ABORTED, f"concurrent config writes: {exc}; try again")
+            except EtcdError as exc:  # etcd unreachable or without quorum
+                log.warning("admin %s: etcd unavailable: %s", fn.__name__, bounded(str(exc)))
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"etcd unavailable ({bounded(str(exc))}): "
+                                    "the write was not confirmed; retry when etcd is back")
             except Exception:
                 log.exception("admin %s failed", fn.__name__)
                 await context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__} failed; see directord's log")

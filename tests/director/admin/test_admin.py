@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from director.admin.server import AdminAuth, AdminServerConfig, TlsConfig, start_server
+from director.cluster.store import EtcdError
 from director.table.tcp import TcpState
 from lbd_pb import admin_pb2 as pb
 from lbd_pb import admin_pb2_grpc as pb_grpc
@@ -528,3 +529,12 @@ def test_server_config_from_node_yaml(tmp_path: Path) -> None:
     local = server_config_from_node(parse_node_config(
         base + f"admin: {{listen: '127.0.0.1:0', unix: {tmp_path}/b.sock}}\n"))
     assert local.listen is None and local.unix_path == f"{tmp_path}/b.sock"  # TCP without credentials: off
+
+
+def test_a_write_while_etcd_is_unreachable_is_unavailable_not_internal(env: Node) -> None:
+    """etcd down or without quorum: the client is told so (retryable), the node logs no traceback."""
+    async def etcd_down(document: str, *, dry_run: bool, prune: bool) -> Any:
+        raise EtcdError("UNAVAILABLE: etcdserver: no leader")
+    env.node.apply_config = etcd_down  # type: ignore[method-assign]
+    code, msg = code_of(env.stub.ApplyConfig, pb.ApplyConfigRequest(yaml=WEB_YAML))
+    assert code == grpc.StatusCode.UNAVAILABLE and "etcd unavailable" in msg and "no leader" in msg
