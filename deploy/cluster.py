@@ -122,10 +122,15 @@ class LabCluster:
             f"sloppy_grace: {self.sloppy_grace}",
             f"events_file: {node.events}",
             "int_mtu: 1600",
-            "" if "workers:" in self.node_extra else "workers: 1",  # the product's default is auto
+            "" if "workers:" in self.node_extra else f"workers: {self.workers_of(node)}",
             self.node_extra,
             "",
         ])
+
+    def workers_of(self, node: NodeProc) -> int:
+        """The node's `workers:` (1 here, so the suite's timing does not depend on the machine's cores;
+        the product's default is `auto`); `node_extra` or a subclass may say otherwise."""
+        return 1
 
     def admin_socket(self, node: NodeProc) -> Path:
         return self.lab.workdir / f"{node.node_id}.admin.sock"

@@ -203,8 +203,8 @@ class MixedCluster(LabCluster):
         super().__init__(lab, n_nodes=2)
         self.workers = workers
 
-    def node_yaml(self, node: NodeProc) -> str:
-        return super().node_yaml(node) + f"workers: {self.workers[node.node_id]}\n"
+    def workers_of(self, node: NodeProc) -> int:
+        return self.workers[node.node_id]
 
 
 def cluster_with(workers: dict[str, int]) -> Iterator[ClusterEnv]:
