@@ -273,7 +273,8 @@ class Node:
         self.events.write("master", epoch=epoch)
         self.backup.set_master(None, epoch)
         if self.sync is not None:
-            self.sync.set_epoch(epoch)
+            self.sync.master.promising = True
+            self.sync.set_epoch(epoch)  # a resume with the same epoch keeps the incarnation: no resnapshot
             self.sync.start_serving()
         self.director.sloppy_until = self.clock() + self.cfg.sloppy_grace
         if self.pool is not None:
@@ -289,8 +290,8 @@ class Node:
         self.director.set_active(False)
         if self.pool is not None:
             self.pool.set_active(False)
-        if self.sync is not None and self.sync.serving:
-            self.sync.stop_serving()
+        if self.sync is not None:  # keep the stream (a stepped-down master may resume), ask no promises
+            self.sync.master.promising = False
         if self._first_forward_task is not None:
             self._first_forward_task.cancel()
         self.health.set_master(False)
@@ -307,6 +308,9 @@ class Node:
         self.api.hub.publish(NodeEvent(kind="role", time=time.time(), role=change.role.name.lower(),
                                        epoch=change.epoch,
                                        message=f"leader {change.master.node_id if change.master else '-'}"))
+        if change.role is not Role.MASTER and not change.uncertain and self.sync is not None \
+                and self.sync.serving:
+            self.sync.stop_serving()  # another master, resigned or stopped: the stream ends
         ldr = change.master
         if change.role is not Role.MASTER and ldr is not None and ldr.node_id != self.cfg.node_id:
             self.backup.set_master(ldr.sync_addr or None, ldr.epoch)

@@ -115,6 +115,9 @@ class SyncMaster:
     def __init__(self, table: TableLike, clock: Clock, epoch: int = 0,
                  cfg: MasterConfig | None = None) -> None:
         self.on_promise: Callable[[], None] | None = None
+        self.promising = True
+        """Ask the backups for promises (off while the node is stepped down but keeps the stream:
+        a node that does not forward must not hold its backups off)."""
         self.on_stale: Callable[[list[Any]], None] | None = None
         """Called with the keys a refresh pass found not extended. A table that is a replica (directord
         with packet workers) cannot see traffic extend its entries: its owner asks the workers and

@@ -75,6 +75,7 @@ class MasterLike(Protocol):
     incarnation: int
     head_seq: int
     stats: dict[str, int]
+    promising: bool
 
     @property
     def cfg(self) -> SessionKnobs: ...
@@ -178,7 +179,7 @@ class BackupSession:
         """A heartbeat with a fresh token when a promise request is due, else None."""
         m = self.master
         now = time.monotonic()
-        if m.cfg.promise_interval <= 0 or now < self._promise_due:
+        if not m.promising or m.cfg.promise_interval <= 0 or now < self._promise_due:
             return None
         self._promise_due = now + m.cfg.promise_interval
         token, self._next_token = self._next_token, self._next_token + 1

@@ -53,6 +53,7 @@ from director.cluster.election import (
     ElectionParams,
     LeaderRecord,
     Role,
+    Why,
 )
 from director.cluster.members import (
     MemberPublisher,
@@ -87,6 +88,7 @@ class RoleChange:
     master: LeaderRecord | None  # the current master (ourselves when role is MASTER)
     epoch: int  # the current master's epoch, 0 when none is known
     at: float
+    uncertain: bool = False  # STEPPED_DOWN because renewals were late: it may resume with this epoch
 
 
 class Elector:
@@ -363,7 +365,9 @@ class Elector:
                             self.machine.touch_window())
 
     def _snapshot(self) -> RoleChange:
-        return RoleChange(self.machine.role, self.master, self.epoch, self.clock())
+        m = self.machine
+        return RoleChange(m.role, self.master, self.epoch, self.clock(),
+                          uncertain=m.role is Role.STEPPED_DOWN and m.why is Why.UNCERTAIN)
 
     def _publish(self) -> None:
         snap = self._snapshot()

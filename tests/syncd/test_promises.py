@@ -57,6 +57,31 @@ def test_a_backup_configured_not_to_promise_gives_none() -> None:
     run(body())
 
 
+def test_a_master_that_stopped_promising_keeps_its_stream_and_lets_promises_lapse() -> None:
+    """A stepped-down master (it may resume with its epoch) keeps streaming in the same incarnation
+    but asks for no promise: the backups' own promises run out, so they are free to campaign."""
+    async def body() -> None:
+        cluster = Cluster(master_cfg=MasterConfig(promise_interval=0.05))
+        await cluster.start(1)
+        try:
+            await wait_until(lambda: cluster.server.promises().get("b0", 0.0) > 0, what="a promise")
+            master, backup = cluster.server.master, cluster.backups[0]
+            incarnation, connects = master.incarnation, backup.stats["connects"]
+            snapshots = backup.applier.stats["snapshots"]
+            master.promising = False
+            own = backup.promise[0]
+            await wait_until(lambda: time.monotonic() > own + 0.2, what="the backup's promise to run out")
+            assert backup.promise[0] == own  # never renewed while not asked
+            assert cluster.server.serving and master.incarnation == incarnation
+            master.promising = True  # resumed with the same epoch: promises again, no resnapshot
+            await wait_until(lambda: backup.promise[0] > own, what="a fresh promise")
+            assert master.incarnation == incarnation and backup.applier.stats["snapshots"] == snapshots >= 1
+            assert backup.stats["connects"] == connects  # the same stream throughout
+        finally:
+            await cluster.close()
+    run(body())
+
+
 def test_a_closed_stream_takes_its_promise_with_it_on_the_master() -> None:
     async def body() -> None:
         cluster = Cluster(master_cfg=MasterConfig(promise_interval=0.05))

@@ -116,6 +116,8 @@ def test_resign_revokes_at_once_and_hands_over(etcd: EtcdServer, etcd_cluster: s
             (new,) = c.leaders()
             assert new is not old and new.epoch > old_epoch
             assert old.role is Role.BACKUP
+            resigned = [h for h in old.history if h.role is Role.STEPPED_DOWN]
+            assert resigned and not any(h.uncertain for h in resigned)  # its sync stream ends
             assert c.overlaps == []
         finally:
             await c.close()
@@ -176,6 +178,8 @@ def test_leader_steps_down_before_its_lease_could_expire_when_etcd_is_unreachabl
                 m = leader.machine
                 assert m.stepped_down_at is not None
                 assert m.stepped_down_at < m.lease.last_ok_sent + m.lease.ttl
+                step = next(h for h in leader.history if h.role is Role.STEPPED_DOWN)
+                assert step.uncertain  # it may resume with its epoch: the node keeps its sync stream
                 assert not any(e.is_master for e in c.electors)
                 if beyond_ttl:  # keep etcd away until the lease has certainly run out
                     expiry = m.lease.last_ok_sent + m.lease.ttl
