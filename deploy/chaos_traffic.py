@@ -21,15 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import queue
-import signal
-import subprocess
-import threading
 import time
-from typing import IO, Any
 
-from deploy.lab import PYTHON, VIP_NAT, Lab
+from deploy.drill import TrafficProc
 from deploy.traffic import Traffic, parse_args
 
 
@@ -43,23 +37,10 @@ class ChaosTraffic(Traffic):
         have followed the director's old entry for that 4-tuple."""
 
     async def one_request(self, src: str) -> None:
-        a = self.args
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(a.http_vip, a.http_port, local_addr=(src, 0)), 5)
-            port = int(writer.get_extra_info("sockname")[1])
-            writer.write(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n")
-            await writer.drain()
-            body = await asyncio.wait_for(reader.read(65536), 5)
-            writer.close()
-        except (TimeoutError, OSError):
-            self.phase.new_failed += 1
+        got = await self.fetch(src)
+        if got is None:
             return
-        server = body.split(b"\r\n\r\n", 1)[-1].strip().decode(errors="replace")
-        if not server:
-            self.phase.new_failed += 1
-            return
-        self.phase.new_ok += 1
+        server, port = got
         self.sticky.setdefault(src, server)
         self.phase.sources_seen.add(src)
         self.phase.sticky_checked += 1
@@ -84,58 +65,11 @@ class ChaosTraffic(Traffic):
         return out
 
 
-class TrafficDriver:
-    """``python -m deploy.chaos_traffic`` in the client namespace, driven over stdin/stdout."""
+class TrafficDriver(TrafficProc):
+    """``python -m deploy.chaos_traffic`` in the client namespace, driven over stdin/stdout (the
+    drill's `TrafficProc` running this module)."""
 
-    def __init__(self, lab: Lab, conns: int, new_rate: float, interval: float, udp_rate: float) -> None:
-        sources = lab.client_sources()
-        self.n_sources = len(sources)
-        argv = [PYTHON, "-m", "deploy.chaos_traffic", "--echo-vip", VIP_NAT, "--http-vip", VIP_NAT,
-                "--conns", str(conns), "--interval", str(interval), "--new-rate", str(new_rate),
-                "--sources", ",".join(sources), "--udp-rate", str(udp_rate)]
-        self.proc = lab.popen(lab.client.ns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
-
-    def _read(self, out: IO[bytes] | None) -> None:
-        assert out is not None
-        for line in out:
-            try:
-                self.lines.put(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-
-    def send(self, cmd: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(cmd.encode() + b"\n")
-        self.proc.stdin.flush()
-
-    def report(self, timeout: float = 30.0) -> dict[str, Any]:
-        self.send("report")
-        return self.report_line(timeout)
-
-    def phase(self, name: str) -> None:
-        self.send(f"phase {name}")
-
-    def stop(self) -> dict[str, Any] | None:
-        try:
-            self.send("stop")
-            msg: dict[str, Any] | None = self.report_line(20)
-        except (OSError, queue.Empty):
-            msg = None
-        Lab.stop(self.proc, signal.SIGTERM)
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                pipe.close()
-        return msg
-
-    def report_line(self, timeout: float) -> dict[str, Any]:
-        """The next report the client printed (raises queue.Empty after `timeout`)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            msg = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            if "alive" in msg:
-                return msg
+    MODULE = "deploy.chaos_traffic"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -97,11 +97,13 @@ def services_yaml(n_reals: int) -> str:
 class TrafficProc:
     """The traffic tool in the client namespace, driven over its stdin/stdout."""
 
+    MODULE = "deploy.traffic"
+
     def __init__(self, lab: Lab, conns: int, new_rate: float, interval: float,
                  udp_rate: float = 200.0) -> None:
         sources = lab.client_sources()
         self.n_sources = len(sources)
-        argv = [PYTHON, "-m", "deploy.traffic", "--echo-vip", VIP_NAT, "--http-vip", VIP_NAT,
+        argv = [PYTHON, "-m", self.MODULE, "--echo-vip", VIP_NAT, "--http-vip", VIP_NAT,
                 "--conns", str(conns), "--interval", str(interval), "--new-rate", str(new_rate),
                 "--sources", ",".join(sources), "--udp-rate", str(udp_rate)]
         self.proc = lab.popen(lab.client.ns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -123,12 +125,16 @@ class TrafficProc:
 
     def report(self, timeout: float = 30.0) -> dict[str, Any]:
         self.send("report")
+        try:
+            return self.report_line(timeout)
+        except queue.Empty:
+            raise ClusterError("traffic tool did not report") from None
+
+    def report_line(self, timeout: float) -> dict[str, Any]:
+        """The next report the client printed (raises queue.Empty after `timeout`)."""
         deadline = time.monotonic() + timeout
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ClusterError("traffic tool did not report")
-            msg = self.lines.get(timeout=left)
+            msg = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
             if "alive" in msg:
                 return msg
 
@@ -138,7 +144,7 @@ class TrafficProc:
     def stop(self) -> dict[str, Any] | None:
         try:
             self.send("stop")
-            msg = self.lines.get(timeout=20)
+            msg: dict[str, Any] | None = self.report_line(20)  # the final report, not a phase line
         except (OSError, queue.Empty):
             msg = None
         Lab.stop(self.proc, signal.SIGTERM)

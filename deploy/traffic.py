@@ -128,23 +128,33 @@ class Traffic:
             writer.close()
 
     # -- new sticky connections ------------------------------------------------------------------
-    async def one_request(self, src: str) -> None:
+    async def fetch(self, src: str) -> tuple[str, int] | None:
+        """One HTTP GET to the VIP from `src`: (the server that answered, our source port); None
+        (counted as failed) when it did not work."""
         a = self.args
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(a.http_vip, a.http_port, local_addr=(src, 0)), 5)
+            port = int(writer.get_extra_info("sockname")[1])
             writer.write(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n")
             await writer.drain()
             body = await asyncio.wait_for(reader.read(65536), 5)
             writer.close()
         except (TimeoutError, OSError):
             self.phase.new_failed += 1
-            return
+            return None
         server = body.split(b"\r\n\r\n", 1)[-1].strip().decode(errors="replace")
         if not server:
             self.phase.new_failed += 1
-            return
+            return None
         self.phase.new_ok += 1
+        return server, port
+
+    async def one_request(self, src: str) -> None:
+        got = await self.fetch(src)
+        if got is None:
+            return
+        server = got[0]
         before = self.sticky.setdefault(src, server)
         self.phase.sources_seen.add(src)
         self.phase.sticky_checked += 1
