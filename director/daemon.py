@@ -188,6 +188,8 @@ class Node:
         self.table.events.tap = self._tap_conn_events
         self.backup.on_applied = (self._tap_synced_events if self.pool is None
                                   else self.pool.synced_router(self._tap_synced_events))
+        if self.pool is None:  # the events only feed watchers: build them only while someone watches
+            self.backup.applier.wants_events = lambda: bool(self.api.hub.watchers)
         if self.pool is not None:
             self.pool.on_worker = lambda kind, i, fields: self.events.write(kind, worker=i, **fields)
             self.pool.on_fatal = self._workers_failed

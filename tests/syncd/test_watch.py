@@ -62,3 +62,29 @@ def test_a_failing_hook_does_not_stop_sync() -> None:
         finally:
             await cluster.close()
     run(body())
+
+
+def test_no_events_are_built_while_nobody_wants_them_and_the_table_is_the_same() -> None:
+    async def body() -> None:
+        cluster = Cluster(FakeClock())
+        await cluster.start(1)
+        seen: list[ConnEvent] = []
+        backup = cluster.backups[0]
+        backup.on_applied = seen.extend
+        watching = [False]
+        backup.applier.wants_events = lambda: watching[0]
+        t = cluster.table
+        d = next(iter(cluster.services)).dests[0]
+        try:
+            await cluster.synced()
+            t.new(6, CLIENT_NET + 1, 1000, VIP, 80, d.addr, d.port, 0, d)
+            await cluster.synced()
+            assert seen == [] and backup.applier.table.count == 1  # applied, no event built
+            watching[0] = True
+            t.new(6, CLIENT_NET + 2, 1001, VIP, 80, d.addr, d.port, 0, d)
+            await cluster.synced()
+            await wait_until(lambda: len(seen) == 1, 10, "the watched event")
+            assert seen[0].kind is EventKind.NEW and backup.applier.table.count == 2
+        finally:
+            await cluster.close()
+    run(body())
