@@ -18,7 +18,8 @@ a small method. The steps, in order:
 3. **guards**: ICMP goes to the ICMP step; "not active" (backup) drops; TTL <= 1 drops and
    answers a client with ICMP time exceeded (rate-limited).
 4. **lookup**: from the inside ``out_get`` finds a NAT reply (OUTPUT); else ``in_get`` (INPUT), a hit
-   whose dest was removed follows ``expire_nodest_conn``.
+   whose dest was removed follows ``expire_nodest_conn``; a SYN hitting a TIME_WAIT or CLOSE conn
+   expires it and is a miss (``_reuse``, IPVS ``conn_reuse_mode``).
 5. **miss**: from the inside, a datagram from a NAT dest of a one-packet service (``ops``) has no
    entry by design: ``services.ops_dest`` names its dest and its source goes back to the VIP
    (``_ops_reply``). Else find the service (none, to a VIP: ``BYPASS``; to anything else:
@@ -38,8 +39,7 @@ ICMP errors (dest unreachable incl. frag-needed, source quench, time exceeded) q
 flow are translated (NAT) or forwarded (DR/TUN) to the other side; other ICMP is dropped.
 A next hop whose MAC is unknown turns the packet into an ARP request (rate-limited) and a drop.
 Fragments are dropped (``FRAGMENT``) unless ``cfg.forward_fragments``: then they are forwarded
-without reassembly: a first fragment takes the normal path and leaves its ports in ``frags``
-(:class:`director.dataplane.packet.FragTable`); the later ones follow its conn (``_fragment``).
+without reassembly (a first fragment leaves its ports in ``frags``, the later ones follow its conn).
 """
 
 from __future__ import annotations
@@ -90,6 +90,8 @@ _DROUTE = int(ConnFlags.DROUTE)
 _LOCALNODE = int(ConnFlags.LOCALNODE)
 _AVAILABLE = int(DestFlags.AVAILABLE)
 _ESTABLISHED = int(TcpState.ESTABLISHED)
+_REUSABLE = frozenset({int(TcpState.TIME_WAIT), int(TcpState.CLOSE)})
+_SYN_ONLY = TH_SYN | TH_ACK
 _ACK_ONLY_MASK = TH_FIN | TH_SYN | TH_RST | TH_ACK
 """``tflags & _ACK_ONLY_MASK == TH_ACK``: a plain ACK (PSH/URG/ECE/CWR may be set)."""
 _ICMP_ERRORS = frozenset((3, 4, 11))
@@ -120,6 +122,7 @@ class Director:
         self.active = False
         self.sloppy_until = 0.0
         self.counters = DropCounters()
+        self.conns_reused = 0  # SYNs whose 4-tuple was in TIME_WAIT or CLOSE, scheduled anew (`_reuse`)
         self.nb = Neighbours(cfg, services.vaddrs, self.counters.counts)
         self.neigh = self.nb.caches
         self.host_macs: frozenset[bytes] = frozenset()
@@ -170,6 +173,7 @@ class Director:
         fwd_mask, ack_only, th_ack, established = _FWD_MASK, _ACK_ONLY_MASK, TH_ACK, _ESTABLISHED
         available, masq = _AVAILABLE, _MASQ
         way_in, way_out = _IN, _OUT
+        reusable, syn_only, th_syn, reuse = _REUSABLE, _SYN_ONLY, TH_SYN, self._reuse
 
         def handle(frame: bytearray, side: int) -> Action | None:
             # Fast parse of the common case (Ethernet II, IPv4 without options, not a fragment, TCP or
@@ -221,6 +225,9 @@ class Director:
             else:
                 way = way_in
                 conn = in_get(proto, saddr, sport, daddr, dport)
+                if conn is not None and tflags & syn_only == th_syn and conn.state in reusable \
+                        and proto == 6 and reuse(conn):
+                    conn = None  # a new connection on a closed one's 4-tuple: scheduled anew
                 if conn is None:
                     if side and ops_dest and (dest := ops_dest.get((proto, saddr, sport))) is not None:
                         return ops_reply(frame, dest, (proto, saddr, sport, daddr, dport, l4, end, ttl, 0))
@@ -310,6 +317,12 @@ class Director:
         return EXT, frame
 
     # ---- new connections ------------------------------------------------------------------
+
+    def _reuse(self, conn: Conn) -> bool:
+        """A SYN for a TIME_WAIT/CLOSE conn: expire it, schedule anew (docs/DATAPLANE.md "Reuse")."""
+        if removed := self.table.expire(conn):
+            self.conns_reused += 1
+        return removed
 
     def _miss(self, frame: bytearray, side: int, r: IPv4Info) -> Conn | None:
         """No entry: schedule and create one if this packet may open a conn; else count a drop."""

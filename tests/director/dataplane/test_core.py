@@ -806,3 +806,42 @@ def test_fenced_arp_learns_but_never_answers_or_counts_a_drop() -> None:
     lab.director.learn_arp(bytearray(bytes(req)), EXT)
     assert lab.director.neigh[EXT].get(_i("198.18.1.10")) == _mac(CLIENT_MAC)
     assert lab.director.counters.total() == before and lab.director.arp_replies == answered
+
+
+def test_a_syn_on_a_closed_conns_4tuple_is_scheduled_anew() -> None:
+    """IPVS conn_reuse_mode: a client reusing the source port of a conn in TIME_WAIT (or CLOSE) gets a
+    new connection scheduled like any other, not the old entry's dest."""
+    lab = make_lab(ndests=2)
+    assert send(lab, client_pkt("S", sport=42000), EXT) is not None
+    old = lab.table.in_get(6, _i("198.18.1.10"), 42000, _i(VIP), 80)
+    assert old is not None and old.dest is not None
+    first = old.dest
+    lab.table.set_state(old, int(TcpState.TIME_WAIT), 120.0)
+    assert send(lab, client_pkt("A", sport=42000), EXT) is not None  # a late ACK follows the old entry
+    assert lab.table.in_get(6, _i("198.18.1.10"), 42000, _i(VIP), 80) is old
+    assert send(lab, client_pkt("S", sport=42000), EXT) is not None
+    new = lab.table.in_get(6, _i("198.18.1.10"), 42000, _i(VIP), 80)
+    assert new is not None and new is not old and new.dest is not first  # rr moved on
+    assert lab.director.conns_reused == 1
+    lab.table.set_state(new, int(TcpState.ESTABLISHED), 900.0)
+    assert send(lab, client_pkt("S", sport=42000), EXT) is not None  # a SYN on a live conn: no reuse
+    assert lab.table.in_get(6, _i("198.18.1.10"), 42000, _i(VIP), 80) is new
+
+
+def test_reuse_under_persistence_follows_the_current_template() -> None:
+    """The chaos run's case: the template moved off a quiesced dest while a closed conn of the client
+    still pointed at it; a SYN reusing that conn's port must follow the new template."""
+    lab = make_lab(persistent=True, ndests=2)
+    assert send(lab, client_pkt("S", sport=43000), EXT) is not None
+    old = lab.table.in_get(6, _i("198.18.1.10"), 43000, _i(VIP), 80)
+    assert old is not None and old.dest is not None and old.control is not None
+    a = old.dest
+    lab.table.set_state(old, int(TcpState.CLOSE), 10.0)
+    lab.svc.edit_dest(a, weight=0)  # quiesced: new conns no longer go there
+    lab.table.check_template(old.control, True)  # expire_quiescent_template: the template goes
+    assert send(lab, client_pkt("S", sport=43001), EXT) is not None  # a new template, on b
+    b = lab.table.in_get(6, _i("198.18.1.10"), 43001, _i(VIP), 80)
+    assert b is not None and b.dest is not None and b.dest is not a
+    assert send(lab, client_pkt("S", sport=43000), EXT) is not None  # the reused port
+    again = lab.table.in_get(6, _i("198.18.1.10"), 43000, _i(VIP), 80)
+    assert again is not None and again is not old and again.dest is b.dest  # sticky to the template
