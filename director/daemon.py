@@ -210,7 +210,7 @@ class Node:
         ldr = self.elector.master if self.elector is not None and self.elector.started else self.master
         if ldr is None or ldr.node_id == self.cfg.node_id:
             return True
-        return self.backup.in_sync
+        return self.backup.fit_for(ldr.epoch)  # in sync, or was when that master's stream ended
 
     # -- fencing (on the election thread) ------------------------------------------------------------
     def _on_fence(self, until: float | None) -> None:

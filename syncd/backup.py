@@ -86,6 +86,8 @@ class SyncBackup:
         self._epoch_hint = 0
         self.applier = BackupApplier(table, services, self._epoch_floor, on_applied)
         self.connected = False
+        self.synced_epoch = 0
+        """The epoch of the master whose stream ended while this backup was in sync with it."""
         self.lags_ms: deque[float] = deque(maxlen=self.cfg.lag_samples)
         self.stats = {"connects": 0, "stream_errors": 0, "refused": 0, "messages": 0}
         self.refused_fields: dict[str, int] = {}
@@ -110,6 +112,11 @@ class SyncBackup:
     def in_sync(self) -> bool:
         a = self.applier
         return self.connected and a.live and not a.in_snapshot
+
+    def fit_for(self, epoch: int) -> bool:
+        """In sync with the master of `epoch`, or was when its stream ended (it died or we lost it):
+        the table is that master's up to the break, which is what a takeover needs."""
+        return self.in_sync or (epoch > 0 and self.synced_epoch == epoch)
 
     @property
     def applied_seq(self) -> int:
@@ -196,6 +203,8 @@ class SyncBackup:
                     session.cancel()
                     with contextlib.suppress(BaseException):
                         await session  # never two streams applying at once
+                if self.in_sync:  # its table is that master's up to the break: fit to take over
+                    self.synced_epoch = self.applier.epoch
                 self.connected = False
                 self.applier.stream_ended()
                 self._release_later()

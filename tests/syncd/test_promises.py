@@ -103,3 +103,24 @@ def test_hostile_promises_are_refused_at_the_decode_boundary() -> None:
         decode_backup_message(encode_ack(AckMsg(5, True, 7, MAX_PROMISE_MS + 1)))
     with pytest.raises(ProtocolError):
         decode_backup_message(encode_ack(AckMsg(5, True, 0, 1000)))  # a promise on no request
+
+
+def test_a_backup_in_sync_when_its_masters_stream_ends_stays_fit_to_take_over_from_it() -> None:
+    """The master died (or its stream was lost) while this backup was in sync: its table is that
+    master's up to the break, so it may take over from it (the election's readiness); a backup that
+    never synced with that master is not."""
+    async def body() -> None:
+        cluster = Cluster(master_cfg=MasterConfig(promise_interval=0.05))
+        await cluster.start(1)
+        try:
+            await cluster.synced()
+            backup = cluster.backups[0]
+            assert backup.in_sync and backup.fit_for(cluster.epoch)
+            assert backup.synced_epoch == 0  # nothing ended yet
+            cluster.server.stop_serving()  # the stream ends (as when the master's process dies)
+            await wait_until(lambda: not backup.connected, what="the stream to end")
+            assert not backup.in_sync
+            assert backup.fit_for(cluster.epoch) and not backup.fit_for(cluster.epoch + 1)
+        finally:
+            await cluster.close()
+    run(body())
