@@ -23,8 +23,8 @@ import argparse
 import asyncio
 import time
 
-from deploy.drill import TrafficProc
 from deploy.traffic import Traffic, parse_args
+from deploy.trafficproc import TrafficProc
 
 
 class ChaosTraffic(Traffic):

@@ -38,11 +38,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +49,7 @@ from typing import IO, Any
 from deploy.cluster import ClusterError, LabCluster, NodeProc, node_log_tail, split_brain, wait_for
 from deploy.lab import CTL_ADDR, PYTHON, VIP_NAT, Lab, real_addr
 from deploy.observer import FabricObserver, longest_silence, overlaps
+from deploy.trafficproc import TrafficProc
 
 PHASES = ("kill", "switchback", "freeze", "etcd-outage", "partition")
 TIMELINE_BEFORE_S = 2.0
@@ -92,66 +91,6 @@ def services_yaml(n_reals: int) -> str:
         return "\n".join(f"      - {{address: {real_addr(i)}, port: {port}, weight: 1}}"
                          for i in range(1, n_reals + 1))
     return SERVICES.format(vip=VIP_NAT, stream_dests=dests(7), web_dests=dests(80))
-
-
-class TrafficProc:
-    """The traffic tool in the client namespace, driven over its stdin/stdout."""
-
-    MODULE = "deploy.traffic"
-
-    def __init__(self, lab: Lab, conns: int, new_rate: float, interval: float,
-                 udp_rate: float = 200.0) -> None:
-        sources = lab.client_sources()
-        self.n_sources = len(sources)
-        argv = [PYTHON, "-m", self.MODULE, "--echo-vip", VIP_NAT, "--http-vip", VIP_NAT,
-                "--conns", str(conns), "--interval", str(interval), "--new-rate", str(new_rate),
-                "--sources", ",".join(sources), "--udp-rate", str(udp_rate)]
-        self.proc = lab.popen(lab.client.ns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
-
-    def _read(self, out: IO[bytes] | None) -> None:
-        assert out is not None
-        for line in out:
-            try:
-                self.lines.put(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-
-    def send(self, cmd: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(cmd.encode() + b"\n")
-        self.proc.stdin.flush()
-
-    def report(self, timeout: float = 30.0) -> dict[str, Any]:
-        self.send("report")
-        try:
-            return self.report_line(timeout)
-        except queue.Empty:
-            raise ClusterError("traffic tool did not report") from None
-
-    def report_line(self, timeout: float) -> dict[str, Any]:
-        """The next report the client printed (raises queue.Empty after `timeout`)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            msg = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            if "alive" in msg:
-                return msg
-
-    def phase(self, name: str) -> None:
-        self.send(f"phase {name}")
-
-    def stop(self) -> dict[str, Any] | None:
-        try:
-            self.send("stop")
-            msg: dict[str, Any] | None = self.report_line(20)  # the final report, not a phase line
-        except (OSError, queue.Empty):
-            msg = None
-        Lab.stop(self.proc, signal.SIGTERM)
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                pipe.close()
-        return msg
 
 
 class Drill:
