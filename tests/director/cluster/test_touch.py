@@ -21,7 +21,7 @@ def acts(actions: list[Action]) -> list[Act]:
 
 
 def master(t: float = 0.0, ttl: float = 1.0) -> ElectionMachine:
-    m = ElectionMachine(ElectionParams(ttl=ttl, node_id="m"))
+    m = ElectionMachine(ElectionParams(ttl=ttl, node_id="m", touch=0.6))
     m.leader_observed(t, None)
     m.set_ready(t, True)
     m.lease_granted(t, LEASE, ttl, t)
@@ -35,7 +35,7 @@ def touched(node: str = "m", revision: int = 100, window: float = 0.6) -> Leader
 
 
 def backup(t: float = 0.0, rec: LeaderRecord | None = None) -> ElectionMachine:
-    b = ElectionMachine(ElectionParams(ttl=1.0, node_id="b"))
+    b = ElectionMachine(ElectionParams(ttl=1.0, node_id="b", touch=0.6))
     b.set_ready(t, True)
     assert b.leader_observed(t, rec or touched()) == []
     return b
