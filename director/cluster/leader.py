@@ -69,9 +69,8 @@ class ElectionParams:
     priority: int = 0
     preempt: bool = False
     node_id: str = ""  # only used to recognise our own handover requests
-    touch: float = 0.8  # touch window as a fraction of the granted TTL (0: never touch); as long as
-    # the keepalive's step-down time (TTL - margin): a touch is a raft write (fsync), slower than a
-    # keepalive under load, and the window must tolerate it as well
+    touch: float = 0.6  # touch window as a fraction of the granted TTL (0: never touch); a touch is a
+    # raft write (fsync), so etcd's disk must keep up: docs/HA.md
     stale_margin: float = 0.1  # backup: wait this much past a record's touch window (clock rates)
 
 
