@@ -241,13 +241,11 @@ class HealthService:
 
     async def _publish(self, t: Transition) -> None:
         store = self.store
-        if store is None:  # no etcd (single node): apply the verdict directly
-            self.apply_event(dest_id(t.key), encode_verdict(
-                t.up, since=self.wall(), node=self.node_id, epoch=self.epoch(), detail=t.detail,
-                weight=t.weight).encode())
-            return
         value = encode_verdict(t.up, since=self.wall(), node=self.node_id, epoch=self.epoch(),
                                detail=t.detail, weight=t.weight)
+        if store is None:  # no etcd (single node): apply the verdict directly
+            self.apply_event(dest_id(t.key), value.encode())
+            return
         delay = RETRY_MIN
         while self.master:
             try:
