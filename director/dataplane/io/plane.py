@@ -194,10 +194,8 @@ class DataPlane:
 
     def _make_reader(self, sock: PacketSocket, side: int) -> Callable[[], None]:
         drain = sock.drain
-        handle = self.director.handle
-        if not self.arp_answer and sock in self.arp_socks:
-            handle = self._learn_only
         sink = self.director.learn_arp
+        handle = self.director.handle if self.arp_answer or sock not in self.arp_socks else sink
         fenced = self.fenced
         drops = self.director.counters.counts
         rx = self.rx_frames
@@ -221,9 +219,6 @@ class DataPlane:
                 self.handler_errors += errors
 
         return on_readable
-
-    def _learn_only(self, frame: bytearray, side: int) -> None:
-        self.director.learn_arp(frame, side)
 
     # -- control ----------------------------------------------------------------------------------
     def send(self, actions: Iterable[Action]) -> int:
