@@ -32,10 +32,11 @@ from typing import Any
 
 from director.config import keepalived_checks as checks
 from director.config.keepalived_checks import Ctx, Stmt, Untranslated
+from director.config.model import FORWARDS
+from director.services.sched import registry
 
-SCHEDULERS = {"rr": "rr", "wrr": "wrr", "lc": "lc", "wlc": "wlc", "sh": "sh", "dh": "dh", "sed": "sed",
-              "nq": "nq", "mh": "mh"}
-FORWARDS = {"NAT": "nat", "DR": "dr", "TUN": "tun"}
+LB_KINDS = {name.upper(): name for name in FORWARDS}
+"""keepalived's ``lb_kind`` (NAT, DR, TUN) -> the config's forwarding name."""
 SCHED_FLAGS = {"sh-port": "port", "sh-fallback": "fallback", "mh-port": "port", "mh-fallback": "fallback"}
 
 
@@ -214,8 +215,8 @@ def _real_server(ctx: Ctx, s: Stmt, svc: dict[str, Any], defaults: Mapping[str, 
                 dest[f"{c.key[0]}_threshold"] = value
         elif c.key == "inhibit_on_failure":
             on_failure, inhibit = "quiesce", c
-        elif c.key in ("lvs_method", "lb_kind") and len(c.args) == 1 and c.args[0] in FORWARDS:
-            dest["forward"] = FORWARDS[c.args[0]]
+        elif c.key in ("lvs_method", "lb_kind") and len(c.args) == 1 and c.args[0] in LB_KINDS:
+            dest["forward"] = LB_KINDS[c.args[0]]
         elif c.key in ("notify_up", "notify_down"):
             ctx.skip(c, f"per-real-server hooks cannot be expressed; the node's notify.dest_"
                      f"{c.key[7:]} runs for every dest (the dest in its environment)")
@@ -241,10 +242,10 @@ def _real_server(ctx: Ctx, s: Stmt, svc: dict[str, Any], defaults: Mapping[str, 
 
 def _service_option(ctx: Ctx, c: Stmt, svc: dict[str, Any], defaults: dict[str, Any]) -> None:
     arg = c.args[0] if len(c.args) == 1 else None
-    if c.key in ("lb_algo", "lvs_sched") and arg in SCHEDULERS:
-        svc["scheduler"] = SCHEDULERS[arg]
-    elif c.key in ("lb_kind", "lvs_method") and arg in FORWARDS:
-        svc["forward"] = FORWARDS[arg]
+    if c.key in ("lb_algo", "lvs_sched") and arg in registry.NAMES:
+        svc["scheduler"] = arg
+    elif c.key in ("lb_kind", "lvs_method") and arg in LB_KINDS:
+        svc["forward"] = LB_KINDS[arg]
     elif c.key == "protocol" and arg in ("TCP", "UDP"):
         svc["protocol"] = arg.lower()
     elif c.key == "persistence_timeout":
@@ -259,8 +260,8 @@ def _service_option(ctx: Ctx, c: Stmt, svc: dict[str, Any], defaults: dict[str, 
         svc["ops"] = True
     elif c.key == "sorry_server" and len(c.args) == 2:
         svc["sorry_server"] = f"{c.args[0]}:{c.args[1]}"
-    elif c.key in ("sorry_server_lvs_method", "sorry_server_lb_kind") and arg in FORWARDS:
-        svc["sorry_forwarding"] = FORWARDS[arg]
+    elif c.key in ("sorry_server_lvs_method", "sorry_server_lb_kind") and arg in LB_KINDS:
+        svc["sorry_forwarding"] = LB_KINDS[arg]
     elif c.key == "inhibit_on_failure":
         defaults["inhibit_on_failure"] = True
     elif not _vs_defaults(ctx, c, defaults):
