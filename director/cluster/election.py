@@ -319,9 +319,10 @@ class ElectionMachine:
         return []
 
     def _see(self, now: float, record: LeaderRecord, fresh: bool = False) -> None:
-        if fresh or record.revision != self.seen_revision or self.seen_at == math.inf:
+        unknown = fresh or self.seen_at == math.inf  # we may have missed touches: a TTL of grace
+        if unknown or record.revision != self.seen_revision:
             self.seen_revision = record.revision
-            self.seen_at = now + (self.params.ttl if fresh or self.seen_at == math.inf else 0.0)
+            self.seen_at = now + (self.params.ttl if unknown else 0.0)
 
     def stale_done(self, now: float, deleted: bool) -> list[Action]:
         """Our DELETE_STALE txn finished (the watch reports what the key is now)."""

@@ -425,14 +425,19 @@ class Elector:
             return
         self._post(lambda m, now: m.renew_ok(now, lid, sent, float(ttl)))
 
+    def _rewrite(self, epoch: int, lease_id: int) -> tuple[list[Any], list[Any]]:
+        """(compare, ops) of a txn that rewrites our leader value iff the key still has this epoch
+        (create revision) and lease: a touch, or publishing the epoch."""
+        lk = self.store.leader_key.encode()
+        value = self._own_record(epoch, lease_id).to_json().encode()
+        compare = [_eq(lk, rpc.Compare.CREATE, create_revision=epoch),
+                   _eq(lk, rpc.Compare.LEASE, lease=lease_id)]
+        return compare, [rpc.RequestOp(request_put=rpc.PutRequest(key=lk, value=value, lease=lease_id))]
+
     async def _touch(self, a: Action) -> None:
         """Rewrite our leader value if the key still has our epoch and lease (see election.py)."""
-        lk = self.store.leader_key.encode()
-        value = self._own_record(a.epoch, a.lease_id).to_json().encode()
-        compare = [_eq(lk, rpc.Compare.CREATE, create_revision=a.epoch),
-                   _eq(lk, rpc.Compare.LEASE, lease=a.lease_id)]
-        success = [rpc.RequestOp(request_put=rpc.PutRequest(key=lk, value=value, lease=a.lease_id))]
-        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=lk))]
+        compare, success = self._rewrite(a.epoch, a.lease_id)
+        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=self.store.leader_key.encode()))]
         lid, sent = a.lease_id, self.clock()
         try:
             resp = await self.store.txn(compare, success, failure, timeout=a.timeout)
@@ -484,14 +489,12 @@ class Elector:
             log.info("revoking lease %x failed (it will expire): %s", a.lease_id, err)
 
     async def _publish_epoch(self, lease_id: int, epoch: int) -> None:
-        """Rewrite the leader value with its epoch, only if the key is still ours."""
-        lk = self.store.leader_key.encode()
-        value = self._own_record(epoch, lease_id).to_json().encode()
-        compare = [_eq(lk, rpc.Compare.CREATE, create_revision=epoch),
-                   _eq(lk, rpc.Compare.LEASE, lease=lease_id)]
-        ops = [rpc.RequestOp(request_put=rpc.PutRequest(key=lk, value=value, lease=lease_id))]
+        """Rewrite the leader value with its epoch, only if the key is still ours (when touching, the
+        first touch, sent with START_FORWARDING, writes that same value), then clear a handover request
+        of ours."""
         with contextlib.suppress(EtcdError):
-            await self.store.txn(compare, ops, timeout=max(0.5, float(self._ttl)))
+            if not self.machine.touch_window():
+                await self.store.txn(*self._rewrite(epoch, lease_id), timeout=max(0.5, float(self._ttl)))
             hk, _ = await self.store.get(self.handover_key)
             if hk is not None and _handover(hk)[0] == self.node.node_id:
                 await self.store.delete(self.handover_key)
