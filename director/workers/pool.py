@@ -444,20 +444,12 @@ class WorkerPool:
         """Sum the workers' counters into the parent's services, dests and drops."""
         reports = [r for r in self.per_worker if r]
         for svc in self.services:
-            svc_sum = [0] * len(_SLOTS)
-            dest_sum: dict[Any, list[int]] = {}
-            for r in reports:
-                got = r["services"].get(svc.key)
-                if got is None:
-                    continue
-                svc_sum = [a + b for a, b in zip(svc_sum, got[0], strict=True)]
-                for dk, vals in got[1].items():
-                    acc = dest_sum.setdefault(dk, [0] * len(_SLOTS))
-                    acc[:] = [a + b for a, b in zip(acc, vals, strict=True)]
-            _store(svc.counters, svc_sum)
+            got = [r["services"][svc.key] for r in reports if svc.key in r["services"]]
+            _store(svc.counters, _column_sums([g[0] for g in got]))
             for dest in svc.counted_dests():
-                if dest.key in dest_sum:
-                    _store(dest.counters, dest_sum[dest.key])
+                rows = [g[1][dest.key] for g in got if dest.key in g[1]]
+                if rows:
+                    _store(dest.counters, _column_sums(rows))
         self._exchange_counts(reports)
         drops = self.drops()
         if self.drop_counts is not None and len(drops) == len(self.drop_counts):
@@ -500,17 +492,16 @@ class WorkerPool:
 
     def drops(self) -> list[int]:
         """Drop counters summed over the workers (by reason index)."""
-        out: list[int] = []
-        for r in self.per_worker:
-            d = r.get("drops") or []
-            if d and out and len(d) == len(out):
-                out = [a + b for a, b in zip(out, d, strict=True)]
-            elif d and not out:
-                out = list(d)
-        return out
+        rows = [d for r in self.per_worker if (d := r.get("drops"))]
+        return [sum(col) for col in zip(*(d for d in rows if len(d) == len(rows[0])), strict=True)]
 
     def close(self) -> None:
         self.fence.close()
+
+
+def _column_sums(rows: list[Any]) -> list[int]:
+    """The sums of the workers' counter tuples (``_SLOTS`` order); zeros without any."""
+    return [sum(col) for col in zip(*rows, strict=True)] if rows else [0] * len(_SLOTS)
 
 
 def _store(counters: Any, values: list[int]) -> None:
