@@ -46,16 +46,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from director.services.service import DestKey
-from director.table.entry import (
-    F_NO_CPORT,
-    F_TEMPLATE,
-    KNOWN_CONN_FLAGS,
-    KNOWN_PROTOCOLS,
-    MAX_STATE,
-    MAX_TIMEOUT_MS,
-)
+from director.table.entry import F_TEMPLATE
 from director.types import LOCAL_CONN_FLAGS
-from syncd.fields import entry_fault
+from syncd.fields import entry_fault, entry_ok
 from syncd.model import ConnKey, FieldRangeError, ProtocolError, SyncKind, Update
 
 ROW = struct.Struct(">BBIHIHIHIHBIIHI")
@@ -64,7 +57,6 @@ FULL = bytes(ROW_SIZE)
 """The row of an update sent as a full ConnEntry (kind 0): take the next one of ``entries``."""
 
 _LOCAL = int(LOCAL_CONN_FLAGS)
-_UNKNOWN = ~KNOWN_CONN_FLAGS
 _NEW, _UPDATE, _EXPIRE, _REFRESH = (int(k) for k in (SyncKind.NEW, SyncKind.UPDATE, SyncKind.EXPIRE,
                                                      SyncKind.REFRESH))
 _KINDS = (None, SyncKind.NEW, SyncKind.UPDATE, SyncKind.EXPIRE, SyncKind.REFRESH)
@@ -184,8 +176,7 @@ def unpack(data: bytes, fulls: Sequence[Update], dests: Sequence[DestKey]) -> li
     out: list[Any] = []
     append = out.append
     nd = len(dests)
-    known, max_state, unknown, no_cport, tpl = KNOWN_PROTOCOLS, MAX_STATE, _UNKNOWN, F_NO_CPORT, F_TEMPLATE
-    kinds, max_ms, tuple_new, upd = _KINDS, MAX_TIMEOUT_MS, _tuple_new, Update
+    ok, tpl, kinds, tuple_new, upd = entry_ok, F_TEMPLATE, _KINDS, _tuple_new, Update
     nf = 0
     for (kind, proto, ca, cport, va, vport, da, dport, fwmark, flags, state, tm, rm, di,
          in_pkts) in ROW.iter_unpack(data):
@@ -196,8 +187,7 @@ def unpack(data: bytes, fulls: Sequence[Update], dests: Sequence[DestKey]) -> li
             nf += 1
             continue
         flags &= ~_LOCAL
-        if not (proto in known and 0 < kind <= 4 and not flags & unknown and not (flags & no_cport and cport)
-                and state <= max_state[proto] and tm <= max_ms and rm <= max_ms and di <= nd):
+        if not (0 < kind <= 4 and di <= nd and ok(proto, 4, 4, 4, cport, 0, 0, flags, state, tm, rm)):
             raise _fault(kind, proto, cport, flags, state, tm, rm, di, nd)
         key = (proto, ca, cport, va, vport, da, dport, fwmark, bool(flags & tpl))
         if kind == _EXPIRE:
