@@ -37,16 +37,11 @@ class Persistence:
         return int(ipaddress.IPv4Address(self.netmask))
 
 
-@dataclass(frozen=True)
-class DestConfig:
+class _Endpoint:
+    """``address`` and ``port`` of a real server (a dest or a sorry server), as the table keys them."""
+
     address: str
     port: int
-    weight: int = 1
-    u_threshold: int = 0
-    l_threshold: int = 0
-    forward: str | None = None
-    """nat | dr | tun; None inherits the service's."""
-    healthcheck: HealthSpec | None = None
 
     @property
     def daddr(self) -> int:
@@ -55,6 +50,18 @@ class DestConfig:
     @property
     def ident(self) -> str:
         return f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True)
+class DestConfig(_Endpoint):
+    address: str
+    port: int
+    weight: int = 1
+    u_threshold: int = 0
+    l_threshold: int = 0
+    forward: str | None = None
+    """nat | dr | tun; None inherits the service's."""
+    healthcheck: HealthSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -81,21 +88,13 @@ class Selector:
 
 
 @dataclass(frozen=True)
-class SorryServer:
+class SorryServer(_Endpoint):
     """keepalived's ``sorry_server``: where new conns go while no dest of the service is usable."""
 
     address: str
     port: int
     forward: str | None = None
     """nat | dr | tun (``sorry_forwarding``); None inherits the service's."""
-
-    @property
-    def daddr(self) -> int:
-        return int(ipaddress.IPv4Address(self.address))
-
-    @property
-    def ident(self) -> str:
-        return f"{self.address}:{self.port}"
 
 
 @dataclass(frozen=True)
