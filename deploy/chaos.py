@@ -75,11 +75,7 @@ class ChaosRun:
         self.observer.start()
         traffic = TrafficDriver(lab, self.conns, self.new_rate, self.interval, self.udp_rate)
         self.traffic = traffic
-
-        def ready() -> bool:
-            r = traffic.report()
-            return bool(r["alive"] >= self.conns and r["sticky_sources"] >= traffic.n_sources)
-        wait_for("traffic flowing", ready, 120, 0.5)
+        traffic.wait_flowing(self.conns, 120)
         self.writers.start()
         self.sampler.start()
         self.say(f"load: {self.conns} verified streams, {self.new_rate:g} new sticky conns/s from "
@@ -241,13 +237,7 @@ class ChaosRun:
             for n in c.nodes:
                 if n is not master:
                     c.wait_in_sync(n, 120)
-            since = int(traffic.report()["new_ok"])
-            need = since + 2 * traffic.n_sources
-
-            def settled() -> bool:
-                r = traffic.report()
-                return bool(r["new_ok"] >= need and r["current_stall_ms"] < 1500)
-            wait_for("traffic to settle", settled, SETTLE_TIMEOUT_S, 0.5)
+            traffic.wait_settled(int(traffic.report()["new_ok"]), SETTLE_TIMEOUT_S)
         except (ClusterError, RuntimeError) as err:
             self.say(f"did not recover: {err}")
             return False

@@ -13,8 +13,7 @@ port was used before by the address, the server that answered then and how long 
 ``servers`` (how many client addresses each server answered last).
 
 Same command line and stdin protocol as deploy.traffic (``python -m deploy.chaos_traffic ...``).
-`TrafficDriver` runs it in the lab's client namespace and speaks that protocol (like the drill's
-`TrafficProc`, which deploy.chaos cannot import: the drill dispatches ``--chaos`` to deploy.chaos).
+`TrafficDriver` is deploy.trafficproc's `TrafficProc` running this module in the lab's client namespace.
 """
 
 from __future__ import annotations

@@ -127,29 +127,15 @@ class Drill:
         n_src = self.traffic.n_sources
         self.say(f"client: opening {self.conns} long-lived connections, new sticky connections from "
                  f"{n_src} addresses")
-        wait_for("all connections open and every client address bound", lambda: self._ready(n_src), 90, 0.5)
+        self.traffic.wait_flowing(self.conns, 90, "all connections open and every client address bound")
         self.say("traffic flowing")
-
-    def _ready(self, n_src: int) -> bool:
-        assert self.traffic is not None
-        r = self.traffic.report()
-        return bool(r["alive"] >= self.conns and r["sticky_sources"] >= n_src)
 
     # -- phases -------------------------------------------------------------------------------------
     def _settle(self, since_ok: int) -> dict[str, Any]:
         """Wait until every client address made two new conns after the takeover and nothing stalls."""
         assert self.traffic is not None
-        need = since_ok + 2 * self.traffic.n_sources
-        stall_ok = max(1000.0, self.interval * 1000 * 10)
-
-        def settled() -> dict[str, Any] | None:
-            assert self.traffic is not None
-            r = self.traffic.report()
-            done = r["new_ok"] >= need and r["current_stall_ms"] < stall_ok
-            return r if done else None
-
-        got: dict[str, Any] = wait_for("traffic to settle after the takeover", settled, 120, 0.5)
-        return got
+        return self.traffic.wait_settled(since_ok, 120, max(1000.0, self.interval * 1000 * 10),
+                                         "traffic to settle after the takeover")
 
     def _takeover(self, new: NodeProc, since: float, timeout: float = 60.0) -> float:
         c = self.cluster

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import IO, Any
 
-from deploy.cluster import ClusterError
+from deploy.cluster import ClusterError, wait_for
 from deploy.lab import PYTHON, VIP_NAT, Lab
 
 
@@ -59,6 +59,28 @@ class TrafficProc:
             msg = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
             if "alive" in msg:
                 return msg
+
+    def wait_flowing(self, conns: int, timeout: float, what: str = "traffic flowing") -> None:
+        """Until `conns` streams are open and every client address has its sticky server."""
+
+        def ready() -> bool:
+            r = self.report()
+            return bool(r["alive"] >= conns and r["sticky_sources"] >= self.n_sources)
+
+        wait_for(what, ready, timeout, 0.5)
+
+    def wait_settled(self, since_ok: int, timeout: float, stall_ok: float = 1500.0,
+                     what: str = "traffic to settle") -> dict[str, Any]:
+        """Until every client address made two new connections after `since_ok` (a report's
+        ``new_ok``) and no stream is stalled longer than `stall_ok` ms; returns that report."""
+        need = since_ok + 2 * self.n_sources
+
+        def settled() -> dict[str, Any] | None:
+            r = self.report()
+            return r if r["new_ok"] >= need and r["current_stall_ms"] < stall_ok else None
+
+        got: dict[str, Any] = wait_for(what, settled, timeout, 0.5)
+        return got
 
     def phase(self, name: str) -> None:
         self.send(f"phase {name}")

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from deploy.cluster import LabCluster, NodeProc, split_brain, wait_for
+from deploy.cluster import LabCluster, NodeProc, split_brain
 from deploy.drill import TrafficProc, services_yaml
 from deploy.lab import Lab, new_name
 from deploy.observer import FabricObserver
@@ -30,27 +30,13 @@ class ClusterEnv:
 
     def start_traffic(self) -> TrafficProc:
         traffic = self.traffic = TrafficProc(self.lab, self.conns, 10.0, 0.05)
-        n_src = traffic.n_sources
-
-        def ready() -> bool:
-            r = traffic.report()
-            return bool(r["alive"] >= self.conns and r["sticky_sources"] >= n_src)
-
-        wait_for("traffic flowing", ready, 90, 0.5)
+        traffic.wait_flowing(self.conns, 90)
         return traffic
 
     def settle(self, since_ok: int) -> dict[str, Any]:
         """Every client address made a new connection since `since_ok`, and no stream is stalled."""
-        traffic = self.traffic
-        assert traffic is not None
-        need = since_ok + 2 * traffic.n_sources
-
-        def settled() -> dict[str, Any] | None:
-            r = traffic.report()
-            return r if r["new_ok"] >= need and r["current_stall_ms"] < 1500 else None
-
-        got: dict[str, Any] = wait_for("traffic to settle", settled, 180, 0.5)
-        return got
+        assert self.traffic is not None
+        return self.traffic.wait_settled(since_ok, 180)
 
     def assert_clean(self, end: dict[str, Any]) -> None:
         """Every stream alive, no reset, no byte wrong, no sticky client moved."""
