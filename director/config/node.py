@@ -80,7 +80,7 @@ def _notify(d: Mapping[str, Any], errs: Errors) -> NotifyConfig:
         return NotifyConfig()
     sub = v.mapping(d["notify"], "notify", errs)
     v.keys(sub, (*NOTIFY_HOOKS, "timeout"), (), "notify", errs)
-    hooks = {h: tuple(parse_argv(sub[h], v.join("notify", h), errs)) for h in NOTIFY_HOOKS
+    hooks = {h: parse_argv(sub[h], v.join("notify", h), errs) for h in NOTIFY_HOOKS
              if sub.get(h) is not None}
     return NotifyConfig(**hooks, timeout=v.number(sub, "timeout", "notify", errs, 0.1, 3600.0, 10.0))
 

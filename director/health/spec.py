@@ -305,15 +305,14 @@ def _udp(d: Mapping[str, Any], path: str, errs: Errors) -> dict[str, Any]:
 
 def _command(d: Mapping[str, Any], kind: str, path: str, errs: Errors) -> tuple[str, ...]:
     where = v.join(path, "command")
-    if "command" not in d:
-        if kind == "misc":
-            errs.add(where, "required for type misc")
-        return ()
-    argv = parse_argv(d["command"], where, errs)
-    return tuple(argv)
+    if "command" in d:
+        return parse_argv(d["command"], where, errs)
+    if kind == "misc":
+        errs.add(where, "required for type misc")
+    return ()
 
 
-def parse_argv(raw: Any, where: str, errs: Errors) -> list[str]:
+def parse_argv(raw: Any, where: str, errs: Errors) -> tuple[str, ...]:
     """A command: a list of 1..64 argument strings, or one string split like a shell would (no shell
     runs it). Arguments cannot hold NUL and are at most 4096 characters."""
     if isinstance(raw, str):
@@ -321,15 +320,15 @@ def parse_argv(raw: Any, where: str, errs: Errors) -> list[str]:
             raw = shlex.split(raw)
         except ValueError as exc:
             errs.add(where, f"cannot split the command: {exc}")
-            return []
+            return ()
     argv = v.sequence(raw, where, errs, max_items=MAX_ARGV)
     if isinstance(raw, list) and not raw:
         errs.add(where, "must name a program")
     for i, a in enumerate(argv):
         if not isinstance(a, str) or not _FILE.fullmatch(a):
             errs.add(v.item(where, i), f"must be a non-empty string without NUL, got {v.excerpt(a)}")
-            return []
-    return list(argv)
+            return ()
+    return tuple(argv)
 
 
 __all__ = ["KINDS", "ON_FAILURE", "QTYPES", "RCODES", "CheckResult", "ConfigError", "HealthSpec",
