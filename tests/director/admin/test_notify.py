@@ -20,7 +20,7 @@ from director.admin.notify import NotifyRunner, environment
 from director.config.node import NodeConfigError, NotifyConfig, node_config_from_dict
 
 KEY = (6, 0xC612000A, 80, 0, 0xC6120210, 8080)
-RECORD = ('#!/bin/sh\n{{ echo "$LBD_EVENT $LBD_SEQ $LBD_ROLE"; env | grep ^LBD_ | sort; cat; }} '
+RECORD = ('{{ echo "$LBD_EVENT $LBD_SEQ $LBD_ROLE"; env | grep ^LBD_ | sort; cat; }} '
           '>> {out}.$LBD_SEQ\necho "$LBD_EVENT $LBD_SEQ" >> {out}\n')
 
 
@@ -34,7 +34,7 @@ def hook(tmp: Path, name: str, body: str) -> tuple[str, ...]:
 def recorder(tmp: Path, delay: float = 0.0) -> tuple[tuple[str, ...], Path]:
     out = tmp / "log"
     sleep = f"sleep {delay}\n" if delay else ""
-    return hook(tmp, f"rec{delay}", sleep + RECORD.format(out=out).removeprefix("#!/bin/sh\n")), out
+    return hook(tmp, f"rec{delay}", sleep + RECORD.format(out=out)), out
 
 
 def run(runner_of: Any, script: Any) -> NotifyRunner:
