@@ -106,40 +106,18 @@ class Window:
 
     def encode_packed(self, now: float, policy: SyncPolicy, tracker: RefreshTracker, out: Packer) -> None:
         """``encode()`` as packed rows into `out` (syncd.packed): an update a row cannot hold goes as
-        its ConnEntry body. Same updates, same order, same tracker calls (the master's hot path: one
-        loop, the tracker told in one call)."""
-        gone: list[Any] = []
-        gone_tpl: list[Any] = []
-        expire_row = out.expire
+        its ConnEntry body. Same updates, same order, same tracker calls (the master's hot path)."""
+        expire_row, snap_row = out.expire, out.snap_row
 
         def gone_item(k: ConnKey) -> Any:
             row = expire_row(k)
             return row if row is not None else (_expire_body(k),)
 
-        for k in self.early:
-            tracker.forget(k)
-            (gone_tpl if k[8] else gone).append(gone_item(k))
-        items: list[Any] = []
-        sent: list[tuple[ConnKey, float, float]] = []
-        append, sent_append, snap_row = items.append, sent.append, out.snap_row
-        should_sync, filtering = policy.should_sync_key, not policy.sync_all
-        for key, (first, last, snap, old_key) in self.pending.items():
-            if last == EXPIRE:
-                if first == NEW:
-                    continue  # created and removed within the window
-                tracker.forget(key)
-                (gone_tpl if key[8] else gone).append(gone_item(key if old_key is None else old_key))
-                continue
-            if old_key is not None:
-                tracker.forget(old_key)
-            if filtering and not should_sync(key, snap[STATE]):
-                continue
-            kind = NEW if first == NEW else last
+        def upsert_item(kind: int, key: ConnKey, snap: SnapTuple, now: float, old_key: ConnKey | None) -> Any:
             row = snap_row(kind, key, snap, now) if old_key is None and snap[CONTROL_KEY] is None else None
-            append(row if row is not None else (_upsert_body(kind, key, snap, now, old_key),))
-            sent_append((key, snap[EXPIRES], snap[TIMEOUT]))
-        tracker.sent_many(sent)
-        out.add(gone + gone_tpl + items if gone or gone_tpl else items)
+            return row if row is not None else (_upsert_body(kind, key, snap, now, old_key),)
+
+        out.add(self._walk(now, policy, tracker, gone_item, upsert_item))
 
     def _walk(self, now: float, policy: SyncPolicy, tracker: RefreshTracker,
               gone_of: Callable[[ConnKey], Any],
@@ -150,7 +128,8 @@ class Window:
             tracker.forget(k)
             (gone_tpl if k[8] else gone).append(gone_of(k))
         out: list[Any] = []
-        append, sent, should_sync = out.append, tracker.sent, policy.should_sync_key
+        sent: list[tuple[ConnKey, float, float]] = []
+        append, sent_append, should_sync = out.append, sent.append, policy.should_sync_key
         filtering = not policy.sync_all
         for key, (first, last, snap, old_key) in self.pending.items():
             if last == EXPIRE:
@@ -164,7 +143,8 @@ class Window:
             if filtering and not should_sync(key, snap[STATE]):
                 continue
             append(upsert(NEW if first == NEW else last, key, snap, now, old_key))
-            sent(key, snap[EXPIRES], snap[TIMEOUT])
+            sent_append((key, snap[EXPIRES], snap[TIMEOUT]))
+        tracker.sent_many(sent)  # the tracker told in one call
         if gone or gone_tpl:
             return gone + gone_tpl + out
         return out
