@@ -253,7 +253,7 @@ class ServiceTable:
         fresh: dict[tuple[int, int, int], Dest] = {}
         for svc in self:
             if svc.one_packet:
-                for d in (*svc.dests, *((svc.sorry,) if svc.sorry is not None else ())):
+                for d in svc.counted_dests():
                     if d.fwd == FwdMethod.NAT:
                         fresh.setdefault((svc.protocol, d.addr, d.port), d)
         if fresh != self.ops_dest:
@@ -308,16 +308,16 @@ class ServiceTable:
         return len(self._by_addr) + len(self._by_fwmark)
 
 
-__all__ = ["Counters", "Dest", "DestKey", "Proto", "Selector", "ServiceTable", "SvcKey", "VirtualService"]
-
-
 def set_dest_weights(services: ServiceTable, weights: Mapping[Any, int]) -> int:
     """Give dests (by key) these weights (misc `dynamic` health checks); returns how many changed."""
     changed = 0
     for key, weight in weights.items():
         dest = services.find_dest(key)
-        svc = services.get_fwmark(key[3]) if key[3] else services.get(key[0], key[1], key[2])
-        if dest is not None and svc is not None and dest.weight != weight:
-            svc.edit_dest(dest, weight=weight)
+        if dest is not None and dest.weight != weight:
+            dest.svc.edit_dest(dest, weight=weight)
             changed += 1
     return changed
+
+
+__all__ = ["Counters", "Dest", "DestKey", "Proto", "Selector", "ServiceTable", "SvcKey", "VirtualService",
+           "set_dest_weights"]
