@@ -68,6 +68,11 @@ class SharedFence:
             if not seq & 1 and _SEQ.unpack_from(mv, 0)[0] == seq:
                 return float(deadline)
 
+    def master_until(self) -> float | None:
+        """The deadline as ``DataPlane.master_until`` reports it (None: not master)."""
+        until = self.until()
+        return None if until == NOT_MASTER else until
+
     def close(self) -> None:
         self._mv.release()
         self._map.close()

@@ -114,7 +114,6 @@ class WorkerPool:
         """The parent's ``Director.counters.counts``: set to the workers' sum."""
         self.fence = SharedFence.create()
         self._fence_lock = threading.Lock()
-        self._until: float | None = None
         self.applier = BackupApplier(table, services)
         self.workers: list[WorkerProc | None] = [None] * count
         self.per_worker: list[dict[str, Any]] = [{} for _ in range(count)]
@@ -162,12 +161,11 @@ class WorkerPool:
     def set_master_until(self, deadline: float | None) -> None:
         """The election moved the deadline: every worker reads it before its next block."""
         with self._fence_lock:
-            self._until = deadline
             self.fence.set(deadline)
 
     @property
     def master_until(self) -> float | None:
-        return self._until
+        return self.fence.master_until()
 
     def fenced(self) -> bool:
         return time.monotonic() >= self.fence.until()

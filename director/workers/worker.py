@@ -116,8 +116,7 @@ class WorkerPlane(DataPlane):
 
     @property
     def master_until(self) -> float | None:
-        until = self.shared.until()
-        return None if until == float("-inf") else until
+        return self.shared.master_until()
 
     def fenced(self) -> bool:
         return self.clock() >= self.shared.until()
