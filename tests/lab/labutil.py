@@ -69,6 +69,12 @@ class DirectorProc:
     def stop(self) -> None:
         Lab.stop(self.proc)
 
+    def __enter__(self) -> DirectorProc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 
 

@@ -129,11 +129,8 @@ services:
 
 @pytest.fixture
 def fanout_director(lab: Lab) -> Iterator[DirectorProc]:
-    d = DirectorProc(lab, 1, FANOUT_SERVICES, "fanout", "--workers", "2")
-    try:
+    with DirectorProc(lab, 1, FANOUT_SERVICES, "fanout", "--workers", "2") as d:
         yield d
-    finally:
-        d.stop()
 
 
 def test_fanout_workers_serve_every_client(lab: Lab, fanout_director: DirectorProc) -> None:

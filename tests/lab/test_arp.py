@@ -26,15 +26,9 @@ services:
 
 @pytest.fixture
 def pair(lab: Lab) -> Iterator[tuple[DirectorProc, DirectorProc]]:
-    d1 = DirectorProc(lab, 1, CONFIG, "arp-d1", "--backup")
-    try:
-        d2 = DirectorProc(lab, 2, CONFIG, "arp-d2", "--backup")
-        try:
-            yield d1, d2
-        finally:
-            d2.stop()
-    finally:
-        d1.stop()
+    with DirectorProc(lab, 1, CONFIG, "arp-d1", "--backup") as d1, \
+            DirectorProc(lab, 2, CONFIG, "arp-d2", "--backup") as d2:
+        yield d1, d2
 
 
 def who_has(lab: Lab, addr: str) -> str | None:

@@ -61,11 +61,8 @@ class Fenced:
 @pytest.fixture
 def fenced(lab: Lab) -> Iterator[Fenced]:
     deadline_file = lab.write_file("fence.deadline", "inf\n")
-    d = DirectorProc(lab, 1, CONFIG, "fence", "--deadline-file", str(deadline_file))
-    try:
+    with DirectorProc(lab, 1, CONFIG, "fence", "--deadline-file", str(deadline_file)) as d:
         yield Fenced(lab, d, deadline_file)
-    finally:
-        d.stop()
 
 
 def test_master_within_its_deadline_forwards_and_the_observer_sees_it(lab: Lab, fenced: Fenced) -> None:

@@ -64,11 +64,8 @@ def services_yaml(tcp_skip: int | None = None, udp_skip: int | None = None) -> s
 
 @pytest.fixture(scope="module")
 def director(lab: Lab) -> Iterator[DirectorProc]:
-    d = DirectorProc(lab, 1, services_yaml(), "fwd")
-    try:
+    with DirectorProc(lab, 1, services_yaml(), "fwd") as d:
         yield d
-    finally:
-        d.stop()
 
 
 def client(lab: Lab, *args: str, timeout: float = 120.0) -> Any:

@@ -35,11 +35,8 @@ def services_yaml() -> str:
 
 @pytest.fixture(scope="module")
 def director(lab: Lab) -> Iterator[DirectorProc]:
-    d = DirectorProc(lab, 1, services_yaml(), "groups")
-    try:
+    with DirectorProc(lab, 1, services_yaml(), "groups") as d:
         yield d
-    finally:
-        d.stop()
 
 
 UDP_FROM = r"""

@@ -56,11 +56,8 @@ print(json.dumps(got), flush=True)
 
 @pytest.fixture(scope="module")
 def director(lab: Lab) -> Iterator[DirectorProc]:
-    d = DirectorProc(lab, 1, CONFIG, "hostile")
-    try:
+    with DirectorProc(lab, 1, CONFIG, "hostile") as d:
         yield d
-    finally:
-        d.stop()
 
 
 def client(lab: Lab, *args: str, timeout: float = 120.0) -> Any:

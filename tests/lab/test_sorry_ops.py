@@ -40,11 +40,8 @@ def services_yaml(weight: int = 1, sorry: bool = True) -> str:
 
 @pytest.fixture(scope="module")
 def director(lab: Lab) -> Iterator[DirectorProc]:
-    d = DirectorProc(lab, 1, services_yaml(), "sorryops")
-    try:
+    with DirectorProc(lab, 1, services_yaml(), "sorryops") as d:
         yield d
-    finally:
-        d.stop()
 
 
 UDP_CLIENT = r"""
