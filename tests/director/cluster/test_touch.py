@@ -4,6 +4,7 @@ window (+ margin) in a txn guarded by the revision it saw. Pure machine, explici
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -117,7 +118,6 @@ def test_a_fresh_read_after_a_watch_outage_grants_a_ttl_of_grace() -> None:
     (None, 0.0)])
 def test_leader_record_touch_window_is_parsed_defensively(raw: object, want: float) -> None:
     body = {"node_id": "m", "touch_window": raw}
-    import json
     rec = LeaderRecord.from_json(json.dumps(body), epoch=3, lease=4, revision=9)
     assert rec.touch_window == want and rec.revision == 9
     again = LeaderRecord.from_json(rec.to_json(), epoch=3, lease=4, revision=10)
