@@ -14,8 +14,8 @@ from typing import Any
 
 from director import __version__
 from director.admin.cli_base import DEFAULT_ADDR
-
-SCHEDULERS = ("rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "mh")
+from director.config.model import FORWARDS
+from director.services.sched import registry
 
 
 def _connection_options(p: argparse.ArgumentParser | Any, *, top: bool) -> None:
@@ -140,11 +140,11 @@ def _forward(p: argparse.ArgumentParser, what: str) -> None:
                    help=f"{what}: IPIP tunnel (ipvsadm -i)")
     g.add_argument("-m", "--masquerading", dest="forward", action="store_const", const="nat",
                    help=f"{what}: NAT (ipvsadm -m)")
-    g.add_argument("--forward", dest="forward", choices=("nat", "dr", "tun"), help=f"{what} by name")
+    g.add_argument("--forward", dest="forward", choices=tuple(FORWARDS), help=f"{what} by name")
 
 
 def _service_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-s", "--scheduler", choices=SCHEDULERS, help="scheduler (ipvsadm -s)")
+    p.add_argument("-s", "--scheduler", choices=registry.NAMES, help="scheduler (ipvsadm -s)")
     p.add_argument("-b", "--sched-flags", metavar="FLAGS", help="scheduler flags, e.g. sh-port,sh-fallback "
                    "(ipvsadm -b)")
     p.add_argument("--sched-option", action="append", metavar="NAME=VALUE", help="any scheduler option, "
