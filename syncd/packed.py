@@ -50,6 +50,7 @@ from director.table.entry import F_TEMPLATE
 from director.types import LOCAL_CONN_FLAGS
 from syncd.fields import entry_fault, entry_ok
 from syncd.model import ConnKey, FieldRangeError, ProtocolError, SyncKind, Update
+from syncd.wire import ms as _ms
 
 ROW = struct.Struct(">BBIHIHIHIHBIIHI")
 ROW_SIZE = ROW.size
@@ -62,13 +63,6 @@ _NEW, _UPDATE, _EXPIRE, _REFRESH = (int(k) for k in (SyncKind.NEW, SyncKind.UPDA
 _KINDS = (None, SyncKind.NEW, SyncKind.UPDATE, SyncKind.EXPIRE, SyncKind.REFRESH)
 _pack = ROW.pack
 _tuple_new = tuple.__new__
-
-
-def _ms(seconds: float) -> int:
-    """Seconds as integer milliseconds, clamped as ``wire.ms`` clamps them."""
-    if 0.0 <= seconds < 4e6:
-        return int(seconds * 1000.0 + 0.5)
-    return min(0xFFFFFFFF, max(0, int(seconds * 1000.0 + 0.5)))
 
 
 class Packer:
