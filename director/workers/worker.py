@@ -68,6 +68,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from director.config.services import Config, apply_timeouts, apply_to_services
@@ -153,7 +154,6 @@ class Worker:
         self.director: Director | None = None
         self.table: ConnTable | None = None
         self.applier: BackupApplier | None = None
-        self.mask = 0xFFFFFFFF
         self.peers: dict[Any, tuple[int, int]] = {}
         """Dest -> the other workers' (active, inactive) counts currently added to its counters."""
         self._init: asyncio.Future[dict[str, Any]] | None = None
@@ -165,7 +165,6 @@ class Worker:
     # -- setup ----------------------------------------------------------------------------------------
     def build(self, init: dict[str, Any]) -> None:
         core: CoreConfig = init["core"]
-        self.mask = init["mask"]
         self.table = ConnTable(self.clock, bits=init["table_bits"])
         services = ServiceTable()
         self.director = Director(self.table, services, self.clock, core)
@@ -173,7 +172,7 @@ class Worker:
         self.applier = BackupApplier(self.table, services)
         self.table.hold_synced(True)
         self.plane = WorkerPlane(self.director, init["ext"], init["int"], self.fence, self.index, self.count,
-                                 self.mask)
+                                 init["mask"])
         feed = self.table.events
         feed.enabled = True
         feed.on_ready = self._arm_flush
@@ -197,7 +196,7 @@ class Worker:
         if self._resync:
             self._send_resync()
             return
-        mine = self._mine
+        mine = self._mine()
         evs = [ev for ev in evs if mine(ev[0][1])]
         if evs:
             self.ch.send(("events", self.index, evs))
@@ -208,12 +207,16 @@ class Worker:
             return
         assert self.table is not None
         self._resync = False
-        rows = [(*snapshot(c), EventKind.NEW, None) for c in self.table if self._mine(c.key[1])]
+        mine = self._mine()
+        rows = [(*snapshot(c), EventKind.NEW, None) for c in self.table if mine(c.key[1])]
         rows.sort(key=lambda ev: not ev[0][8])
         self.ch.send(("resync", self.index, rows))
 
-    def _mine(self, caddr: int) -> bool:
-        return self.count < 2 or shard_of(caddr, self.mask, self.count) == self.index
+    def _mine(self) -> Callable[[int], bool]:
+        """Whether a client address is in this worker's shard (under the plane's current mask)."""
+        assert self.plane is not None
+        mask, count, index = self.plane.mask, self.count, self.index
+        return lambda caddr: count < 2 or shard_of(caddr, mask, count) == index
 
     # -- messages from the parent -------------------------------------------------------------------
     def on_message(self, msg: Message) -> None:
@@ -238,8 +241,7 @@ class Worker:
         elif kind == "synced":
             self._synced(msg[1])
         elif kind == "mask":
-            self.mask = int(msg[1])
-            plane.set_mask(self.mask)
+            plane.set_mask(int(msg[1]))
         elif kind == "defense":
             d.gate.todrop.set_rate(msg[1])
             d.cfg.timeouts.secure_tcp = msg[2]
@@ -334,7 +336,7 @@ class Worker:
                          for s in d.services},
             "own": self._own(),
             "forwarded": sum(s.counters.inpkts + s.counters.outpkts for s in d.services),
-            "created": sum(s.counters.conns for s in d.services), "mask": self.mask,
+            "created": sum(s.counters.conns for s in d.services), "mask": plane.mask,
             "drops": list(d.counters.counts), "conns": d.table.count, "active": d.active,
             "rx_frames": list(plane.rx_frames), "ring_packets": packets, "ring_drops": drops,
             "handler_errors": plane.handler_errors, "tx_errors": plane.tx_errors,
