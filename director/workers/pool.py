@@ -60,7 +60,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from director.config.node import NodeConfig
@@ -261,30 +261,24 @@ class WorkerPool:
 
     def _mirror(self, evs: list[RawEvent], to_feed: bool = True) -> None:
         """A worker's events into the replica (and, while serving sync, into its feed)."""
-        now = self.clock()
+        serving = self._apply_quiet(_chunks(evs, self.clock()))
+        self.mirrored += len(evs)
+        if serving and to_feed:
+            push = self.table.events.push_raw
+            for ev in evs:
+                push(ev)
+
+    def _apply_quiet(self, chunks: Iterable[list[Update]]) -> bool:
+        """Apply to the replica with its event feed off; returns whether the feed is on (serving sync)."""
         feed = self.table.events
         serving = feed.enabled
         feed.enabled = False
         try:
-            chunk: list[Update] = []
-            keys: set[Any] = set()
-            for ev in evs:
-                key = ev[0]
-                if key in keys or (ev[9] is not None and ev[9] in keys):
-                    self.applier.apply(chunk)
-                    chunk, keys = [], set()
-                keys.add(key)
-                chunk.append(Update(SyncKind(int(ev[8])), key, ev[1], ev[2], ev[3], ev[4] - now, ev[5], ev[6],
-                                    ev[7], ev[9]))
-            if chunk:
+            for chunk in chunks:
                 self.applier.apply(chunk)
         finally:
             feed.enabled = serving
-        self.mirrored += len(evs)
-        if serving and to_feed:
-            push = feed.push_raw
-            for ev in evs:
-                push(ev)
+        return serving
 
     def ask_expires(self, keys: list[Any]) -> None:
         """The sync master's refresh pass found these replica entries not extended (``on_stale``):
@@ -317,15 +311,10 @@ class WorkerPool:
         stale = [Update(SyncKind.EXPIRE, c.key) for c in self.table
                  if shard_of(c.key[1], self.mask, self.count) == index and c.key not in keys]
         log.warning("worker %d resync: %d entries, %d stale removed", index, len(evs), len(stale))
-        feed = self.table.events
-        serving = feed.enabled
-        feed.enabled = False
-        try:
-            self.applier.apply(stale)
-        finally:
-            feed.enabled = serving
+        serving = self._apply_quiet([stale])
         self._mirror(evs, to_feed=False)
         if serving:
+            feed = self.table.events
             feed.overflowed = True  # the sync master sends every backup a snapshot at its next cut
             if feed.on_ready is not None:
                 feed.on_ready()
@@ -495,6 +484,23 @@ class WorkerPool:
 
     def close(self) -> None:
         self.fence.close()
+
+
+def _chunks(evs: list[RawEvent], now: float) -> Iterator[list[Update]]:
+    """Raw events as updates for the applier, cut before an event that touches a key already in the
+    chunk (a chunk holds each key once)."""
+    chunk: list[Update] = []
+    keys: set[Any] = set()
+    for ev in evs:
+        key = ev[0]
+        if key in keys or (ev[9] is not None and ev[9] in keys):
+            yield chunk
+            chunk, keys = [], set()
+        keys.add(key)
+        chunk.append(Update(SyncKind(int(ev[8])), key, ev[1], ev[2], ev[3], ev[4] - now, ev[5], ev[6], ev[7],
+                            ev[9]))
+    if chunk:
+        yield chunk
 
 
 def _column_sums(rows: list[Any]) -> list[int]:
