@@ -41,6 +41,7 @@ from director.admin.cli_base import (
     warn,
 )
 from director.admin.cli_ops import apply_document
+from director.config.model import default_name
 from lbd_pb import admin_pb2 as pb
 
 
@@ -132,13 +133,12 @@ def cmd_add_service(c: Client, args: argparse.Namespace, out: TextIO) -> int:
         if group is None:
             raise UsageError("a fwmark service (service group) needs its selectors: --group tcp/VIP:PORT "
                              "(repeat it; ranges as tcp/VIP:LO-HI)")
-        name = args.name or f"fwm-{ref.fwmark}"
         where: dict[str, Any] = {"fwmark": ref.fwmark, "group": group}
     elif group is not None:
         raise UsageError("--group goes with -f MARK (a service group)")
     else:
-        name = args.name or f"{ref.protocol}-{ref.vip}-{ref.port}"
         where = {"protocol": ref.protocol, "vip": ref.vip, "port": ref.port}
+    name = args.name or default_name(ref.protocol, ref.vip, ref.port, ref.fwmark)
     spec = {"name": name, **where, **_service_fields(args)}
     spec = {k: v for k, v in spec.items() if v is not None}
     rev = c.call("PutService", pb.PutServiceRequest(service=_struct(spec), create_only=not args.replace))

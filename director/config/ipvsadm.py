@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from director.config.dump import service_dict
-from director.config.model import Config, ServiceConfig
+from director.config.model import Config, ServiceConfig, default_name
 
 FWD_FLAG = {"dr": "-g", "tun": "-i", "nat": "-m"}
 _FLAG_FWD = {"-g": "dr", "--gatewaying": "dr", "-i": "tun", "--ipip": "tun", "-m": "nat",
@@ -346,7 +346,7 @@ class _Replay:
             where: dict[str, Any] = {"fwmark": key[2], "group": old["group"]}
         else:
             where = {"protocol": key[0], "vip": key[1], "port": key[2]}
-        name = old.get("name") or (f"fwm-{key[2]}" if key[0] == "fwm" else f"{key[0]}-{key[1]}-{key[2]}")
+        name = old.get("name") or default_name(*key, fwmark=key[2] if key[0] == "fwm" else 0)
         return {"name": name, **where, "scheduler": DEFAULT_SCHEDULER, "dests": [],
                 **{k: old[k] for k in _KEPT if k in old}}
 

@@ -25,6 +25,11 @@ MAX_SECONDS = 2**31 // 1000  # what the kernel's jiffies-based timeouts hold
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
+def default_name(protocol: str, vip: str, port: int, fwmark: int = 0) -> str:
+    """A service's name when none is given: ``tcp-198.18.0.10-80``, or ``fwm-MARK`` for a service group."""
+    return f"fwm-{fwmark}" if fwmark else f"{protocol}-{vip}-{port}"
+
+
 @dataclass(frozen=True)
 class Persistence:
     timeout: int = 300
