@@ -50,7 +50,7 @@ from typing import Any, Protocol
 from director.types import Clock
 from syncd import wire
 from syncd.coalesce import Window
-from syncd.convert import encode_batch_entries, encode_batch_packed, pack_updates
+from syncd.convert import encode_batch_packed, pack_updates
 from syncd.memory import HeapTrimmer
 from syncd.model import SyncKind, TableLike, Update, update_from_conn
 from syncd.packed import ROW_SIZE, Packer
@@ -272,24 +272,6 @@ class SyncMaster:
     def emit(self, updates: list[Update], first_ns: int) -> None:
         """Append `updates` to the stream as one or more batches and wake the backups."""
         self.emit_packed(pack_updates(updates), first_ns)
-
-    def emit_encoded(self, bodies: list[bytes], first_ns: int) -> None:
-        """``emit`` of updates already encoded (``convert.entry_body``): each batch is serialized once
-        here and the same bytes go to every backup."""
-        if not bodies:
-            return
-        step = self.cfg.max_batch
-        created = time.monotonic()
-        for i in range(0, len(bodies), step):
-            part = bodies[i:i + step] if len(bodies) > step else bodies
-            self.head_seq += 1
-            data = encode_batch_entries(self.epoch, self.incarnation, self.head_seq, first_ns, part)
-            self.ring.append(RingEntry(self.head_seq, data, len(part), created))
-            self.stats["batches"] += 1
-            self.stats["updates"] += len(part)
-        self.ring.trim(created)
-        for s in self.sessions:
-            s.wake()
 
     def emit_packed(self, rows: Packer, first_ns: int) -> None:
         """``emit`` of updates already packed (``syncd.packed``): one batch per ``max_batch`` rows."""

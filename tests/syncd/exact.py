@@ -159,19 +159,13 @@ class Exact:
         self.max_stall = max_stall
         self.views: dict[tuple[int, int], View] = {}
         self.links: list[Link] = []
-        emit, emit_packed = self.master.emit_encoded, self.master.emit_packed
-
-        def recording(bodies: list[bytes], first_ns: int) -> None:
-            emit(bodies, first_ns)
-            if bodies:
-                self.record()
+        emit_packed = self.master.emit_packed
 
         def recording_packed(rows: Packer, first_ns: int) -> None:
             emit_packed(rows, first_ns)
             if len(rows):
                 self.record()
 
-        self.master.emit_encoded = recording  # type: ignore[method-assign]
         self.master.emit_packed = recording_packed  # type: ignore[method-assign]
 
     def record(self) -> None:
