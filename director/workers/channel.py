@@ -50,8 +50,6 @@ class Channel:
         self.on_message: Callable[[Message], None] = lambda _m: None
         self.on_close: Callable[[], None] = lambda: None
         self.closed = False
-        self.sent = 0
-        self.received = 0
 
     @property
     def backlog(self) -> int:
@@ -67,7 +65,6 @@ class Channel:
         if self.closed:
             return
         frame = encode(msg)
-        self.sent += 1
         if self._out:
             self._out += frame
             return
@@ -82,19 +79,6 @@ class Channel:
             self._out += memoryview(frame)[n:]
             if self._loop is not None:
                 self._loop.add_writer(self.sock.fileno(), self._writable)
-
-    def send_blocking(self, msg: Message) -> None:
-        """Write one message even without a loop (start and stop paths)."""
-        if self.closed:
-            return
-        self.sock.setblocking(True)
-        try:
-            if self._out:
-                self.sock.sendall(self._out)
-                self._out.clear()
-            self.sock.sendall(encode(msg))
-        finally:
-            self.sock.setblocking(False)
 
     def _writable(self) -> None:
         try:
@@ -131,7 +115,6 @@ class Channel:
                 break
             msg = pickle.loads(bytes(buf[pos + 4:pos + 4 + n]))
             pos += 4 + n
-            self.received += 1
             try:
                 self.on_message(msg)
             except Exception:  # one bad message must not end the pipe
