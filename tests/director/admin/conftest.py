@@ -22,9 +22,7 @@ class Env:
         self.lt, self.node, self.server, self.addr = lt, node, server, addr
 
     def run(self, *argv: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = cli.main(["--addr", self.addr, "--timeout", "10", *argv], out=out, err=err)
-        return code, out.getvalue(), err.getvalue()
+        return cli_run(["--addr", self.addr, "--timeout", "10", *argv])
 
     def conns(self, n: int, dest_index: int = 0) -> None:
         def fill() -> None:
