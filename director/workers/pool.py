@@ -84,13 +84,11 @@ _SLOTS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
 class WorkerProc:
     """One worker process and its end of the control pipe."""
 
-    def __init__(self, index: int, proc: subprocess.Popen[bytes], channel: Channel, pidfd: int) -> None:
-        self.index = index
+    def __init__(self, proc: subprocess.Popen[bytes], channel: Channel, pidfd: int) -> None:
         self.proc = proc
         self.channel = channel
         self.pidfd = pidfd
         self.ready = False
-        self.started = time.monotonic()
 
 
 class WorkerPool:
@@ -356,7 +354,7 @@ class WorkerPool:
         theirs.close()
         ch = Channel(mine)
         pidfd = os.pidfd_open(proc.pid)
-        w = WorkerProc(index, proc, ch, pidfd)
+        w = WorkerProc(proc, ch, pidfd)
         self.workers[index] = w
         ch.on_message = self._on_message
         ch.attach(loop)
