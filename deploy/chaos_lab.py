@@ -22,7 +22,6 @@ The fault verbs (`kill`, `freeze`, `cut_etcd`, ...) act on nodes and members giv
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import signal
@@ -174,11 +173,8 @@ class ChaosLab:
     def stop_server(self, n: int) -> None:
         """Stop real server `n`'s processes (the lab started them; they are found by its namespace)."""
         ns = self.lab.reals[n - 1].ns
-        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
         self.server_down.setdefault(f"r{n}", []).append((time.time(), float("inf")))
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
+        self.lab._kill_ns_pids(ns)
         (self.lab.workdir / f"{ns}.ready").unlink(missing_ok=True)
 
     def start_server(self, n: int) -> None:
