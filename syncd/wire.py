@@ -335,17 +335,13 @@ def _tv64(tag: int, v: int) -> bytes:
 
 def batch(version: int, epoch: int, incarnation: int, seq: int, first_event_ns: int,
           bodies: list[bytes]) -> bytes:
-    """A SyncMessage{batch} holding the given ConnEntry bodies."""
-    parts = [_tv64(0x08, seq), _tv64(0x10, first_event_ns)]
-    parts += _repeated(b"\x1a", bodies)
-    return _message(version, epoch, incarnation, b"\x22", parts)
+    """A SyncMessage{batch} holding the given ConnEntry bodies (the version-1 layout)."""
+    return batch_packed(version, epoch, incarnation, seq, first_event_ns, bodies, b"", [])
 
 
 def snapshot_chunk(version: int, epoch: int, incarnation: int, index: int, bodies: list[bytes]) -> bytes:
-    """A SyncMessage{snapshot_chunk} holding the given ConnEntry bodies."""
-    parts = [_tv(0x08, index)]
-    parts += _repeated(b"\x12", bodies)
-    return _message(version, epoch, incarnation, b"\x32", parts)
+    """A SyncMessage{snapshot_chunk} holding the given ConnEntry bodies (the version-1 layout)."""
+    return snapshot_chunk_packed(version, epoch, incarnation, index, bodies, b"", [])
 
 
 def _packed(tag: bytes, rows: bytes) -> list[bytes]:
