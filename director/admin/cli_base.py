@@ -17,6 +17,7 @@ from typing import Any, TextIO
 import grpc
 from google.protobuf import json_format
 
+from director.config.model import PROTOCOLS
 from lbd_pb import admin_pb2 as pb
 from lbd_pb import admin_pb2_grpc as pb_grpc
 
@@ -62,7 +63,7 @@ def parse_svc(text: str) -> pb.ServiceRef:
         if not rest.isdigit() or int(rest) == 0:
             raise UsageError(f"bad fwmark service {text!r}: write fwm/<mark>, e.g. fwm/5")
         return pb.ServiceRef(fwmark=int(rest))
-    if proto not in ("tcp", "udp"):
+    if proto not in PROTOCOLS:
         raise UsageError(f"bad service {text!r}: protocol must be tcp, udp or fwm")
     addr, port = parse_hostport(rest, f"service {text!r}")
     return pb.ServiceRef(protocol=proto, vip=addr, port=port)

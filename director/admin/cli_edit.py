@@ -41,7 +41,7 @@ from director.admin.cli_base import (
     warn,
 )
 from director.admin.cli_ops import apply_document
-from director.config.model import default_name
+from director.config.model import PROTOCOLS, default_name
 from lbd_pb import admin_pb2 as pb
 
 
@@ -119,7 +119,7 @@ def _selectors(items: list[str] | None) -> list[dict[str, Any]] | None:
         proto, _, rest = item.rpartition("/")
         vip, _, ports = rest.rpartition(":")
         lo, dash, hi = ports.partition("-")
-        if proto not in ("tcp", "udp") or not vip or not lo.isdigit() or (dash and not hi.isdigit()):
+        if proto not in PROTOCOLS or not vip or not lo.isdigit() or (dash and not hi.isdigit()):
             raise UsageError(f"bad --group {item!r}: write tcp/VIP:PORT or udp/VIP:LO-HI")
         out.append({"protocol": proto, "vip": vip.strip("[]"), **({"ports": ports} if dash else
                                                                   {"port": int(lo)})})
