@@ -195,14 +195,10 @@ def cmd_edit_dest(c: Client, args: argparse.Namespace, out: TextIO) -> int:
     dtext = dest_arg(args)
     addr, port = parse_hostport(dtext, "dest")
     req = pb.EditDestRequest(service=ref, address=addr, port=port)
+    extra = _dest_fields(args)
     for name in ("weight", "u_threshold", "l_threshold"):
-        if getattr(args, name) is not None:
-            setattr(req, name, getattr(args, name))
-    extra: dict[str, Any] = {}
-    if args.forward is not None:
-        extra["forward"] = args.forward
-    if args.health is not None:
-        extra["healthcheck"] = flow_mapping(args.health, "--health")
+        if name in extra:
+            setattr(req, name, extra.pop(name))
     if args.no_health:
         extra["healthcheck"] = None
     if extra:
