@@ -145,6 +145,15 @@ def read_config_file(path: str) -> str:
         raise UsageError("\n".join(exc.errors)) from None
 
 
+def write_file(path: str, text: str, mode: str = "w") -> None:
+    """Write (or with mode "a" append) UTF-8 text; a UsageError names what is wrong."""
+    try:
+        with open(path, mode, encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+
+
 def service_arg(args: argparse.Namespace, *, required: bool = True) -> str | None:
     """The service of a command: its SERVICE argument or ipvsadm's -t/-u/-f VIP:PORT (one of them)."""
     given = [text for text in (

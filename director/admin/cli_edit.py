@@ -39,6 +39,7 @@ from director.admin.cli_base import (
     service_arg,
     settle,
     warn,
+    write_file,
 )
 from director.admin.cli_ops import apply_document
 from director.config.model import PROTOCOLS, default_name
@@ -231,15 +232,10 @@ def _running(c: Client) -> tuple[str, int]:
 
 
 def _write(text: str, path: str | None, out: TextIO) -> None:
-    if path in (None, "-"):
+    if path is None or path == "-":
         out.write(text)
-        return
-    assert path is not None
-    try:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    else:
+        write_file(path, text)
 
 
 def cmd_save(c: Client, args: argparse.Namespace, out: TextIO) -> int:

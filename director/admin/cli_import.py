@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from director.admin.cli_base import EXIT, Client, UsageError, warn
+from director.admin.cli_base import EXIT, Client, UsageError, warn, write_file
 from director.admin.cli_ops import apply_document
 from director.config.keepalived import Imported, summary, translate
 
@@ -81,14 +81,14 @@ def _emit(args: argparse.Namespace, imp: Imported, out: TextIO) -> str:
     for u in imp.untranslated:
         warn(args, f"import-keepalived: {args.conf}: {u}")
     if args.report:
-        _write(args.report, json.dumps({"source": args.conf, "untranslated": summary(imp.untranslated)},
+        write_file(args.report, json.dumps({"source": args.conf, "untranslated": summary(imp.untranslated)},
                                        indent=2) + "\n")
     if args.node_config:
-        _write(args.node_config, node)
+        write_file(args.node_config, node)
     if args.apply:
         return text
     if args.output:
-        _write(args.output, text)
+        write_file(args.output, text)
     else:
         out.write(text)
     if not args.node_config:
@@ -103,15 +103,7 @@ class _Appender:
         self.path = path
 
     def write(self, text: str) -> None:
-        _write(self.path, text, mode="a")
-
-
-def _write(path: str, text: str, mode: str = "w") -> None:
-    try:
-        with open(path, mode, encoding="utf-8") as f:
-            f.write(text)
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+        write_file(self.path, text, mode="a")
 
 
 def _finish(args: argparse.Namespace, imp: Imported) -> int | None:
