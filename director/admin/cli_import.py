@@ -81,8 +81,8 @@ def _emit(args: argparse.Namespace, imp: Imported, out: TextIO) -> str:
     for u in imp.untranslated:
         warn(args, f"import-keepalived: {args.conf}: {u}")
     if args.report:
-        write_file(args.report, json.dumps({"source": args.conf, "untranslated": summary(imp.untranslated)},
-                                       indent=2) + "\n")
+        report = {"source": args.conf, "untranslated": summary(imp.untranslated)}
+        write_file(args.report, json.dumps(report, indent=2) + "\n")
     if args.node_config:
         write_file(args.node_config, node)
     if args.apply:
@@ -92,18 +92,13 @@ def _emit(args: argparse.Namespace, imp: Imported, out: TextIO) -> str:
     else:
         out.write(text)
     if not args.node_config:
-        (out if not args.output else _Appender(args.output)).write(
-            "\n" + "".join(f"# {line}\n" if not line.startswith("#") else f"{line}\n"
-                           for line in node.splitlines()))
+        comments = "\n" + "".join(f"# {line}\n" if not line.startswith("#") else f"{line}\n"
+                                  for line in node.splitlines())
+        if args.output:
+            write_file(args.output, comments, mode="a")
+        else:
+            out.write(comments)
     return text
-
-
-class _Appender:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def write(self, text: str) -> None:
-        write_file(self.path, text, mode="a")
 
 
 def _finish(args: argparse.Namespace, imp: Imported) -> int | None:
