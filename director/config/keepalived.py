@@ -172,7 +172,7 @@ def _vs_defaults(ctx: Ctx, s: Stmt, defaults: dict[str, Any]) -> bool:
         else:
             ctx.skip(s, "needs one host name")
         return True
-    value = _int(ctx, s, 1 if key != "timeout" else 1, 86400)
+    value = _int(ctx, s, 1, 86400)
     if value is not None:
         defaults[key] = value
     return True
@@ -201,7 +201,7 @@ def _real_server(ctx: Ctx, s: Stmt, svc: dict[str, Any], defaults: Mapping[str, 
         return
     dest: dict[str, Any] = {"address": s.args[0]}
     if len(s.args) == 2:
-        dest["port"] = int(s.args[1]) if s.args[1].isdigit() else s.args[1]
+        dest["port"] = int(s.args[1])  # _addr_problem checked it
     own = dict(defaults)
     on_failure = "remove"
     inhibit: Stmt | None = None
