@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from director.config.dump import service_dict
-from director.config.model import Config, ServiceConfig, default_name
+from director.config.model import MAX_THRESHOLD, MAX_WEIGHT, Config, ServiceConfig, default_name
 
 FWD_FLAG = {"dr": "-g", "tun": "-i", "nat": "-m"}
 _FLAG_FWD = {"-g": "dr", "--gatewaying": "dr", "-i": "tun", "--ipip": "tun", "-m": "nat",
@@ -289,7 +289,7 @@ def _dest_fields(line: _Line) -> dict[str, Any]:
     dest: dict[str, Any] = {}
     if line.fwd is not None:
         dest["forward"] = line.fwd
-    for key, hi in (("weight", 65535), ("u_threshold", 2**31 - 1), ("l_threshold", 2**31 - 1)):
+    for key, hi in (("weight", MAX_WEIGHT), ("u_threshold", MAX_THRESHOLD), ("l_threshold", MAX_THRESHOLD)):
         value = _int(line, key, 0, hi)
         if value is not None:
             dest[key] = value

@@ -32,7 +32,7 @@ from typing import Any
 
 from director.config import keepalived_checks as checks
 from director.config.keepalived_checks import Ctx, Stmt, Untranslated
-from director.config.model import FORWARDS
+from director.config.model import FORWARDS, MAX_SECONDS, MAX_THRESHOLD, MAX_WEIGHT
 from director.services.sched import registry
 
 LB_KINDS = {name.upper(): name for name in FORWARDS}
@@ -208,9 +208,9 @@ def _real_server(ctx: Ctx, s: Stmt, svc: dict[str, Any], defaults: Mapping[str, 
     checker: Stmt | None = None
     for c in s.block or ():
         if c.key == "weight":
-            dest["weight"] = _int(ctx, c, 0, 65535)
+            dest["weight"] = _int(ctx, c, 0, MAX_WEIGHT)
         elif c.key in ("uthreshold", "lthreshold"):
-            value = _int(ctx, c, 0, 2**31 - 1)
+            value = _int(ctx, c, 0, MAX_THRESHOLD)
             if value is not None:
                 dest[f"{c.key[0]}_threshold"] = value
         elif c.key == "inhibit_on_failure":
@@ -249,7 +249,7 @@ def _service_option(ctx: Ctx, c: Stmt, svc: dict[str, Any], defaults: dict[str, 
     elif c.key == "protocol" and arg in ("TCP", "UDP"):
         svc["protocol"] = arg.lower()
     elif c.key == "persistence_timeout":
-        timeout = _int(ctx, c, 1, 2**31 // 1000)
+        timeout = _int(ctx, c, 1, MAX_SECONDS)
         if timeout is not None:
             svc.setdefault("persistence", {})["timeout"] = timeout
     elif c.key == "persistence_granularity" and arg is not None:
