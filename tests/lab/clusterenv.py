@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from deploy.cluster import LabCluster, NodeProc, split_brain
+from deploy.cluster import LabCluster, NodeProc, split_brain, wait_for
 from deploy.drill import TrafficProc, services_yaml
 from deploy.lab import Lab, new_name
 from deploy.observer import FabricObserver
@@ -85,5 +85,20 @@ def cluster_env(conns: int, *, observe: bool = False, etcd_members: int = 1) -> 
             env.observer.stop()
         if env.traffic is not None:
             env.traffic.stop()
+        cluster.close()
+        lab.down()
+
+
+@contextmanager
+def admin_cluster(n_nodes: int, services: str, node_extra: str = "") -> Iterator[LabCluster]:
+    """A fresh, uniquely named lab (three real servers) with `n_nodes` nodes up, in sync and their
+    admin sockets there; torn down whatever happens."""
+    lab = Lab(new_name(), n_directors=n_nodes, n_reals=3)
+    cluster = LabCluster(lab, n_nodes=n_nodes, node_extra=node_extra)
+    try:
+        cluster.bring_up(services)
+        wait_for("admin sockets", lambda: all(cluster.admin_socket(n).exists() for n in cluster.nodes), 30)
+        yield cluster
+    finally:
         cluster.close()
         lab.down()

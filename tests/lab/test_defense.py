@@ -23,10 +23,11 @@ import grpc
 import pytest
 
 from deploy.cluster import LabCluster, NodeProc, wait_for
-from deploy.lab import PYTHON, VIP_NAT, Lab, new_name, real_addr
+from deploy.lab import PYTHON, VIP_NAT, Lab, real_addr
 from deploy.synflood import StatusSampler
 from lbd_pb import admin_pb2 as pb
 from lbd_pb import admin_pb2_grpc as pb_grpc
+from tests.lab.clusterenv import admin_cluster
 
 pytestmark = [pytest.mark.lab, pytest.mark.etcd]
 
@@ -102,15 +103,8 @@ def result(proc: subprocess.Popen[bytes], timeout: float) -> Any:
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    lab = Lab(new_name(), n_directors=2, n_reals=3)
-    cluster = LabCluster(lab, n_nodes=2, node_extra=DEFENSE)
-    try:
-        cluster.bring_up(services_yaml())
-        wait_for("admin sockets", lambda: all(cluster.admin_socket(n).exists() for n in cluster.nodes), 30)
-        yield Env(lab, cluster)
-    finally:
-        cluster.close()
-        lab.down()
+    with admin_cluster(2, services_yaml(), DEFENSE) as cluster:
+        yield Env(cluster.lab, cluster)
 
 
 def test_syn_flood_table_bounded_streams_survive(env: Env) -> None:

@@ -17,9 +17,10 @@ import grpc
 import pytest
 
 from deploy.cluster import LabCluster, NodeProc, wait_for
-from deploy.lab import VIP_NAT, Lab, new_name, real_addr
+from deploy.lab import VIP_NAT, real_addr
 from lbd_pb import admin_pb2 as pb
 from lbd_pb import admin_pb2_grpc as pb_grpc
+from tests.lab.clusterenv import admin_cluster
 
 pytestmark = [pytest.mark.lab, pytest.mark.etcd]
 
@@ -34,15 +35,8 @@ def services_yaml() -> str:
 
 @pytest.fixture(params=["", "workers: 2"], ids=["in-process", "two-workers"])
 def cluster(request: pytest.FixtureRequest) -> Iterator[LabCluster]:
-    lab = Lab(new_name(), n_directors=1, n_reals=3)
-    c = LabCluster(lab, n_nodes=1, node_extra=request.param)
-    try:
-        c.bring_up(services_yaml())
-        wait_for("admin socket", lambda: c.admin_socket(c.nodes[0]).exists(), 30)
+    with admin_cluster(1, services_yaml(), request.param) as c:
         yield c
-    finally:
-        c.close()
-        lab.down()
 
 
 def stats(c: LabCluster, node: NodeProc) -> Any:

@@ -21,9 +21,10 @@ import grpc
 import pytest
 
 from deploy.cluster import LabCluster, NodeProc, wait_for
-from deploy.lab import PYTHON, VIP_NAT, Lab, new_name, real_addr
+from deploy.lab import PYTHON, VIP_NAT, Lab, real_addr
 from lbd_pb import admin_pb2 as pb
 from lbd_pb import admin_pb2_grpc as pb_grpc
+from tests.lab.clusterenv import admin_cluster
 
 pytestmark = [pytest.mark.lab, pytest.mark.etcd]
 
@@ -44,15 +45,8 @@ def services_yaml() -> str:
 
 @pytest.fixture(params=["", "workers: 2"], ids=["in-process", "two-workers"])
 def cluster(request: pytest.FixtureRequest) -> Iterator[LabCluster]:
-    lab = Lab(new_name(), n_directors=2, n_reals=3)
-    c = LabCluster(lab, n_nodes=2, node_extra=request.param)
-    try:
-        c.bring_up(services_yaml())
-        wait_for("admin sockets", lambda: all(c.admin_socket(n).exists() for n in c.nodes), 30)
+    with admin_cluster(2, services_yaml(), request.param) as c:
         yield c
-    finally:
-        c.close()
-        lab.down()
 
 
 def services(c: LabCluster, node: NodeProc) -> Any:
