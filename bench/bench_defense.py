@@ -39,6 +39,7 @@ from deploy.lab import PYTHON, VIP_NAT, Lab, new_name, real_addr
 from deploy.synflood import StatusSampler
 from lbd_pb import admin_pb2 as pb
 from lbd_pb import admin_pb2_grpc as pb_grpc
+from tests.lab.labutil import big_document
 
 VMAC = "00:00:5e:00:01:01"
 RATE = 6000
@@ -117,14 +118,6 @@ def _one(label: str, defense: str, seconds: float) -> dict[str, float]:
     finally:
         cluster.close()
         lab.down()
-
-
-def big_document() -> str:
-    """~1 MB of valid config (4000 services)."""
-    dests = ", ".join(f"{{address: {real_addr(i)}, port: 80, weight: {i}}}" for i in (1, 2, 3))
-    return "services:\n" + "".join(
-        f"  - {{name: flood-{i:05d}, protocol: tcp, vip: 198.18.0.{10 + i % 10}, port: {1024 + i},"
-        f" scheduler: wlc, forward: nat, dests: [{dests}]}}  # xx\n" for i in range(4000))
 
 
 def _admin_flood(lab: Lab, cluster: LabCluster, seconds: float) -> dict[str, float]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.cluster import wait_for as cluster_wait_for
-from deploy.lab import PYTHON, Lab
+from deploy.lab import PYTHON, Lab, real_addr
 
 DEADLINE = 30.0
 
@@ -76,6 +76,18 @@ class DirectorProc:
         self.stop()
 
 
+
+
+def big_document() -> str:
+    """~1 MB of valid config (4000 services): parsing it is real work for the node."""
+    dests = ", ".join(f"{{address: {real_addr(i)}, port: 80, weight: {i}}}" for i in (1, 2, 3))
+    lines = ["services:"]
+    for i in range(4000):
+        lines.append(f"  - {{name: flood-{i:05d}, protocol: tcp, vip: 198.18.0.{10 + i % 10},"
+                     f" port: {1024 + i}, scheduler: wlc, forward: nat, dests: [{dests}]}}  # {'x' * 2}")
+    text = "\n".join(lines) + "\n"
+    assert 900_000 < len(text) < 1 << 20
+    return text
 
 
 # -- crafted frames and a fabric observer (hostile-frame and fencing tests) ---------------------------

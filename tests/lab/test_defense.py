@@ -28,6 +28,7 @@ from deploy.synflood import StatusSampler
 from lbd_pb import admin_pb2 as pb
 from lbd_pb import admin_pb2_grpc as pb_grpc
 from tests.lab.clusterenv import admin_cluster
+from tests.lab.labutil import big_document
 
 pytestmark = [pytest.mark.lab, pytest.mark.etcd]
 
@@ -151,18 +152,6 @@ def _loop(deadline: float, fn: Callable[[], None], codes: Counter[str]) -> None:
         except grpc.RpcError as err:
             codes[err.code().name] += 1
             assert len(err.details() or "") < 5000
-
-
-def big_document() -> str:
-    """~1 MB of valid config (4000 services): parsing it is real work for the node."""
-    dests = ", ".join(f"{{address: {real_addr(i)}, port: 80, weight: {i}}}" for i in (1, 2, 3))
-    lines = ["services:"]
-    for i in range(4000):
-        lines.append(f"  - {{name: flood-{i:05d}, protocol: tcp, vip: 198.18.0.{10 + i % 10},"
-                     f" port: {1024 + i}, scheduler: wlc, forward: nat, dests: [{dests}]}}  # {'x' * 2}")
-    text = "\n".join(lines) + "\n"
-    assert 900_000 < len(text) < 1 << 20
-    return text
 
 
 def test_admin_flood_under_traffic_changes_no_role(env: Env) -> None:
