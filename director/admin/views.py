@@ -89,8 +89,7 @@ def service_view(svc: VirtualService, *, health: Mapping[DestKey, str] | None = 
 
 def configured_weights(services: Iterable[Any]) -> dict[DestKey, int]:
     """DestKey -> weight in the config, from config ServiceConfig objects (for `configured`)."""
-    return {(int(sc.proto), sc.vaddr, sc.port, sc.fwmark, dc.daddr, dc.port): dc.weight
-            for sc in services for dc in sc.dests}
+    return {(*sc.svc_key, dc.daddr, dc.port): dc.weight for sc in services for dc in sc.dests}
 
 
 def find_service(services: ServiceTable, ref: SvcRef) -> VirtualService:
