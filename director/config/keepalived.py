@@ -162,8 +162,7 @@ def _int(ctx: Ctx, s: Stmt, lo: int, hi: int) -> int | None:
 
 def _vs_defaults(ctx: Ctx, s: Stmt, defaults: dict[str, Any]) -> bool:
     """Checker defaults given on the virtual or real server (keepalived inherits them)."""
-    key = {"delay_loop": "interval", "connect_timeout": "timeout", "retry": "fall", "nb_get_retry": "fall",
-           "virtualhost": "host"}.get(s.key)
+    key = {**checks.INHERITED, "virtualhost": "host"}.get(s.key)
     if key is None:
         return False
     if key == "host":

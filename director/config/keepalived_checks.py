@@ -31,8 +31,9 @@ HTTP_CODES = frozenset((*range(100, 104), *range(200, 209), 226, *range(300, 309
 """The registered HTTP status codes: what a status range stands for."""
 ANY_2XX = sorted(c for c in HTTP_CODES if 200 <= c < 300)
 """keepalived's default when a url gives no status_code: any 2xx."""
-_COMMON = {"delay_loop": "interval", "connect_timeout": "timeout", "retry": "fall", "nb_get_retry": "fall",
-           "connect_port": "port"}
+INHERITED = {"delay_loop": "interval", "connect_timeout": "timeout", "retry": "fall", "nb_get_retry": "fall"}
+"""Checker options a virtual or real server may give for its checkers (keepalived inherits them)."""
+_COMMON = {**INHERITED, "connect_port": "port"}
 _URL_KEYS = {"path": "path", "digest": "digest", "regex": "expect_body"}
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2})+")
 
