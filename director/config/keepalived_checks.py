@@ -194,18 +194,16 @@ def _specific(ctx: Ctx, c: Stmt, kind: str, out: dict[str, Any], state: dict[str
 def translate(ctx: Ctx, s: Stmt, defaults: Mapping[str, Any]) -> dict[str, Any] | None:
     """The ``health:`` mapping of one checker block, or None when there is no such checker."""
     kind = CHECKERS.get(s.key)
+    if kind is None:
+        ctx.skip(s, "no such checker here (tcp, http, https, dns, udp, grpc, misc, ping)")
+        return None
     where = ctx.path
     ctx.path = f"{where} > {s.key}" if where else s.key
     try:
-        if kind is None:
-            ctx.path = where
-            ctx.skip(s, "no such checker here (tcp, http, https, dns, udp, grpc, misc, ping)")
-            return None
         out = _translate(ctx, s, kind, defaults)
-        ctx.path = where
-        return _complete(ctx, s, kind, out)
     finally:
         ctx.path = where
+    return _complete(ctx, s, kind, out)
 
 
 def _translate(ctx: Ctx, s: Stmt, kind: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
