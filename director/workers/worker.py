@@ -125,9 +125,9 @@ class WorkerPlane(DataPlane):
     def _open(self) -> None:
         try:
             for side in (EXT, INT):
-                sock = PacketSocket(self.ifnames[side], ring=self.ring, drop_arp=True)
-                self.socks.append(sock)
-                self._filter(sock, side)
+                # the shard filter (which drops ARP too) goes on before bind: not one frame of
+                # another worker's shard reaches this ring while the socket starts
+                self.socks.append(PacketSocket(self.ifnames[side], ring=self.ring, bpf=self._program(side)))
                 self.arp_socks.append(PacketSocket(self.ifnames[side], ring=None, ethertype=ETH_P_ARP))
                 self.tx_rings.append(TxRing(self.ifnames[side]))
                 self.tx_rings[-1].fence = self.fenced
@@ -135,8 +135,11 @@ class WorkerPlane(DataPlane):
             self.close()
             raise
 
+    def _program(self, side: int) -> bytes:
+        return shard_filter(SRC if side == EXT else DST, self.mask, self.index, self.count)
+
     def _filter(self, sock: PacketSocket, side: int) -> None:
-        attach_filter(sock.sock, shard_filter(SRC if side == EXT else DST, self.mask, self.index, self.count))
+        attach_filter(sock.sock, self._program(side))
 
     def set_mask(self, mask: int) -> None:
         self.mask = mask

@@ -150,7 +150,7 @@ class PacketSocket:
 
     def __init__(self, ifname: str, *, ring: RingSpec | None = RingSpec(), fanout: Fanout | None = None,
                  promisc: bool = False, qdisc_bypass: bool = True, rcvbuf: int = 8 << 20,
-                 ethertype: int = ETH_P_ALL, drop_arp: bool = False) -> None:
+                 ethertype: int = ETH_P_ALL, drop_arp: bool = False, bpf: bytes | None = None) -> None:
         self.ifname = ifname
         self.csum_fixed = 0
         """Frames received CHECKSUM_PARTIAL whose L4 checksum this socket completed."""
@@ -160,8 +160,8 @@ class PacketSocket:
         self._mv: memoryview | None = None
         self._block = 0
         try:
-            if drop_arp:
-                attach_filter(self.sock, _cbpf_not_arp())
+            if bpf is not None or drop_arp:  # before bind: the socket never sees a frame it would refuse
+                attach_filter(self.sock, bpf if bpf is not None else _cbpf_not_arp())
             self._setup(ring, fanout, promisc, qdisc_bypass, rcvbuf)
         except BaseException:
             self.close()
