@@ -175,7 +175,7 @@ class ChaosRun:
         return node.node_id
 
     def _etcd_kill(self, member: EtcdServer, f: Fault) -> str:
-        self.chaos.etcd.kill(member)
+        member.kill()
         time.sleep(f.hold_s)
         self.chaos.etcd.start_member(member, wait=False)
         return "e" + member.name.rsplit("-", 1)[-1]
@@ -183,11 +183,11 @@ class ChaosRun:
     def _etcd_pause(self, f: Fault) -> str:
         etcd = self.chaos.etcd
         member = etcd.wait_leader() if f.params.get("leader") else self._follower(f)
-        etcd.pause(member)
+        member.pause()
         try:
             time.sleep(f.hold_s)
         finally:
-            etcd.resume(member)
+            member.resume()
         return "e" + member.name.rsplit("-", 1)[-1]
 
     def _quorum_loss(self, f: Fault, kill: NodeProc | None) -> str:
@@ -195,7 +195,7 @@ class ChaosRun:
         keep = etcd.members[f.pick % len(etcd.members)]
         stopped = [m for m in etcd.members if m is not keep]
         for m in stopped:
-            etcd.stop_member(m)
+            m.stop()
         if kill is not None:
             self.chaos.kill(kill)
         time.sleep(f.hold_s)

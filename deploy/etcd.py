@@ -23,8 +23,8 @@ Cluster mode: `EtcdCluster` runs N `EtcdServer` members (``initial_cluster`` nam
 in its own network namespace made by `MemberNet` (``<prefix>-e<i>``, 198.18.1.241.., a veth on a
 bridge: the lab's internal segment, or a bridge of its own), so the peers' raft traffic crosses a
 real bridge. `leader()` asks every member's ``/v3/maintenance/status`` (JSON gateway) which member
-leads; the faults are per member: `kill` (SIGKILL), `stop_member` (SIGTERM), `start_member` (same
-ports and data dir: it rejoins with its data), `pause`/`resume` (SIGSTOP/SIGCONT).
+leads; the faults are the members' own `kill` (SIGKILL), `stop` (SIGTERM), `pause`/`resume`
+(SIGSTOP/SIGCONT), and `start_member` (same ports and data dir: it rejoins with its data).
 
 ``python -m deploy.etcd [--host H] [--port P] [--defaults] [--netns NS]`` runs one in
 the foreground for a lab or a demo: it prints the endpoint, then stops on SIGTERM / Ctrl-C.
@@ -415,9 +415,9 @@ class MemberNet:
 class EtcdCluster:
     """A real N-member etcd cluster, one member per namespace, peers talking over the bridge.
 
-    Same lifecycle verbs as `EtcdServer` for the whole cluster (`start`, `stop`, `close`), plus the
-    faults of a member: `kill` (SIGKILL), `stop_member` (SIGTERM), `start_member` (same ports, same
-    data dir: it rejoins with its data), `pause`/`resume` (SIGSTOP/SIGCONT). `leader()` asks the
+    Same lifecycle verbs as `EtcdServer` for the whole cluster (`start`, `stop`, `close`); a member
+    (an `EtcdServer`) is hurt with its own `kill`, `stop`, `pause`/`resume`, and brought back with
+    `start_member` (same ports, same data dir: it rejoins with its data). `leader()` asks the
     members' status endpoints which member leads; `wait_leader` polls until one does."""
 
     def __init__(self, net: MemberNet, *, name: str = "lbd-etcd", client_port: int = 2379,
@@ -453,25 +453,13 @@ class EtcdCluster:
         if self.net.own:
             self.net.down()
 
-    # -- member faults ----------------------------------------------------------------------------
-    def kill(self, m: EtcdServer) -> None:
-        m.kill()
-
-    def stop_member(self, m: EtcdServer) -> None:
-        m.stop()
-
+    # -- member faults (the others are the member's own: kill, stop, pause, resume) ----------------------
     def start_member(self, m: EtcdServer, wait: bool = True, timeout: float = 30.0) -> None:
         """Restart a stopped member on its ports with its data dir; `wait`: until it is healthy
         (only possible when a quorum is running)."""
         m.spawn()
         if wait:
             m.wait_healthy(timeout)
-
-    def pause(self, m: EtcdServer) -> None:
-        m.pause()
-
-    def resume(self, m: EtcdServer) -> None:
-        m.resume()
 
     # -- who leads ----------------------------------------------------------------------------------
     def statuses(self) -> dict[str, dict[str, Any]]:

@@ -160,7 +160,7 @@ def test_three_members_in_their_own_namespaces_replicate(etcd3: EtcdCluster) -> 
 def test_killing_the_leader_elects_another_and_the_member_rejoins_with_its_data(etcd3: EtcdCluster) -> None:
     old = etcd3.wait_leader()
     assert _put(etcd3, "/before", "1") == "ok"
-    etcd3.kill(old)
+    old.kill()
     new = etcd3.wait_leader(not_=old)
     assert new is not old and not old.running()
     assert _put(etcd3, "/during", "2") == "ok"  # the client list fails over past the dead member
@@ -172,7 +172,7 @@ def test_killing_the_leader_elects_another_and_the_member_rejoins_with_its_data(
 def test_killing_a_follower_keeps_the_leader(etcd3: EtcdCluster) -> None:
     lead = etcd3.wait_leader()
     follower = etcd3.followers()[0]
-    etcd3.kill(follower)
+    follower.kill()
     assert etcd3.wait_leader() is lead
     assert _put(etcd3, "/k", "v") == "ok"
 
@@ -181,7 +181,7 @@ def test_two_members_down_lose_the_quorum_and_come_back_with_their_data(etcd3: E
     assert _put(etcd3, "/k", "before") == "ok"
     survivor, *stopped = etcd3.members
     for m in stopped:
-        etcd3.stop_member(m)
+        m.stop()
     wait_for("the survivor to lose its leader", lambda: not survivor.healthy() and etcd3.leader() is None, 30)
     assert not etcd3.quorum()
     assert _put(etcd3, "/k", "lost", timeout=1.0).startswith("error:")  # no quorum: the write fails
@@ -195,12 +195,12 @@ def test_two_members_down_lose_the_quorum_and_come_back_with_their_data(etcd3: E
 
 def test_a_paused_leader_is_replaced_and_rejoins_as_a_follower(etcd3: EtcdCluster) -> None:
     old = etcd3.wait_leader()
-    etcd3.pause(old)
+    old.pause()
     try:
         new = etcd3.wait_leader(not_=old)
         others = [m.endpoint for m in etcd3.members if m is not old]
         assert _put(etcd3, "/k", "while-paused", endpoints=others) == "ok"
     finally:
-        etcd3.resume(old)
+        old.resume()
     wait_for("the resumed member to follow", lambda: old.healthy() and etcd3.leader() is new, 30)
     assert _read(etcd3, "/k", old) == "while-paused"

@@ -49,7 +49,7 @@ def test_a_crashed_master_is_replaced_while_the_etcd_leader_is_down() -> None:
         assert isinstance(etcd, EtcdCluster)
         master, backup, ok = env.roles_under_traffic()
         leader = etcd.wait_leader()
-        etcd.kill(leader)
+        leader.kill()
         t_kill = env.cluster.kill_node(master)
         env.kills.setdefault(master.node_id, []).append(t_kill)
         wait_for("the backup to forward", lambda: env.forwarding_since(backup.node_id, t_kill), 60)
@@ -68,7 +68,7 @@ def test_an_etcd_quorum_loss_costs_no_failover_and_no_connection() -> None:
         master, _backup, ok = env.roles_under_traffic()
         stopped = etcd.members[1:]
         for m in stopped:
-            etcd.stop_member(m)
+            m.stop()
         t0 = time.time()
         wait_for("the quorum to be gone", lambda: etcd.leader() is None and not etcd.quorum(), 30)
         wait_for("an outage of several lease TTLs", lambda: time.time() - t0 >= 4, 10, 0.1)
