@@ -147,27 +147,14 @@ class ChaosLab:
     def freeze(self, node: NodeProc, on: bool) -> None:
         self.cluster.signal_node(node, signal.SIGSTOP if on else signal.SIGCONT)
 
-    def ns(self, node: NodeProc) -> str:
-        return self.lab.directors[node.n - 1].ns
-
-    def cut(self, node: NodeProc, peers: Sequence[str], port: int | None) -> None:
-        """Drop the node's kernel traffic to and from `peers` (on `port` only, if given)."""
-        addrs = "{ " + ", ".join(peers) + " }"
-        out = f"ip daddr {addrs}" + (f" tcp dport {port}" if port else "")
-        inp = f"ip saddr {addrs}" + (f" tcp sport {port}" if port else "")
-        self.lab.exec(self.ns(node), ["nft", "add table inet chaoscut ; "
-                      "add chain inet chaoscut out { type filter hook output priority 0 ; } ; "
-                      "add chain inet chaoscut in { type filter hook input priority 0 ; } ; "
-                      f"add rule inet chaoscut out {out} drop ; add rule inet chaoscut in {inp} drop"])
-
     def cut_etcd(self, node: NodeProc) -> None:
-        self.cut(node, [m.host for m in self.etcd.members], self.etcd.client_port)
+        self.cluster.cut(node, [m.host for m in self.etcd.members], self.etcd.client_port)
 
     def cut_backups(self, master: NodeProc) -> None:
-        self.cut(master, [director_int(b.n) for b in self.backups(master)], None)
+        self.cluster.cut(master, [director_int(b.n) for b in self.backups(master)])
 
     def heal(self, node: NodeProc) -> None:
-        self.lab.exec(self.ns(node), ["nft", "delete table inet chaoscut"], check=False)
+        self.cluster.heal(node, check=False)
 
     # -- real servers -----------------------------------------------------------------------------------
     def stop_server(self, n: int) -> None:

@@ -197,7 +197,7 @@ class LabCluster:
         node.config.write_text(self.node_yaml(node))
         node.started_at = time.time()
         logf = open(node.log, "ab")  # noqa: SIM115 - handed to the child
-        ns = self.lab.directors[node.n - 1].ns
+        ns = self.node_ns(node)
         if self.node_prefix:
             self.lab.workdir.chmod(0o1777)
         argv = [PYTHON, "-m", "director.daemon", "-c", str(node.config), "--lease-file", str(node.lease_file)]
@@ -224,7 +224,7 @@ class LabCluster:
 
     def run_exit_hook(self, node: NodeProc) -> str:
         """The process-exit hook (stands in for ``ExecStopPost=``); returns what it printed."""
-        ns = self.lab.directors[node.n - 1].ns
+        ns = self.node_ns(node)
         # nsenter joins the node's network namespace only (no sysfs remount like `ip netns exec`);
         # the hook needs nothing outside the standard library, so python starts without site (-S)
         res = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", PYTHON, "-S", "-m",
@@ -248,6 +248,24 @@ class LabCluster:
             raise ClusterError(f"{node.node_id} is not running")
         # the process group leader is `ip netns exec`, which execs python: same PID
         node.proc.send_signal(sig)
+
+    def node_ns(self, node: NodeProc) -> str:
+        return self.lab.directors[node.n - 1].ns
+
+    def cut(self, node: NodeProc, peers: Sequence[str], port: int | None = None) -> None:
+        """Drop the node's kernel traffic to and from `peers` (TCP `port` only, if given): nftables in
+        its namespace; cuts add up until `heal`."""
+        addrs = "{ " + ", ".join(peers) + " }"
+        out = f"ip daddr {addrs}" + (f" tcp dport {port}" if port else "")
+        inp = f"ip saddr {addrs}" + (f" tcp sport {port}" if port else "")
+        self.lab.exec(self.node_ns(node), ["nft", "add table inet lbdcut ; "
+                      "add chain inet lbdcut out { type filter hook output priority 0 ; } ; "
+                      "add chain inet lbdcut in { type filter hook input priority 0 ; } ; "
+                      f"add rule inet lbdcut out {out} drop ; add rule inet lbdcut in {inp} drop"])
+
+    def heal(self, node: NodeProc, check: bool = True) -> None:
+        """Remove every `cut` of the node."""
+        self.lab.exec(self.node_ns(node), ["nft", "delete table inet lbdcut"], check=check)
 
     # -- observation ------------------------------------------------------------------------------------
     def events(self, node: NodeProc) -> list[dict[str, Any]]:

@@ -327,23 +327,9 @@ class Drill:
                                        lambda _m: etcd.stop(), lambda _m: etcd.start())
 
     def phase_partition(self) -> dict[str, Any]:
-        port = self.cluster.etcd.client_port
-
-        def cut(master: NodeProc) -> None:
-            self.lab.exec(self._ns(master), [
-                "nft", "add table inet lbdcut ; "
-                "add chain inet lbdcut out { type filter hook output priority 0 ; } ; "
-                "add chain inet lbdcut in { type filter hook input priority 0 ; } ; "
-                f"add rule inet lbdcut out ip daddr {CTL_ADDR} tcp dport {port} drop ; "
-                f"add rule inet lbdcut in ip saddr {CTL_ADDR} tcp sport {port} drop"])
-
-        def heal(master: NodeProc) -> None:
-            self.lab.exec(self._ns(master), ["nft", "delete table inet lbdcut"])
-
-        return self._no_failover_phase("partition", "the master cut from etcd", self.partition_s, cut, heal)
-
-    def _ns(self, node: NodeProc) -> str:
-        return self.lab.directors[node.n - 1].ns
+        c = self.cluster
+        return self._no_failover_phase("partition", "the master cut from etcd", self.partition_s,
+                                       lambda m: c.cut(m, [CTL_ADDR], c.etcd.client_port), c.heal)
 
     def run(self) -> dict[str, Any]:
         report: dict[str, Any] = {}

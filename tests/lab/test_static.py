@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from deploy.cluster import wait_for
-from deploy.lab import CTL_ADDR, Lab, director_int
+from deploy.lab import CTL_ADDR, director_int
 from deploy.observer import overlaps
 from tests.lab.clusterenv import ClusterEnv, cluster_env
 
@@ -21,21 +21,6 @@ pytestmark = [pytest.mark.lab, pytest.mark.etcd]
 
 LEASE_PLUS = 3.0
 """Seconds past which a lease of 1 s is certainly gone: frames after that prove static stability."""
-
-
-def _cut(lab: Lab, ns: str, rules: list[str]) -> None:
-    lab.exec(ns, ["nft", "add table inet lbdcut ; "
-                  "add chain inet lbdcut out { type filter hook output priority 0 ; } ; "
-                  "add chain inet lbdcut in { type filter hook input priority 0 ; } ; " + " ; ".join(rules)])
-
-
-def _heal(lab: Lab, ns: str) -> None:
-    lab.exec(ns, ["nft", "delete table inet lbdcut"])
-
-
-def _etcd_rules(port: int) -> list[str]:
-    return [f"add rule inet lbdcut out ip daddr {CTL_ADDR} tcp dport {port} drop",
-            f"add rule inet lbdcut in ip saddr {CTL_ADDR} tcp sport {port} drop"]
 
 
 @pytest.fixture
@@ -66,9 +51,8 @@ def test_etcd_down_for_everybody(static: ClusterEnv) -> None:
 def test_master_cut_from_etcd_only(static: ClusterEnv) -> None:
     env, c = static, static.cluster
     master, backup, new_ok = env.roles_under_traffic()
-    ns = env.lab.directors[master.n - 1].ns
     t0 = time.time()
-    _cut(env.lab, ns, _etcd_rules(c.etcd.client_port))
+    c.cut(master, [CTL_ADDR], c.etcd.client_port)
     try:
         wait_for("the backup to see the master's lease gone",
                  lambda: c.last_event(backup, "role", t0, master=None), 60)
@@ -76,7 +60,7 @@ def test_master_cut_from_etcd_only(static: ClusterEnv) -> None:
                  lambda: env.forwarding_since(master.node_id, t0 + LEASE_PLUS), 60)
         assert c.last_event(backup, "forwarding", t0) is None, "the backup took over"
     finally:
-        _heal(env.lab, ns)
+        c.heal(master)
     wait_for("the master to win its key back", lambda: c.last_event(master, "master", t0), 60)
     assert c.last_event(master, "stopped_forwarding", t0) is None
     assert c.last_event(backup, "forwarding", t0) is None
@@ -88,16 +72,14 @@ def test_master_cut_from_etcd_only(static: ClusterEnv) -> None:
 def test_master_cut_from_etcd_and_from_its_backups_hands_over_without_overlap(static: ClusterEnv) -> None:
     env, c = static, static.cluster
     master, backup, new_ok = env.roles_under_traffic()
-    ns = env.lab.directors[master.n - 1].ns
-    peer = director_int(backup.n)
     t0 = time.time()
-    _cut(env.lab, ns, [*_etcd_rules(c.etcd.client_port), f"add rule inet lbdcut out ip daddr {peer} drop",
-                       f"add rule inet lbdcut in ip saddr {peer} drop"])
+    c.cut(master, [CTL_ADDR], c.etcd.client_port)
+    c.cut(master, [director_int(backup.n)])
     try:
         wait_for("the isolated master to stop", lambda: c.last_event(master, "stopped_forwarding", t0), 60)
         wait_for("the backup to take over", lambda: c.last_event(backup, "first_forward", t0), 60)
     finally:
-        _heal(env.lab, ns)
+        c.heal(master)
     env.assert_clean(env.settle(new_ok))
     assert overlaps(env.frames()) == []
 
@@ -106,11 +88,8 @@ def test_backup_cut_from_its_master_only_changes_nothing(static: ClusterEnv) -> 
     """The backup stops promising; the master keeps its lease (etcd is up); nobody campaigns."""
     env, c = static, static.cluster
     master, backup, new_ok = env.roles_under_traffic()
-    ns = env.lab.directors[backup.n - 1].ns
-    peer = director_int(master.n)
     t0 = time.time()
-    _cut(env.lab, ns, [f"add rule inet lbdcut out ip daddr {peer} tcp dport 7100 drop",
-                       f"add rule inet lbdcut in ip saddr {peer} tcp sport 7100 drop"])
+    c.cut(backup, [director_int(master.n)], 7100)
     try:
         wait_for("the backup to lose its stream",
                  lambda: c.last_event(backup, "sync_state", t0, in_sync=False), 60)
@@ -119,7 +98,7 @@ def test_backup_cut_from_its_master_only_changes_nothing(static: ClusterEnv) -> 
         assert c.last_event(backup, "forwarding", t0) is None
         assert c.last_event(master, "stopped_forwarding", t0) is None
     finally:
-        _heal(env.lab, ns)
+        c.heal(backup)
     c.wait_in_sync(backup, 90)
     env.assert_clean(env.settle(new_ok))
     assert overlaps(env.frames()) == []
