@@ -24,6 +24,7 @@ from director.types import ConnFlags, FwdMethod
 from syncd.apply import BackupApplier
 from syncd.convert import decode_sync_message, encode_batch
 from syncd.model import BatchMsg, SyncKind, update_from_conn
+from tests.director.dataplane.test_core import expect_out
 
 VIP = "198.18.0.100"
 GW = "198.18.2.254"
@@ -103,19 +104,6 @@ def datagram(sport: int = 5300, payload: bytes = b"q") -> Ether:
 def reply(rs: str, dport: int, proto: str = "udp", sport: int = 8080, payload: bytes = b"r") -> Ether:
     l4 = UDP(sport=sport, dport=dport) if proto == "udp" else TCP(sport=sport, dport=dport, flags="SA")
     return Ether(src=MAC[rs], dst=VMAC) / IP(src=rs, dst=CLIENT) / l4 / payload
-
-
-def translated(pkt: Ether, vport: int) -> bytes:
-    """``pkt`` as the director sends it to the client: from the VIP and service port, TTL - 1."""
-    e = Ether(bytes(pkt))
-    e.src, e.dst = VMAC, CLIENT_MAC
-    e[IP].src = VIP
-    e[IP].ttl -= 1
-    del e[IP].chksum
-    l4 = e[UDP] if UDP in e else e[TCP]
-    l4.sport = vport
-    del l4.chksum
-    return bytes(e)
 
 
 def quiesce_all(node: Node) -> None:
@@ -232,7 +220,7 @@ def test_ops_replies_are_translated_back_to_the_vip_without_an_entry() -> None:
         pkt = reply(rs, 5300, payload=b"answer")
         out = node.send(pkt, INT)
         assert out is not None and out[0] == EXT
-        assert bytes(out[1]) == translated(pkt, 53)
+        assert bytes(out[1]) == expect_out(pkt, 53)  # from the VIP and service port, TTL - 1
     assert [d.counters.outpkts for d in node.svc.dests] == [2, 1, 1]
     assert node.send(reply(RS[0], 5300, sport=8081), INT) is None  # not a dest's port
     assert node.send(reply(RS[0], 5300, proto="tcp"), INT) is None  # not UDP
