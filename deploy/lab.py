@@ -193,6 +193,10 @@ class Lab:
             if p.poll() is None:
                 self.stop(p, signal.SIGKILL)
         self._detached.clear()
+        keep = os.environ.get("LBD_KEEP_LABS")
+        if keep and self.workdir.exists():  # post-mortem of a failed lab run: its node logs and pcaps
+            shutil.copytree(self.workdir, Path(keep) / self.name, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("*.sock"))
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _kill_ns_pids(self, ns: str) -> None:

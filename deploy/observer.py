@@ -29,30 +29,51 @@ from pathlib import Path
 
 from deploy.lab import Lab
 
+_PCAP_FORMATS = {b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),
+                 b"\x4d\x3c\xb2\xa1": ("<", 1e-9), b"\xa1\xb2\x3c\x4d": (">", 1e-9)}
+
+
+class PcapTail:
+    """The record timestamps of a classic pcap file that is still being written, read incrementally.
+
+    Each `times()` call parses only the bytes appended since the last one (a truncated last record is
+    left for the next call), so polling a capture that grows for minutes stays cheap."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.out: list[float] = []
+        self.off = 0
+        self.rec: struct.Struct | None = None
+        self.unit = 1e-6
+
+    def times(self) -> list[float]:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.off)
+                data = f.read()
+        except FileNotFoundError:
+            return self.out
+        pos = 0
+        if self.rec is None:
+            if len(data) < 24:
+                return self.out
+            if data[:4] not in _PCAP_FORMATS:
+                raise ValueError(f"{self.path}: not a pcap file")
+            order, self.unit = _PCAP_FORMATS[data[:4]]
+            self.rec, pos = struct.Struct(order + "IIII"), 24
+        while pos + 16 <= len(data):
+            sec, frac, incl, _orig = self.rec.unpack_from(data, pos)
+            if pos + 16 + incl > len(data):
+                break
+            self.out.append(sec + frac * self.unit)
+            pos += 16 + incl
+        self.off += pos
+        return self.out
+
 
 def read_pcap_times(path: Path) -> list[float]:
     """Timestamps of every record of a classic pcap file (a truncated last record is ignored)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    if len(data) < 24:
-        return []
-    magic = data[:4]
-    formats = {b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),
-               b"\x4d\x3c\xb2\xa1": ("<", 1e-9), b"\xa1\xb2\x3c\x4d": (">", 1e-9)}
-    if magic not in formats:
-        raise ValueError(f"{path}: not a pcap file")
-    order, unit = formats[magic]
-    rec = struct.Struct(order + "IIII")
-    out, off = [], 24
-    while off + 16 <= len(data):
-        sec, frac, incl, _orig = rec.unpack_from(data, off)
-        off += 16 + incl
-        if off > len(data):
-            break
-        out.append(sec + frac * unit)
-    return out
+    return list(PcapTail(path).times())
 
 
 def forwarding_intervals(times: Iterable[float], gap: float = 0.05) -> list[tuple[float, float]]:
@@ -100,12 +121,14 @@ class FabricObserver:
         self.ports = {f"d{n}": (f"d{n}e", f"d{n}i") for n in directors}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.files: dict[str, list[Path]] = {}
+        self.tails: dict[Path, PcapTail] = {}
 
     def start(self, timeout: float = 20.0) -> None:
         for name, ports in self.ports.items():
             for port in ports:
                 path = self.lab.workdir / f"fabric-{port}.pcap"
                 path.unlink(missing_ok=True)
+                self.tails.pop(path, None)
                 self.files.setdefault(name, []).append(path)
                 argv = ["tcpdump", "-i", port, "-Q", "in", "-U", "-s", "64", "-n", "-w", str(path),
                         f"ether src {self.vmac} and ip"]
@@ -119,8 +142,13 @@ class FabricObserver:
 
     def frames(self) -> dict[str, list[float]]:
         """Frame times per director so far (tcpdump -U flushes every packet)."""
-        return {name: sorted(t for p in paths for t in read_pcap_times(p))
+        return {name: sorted(t for p in paths for t in self._tail(p).times())
                 for name, paths in self.files.items()}
+
+    def _tail(self, path: Path) -> PcapTail:
+        if path not in self.tails:
+            self.tails[path] = PcapTail(path)
+        return self.tails[path]
 
     def stop(self) -> dict[str, list[float]]:
         for p in self.procs:

@@ -64,9 +64,11 @@ class ClusterEnv:
         return master, self.other(master), int(traffic.report()["new_ok"])
 
     def forwarding_since(self, name: str, t: float, frames: int = 200) -> bool:
-        """`name` forwarded more than `frames` frames after `t` and is still forwarding now."""
-        now = time.time()
-        return self.frames_after(name, now) > 0 and self.frames_after(name, t) > frames
+        """`name` forwarded more than `frames` frames after `t` and still forwards: it sent a frame
+        within the last second. (Frames stamped after the call's own clock reading are merely the
+        ones captured while the files were read: a race, not evidence.)"""
+        recent = time.time() - 1.0
+        return self.frames_after(name, max(t, recent)) > 0 and self.frames_after(name, t) > frames
 
 
 @contextmanager
