@@ -10,6 +10,7 @@ they expect them: services as `TCP  198.18.0.10:80 wlc persistent 300`, dests as
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -19,6 +20,16 @@ FWD_NAME = {"nat": "Masq", "dr": "Route", "tun": "Tunnel", "local": "Local", "by
 
 def hostport(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def persist_mask(netmask: str) -> str:
+    """ipvsadm's ``mask`` column: an IPv4 netmask as is, an IPv6 one as its prefix length; "" for a
+    host mask (255.255.255.255, /128), which ipvsadm leaves out."""
+    if ":" not in netmask:
+        return "" if netmask in ("", "255.255.255.255") else netmask
+    bits = int(ipaddress.IPv6Address(netmask))
+    plen = bin(bits).count("1")
+    return "" if plen == 128 else str(plen)
 
 
 def svc_name(ref: Any) -> str:
@@ -31,8 +42,9 @@ def svc_line(s: Any) -> str:
     line = f"{svc_name(s.ref)} {s.scheduler}"
     if s.persistent:
         line += f" persistent {s.persistence_timeout:g}"
-        if s.netmask and s.netmask != "255.255.255.255":
-            line += f" mask {s.netmask}"
+        mask = persist_mask(s.netmask)
+        if mask:
+            line += f" mask {mask}"
     if s.ops:
         line += " ops"
     return line

@@ -35,11 +35,12 @@ class Persistence:
     timeout: int = 300
     """Seconds a template (client -> dest binding) outlives its last conn."""
     netmask: str = "255.255.255.255"
-    """Clients in one netmask-sized block share a template."""
+    """Clients in one netmask-sized block share a template (an IPv6 service's in its IPv6 form,
+    ``ffff:ffff:ffff:ffff::`` for a /64)."""
 
     @property
     def mask(self) -> int:
-        return int(ipaddress.IPv4Address(self.netmask))
+        return int(ipaddress.ip_address(self.netmask))
 
 
 class _Endpoint:
@@ -50,11 +51,12 @@ class _Endpoint:
 
     @property
     def daddr(self) -> int:
-        return int(ipaddress.IPv4Address(self.address))
+        return int(ipaddress.ip_address(self.address))
 
     @property
     def ident(self) -> str:
-        return f"{self.address}:{self.port}"
+        """``addr:port``, ``[addr]:port`` for IPv6 (what ``sorry_server`` reads back)."""
+        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,12 @@ class ServiceConfig:
 
     @property
     def vaddr(self) -> int:
-        return int(ipaddress.IPv4Address(self.vip))
+        return int(ipaddress.ip_address(self.vip))
+
+    @property
+    def family(self) -> int:
+        """4 or 6: the family of the VIP, which every dest shares (a group's selectors: IPv4 only yet)."""
+        return 6 if ":" in self.vip else 4
 
     @property
     def key(self) -> tuple[int, int, int]:

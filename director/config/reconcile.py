@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def _ip(addr: int) -> str:
-    return str(ipaddress.IPv4Address(addr))
+    return str(ipaddress.ip_address(addr))
 
 
 def apply_to_services(cfg: Config, services: ServiceTable, *, down: Container[DestKey] = ()) -> None:

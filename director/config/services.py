@@ -95,12 +95,16 @@ def _items(d: Mapping[str, Any], key: str, path: str, errs: Errors, limit: int) 
     return [] if raw is None else v.sequence(raw, v.join(path, key), errs, max_items=limit)
 
 
-def _persistence(raw: Any, path: str, errs: Errors) -> Persistence | None:
+def _persistence(raw: Any, path: str, errs: Errors, v6: bool = False) -> Persistence | None:
+    """``persistence: {timeout, netmask}``; an IPv6 service's netmask is a prefix length 0..128 (as
+    ipvsadm's ``-M`` for IPv6), stored in its IPv6 netmask form."""
     if raw is None:
         return None
     d = v.mapping(raw, path, errs)
     v.keys(d, ("timeout", "netmask"), (), path, errs)
     timeout = v.integer(d, "timeout", path, errs, 1, MAX_SECONDS, 300)
+    if v6:
+        return _persistence6(d.get("netmask", 128), timeout, path, errs)
     mask = d.get("netmask", 32)
     try:
         if isinstance(mask, bool) or not isinstance(mask, int | str) or len(str(mask)) > 15:
@@ -111,6 +115,30 @@ def _persistence(raw: Any, path: str, errs: Errors) -> Persistence | None:
                  f"must be a netmask or a prefix length 0..32, got {v.excerpt(mask)}")
         return Persistence(timeout)
     return Persistence(timeout, str(net.netmask))
+
+
+def _persistence6(mask: Any, timeout: int, path: str, errs: Errors) -> Persistence:
+    """A prefix length (``64``, ``"64"``, ``"/64"``) or its netmask form (``ffff:ffff:ffff:ffff::``,
+    what ``dump_service`` writes)."""
+    text = str(mask).removeprefix("/") if isinstance(mask, int | str) and not isinstance(mask, bool) else ""
+    try:
+        if len(text) > 45:
+            raise ValueError
+        if ":" in text:
+            bits = int(ipaddress.IPv6Address(text))
+            plen = 128 - (~bits & (2**128 - 1)).bit_length()
+            if bits != (2**128 - 1) ^ ((1 << (128 - plen)) - 1):
+                raise ValueError
+            text = str(plen)
+        net = ipaddress.IPv6Network(f"::/{text}")
+    except ValueError:
+        errs.add(v.join(path, "netmask"),
+                 f"must be a prefix length 0..128 (an IPv6 service), got {v.excerpt(mask)}")
+        return Persistence(timeout, _HOST6)
+    return Persistence(timeout, str(net.netmask))
+
+
+_HOST6 = str(ipaddress.IPv6Network("::/128").netmask)
 
 
 def _sched(d: Mapping[str, Any], path: str, errs: Errors) -> tuple[str, tuple[tuple[str, bool | int], ...]]:
@@ -153,7 +181,7 @@ def _dest(raw: Any, path: str, svc_port: int, errs: Errors) -> DestConfig:
     if low > u:
         errs.add(v.join(path, "l_threshold"), f"must not exceed u_threshold ({u}), got {low}")
     return DestConfig(
-        address=v.ipv4(d, "address", path, errs, unicast=True, allow=_DEST_OK), port=port,
+        address=v.ip_address(d, "address", path, errs, unicast=True, allow=_DEST_OK), port=port,
         weight=v.integer(d, "weight", path, errs, 0, MAX_WEIGHT, 1), u_threshold=u, l_threshold=low,
         forward=None if d.get("forward") is None else v.choice(d, "forward", path, errs, FORWARDS, "nat"),
         healthcheck=_healthcheck(d, path, errs))
@@ -168,15 +196,13 @@ def _sorry(d: Mapping[str, Any], path: str, svc_port: int, errs: Errors) -> Sorr
         if fwd is not None:
             errs.add(v.join(path, "sorry_forwarding"), "needs sorry_server")
         return None
-    if not isinstance(raw, str) or len(raw) > 21:
+    if not isinstance(raw, str) or len(raw) > 53:
         errs.add(v.join(path, "sorry_server"), f"must be 'address' or 'address:port', got {v.excerpt(raw)}")
         return None
-    host, sep, port_text = raw.rpartition(":")
-    if not sep:
-        host, port_text = raw, ""
-    address = v.ipv4({"sorry_server": host}, "sorry_server", path, errs, unicast=True, allow=_DEST_OK)
+    host, port_text = v.split_hostport(raw)
+    address = v.ip_address({"sorry_server": host}, "sorry_server", path, errs, unicast=True, allow=_DEST_OK)
     port = svc_port
-    if sep:
+    if port_text is not None:
         port = v.integer({"sorry_server": int(port_text) if port_text.isascii() and port_text.isdigit()
                           and len(port_text) <= 5 else port_text},
                          "sorry_server", path, errs, 0 if svc_port == 0 else 1, 65535, svc_port)
@@ -202,7 +228,8 @@ def _ops(d: Mapping[str, Any], path: str, protocols: frozenset[str], persistence
 def _service_body(d: Mapping[str, Any], name: str, path: str, errs: Errors) -> ServiceConfig:
     fwmark, group = groups.group_fields(d, path, errs) if groups.is_group(d) else (0, ())
     port = 0 if fwmark else v.integer(d, "port", path, errs, 0, 65535, 1)
-    persistence = _persistence(d.get("persistence"), v.join(path, "persistence"), errs)
+    v6 = not groups.is_group(d) and isinstance(d.get("vip"), str) and ":" in d["vip"]
+    persistence = _persistence(d.get("persistence"), v.join(path, "persistence"), errs, v6)
     if port == 0 and "port" in d and persistence is None:
         errs.add(v.join(path, "port"), "0 (any port) needs persistence, like ipvsadm")
     scheduler, opts = _sched(d, path, errs)
@@ -215,7 +242,7 @@ def _service_body(d: Mapping[str, Any], name: str, path: str, errs: Errors) -> S
         protocols = frozenset(x.protocol for x in group)
     else:
         protocol = v.choice(d, "protocol", path, errs, PROTOCOLS, "tcp")
-        vip = v.ipv4(d, "vip", path, errs, unicast=True)
+        vip = v.ip_address(d, "vip", path, errs, unicast=True)
         protocols = frozenset((protocol,))
     svc = ServiceConfig(
         name=name, protocol=protocol, vip=vip, port=port, scheduler=scheduler,
@@ -228,10 +255,21 @@ def _service_body(d: Mapping[str, Any], name: str, path: str, errs: Errors) -> S
     return svc
 
 
+def _family_problem(svc: ServiceConfig, address: str) -> str | None:
+    """A real server of the other family than the VIP: IPVS forwards within one family."""
+    vip = svc.group[0].vip if svc.fwmark and svc.group else svc.vip
+    if (":" in address) == (":" in vip) or address == "0.0.0.0":  # (0.0.0.0: already refused)
+        return None
+    return (f"must be an {'IPv6' if ':' in vip else 'IPv4'} address like the vip {vip} (a service forwards "
+            f"within one family), got {address}")
+
+
 def _check_dests(svc: ServiceConfig, path: str, errs: Errors) -> None:
     seen: dict[tuple[str, int], int] = {}
     for i, dest in enumerate(svc.dests):
         dpath = v.item(v.join(path, "dests"), i)
+        if (why := _family_problem(svc, dest.address)) is not None:
+            errs.add(v.join(dpath, "address"), why)
         first = seen.setdefault((dest.address, dest.port), i)
         if first != i:
             errs.add(dpath, f"duplicate dest {dest.ident} (also dests[{first}])")
@@ -242,6 +280,8 @@ def _check_dests(svc: ServiceConfig, path: str, errs: Errors) -> None:
     if sorry is None:
         return
     spath = v.join(path, "sorry_server")
+    if (why := _family_problem(svc, sorry.address)) is not None:
+        errs.add(spath, why)
     if (sorry.address, sorry.port) in seen:
         errs.add(spath, f"must not be one of the dests, got {sorry.ident} "
                  f"(also dests[{seen[(sorry.address, sorry.port)]}])")

@@ -255,6 +255,66 @@ def ipv4(d: Mapping[str, Any], key: str, path: str, errs: Errors, *, unicast: bo
     return str(addr)
 
 
+_NOT_A_VIP6 = (
+    (ipaddress.IPv6Network("::/96"), "unspecified, loopback or IPv4-compatible"),
+    (ipaddress.IPv6Network("::ffff:0:0/96"), "IPv4-mapped: give the IPv4 address"),
+    (ipaddress.IPv6Network("fe80::/10"), "link-local"),
+    (ipaddress.IPv6Network("ff00::/8"), "multicast"),
+)
+"""``::/96`` also keeps every IPv6 address at or above 2**32, so an address int is IPv4 exactly when
+it is below 2**32 (``director.table.entry.is_v6``): the conn table's keys of both families never meet."""
+
+
+def address_class_problem6(addr: ipaddress.IPv6Address, *, allow: Container[str] = ()) -> str | None:
+    """Why ``addr`` cannot be a unicast IPv6 VIP or dest, or None (``allow`` as for IPv4; "loopback"
+    lets ``::1`` through, never the rest of ``::/96``)."""
+    if addr == ipaddress.IPv6Address(1) and "loopback" in allow:
+        return None
+    for net, why in _NOT_A_VIP6:
+        if addr in net and why not in allow:
+            return why
+    return None
+
+
+def ip_address(d: Mapping[str, Any], key: str, path: str, errs: Errors, *, unicast: bool = False,
+               allow: Container[str] = ()) -> str:
+    """An IPv4 (dotted) or IPv6 address, as its canonical text ("0.0.0.0" and a problem if missing or
+    bad). With ``unicast`` the classes :func:`ipv4` refuses are refused, for IPv6 those of
+    :func:`address_class_problem6` (``::/96``, v4-mapped, link-local, multicast)."""
+    v = d.get(key)
+    if not (isinstance(v, str) and ":" in v):
+        return ipv4(d, key, path, errs, unicast=unicast, allow=allow)
+    try:
+        if len(v) > 45:
+            raise ValueError
+        addr = ipaddress.IPv6Address(v)
+    except ValueError:
+        errs.add(join(path, key), f"must be an IPv4 or IPv6 address, got {excerpt(v)}")
+        return "0.0.0.0"
+    why = address_class_problem6(addr, allow=allow) if unicast else None
+    if why is not None:
+        errs.add(join(path, key), f"must be a unicast address a host can own, got {addr} ({why})")
+        return "0.0.0.0"
+    return str(addr)
+
+
+def split_hostport(text: str) -> tuple[str, str | None]:
+    """``'addr'``, ``'addr:port'``, ``'[v6]'``, ``'[v6]:port'`` or a bare ``'v6'`` -> (address text,
+    port text or None). Never raises; a malformed form leaves the brackets in, for the address
+    check to refuse."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            return text, None
+        if not rest:
+            return host, None
+        return (host, rest[1:]) if rest.startswith(":") else (text, None)
+    if text.count(":") > 1:  # a bare IPv6 address: no port
+        return text, None
+    host, sep, port = text.rpartition(":")
+    return (host, port) if sep else (text, None)
+
+
 _HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
                    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?")
 

@@ -90,7 +90,7 @@ def test_error_names_the_field_path() -> None:
 def test_all_errors_are_collected() -> None:
     doc = {
         "services": [
-            svc_doc(protocol="sctp", vip="2001:db8::1", scheduler="fastest",
+            svc_doc(protocol="sctp", vip="2001:db8::zz", scheduler="fastest",
                     dests=[{"address": "198.18.2.300", "weight": True, "u_threshold": 5, "l_threshold": 9}]),
             svc_doc(name="", port=70000, forward="masq"),
         ],
@@ -99,7 +99,7 @@ def test_all_errors_are_collected() -> None:
     errs = errors_of(doc)
     for expected in [
         "services[0].protocol: must be one of tcp, udp, got 'sctp'",
-        "services[0].vip: must be an IPv4 address, got '2001:db8::1'",
+        "services[0].vip: must be an IPv4 or IPv6 address, got '2001:db8::zz'",
         "services[0].scheduler: must be one of rr, wrr, lc, wlc, sh, dh, sed, nq, mh, got 'fastest'",
         "services[0].dests[0].address: must be an IPv4 address, got '198.18.2.300'",
         "services[0].dests[0].weight: must be an integer in 0..65535, got True",
