@@ -9,6 +9,15 @@ values, canonical objects from ``canon``); ``ConnTable`` is the only writer. The
 and state constants below are the one definition the table, the packet path and syncd use
 (IntFlag arithmetic is far too slow for the packet path).
 
+*Addresses of both families* are plain ints in one space: an IPv4 address is below 2**32 and an
+IPv6 address is at or above it (:func:`is_v6`), because no IPv6 address in ``::/96`` (unspecified,
+loopback, the deprecated IPv4-compatible block) is ever admitted: the config refuses them as VIPs
+and dests, the packet path drops packets from or to them (``Drop.BAD_ADDR``), and sync must refuse
+a 16-byte address below 2**32 (:func:`addr_fits`). So the packed key of an IPv6 client (a 152-bit
+int) never equals an IPv4 client's, the v4 key and its hot path stay exactly as they were, and the
+family of any address (and so of any conn, VIP or dest) is read off the int itself. The sync wire
+already sends an address as 4 bytes below 2**32 and as 16 bytes above.
+
 ``snapshot(conn)`` is the immutable ``ConnSnapshot`` the event feed and sync snapshots carry;
 ``dest_key(dest)`` serves a dest's key from a bounded identity cache.
 """
@@ -48,6 +57,22 @@ _FLAG_OBJS = tuple(range(0x4000))  # canonical int objects for flag values (save
 def canon(flags: int) -> int:
     """The shared int object of a flag value (entries hold one of these, not a private int)."""
     return _FLAG_OBJS[flags] if 0 <= flags < 0x4000 else flags
+
+
+V6_MIN = 1 << 32
+"""The lowest IPv6 address int the table admits (``::1:0:0``); every lower int is IPv4."""
+ADDR_MAX = (1 << 128) - 1
+
+
+def is_v6(addr: int) -> bool:
+    """An IPv6 address (the table's one address space: module docstring)."""
+    return addr >= V6_MIN
+
+
+def addr_fits(addr: int, length: int) -> bool:
+    """``addr`` decoded from ``length`` bytes (4 or 16) is of that family: what sync must check so a
+    16-byte ``::a.b.c.d`` never stands for the IPv4 ``a.b.c.d``."""
+    return 0 <= addr < V6_MIN if length == 4 else length == 16 and V6_MIN <= addr <= ADDR_MAX
 
 
 def make_key(protocol: int, caddr: int, cport: int) -> int:
@@ -162,9 +187,10 @@ MAX_STATE = {int(Proto.TCP): max(int(s) for s in TcpState), int(Proto.UDP): 0, i
 
 
 __all__ = [
-    "ADDR_LENGTHS", "DEST_KEYS", "D_AVAILABLE", "D_OVERLOAD", "EXPIRE_LATER", "F_BYPASS", "F_FWD_MASK",
+    "ADDR_LENGTHS", "ADDR_MAX", "DEST_KEYS", "D_AVAILABLE", "D_OVERLOAD", "EXPIRE_LATER", "F_BYPASS",
+    "F_FWD_MASK",
     "F_HASHED", "F_INACTIVE", "F_NOOUTPUT", "F_NO_CPORT", "F_SYNC", "F_TEMPLATE", "INITIAL_TIMEOUT",
     "INVALID_PORT", "KNOWN_CONN_FLAGS", "KNOWN_PROTOCOLS", "MAX_PORT", "MAX_STATE", "MAX_TIMEOUT_MS",
     "S_ESTABLISHED", "S_SYNACK", "S_SYN_RECV", "TCP", "TODROP_RATE", "Conn", "canon", "chain", "dest_key",
-    "make_key", "snapshot",
+    "V6_MIN", "addr_fits", "is_v6", "make_key", "snapshot",
 ]
