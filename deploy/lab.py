@@ -364,12 +364,12 @@ class Lab:
             raise RuntimeError(f"python in {ns} failed ({res.returncode}): {res.stderr.strip()[-2000:]}")
         return res
 
-    def start_director(self, n: int, config: str | Path, *extra: str,
+    def start_director(self, n: int, node_config: str | Path, *extra: str,
                        **kw: object) -> subprocess.Popen[bytes]:
-        """Run the stand-alone data plane (``python -m director.dataplane.io.plane``) in director ``n``."""
+        """Run ``directord`` (``python -m director.daemon -c NODE_CONFIG``) in director ``n``; for a
+        single director without etcd the node config says ``cluster: none`` (:func:`static_node_config`)."""
         d = self.directors[n - 1]
-        argv = [PYTHON, "-m", "director.dataplane.io.plane", "--ext", "ext", "--int", "int",
-                "--config", str(config), *extra]
+        argv = [PYTHON, "-m", "director.daemon", "-c", str(node_config), *extra]
         return self.popen(d.ns, argv, **kw)  # type: ignore[arg-type]
 
     def sysctl(self, ns: str, key: str, value: str) -> None:
@@ -399,6 +399,16 @@ class Lab:
 
     def __exit__(self, *exc: object) -> None:
         self.down()
+
+
+def static_node_config(n: int, services_file: str | Path, **keys: object) -> str:
+    """A static director's node YAML (``cluster: none``) for director ``n`` of a lab: its interfaces,
+    the lab's virtual MAC 1 and NAT gateway, ``workers: 1``, then ``keys`` (any node key) over that."""
+    doc: dict[str, object] = {"node_id": f"d{n}", "cluster": "none",
+                              "interfaces": {"external": "ext", "internal": "int"}, "vmac_id": 1,
+                              "gateways": [GATEWAY], "workers": 1, "services_file": str(services_file)}
+    doc.update(keys)
+    return json.dumps(doc, indent=1) + "\n"  # JSON is YAML
 
 
 def _is_zombie(pid: int) -> bool:

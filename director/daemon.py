@@ -24,6 +24,13 @@ config is refused with a log line naming the field, and the running config stays
 (after flushing sync to every backup), SIGUSR1 resigns and stays as a backup (graceful failover).
 Role changes and the first forwarded packet after a takeover are appended to ``events_file`` as
 JSON lines with wall-clock times, so drills can measure takeover and check for split brain.
+
+**Static mode** (``cluster: none``, docs/CONFIG.md): no etcd, election or sync. The services come
+from ``services_file`` (a bad one stops the start; SIGHUP re-reads it and applies it in place, a bad
+one is refused and the running config kept); the node starts as ``static_role`` and is never fenced
+(``fence_file`` aside); SIGUSR2 takes over (gratuitous ARPs), SIGUSR1 stands by, as a resign does.
+Admin, metrics, health checks and workers work as in a cluster; admin config writes, which go
+through etcd, are refused. Any node may write ``stats_file`` (the data plane's counters as JSON).
 """
 
 from __future__ import annotations
@@ -32,8 +39,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import ipaddress
-import json
 import logging
 import math
 import os
@@ -51,95 +56,45 @@ from director.admin.metrics import MetricsServer, serve_metrics
 from director.admin.node import NodeAdmin, start_admin
 from director.admin.notify import NotifyRunner
 from director.admin.sdnotify import Notifier, stopping, supervise
-from director.admin.views import conn_event, dest_label
+from director.admin.views import dest_label
 from director.cluster.election import LeaderRecord, Role
 from director.cluster.elector import NodeInfo, RoleChange
 from director.cluster.elector_thread import ElectorThread
 from director.cluster.release import LeaseRecord, write_lease_file
 from director.cluster.store import ConfigSnapshot, EtcdStore
 from director.cluster.track import LinkTracker
-from director.config.node import DefenseConfig, NodeConfig, NodeConfigError, parse_node_config
+from director.config.node import NodeConfig, NodeConfigError, parse_node_config
 from director.config.services import Config, ConfigError, apply_timeouts, apply_to_services
 from director.config.watch import ConfigUpdate, config_updates, validate_snapshot
-from director.dataplane.arp import vrrp_mac
-from director.dataplane.core import CoreConfig, Director
-from director.dataplane.io.plane import DataPlane
+from director.dataplane.core import Director
+from director.dataplane.io.plane import DEFAULT_RING, DataPlane
 from director.health.service import HealthService
 from director.logs import FORMATS, setup_logging
+from director.node import (
+    EventLog,
+    FenceFile,
+    NodeFiles,
+    NoEtcd,
+    arp_sender_outside,
+    core_config_for,
+    default_lease_file,
+    defense_settings,
+    load_services,
+    mem_total,
+    publish_conns,
+    read_services,
+    rss_bytes,
+)
 from director.services.service import ServiceTable
 from director.services.stats import StatsEstimator
 from director.table.conn import ConnTable
-from director.table.defense_policy import DefensePolicy, DefenseSettings, mode_of
+from director.table.defense_policy import DefensePolicy
 from director.table.events import ConnEvent, RawEvent, cook
 from director.workers.pool import WorkerPool
 from syncd.backup import SyncBackup
 from syncd.server import SyncServer, create_sync_server
 
 log = logging.getLogger("directord")
-
-
-
-def _ip(text: str) -> int:
-    return int(ipaddress.IPv4Address(text))
-
-
-def core_config_for(cfg: NodeConfig) -> CoreConfig:
-    gws = frozenset(_ip(g) for g in cfg.gateways)
-    int_addr = _ip(cfg.int_addr) if cfg.int_addr else (min(gws) if gws else 0)
-    return CoreConfig(vmac=vrrp_mac(cfg.vmac_id), gw_addrs=gws, int_addr=int_addr, mtu=cfg.int_mtu)
-
-
-MIB = 1 << 20
-
-
-def mem_total() -> int:
-    """The box's memory in bytes (/proc/meminfo), 0 if unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def rss_bytes() -> int:
-    """This process's resident memory (/proc/self/statm), 0 if unknown."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def defense_settings(d: DefenseConfig, memory: int) -> DefenseSettings:
-    """The node's defense settings; sizes left out are sized for the box: RSS up to a quarter of its
-    memory (defense from three quarters of that), the conn table up to one entry per 2 KiB of it
-    (65536 .. 4M), defense from half of that."""
-    rss_max = d.rss_max_mb * MIB if d.rss_max_mb is not None else memory // 4
-    rss_thr = d.rss_threshold_mb * MIB if d.rss_threshold_mb is not None else rss_max * 3 // 4
-    max_conns = d.max_conns if d.max_conns is not None else min(1 << 22, max(1 << 16, rss_max // 2048))
-    conn_thr = d.conn_threshold if d.conn_threshold is not None else max_conns // 2
-    return DefenseSettings(mode_of(d.drop_entry), mode_of(d.drop_packet), mode_of(d.secure_tcp),
-                           d.am_droprate, conn_thr, max_conns, rss_thr, rss_max)
-
-
-class EventLog:
-    """Role changes and takeover timings as JSON lines (wall clock), for drills and operators."""
-
-    def __init__(self, path: str | None, node_id: str) -> None:
-        self.path = path
-        self.node_id = node_id
-        self.recent: list[dict[str, Any]] = []
-
-    def write(self, kind: str, **fields: Any) -> None:
-        rec = {"t": time.time(), "node": self.node_id, "event": kind, **fields}
-        self.recent = [*self.recent[-199:], rec]
-        log.info("event %s %s", kind, fields)
-        if self.path:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(rec) + "\n")
 
 
 class Node:
@@ -158,12 +113,17 @@ class Node:
         self.defense = DefensePolicy(defense_settings(cfg.defense, mem_total()))
         self.director.gate.max_conns = self.defense.settings.max_conns
         self._rng = random.Random()
-        # fenced until the election says otherwise: a fresh node never forwards on its own
+        # fenced until the election says so (a static node, with no lease to lose: unless its fence_file does)
         self.pool = WorkerPool.for_node(cfg, self.director, self.defense.settings.max_conns)
         """``workers: N`` (N >= 2; else None): stands where the DataPlane stands (director.workers.pool)."""
-        self.dataplane = self.pool or DataPlane(self.director, cfg.external, cfg.internal, master_until=None)
-        self.store = EtcdStore(list(cfg.etcd_endpoints), prefix=cfg.etcd_prefix, cluster=cfg.cluster)
+        self.dataplane = self.pool or DataPlane(
+            self.director, cfg.external, cfg.internal, ring=DEFAULT_RING if cfg.rx_ring else None,
+            tx_ring=cfg.tx_ring, master_until=math.inf if cfg.static else None)
+        self.store = NoEtcd() if cfg.static else EtcdStore(list(cfg.etcd_endpoints), prefix=cfg.etcd_prefix,
+                                                          cluster=cfg.cluster)  # NoEtcd: refuses writes
         self.events = EventLog(cfg.events_file, cfg.node_id)
+        self.files = NodeFiles(cfg.stats_file, FenceFile(cfg.fence_file) if cfg.fence_file else None,
+                               self.stats_snapshot, self.dataplane.set_master_until, self.events)
         self.estimator = StatsEstimator()
         self.backup = SyncBackup(None, cfg.node_id, self.table, self.services,
                                  epoch_source=self._known_epoch, tls=cfg.sync_tls)
@@ -260,8 +220,11 @@ class Node:
             loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._resign_now()))
 
     def _workers_failed(self, why: str) -> None:
-        """Packet workers keep crashing (director.workers.pool): stop forwarding, hand the mastership over."""
+        """Packet workers keep crashing (director.workers.pool): stop forwarding, hand the mastership over
+        (a static node has nobody to hand it to: it goes on trying)."""
         self.events.write("workers_failed", why=why)
+        if self.cfg.static:
+            return
         self.dataplane.set_master_until(None)
         asyncio.ensure_future(self._resign_now())
 
@@ -355,6 +318,7 @@ class Node:
         self.config = cfg
         self._reconcile()
         apply_timeouts(cfg.timeouts, self.core_cfg.timeouts)
+        self.core_cfg.ext_addr = arp_sender_outside(self.services)
         self.config_snapshot = snap
         self.config_revision = snap.revision
         self.config_error = ""
@@ -377,27 +341,11 @@ class Node:
 
     def _tap_conn_events(self, events: list[RawEvent]) -> None:
         """Conn events the sync master drained, for `directorctl watch` (only while someone watches)."""
-        hub = self.api.hub
-        if not hub.watchers:
-            return
-        now, wall = self.clock(), time.time()
-        try:
-            for ev in events:
-                hub.publish(conn_event(cook(ev), now, wall))
-        except Exception:  # never let a watcher break the sync drain
-            log.exception("publishing conn events to admin watchers failed")
+        publish_conns(self.api.hub, (cook(ev) for ev in events), self.clock, synced=False)
 
     def _tap_synced_events(self, events: list[ConnEvent]) -> None:
         """Conn events this backup applied from its master's stream, marked synced, for watchers."""
-        hub = self.api.hub
-        if not hub.watchers:
-            return
-        now, wall = self.clock(), time.time()
-        try:
-            for ev in events:
-                hub.publish(conn_event(ev, now, wall, synced=True))
-        except Exception:  # never let a watcher break the sync apply
-            log.exception("publishing synced conn events to admin watchers failed")
+        publish_conns(self.api.hub, events, self.clock, synced=True)
 
     def _on_health_change(self, newly_down: frozenset[Any], newly_up: frozenset[Any]) -> None:
         """A published health verdict changed: re-apply the config with the new down set."""
@@ -472,6 +420,37 @@ class Node:
                 last_sync = in_sync
             await asyncio.sleep(0.05)
 
+    # -- static mode (cluster: none) ------------------------------------------------------------------
+    def _start_static(self) -> None:
+        """The services file, applied before any socket opens (main checked it); the data plane
+        unfenced, unless the fence file says otherwise."""
+        assert self.cfg.services_file is not None
+        self.apply_update(ConfigUpdate(ConfigSnapshot(1), config=load_services(self.cfg.services_file)))
+        self.dataplane.set_master_until(math.inf)
+        self.files.poll_fence()
+
+    def reload_static(self) -> None:
+        """SIGHUP: re-read the services file and apply it in place (services, dests and conns stay,
+        director.config.services.apply_to_services); a bad or unreadable file keeps the running config."""
+        assert self.cfg.services_file is not None
+        self.apply_update(read_services(self.cfg.services_file, self.config_revision + 1))
+
+    def set_static_role(self, master: bool) -> None:
+        """Take over (forward, gratuitous ARPs) or stand by (answer and forward nothing): at the start
+        from ``static_role``, then SIGUSR2 / SIGUSR1. The operator keeps one master per virtual MAC."""
+        if master != (self.role is Role.MASTER):
+            me = LeaderRecord(self.cfg.node_id, admin_addr=self.cfg.admin_listen or "") if master else None
+            self._on_change(RoleChange(Role.MASTER if master else Role.BACKUP, me, 0, time.time()))
+            if master:
+                self._start_forwarding(0)
+            else:
+                self._stop_forwarding()
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        """The ``stats_file``: the data plane's counters, the node's role and config state."""
+        return {**self.dataplane.stats(), "role": self.role.name.lower(), "ready": self.ready(),
+                "config_revision": self.config_revision, "config_error": self.config_error}
+
     # -- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.cfg
@@ -479,21 +458,39 @@ class Node:
         self._loop = loop
         self.notify = NotifyRunner(cfg.notify, cfg.node_id, cfg.cluster)  # role/dest hooks, on this loop
         self.links.start()
+        if cfg.static:
+            self._start_static()
+        else:
+            await self._start_sync()
+        self.dataplane.attach(loop)
+        self._tasks.append(asyncio.create_task(self._timer_loop(), name="timers"))
+        if self.files.wanted:
+            self._tasks.append(asyncio.create_task(self.files.run(), name="files"))
+        if not cfg.static:
+            await self.store.connect()
+            self._tasks.append(asyncio.create_task(self._config_loop(), name="config"))
+            self._tasks.append(asyncio.create_task(self._ready_loop(), name="ready"))
+            self._tasks.append(asyncio.create_task(self.health.run(self.store), name="health"))
+        _api, self.admin = await start_admin(self)
+        if cfg.metrics_listen:
+            self.metrics = await serve_metrics(self.api, cfg.metrics_listen)
+        if cfg.static:
+            self.set_static_role(cfg.static_role == "master")
+        else:
+            await self._start_election()
+        self.events.write("started", pid=os.getpid())
+
+    async def _start_sync(self) -> None:
+        cfg = self.cfg
         self.sync, _port = await create_sync_server(cfg.sync_listen, self.table, self.services, 0,
                                                     cfg.sync_tls, clock=self.clock)
         self.sync.master.on_promise = self._on_promises_changed
         if self.pool is not None:  # the table is the workers' replica: they know its real deadlines
             self.sync.master.on_stale = self.pool.ask_expires
         self.backup.on_promise = self._on_promise_given
-        self.dataplane.attach(loop)
-        await self.store.connect()
-        self._tasks.append(asyncio.create_task(self._config_loop(), name="config"))
-        self._tasks.append(asyncio.create_task(self._timer_loop(), name="timers"))
-        self._tasks.append(asyncio.create_task(self._ready_loop(), name="ready"))
-        self._tasks.append(asyncio.create_task(self.health.run(self.store), name="health"))
-        _api, self.admin = await start_admin(self)
-        if cfg.metrics_listen:
-            self.metrics = await serve_metrics(self.api, cfg.metrics_listen)
+
+    async def _start_election(self) -> None:
+        cfg = self.cfg
         node = NodeInfo(cfg.node_id, cfg.sync_advertise, cfg.admin_listen or "", cfg.priority)
         self.elector = ElectorThread(
             lambda: EtcdStore(list(cfg.etcd_endpoints), prefix=cfg.etcd_prefix, cluster=cfg.cluster),
@@ -503,7 +500,6 @@ class Node:
             member_info={"sync_addr": cfg.sync_advertise, "admin_addr": cfg.admin_listen or "",
                          "version": __version__})
         await self.elector.start()
-        self.events.write("started", pid=os.getpid())
 
     async def resign(self) -> None:
         """Graceful failover: flush sync to every backup, then hand the lease over."""
@@ -550,7 +546,12 @@ class Node:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
         loop.add_signal_handler(signal.SIGINT, self._stopping.set)
-        loop.add_signal_handler(signal.SIGUSR1, lambda: asyncio.ensure_future(self.resign()))
+        if self.cfg.static:  # manual roles: SIGUSR1 stands by (as a resign does), SIGUSR2 takes over
+            loop.add_signal_handler(signal.SIGUSR1, self.set_static_role, False)
+            loop.add_signal_handler(signal.SIGUSR2, self.set_static_role, True)
+            loop.add_signal_handler(signal.SIGHUP, self.reload_static)
+        else:
+            loop.add_signal_handler(signal.SIGUSR1, lambda: asyncio.ensure_future(self.resign()))
         # systemd (Type=notify): READY=1 once serving (master, or ready: in sync), WATCHDOG=1 from this loop
         sd = Notifier.from_env()
         self._tasks.append(asyncio.create_task(supervise(
@@ -565,11 +566,6 @@ class Node:
         await self.stop()
 
 
-def _default_lease_file() -> str | None:
-    rd = os.environ.get("RUNTIME_DIRECTORY")
-    return os.path.join(rd.split(":")[0], "lease") if rd else None
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="directord", description="run one director node")
     p.add_argument("--version", action="version", version=f"directord {__version__}")
@@ -578,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-format", choices=FORMATS, default="auto",
                    help="journal (priority prefixes, under systemd), text, json; auto picks journal under "
                         "journald, else json if the node YAML says log_json: true, else text")
-    p.add_argument("--lease-file", default=_default_lease_file(),
+    p.add_argument("--lease-file", default=default_lease_file(),
                    help="where the master records its etcd lease for the exit hook (`directorctl "
                         "release-lease`); default $RUNTIME_DIRECTORY/lease under systemd, else none")
     args = p.parse_args(argv)
@@ -586,6 +582,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_node_config(Path(args.config).read_bytes())
     except (OSError, NodeConfigError) as err:
         print(f"directord: {args.config}: {err}", file=sys.stderr)
+        return 2
+    try:  # static mode: a bad services file stops the start before any socket is opened
+        if cfg.services_file is not None:
+            load_services(cfg.services_file)
+    except (OSError, ConfigError) as err:
+        print(f"directord: services_file: {err}", file=sys.stderr)
         return 2
     setup_logging(cfg.node_id, fmt=args.log_format, log_json=cfg.log_json, level=args.log_level)
     log.info("directord %s node %s on %s (pid %d)", __version__, cfg.node_id, socket.gethostname(),

@@ -16,6 +16,22 @@ checkers): every problem is collected into one ``NodeConfigError`` (a ``ConfigEr
 ``errors`` hold "field.path: message" lines. Names that become etcd key parts (``node_id``,
 ``cluster``) are restricted to letters, digits, ``_ . -``; addresses are 'host:port'; numbers are
 finite and in range.
+
+Static mode (``cluster: none``): a single node without etcd, election or sync. ``etcd``, ``sync``,
+``lease_ttl``, ``priority`` and ``preempt`` are refused there (each named: "not used with cluster:
+none"); ``services_file`` is required: a YAML file in exactly the services/timeouts schema
+``directorctl apply`` takes (director.config.services), read at start and on SIGHUP. The node starts
+as ``static_role`` (master: it forwards and announces the VIPs; backup: it claims nothing) and is
+never fenced unless ``fence_file`` says so (a test and drill aid, docs/CONFIG.md). Example
+(deploy/examples/static/d1.yaml)::
+
+    node_id: d1
+    cluster: none
+    interfaces: {external: ext0, internal: int0}
+    vmac_id: 1
+    gateways: [198.18.1.254]
+    services_file: /etc/lbd/services.yaml
+    admin: {unix: /run/lbd/d1.sock}
 """
 
 from __future__ import annotations
@@ -120,16 +136,45 @@ class NodeConfig:
     """Packet worker processes (1: the data plane runs in directord's own loop; the file's default,
     ``auto``, is the usable cores)."""
     notify: NotifyConfig = NotifyConfig()
+    neigh_max_entries: int = 16384
+    """Neighbour cache bound per side (``CoreConfig.neigh_max_entries``)."""
+    neigh_learn_rate: float = 1000.0
+    """Client entries learned from data frames per second (``CoreConfig.neigh_learn_rate``)."""
+    rx_ring: bool = True
+    """False: plain recvmsg + PACKET_AUXDATA instead of a PACKET_RX_RING (``workers: 1`` only)."""
+    tx_ring: bool = True
+    """False: one send() per frame instead of a PACKET_TX_RING (``workers: 1`` only)."""
+    stats_file: str | None = None
+    """Write a JSON snapshot of the data plane's counters here every 200 ms (lab tests, benchmarks)."""
+    services_file: str | None = None
+    """``cluster: none``: the services/timeouts YAML (``directorctl apply``'s schema); SIGHUP re-reads it."""
+    static_role: str = "master"
+    """``cluster: none``: the role at start (master or backup); SIGUSR2 takes over, SIGUSR1 stands by."""
+    fence_file: str | None = None
+    """``cluster: none``, tests and drills: a file holding the mastership deadline (a CLOCK_MONOTONIC
+    time, ``inf`` or ``none``; :func:`read_deadline`), applied to the data plane when it changes."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def vmac(self) -> bytes:
         return bytes([0x00, 0x00, 0x5E, 0x00, 0x01, self.vmac_id])
 
+    @property
+    def static(self) -> bool:
+        """``cluster: none``: a single static node (no etcd, no election, no sync)."""
+        return self.cluster == STATIC
 
+
+STATIC = "none"
+"""``cluster: none``: static mode."""
+_CLUSTER_ONLY = ("etcd", "sync", "lease_ttl", "priority", "preempt")
+_STATIC_ONLY = ("services_file", "static_role", "fence_file")
 _KNOWN = ("node_id", "cluster", "etcd", "interfaces", "vmac_id", "sync", "admin", "lease_ttl",
           "sloppy_grace", "metrics", "priority", "preempt", "log_json", "gateways", "int_addr", "int_mtu",
-          "table_bits", "events_file", "defense", "workers", "notify")
+          "table_bits", "events_file", "defense", "workers", "notify", "neigh_max_entries",
+          "neigh_learn_rate", "rx_ring", "tx_ring", "stats_file", *_STATIC_ONLY)
+STATIC_ROLES = ("master", "backup")
+MAX_NEIGH_ENTRIES = 1 << 24
 _DEFENSE_KEYS = ("drop_entry", "drop_packet", "secure_tcp", "am_droprate", "conn_threshold", "max_conns",
                  "rss_threshold_mb", "rss_max_mb")
 _MODES = ("off", "auto", "always")
@@ -241,18 +286,52 @@ class _Rename(Errors):
         self.into.add(self.path, msg)
 
 
+def _mode(d: Mapping[str, Any], errs: Errors) -> bool:
+    """Whether the node is static (``cluster: none``); keys of the other mode are refused by name."""
+    static = d.get("cluster") == STATIC
+    for key in _CLUSTER_ONLY if static else _STATIC_ONLY:
+        if key in d:
+            errs.add(key, "not used with cluster: none (a static node has no etcd, election or sync)"
+                     if static else "only with cluster: none (a static node)")
+    v.keys(d, _KNOWN, ("node_id", "interfaces", "services_file") if static
+           else ("node_id", "etcd", "interfaces", "sync"), "", errs)
+    return static
+
+
+def _static(d: Mapping[str, Any], errs: Errors) -> dict[str, Any]:
+    """``cluster: none``'s own keys (absent, and so defaults, in cluster mode)."""
+    path = {"pattern": _PATH, "what": "a file path"}
+    return {"services_file": v.optional_string(d, "services_file", "", errs, **path),
+            "static_role": v.choice(d, "static_role", "", errs, STATIC_ROLES, "master"),
+            "fence_file": v.optional_string(d, "fence_file", "", errs, **path)}
+
+
+def _data_plane(d: Mapping[str, Any], workers: int, errs: Errors) -> dict[str, Any]:
+    """Neighbour caches, packet I/O choices and the stats file."""
+    out = {"neigh_max_entries": v.integer(d, "neigh_max_entries", "", errs, 1, MAX_NEIGH_ENTRIES, 16384),
+           "neigh_learn_rate": v.number(d, "neigh_learn_rate", "", errs, 0.0, 1e9, 1000.0),
+           "rx_ring": v.boolean(d, "rx_ring", "", errs, True),
+           "tx_ring": v.boolean(d, "tx_ring", "", errs, True),
+           "stats_file": v.optional_string(d, "stats_file", "", errs, pattern=_PATH, what="a file path")}
+    for key in ("rx_ring", "tx_ring"):
+        if workers > 1 and not out[key]:
+            errs.add(key, f"false only with workers: 1 (packet workers always use rings), got {workers}")
+    return out
+
+
 def node_config_from_dict(raw: Any) -> NodeConfig:
     """Validate an already-loaded node document; ``NodeConfigError`` lists every problem."""
     errs = Errors()
     d = v.mapping(raw, "", errs)
-    v.keys(d, _KNOWN, ("node_id", "etcd", "interfaces", "sync"), "", errs)
-    etcd = _section(d, "etcd", ("endpoints", "prefix"), ("endpoints",), errs)
+    static = _mode(d, errs)
+    etcd = {} if static else _section(d, "etcd", ("endpoints", "prefix"), ("endpoints",), errs)
     ifs = _section(d, "interfaces", ("external", "internal"), ("external", "internal"), errs)
-    sync = _section(d, "sync", ("listen", "advertise", "tls"), ("listen",), errs)
+    sync = {} if static else _section(d, "sync", ("listen", "advertise", "tls"), ("listen",), errs)
     admin = _section(d, "admin", ("listen", "unix", "token", "tls"), (), errs, optional=True)
     metrics = _section(d, "metrics", ("listen",), (), errs, optional=True)
     listen = v.hostport(sync, "listen", "sync", errs, port_zero_ok=True) or ""
     ifname = {"pattern": _IFNAME, "what": "an interface name (1-15 letters, digits, '_', '.', '@', '-')"}
+    workers = _workers(d, errs)
     cfg = NodeConfig(
         node_id=_req_str(d, "node_id", "", errs, pattern=_NAME, what=_NAME_WHAT),
         cluster=v.string(d, "cluster", "", errs, "default", pattern=_NAME, what=_NAME_WHAT),
@@ -281,11 +360,21 @@ def node_config_from_dict(raw: Any) -> NodeConfig:
         table_bits=v.integer(d, "table_bits", "", errs, MIN_TABLE_BITS, MAX_TABLE_BITS, 16),
         events_file=v.optional_string(d, "events_file", "", errs, pattern=_PATH, what="a file path"),
         defense=_defense(d, errs),
-        workers=_workers(d, errs),
+        workers=workers,
         notify=_notify(d, errs),
+        **_data_plane(d, workers, errs),
+        **_static(d, errs),
     )
     errs.raise_if_any(NodeConfigError)
     return cfg
+
+
+def read_deadline(text: str) -> float | None:
+    """A ``fence_file``'s content: a CLOCK_MONOTONIC time, ``inf`` (no fencing) or ``none`` (not master).
+
+    Raises ``ValueError`` for anything else (the node logs it and keeps the deadline it had)."""
+    word = text.strip().lower()
+    return None if word in ("", "none") else float(word)
 
 
 def parse_node_config(text: str | bytes) -> NodeConfig:

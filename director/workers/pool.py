@@ -66,7 +66,9 @@ from typing import Any
 from director.config.node import NodeConfig
 from director.config.services import Config
 from director.dataplane.core import Action, CoreConfig, Director
+from director.dataplane.io.plane import service_stats
 from director.dataplane.io.shard import shard_of, widest_mask
+from director.dataplane.packet import Drop
 from director.services.service import ServiceTable
 from director.table.conn import ConnTable
 from director.table.events import ConnEvent, RawEvent
@@ -79,6 +81,8 @@ log = logging.getLogger("directord.workers")
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
 _SLOTS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
+_SUMMED = ("ring_packets", "ring_drops", "handler_errors", "tx_errors", "tx_fenced", "ctl_fenced",
+           "arp_replies", "csum_fixed", "cpu")
 
 
 class WorkerProc:
@@ -474,6 +478,26 @@ class WorkerPool:
             os.replace(tmp, self.stats_path)
         except OSError as err:
             log.debug("worker stats file: %s", err)
+
+    def stats(self) -> dict[str, Any]:
+        """The node's packet counters in ``DataPlane.stats()``'s shape (a node's ``stats_file``): the
+        workers' I/O counters summed, services and drops from the parent's tables (``_aggregate``
+        keeps them the workers' sums); ``workers`` has each worker's own figures."""
+        rows = [r for r in self.per_worker if r]
+        out: dict[str, Any] = {k: sum(r.get(k, 0) for r in rows) for k in _SUMMED}
+        for key in ("rx_frames", "neigh_entries"):
+            out[key] = [sum(col) for col in zip(*(r.get(key, (0, 0)) for r in rows), strict=True)] or [0, 0]
+        neigh: dict[str, int] = {}
+        for r in rows:
+            for name, n in r.get("neigh", {}).items():
+                neigh[name] = neigh.get(name, 0) + n
+        drops = self.drops()
+        return {**out, "neigh": neigh, "conns": self.table.count, "active": self.active,
+                "drops": {d.name.lower(): drops[d] if d < len(drops) else 0 for d in Drop},
+                "master_until": self.master_until, "fenced": self.fenced(),
+                "services": service_stats(self.services),
+                "workers": [{k: v for k, v in r.items() if k not in ("services", "own")}
+                            for r in self.per_worker]}
 
     def drops(self) -> list[int]:
         """Drop counters summed over the workers (by reason index)."""

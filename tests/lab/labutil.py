@@ -1,7 +1,8 @@
-"""Helpers for lab tests: poll a condition, run a stand-alone director and read its stats.
+"""Helpers for lab tests: poll a condition, run a static directord and read its stats.
 
-``DirectorProc`` runs ``python -m director.dataplane.io.plane`` in a director namespace and reads its JSON
-stats file; everything waits on conditions with generous deadlines, never on fixed sleeps.
+``DirectorProc`` runs ``directord`` in static mode (node config ``cluster: none``, services from a
+file) in a director namespace and reads the JSON ``stats_file`` it rewrites every 200 ms; everything
+waits on conditions with generous deadlines, never on fixed sleeps.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from deploy.cluster import wait_for as cluster_wait_for
-from deploy.lab import PYTHON, Lab, real_addr
+from deploy.lab import PYTHON, Lab, real_addr, static_node_config
 
 DEADLINE = 30.0
+SERVICE_KEYS = ("services", "timeouts")
+"""Top-level keys of the services file (``directorctl apply``'s schema); any other key is a node key."""
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = DEADLINE, what: str = "condition") -> Any:
@@ -24,22 +29,35 @@ def wait_for(cond: Callable[[], Any], timeout: float = DEADLINE, what: str = "co
     return cluster_wait_for(what, cond, timeout, every=0.05)
 
 
-class DirectorProc:
-    """A stand-alone data plane process in director namespace ``n`` of ``lab``."""
+def split_config(text: str) -> tuple[dict[str, Any], str]:
+    """A test's one document (node keys such as ``vmac_id`` beside ``services`` / ``timeouts``, as a test
+    reads best) split into node keys and the services file's text."""
+    doc = yaml.safe_load(text) or {}
+    node = {k: v for k, v in doc.items() if k not in SERVICE_KEYS}
+    return node, yaml.safe_dump({k: v for k, v in doc.items() if k in SERVICE_KEYS}, sort_keys=False)
 
-    def __init__(self, lab: Lab, n: int, config_text: str, tag: str, *extra: str) -> None:
+
+class DirectorProc:
+    """A static ``directord`` in director namespace ``n`` of ``lab``.
+
+    ``config_text`` holds the services (the services file) and may hold node keys; ``node`` adds node
+    keys (``static_role="backup"``, ``fence_file=...``, ``rx_ring=False``, ``workers=2``, ...). The
+    node has no sloppy window (``sloppy_grace: 0``): a packet-path test wants TCP conns opened by SYNs
+    only; a node key in ``node`` overrides that."""
+
+    def __init__(self, lab: Lab, n: int, config_text: str, tag: str, **node: Any) -> None:
         self.lab = lab
-        self.config = lab.write_file(f"{tag}.yaml", config_text)
+        keys, services = split_config(config_text)
+        self.services = lab.write_file(f"{tag}.services.yaml", services)
         self.stats_file = lab.workdir / f"{tag}.stats.json"
-        self.ready_file = lab.workdir / f"{tag}.ready"
         self.log = lab.workdir / f"{tag}.log"
-        for p in (self.stats_file, self.ready_file):
-            p.unlink(missing_ok=True)
+        self.stats_file.unlink(missing_ok=True)
+        keys = {"sloppy_grace": 0, **keys, **node, "stats_file": str(self.stats_file),
+                "events_file": str(lab.workdir / f"{tag}.events.jsonl")}
+        self.config = lab.write_file(f"{tag}.node.yaml", static_node_config(n, self.services, **keys))
         with open(self.log, "ab") as logf:
-            self.proc = lab.start_director(n, self.config, "--stats-file", str(self.stats_file),
-                                           "--ready-file", str(self.ready_file), *extra,
-                                           stdout=logf, stderr=subprocess.STDOUT)
-        wait_for(lambda: self._alive() and self.ready_file.exists() and self.stats_file.exists(),
+            self.proc = lab.start_director(n, self.config, stdout=logf, stderr=subprocess.STDOUT)
+        wait_for(lambda: self._alive() and self.stats_file.exists() and self.stats()["ready"],
                  what=f"director {tag} to start (log: {self.log})")
 
     def _alive(self) -> bool:
@@ -59,12 +77,21 @@ class DirectorProc:
         return self.stats()
 
     def reload(self, config_text: str) -> None:
-        """Rewrite the runner file (node settings + services) and SIGHUP the director;
-        returns once a new snapshot shows it."""
-        self.config.write_text(config_text)
+        """Rewrite the services file and SIGHUP the director; returns once its stats show the new
+        config applied (node keys in the text are ignored: they need a restart)."""
+        revision = self.stats()["config_revision"]
+        self.services.write_text(split_config(config_text)[1])
         self.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: self.stats()["config_revision"] > revision, what="the services file reloaded")
         self.fresh_stats()
-        self.fresh_stats()
+
+    def take_over(self) -> None:
+        """SIGUSR2: become master (forward, announce the VIPs)."""
+        self.proc.send_signal(signal.SIGUSR2)
+
+    def stand_by(self) -> None:
+        """SIGUSR1: stand by (answer and forward nothing), as a clustered node's resign."""
+        self.proc.send_signal(signal.SIGUSR1)
 
     def stop(self) -> None:
         Lab.stop(self.proc)
@@ -74,8 +101,6 @@ class DirectorProc:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
 
 
 def big_document() -> str:

@@ -129,7 +129,7 @@ services:
 
 @pytest.fixture
 def fanout_director(lab: Lab) -> Iterator[DirectorProc]:
-    with DirectorProc(lab, 1, FANOUT_SERVICES, "fanout", "--workers", "2") as d:
+    with DirectorProc(lab, 1, FANOUT_SERVICES, "fanout", workers=2) as d:
         yield d
 
 

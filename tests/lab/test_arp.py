@@ -1,10 +1,12 @@
 """ARP ownership of the VIPs: a backup answers nothing; on takeover the new master announces the
-VIPs with gratuitous ARP from the shared virtual MAC and answers requests; the old master goes quiet."""
+VIPs with gratuitous ARP from the shared virtual MAC and answers requests; the old master goes quiet.
+
+Two static directords (``cluster: none``, ``static_role: backup``) switched by hand: SIGUSR2 takes
+over, SIGUSR1 stands by (docs/CONFIG.md, static mode)."""
 
 from __future__ import annotations
 
 import json
-import signal
 from collections.abc import Iterator
 
 import pytest
@@ -26,8 +28,8 @@ services:
 
 @pytest.fixture
 def pair(lab: Lab) -> Iterator[tuple[DirectorProc, DirectorProc]]:
-    with DirectorProc(lab, 1, CONFIG, "arp-d1", "--backup") as d1, \
-            DirectorProc(lab, 2, CONFIG, "arp-d2", "--backup") as d2:
+    with DirectorProc(lab, 1, CONFIG, "arp-d1", static_role="backup") as d1, \
+            DirectorProc(lab, 2, CONFIG, "arp-d2", static_role="backup") as d2:
         yield d1, d2
 
 
@@ -41,13 +43,13 @@ def test_only_the_active_director_answers_arp(lab: Lab, pair: tuple[DirectorProc
     assert who_has(lab, VIP_NAT) is None
     wait_for(lambda: d1.stats()["drops"]["not_active"] > 0 and d2.stats()["drops"]["not_active"] > 0,
              what="both backups to count the unanswered request")
-    d1.proc.send_signal(signal.SIGUSR1)
+    d1.take_over()
     wait_for(lambda: d1.stats()["active"], what="d1 active")
     # polled: one scapy request/1 s answer can be missed on a loaded box; only VMAC ever answers
     wait_for(lambda: who_has(lab, VIP_NAT) == VMAC, what="d1 to answer ARP for the VIP")
     # switch over: d1 steps down, d2 takes over with gratuitous ARP; HTTP through the VIP works
-    d1.proc.send_signal(signal.SIGUSR2)
-    d2.proc.send_signal(signal.SIGUSR1)
+    d1.stand_by()
+    d2.take_over()
     wait_for(lambda: d2.stats()["active"] and not d1.stats()["active"], what="d2 active, d1 backup")
     replies = d2.stats()["arp_replies"]
     wait_for(lambda: who_has(lab, VIP_NAT) == VMAC, what="d2 to answer ARP for the VIP")

@@ -1,7 +1,7 @@
 """Fencing in the packet path (issue 11): past its mastership deadline a director sends nothing.
 
-A stand-alone director runs in d1 with ``--deadline-file``: the test writes the deadline (a
-CLOCK_MONOTONIC time; namespaces share the clock) and the runner feeds it to
+A static directord runs in d1 with a ``fence_file`` (node config; docs/CONFIG.md): the test writes the
+deadline (a CLOCK_MONOTONIC time; namespaces share the clock) and the node feeds it to
 ``DataPlane.set_master_until``. A fabric observer in the switch namespace counts the frames the
 switch *receives* from d1's two ports with the virtual MAC as source, i.e. everything the data plane
 sends (forwarded frames, ARP answers, probes). Traffic is crafted SYNs and ARP requests from the
@@ -39,7 +39,7 @@ class Fenced:
         self.lab, self.d, self.file = lab, d, deadline_file
 
     def set_deadline(self, deadline: float | str) -> None:
-        """Write the deadline and wait until the runner shows it."""
+        """Write the deadline and wait until the director shows it."""
         self.file.write_text(f"{deadline}\n")
         want = None if deadline == "none" else float(deadline)
         wait_for(lambda: self.d.stats()["master_until"] == want, what=f"deadline {deadline} applied")
@@ -61,7 +61,7 @@ class Fenced:
 @pytest.fixture
 def fenced(lab: Lab) -> Iterator[Fenced]:
     deadline_file = lab.write_file("fence.deadline", "inf\n")
-    with DirectorProc(lab, 1, CONFIG, "fence", "--deadline-file", str(deadline_file)) as d:
+    with DirectorProc(lab, 1, CONFIG, "fence", fence_file=str(deadline_file)) as d:
         yield Fenced(lab, d, deadline_file)
 
 
@@ -129,7 +129,7 @@ def test_a_fenced_backup_resolves_the_real_servers_quietly(lab: Lab) -> None:
     servers' answers are learned, and no frame with the virtual MAC ever leaves."""
     deadline_file = lab.write_file("fence-backup.deadline", "none\n")
     cap = Capture(lab, ["d1e", "d1i"], VMAC)
-    d = DirectorProc(lab, 1, CONFIG, "fence-backup", "--backup", "--deadline-file", str(deadline_file))
+    d = DirectorProc(lab, 1, CONFIG, "fence-backup", static_role="backup", fence_file=str(deadline_file))
     try:
         wait_for(lambda: d.stats()["master_until"] is None and d.stats()["neigh_entries"][1] >= 2,
                  what="both real servers resolved by a fenced backup")

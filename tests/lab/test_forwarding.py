@@ -1,6 +1,6 @@
 """Real kernel TCP/UDP at both ends, our director in between (NAT, DR, TUN), in the namespace lab.
 
-One stand-alone director (``python -m director.dataplane.io.plane``) runs in d1 for the module with the
+One static directord (``cluster: none``, tests/lab/labutil.py) runs in d1 for the module with the
 services below; tests drive traffic from the client namespace (``tests.lab.clientops``) and read the
 director's counters from its stats file. The kernel reference path (ip_forward + nftables DNAT in d3)
 is checked too, so a lab fault is told apart from a director fault.
@@ -43,7 +43,7 @@ def _svc(name: str, proto: str, vip: str, port: int, dests: str, fwd: str = "nat
 
 
 def services_yaml(tcp_skip: int | None = None, udp_skip: int | None = None) -> str:
-    """The runner's file: node settings + services in director.config.services's schema. Only the NODEST
+    """Node keys + services in director.config.services's schema (DirectorProc splits them). Only the NODEST
     services expire conns of removed dests (the per-service expire_nodest_conn)."""
     nodest = " expire_nodest_conn: true,"
     return "".join([

@@ -1,6 +1,6 @@
 """Hostile L2 input on both sides of a director while real TCP connections run (issue 17, frames).
 
-One stand-alone director (``python -m director.dataplane.io.plane``) runs in d1 with NAT services on the
+One static directord (``cluster: none``, tests/lab/labutil.py) runs in d1 with NAT services on the
 VIP; frames are crafted with scapy by the test and sent raw from the client (its own port) or from d3
 (an idle director namespace standing in for a foreign host on either segment, with a foreign MAC).
 The director's stats file shows its counters; real kernel TCP at both ends judges the connections.
@@ -204,8 +204,8 @@ def test_vlan_tags_are_seen_on_the_plain_socket_path_too(lab: Lab) -> None:
     """Without a ring the tag comes in PACKET_AUXDATA. A second director (own virtual MAC, backup: it
     claims nothing on the fabric) reads tagged and untagged SYNs: only the tagged ones are vlan_tagged."""
     vmac2 = "00:00:5e:00:01:02"
-    d = DirectorProc(lab, 2, CONFIG.replace("vmac_id: 1", "vmac_id: 2"), "hostile-plain", "--backup",
-                     "--no-rx-ring")
+    d = DirectorProc(lab, 2, CONFIG.replace("vmac_id: 1", "vmac_id: 2"), "hostile-plain",
+                     static_role="backup", rx_ring=False)
     try:
         c = lab.client
         tagged = [syn(c.macs["eth0"], vmac2, c.addrs["eth0"], 34000 + k, vlan=9) for k in range(10)]

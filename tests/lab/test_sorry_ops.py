@@ -1,6 +1,6 @@
 """Sorry server, one-packet scheduling (ops), BYPASS and LOCALNODE with real kernel TCP/UDP in the lab.
 
-One stand-alone director (``python -m director.dataplane.io.plane``) runs in d1 for the module; the real
+One static directord (``cluster: none``, tests/lab/labutil.py) runs in d1 for the module; the real
 servers' HTTP answers name the server, their UDP echo replies ``<name>|<datagram>``, so the client sees
 which server took each conn or datagram. r3 is the sorry server of a TCP service over r1 and r2.
 """
