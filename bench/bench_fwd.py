@@ -4,12 +4,13 @@ Theory of operation
 -------------------
 One lab, three forwarders side by side, each on its own director namespace and its own VIP:
 
-* d1: our data plane (``python -m director.dataplane.io.plane``), VIP 198.18.0.10, NAT to r1: one process
-  pinned to CPU 1 (``fwd_nat_pps_1core``; its receive softirq runs where the frame was sent, CPU 0;
-  ``..._1core_rps`` steers that to CPU 1 too, so the generator's overload lands on the forwarder's
-  core), or two PACKET_FANOUT workers on both CPUs (``all_cores``, sharing them with the generator);
-  ``..._no_tx_ring`` / ``..._no_rings`` are the same process with one send() per frame / without
-  rings at all (the I/O choices measured);
+* d1: our director, ``directord`` in static mode (``cluster: none``, services from a file), VIP
+  198.18.0.10, NAT to r1: one process pinned to CPU 1 (``workers: 1``, ``fwd_nat_pps_1core``; its
+  receive softirq runs where the frame was sent, CPU 0; ``..._1core_rps`` steers that to CPU 1 too, so
+  the generator's overload lands on the forwarder's core), or two packet workers on both CPUs
+  (``workers: 2``, ``all_cores``, sharing them with the generator); ``..._no_tx_ring`` /
+  ``..._no_rings`` are the same process with one send() per frame / without rings at all (node keys
+  ``tx_ring: false`` / ``rx_ring: false``: the I/O choices measured);
 * d2: a naive scapy forwarder (``sniff`` + ``sendp`` per packet), VIP 198.18.0.21, pinned to CPU 1;
 * d3: the kernel: ``ip_forward=1`` + nftables DNAT 198.18.0.20 -> r1, RPS steering its receive work
   to CPU 1.
@@ -38,7 +39,7 @@ import subprocess
 import sys
 import time
 
-from deploy.lab import GATEWAY, PYTHON, VIP_NAT, Lab, client_addr, mac_for, new_name, real_addr
+from deploy.lab import PYTHON, VIP_NAT, Lab, client_addr, mac_for, new_name, real_addr, static_node_config
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,10 @@ EAGAIN as soon as the forwarder's backlog fills (PACKET-IO-NOTES.md, pitfall 9).
 
 
 def services_yaml() -> str:
-    """The director's config for the benchmark: UDP port 9 and every TCP port on VIP_NAT -> r1 (NAT).
-
-    The any-port TCP service (iperf3) is persistent, as director.config.services requires for port 0."""
+    """The director's services file for the benchmark: UDP port 9 and every TCP port on VIP_NAT -> r1
+    (NAT). The any-port TCP service (iperf3) is persistent, as director.config.services requires."""
     r1 = real_addr(1)
     return (
-        f"vmac_id: 1\ngateways: [{GATEWAY}]\nint_mtu: 1600\n"
         "services:\n"
         f"  - {{name: bench-udp, protocol: udp, vip: {VIP_NAT}, port: {UDP_PORT}, scheduler: rr,\n"
         f"     forward: nat, dests: [{{address: {r1}, port: {UDP_PORT}}}]}}\n"
@@ -141,24 +140,26 @@ class FwdBench:
                 raise RuntimeError(f"nothing listens on r1:{port}")
             time.sleep(0.05)
 
-    def start_director(self, workers: int, rps: bool = False, *extra: str) -> None:
-        """Our director in d1: one worker pinned to DIRECTOR_CPU, or ``workers`` fanout workers on all
-        CPUs. ``rps`` steers d1's receive softirq work to DIRECTOR_CPU too (else it runs where the
-        frame was sent: the generator's CPU)."""
+    def start_director(self, workers: int, rps: bool = False, **node: object) -> None:
+        """Our director in d1: one worker pinned to DIRECTOR_CPU, or ``workers`` packet workers on all
+        CPUs; ``node`` adds node keys (``tx_ring=False``, ...). ``rps`` steers d1's receive softirq work
+        to DIRECTOR_CPU too (else it runs where the frame was sent: the generator's CPU)."""
         self.stop_director()
-        cfg = self.lab.write_file("bench-services.yaml", services_yaml())
-        d1 = self.lab.directors[0]
-        argv = [PYTHON, "-m", "director.dataplane.io.plane", "--ext", "ext", "--int", "int",
-                "--config", str(cfg),
-                "--workers", str(workers), "--ready-file", str(self.lab.workdir / "d1.ready"), *extra]
+        lab = self.lab
+        stats = lab.workdir / "d1.stats.json"
+        stats.unlink(missing_ok=True)
+        svc = lab.write_file("bench-services.yaml", services_yaml())
+        cfg = lab.write_file("bench-d1.yaml", static_node_config(1, svc, int_mtu=1600, workers=workers,
+                                                                  stats_file=str(stats), **node))
+        argv = [PYTHON, "-m", "director.daemon", "-c", str(cfg), "--log-level", "warning"]
         if workers == 1:
             argv = ["taskset", "-c", str(DIRECTOR_CPU), *argv]
-        (self.lab.workdir / "d1.ready").unlink(missing_ok=True)
+        d1 = lab.directors[0]
         self._rps(d1.ns, "ext", (1 << DIRECTOR_CPU) if rps else 0)
         self._rps(d1.ns, "int", (1 << DIRECTOR_CPU) if rps else 0)
-        self._director = self.lab.popen(d1.ns, argv)
+        self._director = lab.popen(d1.ns, argv)
         deadline = time.monotonic() + 20
-        while not (self.lab.workdir / "d1.ready").exists():
+        while not (stats.exists() and json.loads(stats.read_text())["ready"]):  # forwarding, workers up
             if self._director.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("director did not start")
             time.sleep(0.05)
@@ -235,9 +236,9 @@ def run(quick: bool = False) -> dict[str, float]:
             b.start_director(1)
             res["fwd_nat_pps_1core"].append(b.pps(VMAC, VIP_NAT))
             if not quick:
-                b.start_director(1, False, "--no-tx-ring")
+                b.start_director(1, False, tx_ring=False)
                 res["fwd_nat_pps_1core_no_tx_ring"].append(b.pps(VMAC, VIP_NAT))
-                b.start_director(1, False, "--no-tx-ring", "--no-rx-ring")
+                b.start_director(1, False, tx_ring=False, rx_ring=False)
                 res["fwd_nat_pps_1core_no_rings"].append(b.pps(VMAC, VIP_NAT))
                 b.start_director(1)
             res["fwd_kernel_tcp_mbit_s"].append(b.tcp_mbit(VIP_KERNEL, IPERF_KERNEL_PORT))

@@ -1,8 +1,11 @@
 """Node YAML ``cluster: none`` (static mode, director.config.node): each mode's keys, errors naming fields."""
 
+from pathlib import Path
+
 import pytest
 
 from director.config.node import NodeConfigError, parse_node_config, read_deadline
+from director.config.services import load_config
 
 STATIC = """
 node_id: d1
@@ -80,3 +83,10 @@ def test_fence_file_words() -> None:
     assert read_deadline("inf") == float("inf") and read_deadline(" 12.5\n") == 12.5
     with pytest.raises(ValueError):
         read_deadline("soon")
+
+
+def test_the_static_example_parses() -> None:
+    examples = Path(__file__).resolve().parents[3] / "deploy" / "examples" / "static"
+    cfg = parse_node_config((examples / "d1.yaml").read_text())
+    assert cfg.static and cfg.static_role == "master" and cfg.services_file == "/etc/lbd/services.yaml"
+    assert [s.name for s in load_config(str(examples / "services.yaml")).services] == ["web"]
