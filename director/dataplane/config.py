@@ -28,6 +28,8 @@ class CoreConfig:
     ext_prefixlen: int = 0
     tun_src: int = 0
     """Outer source address of IPIP packets (0 = int_addr)."""
+    tun_src6: int = 0
+    """Outer source address of ip6ip6 packets (TUN to an IPv6 dest; 0 = the conn's VIP)."""
     mtu: int = 1500
     """MTU of the internal side (TUN: bigger packets get frag-needed)."""
     expire_nodest_conn: bool = False

@@ -12,7 +12,9 @@ a small method. The steps, in order:
 1. **L2 and parse**: only frames to the virtual MAC are taken (ARP also from group MACs; see
    ``docs/DATAPLANE.md``: ``NOT_VMAC``, ``TO_HOST``, ``VLAN_TAGGED``); plain IPv4 TCP/UDP frames are
    read with one ``unpack_from`` (checksum fields included, the header checksum verified from them);
-   anything else takes :func:`director.dataplane.packet.parse_ipv4`'s full checks.
+   anything else takes :func:`director.dataplane.packet.parse_ipv4`'s full checks; IPv6 frames are
+   handed from there to :class:`director.dataplane.path6.Path6`, which takes the same steps with its
+   own codec and transmitters (``docs/IPV6.md``).
 2. **ARP**: :class:`director.dataplane.neigh.Neighbours` learns by its rule and answers requests for
    owned addresses (VIPs outside, NAT gateways inside) from the virtual MAC, only if active.
 3. **guards**: ICMP goes to the ICMP step; "not active" (backup) drops; TTL <= 1 drops and
@@ -65,6 +67,8 @@ from director.dataplane.packet import (
     parse_fragment,
     parse_ipv4,
 )
+from director.dataplane.packet6 import ETH_P_IPV6
+from director.dataplane.path6 import Path6
 from director.dataplane.xmit import (
     IP_DF,
     dr_rewrite,
@@ -130,6 +134,8 @@ class Director:
         self.frags = FragTable()
         self.gate = NewConnGate(table, self.counters.counts)  # the defense: max_conns, drop_packet
         self.sched = Scheduling(table, cfg, clock)
+        self.path6 = Path6(self)
+        """IPv6 frames (from the slow path: ``_not_ip``); docs/IPV6.md."""
         self._ipid = 0
         self._icmp_window = 0.0
         self._icmp_sent = 0
@@ -449,6 +455,8 @@ class Director:
     def _not_ip(self, frame: bytearray, side: int, reason: Drop) -> Action | None:
         if reason == Drop.NOT_IPV4:
             etype = frame[12] << 8 | frame[13]
+            if etype == ETH_P_IPV6:
+                return self.path6.handle(frame, side)
             if etype == ETH_P_ARP:
                 return self.nb.arp(frame, side, self.active, self.clock())
             if etype in _VLAN_TPIDS:

@@ -46,6 +46,9 @@ from director.dataplane.arp import (
 from director.dataplane.config import CoreConfig
 from director.dataplane.packet import Drop
 
+_U32 = 0xFFFFFFFF
+"""Addresses above are IPv6 (director.table.entry): no ARP for them (neighbour discovery: docs/IPV6.md)."""
+
 EXT = 0
 """Side facing the clients (the VIPs live here)."""
 INT = 1
@@ -282,7 +285,7 @@ class Neighbours:
     def nexthop(self, addr: int) -> int:
         """The client-side next hop towards ``addr``: the gateway for off-link clients, else ``addr``."""
         cfg = self.cfg
-        if cfg.ext_gateway and cfg.ext_prefixlen:
+        if cfg.ext_gateway and cfg.ext_prefixlen and addr <= 0xFFFFFFFF:  # (IPv6: no gateway yet, on-link)
             mask = (0xFFFFFFFF << (32 - cfg.ext_prefixlen)) & 0xFFFFFFFF
             if addr & mask != cfg.ext_net & mask:
                 return cfg.ext_gateway
@@ -306,8 +309,8 @@ class Neighbours:
     def garp_actions(self) -> list[Action]:
         """Gratuitous ARPs for every owned address, both sides (sent on takeover)."""
         vmac = self.cfg.vmac
-        out: list[Action] = [(EXT, gratuitous_arp(vmac, ip)) for ip in sorted(self.owned(EXT))]
-        out += [(INT, gratuitous_arp(vmac, ip)) for ip in sorted(self.owned(INT))]
+        out: list[Action] = [(EXT, gratuitous_arp(vmac, ip)) for ip in sorted(self.owned(EXT)) if ip <= _U32]
+        out += [(INT, gratuitous_arp(vmac, ip)) for ip in sorted(self.owned(INT)) if ip <= _U32]
         return out
 
     def expire(self, now: float) -> int:

@@ -6,7 +6,9 @@ Theory of operation
 dest and creates the entry, in this order:
 
 1. **persistence**: a persistent service looks up the template of the client's network
-   (``ct_in_get(caddr & netmask, 0, vaddr, vport or 0)`` + ``check_template``) and reuses its dest;
+   (``ct_in_get(caddr & netmask, 0, vaddr, vport or 0)`` + ``check_template``; an IPv6 service's
+   netmask is its prefix mask, and an IPv6 network that masks to 0 is keyed ``V6_MIN`` so it stays
+   an IPv6 key, ``director.table.entry``) and reuses its dest;
    else its scheduler picks one and a template is created (``table.new(..., TEMPLATE)``). A service
    group (fwmark service) keys its templates as IPVS keys fwmark templates: the mark in place of the
    VIP, port 0, so one client network sticks to one dest over all the group's VIPs and ports. IPVS's
@@ -36,7 +38,7 @@ from __future__ import annotations
 from director.dataplane.config import CoreConfig
 from director.services.service import Dest, VirtualService
 from director.table.conn import Conn, ConnTable
-from director.table.entry import make_key
+from director.table.entry import V6_MIN, make_key
 from director.types import Clock, ConnFlags, Proto
 
 _ONE_PACKET = int(ConnFlags.ONE_PACKET)
@@ -98,6 +100,8 @@ class Scheduling:
         """The persistence template of this client network (ip_vs_sched_persist); None: no dest
         (the sorry dest, if any, then takes the conn without a template)."""
         snet = caddr & svc.netmask
+        if not snet and caddr > 0xFFFFFFFF:  # an IPv6 network masked to ::/p stays in the IPv6 key space
+            snet = V6_MIN
         fwmark = svc.fwmark
         if fwmark:  # a group: one template per client network over all its selectors (the mark as vaddr)
             vaddr, tvport = fwmark, 0

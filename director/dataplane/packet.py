@@ -17,8 +17,9 @@ Wire layout (offsets from the start of the frame)::
 
 Decisions
 ---------
-* Only untagged Ethernet II IPv4 is forwarded (ARP is handled by the caller; IPv6 and anything
-  else: ``NOT_IPV4``; the packet path counts 802.1Q/802.1ad frames as ``VLAN_TAGGED``, and the I/O
+* Only untagged Ethernet II IPv4 is parsed here (ARP is handled by the caller; IPv6 by
+  :mod:`director.dataplane.packet6`; anything else: ``NOT_IPV4``; the packet path counts
+  802.1Q/802.1ad frames as ``VLAN_TAGGED``, and the I/O
   layer puts a tag the kernel moved into packet metadata back into the frame, so it is seen).
 * IP options (IHL > 5) are **handled**: the L4 header is found at ``14 + IHL*4`` and the options
   are forwarded untouched (the header checksum update is incremental, so they stay covered).
@@ -73,15 +74,15 @@ class Drop(IntEnum):
     """Why the packet path did not forward a frame (per-reason counter index)."""
 
     TRUNCATED = 1        # shorter than Ethernet + a minimal IPv4 header
-    NOT_IPV4 = 2         # other ethertype: IPv6, VLAN-tagged, LLDP, ...
-    BAD_VERSION = 3      # IP version field is not 4
+    NOT_IPV4 = 2         # other ethertype: VLAN-tagged, LLDP, ... (IPv6: director.dataplane.packet6)
+    BAD_VERSION = 3      # IP version field is not 4 (6 in an IPv6 frame)
     BAD_IHL = 4          # IHL < 5 or header longer than the frame / total length
     BAD_TOTLEN = 5       # total length < header or beyond the end of the frame
     BAD_IP_CSUM = 6      # IPv4 header checksum wrong
     FRAGMENT = 7         # a fragment of an unknown (or timed out) datagram (see module doc)
     UNKNOWN_PROTO = 8    # not TCP, UDP or ICMP
     BAD_L4 = 9           # L4 header truncated, bad TCP data offset, bad UDP length
-    TTL_EXCEEDED = 10    # TTL would reach 0 when forwarded
+    TTL_EXCEEDED = 10    # TTL (IPv6: hop limit) would reach 0 when forwarded
     NOT_ACTIVE = 11      # this node is a backup: count, never forward
     NO_SERVICE = 12      # to no virtual service and matching no conn
     NO_CONN = 13         # TCP not opening a conn (no SYN) and no entry, not sloppy
@@ -100,6 +101,9 @@ class Drop(IntEnum):
     TABLE_FULL = 26      # a new-conn packet while the conn table holds defense.max_conns entries
     BYPASS = 27          # to a VIP, but no service for its port or no usable dest (and no sorry server)
     LOCALNODE = 28       # a conn to a dest on the director itself (loopback): no local stack to hand it to
+    BAD_EXTHDR = 29      # IPv6 extension headers: truncated, too many, hop-by-hop not first, a routing
+    #                      header with segments left (the director is no routing hop)
+    BAD_ADDR = 30        # IPv6 from/to ::/96 or ::ffff:0:0/96, or from a multicast source (never on a wire)
 
 
 class DropCounters:

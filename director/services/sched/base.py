@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from director.services.service import Dest, Scheduler
 from director.types import DestFlags
 
-__all__ = ["USABLE_MASK", "USABLE_OK", "Scheduler", "Stateless", "usable"]
+__all__ = ["USABLE_MASK", "USABLE_OK", "Scheduler", "Stateless", "fold", "usable"]
 
 
 USABLE_MASK = int(DestFlags.AVAILABLE | DestFlags.OVERLOAD)
@@ -42,3 +42,9 @@ def usable(dest: Dest) -> bool:
     """A dest a scheduler may pick: available, weight > 0, not overloaded."""
     mask = DestFlags.AVAILABLE | DestFlags.OVERLOAD
     return dest.weight > 0 and (dest.flags & mask) == DestFlags.AVAILABLE
+
+
+def fold(addr: int) -> int:
+    """An IPv6 client address folded to 32 bits for the hashing schedulers (sh, dh, mh), as IPVS's
+    ``addr_fold = ip6[0] ^ ip6[1] ^ ip6[2] ^ ip6[3]``; an IPv4 address is itself."""
+    return (addr ^ addr >> 32 ^ addr >> 64 ^ addr >> 96) & 0xFFFFFFFF

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from director.services.sched.base import USABLE_MASK, USABLE_OK
+from director.services.sched.base import USABLE_MASK, USABLE_OK, fold
 from director.services.sched.sh import fill_buckets
 from director.services.service import Dest
 
@@ -47,6 +47,8 @@ class DestinationHashing:
         self._buckets = fill_buckets(dests, self._mask + 1, weighted=False)
 
     def schedule(self, dests: Sequence[Dest], caddr: int, cport: int) -> Dest | None:
+        if caddr > 0xFFFFFFFF:  # IPv6: IPVS's addr_fold
+            caddr = fold(caddr)
         if len(dests) != self._n:
             self.update(dests)
         d = self._buckets[(caddr * KNUTH) & self._mask]

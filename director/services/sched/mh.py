@@ -35,7 +35,7 @@ import logging
 import math
 from collections.abc import Sequence
 
-from director.services.sched.base import USABLE_MASK, USABLE_OK
+from director.services.sched.base import USABLE_MASK, USABLE_OK, fold
 from director.services.service import Dest
 
 log = logging.getLogger(__name__)
@@ -153,6 +153,8 @@ class MaglevHashing:
         return mix32(v, HASH1_KEY) % self._size
 
     def schedule(self, dests: Sequence[Dest], caddr: int, cport: int) -> Dest | None:
+        if caddr > 0xFFFFFFFF:  # IPv6: IPVS's addr_fold
+            caddr = fold(caddr)
         if len(dests) != self._n:
             self.update(dests)
         # mix32 inlined: this is the per-new-conn path

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from director.services.sched.base import USABLE_MASK, USABLE_OK
+from director.services.sched.base import USABLE_MASK, USABLE_OK, fold
 from director.services.service import Dest
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,8 @@ class SourceHashing:
         return ((v * GOLDEN_RATIO_32) & 0xFFFFFFFF) >> self._shift
 
     def schedule(self, dests: Sequence[Dest], caddr: int, cport: int) -> Dest | None:
+        if caddr > 0xFFFFFFFF:  # IPv6: IPVS's addr_fold
+            caddr = fold(caddr)
         if len(dests) != self._n:
             self.update(dests)
         ihash = self.bucket(caddr, cport)
