@@ -12,9 +12,8 @@ a small method. The steps, in order:
 1. **L2 and parse**: only frames to the virtual MAC are taken (ARP also from group MACs; see
    ``docs/DATAPLANE.md``: ``NOT_VMAC``, ``TO_HOST``, ``VLAN_TAGGED``); plain IPv4 TCP/UDP frames are
    read with one ``unpack_from`` (checksum fields included, the header checksum verified from them);
-   anything else takes :func:`director.dataplane.packet.parse_ipv4`'s full checks; IPv6 frames are
-   handed from there to :class:`director.dataplane.path6.Path6`, which takes the same steps with its
-   own codec and transmitters (``docs/IPV6.md``).
+   anything else takes :func:`director.dataplane.packet.parse_ipv4`'s full checks; IPv6 frames go
+   from there to :class:`director.dataplane.path6.Path6`: the same steps, v6 codecs (docs/IPV6.md).
 2. **ARP**: :class:`director.dataplane.neigh.Neighbours` learns by its rule and answers requests for
    owned addresses (VIPs outside, NAT gateways inside) from the virtual MAC, only if active.
 3. **guards**: ICMP goes to the ICMP step; "not active" (backup) drops; TTL <= 1 drops and
@@ -79,7 +78,7 @@ from director.dataplane.xmit import (
     nat_rewrite,
     tun_encap,
 )
-from director.services.service import Dest, ServiceTable
+from director.services.service import Dest, ServiceTable, count_packet
 from director.table import proto_state
 from director.table.conn import Conn, ConnTable
 from director.table.tcp import Direction, TcpState
@@ -134,8 +133,7 @@ class Director:
         self.frags = FragTable()
         self.gate = NewConnGate(table, self.counters.counts)  # the defense: max_conns, drop_packet
         self.sched = Scheduling(table, cfg, clock)
-        self.path6 = Path6(self)
-        """IPv6 frames (from the slow path: ``_not_ip``); docs/IPV6.md."""
+        self.path6 = Path6(self)  # IPv6 frames (from the slow path: ``_not_ip``)
         self._ipid = 0
         self._icmp_window = 0.0
         self._icmp_sent = 0
@@ -485,14 +483,14 @@ class Director:
             hdr = self._ext_hdr.get(daddr) or self.nb.route(daddr)
             if hdr is None:
                 return self._neigh_miss(EXT, self.nb.nexthop(daddr), None)
-            self._count(conn, end - 14, False)
+            count_packet(conn.dest, end - 14, False)
             ip_rewrite(frame, hdr, ttl, 26, saddr, conn.vaddr)
             return EXT, frame
         conn = self._in_get(proto, saddr, sport, daddr, dport)
         if conn is None or (conn.dest is not None and not _int_and(conn.dest.flags, _AVAILABLE)):
             self._drops[Drop.FRAGMENT if conn is None else Drop.DEST_UNAVAILABLE] += 1
             return None
-        self._count(conn, end - 14, True)
+        count_packet(conn.dest, end - 14, True)
         fwd = conn.flags & _FWD_MASK
         if fwd != _MASQ:
             return self._xmit_other(frame, conn, fwd, r)
@@ -547,7 +545,7 @@ class Director:
             hdr = self._ext_hdr.get(conn.caddr) or self.nb.route(conn.caddr)
             if hdr is None:
                 return self._neigh_miss(EXT, self.nb.nexthop(conn.caddr), None)
-            self._count(conn, end - 14, False)
+            count_packet(conn.dest, end - 14, False)
             nat_icmp(frame, hdr, ttl, l4, end, ql4, qproto, True, conn.vaddr, conn.vport, 0, 0)
             return EXT, frame
         # From the clients' side: the quote is VIP -> client (a reply we sent).
@@ -555,7 +553,7 @@ class Director:
         if conn is None:
             self._drops[Drop.ICMP_UNRELATED] += 1
             return None
-        self._count(conn, end - 14, True)
+        count_packet(conn.dest, end - 14, True)
         fwd = conn.flags & _FWD_MASK
         if fwd != _MASQ:
             return self._xmit_other(frame, conn, fwd, r)
@@ -564,19 +562,6 @@ class Director:
             return self._neigh_miss(INT, conn.daddr, conn.dest)
         nat_icmp(frame, hdr, ttl, l4, end, ql4, qproto, False, 0, 0, conn.daddr, conn.dport)
         return INT, frame
-
-    @staticmethod
-    def _count(conn: Conn, n: int, inbound: bool) -> None:
-        dest = conn.dest
-        if dest is None:
-            return
-        for c in (dest.counters, dest.svc.counters):
-            if inbound:
-                c.inpkts += 1
-                c.inbytes += n
-            else:
-                c.outpkts += 1
-                c.outbytes += n
 
     # ---- role ------------------------------------------------------------------------------
 

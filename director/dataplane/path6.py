@@ -30,20 +30,44 @@ IPv6 address.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from director.dataplane.neigh import EXT, INT, Action
-from director.dataplane.packet import TH_ACK, TH_SYN, Drop
+from director.dataplane.config import CoreConfig
+from director.dataplane.neigh import EXT, INT, Action, Neighbours
+from director.dataplane.packet import TH_ACK, TH_SYN, Drop, DropCounters, IPv4Info
 from director.dataplane.packet6 import IP6_HLEN, IPPROTO_ICMPV6, OFF_DADDR, OFF_SADDR, IPv6Info, parse_ipv6
 from director.dataplane.xmit6 import dr6_rewrite, nat6_rewrite, tun6_encap
-from director.services.service import Dest
+from director.services.service import Dest, ServiceTable, count_packet
 from director.table import proto_state
-from director.table.conn import Conn
-from director.table.tcp import Direction, TcpState
-from director.types import ConnFlags, DestFlags
+from director.table.conn import Conn, ConnTable
+from director.table.tcp import Direction, TcpState, Timeouts
+from director.types import Clock, ConnFlags, DestFlags
 
-if TYPE_CHECKING:
-    from director.dataplane.core import Director
+
+class Director(Protocol):
+    """What the IPv6 path uses of its :class:`director.dataplane.core.Director` (which holds a
+    ``Path6``): its tables, counters and the steps both families share. A protocol, so that the core
+    importing this module is not an import cycle."""
+
+    @property
+    def active(self) -> bool: ...
+    @property
+    def cfg(self) -> CoreConfig: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def counters(self) -> DropCounters: ...
+    @property
+    def nb(self) -> Neighbours: ...
+    @property
+    def services(self) -> ServiceTable: ...
+    @property
+    def table(self) -> ConnTable: ...
+    @property
+    def _timeouts(self) -> Timeouts: ...
+    def _reuse(self, conn: Conn) -> bool: ...
+    def _miss(self, frame: bytearray, side: int, r: IPv4Info) -> Conn | None: ...
+    def _nodest(self, frame: bytearray, side: int, conn: Conn, r: IPv4Info) -> Action | None: ...
 
 _FWD_MASK = int(ConnFlags.FWD_MASK)
 _MASQ = int(ConnFlags.MASQ)
@@ -65,8 +89,8 @@ class Path6:
     def __init__(self, director: Director) -> None:
         self.d = director
         self._drops = director.counters.counts
-        self._ext_hdr = director.neigh[EXT].hdr
-        self._int_hdr = director.neigh[INT].hdr
+        self._ext_hdr = director.nb.caches[EXT].hdr
+        self._int_hdr = director.nb.caches[INT].hdr
 
     def handle(self, frame: bytearray, side: int) -> Action | None:
         """One IPv6 frame to the virtual MAC: the action to send, or None (counted)."""
@@ -102,7 +126,7 @@ class Path6:
     def _nat_out(self, frame: bytearray, conn: Conn, r: IPv6Info) -> Action | None:
         """A NAT reply from the dest: source back to the VIP, out to the client."""
         proto, saddr, sport, caddr, _dport, l4, end, hlim, tflags = r
-        self.d._count(conn, end - 14, False)
+        count_packet(conn.dest, end - 14, False)
         self._state(conn, _OUT, tflags)
         hdr = self._ext_hdr.get(caddr)
         if hdr is None:
@@ -117,7 +141,7 @@ class Path6:
         dest = conn.dest
         if dest is not None and not _int_and(dest.flags, _AVAILABLE):
             return d._nodest(frame, side, conn, r)
-        d._count(conn, r[6] - 14, True)
+        count_packet(conn.dest, r[6] - 14, True)
         conn.in_pkts += 1
         saddr = r[1]
         if not side and saddr not in self._ext_hdr:  # a new client (or a synced conn): never inside

@@ -319,5 +319,19 @@ def set_dest_weights(services: ServiceTable, weights: Mapping[Any, int]) -> int:
     return changed
 
 
+def count_packet(dest: Dest | None, n: int, inbound: bool) -> None:
+    """Count one packet of ``n`` bytes (from the IP header on) of a conn to ``dest`` on the dest and its
+    service (no dest: a conn whose dest was removed, nothing to count)."""
+    if dest is None:
+        return
+    for c in (dest.counters, dest.svc.counters):
+        if inbound:
+            c.inpkts += 1
+            c.inbytes += n
+        else:
+            c.outpkts += 1
+            c.outbytes += n
+
+
 __all__ = ["Counters", "Dest", "DestKey", "Proto", "Selector", "ServiceTable", "SvcKey", "VirtualService",
-           "set_dest_weights"]
+           "count_packet", "set_dest_weights"]
