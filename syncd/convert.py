@@ -28,8 +28,9 @@ from lbd_pb import sync_pb2 as pb
 from syncd import packed, wire
 from syncd.fields import (
     MAX_IN_PKTS,
-    check_address,
+    address,
     check_control,
+    check_families,
     check_in_pkts,
     check_old_key,
     check_ref,
@@ -118,10 +119,8 @@ def _conn_ref(key: ConnKey) -> pb.ConnRef:
 def _ref_key(field: str, c: pb.ConnRef) -> ConnKey:
     """The key a ConnRef names, range-checked (``field`` names it in errors)."""
     check_ref(field, c.protocol, (c.cport, c.vport, c.dport))
-    for a in (c.caddr, c.vaddr, c.daddr):
-        check_address(field, len(a))
-    return (c.protocol, _from(c.caddr, "big"), c.cport, _from(c.vaddr, "big"), c.vport, _from(c.daddr, "big"),
-            c.dport, c.fwmark, c.is_template)
+    return (c.protocol, address(field, c.caddr), c.cport, address(field, c.vaddr), c.vport,
+            address(field, c.daddr), c.dport, c.fwmark, c.is_template)
 
 
 def _fill_entries(entries: object, updates: Iterable[Update]) -> int:
@@ -304,7 +303,10 @@ def _decode_entry(e: pb.ConnEntry, dest_keys: dict[bytes, DestKey], addrs: dict[
     daddr = addrs.get(da)
     if daddr is None:
         daddr = addrs[da] = _from(da, "big")
-    key = (proto, _from(ca, "big"), cport, vaddr, vport, daddr, dport, e.fwmark, bool(flags & _TEMPLATE))
+    caddr = _from(ca, "big")
+    if len(ca) == 16 or len(da) == 16:  # IPv6 (or a v4 VIP to a v6 dest: refused below if in ::/96)
+        check_families(ca, va, da, caddr, vaddr, daddr)
+    key = (proto, caddr, cport, vaddr, vport, daddr, dport, e.fwmark, bool(flags & _TEMPLATE))
     if kind is SyncKind.EXPIRE:
         return Update(kind, key, flags)
     if kind is SyncKind.REFRESH:
@@ -333,9 +335,7 @@ def _decode_entry(e: pb.ConnEntry, dest_keys: dict[bytes, DestKey], addrs: dict[
 
 def _dest_key(d: pb.DestRef) -> DestKey:
     check_ref("dest", d.protocol, (d.vport, d.dport))
-    check_address("dest", len(d.vaddr))
-    check_address("dest", len(d.daddr))
-    return (d.protocol, _from(d.vaddr, "big"), d.vport, d.fwmark, _from(d.daddr, "big"), d.dport)
+    return (d.protocol, address("dest", d.vaddr), d.vport, d.fwmark, address("dest", d.daddr), d.dport)
 
 
 def _decode_entries(entries: Iterable[pb.ConnEntry]) -> list[Update]:

@@ -39,6 +39,7 @@ from director.table.entry import (
     MAX_PORT,
     MAX_STATE,
     MAX_TIMEOUT_MS,
+    addr_fits,
 )
 from syncd.model import ConnKey, FieldRangeError
 
@@ -85,13 +86,27 @@ def check_in_pkts(in_pkts: int) -> None:
         raise FieldRangeError("in_pkts", f"{in_pkts} > {MAX_IN_PKTS}")
 
 
-def check_address(field: str, n: int) -> None:
+def address(field: str, raw: bytes) -> int:
+    """The address ``raw`` holds: 4 bytes (IPv4) or 16 (IPv6, never in ``::/96``, which would stand
+    for an IPv4 address in the table's one address space: director.table.entry)."""
+    n = len(raw)
     if n not in ADDR_LENGTHS:
         raise FieldRangeError(field, f"address of {n} bytes")
+    addr = int.from_bytes(raw, "big")
+    if not addr_fits(addr, n):
+        raise FieldRangeError(field, f"IPv6 address {addr:#x} inside ::/96 (the table's IPv4 range)")
+    return addr
+
+
+def check_families(ca: bytes, va: bytes, da: bytes, caddr: int, vaddr: int, daddr: int) -> None:
+    """An entry's decoded addresses are of the family their lengths say (``address``)."""
+    for field, raw, addr in (("caddr", ca, caddr), ("vaddr", va, vaddr), ("daddr", da, daddr)):
+        if not addr_fits(addr, len(raw)):
+            raise FieldRangeError(field, f"IPv6 address {addr:#x} inside ::/96 (the table's IPv4 range)")
 
 
 def check_ref(field: str, proto: int, ports: tuple[int, ...]) -> None:
-    """A DestRef / ConnRef: known protocol, ports in range (addresses: ``check_address``)."""
+    """A DestRef / ConnRef: known protocol, ports in range (addresses: ``address``)."""
     if proto not in KNOWN_PROTOCOLS:
         raise FieldRangeError(field, f"unknown protocol {proto}")
     for port in ports:
@@ -114,5 +129,5 @@ def check_old_key(key: ConnKey, old: ConnKey) -> None:
         raise FieldRangeError("old_key", "re-key changes more than cport/vport/dport")
 
 
-__all__ = ["MAX_IN_PKTS", "check_address", "check_control", "check_in_pkts", "check_old_key", "check_ref",
-           "entry_fault", "entry_ok"]
+__all__ = ["MAX_IN_PKTS", "address", "check_control", "check_families", "check_in_pkts", "check_old_key",
+           "check_ref", "entry_fault", "entry_ok"]

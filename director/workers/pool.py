@@ -71,6 +71,7 @@ from director.dataplane.io.shard import shard_of, widest_mask
 from director.dataplane.packet import Drop
 from director.services.service import ServiceTable
 from director.table.conn import ConnTable
+from director.table.entry import is_v6
 from director.table.events import ConnEvent, RawEvent
 from director.workers.channel import Channel, Message
 from director.workers.fence import SharedFence
@@ -222,7 +223,8 @@ class WorkerPool:
         self.config = (cfg, down)
         self.weights = dict(weights or {})
         self._broadcast(("config", cfg, down, self.weights))
-        mask = widest_mask([s.netmask for s in self.services if s.persistent])
+        # IPv6 services are left out: every v6 frame goes to worker 0 (the shard filter is IPv4-only)
+        mask = widest_mask([s.netmask for s in self.services if s.persistent and not is_v6(s.addr)])
         if mask != self.mask:
             log.info("shard mask %08x -> %08x: filters replaced, shards rebuilt", self.mask, mask)
             self.mask = mask

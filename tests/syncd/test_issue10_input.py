@@ -41,6 +41,9 @@ V4 = (198 << 24 | 19 << 16).to_bytes(4, "big")
 VIP4, RIP4 = VIP.to_bytes(4, "big"), RIPS[0].to_bytes(4, "big")
 
 
+V6_CLIENT, V6_VIP, V6_RIP = (bytes.fromhex("fd00" + "00" * 12 + x) for x in ("0a01", "0010", "0b01"))
+
+
 def _entry(**over: Any) -> dict[str, Any]:
     e: dict[str, Any] = dict(kind=1, protocol=6, caddr=V4, cport=1000, vaddr=VIP4, vport=80, daddr=RIP4,
                              dport=8080, flags=0x100, state=3, timeout_ms=30_000, remaining_ms=20_000,
@@ -93,6 +96,12 @@ HOSTILE = [
     ("control", _entry(flags=0x1000, cport=0, control=_ref())),  # a template controlling itself
     ("old_key", _entry(kind=2, old_key=_ref(is_template=False, caddr=b"\x0a\x00\x00\x01"))),
     ("old_key", _entry(kind=2, old_key=_ref(is_template=False, vport=99999))),
+    # a 16-byte address inside ::/96 would stand for an IPv4 address in the table (director.table.entry)
+    ("caddr", _entry(caddr=bytes(12) + V4, vaddr=V6_VIP, daddr=V6_RIP)),
+    ("vaddr", _entry(caddr=V6_CLIENT, vaddr=bytes(12) + VIP4, daddr=V6_RIP)),
+    ("daddr", _entry(caddr=V6_CLIENT, vaddr=V6_VIP, daddr=bytes(12) + RIP4)),
+    ("dest", _entry(dest=dict(protocol=6, vaddr=bytes(12) + VIP4, vport=80, daddr=RIP4, dport=8080))),
+    ("control", _entry(control=_ref(caddr=bytes(16)))),
 ]
 
 
@@ -103,6 +112,13 @@ def test_every_out_of_range_field_refuses_the_whole_batch(field: str, entry: dic
     with pytest.raises(ProtocolError) as exc:
         decode_sync_message(_batch(good, entry))
     assert getattr(exc.value, "field", None) == field
+
+
+def test_an_ipv6_entry_decodes_to_the_tables_ipv6_range() -> None:
+    msg = decode_sync_message(_batch(_entry(caddr=V6_CLIENT, vaddr=V6_VIP, daddr=V6_RIP)))
+    assert isinstance(msg, BatchMsg)
+    (u,) = msg.updates
+    assert u.key[1] == int.from_bytes(V6_CLIENT, "big") >= 1 << 32
 
 
 def test_hostile_batch_refused_counted_resumed_then_resnapshot() -> None:

@@ -58,6 +58,7 @@ from director.dataplane.io.afpacket import (
 )
 from director.dataplane.packet import Drop
 from director.services.service import Dest, ServiceTable
+from director.table.entry import is_v6
 
 log = logging.getLogger(__name__)
 DEFAULT_RING = RingSpec()
@@ -228,7 +229,8 @@ class DataPlane:
         macs = [s.mac for s in self.socks]
         now = d.clock()
         acts: list[Action] = []
-        targets = [(INT, dest.addr) for svc in d.services for dest in svc.counted_dests()]  # sorry too
+        targets = [(INT, dest.addr) for svc in d.services for dest in svc.counted_dests()  # sorry too
+                   if not is_v6(dest.addr)]  # IPv6 dests: configured MACs until neighbour discovery
         if d.cfg.ext_gateway:  # the configured client-side gateway
             targets.append((EXT, d.cfg.ext_gateway))
         for side, addr in targets:

@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 
+from director.config.model import Config
 from director.dataplane.config import CoreConfig
 from director.dataplane.io.shard import shard_of
 from director.services.service import Dest, ServiceTable, VirtualService
 from director.table.conn import Conn, ConnTable
 from director.table.entry import snapshot
 from director.table.events import EventKind, cook
-from director.types import ConnFlags, FwdMethod, Proto
+from director.types import ConnFlags, FwdMethod, Proto, SvcFlags
 from director.workers.pool import WorkerPool
 from syncd.master import SyncMaster
 from tests.syncd.helpers import FakeClock
@@ -179,3 +180,17 @@ def test_a_replica_entry_extended_by_traffic_in_its_worker_is_refreshed_to_the_b
     clock.advance(1)
     assert master.run_refresh() == 1  # REFRESH with the worker's deadline
     pool.close()
+
+
+def test_ipv6_persistence_netmasks_leave_the_ipv4_shard_mask_alone(pool: WorkerPool) -> None:
+    """The shard filter hashes IPv4 clients only: a v6 service's /64 must not widen their scope."""
+    slash64 = int(ipaddress.IPv6Network("::/64").hostmask) ^ (1 << 128) - 1
+    vip6 = int(ipaddress.IPv6Address("fd00::10"))
+    v6 = VirtualService(TCP, vip6, 80, FirstDest(), flags=SvcFlags.PERSISTENT, netmask=slash64)
+    pool.services.add(v6)
+    pool.push_config(Config(), frozenset())
+    assert pool.mask == 0xFFFFFFFF
+    v4 = VirtualService(TCP, VIP, 443, FirstDest(), flags=SvcFlags.PERSISTENT, netmask=0xFFFFFF00)
+    pool.services.add(v4)
+    pool.push_config(Config(), frozenset())
+    assert pool.mask == 0xFFFFFF00

@@ -271,3 +271,15 @@ def test_the_sorry_dest_is_probed_like_the_dests() -> None:
     svc.set_sorry(Dest(svc, _i(sorry), 80))
     assert dp.probe_neighbours() == 1  # RS is known; only the sorry dest is asked for
     assert Ether(sent[INT][-1])[ARP].pdst == sorry
+
+
+def test_no_arp_is_sent_for_an_ipv6_dest() -> None:
+    """Until neighbour discovery, an IPv6 dest needs its configured MAC; probing never builds an ARP
+    request for a 128-bit address (which would not fit one)."""
+    clock = Clock()
+    dp, _rings, sent = make_plane(clock, master_until=clock.now + 10)
+    svc = next(iter(dp.director.services))
+    svc.set_sorry(Dest(svc, int(ipaddress.IPv6Address("fd00:1::99")), 80))
+    before = len(sent[INT])
+    assert dp.probe_neighbours() == 0
+    assert len(sent[INT]) == before
