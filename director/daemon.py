@@ -150,8 +150,9 @@ class Node:
                                   else self.pool.synced_router(self._tap_synced_events))
         if self.pool is None:  # the events only feed watchers: build them only while someone watches
             self.backup.applier.wants_events = lambda: bool(self.api.hub.watchers)
-        if self.pool is not None:
+        else:
             self.pool.on_worker = lambda kind, i, fields: self.events.write(kind, worker=i, **fields)
+            self.pool.on_random_drop = self.defense.note_random_drop
             self.pool.on_fatal = self._workers_failed
         self.admin: Any = None
         self.metrics: MetricsServer | None = None
@@ -370,14 +371,13 @@ class Node:
 
     # -- periodic work ----------------------------------------------------------------------------
     def defend(self, now: float) -> None:
-        """IPVS's defense work, once a second: levels from the table size and RSS; the packet path reads
-        the drop rate and the secure_tcp flag; the master runs random_drop while drop_entry is engaged
-        (a backup's table follows the master's, whose own drops reach it as EXPIRE events)."""
+        """IPVS's defense, once a second: levels from table size and RSS for the packet path (drop rate,
+        secure_tcp); the master's tables run random_drop while drop_entry is engaged (backups: EXPIREs)."""
         d = self.defense.update(self.table.count, rss_bytes(), now)
         self.director.gate.todrop.set_rate(d.drop_rate)
         self.core_cfg.timeouts.secure_tcp = d.secure_tcp
-        if self.pool is not None:  # the workers' tables are the real ones; random_drop stays per worker
-            self.pool.push_defense(d.drop_rate, d.secure_tcp)
+        if self.pool is not None:  # the workers' tables are the real ones: each drops from its shard
+            self.pool.push_defense(d.drop_rate, d.secure_tcp, d.drop_entry)
         elif d.drop_entry and self.director.active:
             self.defense.note_random_drop(self.table.random_drop(self._rng))
 

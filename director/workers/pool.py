@@ -131,6 +131,8 @@ class WorkerPool:
         """Workers that exited (and were restarted) over the node's life."""
         self.on_fatal: Callable[[str], None] = lambda _why: None
         self.on_worker: Callable[[str, int, dict[str, Any]], None] = lambda _kind, _i, _f: None
+        self.on_random_drop: Callable[[int], None] = lambda _marked: None
+        """Entries a worker's random_drop marked (the node's defense counts them)."""
         self.mirrored = 0
         self._asked: set[Any] = set()
         """Replica keys whose deadline was asked of their worker and not answered yet."""
@@ -247,8 +249,10 @@ class WorkerPool:
         """``directorctl zero``: the workers zero these services' counters (the node's are their sums)."""
         self._broadcast(("zero", svc_keys))
 
-    def push_defense(self, drop_rate: int, secure_tcp: bool) -> None:
-        self._broadcast(("defense", drop_rate, secure_tcp))
+    def push_defense(self, drop_rate: int, secure_tcp: bool, drop_entry: bool = False) -> None:
+        """The node's defense levels (once a second); with ``drop_entry`` every active worker runs
+        random_drop on its shard once (the in-process daemon runs it on the whole table)."""
+        self._broadcast(("defense", drop_rate, secure_tcp, drop_entry))
 
     # -- sync -----------------------------------------------------------------------------------------
     def route_synced(self, events: list[ConnEvent]) -> None:
@@ -429,6 +433,8 @@ class WorkerPool:
             self._expires(msg[1], msg[2])
         elif kind == "resync":
             self._resync(msg[1], msg[2])
+        elif kind == "random_drop":
+            self.on_random_drop(msg[1])
 
     # -- stats ------------------------------------------------------------------------------------------
     def _aggregate(self) -> None:

@@ -24,7 +24,8 @@ Messages from the parent (``Channel``; tuples, first item the name):
 ``synced`` updates              entries the parent's sync backup applied (this shard): applied
                                 with syncd's ``BackupApplier`` (event feed off: not re-reported)
 ``mask`` m                      new shard mask: the filters are replaced
-``defense`` rate, secure_tcp    the node's defense levels (drop_packet rate, secure_tcp)
+``defense`` rate, tcp, entry    the node's defense levels (drop_packet rate, secure_tcp); with
+                                drop_entry engaged an active worker runs random_drop on its shard
 ``expires?`` keys               the real deadlines of these entries (traffic moves them silently)
 ``flush`` / ``zero`` svc keys    admin: empty the table / zero these services' counters
 ``invalidate`` keys, quiescent  health took these dests down: ``check_template`` on their templates
@@ -33,8 +34,9 @@ Messages from the parent (``Channel``; tuples, first item the name):
 =============================  ===============================================================
 
 To the parent: ``ready``, ``events`` (the table's ``RawEvent`` batches, cut once per loop turn,
-events of entries outside this shard left out) and ``stats`` every 100 ms (service / dest
-counters, drops, ring and CPU figures) which the parent sums.
+events of entries outside this shard left out), ``stats`` every 100 ms (service / dest
+counters, drops, ring and CPU figures) which the parent sums, and ``random_drop`` n (entries its
+random_drop marked, for the node's defense counters).
 
 *Backpressure.* If the parent falls behind (its end of the pipe holds more than ``MAX_BACKLOG``
 bytes: a new-conn flood the parent cannot mirror as fast), the worker stops sending events (they are
@@ -64,6 +66,7 @@ import ctypes
 import gc
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -164,6 +167,7 @@ class Worker:
         self._resync = False
         """Events were dropped (backpressure): a full ``resync`` is owed to the parent."""
         self._stop = asyncio.Event()
+        self._rng = random.Random()
 
     # -- setup ----------------------------------------------------------------------------------------
     def build(self, init: dict[str, Any]) -> None:
@@ -248,6 +252,8 @@ class Worker:
         elif kind == "defense":
             d.gate.todrop.set_rate(msg[1])
             d.cfg.timeouts.secure_tcp = msg[2]
+            if msg[3] and d.active and (marked := d.table.random_drop(self._rng)):  # drop_entry engaged
+                self.ch.send(("random_drop", marked))
         elif kind == "expires?":
             get = d.table.get
             rows = [(key, conn.expires) for key in msg[1] if (conn := get(key)) is not None]

@@ -12,10 +12,12 @@ from director.config.services import parse_config
 from director.dataplane.config import CoreConfig
 from director.services.service import ServiceTable
 from director.table.conn import ConnTable
+from director.table.tcp import TcpState
 from director.types import ConnFlags
 from director.workers.fence import SharedFence
 from director.workers.pool import WorkerPool
 from director.workers.worker import Worker
+from tests.director.table.test_conn_defense import _fill
 
 TEMPLATE = int(ConnFlags.TEMPLATE)
 CONFIG = """
@@ -116,3 +118,23 @@ def test_dynamic_weights_of_misc_checks_reach_the_worker_with_the_config(worker:
     assert (a.weight, b.weight) == (7, 1)
     worker.on_message(("config", parse_config(CONFIG), frozenset(), {}))
     assert (a.weight, b.weight) == (1, 1)
+
+
+def test_an_engaged_drop_entry_runs_random_drop_in_an_active_worker_and_reports_it(worker: Worker) -> None:
+    assert worker.director is not None and worker.table is not None
+    sent: Sent = worker.ch  # type: ignore[assignment]
+    worker.table.events.enabled = False  # the event feed to the parent is not under test (needs a loop)
+    half_open = _fill(worker.table, 400, TcpState.SYN_RECV)
+    for _ in range(10):
+        worker.on_message(("defense", 0, False, True))
+    assert not any(m[0] == "random_drop" for m in sent.msgs), "a backup's shard follows its master's"
+    worker.director.active = True
+    worker.on_message(("defense", 0, False, False))
+    assert not any(m[0] == "random_drop" for m in sent.msgs), "drop_entry not engaged"
+    removed = 0
+    for _ in range(64):  # once a second, 1/32 of the buckets each time; the table ticks in between
+        worker.on_message(("defense", 0, False, True))
+        removed += worker.table.tick()
+    marked = sum(m[1] for m in sent.msgs if m[0] == "random_drop")
+    assert marked >= removed > 0  # (a bucket drawn twice in one call marks its entries twice)
+    assert worker.table.count == len(half_open) - removed
