@@ -307,6 +307,7 @@ class NodeStatus:
     health: HealthCounts = HealthCounts()
     workers: tuple[WorkerView, ...] = ()  # empty: the data plane runs in directord itself
     worker_exits: int = 0
+    cluster: str = ""  # "none": a static node (node config cluster: none)
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,8 @@ def conns_table(conns: Iterable[Any]) -> str:
 def status_text(st: Any) -> str:
     lines = [
         f"node        {st.node_id}  ({st.version})",
-        f"role        {st.role}   epoch {st.epoch}   {'ready' if st.ready else 'NOT ready (syncing)'}",
+        f"role        {st.role}   epoch {st.epoch}   {'ready' if st.ready else 'NOT ready (syncing)'}"
+        + ("   static (cluster: none)" if st.cluster == "none" else ""),
         f"master      {st.master_id or '(none)'}   sync {st.master_sync_addr or '-'}",
         f"conns       {st.conns}   templates {st.templates}",
         f"services    {st.services}   dests {st.dests}",

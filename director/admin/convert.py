@@ -75,7 +75,7 @@ def status_pb(s: NodeStatus) -> pb.StatusResponse:
                                    lag_seconds=f.lag_seconds) for f in s.backups],
         conns=s.conns, templates=s.templates, services=s.services, dests=s.dests,
         uptime_seconds=s.uptime, version=s.version, config_revision=s.config_revision,
-        role_changes=s.role_changes, elections=s.elections, ready=s.ready,
+        role_changes=s.role_changes, elections=s.elections, ready=s.ready, cluster=s.cluster,
         defense=pb.Defense(**dataclasses.asdict(s.defense)))  # the same field names
 
 

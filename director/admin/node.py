@@ -161,7 +161,8 @@ class NodeAdmin:
             uptime=time.time() - n.started, version=_version(), config_revision=n.config_revision,
             role_changes=n.role_changes, elections=n.role_changes, ready=n.ready(),
             defense=defense_view(n.defense, n.director), health=health_counts(n),
-            workers=worker_views(n.pool), worker_exits=n.pool.exits if n.pool is not None else 0)
+            workers=worker_views(n.pool), worker_exits=n.pool.exits if n.pool is not None else 0,
+            cluster=n.cfg.cluster)
 
     def services(self) -> list[ServiceView]:
         cfg = self.node.config

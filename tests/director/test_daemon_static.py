@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 
+from director.admin.cli_format import status_text
+from director.admin.convert import status_pb
+from director.admin.notify import NotifyRunner
 from director.config.node import parse_node_config
 from director.daemon import Node, main
 from director.node import NoEtcd
@@ -165,3 +168,11 @@ def test_stats_snapshot_says_role_and_config(tmp_path: Path) -> None:
     assert not snap["active"] and snap["master_until"] == float("inf") and not snap["fenced"]
     keys = {tuple(s["key"]) for s in snap["services"]}
     assert keys == {(6, ip(VIP), 80, 0), (17, ip("198.18.0.11"), 53, 0)}
+
+
+def test_status_says_the_node_is_static(tmp_path: Path) -> None:
+    node = static_node(tmp_path, services_yaml([("198.18.1.10", 1)]))
+    node.notify = NotifyRunner(node.cfg.notify, node.cfg.node_id, node.cfg.cluster)  # start() makes it
+    st = status_pb(node.api.status())
+    assert st.cluster == "none" and st.services == 2
+    assert "static (cluster: none)" in status_text(st)
