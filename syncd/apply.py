@@ -377,10 +377,11 @@ class BackupApplier:
         else:
             self._pending_dest.pop(u.key, None)
         self._sync_control(u.key, conn, u.control_key)
-        if u.key[8] and u.key in self._children_of:
-            self._adopt_children(u.key, conn)
+        adopted = self._adopt_children(u.key, conn) if u.key[8] and u.key in self._children_of else ()
         if self._events is not None:
             self._events.append(ConnEvent(kind, snapshot(conn), u.old_key))
+            for child in adopted:  # their own events went out before their template existed
+                self._events.append(ConnEvent(EventKind.UPDATE, snapshot(child), None))
 
     def _create(self, u: Update, dest: Any) -> Any:
         proto, caddr, cport, vaddr, vport, daddr, dport, fwmark, _ = u.key
@@ -471,11 +472,11 @@ class BackupApplier:
             self._waiting_ctl[key] = control_key
             self._children_of.setdefault(control_key, set()).add(key)
 
-    def _adopt_children(self, key: ConnKey, tpl: Any) -> None:
+    def _adopt_children(self, key: ConnKey, tpl: Any) -> list[Any]:
+        """Link the entries waiting for template ``key``; returns those linked now."""
         kids = self._children_of.pop(key, None)
-        if not kids:
-            return
-        for child_key in kids:
+        adopted: list[Any] = []
+        for child_key in kids or ():
             self._waiting_ctl.pop(child_key, None)
             child = self.table.get(child_key)
             if child is None or child.control is tpl:
@@ -483,6 +484,8 @@ class BackupApplier:
             if child.control is not None:
                 self.table.control_del(child)
             self.table.control_add(child, tpl)
+            adopted.append(child)
+        return adopted
 
     def _remove_all(self, conns: list[Any]) -> int:
         """Remove entries now: conns first, then templates; a template still controlling entries
