@@ -9,7 +9,7 @@ steady state of a flow (parse, lookup, timer refresh, counters, NAT rewrite) is 
 closure built by ``_hot_path`` because every call and lookup costs on this path; everything else is
 a small method. The steps, in order:
 
-1. **L2 and parse**: only frames to the virtual MAC are taken (ARP also from group MACs; see
+1. **L2 and parse**: only frames to the virtual MAC are taken (ARP and ND also to group MACs; see
    ``docs/DATAPLANE.md``: ``NOT_VMAC``, ``TO_HOST``, ``VLAN_TAGGED``); plain IPv4 TCP/UDP frames are
    read with one ``unpack_from`` (checksum fields included, the header checksum verified from them);
    anything else takes :func:`director.dataplane.packet.parse_ipv4`'s full checks; IPv6 frames go
@@ -440,6 +440,8 @@ class Director:
         elif frame[0] & 1:
             if frame[12] << 8 | frame[13] == ETH_P_ARP:
                 return self.nb.arp(frame, side, self.active, self.clock())
+            if frame[12] << 8 | frame[13] == ETH_P_IPV6:  # neighbour discovery to a group MAC
+                return self.path6.multicast(frame, side)
             reason = Drop.NOT_VMAC
         elif bytes(frame[0:6]) in self.host_macs:
             if frame[12] << 8 | frame[13] == ETH_P_ARP:  # the answer to a quiet probe: learn, never answer
@@ -586,8 +588,8 @@ class Director:
         return self.nb.expire(self.clock())
 
     def garp_actions(self) -> list[Action]:
-        """Gratuitous ARPs for every owned address, both sides (sent on takeover)."""
-        return self.nb.garp_actions()
+        """Gratuitous ARPs (IPv4) and unsolicited NAs (IPv6) for every owned address, both sides."""
+        return self.nb.garp_actions() + self.path6.nd.announce()
 
 
 __all__ = ["EXT", "INT", "Action", "CoreConfig", "Director"]

@@ -47,7 +47,7 @@ from director.dataplane.config import CoreConfig
 from director.dataplane.packet import Drop
 
 _U32 = 0xFFFFFFFF
-"""Addresses above are IPv6 (director.table.entry): no ARP for them (neighbour discovery: docs/IPV6.md)."""
+"""Addresses above are IPv6 (director.table.entry): no ARP for them (ND: director.dataplane.nd)."""
 
 EXT = 0
 """Side facing the clients (the VIPs live here)."""
@@ -59,7 +59,8 @@ Action = tuple[int, bytes | bytearray]
 
 
 class NeighEvent(IntEnum):
-    """What happened to an ARP frame (``ARP_*``: one per frame) or to a cache entry (``NEIGH_*``)."""
+    """What happened to an ARP frame (``ARP_*``: one per frame), an NS/NA (``ND_*``) or to a cache
+    entry (``NEIGH_*``)."""
 
     ARP_REQUEST_ANSWERED = 0     # a request for an owned address, answered from the virtual MAC
     ARP_REQUEST_IGNORED = 1      # a request for an address this node does not own (or a self-probe)
@@ -76,6 +77,15 @@ class NeighEvent(IntEnum):
     NEIGH_RATE_LIMITED = 12      # not learned from a data frame: over ``learn_rate``
     NEIGH_EVICTED = 13           # the least recently confirmed entry made room (cache full)
     NEIGH_EXPIRED = 14           # not confirmed for ``max_age`` seconds
+    ND_NS_ANSWERED = 15          # IPv6 (director.dataplane.nd): an NS for an owned address, answered
+    ND_NS_IGNORED = 16           # an NS for an address this node does not own (or our own, looped back)
+    ND_NS_NOT_ACTIVE = 17        # an NS for an owned address while backup: not answered
+    ND_NA_LEARNED = 18           # an NA to this node, about a probed or a known address: stored / confirmed
+    ND_NA_IGNORED = 19           # an unsolicited NA about an address not in the cache
+    ND_MALFORMED = 20            # NS/NA failing RFC 4861's checks (hop limit, checksum, options, ...)
+    ND_CONFLICTS = 21            # somebody else claims (or probes for) an IPv6 address this node owns
+    NEIGH_LEARNED_ND = 22        # new entry from ND
+    NEIGH_UPDATED_ND = 23        # an entry's MAC changed by ND
 
 
 class NeighStats:

@@ -9,9 +9,10 @@ codec (:mod:`director.dataplane.packet6`) and the transmitters (:mod:`director.d
 differ:
 
 1. **parse**: :func:`~director.dataplane.packet6.parse_ipv6` (extension headers walked, bounded);
-2. **guards**: ICMPv6 is not handled yet (``ICMP_UNRELATED``: neighbour discovery and errors about
-   flows are future work, docs/IPV6.md); a backup drops (``NOT_ACTIVE``); hop limit <= 1 drops
-   (``TTL_EXCEEDED``, no ICMPv6 time exceeded yet);
+2. **guards**: neighbour discovery (NS/NA, also those to a multicast MAC: :meth:`Path6.multicast`)
+   goes to :class:`~director.dataplane.nd.NeighbourDiscovery`; other ICMPv6 is not handled yet
+   (``ICMP_UNRELATED``: errors about flows are future work, docs/IPV6.md); a backup drops
+   (``NOT_ACTIVE``); hop limit <= 1 drops (``TTL_EXCEEDED``, no ICMPv6 time exceeded yet);
 3. **lookup**: ``out_get`` for a NAT reply from the inside, else ``in_get``, with the SYN-reuse rule;
 4. **miss**: the director's own ``_miss`` (service, BYPASS / NO_SERVICE, SYN rule, defense gate,
    :class:`~director.dataplane.newconn.Scheduling`: persistence templates with the service's IPv6
@@ -22,10 +23,10 @@ differ:
    ``TOO_BIG``, no Packet Too Big sent yet). Every forwarded packet's hop limit goes down by one.
 
 Neighbours: IPv6 addresses live in the same per-side caches as IPv4 ones (their ints never meet).
-Clients are learned from their data frames (the rule of docs/DATAPLANE.md: create only, rate
-limited); a real server needs its configured MAC (``Dest.mac``) until neighbour discovery is
-implemented: without one its packets are dropped as ``NO_NEIGH`` and no ARP is ever sent for an
-IPv6 address.
+Clients are learned from their NS (for a VIP) and their data frames (the rule of docs/DATAPLANE.md:
+create only, rate limited); a next hop without a MAC (a real server, a client) is resolved by an NS
+(its packet is dropped as ``NO_NEIGH``), a dest's configured MAC (``Dest.mac``) is taken first. No
+ARP is ever sent for an IPv6 address.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from director.dataplane.config import CoreConfig
+from director.dataplane.nd import ND_NA, ND_NS, NeighbourDiscovery
 from director.dataplane.neigh import EXT, INT, Action, Neighbours
 from director.dataplane.packet import TH_ACK, TH_SYN, Drop, DropCounters, IPv4Info
 from director.dataplane.packet6 import IP6_HLEN, IPPROTO_ICMPV6, OFF_DADDR, OFF_SADDR, IPv6Info, parse_ipv6
@@ -84,11 +86,12 @@ _int_and = int.__and__
 class Path6:
     """IPv6 frames of one :class:`~director.dataplane.core.Director` (shares its tables and counters)."""
 
-    __slots__ = ("d", "_drops", "_ext_hdr", "_int_hdr")
+    __slots__ = ("d", "nd", "_drops", "_ext_hdr", "_int_hdr")
 
     def __init__(self, director: Director) -> None:
         self.d = director
         self._drops = director.counters.counts
+        self.nd = NeighbourDiscovery(director.nb, self._drops)
         self._ext_hdr = director.nb.caches[EXT].hdr
         self._int_hdr = director.nb.caches[INT].hdr
 
@@ -99,6 +102,8 @@ class Path6:
             self._drops[r] += 1
             return None
         d = self.d
+        if r[0] == IPPROTO_ICMPV6 and r[2] in (ND_NS, ND_NA):
+            return self.nd.handle(frame, side, d.active, d.clock())
         reason = (Drop.ICMP_UNRELATED if r[0] == IPPROTO_ICMPV6 else Drop.NOT_ACTIVE if not d.active
                   else Drop.TTL_EXCEEDED if r[7] <= 1 else None)
         if reason is not None:
@@ -121,6 +126,10 @@ class Path6:
                 return None
         return self._input(frame, side, conn, r)
 
+    def multicast(self, frame: bytearray, side: int) -> Action | None:
+        """An IPv6 frame to a group MAC (``33:33:...``): neighbour discovery, or ``NOT_VMAC``."""
+        return self.nd.handle(frame, side, self.d.active, self.d.clock())
+
     # ---- the two ways ------------------------------------------------------------------------
 
     def _nat_out(self, frame: bytearray, conn: Conn, r: IPv6Info) -> Action | None:
@@ -130,8 +139,7 @@ class Path6:
         self._state(conn, _OUT, tflags)
         hdr = self._ext_hdr.get(caddr)
         if hdr is None:
-            self._drops[Drop.NO_NEIGH] += 1
-            return None
+            return self._neigh_miss(EXT, caddr, None)
         nat6_rewrite(frame, hdr, hlim, l4, proto, OFF_SADDR, 0, saddr, conn.vaddr, sport, conn.vport)
         return EXT, frame
 
@@ -162,7 +170,7 @@ class Path6:
             return None
         hdr = self._int_hdr.get(conn.daddr)
         if hdr is None:
-            return self._neigh_miss(conn.daddr, conn.dest)
+            return self._neigh_miss(INT, conn.daddr, conn.dest)
         proto, _saddr, _sport, daddr, dport, l4, end, hlim, _ = r
         if fwd == _MASQ:
             nat6_rewrite(frame, hdr, hlim, l4, proto, OFF_DADDR, 2, daddr, conn.daddr, dport, conn.dport)
@@ -185,17 +193,15 @@ class Path6:
             c.outbytes += end - 14
         hdr = self._ext_hdr.get(caddr)
         if hdr is None:
-            self._drops[Drop.NO_NEIGH] += 1
-            return None
+            return self._neigh_miss(EXT, caddr, None)
         nat6_rewrite(frame, hdr, hlim, l4, proto, OFF_SADDR, 0, saddr, svc.addr, sport, svc.port)
         return EXT, frame
 
-    def _neigh_miss(self, addr: int, dest: Dest | None) -> Action | None:
-        """No MAC for a real server: take its configured one for the next packet; never ARP for IPv6."""
+    def _neigh_miss(self, side: int, addr: int, dest: Dest | None) -> Action | None:
+        """No MAC for the next hop: take the dest's configured one, else a Neighbor Solicitation."""
         self._drops[Drop.NO_NEIGH] += 1
-        if dest is not None and dest.mac is not None and dest.addr == addr:
-            self.d.nb.caches[INT].learn(addr, dest.mac, self.d.clock())
-        return None
+        mac = dest.mac if dest is not None and dest.addr == addr else None
+        return self.nd.probe(side, addr, mac, self.d.clock())
 
 
 __all__ = ["Path6"]

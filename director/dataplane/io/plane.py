@@ -56,6 +56,7 @@ from director.dataplane.io.afpacket import (
     TxRing,
     blocking_loop,
 )
+from director.dataplane.nd import ns_frame
 from director.dataplane.packet import Drop
 from director.services.service import Dest, ServiceTable
 from director.table.entry import is_v6
@@ -217,27 +218,30 @@ class DataPlane:
         return self.send(self.director.garp_actions())
 
     def probe_neighbours(self) -> int:
-        """ARP (rate-limited) for every dest whose MAC is unknown, so first packets find it resolved.
+        """ARP or NS (rate-limited) for every dest whose MAC is unknown, so first packets find it resolved.
 
         The active, unfenced master asks from the virtual MAC (with its gateway address: an
         announcement too). Anybody else asks quietly (RFC 5227 probe: the interface's own MAC, sender
-        address 0), so a backup's caches stay warm for a takeover without making the switches move the
-        virtual MAC to its port or anybody update a cache."""
+        address 0; for IPv6 a DAD-form NS, source ``::``, answered to all-nodes), so a backup's caches
+        stay warm for a takeover without making the switches move the virtual MAC to its port or
+        anybody update a cache."""
         d = self.director
         loud = d.active and not self.fenced()
         self.open()
         macs = [s.mac for s in self.socks]
         now = d.clock()
         acts: list[Action] = []
-        targets = [(INT, dest.addr) for svc in d.services for dest in svc.counted_dests()  # sorry too
-                   if not is_v6(dest.addr)]  # IPv6 dests: configured MACs until neighbour discovery
+        targets = [(INT, dest.addr) for svc in d.services for dest in svc.counted_dests()]  # sorry too
         if d.cfg.ext_gateway:  # the configured client-side gateway
             targets.append((EXT, d.cfg.ext_gateway))
         for side, addr in targets:
             cache = d.neigh[side]
             if addr in cache or not cache.should_probe(addr, now):
                 continue
-            if loud:
+            if is_v6(addr):  # a Neighbor Solicitation: from the link-local of the virtual MAC, or DAD-form
+                acts.append((side, ns_frame(d.cfg.vmac, d.path6.nd.ll, addr) if loud else
+                             ns_frame(macs[side], 0, addr)))
+            elif loud:
                 acts.append((side, arp_request(d.cfg.vmac, d.cfg.int_addr if side == INT else d.cfg.ext_addr,
                                                addr)))
             else:

@@ -10,6 +10,8 @@ import pytest
 from scapy.layers.inet import TCP, UDP
 from scapy.layers.inet6 import (
     ICMPv6EchoRequest,
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
     IPv6,
     IPv6ExtHdrDestOpt,
     IPv6ExtHdrFragment,
@@ -228,9 +230,10 @@ def test_a_zero_prefix_template_stays_an_ipv6_key() -> None:
     assert len(templates) == 1 and templates[0].caddr >= 2**32
 
 
-def test_an_unresolved_v6_dest_is_no_neigh_and_never_arped() -> None:
+def test_an_unresolved_v6_dest_is_no_neigh_and_solicited_never_arped() -> None:
     lab = Lab6(macs=False)
-    assert lab.send(cpkt()) is None
+    out = lab.send(cpkt())
+    assert out is not None and out[0] == INT and out[1][ICMPv6ND_NS].tgt == RS6[0]
     assert lab.drops() == {"no_neigh": 1}
     assert all(ARP not in Ether(bytes(f)) or Ether(bytes(f))[ARP].psrc != "0.0.0.0" for _s, f in lab.garp)
 
@@ -238,7 +241,8 @@ def test_an_unresolved_v6_dest_is_no_neigh_and_never_arped() -> None:
 def test_a_configured_dest_mac_resolves_the_next_packet() -> None:
     lab = Lab6(macs=False)
     lab.svc.dests[0].mac = mb(RS_MAC[0])
-    assert lab.send(cpkt()) is None
+    first = lab.send(cpkt())  # no_neigh: the configured MAC is taken, an NS confirms it
+    assert first is not None and ICMPv6ND_NS in first[1]
     assert lab.send(cpkt(TCP(sport=40000, dport=80, flags="S"))) is not None
 
 
@@ -246,7 +250,9 @@ def test_v4_and_v6_services_side_by_side() -> None:
     from scapy.layers.inet import IP
 
     lab = Lab6()
-    assert len(lab.garp) == 1 and Ether(bytes(lab.garp[0][1]))[ARP].psrc == VIP4  # no ARP for a v6 VIP
+    garp = [Ether(bytes(f)) for _s, f in lab.garp]
+    assert [p[ARP].psrc for p in garp if ARP in p] == [VIP4]  # no ARP for a v6 VIP: an unsolicited NA
+    assert VIP6 in {p[ICMPv6ND_NA].tgt for p in garp if ICMPv6ND_NA in p}
     lab.d.neigh[INT].learn(a6(RS4), mb(RS_MAC[0]), lab.now)
     v4 = lab.send(Ether(src=CLIENT_MAC, dst=VMAC) / IP(src="198.18.1.10", dst=VIP4) /
                   TCP(sport=40000, dport=80, flags="S"))

@@ -273,13 +273,24 @@ def test_the_sorry_dest_is_probed_like_the_dests() -> None:
     assert Ether(sent[INT][-1])[ARP].pdst == sorry
 
 
-def test_no_arp_is_sent_for_an_ipv6_dest() -> None:
-    """Until neighbour discovery, an IPv6 dest needs its configured MAC; probing never builds an ARP
-    request for a 128-bit address (which would not fit one)."""
+def test_an_ipv6_dest_is_solicited_never_arped() -> None:
+    """Probing resolves an IPv6 dest by a Neighbor Solicitation (never an ARP request, which could not
+    hold a 128-bit address): from the virtual MAC while master, DAD-form (source ::) when fenced."""
+    from scapy.layers.inet6 import ICMPv6ND_NS, IPv6
+    from scapy.layers.l2 import Ether
+
     clock = Clock()
     dp, _rings, sent = make_plane(clock, master_until=clock.now + 10)
+    dp.director.set_active(True)
     svc = next(iter(dp.director.services))
     svc.set_sorry(Dest(svc, int(ipaddress.IPv6Address("fd00:1::99")), 80))
     before = len(sent[INT])
-    assert dp.probe_neighbours() == 0
-    assert len(sent[INT]) == before
+    dp.probe_neighbours()
+    new = [Ether(bytes(f)) for f in sent[INT][before:]]
+    ns = [p for p in new if ICMPv6ND_NS in p]
+    assert len(ns) == 1 and ns[0][ICMPv6ND_NS].tgt == "fd00:1::99" and ns[0][IPv6].src.startswith("fe80::")
+    clock.now += 20  # fenced, and past the probe interval: a quiet probe
+    before = len(sent[INT])
+    dp.probe_neighbours()
+    ns = [Ether(bytes(f)) for f in sent[INT][before:] if ICMPv6ND_NS in Ether(bytes(f))]
+    assert len(ns) == 1 and ns[0][IPv6].src == "::" and ns[0].src != "00:00:5e:00:01:01"
