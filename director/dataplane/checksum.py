@@ -116,9 +116,12 @@ def fix_partial_csum(frame: bytearray, off: int = 14) -> bool:
     """Complete a CHECKSUM_PARTIAL TCP/UDP checksum in place (the NIC's job). True if done.
 
     The field holds the pseudo-header sum; the full checksum is the complement of the sum of the
-    L4 segment (field included, as stored). Non-IPv4, non-TCP/UDP, fragments and truncated frames
-    are left alone (False).
+    L4 segment (field included, as stored). IPv6 is completed when TCP/UDP directly follows the fixed
+    header (what a local stack sends). Non-IP, non-TCP/UDP, fragments and truncated frames are left
+    alone (False).
     """
+    if frame[off - 2:off] == b"\x86\xdd":
+        return _fix_partial6(frame, off)
     if len(frame) < off + 20 or frame[off - 2:off] != b"\x08\x00":
         return False
     ver_ihl, tot_len, frag, proto = _IP_HDR.unpack_from(frame, off)
@@ -139,6 +142,19 @@ def fix_partial_csum(frame: bytearray, off: int = 14) -> bool:
     if proto == 17 and c == 0:
         c = 0xFFFF
     _PACK16(frame, cpos, c)
+    return True
+
+
+def _fix_partial6(frame: bytearray, off: int) -> bool:
+    if len(frame) < off + 40 or frame[off] >> 4 != 6 or frame[off + 6] not in (6, 17):
+        return False
+    l4 = off + 40
+    end = l4 + _U16_AT(frame, off + 4)[0]
+    cpos = l4 + (16 if frame[off + 6] == 6 else 6)
+    if end > len(frame) or cpos + 2 > end:
+        return False
+    c = 0xFFFF - ones_sum(memoryview(frame)[l4:end])
+    _PACK16(frame, cpos, c if c or frame[off + 6] == 6 else 0xFFFF)
     return True
 
 

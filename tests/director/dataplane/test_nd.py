@@ -267,3 +267,22 @@ def test_fuzzed_nd_frames_never_raise() -> None:
             b = b[:rng.randrange(14, len(b))]
         lab.d.handle(b, rng.choice((EXT, INT)))
         lab.d.set_active(i % 50 != 0)
+
+
+def test_a_partial_v6_checksum_is_completed() -> None:
+    """CHECKSUM_PARTIAL frames (veth with tx offload): the I/O layer completes IPv6 TCP/UDP too."""
+    from scapy.layers.inet import UDP
+    from scapy.layers.inet6 import in6_chksum
+
+    from director.dataplane.checksum import fix_partial_csum
+
+    for l4 in (TCP(sport=1, dport=80, flags="S"), UDP(sport=1, dport=53) / b"abc"):
+        good = Ether(bytes(cpkt(l4)))
+        layer = TCP if TCP in good else UDP
+        ip = good[IPv6]
+        partial = bytearray(bytes(good))
+        cpos = 54 + (16 if layer is TCP else 6)
+        pseudo = (0xFFFF - in6_chksum(6 if layer is TCP else 17, ip, b"\0" * len(ip.payload))) & 0xFFFF
+        partial[cpos:cpos + 2] = pseudo.to_bytes(2, "big")  # what the sending stack leaves there
+        assert fix_partial_csum(partial)
+        assert bytes(partial) == bytes(good)
