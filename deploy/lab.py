@@ -25,6 +25,14 @@ Topology (addresses from 198.18.0.0/15)::
     user-space IPIP decapsulator (this kernel has no CONFIG_NET_IPIP). Replies from the DR/TUN VIPs go
     to the router by a source policy rule, straight back to the client, not through a director.
 
+IPv6 (ULA only, never a routed prefix): the client, the directors and the real servers are dual-stack
+on fd00:18::/64 outside (client fd00:18::100, director N fd00:18::N, VIPs fd00:18::10 NAT .. ::12 TUN)
+and fd00:19::/64 inside (real server N fd00:19::(9+N), director N fd00:19::N). A real server's default
+IPv6 route is the directors' link-local address ``fe80::200:5eff:fe00:101`` (EUI-64 of virtual MAC 1,
+answered by the active director's neighbour discovery: its NAT gateway for IPv6). Every address is
+``nodad`` and DAD, router solicitations and autoconfiguration are off, so nothing waits and the kernels
+stay quiet; the router, the switch and ctl keep IPv6 disabled.
+
 The internal segment has MTU 1600 so a 1500-byte client packet still fits after IPIP encapsulation.
 Client and real servers keep tx checksum offload on (their frames reach the directors CHECKSUM_PARTIAL,
 which the I/O layer must handle) but have TSO/GSO off so no frame is larger than the MTU.
@@ -69,6 +77,31 @@ CTL_ADDR = "198.18.1.250"
 INT_MTU = 1600
 CLIENT_ALIASES = 9
 REPLY_TABLE = 100
+EXT6_NET = "fd00:18::/64"
+INT6_NET = "fd00:19::/64"
+VIP6_NAT = "fd00:18::10"
+VIP6_DR = "fd00:18::11"
+VIP6_TUN = "fd00:18::12"
+VIP6_RANGE = "fd00:18::10-fd00:18::1f"
+GATEWAY6 = "fe80::200:5eff:fe00:101"
+"""The directors' IPv6 link-local address (EUI-64 of virtual MAC 1): the real servers' IPv6 default route."""
+_V6_HOSTS = ("client", "director", "real")
+
+
+def director_ext6(n: int) -> str:
+    return f"fd00:18::{n:x}"
+
+
+def director_int6(n: int) -> str:
+    return f"fd00:19::{n:x}"
+
+
+def real_addr6(n: int) -> str:
+    return f"fd00:19::{9 + n:x}"
+
+
+def client_addr6(n: int) -> str:
+    return f"fd00:18::{100 + 10 * (n - 1):x}"
 
 
 def director_ext(n: int) -> str:
@@ -216,8 +249,7 @@ class Lab:
         for host in [Host(self.switch, "switch", 0), *self.hosts]:
             _run(["ip", "netns", "add", host.ns])
             self.exec(host.ns, "ip link set lo up")
-            for scope in ("all", "default"):
-                self.sysctl(host.ns, f"net.ipv6.conf.{scope}.disable_ipv6", "1")
+            self._ipv6_sysctls(host)
         self._build_switch()
         for c in self.clients:
             self._build_client(c)
@@ -228,6 +260,16 @@ class Lab:
         self._build_router()
         self._link(self.ctl, "eth0", "brint", "ctl", mtu=INT_MTU)
         self.exec(self.ctl.ns, f"ip addr add {CTL_ADDR}/24 dev eth0")
+
+    def _ipv6_sysctls(self, host: Host) -> None:
+        """IPv6 on for client, directors and real servers (quiet: no DAD, RS, autoconf), off elsewhere."""
+        on = host.role in _V6_HOSTS
+        for scope in ("all", "default"):
+            self.sysctl(host.ns, f"net.ipv6.conf.{scope}.disable_ipv6", "0" if on else "1")
+            if on:
+                for key, val in (("accept_dad", "0"), ("dad_transmits", "0"), ("accept_ra", "0"),
+                                 ("autoconf", "0"), ("router_solicitations", "0")):
+                    self.sysctl(host.ns, f"net.ipv6.conf.{scope}.{key}", val)
 
     def _build_switch(self) -> None:
         # A plain L2 switch: no br_netfilter (it would validate and drop malformed IPv4 in transit).
@@ -254,17 +296,22 @@ class Lab:
             self.exec(c.ns, f"ip addr add {addr}/{24 if k == 0 else 32} dev eth0")
         for vip in VIPS:
             self.exec(c.ns, f"ip route replace {vip}/32 dev eth0 src {c.addrs['eth0']}")
+        self.exec(c.ns, f"ip -6 addr add {client_addr6(c.index)}/64 dev eth0 nodad")
 
     def _build_director(self, d: Host) -> None:
         self._link(d, "ext", "brext", f"d{d.index}e")
         self._link(d, "int", "brint", f"d{d.index}i", mtu=INT_MTU)
         self.exec(d.ns, f"ip addr add {d.addrs['ext']}/24 dev ext")
         self.exec(d.ns, f"ip addr add {d.addrs['int']}/24 dev int")
+        self.exec(d.ns, f"ip -6 addr add {director_ext6(d.index)}/64 dev ext nodad")
+        self.exec(d.ns, f"ip -6 addr add {director_int6(d.index)}/64 dev int nodad")
+        self.sysctl(d.ns, "net.ipv6.conf.all.forwarding", "0")
         self.sysctl(d.ns, "net.ipv4.ip_forward", "0")
         self.exec(d.ns, "nft add table netdev lbvip")
         self.exec(d.ns, ["nft", "add chain netdev lbvip ingress "
                                 "{ type filter hook ingress device ext priority 0 ; }"])
         self.exec(d.ns, f"nft add rule netdev lbvip ingress ip daddr {VIP_RANGE} counter drop")
+        self.exec(d.ns, f"nft add rule netdev lbvip ingress ip6 daddr {VIP6_RANGE} counter drop")
 
     def _build_real(self, r: Host) -> None:
         ns = r.ns
@@ -272,6 +319,8 @@ class Lab:
         self._no_gso(ns, "eth0")
         self.exec(ns, f"ip addr add {r.addrs['eth0']}/24 dev eth0")
         self.exec(ns, f"ip route add default via {GATEWAY} dev eth0")
+        self.exec(ns, f"ip -6 addr add {real_addr6(r.index)}/64 dev eth0 nodad")
+        self.exec(ns, f"ip -6 route add default via {GATEWAY6} dev eth0")
         for key, val in (("arp_ignore", "1"), ("arp_announce", "2"), ("rp_filter", "0")):
             for scope in ("all", "default", "eth0", "lo"):
                 self.sysctl(ns, f"net.ipv4.conf.{scope}.{key}", val)

@@ -300,7 +300,7 @@ class DataPlane:
 def service_stats(services: ServiceTable) -> list[dict[str, Any]]:
     """Per service: key, counters and dests (by address), as ``stats()`` (a node's stats_file) has them."""
     return [{"key": list(s.key), "counters": s.counters.as_dict(),
-             "dests": {str(ipaddress.IPv4Address(x.addr)): _dest_stats(x) for x in s.dests}}
+             "dests": {str(ipaddress.ip_address(x.addr)): _dest_stats(x) for x in s.dests}}
             for s in services]
 
 
