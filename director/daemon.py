@@ -9,28 +9,28 @@ parses arguments and wires the parts; `Node` owns them and reacts to role change
 * **backup** (BACKUP / STEPPED_DOWN): the director answers no ARP and forwards nothing; the sync
   backup copies the master's table (its address and epoch come from the leader record in etcd);
   the node becomes *ready* to campaign once that copy is live (or when no master exists).
-* **master** (MASTER): the elector calls `_start_forwarding(epoch)` synchronously, inside the loop
-  turn that won the election: stop following, serve the sync stream with the new epoch, activate the
-  director (ARP answers + gratuitous ARPs), accept mid-flow TCP without an entry for `sloppy_grace`
-  seconds (consistent schedulers pick the same dest again), and run the health checks.
-* **step down** (lease renewal overdue, resign, shutdown): `_stop_forwarding()` deactivates the
-  director at once, before the lease can expire anywhere else.
+* **master** (MASTER): the elector calls `_start_forwarding(epoch)` synchronously, inside the loop turn that
+  won the election: stop following, serve the sync stream with the new epoch, activate the director (ARP
+  answers + gratuitous ARPs), accept mid-flow TCP without an entry for `sloppy_grace` seconds (consistent
+  schedulers pick the same dest again), and run the health checks.
+* **step down** (lease renewal overdue, resign, shutdown): `_stop_forwarding()` deactivates the director
+  at once, before the lease can expire anywhere else.
 
 With ``workers: N`` (N >= 2) N worker processes forward instead (director.workers.pool; ``table`` is
 then the replica of their shards, read by sync and admin; docs/DATAPLANE.md "Workers").
 
 Config comes from etcd (``config/``), is validated by director.config.services and applied in place; invalid
 config is refused with a log line naming the field, and the running config stays. SIGTERM resigns
-(after flushing sync to every backup), SIGUSR1 resigns and stays as a backup (graceful failover).
+(after flushing sync to every backup), SIGUSR1 resigns and stays as a backup (graceful failover);
+SIGHUP and SIGUSR2 are logged and ignored.
 Role changes and the first forwarded packet after a takeover are appended to ``events_file`` as
 JSON lines with wall-clock times, so drills can measure takeover and check for split brain.
 
-**Static mode** (``cluster: none``, docs/CONFIG.md): no etcd, election or sync. The services come
-from ``services_file`` (a bad one stops the start; SIGHUP re-reads it and applies it in place, a bad
-one is refused and the running config kept); the node starts as ``static_role`` and is never fenced
-(``fence_file`` aside); SIGUSR2 takes over (gratuitous ARPs), SIGUSR1 stands by, as a resign does.
-Admin, metrics, health checks and workers work as in a cluster; admin config writes, which go
-through etcd, are refused. Any node may write ``stats_file`` (the data plane's counters as JSON).
+**Static mode** (``cluster: none``, docs/CONFIG.md): no etcd, election or sync. Services come from
+``services_file`` (a bad one stops the start; SIGHUP re-applies it in place, a bad one is refused and
+the running config kept); the node starts as ``static_role``, is never fenced (``fence_file`` aside);
+SIGUSR2 takes over (gratuitous ARPs), SIGUSR1 stands by. Admin, metrics, health checks and workers work
+as in a cluster; admin config writes (through etcd) are refused. ``stats_file``: counters as JSON.
 """
 
 from __future__ import annotations
@@ -441,10 +441,7 @@ class Node:
         if master != (self.role is Role.MASTER):
             me = LeaderRecord(self.cfg.node_id, admin_addr=self.cfg.admin_listen or "") if master else None
             self._on_change(RoleChange(Role.MASTER if master else Role.BACKUP, me, 0, time.time()))
-            if master:
-                self._start_forwarding(0)
-            else:
-                self._stop_forwarding()
+            self._start_forwarding(0) if master else self._stop_forwarding()
 
     def stats_snapshot(self) -> dict[str, Any]:
         """The ``stats_file``: the data plane's counters, the node's role and config state."""
@@ -550,8 +547,10 @@ class Node:
             loop.add_signal_handler(signal.SIGUSR1, self.set_static_role, False)
             loop.add_signal_handler(signal.SIGUSR2, self.set_static_role, True)
             loop.add_signal_handler(signal.SIGHUP, self.reload_static)
-        else:
+        else:  # a static node's SIGHUP / SIGUSR2 (reload / take over) must not kill a cluster member
             loop.add_signal_handler(signal.SIGUSR1, lambda: asyncio.ensure_future(self.resign()))
+            for sig in (signal.SIGHUP, signal.SIGUSR2):
+                loop.add_signal_handler(sig, log.warning, "%s ignored (not a static node)", sig.name)
         # systemd (Type=notify): READY=1 once serving (master, or ready: in sync), WATCHDOG=1 from this loop
         sd = Notifier.from_env()
         self._tasks.append(asyncio.create_task(supervise(

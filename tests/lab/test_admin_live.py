@@ -9,6 +9,7 @@ it restores it. Conditions are polled with generous deadlines; nothing asserts a
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -85,8 +86,13 @@ def dest(stub: Any, addr: str) -> Any:
 def test_every_rpc_on_live_nodes(env: Env) -> None:
     d1, d2 = env.cluster.nodes
     m, b = env.stub(d1), env.stub(d2)
+    for node in (d1, d2):  # a static node's reload / take-over signals neither kill nor move a member
+        assert node.proc is not None
+        for sig in (signal.SIGHUP, signal.SIGUSR2):
+            node.proc.send_signal(sig)
     st = m.Status(pb.StatusRequest(), timeout=10)
-    assert (st.node_id, st.role, st.master_id) == ("d1", "master", "d1")
+    assert (st.node_id, st.role, st.master_id, st.cluster) == ("d1", "master", "d1", env.lab.name)
+    assert all(node.proc is not None and node.proc.poll() is None for node in (d1, d2))
     assert b.Status(pb.StatusRequest(), timeout=10).master_id == "d1"
     svc = m.ListServices(pb.ListServicesRequest(), timeout=10).services
     assert [(s.name, len(s.dests)) for s in svc] == [("web", 3)]

@@ -19,9 +19,9 @@ from tests.lab.clusterenv import cluster_env
 
 pytestmark = [pytest.mark.lab, pytest.mark.etcd]
 
-SEED, MINUTES = 1, 2.5
-"""This seed's first faults: the master cut from etcd, then from its backups, kill -9 of the master,
-a paused etcd member, another master kill, a backup cut from etcd (see `--plan`)."""
+SEED, MINUTES = 1, 2.0
+"""This seed's faults: the master cut from etcd, then from its backups, kill -9 of the master, a paused
+etcd member, another master kill, a backup cut from etcd (see `--plan`); the issue asks for 2-3 minutes."""
 
 
 def test_a_short_seeded_chaos_run_is_clean() -> None:
@@ -37,7 +37,7 @@ def test_a_short_seeded_chaos_run_is_clean() -> None:
     assert {"kill-master", "etcd-pause", "cut-master-etcd"} <= {f["kind"] for f in ran}
     assert report["writes"]["acknowledged"] > 10 and report["final"]["master"]
     assert len(set(report["final"]["table_sizes"].values())) == 1 and report["traffic"]["bytes_verified"] > 0
-    assert "replay: make chaos SEED=1 MINUTES=2.5" in text
+    assert f"replay: make chaos SEED={SEED} MINUTES={MINUTES:g}" in text
 
 
 # ------------------------------------------------------- the lab failover on a 3-member etcd cluster

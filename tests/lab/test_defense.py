@@ -38,7 +38,7 @@ CONN_THRESHOLD, MAX_CONNS = 4000, 12000
 DEFENSE = (f"defense: {{drop_entry: auto, drop_packet: auto, secure_tcp: auto,"
            f" conn_threshold: {CONN_THRESHOLD}, max_conns: {MAX_CONNS},"
            " rss_threshold_mb: 3072, rss_max_mb: 4096}")
-FLOOD_RATE, FLOOD_SECONDS = 6000, 20.0
+FLOOD_RATE, FLOOD_SECONDS = 6000, 12.0
 STREAMS = 20
 RSS_GROWTH_BOUND = 160 << 20
 """Generous: the table is bounded at MAX_CONNS entries (~1 KiB each with events and neighbours)."""
@@ -156,7 +156,7 @@ def _loop(deadline: float, fn: Callable[[], None], codes: Counter[str]) -> None:
 
 def test_admin_flood_under_traffic_changes_no_role(env: Env) -> None:
     doc = big_document()
-    seconds = 20.0
+    seconds = 12.0
     since = time.time()
     streams = env.streams(seconds + 15)
     env.streams_up()
