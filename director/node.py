@@ -40,19 +40,22 @@ from director.dataplane.arp import vrrp_mac
 from director.dataplane.core import CoreConfig
 from director.services.service import ServiceTable
 from director.table.defense_policy import DefenseSettings, mode_of
+from director.table.entry import is_v6
 from director.table.events import ConnEvent
 
 log = logging.getLogger("directord")
 
 
 def _ip(text: str) -> int:
-    return int(ipaddress.IPv4Address(text))
+    return int(ipaddress.ip_address(text))
 
 
 def core_config_for(cfg: NodeConfig) -> CoreConfig:
-    """The packet path's settings; the ARP sender inside is ``int_addr``, else the lowest gateway."""
+    """The packet path's settings; the ARP sender inside is ``int_addr``, else the lowest IPv4 gateway
+    (IPv6 gateways are owned through neighbour discovery: director.dataplane.nd)."""
     gws = frozenset(_ip(g) for g in cfg.gateways)
-    int_addr = _ip(cfg.int_addr) if cfg.int_addr else (min(gws) if gws else 0)
+    v4 = [g for g in gws if not is_v6(g)]
+    int_addr = _ip(cfg.int_addr) if cfg.int_addr else (min(v4) if v4 else 0)
     return CoreConfig(vmac=vrrp_mac(cfg.vmac_id), gw_addrs=gws, int_addr=int_addr, mtu=cfg.int_mtu,
                       neigh_max_entries=cfg.neigh_max_entries, neigh_learn_rate=cfg.neigh_learn_rate)
 
@@ -133,8 +136,8 @@ def publish_conns(hub: EventHub, events: Iterable[ConnEvent], clock: Callable[[]
 
 
 def arp_sender_outside(services: ServiceTable) -> int:
-    """The sender address of the director's ARP requests outside: the lowest VIP (0 without one)."""
-    vips = sorted(services.vaddrs())
+    """The sender address of the director's ARP requests outside: the lowest IPv4 VIP (0 without one)."""
+    vips = sorted(a for a in services.vaddrs() if not is_v6(a))
     return vips[0] if vips else 0
 
 

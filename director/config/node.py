@@ -240,8 +240,8 @@ def _endpoints(etcd: Mapping[str, Any], errs: Errors) -> tuple[str, ...]:
 def _gateways(d: Mapping[str, Any], errs: Errors) -> tuple[str, ...]:
     raw = [] if d.get("gateways") is None else v.sequence(d["gateways"], "gateways", errs,
                                                            max_items=MAX_GATEWAYS)
-    return tuple(v.ipv4({"g": g}, "g", "", _Rename(errs, v.item("gateways", i)), unicast=True)
-                 for i, g in enumerate(raw))
+    return tuple(v.ip_address({"g": g}, "g", "", _Rename(errs, v.item("gateways", i)), unicast=True)
+                 for i, g in enumerate(raw))  # IPv6 ones are answered by neighbour discovery
 
 
 def _defense(d: Mapping[str, Any], errs: Errors) -> DefenseConfig:

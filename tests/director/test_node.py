@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -18,11 +19,14 @@ from director.node import (
     FenceFile,
     NodeFiles,
     NoEtcd,
+    arp_sender_outside,
     core_config_for,
     load_services,
     read_services,
     write_json,
 )
+from director.services.sched import registry
+from director.services.service import ServiceTable, VirtualService
 
 NODE = """
 node_id: d1
@@ -40,6 +44,27 @@ def test_core_config_from_the_node() -> None:
     core = core_config_for(parse_node_config(NODE))
     assert core.int_addr == 0xC61201FD and core.gw_addrs == {0xC61201FE, 0xC61201FD}  # the lowest gateway
     assert (core.neigh_max_entries, core.neigh_learn_rate) == (64, 12.5)
+
+
+def test_an_ipv6_gateway_is_owned_but_never_the_arp_sender() -> None:
+    node = parse_node_config(NODE.replace("gateways: [198.18.1.254, 198.18.1.253]",
+                                          "gateways: [fd00:19::1, 198.18.1.254]"))
+    core = core_config_for(node)
+    v6 = int(ipaddress.IPv6Address("fd00:19::1"))
+    assert core.gw_addrs == {v6, 0xC61201FE} and core.int_addr == 0xC61201FE
+    bad = NODE.replace("gateways: [198.18.1.254, 198.18.1.253]", "gateways: [ff02::1]")
+    with pytest.raises(ConfigError, match=r"gateways\[0\]: must be a unicast address"):
+        parse_node_config(bad)
+
+
+def test_the_arp_sender_outside_is_the_lowest_ipv4_vip() -> None:
+    table = ServiceTable()
+    for vip in ("fd00:18::10", "198.18.0.20", "198.18.0.10"):
+        table.add(VirtualService(6, int(ipaddress.ip_address(vip)), 80, registry.create("rr")))
+    assert arp_sender_outside(table) == int(ipaddress.IPv4Address("198.18.0.10"))
+    v6only = ServiceTable()
+    v6only.add(VirtualService(6, int(ipaddress.IPv6Address("fd00:18::10")), 80, registry.create("rr")))
+    assert arp_sender_outside(v6only) == 0
 
 
 def test_services_file_errors_name_the_path_and_the_field(tmp_path: Path) -> None:
