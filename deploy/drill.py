@@ -3,13 +3,18 @@
 Theory of operation
 -------------------
 1. Build a lab (client, two directors, three real servers, etcd in the control namespace), write
-   three services into etcd — ``stream`` (TCP echo, Maglev hashing, NAT), ``probe`` (UDP echo,
-   Maglev, NAT: a 200/s datagram probe shows the raw outage) and ``web`` (HTTP, wlc, persistent 300 s,
-   NAT) — and start `directord` on both directors. Wait until one is master
-   and the other's table is in sync.
+   five services into etcd — ``stream`` (TCP echo, Maglev hashing, NAT), ``probe`` (UDP echo,
+   Maglev, NAT: a 200/s datagram probe shows the raw outage), ``web`` (HTTP, wlc, persistent 300 s,
+   NAT), and their IPv6 twins ``stream6`` and ``web6`` on the IPv6 NAT VIP (fd00:18::10, dests the
+   real servers' fd00:19:: addresses) — and start `directord` on both directors. Wait until one is
+   master and the other's table is in sync.
 2. Start the traffic tool (deploy.traffic) in the client namespace: N long-lived echo connections
-   checked byte for byte, and a steady stream of new HTTP connections from ten client addresses
-   whose real server is remembered (persistence).
+   checked byte for byte (a quarter of them over IPv6, ``conns6``), and a steady stream of new HTTP
+   connections from ten IPv4 and ten IPv6 client addresses whose real server is remembered
+   (persistence). Every phase reports the IPv6 part on its own (``connections_total_v6``,
+   ``templates_kept_v6``, ...); before a takeover the drill also reads the taking-over backup's table
+   (``ListConns``: ``backup_v6_conns``, ``backup_v6_templates``), the synced IPv6 entries it forwards
+   from.
 3. Phase ``kill``: kill -9 the master. The backup's election wins once the lease expires; it answers
    ARP, sends gratuitous ARPs and forwards from its synced table. ``takeover_ms`` runs from the kill
    to the first packet the new master forwarded (its own event log, same wall clock).
@@ -47,7 +52,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from deploy.cluster import ClusterError, LabCluster, NodeProc, node_log_tail, split_brain, wait_for
-from deploy.lab import CTL_ADDR, PYTHON, VIP_NAT, Lab, real_addr
+from deploy.lab import CTL_ADDR, PYTHON, VIP6_NAT, VIP_NAT, Lab, real_addr, real_addr6
 from deploy.observer import FabricObserver, longest_silence, overlaps
 from deploy.trafficproc import TrafficProc
 
@@ -84,21 +89,50 @@ services:
     dests:
 {web_dests}
 """
+SERVICES6 = """\
+  - name: stream6
+    protocol: tcp
+    vip: "{vip6}"
+    port: 7
+    scheduler: mh
+    forward: nat
+    dests:
+{stream_dests}
+  - name: web6
+    protocol: tcp
+    vip: "{vip6}"
+    port: 80
+    scheduler: wlc
+    persistence: {{timeout: 300}}
+    forward: nat
+    dests:
+{web_dests}
+"""
 
 
-def services_yaml(n_reals: int) -> str:
-    def dests(port: int) -> str:
-        return "\n".join(f"      - {{address: {real_addr(i)}, port: {port}, weight: 1}}"
+def services_yaml(n_reals: int, v6: bool = False) -> str:
+    """The drill's services; ``v6``: with the IPv6 twins of ``stream`` and ``web`` (the drill's own lab;
+    the other users of this document, cluster tests and benchmarks, keep the IPv4 three)."""
+    def dests(port: int, addr: Callable[[int], str] = real_addr) -> str:
+        quote = '"' if addr is real_addr6 else ""  # YAML: an IPv6 address is quoted
+        return "\n".join(f"      - {{address: {quote}{addr(i)}{quote}, port: {port}, weight: 1}}"
                          for i in range(1, n_reals + 1))
-    return SERVICES.format(vip=VIP_NAT, stream_dests=dests(7), web_dests=dests(80))
+    text = SERVICES.format(vip=VIP_NAT, stream_dests=dests(7), web_dests=dests(80))
+    if v6:
+        text += SERVICES6.format(vip6=VIP6_NAT, stream_dests=dests(7, real_addr6),
+                                 web_dests=dests(80, real_addr6))
+    return text
 
 
 class Drill:
     def __init__(self, *, conns: int = 200, new_rate: float = 25.0, interval: float = 0.05,
                  n_reals: int = 3, tuned_etcd: bool = True, lab_name: str | None = None,
                  out: IO[str] = sys.stdout, phases: tuple[str, ...] = PHASES, freeze_s: float = 5.0,
-                 outage_s: float = 60.0, partition_s: float = 20.0, workers: int = 1) -> None:
+                 outage_s: float = 60.0, partition_s: float = 20.0, workers: int = 1,
+                 conns6: int | None = None) -> None:
         self.conns = conns
+        self.conns6 = conns // 4 if conns6 is None else conns6
+        """How many of the streams go over IPv6 (0: an IPv4-only drill)."""
         self.new_rate = new_rate
         self.interval = interval
         self.out = out
@@ -119,14 +153,15 @@ class Drill:
     def setup(self) -> None:
         self.say(f"lab {self.lab.name}: building namespaces (client, 2 directors, "
                  f"{self.n_reals} real servers)")
-        self.cluster.bring_up(services_yaml(self.n_reals))
-        self.say("etcd up, 3 services in etcd, d1 is master, d2 follows d1 and is in sync")
+        v6 = self.conns6 > 0
+        self.cluster.bring_up(services_yaml(self.n_reals, v6))
+        self.say(f"etcd up, {5 if v6 else 3} services in etcd, d1 is master, d2 follows d1 and is in sync")
         self.observer.start()
         self.say("fabric observer: capturing every director port on both bridges")
-        self.traffic = TrafficProc(self.lab, self.conns, self.new_rate, self.interval)
+        self.traffic = TrafficProc(self.lab, self.conns, self.new_rate, self.interval, conns6=self.conns6)
         n_src = self.traffic.n_sources
-        self.say(f"client: opening {self.conns} long-lived connections, new sticky connections from "
-                 f"{n_src} addresses")
+        self.say(f"client: opening {self.conns} long-lived connections ({self.conns6} over IPv6), new sticky "
+                 f"connections from {n_src} addresses")
         self.traffic.wait_flowing(self.conns, 90, "all connections open and every client address bound")
         self.say("traffic flowing")
 
@@ -171,8 +206,35 @@ class Drill:
             "new_connections_failed": int(end["new_failed"]),
             "udp_max_gap_ms": float(end["udp_max_gap_ms"]),
             "udp_lost": int(end["udp_sent"]) - int(end["udp_received"]),
+            **self._v6_result(start, end),
             "timeline": self._timeline(frames, t0, t1, markers or [], end),
         }
+
+    @staticmethod
+    def _v6_result(start: dict[str, Any], end: dict[str, Any]) -> dict[str, Any]:
+        """The IPv6 part of a phase's figures (the traffic tool's ``*_v6`` counters)."""
+        total = int(start.get("alive_v6", 0))
+        return {
+            "connections_total_v6": total,
+            "connections_survived_v6": min(total, int(end.get("alive_v6", 0))),
+            "resets_seen_v6": int(end.get("resets_v6", 0)) + int(end.get("mismatches_v6", 0)),
+            "bytes_verified_v6": int(end.get("bytes_verified_v6", 0)),
+            "templates_total_v6": int(start.get("sticky_sources_v6", 0)),
+            "templates_kept_v6": int(start.get("sticky_sources_v6", 0)) - int(end.get("sources_moved_v6", 0)),
+            "new_connections_ok_v6": int(end.get("new_ok_v6", 0)),
+        }
+
+    def backup_entries_v6(self, node: NodeProc) -> dict[str, int]:
+        """IPv6 conns and templates in `node`'s table (``directorctl list -c --json`` on its admin socket):
+        on a backup, what sync gave it to forward from after a takeover."""
+        ctl = subprocess.run([PYTHON, "-m", "director.admin.cli", "--addr",
+                              f"unix:{self.cluster.admin_socket(node)}", "list", "-c", "--json"],
+                             capture_output=True, text=True, timeout=60)
+        if ctl.returncode != 0:
+            raise ClusterError(f"directorctl list -c on {node.node_id} failed: {ctl.stderr.strip()}")
+        v6 = [c for c in json.loads(ctl.stdout)["conns"] if ":" in c["caddr"]]
+        return {"backup_v6_conns": sum(1 for c in v6 if not c["template"]),
+                "backup_v6_templates": sum(1 for c in v6 if c["template"])}
 
     def _timeline(self, frames: dict[str, list[float]], t_fault: float, t_end: float,
                   markers: list[tuple[float, str]], end: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +282,10 @@ class Drill:
         new = next(n for n in c.nodes if n is not old)
         self.traffic.phase("kill")
         start = self.traffic.report()
-        self.say(f"phase kill: kill -9 {old.node_id} (master) with {start['alive']} connections open")
+        held = self.backup_entries_v6(new) if self.conns6 else {}
+        self.say(f"phase kill: kill -9 {old.node_id} (master) with {start['alive']} connections open"
+                 + (f" ({start['alive_v6']} IPv6; {new.node_id} holds {held['backup_v6_conns']} IPv6 conns"
+                    f" and {held['backup_v6_templates']} IPv6 templates)" if held else ""))
         t_kill = c.kill_node(old)  # the launcher runs the exit hook, as systemd's ExecStopPost would
         self.kills.setdefault(old.node_id, []).append(t_kill)
         takeover = self._takeover(new, t_kill)
@@ -229,7 +294,7 @@ class Drill:
         ok_at = self.traffic.report()["new_ok"]
         end = self._settle(ok_at)
         marks = [(t_kill, f"kill -9 {old.node_id}"), (t_kill + takeover / 1000, f"{new.node_id} forwards")]
-        return self._phase_result(start, end, takeover, t_kill, marks)
+        return {**self._phase_result(start, end, takeover, t_kill, marks), **held}
 
     def rejoin(self, node: NodeProc) -> None:
         self.say(f"{node.node_id}: restarting as a backup")
@@ -243,7 +308,10 @@ class Drill:
         cur = c.wait_master()
         self.traffic.phase("switchback")
         start = self.traffic.report()
-        self.say(f"phase switchback: `directorctl failover` on {cur.node_id} (graceful resign)")
+        held = self.backup_entries_v6(to) if self.conns6 else {}
+        self.say(f"phase switchback: `directorctl failover` on {cur.node_id} (graceful resign)"
+                 + (f"; {to.node_id} holds {held['backup_v6_conns']} IPv6 conns and "
+                    f"{held['backup_v6_templates']} IPv6 templates" if held else ""))
         t0 = time.time()
         ctl = subprocess.run([PYTHON, "-m", "director.admin.cli", "--addr", f"unix:{c.admin_socket(cur)}",
                               "failover"], capture_output=True, text=True, timeout=60)
@@ -262,7 +330,7 @@ class Drill:
         t_stop = float(stop["t"])
         marks = [(t0, "directorctl failover"), (t_stop, f"{cur.node_id} stops forwarding"),
                  (t_stop + takeover / 1000, f"{to.node_id} forwards")]
-        return self._phase_result(start, end, takeover, t0, marks)
+        return {**self._phase_result(start, end, takeover, t0, marks), **held}
 
     def phase_freeze(self) -> dict[str, Any]:
         assert self.traffic is not None
@@ -384,7 +452,11 @@ def summary(report: dict[str, Any]) -> str:
             + ("same master, " if p.get("same_master") else "")
             + f"nobody forwarding {p['nobody_forwarding_ms']:.0f} ms, overlap {p['overlap_ms']:.0f} ms, "
             f"templates kept {p['templates_kept']}/{p['templates_total']}, split brain: "
-            f"{'YES' if p['split_brain_seen'] else 'no'}")
+            f"{'YES' if p['split_brain_seen'] else 'no'}"
+            + (f"; IPv6: {p['connections_survived_v6']}/{p['connections_total_v6']} connections, "
+               f"{p['resets_seen_v6']} resets, templates kept "
+               f"{p['templates_kept_v6']}/{p['templates_total_v6']}"
+               if p.get("connections_total_v6") else ""))
     return "\n".join(lines)
 
 
@@ -405,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="where to write the HTML report (self-contained: plots inline); '' for none")
     p.add_argument("--phases", default=",".join(PHASES), help="comma list of phases (default: all)")
     p.add_argument("--workers", type=int, default=1, help="packet workers per directord (node `workers:`)")
+    p.add_argument("--conns6", type=int, default=None,
+                   help="how many of --conns go over IPv6 (default a quarter; 0: IPv4 only)")
     p.add_argument("--outage", type=float, default=60.0, help="etcd-outage phase length, seconds")
     p.add_argument("--partition", type=float, default=20.0, help="partition phase length, seconds")
     args = p.parse_args(argv)
@@ -413,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown phase(s) {', '.join(sorted(unknown))}; choose from {', '.join(PHASES)}")
     drill = Drill(conns=args.conns, new_rate=args.new_rate, tuned_etcd=not args.etcd_defaults, phases=phases,
-                  outage_s=args.outage, partition_s=args.partition, workers=args.workers)
+                  outage_s=args.outage, partition_s=args.partition, workers=args.workers, conns6=args.conns6)
     report = drill.run()
     Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
     print(summary(report))
@@ -424,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.html).write_text(render_html(report))
         print(f"HTML report written to {args.html}")
     ok = all(report[k]["connections_survived"] == report[k]["connections_total"]
+             and report[k]["connections_survived_v6"] == report[k]["connections_total_v6"]
              and not report[k]["split_brain_seen"] and report[k].get("same_master", True)
              for k in PHASES if k in report)
     return 0 if ok else 1

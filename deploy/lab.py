@@ -25,13 +25,17 @@ Topology (addresses from 198.18.0.0/15)::
     user-space IPIP decapsulator (this kernel has no CONFIG_NET_IPIP). Replies from the DR/TUN VIPs go
     to the router by a source policy rule, straight back to the client, not through a director.
 
-IPv6 (ULA only, never a routed prefix): the client, the directors and the real servers are dual-stack
-on fd00:18::/64 outside (client fd00:18::100, director N fd00:18::N, VIPs fd00:18::10 NAT .. ::12 TUN)
-and fd00:19::/64 inside (real server N fd00:19::(9+N), director N fd00:19::N). A real server's default
-IPv6 route is the directors' link-local address ``fe80::200:5eff:fe00:101`` (EUI-64 of virtual MAC 1,
-answered by the active director's neighbour discovery: its NAT gateway for IPv6). Every address is
+IPv6 (ULA only, never a routed prefix): the client, the directors, the real servers and the router are
+dual-stack on fd00:18::/64 outside (client fd00:18::64 (hex 100) with aliases ::65-::6d, director N
+fd00:18::N, router ::fe, VIPs fd00:18::10 NAT .. ::12 TUN) and fd00:19::/64 inside (real server N
+fd00:19::(9+N), director N fd00:19::N, router ::fd). A real server's default IPv6 route is the
+directors' link-local address ``fe80::200:5eff:fe00:101`` (EUI-64 of virtual MAC 1, answered by the
+active director's neighbour discovery: its NAT gateway for IPv6). The IPv6 DR VIP sits on the real
+servers' lo (the kernel answers NS only for addresses of the interface asked: no arp_ignore needed), the
+IPv6 TUN VIP on the tun device, fed with ip6ip6 by the same user-space decapsulator (no ``ip6_tunnel``
+module here); replies from both go to the router by a source policy rule, as in IPv4. Every address is
 ``nodad`` and DAD, router solicitations and autoconfiguration are off, so nothing waits and the kernels
-stay quiet; the router, the switch and ctl keep IPv6 disabled.
+stay quiet; the switch and ctl keep IPv6 disabled.
 
 The internal segment has MTU 1600 so a 1500-byte client packet still fits after IPIP encapsulation.
 Client and real servers keep tx checksum offload on (their frames reach the directors CHECKSUM_PARTIAL,
@@ -85,7 +89,10 @@ VIP6_TUN = "fd00:18::12"
 VIP6_RANGE = "fd00:18::10-fd00:18::1f"
 GATEWAY6 = "fe80::200:5eff:fe00:101"
 """The directors' IPv6 link-local address (EUI-64 of virtual MAC 1): the real servers' IPv6 default route."""
-_V6_HOSTS = ("client", "director", "real")
+ROUTER6_EXT = "fd00:18::fe"
+ROUTER6_INT = "fd00:19::fd"
+"""The router's IPv6 addresses: DR/TUN replies from the IPv6 VIPs go back to the client through it."""
+_V6_HOSTS = ("client", "director", "real", "router")
 
 
 def director_ext6(n: int) -> str:
@@ -194,6 +201,11 @@ class Lab:
         base = int(ipaddress.IPv4Address(client_addr(i)))
         return [str(ipaddress.IPv4Address(base + k)) for k in range(CLIENT_ALIASES + 1)]
 
+    def client_sources6(self, i: int = 1) -> list[str]:
+        """The client's primary IPv6 address and its aliases (as :meth:`client_sources`)."""
+        base = int(ipaddress.IPv6Address(client_addr6(i)))
+        return [str(ipaddress.IPv6Address(base + k)) for k in range(CLIENT_ALIASES + 1)]
+
     # -- lifecycle ----------------------------------------------------------------------------------
     def exists(self) -> bool:
         return self.switch in list_namespaces()
@@ -296,7 +308,8 @@ class Lab:
             self.exec(c.ns, f"ip addr add {addr}/{24 if k == 0 else 32} dev eth0")
         for vip in VIPS:
             self.exec(c.ns, f"ip route replace {vip}/32 dev eth0 src {c.addrs['eth0']}")
-        self.exec(c.ns, f"ip -6 addr add {client_addr6(c.index)}/64 dev eth0 nodad")
+        for k, addr in enumerate(self.client_sources6(c.index)):
+            self.exec(c.ns, f"ip -6 addr add {addr}/{64 if k == 0 else 128} dev eth0 nodad")
 
     def _build_director(self, d: Host) -> None:
         self._link(d, "ext", "brext", f"d{d.index}e")
@@ -332,6 +345,16 @@ class Lab:
         self.exec(ns, f"ip route add default via {ROUTER_INT} dev eth0 table {REPLY_TABLE}")
         for vip in (VIP_DR, VIP_TUN):
             self.exec(ns, f"ip rule add from {vip} lookup {REPLY_TABLE}")
+        self._build_real6(ns)
+
+    def _build_real6(self, ns: str) -> None:
+        """IPv6 DR and TUN on a real server: the DR VIP on lo, the TUN VIP on the tun device, replies
+        from either through the router (its inside address), straight back to the client."""
+        self.exec(ns, f"ip -6 addr add {VIP6_DR}/128 dev lo nodad")
+        self.exec(ns, f"ip -6 addr add {VIP6_TUN}/128 dev tunl0 nodad")
+        self.exec(ns, f"ip -6 route add default via {ROUTER6_INT} dev eth0 table {REPLY_TABLE}")
+        for vip in (VIP6_DR, VIP6_TUN):
+            self.exec(ns, f"ip -6 rule add from {vip} lookup {REPLY_TABLE}")
 
     def _build_router(self) -> None:
         rt = self.router
@@ -342,6 +365,9 @@ class Lab:
         for scope in ("all", "default", "ext", "int"):
             self.sysctl(rt.ns, f"net.ipv4.conf.{scope}.rp_filter", "0")
         self.sysctl(rt.ns, "net.ipv4.ip_forward", "1")
+        self.exec(rt.ns, f"ip -6 addr add {ROUTER6_EXT}/64 dev ext nodad")
+        self.exec(rt.ns, f"ip -6 addr add {ROUTER6_INT}/64 dev int nodad")
+        self.sysctl(rt.ns, "net.ipv6.conf.all.forwarding", "1")
 
     # -- real servers -----------------------------------------------------------------------------
     def ensure_servers(self, timeout: float = 20.0) -> None:
@@ -439,6 +465,7 @@ class Lab:
             "namespaces": sorted(present),
             "hosts": {h.ns: {"role": h.role, "addrs": h.addrs, "macs": h.macs} for h in self.hosts},
             "vips": {"nat": VIP_NAT, "dr": VIP_DR, "tun": VIP_TUN},
+            "vips6": {"nat": VIP6_NAT, "dr": VIP6_DR, "tun": VIP6_TUN},
             "gateway": GATEWAY,
             "workdir": str(self.workdir),
         }

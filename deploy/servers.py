@@ -11,9 +11,15 @@ wildcard address, so it answers for its own address (NAT) and for the VIPs it ho
 * TCP echo (port 7): returns every byte it reads until EOF (byte-for-byte checks).
 * UDP echo (port 7): replies ``<name>|`` followed by the datagram.
 
+Each service listens on IPv4 (``0.0.0.0``) and, where the namespace has IPv6, on ``::`` as well (a
+separate IPv6-only socket), so the same servers answer the lab's IPv6 services.
+
 ``--tun DEV`` runs the TUN-mode receiver: a raw IPPROTO_IPIP socket takes the encapsulated packets
 addressed to this server, strips the outer IPv4 header and writes the inner packet into the tun device
 ``DEV`` (which carries the TUN VIP), where the kernel receives it as if it had decapsulated it itself.
+IPv6-in-IPv6 (next header 41, the director's IPv6 TUN) is taken the same way by a raw AF_INET6 socket,
+which already hands over the packet without its outer header (this kernel has no ``ip6_tunnel``
+either); the tun device carries the IPv6 TUN VIP too.
 When everything listens, the process creates ``--ready-file``.
 """
 
@@ -35,6 +41,7 @@ TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IPPROTO_IPIP = 4
+IPPROTO_IPV6 = 41
 _PATTERN = bytes(range(256)) * 64
 _KEEP: list[socket.socket] = []
 
@@ -85,6 +92,7 @@ class Servers:
         http = await asyncio.start_server(self.http, "0.0.0.0", self.http_port, backlog=1024)
         echo = await asyncio.start_server(self.echo, "0.0.0.0", self.echo_port, backlog=1024)
         await loop.create_datagram_endpoint(lambda: UdpEcho(self.name), local_addr=("0.0.0.0", self.udp_port))
+        servers6 = await self.listen6(loop)
         if tun:
             start_ipip_decap(loop, tun)
         if ready_file:
@@ -92,7 +100,28 @@ class Servers:
         log.info("%s serving http:%d echo:%d udp:%d", self.name, self.http_port, self.echo_port,
                  self.udp_port)
         async with http, echo:
-            await asyncio.Event().wait()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                for srv in servers6:
+                    srv.close()
+
+    async def listen6(self, loop: asyncio.AbstractEventLoop) -> list[asyncio.Server]:
+        """The same services on ``::`` (asyncio's TCP servers are IPv6-only; the UDP socket is made so
+        by hand); nothing when the namespace has no IPv6."""
+        if not socket.has_ipv6 or not Path("/proc/net/if_inet6").exists():
+            return []
+        try:
+            servers = [await asyncio.start_server(self.http, "::", self.http_port, backlog=1024),
+                       await asyncio.start_server(self.echo, "::", self.echo_port, backlog=1024)]
+            udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            udp.bind(("::", self.udp_port))
+        except OSError as exc:
+            log.warning("no IPv6 listeners: %s", exc)
+            return []
+        await loop.create_datagram_endpoint(lambda: UdpEcho(self.name), sock=udp)
+        return servers
 
 
 class UdpEcho(asyncio.DatagramProtocol):
@@ -136,6 +165,34 @@ def start_ipip_decap(loop: asyncio.AbstractEventLoop, dev: str) -> None:
 
     loop.add_reader(raw.fileno(), on_readable)
     _KEEP.append(raw)  # the socket must outlive this function
+    start_ip6ip6_decap(loop, tun_fd)
+
+
+def start_ip6ip6_decap(loop: asyncio.AbstractEventLoop, tun_fd: int) -> None:
+    """Feed IPv6-in-IPv6 packets for this host into the tun device: a raw AF_INET6 socket returns the
+    payload after the outer header, i.e. the inner IPv6 packet (nothing when IPv6 is off here)."""
+    try:
+        raw = socket.socket(socket.AF_INET6, socket.SOCK_RAW, IPPROTO_IPV6)
+    except OSError as exc:
+        log.info("no ip6ip6 receiver: %s", exc)
+        return
+    raw.setblocking(False)
+
+    def on_readable() -> None:
+        while True:
+            try:
+                pkt = raw.recv(65535)
+            except BlockingIOError:
+                return
+            if len(pkt) < 40 or pkt[0] >> 4 != 6:
+                continue
+            try:
+                os.write(tun_fd, pkt)
+            except OSError as exc:
+                log.debug("tun write: %s", exc)
+
+    loop.add_reader(raw.fileno(), on_readable)
+    _KEEP.append(raw)
 
 
 def main() -> None:

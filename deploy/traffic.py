@@ -11,6 +11,12 @@ is counted. In parallel it opens ``--new-rate`` new HTTP connections per second 
 each from one of several client source addresses, and records which real server answered (the servers
 return their name): a source that lands on another server after a failover lost its persistence template.
 
+IPv6: with ``--conns6 K`` the last K of the ``--conns`` streams go to ``--echo-vip6`` from the IPv6
+``--sources6``, and the new sticky connections rotate over the IPv6 sources too (to ``--http-vip6``).
+Every figure counts both families; the ``*_v6`` figures (``alive_v6``, ``resets_v6``,
+``sticky_sources_v6``, ...) count the IPv6 part alone, and an IPv6 source in ``sources_moved`` is
+written as IPv6 text.
+
 With ``--udp-rate`` it also sends that many UDP datagrams per second to the UDP echo service
 (``--udp-port``) and records the worst gap between replies: unlike TCP, UDP has no retransmission
 back-off, so this gap is the data-plane outage itself.
@@ -30,6 +36,7 @@ import ipaddress
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 CHUNK = 512
@@ -63,6 +70,12 @@ class PhaseStats:
     udp_max_gap_ms: float = 0.0
     conn_max_gap_ms: dict[int, float] = field(default_factory=dict)
     """Per connection, its worst gap between two completed round trips in this phase."""
+    v6: Counter[str] = field(default_factory=Counter)
+    """The IPv6 part of resets, mismatches, bytes_verified, new_ok, new_failed."""
+
+
+def is_v6(addr: str) -> bool:
+    return ":" in addr
 
 
 class UdpProbe(asyncio.DatagramProtocol):
@@ -89,18 +102,27 @@ class Traffic:
         self.last_progress: dict[int, float] = {}
         self.sticky: dict[str, str] = {}
         self.stopping = False
+        self.opened_v6 = 0
+        self.conns_v6: set[int] = set()
+        """Ids of the streams over IPv6."""
 
     # -- long-lived verified streams ------------------------------------------------------------
     async def stream(self, conn_id: int, src: str) -> None:
         a = self.args
+        v6 = is_v6(src)
+        if v6:
+            self.conns_v6.add(conn_id)
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(a.echo_vip, a.echo_port, local_addr=(src, 0)), 10)
+                asyncio.open_connection(a.echo_vip6 if v6 else a.echo_vip, a.echo_port,
+                                        local_addr=(src, 0)), 10)
         except (TimeoutError, OSError):
             self.phase.new_failed += 1
+            self.phase.v6["new_failed"] += v6
             return
         self.alive.add(conn_id)
         self.opened += 1
+        self.opened_v6 += v6
         offset = 0
         self.last_progress[conn_id] = time.monotonic()
         try:
@@ -111,6 +133,7 @@ class Traffic:
                 got = await reader.readexactly(CHUNK)
                 if got != out:
                     self.phase.mismatches += 1
+                    self.phase.v6["mismatches"] += v6
                     break
                 now = time.monotonic()
                 gap = (now - self.last_progress[conn_id]) * 1000.0
@@ -119,10 +142,12 @@ class Traffic:
                 worst[conn_id] = max(worst.get(conn_id, 0.0), gap)
                 self.last_progress[conn_id] = now
                 self.phase.bytes_verified += CHUNK
+                self.phase.v6["bytes_verified"] += CHUNK if v6 else 0
                 offset += CHUNK
                 await asyncio.sleep(a.interval)
         except (OSError, asyncio.IncompleteReadError):
             self.phase.resets += 1
+            self.phase.v6["resets"] += v6
         finally:
             self.alive.discard(conn_id)
             writer.close()
@@ -132,9 +157,11 @@ class Traffic:
         """One HTTP GET to the VIP from `src`: (the server that answered, our source port); None
         (counted as failed) when it did not work."""
         a = self.args
+        v6 = is_v6(src)
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(a.http_vip, a.http_port, local_addr=(src, 0)), 5)
+                asyncio.open_connection(a.http_vip6 if v6 else a.http_vip, a.http_port,
+                                        local_addr=(src, 0)), 5)
             port = int(writer.get_extra_info("sockname")[1])
             writer.write(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n")
             await writer.drain()
@@ -142,12 +169,15 @@ class Traffic:
             writer.close()
         except (TimeoutError, OSError):
             self.phase.new_failed += 1
+            self.phase.v6["new_failed"] += v6
             return None
         server = body.split(b"\r\n\r\n", 1)[-1].strip().decode(errors="replace")
         if not server:
             self.phase.new_failed += 1
+            self.phase.v6["new_failed"] += v6
             return None
         self.phase.new_ok += 1
+        self.phase.v6["new_ok"] += v6
         return server, port
 
     async def one_request(self, src: str) -> None:
@@ -193,6 +223,7 @@ class Traffic:
         now = time.monotonic()
         current = {c: (now - t) * 1000.0 for c, t in self.last_progress.items() if c in self.alive}
         stalled = max(current.values(), default=0.0)
+        v6 = p.v6
         # per connection (alive now or seen in this phase): its worst stall, the current one included
         per_conn = {c: max(p.conn_max_gap_ms.get(c, 0.0), current.get(c, 0.0))
                     for c in set(current) | set(p.conn_max_gap_ms)}
@@ -206,6 +237,12 @@ class Traffic:
             "udp_sent": p.udp_sent, "udp_received": p.udp_received,
             "udp_max_gap_ms": round(p.udp_max_gap_ms, 1),
             "stalls_ms": sorted(round(v, 1) for v in per_conn.values()),
+            "opened_v6": self.opened_v6,
+            "alive_v6": len(self.alive & self.conns_v6), "resets_v6": v6["resets"],
+            "mismatches_v6": v6["mismatches"], "bytes_verified_v6": v6["bytes_verified"],
+            "new_ok_v6": v6["new_ok"], "new_failed_v6": v6["new_failed"],
+            "sticky_sources_v6": sum(1 for src in self.sticky if is_v6(src)),
+            "sources_moved_v6": sum(1 for src in p.sources_moved if is_v6(src)),
         }
 
     async def control(self) -> None:
@@ -231,10 +268,14 @@ class Traffic:
         sys.stdout.flush()
 
     async def main(self) -> None:
-        sources = expand_sources(self.args.sources)
-        tasks = [asyncio.ensure_future(self.stream(i, sources[i % len(sources)]))
-                 for i in range(self.args.conns)]
-        tasks.append(asyncio.ensure_future(self.new_conns(sources)))
+        a = self.args
+        sources = expand_sources(a.sources)
+        sources6 = expand_sources(a.sources6) if a.sources6 else []
+        n6 = min(a.conns, a.conns6) if sources6 else 0
+        n4 = a.conns - n6
+        tasks = [asyncio.ensure_future(self.stream(i, sources[i % len(sources)])) for i in range(n4)]
+        tasks += [asyncio.ensure_future(self.stream(n4 + i, sources6[i % len(sources6)])) for i in range(n6)]
+        tasks.append(asyncio.ensure_future(self.new_conns(sources + sources6)))
         if self.args.udp_rate > 0:
             tasks.append(asyncio.ensure_future(self.udp_probe(sources[0])))
         await self.control()
@@ -244,13 +285,13 @@ class Traffic:
 
 
 def expand_sources(spec: str) -> list[str]:
-    """'198.18.0.100-198.18.0.119' or a comma list -> addresses."""
+    """'198.18.0.100-198.18.0.119', 'fd00:18::64-fd00:18::6d' or a comma list -> addresses."""
     out: list[str] = []
     for part in spec.split(","):
         lo, _, hi = part.partition("-")
-        first = ipaddress.IPv4Address(lo)
-        last = ipaddress.IPv4Address(hi) if hi else first
-        out.extend(str(ipaddress.IPv4Address(a)) for a in range(int(first), int(last) + 1))
+        first = ipaddress.ip_address(lo)
+        last = ipaddress.ip_address(hi) if hi else first
+        out.extend(str(ipaddress.ip_address(a)) for a in range(int(first), int(last) + 1))
     return out
 
 
@@ -265,6 +306,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--new-rate", type=float, default=20.0)
     p.add_argument("--sources", required=True)
     p.add_argument("--udp-port", type=int, default=7)
+    p.add_argument("--echo-vip6", default="", help="IPv6 VIP of the echo service (with --sources6)")
+    p.add_argument("--http-vip6", default="", help="IPv6 VIP of the sticky HTTP service")
+    p.add_argument("--sources6", default="", help="IPv6 client addresses ('' : no IPv6 traffic)")
+    p.add_argument("--conns6", type=int, default=0, help="how many of --conns go over IPv6")
     p.add_argument("--udp-rate", type=float, default=0.0, help="UDP probes per second (0: none)")
     return p.parse_args(argv)
 

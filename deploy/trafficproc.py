@@ -13,7 +13,7 @@ import time
 from typing import IO, Any
 
 from deploy.cluster import ClusterError, wait_for
-from deploy.lab import PYTHON, VIP_NAT, Lab
+from deploy.lab import PYTHON, VIP6_NAT, VIP_NAT, Lab
 
 
 class TrafficProc:
@@ -22,12 +22,18 @@ class TrafficProc:
     MODULE = "deploy.traffic"
 
     def __init__(self, lab: Lab, conns: int, new_rate: float, interval: float,
-                 udp_rate: float = 200.0) -> None:
+                 udp_rate: float = 200.0, conns6: int = 0) -> None:
+        """``conns6`` > 0: that many of the ``conns`` streams, and sticky clients from the client's
+        IPv6 addresses, go to the IPv6 NAT VIP (``deploy.lab.VIP6_NAT``: same ports as the IPv4 one)."""
         sources = lab.client_sources()
-        self.n_sources = len(sources)
+        sources6 = lab.client_sources6() if conns6 > 0 else []
+        self.n_sources = len(sources) + len(sources6)
         argv = [PYTHON, "-m", self.MODULE, "--echo-vip", VIP_NAT, "--http-vip", VIP_NAT,
                 "--conns", str(conns), "--interval", str(interval), "--new-rate", str(new_rate),
                 "--sources", ",".join(sources), "--udp-rate", str(udp_rate)]
+        if sources6:
+            argv += ["--echo-vip6", VIP6_NAT, "--http-vip6", VIP6_NAT, "--sources6", ",".join(sources6),
+                     "--conns6", str(conns6)]
         self.proc = lab.popen(lab.client.ns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
         threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()

@@ -33,8 +33,10 @@ def env() -> Iterator[Env]:
 
 def test_drill_kill_and_switchback_keeps_every_connection_and_template() -> None:
     """Every phase of `make demo`'s drill; the no-failover faults held 8 s (past the 1 s lease: `make demo`
-    holds them 60 s and 20 s) so the suite stays short."""
-    report = Drill(conns=40, new_rate=20.0, outage_s=8.0, partition_s=8.0).run()
+    holds them 60 s and 20 s) so the suite stays short. 10 of the 40 streams and 10 of the 20 sticky
+    client addresses are IPv6 (the IPv6 NAT VIP): their conns and templates must survive too, from the
+    IPv6 entries sync gave the backup (read from its table before each takeover)."""
+    report = Drill(conns=40, new_rate=20.0, outage_s=8.0, partition_s=8.0, conns6=10).run()
     for phase in ("kill", "switchback"):
         p = report[phase]
         assert p["connections_total"] == 40
@@ -45,13 +47,20 @@ def test_drill_kill_and_switchback_keeps_every_connection_and_template() -> None
         assert p["templates_kept"] == p["templates_total"], p
         assert p["takeover_ms"] > 0
         assert p["split_brain_seen"] is False
+        assert p["connections_total_v6"] == 10, p
+        assert p["connections_survived_v6"] == 10 and p["resets_seen_v6"] == 0, p
+        assert p["bytes_verified_v6"] > 0 and p["new_connections_ok_v6"] > 0, p
+        assert p["templates_total_v6"] == 10 and p["templates_kept_v6"] == 10, p
+        assert p["backup_v6_conns"] >= 10 and p["backup_v6_templates"] >= 10, p  # synced before the fault
     freeze = report["freeze"]
     assert freeze["split_brain_seen"] is False and freeze["frames_after_resume"] == 0, freeze
     assert freeze["connections_survived"] == freeze["connections_total"], freeze
+    assert freeze["connections_survived_v6"] == freeze["connections_total_v6"] == 10, freeze
     for phase in ("etcd-outage", "partition"):  # static stability: the master rides them through
         p = report[phase]
         assert p["same_master"] is True, p
         assert p["connections_survived"] == p["connections_total"] == 40 and p["resets_seen"] == 0, p
+        assert p["connections_survived_v6"] == p["connections_total_v6"] == 10, p
         assert p["split_brain_seen"] is False, p
 
 

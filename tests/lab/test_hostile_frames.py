@@ -4,6 +4,9 @@ One static directord (``cluster: none``, tests/lab/labutil.py) runs in d1 with N
 VIP; frames are crafted with scapy by the test and sent raw from the client (its own port) or from d3
 (an idle director namespace standing in for a foreign host on either segment, with a foreign MAC).
 The director's stats file shows its counters; real kernel TCP at both ends judges the connections.
+The services exist in both families (IPv4 and IPv6 NAT VIPs): malformed IPv6 headers, bad extension-
+header chains, IPv6 fragments and malformed neighbour discovery are sent at the live director while
+an IPv4 and an IPv6 connection are held open (``test_hostile_ipv6_frames_...``).
 """
 
 from __future__ import annotations
@@ -14,10 +17,22 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import (
+    ICMPv6EchoRequest,
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
+    ICMPv6NDOptSrcLLAddr,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+)
 from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.packet import Packet, Raw
 
-from deploy.lab import GATEWAY, PYTHON, VIP_NAT, Lab, real_addr
+from deploy.lab import GATEWAY, PYTHON, VIP6_NAT, VIP_NAT, Lab, client_addr6, real_addr, real_addr6
 from tests.lab.labutil import DirectorProc, send_frames, wait_for
 
 pytestmark = pytest.mark.lab
@@ -35,11 +50,22 @@ services:
      dests: [{{address: {real_addr(1)}}}, {{address: {real_addr(2)}}}, {{address: {real_addr(3)}}}]}}
   - {{name: echo, protocol: tcp, vip: {VIP_NAT}, port: {ECHO}, scheduler: rr, forward: nat,
      dests: [{{address: {real_addr(1)}}}, {{address: {real_addr(2)}}}, {{address: {real_addr(3)}}}]}}
+  - {{name: http6, protocol: tcp, vip: "{VIP6_NAT}", port: {HTTP}, scheduler: rr, forward: nat,
+     dests: [{{address: "{real_addr6(1)}"}}, {{address: "{real_addr6(2)}"}}, {{address: "{real_addr6(3)}"}}]}}
+  - {{name: echo6, protocol: tcp, vip: "{VIP6_NAT}", port: {ECHO}, scheduler: rr, forward: nat,
+     dests: [{{address: "{real_addr6(1)}"}}, {{address: "{real_addr6(2)}"}}, {{address: "{real_addr6(3)}"}}]}}
 """
 
 HOLD = r"""
-import json, socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+import json, socket, sys, time
+deadline = time.monotonic() + 60
+while True:  # an IPv6 VIP's first SYNs may meet unresolved neighbours: TCP retransmits, we retry
+    try:
+        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
 s.sendall(b"hello")
 assert s.recv(5) == b"hello"
 print(json.dumps("connected"), flush=True)
@@ -216,3 +242,122 @@ def test_vlan_tags_are_seen_on_the_plain_socket_path_too(lab: Lab) -> None:
         assert d.stats()["drops"]["vlan_tagged"] == 10
     finally:
         d.stop()
+
+
+# -- IPv6 ------------------------------------------------------------------------------------------
+
+SOLICITED_VIP6 = "ff02::1:ff00:10"
+"""The solicited-node group of VIP6_NAT (fd00:18::10) and its MAC."""
+SOLICITED_VIP6_MAC = "33:33:ff:00:00:10"
+
+
+def _v6(mac: str, upper: Packet, dst_mac: str = VMAC, **ip: object) -> bytes:
+    fields: dict[str, object] = {"src": client_addr6(1), "dst": VIP6_NAT, **ip}
+    return bytes(Ether(src=mac, dst=dst_mac) / IPv6(**fields) / upper)
+
+
+def _ns(mac: str, dst_mac: str = SOLICITED_VIP6_MAC, dst: str = SOLICITED_VIP6, hlim: int = 255,
+        code: int = 0, opt_len: int = 1, cksum: int | None = None) -> bytes:
+    ns = ICMPv6ND_NS(tgt=VIP6_NAT, code=code) / ICMPv6NDOptSrcLLAddr(lladdr=mac, len=opt_len)
+    if cksum is not None:
+        ns[ICMPv6ND_NS].cksum = cksum
+    return _v6(mac, ns, dst_mac, dst=dst, hlim=hlim)
+
+
+def hostile_v6(mac: str) -> dict[str, list[bytes]]:
+    """Malformed IPv6 frames to the virtual MAC (and ND to the VIP's solicited-node group), by the drop
+    reason (or ``nd_malformed``) each must be counted under."""
+    c6 = client_addr6(1)
+
+    def syn(sport: int) -> TCP:
+        return TCP(sport=sport, dport=HTTP, flags="S", seq=sport)
+
+    good = _v6(mac, syn(40000))
+    bad_version = bytearray(good)
+    bad_version[14] = 0x40 | bad_version[14] & 0x0F
+    plen_zero, plen_long = bytearray(good), bytearray(good)
+    plen_zero[18:20] = b"\0\0"
+    plen_long[18:20] = (len(good) - 54 + 200).to_bytes(2, "big")
+    ext_past_end = bytearray(_v6(mac, IPv6ExtHdrDestOpt(nh=6, len=20) / syn(40007)))
+    ext_past_end[18:20] = (8 + 20).to_bytes(2, "big")  # the options header claims 168 bytes, 28 left
+    del ext_past_end[14 + 40 + 28:]
+    chain = syn(40008)
+    for _ in range(9):
+        chain = IPv6ExtHdrDestOpt() / chain
+    return {
+        "truncated": [good[:40], good[:50]],
+        "bad_version": [bytes(bad_version)],
+        "bad_totlen": [bytes(plen_zero), bytes(plen_long)],
+        "bad_addr": [_v6(mac, syn(40001), src="::1"), _v6(mac, syn(40002), src="::ffff:198.18.0.100"),
+                     _v6(mac, syn(40003), src="ff02::1"), _v6(mac, syn(40004), dst="::198.18.0.10")],
+        "bad_exthdr": [_v6(mac, IPv6ExtHdrDestOpt() / IPv6ExtHdrHopByHop() / syn(40005)),
+                       _v6(mac, IPv6ExtHdrRouting(addresses=[c6], segleft=1) / syn(40006)),
+                       bytes(ext_past_end), _v6(mac, chain)],
+        "fragment": [_v6(mac, IPv6ExtHdrFragment(offset=0, m=1, id=7) / syn(40009)),
+                     _v6(mac, IPv6ExtHdrFragment(nh=6, offset=100, m=0, id=7) / Raw(b"x" * 24)),
+                     _v6(mac, IPv6ExtHdrFragment(nh=17, offset=3, m=1, id=8) / Raw(b"y" * 16))],
+        "bad_l4": [_v6(mac, UDP(sport=40010, dport=HTTP, chksum=0) / Raw(b"z" * 8)),
+                   _v6(mac, TCP(sport=40011, dport=HTTP, flags="S", dataofs=15))],
+        "unknown_proto": [_v6(mac, Raw(b"\0" * 16), nh=50), _v6(mac, Raw(b"\0" * 8), nh=59)],
+        "icmp_unrelated": [_v6(mac, ICMPv6EchoRequest(id=1, seq=1))],
+        "ttl_exceeded": [_v6(mac, syn(40012), hlim=1)],
+        "nd_malformed": [_ns(mac, hlim=64), _ns(mac, code=1), _ns(mac, opt_len=0), _ns(mac, cksum=0x1234),
+                         _ns(mac, dst_mac=VMAC, dst=VIP6_NAT, hlim=1),
+                         _v6(mac, ICMPv6ND_NA(tgt=c6, S=1, O=1), "33:33:00:00:00:01", dst="ff02::1",
+                             hlim=255),
+                         _v6(mac, ICMPv6ND_NS(tgt="ff02::1"), SOLICITED_VIP6_MAC, dst=SOLICITED_VIP6,
+                             hlim=255)],
+    }
+
+
+def _hold(lab: Lab, vip: str) -> subprocess.Popen[bytes]:
+    held = lab.popen(lab.client.ns, [PYTHON, "-c", HOLD, vip, str(ECHO)], stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE)
+    assert held.stdout is not None
+    assert json.loads(held.stdout.readline()) == "connected"
+    return held
+
+
+def _again(held: subprocess.Popen[bytes]) -> Any:
+    assert held.stdin is not None and held.stdout is not None
+    held.stdin.write(b"go\n")
+    held.stdin.flush()
+    return json.loads(held.stdout.readline())
+
+
+def test_hostile_ipv6_frames_are_counted_and_live_flows_go_on(lab: Lab, director: DirectorProc) -> None:
+    """Malformed IPv6 headers, bad extension-header chains, fragments and malformed ND, sent (ten rounds)
+    while one IPv4 and one IPv6 connection are held open: each frame is counted under its drop reason,
+    no conn is created, the director stays up, both held connections and new ones in both families work."""
+    c = lab.client
+    held = [_hold(lab, VIP_NAT), _hold(lab, VIP6_NAT)]
+    try:
+        before = director.fresh_stats()
+        frames = hostile_v6(c.macs["eth0"])
+        rounds = 10
+        sent = sum(send_frames(lab, c.ns, "eth0", [f for fs in frames.values() for f in fs])
+                   for _ in range(rounds))
+        assert sent == rounds * sum(len(fs) for fs in frames.values())
+        want = {k: rounds * len(fs) for k, fs in frames.items()}
+
+        def grown(now: dict[str, Any]) -> dict[str, int]:
+            got = {k: now["drops"][k] - before["drops"][k] for k in want if k != "nd_malformed"}
+            got["nd_malformed"] = now["neigh"]["nd_malformed"] - before["neigh"]["nd_malformed"]
+            return got
+
+        wait_for(lambda: all(n >= want[k] for k, n in grown(director.stats()).items()),
+                 what=f"every hostile IPv6 frame counted under its reason {want}")
+        after = director.fresh_stats()
+        assert director.proc.poll() is None
+        assert conns(after) == conns(before)  # nothing scheduled (the ttl_exceeded SYN neither)
+        assert after["drops"]["arp_ignored"] - before["drops"]["arp_ignored"] >= want["nd_malformed"]
+        assert [_again(h) for h in held] == ["again", "again"]  # both families' live flows go on
+    finally:
+        for h in held:
+            for pipe in (h.stdin, h.stdout):
+                if pipe is not None:
+                    pipe.close()
+            Lab.stop(h)
+    assert http_ok(lab, 3) == {"r1", "r2", "r3"}
+    got6 = client(lab, "http", VIP6_NAT, str(HTTP), "3")
+    assert {server for _src, server in got6} == {"r1", "r2", "r3"}

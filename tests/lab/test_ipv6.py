@@ -6,10 +6,18 @@ client address it saw. Nothing is configured by hand on the director's side of n
 the client resolves the VIP by NS (answered by the director from the virtual MAC), the director
 resolves the real servers by NS, and the real servers reach the client through their default route,
 the director's link-local address (``deploy.lab.GATEWAY6``), which the director answers too.
+
+DR and TUN over IPv6 go to the lab's own servers (``deploy.servers``, HTTP on ``[::]:80``): the IPv6 DR
+VIP sits on each real server's lo (IPv6 answers NS only for addresses of the interface asked, so
+nothing else is needed to keep the real servers quiet), the IPv6 TUN VIP on its tun device, fed by the
+user-space decapsulator with the inner packets of the director's ip6ip6 (this kernel has no
+``ip6_tunnel``). Replies leave from the VIP through the router, straight to the client: the director
+counts packets in and none out.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 from collections.abc import Iterator
@@ -20,7 +28,9 @@ import pytest
 from deploy.lab import (
     GATEWAY,
     PYTHON,
+    VIP6_DR,
     VIP6_NAT,
+    VIP6_TUN,
     VIP_NAT,
     Lab,
     client_addr6,
@@ -67,11 +77,16 @@ print(json.dumps(out))
 
 def services_yaml() -> str:
     dests6 = ", ".join(f'{{address: "{real_addr6(i)}", port: {PORT6}}}' for i in (1, 2, 3))
+    http6 = ", ".join(f'{{address: "{real_addr6(i)}", port: 80}}' for i in (1, 2, 3))
     return (f"vmac_id: 1\ngateways: [{GATEWAY}]\nint_mtu: 1600\nservices:\n"
             f"  - {{name: nat-http, protocol: tcp, vip: {VIP_NAT}, port: 80, scheduler: rr, forward: nat,\n"
             f"     dests: [{{address: {real_addr(1)}}}]}}\n"
             f'  - {{name: nat6, protocol: tcp, vip: "{VIP6_NAT}", port: 80, scheduler: rr, forward: nat,\n'
-            f"     dests: [{dests6}]}}\n")
+            f"     dests: [{dests6}]}}\n"
+            f'  - {{name: dr6, protocol: tcp, vip: "{VIP6_DR}", port: 80, scheduler: rr, forward: dr,\n'
+            f"     dests: [{http6}]}}\n"
+            f'  - {{name: tun6, protocol: tcp, vip: "{VIP6_TUN}", port: 80, scheduler: rr, forward: tun,\n'
+            f"     dests: [{http6}]}}\n")
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +140,49 @@ def test_the_director_kernel_does_not_own_the_v6_vip(lab: Lab, director6: Direct
 
 def test_ipv4_still_works_beside_ipv6(lab: Lab, director6: DirectorProc) -> None:
     code = (f"import socket; s = socket.create_connection(('{VIP_NAT}', 80), timeout=10);"
-            " s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); print(s.recv(100).decode().split()[0])")
+            " s.sendall(b'GET / HTTP/1.0\r\n\r\n'); print(s.recv(100).decode().split()[0])")
     res = wait_for(lambda: lab.run_python(lab.client.ns, code, check=False, timeout=30).stdout.strip(),
                    what="IPv4 HTTP through the director")
     assert res.startswith("HTTP/")
+
+
+HTTP6 = r"""
+import json, socket, sys, time
+vip, n = sys.argv[1], int(sys.argv[2])
+deadline = time.monotonic() + float(sys.argv[3])
+out = []
+while len(out) < n and time.monotonic() < deadline:
+    try:
+        with socket.create_connection((vip, 80), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.0\r\nHost: lab\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        out.append(data.split(b"\r\n\r\n", 1)[1].decode().strip())
+    except (OSError, IndexError):
+        pass
+print(json.dumps(out))
+"""
+
+
+def svc_counters(stats: dict[str, Any], vip: str) -> dict[str, int]:
+    addr = int(ipaddress.ip_address(vip))
+    counters: dict[str, int] = next(s["counters"] for s in stats["services"] if s["key"][1] == addr)
+    return counters
+
+
+@pytest.mark.parametrize("vip", [VIP6_DR, VIP6_TUN], ids=["dr", "tun"])
+def test_tcp_over_ipv6_dr_and_tun_reaches_every_real_server(lab: Lab, director6: DirectorProc,
+                                                            vip: str) -> None:
+    """Real HTTP over TCP to the IPv6 DR / TUN VIP: every real server answers (rr), the replies go
+    from the VIP through the router, never through the director."""
+    res = lab.run_python(lab.client.ns, HTTP6, vip, "6", "60", timeout=90)
+    names = json.loads(res.stdout)
+    assert len(names) == 6 and set(names) == {"r1", "r2", "r3"}, names
+    c = svc_counters(director6.fresh_stats(), vip)
+    assert c["conns"] >= 6 and c["inpkts"] >= 6 * 3, c  # SYN, ACK, request, FIN... per connection
+    assert c["outpkts"] == 0, c  # DR/TUN: replies bypass the director
+    if vip == VIP6_TUN:
+        for r in lab.reals:  # the inner packets came out of the tun device (the decapsulator's work)
+            out = json.loads(lab.exec(r.ns, "ip -s -j link show tunl0").stdout)
+            assert out[0]["stats64"]["rx"]["packets"] > 0
