@@ -16,6 +16,12 @@ rounds on a fresh table (default 12 bits, GC enabled as in the daemon):
   mode), every index and timer included; addresses/ports are fresh int objects per conn, as a
   packet parser would produce.
 
+IPv6 (issue 13): the same table with 128-bit addresses (random clients in ``2001:db8::/32``, VIP and
+real servers in ``fd00::/16``: ints >= 2**32, the table's IPv6 range), measured in the same rounds,
+interleaved with the IPv4 ones: ``conn_creates_per_s_v6``, ``conn_in_lookups_per_s_v6``,
+``conn_out_lookups_per_s_v6`` and ``conn_bytes_per_conn_1m_v6`` (goal <= 350 B; the conn key is a
+152-bit int, 16-byte addresses are fresh objects per conn as the parser makes them).
+
 The ``ref_`` figures do the same jobs with plain dicts in the same run: an in-index keyed by
 ``(proto, caddr, cport, vaddr, vport)`` and an out-index keyed by ``(proto, daddr, dport, caddr,
 cport)``, both holding a tuple value, an ``expires`` dict for refreshes, and ``del`` for expiry.
@@ -42,7 +48,21 @@ from director.types import Proto
 TCP = int(Proto.TCP)
 VIP = int(ipaddress.IPv4Address("198.18.0.100"))
 RS = [int(ipaddress.IPv4Address(f"198.18.2.{i}")) for i in range(1, 5)]
+VIP6 = int(ipaddress.IPv6Address("fd00:18::10"))
+RS6 = [int(ipaddress.IPv6Address(f"fd00:19::{i:x}")) for i in range(1, 5)]
+CLIENT6_NET = int(ipaddress.IPv6Address("2001:db8::"))
 Flow = tuple[int, int, int]  # caddr, cport, dest index
+
+
+class Family:
+    """The addresses of one address family's benchmark flows."""
+
+    def __init__(self, vip: int, rs: list[int], width: int, suffix: str) -> None:
+        self.vip, self.rs, self.width, self.suffix = vip, rs, width, suffix
+
+
+V4 = Family(VIP, RS, 4, "")
+V6 = Family(VIP6, RS6, 16, "_v6")
 
 
 class _Sched:
@@ -63,21 +83,22 @@ class _Clock:
         return self.now
 
 
-def _flows(n: int, seed: int) -> list[Flow]:
+def _flows(n: int, seed: int, fam: Family = V4) -> list[Flow]:
     rng = random.Random(seed)
     seen: set[tuple[int, int]] = set()
     out: list[Flow] = []
     while len(out) < n:
-        a, p = rng.getrandbits(32), rng.randrange(1024, 65536)
+        a = rng.getrandbits(32) if fam is V4 else CLIENT6_NET | rng.getrandbits(96)
+        p = rng.randrange(1024, 65536)
         if (a, p) not in seen:
             seen.add((a, p))
             out.append((a, p, len(out) & 3))
     return out
 
 
-def _dests() -> list[Dest]:
-    svc = VirtualService(TCP, VIP, 80, _Sched())
-    for addr in RS:
+def _dests(fam: Family = V4) -> list[Dest]:
+    svc = VirtualService(TCP, fam.vip, 80, _Sched())
+    for addr in fam.rs:
         svc.add_dest(Dest(svc, addr, 8080))
     return svc.dests
 
@@ -88,34 +109,38 @@ def _rate(n: int, fn: Callable[[], object]) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def _in_loop(in_get: Callable[[int, int, int, int, int], object], flows: list[Flow]) -> None:
+def _in_loop(in_get: Callable[[int, int, int, int, int], object], flows: list[Flow], vip: int = VIP) -> None:
     for a, p, _ in flows:
-        if in_get(TCP, a, p, VIP, 80) is None:
+        if in_get(TCP, a, p, vip, 80) is None:
             raise RuntimeError("in lookup missed")
 
 
-def _out_loop(out_get: Callable[[int, int, int, int, int], object], flows: list[Flow]) -> None:
+def _out_loop(out_get: Callable[[int, int, int, int, int], object], flows: list[Flow],
+              rs: list[int] = RS) -> None:
     for a, p, d in flows:
-        if out_get(TCP, RS[d], 8080, a, p) is None:
+        if out_get(TCP, rs[d], 8080, a, p) is None:
             raise RuntimeError("out lookup missed")
 
 
-def _table_round(flows: list[Flow]) -> dict[str, float]:
-    clock, dests = _Clock(), _dests()
+def _table_round(flows: list[Flow], fam: Family = V4) -> dict[str, float]:
+    clock, dests = _Clock(), _dests(fam)
     tab = ConnTable(clock)
     n = len(flows)
     new, in_get, out_get = tab.new, tab.in_get, tab.out_get
     conns: list[Conn] = []
     add = conns.append
+    vip, sfx = fam.vip, fam.suffix
 
     def creates() -> None:
         for a, p, d in flows:
             dest = dests[d]
-            add(new(TCP, a, p, VIP, 80, dest.addr, 8080, 0, dest))
+            add(new(TCP, a, p, vip, 80, dest.addr, 8080, 0, dest))
 
-    out = {"conn_creates_per_s": _rate(n, creates)}
-    out["conn_in_lookups_per_s"] = _rate(n, lambda: _in_loop(in_get, flows))
-    out["conn_out_lookups_per_s"] = _rate(n, lambda: _out_loop(out_get, flows))
+    out = {f"conn_creates_per_s{sfx}": _rate(n, creates)}
+    out[f"conn_in_lookups_per_s{sfx}"] = _rate(n, lambda: _in_loop(in_get, flows, vip))
+    out[f"conn_out_lookups_per_s{sfx}"] = _rate(n, lambda: _out_loop(out_get, flows, fam.rs))
+    if fam is V6:  # refreshes and expiries do not look at addresses: measured in IPv4 only
+        return out
     refresh = tab.refresh
     clock.now += 1.0
     def refreshes() -> None:
@@ -220,23 +245,40 @@ def _fresh(x: int, width: int) -> int:
     return int.from_bytes(x.to_bytes(width, "big"), "big")
 
 
+def _table_bytes_per_conn(flows: list[Flow], fam: Family) -> float:
+    """tracemalloc growth per entry of a ConnTable (tracing already started)."""
+    clock, dests = _Clock(), _dests(fam)
+    tab = ConnTable(clock)
+    w = fam.width
+    base = tracemalloc.get_traced_memory()[0]
+    for i, (a, p, d) in enumerate(flows):  # client addresses are the flows' (made before tracing)
+        clock.now = 1000.0 + i * 1e-5  # a distinct float per conn, like a real clock
+        dest = dests[d]
+        tab.new(TCP, a, p, _fresh(fam.vip, w), _fresh(80, 2), _fresh(dest.addr, w), _fresh(8080, 2),
+                0, dest)
+    ours = (tracemalloc.get_traced_memory()[0] - base) / len(flows)
+    del tab
+    gc.collect()
+    return ours
+
+
+def _bytes_per_conn_v6(n: int) -> float:
+    flows = _flows(n, 99, V6)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        return _table_bytes_per_conn(flows, V6)
+    finally:
+        tracemalloc.stop()
+
+
 def _bytes_per_conn(n: int) -> tuple[float, float]:
     """tracemalloc growth per entry: (ConnTable, plain-dict reference)."""
     flows = _flows(n, 99)
     gc.collect()
     tracemalloc.start()
     try:
-        clock, dests = _Clock(), _dests()
-        tab = ConnTable(clock)
-        base = tracemalloc.get_traced_memory()[0]
-        for i, (a, p, d) in enumerate(flows):
-            clock.now = 1000.0 + i * 1e-5  # a distinct float per conn, like a real clock
-            dest = dests[d]
-            tab.new(TCP, a, p, _fresh(VIP, 4), _fresh(80, 2), _fresh(dest.addr, 4), _fresh(8080, 2),
-                    0, dest)
-        ours = (tracemalloc.get_traced_memory()[0] - base) / n
-        del tab
-        gc.collect()
+        ours = _table_bytes_per_conn(flows, V4)
         base = tracemalloc.get_traced_memory()[0]
         din: dict[tuple[int, ...], tuple[Any, ...]] = {}
         dout: dict[tuple[int, ...], tuple[Any, ...]] = {}
@@ -257,15 +299,21 @@ def run(quick: bool = False) -> dict[str, float]:
     rounds = 3 if quick else 5
     samples: dict[str, list[float]] = {}
     for r in range(rounds):
-        flows = _flows(n, r)
+        flows, flows6 = _flows(n, r), _flows(n, r, V6)
         for fn in (_table_round, _ref_round, _events_round, _nogc_round):
             gc.collect()
             for k, v in fn(flows).items():
                 samples.setdefault(k, []).append(v)
+            if fn is _table_round:  # IPv6 right after IPv4, same round
+                gc.collect()
+                for k, v in _table_round(flows6, V6).items():
+                    samples.setdefault(k, []).append(v)
     out = {k: statistics.median(v) for k, v in samples.items()}
-    ours, ref = _bytes_per_conn(200_000 if quick else 1_000_000)
+    n_mem = 200_000 if quick else 1_000_000
+    ours, ref = _bytes_per_conn(n_mem)
     out["conn_bytes_per_conn_1m"] = ours
     out["ref_conn_bytes_per_conn_1m"] = ref
+    out["conn_bytes_per_conn_1m_v6"] = _bytes_per_conn_v6(n_mem)
     return out
 
 

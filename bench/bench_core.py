@@ -12,6 +12,12 @@ create) are measured as ``new_conn``. The reference is a naive scapy NAT of the 
 (dissect, change dst/dport, delete checksums, rebuild) and scapy's dissection alone, in the same run.
 Rates are frames (or new conns) per second; any benchmark frame dropped raises.
 
+IPv6 (issue 13): the same NAT service on an IPv6 VIP with IPv6 dests (a second director, the
+neighbours learned as ND would learn them) and the same flows over IPv6: ``core_nat6_in`` /
+``core_nat6_out`` are 80-byte frames (IPv6's 40-byte header, same TCP segment), measured in the same
+interleaved rounds as their IPv4 twins. IPv6 runs the slow path's dispatch (``path6``), the IPv4 hot
+path does not see it.
+
 Cases run interleaved ``ROUNDS`` times and the median is kept (the machine is shared and noisy).
 ``python -m bench.bench_core [--quick]`` prints the dict as JSON.
 """
@@ -26,9 +32,11 @@ import time
 from collections.abc import Callable
 
 from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
 from director.dataplane.core import EXT, INT, CoreConfig, Director
+from director.dataplane.packet import mac_bytes
 from director.services.sched import registry
 from director.services.service import Dest, ServiceTable, VirtualService
 from director.table.conn import ConnTable
@@ -39,6 +47,8 @@ RS_MAC = ("02:00:00:00:02:01", "02:00:00:00:02:02")
 CLIENT_MAC = "02:00:00:00:01:01"
 VMAC = "00:00:5e:00:01:01"
 FLOWS = 1024
+VIP6 = "fd00:18::10"
+RS6 = ("fd00:19::1", "fd00:19::2")
 
 
 def _i(a: str) -> int:
@@ -68,6 +78,42 @@ def _director() -> tuple[Director, list[float]]:
         d.handle(bytearray(bytes(Ether(src=m, dst=VMAC) / ARP(op=2, hwsrc=m, psrc=a, pdst="198.18.2.254"))),
                  INT)
     return d, now
+
+
+def _director6() -> Director:
+    """The IPv6 twin of :func:`_director`: one TCP NAT service on VIP6, its dests' MACs known."""
+    now = 1000.0
+    table = ConnTable(lambda: now)
+    services = ServiceTable()
+    svc = VirtualService(protocol=6, addr=int(ipaddress.IPv6Address(VIP6)), port=80,
+                         scheduler=registry.create("rr"))
+    for a in RS6:
+        svc.add_dest(Dest(svc, int(ipaddress.IPv6Address(a)), 8080))
+    services.add(svc)
+    d = Director(table, services, lambda: now, CoreConfig())
+    d.set_active(True)
+    for a, m in zip(RS6, RS_MAC, strict=True):  # what an NA from each dest would teach
+        d.neigh[INT].learn(int(ipaddress.IPv6Address(a)), mac_bytes(m), now)
+    return d
+
+
+def _frames6(d: Director) -> dict[str, list[bytes]]:
+    """Establish FLOWS TCP flows over IPv6 (the SYN teaches the client's MAC); their steady frames."""
+    out: dict[str, list[bytes]] = {"nat6_in": [], "nat6_out": []}
+    for i in range(FLOWS):
+        src, sport = f"2001:db8:1::{1 + i % 200:x}", 10000 + i
+        cl = Ether(src=CLIENT_MAC, dst=VMAC) / IPv6(src=src, dst=VIP6)
+        d.handle(bytearray(bytes(cl / TCP(sport=sport, dport=80, flags="S"))), EXT)
+        conn = d.table.in_get(6, int(ipaddress.IPv6Address(src)), sport, int(ipaddress.IPv6Address(VIP6)), 80)
+        assert conn is not None
+        rs = str(ipaddress.IPv6Address(conn.daddr))
+        sv = Ether(src=RS_MAC[RS6.index(rs)], dst=VMAC) / IPv6(src=rs, dst=src)
+        d.handle(bytearray(bytes(sv / TCP(sport=8080, dport=sport, flags="SA"))), INT)
+        ack = bytes(cl / TCP(sport=sport, dport=80, flags="A") / (b"\0" * 6))
+        d.handle(bytearray(ack), EXT)
+        out["nat6_in"].append(ack)
+        out["nat6_out"].append(bytes(sv / TCP(sport=8080, dport=sport, flags="A") / (b"\0" * 6)))
+    return out
 
 
 def _frames(d: Director) -> dict[str, list[bytes]]:
@@ -163,11 +209,15 @@ def run(quick: bool = False) -> dict[str, float]:
     """frames/s of handle() per case (medians of interleaved rounds) and the ratio to scapy."""
     d, _now = _director()
     frames = _frames(d)
+    d6 = _director6()
+    frames6 = _frames6(d6)
     n = 20_000 if quick else 200_000
     rounds = 3 if quick else 5
     cases: dict[str, Callable[[int], None]] = {
         "nat_in": _loop(d, frames["nat_in"], EXT),
+        "nat6_in": _loop(d6, frames6["nat6_in"], EXT),
         "nat_out": _loop(d, frames["nat_out"], INT),
+        "nat6_out": _loop(d6, frames6["nat6_out"], INT),
         "udp_in": _loop(d, frames["udp_in"], EXT),
         "copy": _copy_only(frames["nat_in"]),
     }
@@ -182,6 +232,8 @@ def run(quick: bool = False) -> dict[str, float]:
     return {
         "core_nat_in_frames_per_s": med["nat_in"],
         "core_nat_out_frames_per_s": med["nat_out"],
+        "core_nat6_in_frames_per_s": med["nat6_in"],
+        "core_nat6_out_frames_per_s": med["nat6_out"],
         "core_udp_in_frames_per_s": med["udp_in"],
         "core_new_conns_per_s": med["new_conn"],
         "ref_scapy_parse_frames_per_s": med["scapy_parse"],

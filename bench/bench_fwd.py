@@ -24,6 +24,12 @@ is ``iperf3`` from the client through the VIP (our NAT) or through d3 (kernel DN
 d3 by a source-port policy rule on r1). Cases are interleaved (A B A B ...) and the medians are
 reported; ratios within one run are what to compare.
 
+IPv6 (issue 13): ``fwd_nat6_pps_1core`` is the one-core case with 80-byte IPv6 UDP frames (same UDP
+payload, 40-byte header; 10 client addresses of the client's IPv6 aliases x ports) to the IPv6 NAT VIP
+fd00:18::10 -> r1's fd00:19::a (the director's services file then also holds that IPv6 service; it
+resolves r1 by neighbour discovery during the warm-up), beside ``fwd_kernel6_pps``: d3's kernel with
+IPv6 forwarding and an nftables ``ip6`` DNAT fd00:18::20 -> r1, the same frames, in the same rounds.
+
 ``python -m bench.bench_fwd`` prints the figures; ``python -m bench.bench_fwd scapy-fwd ...`` is the
 scapy forwarder process itself.
 """
@@ -39,11 +45,24 @@ import subprocess
 import sys
 import time
 
-from deploy.lab import PYTHON, VIP_NAT, Lab, client_addr, mac_for, new_name, real_addr, static_node_config
+from deploy.lab import (
+    PYTHON,
+    VIP6_NAT,
+    VIP_NAT,
+    Lab,
+    client_addr,
+    client_addr6,
+    mac_for,
+    new_name,
+    real_addr,
+    real_addr6,
+    static_node_config,
+)
 
 log = logging.getLogger(__name__)
 
 VIP_KERNEL = "198.18.0.20"
+VIP6_KERNEL = "fd00:18::20"
 VIP_SCAPY = "198.18.0.21"
 UDP_PORT = 9
 IPERF_NAT_PORT = 5300
@@ -58,17 +77,23 @@ GEN_RATE = "3000000pps"
 EAGAIN as soon as the forwarder's backlog fills (PACKET-IO-NOTES.md, pitfall 9)."""
 
 
-def services_yaml() -> str:
+def services_yaml(v6: bool = False) -> str:
     """The director's services file for the benchmark: UDP port 9 and every TCP port on VIP_NAT -> r1
-    (NAT). The any-port TCP service (iperf3) is persistent, as director.config.services requires."""
+    (NAT). The any-port TCP service (iperf3) is persistent, as director.config.services requires.
+    ``v6``: also UDP port 9 on VIP6_NAT -> r1's IPv6 address (the IPv6 runs only)."""
     r1 = real_addr(1)
-    return (
+    text = (
         "services:\n"
         f"  - {{name: bench-udp, protocol: udp, vip: {VIP_NAT}, port: {UDP_PORT}, scheduler: rr,\n"
         f"     forward: nat, dests: [{{address: {r1}, port: {UDP_PORT}}}]}}\n"
         f"  - {{name: bench-tcp-any, protocol: tcp, vip: {VIP_NAT}, port: 0, scheduler: rr, forward: nat,\n"
         f"     persistence: {{timeout: 60}}, dests: [{{address: {r1}, port: 0}}]}}\n"
     )
+    if v6:
+        r6 = real_addr6(1)
+        text += (f'  - {{name: bench-udp6, protocol: udp, vip: "{VIP6_NAT}", port: {UDP_PORT},\n'
+                 f'     scheduler: rr, forward: nat, dests: [{{address: "{r6}", port: {UDP_PORT}}}]}}\n')
+    return text
 
 
 def trafgen_config(dst_mac: str, vip: str, flows: int = 1024) -> str:
@@ -82,6 +107,25 @@ def trafgen_config(dst_mac: str, vip: str, flows: int = 1024) -> str:
     for i in range(flows):
         src = f"{base}.{first + i % 10}"
         pkt = (Ether(dst=dst_mac, src=mac_for(1, 1)) / IP(src=src, dst=vip, ttl=64)
+               / UDP(sport=1024 + i, dport=UDP_PORT) / (b"\0" * 18))
+        packets.append("{ " + ", ".join(f"0x{b:02x}" for b in bytes(pkt)) + " }")
+    return "\n".join(packets) + "\n"
+
+
+def trafgen_config6(dst_mac: str, vip6: str, flows: int = 1024) -> str:
+    """:func:`trafgen_config` over IPv6: 1024 distinct 80-byte UDP frames (the client's 10 IPv6
+    addresses x ports), the same 18-byte payload."""
+    import ipaddress
+
+    from scapy.layers.inet import UDP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+
+    first = int(ipaddress.IPv6Address(client_addr6(1)))
+    packets = []
+    for i in range(flows):
+        src = str(ipaddress.IPv6Address(first + i % 10))
+        pkt = (Ether(dst=dst_mac, src=mac_for(1, 1)) / IPv6(src=src, dst=vip6, hlim=64)
                / UDP(sport=1024 + i, dport=UDP_PORT) / (b"\0" * 18))
         packets.append("{ " + ", ".join(f"0x{b:02x}" for b in bytes(pkt)) + " }")
     return "\n".join(packets) + "\n"
@@ -132,6 +176,15 @@ class FwdBench:
         lab.exec(d3.ns, ["nft", "-f", str(lab.write_file("knat.nft", rules))])
         lab.exec(self.c1.ns, f"ip neigh replace {VIP_KERNEL} lladdr {d3.macs['ext']} dev eth0")
 
+    def prepare_kernel6(self) -> None:
+        """d3's kernel as the IPv6 reference: IPv6 forwarding and an ``ip6`` DNAT VIP6_KERNEL -> r1."""
+        lab = self.lab
+        d3 = lab.directors[2]
+        lab.sysctl(d3.ns, "net.ipv6.conf.all.forwarding", "1")
+        rules = ("table ip6 knat6 {\n chain pre {\n  type nat hook prerouting priority -100\n"
+                 f"  ip6 daddr {VIP6_KERNEL} udp dport {UDP_PORT} dnat to {real_addr6(1)}\n }}\n}}\n")
+        lab.exec(d3.ns, ["nft", "-f", str(lab.write_file("knat6.nft", rules))])
+
     def _wait_port(self, port: int, timeout: float = 20.0) -> None:
         """Wait until r1 listens on ``port`` (without connecting: one-off servers take one client)."""
         deadline = time.monotonic() + timeout
@@ -140,15 +193,16 @@ class FwdBench:
                 raise RuntimeError(f"nothing listens on r1:{port}")
             time.sleep(0.05)
 
-    def start_director(self, workers: int, rps: bool = False, **node: object) -> None:
+    def start_director(self, workers: int, rps: bool = False, v6: bool = False, **node: object) -> None:
         """Our director in d1: one worker pinned to DIRECTOR_CPU, or ``workers`` packet workers on all
         CPUs; ``node`` adds node keys (``tx_ring=False``, ...). ``rps`` steers d1's receive softirq work
-        to DIRECTOR_CPU too (else it runs where the frame was sent: the generator's CPU)."""
+        to DIRECTOR_CPU too (else it runs where the frame was sent: the generator's CPU). ``v6``: the
+        services file has the IPv6 UDP service too."""
         self.stop_director()
         lab = self.lab
         stats = lab.workdir / "d1.stats.json"
         stats.unlink(missing_ok=True)
-        svc = lab.write_file("bench-services.yaml", services_yaml())
+        svc = lab.write_file("bench-services.yaml", services_yaml(v6))
         cfg = lab.write_file("bench-d1.yaml", static_node_config(1, svc, int_mtu=1600, workers=workers,
                                                                   stats_file=str(stats), **node))
         argv = [PYTHON, "-m", "director.daemon", "-c", str(cfg), "--log-level", "warning"]
@@ -181,8 +235,11 @@ class FwdBench:
         out = self.lab.exec(self.r1.ns, "ip -s -j link show eth0").stdout
         return int(json.loads(out)[0]["stats64"]["rx"]["packets"])
 
-    def pps(self, dst_mac: str, vip: str) -> float:
-        cfg = self.lab.write_file(f"trafgen-{vip}.cfg", trafgen_config(dst_mac, vip))
+    def pps(self, dst_mac: str, vip: str, v6: bool = False) -> float:
+        """What r1 receives per second while trafgen sends UDP to ``vip`` at ``dst_mac`` (``v6``: the
+        IPv6 frames of :func:`trafgen_config6`)."""
+        text = trafgen_config6(dst_mac, vip) if v6 else trafgen_config(dst_mac, vip)
+        cfg = self.lab.write_file(f"trafgen-{vip.replace(':', '_')}.cfg", text)
         gen = self.lab.popen(self.c1.ns, ["taskset", "-c", str(GEN_CPU), "trafgen", "-o", "eth0", "-i",
                                           str(cfg), "-P", "1", "--no-sock-mem", "-Q", "-C",
                                           "-b", GEN_RATE],
@@ -224,17 +281,22 @@ def run(quick: bool = False) -> dict[str, float]:
     with Lab(new_name(), n_directors=3, n_reals=1) as lab:
         b = FwdBench(lab, seconds)
         b.prepare()
+        b.prepare_kernel6()
         d3 = lab.directors[2]
         res: dict[str, list[float]] = {k: [] for k in (
             "fwd_nat_pps_1core", "fwd_nat_pps_all_cores", "fwd_kernel_pps", "fwd_scapy_pps",
             "fwd_tcp_mbit_s", "fwd_kernel_tcp_mbit_s", "fwd_nat_pps_1core_rps",
-            "fwd_nat_pps_1core_no_tx_ring", "fwd_nat_pps_1core_no_rings")}
+            "fwd_nat_pps_1core_no_tx_ring", "fwd_nat_pps_1core_no_rings", "fwd_kernel6_pps",
+            "fwd_nat6_pps_1core")}
         for _ in range(rounds):
             res["fwd_kernel_pps"].append(b.pps(d3.macs["ext"], VIP_KERNEL))
+            res["fwd_kernel6_pps"].append(b.pps(d3.macs["ext"], VIP6_KERNEL, v6=True))
             b.start_director(1, rps=True)
             res["fwd_nat_pps_1core_rps"].append(b.pps(VMAC, VIP_NAT))
             b.start_director(1)
             res["fwd_nat_pps_1core"].append(b.pps(VMAC, VIP_NAT))
+            b.start_director(1, v6=True)
+            res["fwd_nat6_pps_1core"].append(b.pps(VMAC, VIP6_NAT, v6=True))
             if not quick:
                 b.start_director(1, False, tx_ring=False)
                 res["fwd_nat_pps_1core_no_tx_ring"].append(b.pps(VMAC, VIP_NAT))

@@ -74,6 +74,14 @@ REFERENCES: dict[str, tuple[str, str, str]] = {
     "ops_reply_no_entry_frames_per_s": ("udp_established_reply_frames_per_s",
                                         "an established flow's reply (entry lookup)", ""),
     "failover_takeover_default_s": ("failover_takeover_hostloss_s", "same drill, tuned etcd", "<= 2.5 s"),
+    "conn_bytes_per_conn_1m_v6": ("conn_bytes_per_conn_1m", "IPv4 conns, same run", "<= 350 B"),
+    "conn_creates_per_s_v6": ("conn_creates_per_s", "IPv4, same run", ""),
+    "conn_in_lookups_per_s_v6": ("conn_in_lookups_per_s", "IPv4, same run", ""),
+    "conn_out_lookups_per_s_v6": ("conn_out_lookups_per_s", "IPv4, same run", ""),
+    "core_nat6_in_frames_per_s": ("core_nat_in_frames_per_s", "IPv4 frames, same run", ""),
+    "core_nat6_out_frames_per_s": ("core_nat_out_frames_per_s", "IPv4 frames, same run", ""),
+    "fwd_nat6_pps_1core": ("fwd_kernel6_pps", "kernel IPv6 forwarding + nftables DNAT", ">= 0.25x"),
+    "fwd_kernel6_pps": ("fwd_kernel_pps", "kernel IPv4 forwarding + DNAT", ""),
 }
 
 
