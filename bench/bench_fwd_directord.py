@@ -8,9 +8,12 @@ same run. The traffic is ``bench.bench_fwd``'s: ``trafgen`` pinned to CPU 0 send
 (1024 flows, 10 client addresses) to the VIP's virtual MAC; a figure is what r1 receives per second.
 
 * ``fwd_nat_pps_w1``: ``workers: 1``, the whole directord pinned to CPU 1 (the data plane on its
-  loop, the election on its own thread); ``fwd_nat_pps_w2``: ``workers: 2`` (unpinned: two workers
-  share both CPUs with the generator and the parent); ``fwd_directord_kernel_pps``: kernel DNAT
-  on d3 (same run).
+  loop, the election on its own thread), the kernel's receive work for its interfaces left where the
+  frames were sent (RPS off: the generator's CPU), as ``bench_fwd``'s ``fwd_nat_pps_1core``;
+  ``fwd_nat_pps_w1_rps``: the same with that softirq work steered to CPU 1 as well (the director's
+  core pays for the kernel's receive and veth transmit too); ``fwd_nat_pps_w2``: ``workers: 2``
+  (unpinned: two workers share both CPUs with the generator and the parent);
+  ``fwd_directord_kernel_pps``: kernel DNAT on d3 (same run, its softirq on CPU 1).
 * ``fwd_cpu_us_per_pkt_w1`` / ``_w2``: CPU time (user + system) of every directord process (parent
   and workers) during the window, divided by the packets r1 received.
 * ``fwd_nat_pps_lossless_w1``: the highest offered rate (a ladder of paced trafgen rates) at which
@@ -79,10 +82,14 @@ class DirectordBench:
         self.cluster.apply_config(services_yaml())
 
     # -- nodes -----------------------------------------------------------------------------------------
-    def start_master(self, workers: int) -> None:
+    def start_master(self, workers: int, rps: bool = False) -> None:
+        """d1 as master with ``workers``; ``rps`` steers d1's receive softirq work to DIRECTOR_CPU
+        (else it runs where the frame was sent, the generator's CPU: bench_fwd's default too)."""
         c = self.cluster
         for node in (self.d2, self.d1):
             c.stop_node(node)
+        for dev in ("ext", "int"):
+            self.fwd._rps(self.lab.directors[0].ns, dev, (1 << DIRECTOR_CPU) if rps else 0)
         c.node_extra = f"workers: {workers}"
         c.node_prefix = ("taskset", "-c", str(DIRECTOR_CPU)) if workers == 1 else ()
         c.start_node(self.d1)
@@ -210,6 +217,8 @@ def run(quick: bool = False, workers: int = 2) -> dict[str, float]:
                 pps, cpu = b.pps_and_cpu()
                 add(f"fwd_nat_pps_w{w}", pps)
                 add(f"fwd_cpu_us_per_pkt_w{w}", cpu)
+            b.start_master(1, rps=True)
+            add("fwd_nat_pps_w1_rps", b.pps_and_cpu()[0])
         b.start_master(1)
         add("fwd_nat_pps_lossless_w1", b.lossless(10_000, 10_000 if quick else 5_000, 300_000))
         off = statistics.median([b.pps_and_cpu()[0] for _ in range(rounds)])

@@ -54,6 +54,7 @@ REFERENCES: dict[str, tuple[str, str, str]] = {
     "fwd_nat_pps_all_cores": ("fwd_nat_pps_1core", "our director on one core", "> 1x"),
     "fwd_nat_pps_w1": ("fwd_directord_kernel_pps", "kernel forwarding + DNAT, same run", ">= 0.55x"),
     "fwd_nat_pps_w2": ("fwd_nat_pps_w1", "directord, 1 worker", "> 1x"),
+    "fwd_nat_pps_w1_rps": ("fwd_nat_pps_w1", "w1 with its softirq left on the generator's core", ""),
     "fwd_cpu_us_per_pkt_w2": ("fwd_cpu_us_per_pkt_w1", "directord, 1 worker", "<= 1.1x"),
     "fwd_tcp_mbit_s": ("fwd_kernel_tcp_mbit_s", "kernel forwarding + DNAT", ""),
     "sync_lag_p99_ms_10k": ("sync_lag_p50_ms_10k", "p50 at the same rate", "<= 50 ms"),
