@@ -308,8 +308,9 @@ class Lab:
             self.exec(c.ns, f"ip addr add {addr}/{24 if k == 0 else 32} dev eth0")
         for vip in VIPS:
             self.exec(c.ns, f"ip route replace {vip}/32 dev eth0 src {c.addrs['eth0']}")
-        for k, addr in enumerate(self.client_sources6(c.index)):
-            self.exec(c.ns, f"ip -6 addr add {addr}/{64 if k == 0 else 128} dev eth0 nodad")
+        for k, addr in enumerate(self.client_sources6(c.index)):  # aliases deprecated: never a default source
+            extra = "" if k == 0 else " preferred_lft 0"
+            self.exec(c.ns, f"ip -6 addr add {addr}/{64 if k == 0 else 128} dev eth0 nodad{extra}")
 
     def _build_director(self, d: Host) -> None:
         self._link(d, "ext", "brext", f"d{d.index}e")

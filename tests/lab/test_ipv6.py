@@ -140,7 +140,7 @@ def test_the_director_kernel_does_not_own_the_v6_vip(lab: Lab, director6: Direct
 
 def test_ipv4_still_works_beside_ipv6(lab: Lab, director6: DirectorProc) -> None:
     code = (f"import socket; s = socket.create_connection(('{VIP_NAT}', 80), timeout=10);"
-            " s.sendall(b'GET / HTTP/1.0\r\n\r\n'); print(s.recv(100).decode().split()[0])")
+            " s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); print(s.recv(100).decode().split()[0])")
     res = wait_for(lambda: lab.run_python(lab.client.ns, code, check=False, timeout=30).stdout.strip(),
                    what="IPv4 HTTP through the director")
     assert res.startswith("HTTP/")
