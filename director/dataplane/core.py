@@ -579,8 +579,10 @@ class Director:
         return []
 
     def learn_arp(self, frame: bytearray, side: int) -> None:
-        """Not master (fenced): learn from an ARP frame so the caches stay warm; answer nothing, count
-        no drop (the I/O layer counts the frame as ``NOT_MASTER``)."""
+        """Not master (fenced): learn from an ARP (or IPv6 NS/NA) frame so the caches stay warm; answer
+        nothing, count no drop (the I/O layer counts the frame as ``NOT_MASTER``)."""
+        if frame[12:14] == b"\x86\xdd":
+            return self.path6.nd.learn(frame, side, self.clock())
         self.nb.arp(frame, side, False, self.clock(), fenced=True)
 
     def expire_neighbours(self) -> int:

@@ -204,14 +204,30 @@ class NeighbourDiscovery:
         else:
             counts[NeighEvent.ND_NA_IGNORED] += 1
 
+    def learn(self, frame: bytes | bytearray, side: int, now: float) -> None:
+        """Not master (fenced): learn from an NS or NA as :meth:`handle` would, answer nothing, count
+        no drop (the I/O layer counts the frame as ``NOT_MASTER``). This is how a backup's IPv6 dests
+        resolve: the NAs answering its quiet probes go to all-nodes and are heard here."""
+        m = parse_nd(frame)
+        if isinstance(m, int) or m[6] == self.vmac:
+            return
+        if m[0] == ND_NA:
+            self._na(m, side, now)
+        else:
+            self._ns_learn(m, side, self.owned(side), now)
+
+    def _ns_learn(self, m: NdMsg, side: int, owned: set[int], now: float) -> None:
+        _typ, saddr, _daddr, target, _flags, lla, _src = m
+        if saddr in owned or (not saddr and target in owned):  # someone uses (or wants) our address
+            self.nb.stats.counts[NeighEvent.ND_CONFLICTS] += 1
+        elif saddr and lla is not None and (target in owned or saddr in self.nb.caches[side]):
+            self._learn(side, saddr, lla, now)
+
     def _ns(self, m: NdMsg, side: int, active: bool, now: float) -> Action | None:
         _typ, saddr, _daddr, target, _flags, lla, src = m
         counts = self.nb.stats.counts
         owned = self.owned(side)
-        if saddr in owned or (not saddr and target in owned):  # someone uses (or wants) our address
-            counts[NeighEvent.ND_CONFLICTS] += 1
-        elif saddr and lla is not None and (target in owned or saddr in self.nb.caches[side]):
-            self._learn(side, saddr, lla, now)
+        self._ns_learn(m, side, owned, now)
         if target not in owned:
             counts[NeighEvent.ND_NS_IGNORED] += 1
             self._drops[Drop.ARP_IGNORED] += 1

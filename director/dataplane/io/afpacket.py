@@ -20,7 +20,7 @@ The kernel also moves a received frame's 802.1Q/802.1ad tag into that metadata (
 (and drops) a tagged frame as it was on the wire.
 
 Fencing: :meth:`PacketSocket.drain` asks its ``fenced()`` (one clock read) before each block it takes;
-once fenced it gives every ready block back unhandled (ARP frames to a learn-only ``sink``) and
+once fenced it gives every ready block back unhandled (ARP and ND frames to a learn-only ``sink``) and
 reports them as fenced; :class:`TxRing` asks its ``fence`` before every flush and discards the queued
 frames instead of sending them. See ``docs/DATAPLANE.md``.
 
@@ -105,7 +105,20 @@ _STATS_V3 = struct.Struct("=III")
 Handler = Callable[[bytearray, int], "tuple[int, bytes | bytearray] | None"]
 """``Director.handle``: a frame and the side it came from in, ``(out_side, frame)`` or None out."""
 Sink = Callable[[bytearray, int], None]
-"""Where a fenced drain hands the ARP frames it drops (``Director.learn_arp``: learn, answer nothing)."""
+"""Where a fenced drain hands the ARP and IPv6 neighbour discovery frames it drops
+(``Director.learn_arp``: learn, answer nothing)."""
+
+
+def learnable(frame: bytes | bytearray | memoryview, start: int = 0, size: int | None = None) -> bool:
+    """An untagged ARP frame, or an IPv6 NS/NA without extension headers (what a fenced node learns
+    from: :data:`Sink`), at ``start`` in ``frame`` (``size`` bytes long)."""
+    size = len(frame) - start if size is None else size
+    if size < 14:
+        return False
+    if frame[start + 12] == 8 and frame[start + 13] == 6:
+        return True
+    return (size >= 78 and frame[start + 12] == 0x86 and frame[start + 13] == 0xDD and frame[start + 20] == 58
+            and frame[start + 54] in (135, 136))
 INF = float("inf")
 
 
@@ -240,7 +253,7 @@ class PacketSocket:
 
         Fencing: ``fenced()`` (one clock read and compare, live: another thread may move the deadline)
         is asked before each block; from the first block it says yes to, the rest of the ready blocks
-        are dropped unhandled (their ARP frames go to ``sink``, which must send nothing). Returns
+        are dropped unhandled (their ARP and ND frames go to ``sink``, which must send nothing). Returns
         (frames handled, errors, frames dropped by the fence). A handler or send error is counted,
         never raised."""
         if self._mv is None:
@@ -278,7 +291,8 @@ class PacketSocket:
         return handled, errors, 0
 
     def _discard(self, side: int, max_blocks: int, sink: Sink | None) -> int:
-        """Give every ready block back unhandled (fenced); ARP frames go to ``sink``. Returns frames."""
+        """Give every ready block back unhandled (fenced); ARP and ND frames go to ``sink``. Returns the
+        frames dropped."""
         mv = self._mv
         assert mv is not None
         bsize = self._block_size
@@ -294,7 +308,7 @@ class PacketSocket:
                     break
                 nxt, snaplen, _len, pstatus, mac = _PKT_HDR.unpack_from(mv, pos)
                 start = pos + mac
-                if mv[start + 12] == 8 and mv[start + 13] == 6 and not pstatus & TP_STATUS_VLAN_VALID:
+                if not pstatus & TP_STATUS_VLAN_VALID and learnable(mv, start, snaplen):
                     with contextlib.suppress(Exception):  # learning only: never fatal
                         sink(bytearray(mv[start:start + snaplen]), side)
                 pos += nxt
@@ -308,7 +322,7 @@ class PacketSocket:
         frames = self._recv_plain()
         if frames and fenced is not None and fenced():
             for frame in frames:
-                if sink is not None and frame[12:14] == b"\x08\x06":
+                if sink is not None and learnable(frame):
                     with contextlib.suppress(Exception):
                         sink(frame, side)
             return 0, 0, len(frames)

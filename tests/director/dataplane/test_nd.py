@@ -286,3 +286,22 @@ def test_a_partial_v6_checksum_is_completed() -> None:
         partial[cpos:cpos + 2] = pseudo.to_bytes(2, "big")  # what the sending stack leaves there
         assert fix_partial_csum(partial)
         assert bytes(partial) == bytes(good)
+
+
+def test_a_fenced_backup_learns_its_probed_dests_from_the_nas_it_hears() -> None:
+    """The quiet probe's answer (an NA to all-nodes) reaches a fenced backup only through the I/O
+    layer's learn-only sink (``Director.learn_arp``): learned, nothing answered, no drop counted."""
+    lab = Lab6(macs=False)
+    lab.d.set_active(False)
+    assert lab.d.neigh[INT].should_probe(a6(RS6[0]), lab.now)  # what probe_neighbours does (quietly)
+    answer = na(RS6[0], RS_MAC[0], dst="ff02::1", dmac="33:33:00:00:00:01", flags="O")
+    lab.d.learn_arp(bytearray(bytes(answer)), INT)
+    assert lab.d.neigh[INT].get(a6(RS6[0])) == mb(RS_MAC[0])
+    lab.d.learn_arp(bytearray(bytes(na(RS6[1], RS_MAC[1], dst="ff02::1", dmac="33:33:00:00:00:01",
+                                       flags="O"))), INT)
+    assert a6(RS6[1]) not in lab.d.neigh[INT]  # never probed, unknown: ignored, as in handle()
+    lab.d.learn_arp(bytearray(bytes(ns(VIP6))), EXT)  # a client asking for the VIP: learned, not answered
+    assert lab.d.neigh[EXT].get(a6(CLIENT6)) == mb(CLIENT_MAC)
+    lab.d.learn_arp(bytearray(bytes(ns(VIP6, hlim=64))), EXT)  # malformed: nothing
+    assert lab.drops() == {} and counts(lab) == {"nd_na_learned": 1, "nd_na_ignored": 1,
+                                                 "neigh_learned_nd": 2}

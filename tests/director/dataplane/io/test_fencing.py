@@ -12,6 +12,7 @@ import struct
 from typing import Any
 
 from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from director.dataplane.arp import vrrp_mac
@@ -143,6 +144,32 @@ def test_not_master_forwards_nothing_answers_no_arp_but_keeps_learning() -> None
     assert sent == [[], []] and dp.director.counters[Drop.NOT_MASTER] == 2
     assert _i("198.18.0.100") in dp.director.neigh[EXT]  # learned from the ARP, not answered
     assert dp.director.arp_replies == 0 and dp.director.counters[Drop.NOT_ACTIVE] == 0
+
+
+def test_a_fenced_node_learns_from_neighbour_discovery_too() -> None:
+    """IPv6: the NA answering a backup's quiet probe (to all-nodes) goes to the learn-only sink like
+    an ARP frame (the ring path here; the plain-socket path asks the same ``learnable``); other IPv6
+    frames do not."""
+    assert afpacket.learnable(ARP_REQ) and not afpacket.learnable(syn(1))
+    assert not afpacket.learnable(b"\0" * 10)
+    rs6 = "fd00:2::1"
+    na = bytes(Ether(src=RS_MAC, dst="33:33:00:00:00:01") / IPv6(src=rs6, dst="ff02::1", hlim=255) /
+               ICMPv6ND_NA(tgt=rs6, R=0, S=0, O=1) / ICMPv6NDOptDstLLAddr(lladdr=RS_MAC))
+    tcp6 = bytes(Ether(src=RS_MAC, dst=VMAC) / IPv6(src=rs6, dst="2001:db8::1") / TCP(sport=80, dport=1))
+    assert afpacket.learnable(na) and not afpacket.learnable(tcp6)
+    clock = Clock()
+    dp, rings, sent = make_plane(clock, master_until=None)
+    seen: list[bytes] = []
+    sink = dp.director.learn_arp
+
+    def spy(frame: bytearray, side: int) -> None:
+        seen.append(bytes(frame))
+        sink(frame, side)
+
+    rings[INT].fill([(tcp6, 0, 0), (na, 0, 0), (ARP_REQ, 0, 0)])
+    assert dp.socks[INT].drain(dp.director.handle, INT, [s.send for s in dp.socks], 64, dp.fenced,
+                               spy) == (0, 0, 3)
+    assert seen == [na, ARP_REQ] and sent == [[], []]
 
 
 def test_stall_mid_drain_drops_the_blocks_read_after_the_deadline() -> None:
