@@ -27,8 +27,10 @@ kernel as not received) instead of landing on a worker without the flows' state.
 filter run per worker per frame in the kernel (a few instructions).
 
 Frames that are not IPv4 (IPv6 for now, anything else the packet path drops with a reason) go to
-worker 0 only, so each is counted once. ICMP errors are sharded by their outer addresses (an error
-about a conn from a router goes to the router's worker, which drops it if it holds no conn).
+worker 0 only, so each is counted once; :func:`shard_of` agrees (an IPv6 client is worker 0's), so
+worker 0's IPv6 entries reach the parent's replica (and sync) and synced ones are routed back to it.
+ICMP errors are sharded by their outer addresses (an error about a conn from a router goes to the
+router's worker, which drops it if it holds no conn).
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ def mix(addr: int) -> int:
 
 
 def shard_of(addr: int, mask: int, count: int) -> int:
-    """The worker (0..count-1) that owns client ``addr`` under the widest persistence ``mask``."""
-    return mix(addr & mask) % count if count > 1 else 0
+    """The worker (0..count-1) that owns client ``addr`` under the widest persistence ``mask``; an
+    IPv6 client (an int above 32 bits) is worker 0's, where the filter sends every non-IPv4 frame."""
+    return mix(addr & mask) % count if count > 1 and addr <= 0xFFFFFFFF else 0
 
 
 def shard_filter(offset: int, mask: int, index: int, count: int) -> bytes:
