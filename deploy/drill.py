@@ -224,6 +224,20 @@ class Drill:
             "new_connections_ok_v6": int(end.get("new_ok_v6", 0)),
         }
 
+    def held_v6(self, node: NodeProc, start: dict[str, Any], timeout: float = 20.0) -> dict[str, int]:
+        """`node`'s IPv6 entries before a fault, once it holds a template per sticky IPv6 client of
+        the traffic report `start` (sync is asynchronous: a template made a moment before the fault
+        may not be there yet); after `timeout` the last reading as it is. Empty without IPv6."""
+        if not self.conns6:
+            return {}
+        want = int(start.get("sticky_sources_v6", 0))
+        deadline = time.monotonic() + timeout
+        while True:
+            held = self.backup_entries_v6(node)
+            if held["backup_v6_templates"] >= want or time.monotonic() > deadline:
+                return held
+            time.sleep(0.2)
+
     def backup_entries_v6(self, node: NodeProc) -> dict[str, int]:
         """IPv6 conns and templates in `node`'s table (``directorctl list -c --json`` on its admin socket):
         on a backup, what sync gave it to forward from after a takeover."""
@@ -282,7 +296,7 @@ class Drill:
         new = next(n for n in c.nodes if n is not old)
         self.traffic.phase("kill")
         start = self.traffic.report()
-        held = self.backup_entries_v6(new) if self.conns6 else {}
+        held = self.held_v6(new, start)
         self.say(f"phase kill: kill -9 {old.node_id} (master) with {start['alive']} connections open"
                  + (f" ({start['alive_v6']} IPv6; {new.node_id} holds {held['backup_v6_conns']} IPv6 conns"
                     f" and {held['backup_v6_templates']} IPv6 templates)" if held else ""))
@@ -308,7 +322,7 @@ class Drill:
         cur = c.wait_master()
         self.traffic.phase("switchback")
         start = self.traffic.report()
-        held = self.backup_entries_v6(to) if self.conns6 else {}
+        held = self.held_v6(to, start)
         self.say(f"phase switchback: `directorctl failover` on {cur.node_id} (graceful resign)"
                  + (f"; {to.node_id} holds {held['backup_v6_conns']} IPv6 conns and "
                     f"{held['backup_v6_templates']} IPv6 templates" if held else ""))
