@@ -32,6 +32,7 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
@@ -144,27 +145,11 @@ def open_tun(dev: str) -> int:
 
 
 def start_ipip_decap(loop: asyncio.AbstractEventLoop, dev: str) -> None:
-    """Feed IPIP packets for this host into the tun device ``dev`` without their outer header."""
+    """Feed IPIP packets for this host into the tun device ``dev`` without their outer header (the
+    raw socket returns the outer IPv4 header too), and IPv6-in-IPv6 ones (``start_ip6ip6_decap``)."""
     tun_fd = open_tun(dev)
     raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_IPIP)
-    raw.setblocking(False)
-
-    def on_readable() -> None:
-        while True:
-            try:
-                pkt = raw.recv(65535)
-            except BlockingIOError:
-                return
-            if len(pkt) < 40:
-                continue
-            ihl = (pkt[0] & 0x0F) * 4
-            try:
-                os.write(tun_fd, pkt[ihl:])
-            except OSError as exc:
-                log.debug("tun write: %s", exc)
-
-    loop.add_reader(raw.fileno(), on_readable)
-    _KEEP.append(raw)  # the socket must outlive this function
+    _pump(loop, raw, tun_fd, lambda pkt: pkt[(pkt[0] & 0x0F) * 4:])
     start_ip6ip6_decap(loop, tun_fd)
 
 
@@ -176,6 +161,13 @@ def start_ip6ip6_decap(loop: asyncio.AbstractEventLoop, tun_fd: int) -> None:
     except OSError as exc:
         log.info("no ip6ip6 receiver: %s", exc)
         return
+    _pump(loop, raw, tun_fd, lambda pkt: pkt if pkt[0] >> 4 == 6 else b"")
+
+
+def _pump(loop: asyncio.AbstractEventLoop, raw: socket.socket, tun_fd: int,
+          inner: Callable[[bytes], bytes]) -> None:
+    """Write ``inner(packet)`` of every packet of at least 40 bytes ``raw`` receives to ``tun_fd``
+    (an empty result is skipped)."""
     raw.setblocking(False)
 
     def on_readable() -> None:
@@ -184,15 +176,15 @@ def start_ip6ip6_decap(loop: asyncio.AbstractEventLoop, tun_fd: int) -> None:
                 pkt = raw.recv(65535)
             except BlockingIOError:
                 return
-            if len(pkt) < 40 or pkt[0] >> 4 != 6:
+            if len(pkt) < 40 or not (payload := inner(pkt)):
                 continue
             try:
-                os.write(tun_fd, pkt)
+                os.write(tun_fd, payload)
             except OSError as exc:
                 log.debug("tun write: %s", exc)
 
     loop.add_reader(raw.fileno(), on_readable)
-    _KEEP.append(raw)
+    _KEEP.append(raw)  # the socket must outlive the caller
 
 
 def main() -> None:

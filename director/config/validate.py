@@ -228,10 +228,13 @@ _NOT_A_VIP = (
 def address_class_problem(addr: ipaddress.IPv4Address, *, allow: Container[str] = ()) -> str | None:
     """Why ``addr`` cannot be a unicast VIP, or None; ``allow`` names classes that are fine here
     ("loopback", "link-local")."""
-    for net, why in _NOT_A_VIP:
-        if addr in net and why not in allow:
-            return why
-    return None
+    return _first_class(addr, _NOT_A_VIP, allow)
+
+
+def _first_class(addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                 classes: tuple[tuple[Any, str], ...], allow: Container[str]) -> str | None:
+    """The reason of the first class in ``classes`` holding ``addr`` that ``allow`` does not name."""
+    return next((why for net, why in classes if addr in net and why not in allow), None)
 
 
 def ipv4(d: Mapping[str, Any], key: str, path: str, errs: Errors, *, unicast: bool = False,
@@ -270,10 +273,7 @@ def address_class_problem6(addr: ipaddress.IPv6Address, *, allow: Container[str]
     lets ``::1`` through, never the rest of ``::/96``)."""
     if addr == ipaddress.IPv6Address(1) and "loopback" in allow:
         return None
-    for net, why in _NOT_A_VIP6:
-        if addr in net and why not in allow:
-            return why
-    return None
+    return _first_class(addr, _NOT_A_VIP6, allow)
 
 
 def ip_address(d: Mapping[str, Any], key: str, path: str, errs: Errors, *, unicast: bool = False,

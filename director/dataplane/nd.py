@@ -73,7 +73,8 @@ def link_local(mac: bytes) -> int:
 
 
 def solicited_node(addr: int) -> int:
-    """``ff02::1:ffXX:XXXX``: the multicast group an NS for ``addr`` goes to."""
+    """``ff02::1:ff00:0/104`` plus the low 24 bits of ``addr``: the multicast group an NS for ``addr``
+    goes to (RFC 4291 §2.7.1)."""
     return SOLICITED_PREFIX | addr & 0xFFFFFF
 
 
