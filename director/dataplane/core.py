@@ -360,10 +360,7 @@ class Director:
         translated back to the service's VIP and port (``services.ops_dest``; docs/DATAPLANE.md)."""
         proto, saddr, sport, caddr, _cport, l4, end, ttl, _ = r
         svc = dest.svc
-        n = end - 14
-        for c in (dest.counters, svc.counters):
-            c.outpkts += 1
-            c.outbytes += n
+        count_packet(dest, end - 14, False)
         hdr = self._ext_hdr.get(caddr) or self.nb.route(caddr)
         if hdr is None:
             return self._neigh_miss(EXT, self.nb.nexthop(caddr), None)

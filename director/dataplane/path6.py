@@ -188,9 +188,7 @@ class Path6:
         """A datagram from a NAT dest of a one-packet service, no entry: source back to the VIP."""
         proto, saddr, sport, caddr, _cport, l4, end, hlim, _ = r
         svc = dest.svc
-        for c in (dest.counters, svc.counters):
-            c.outpkts += 1
-            c.outbytes += end - 14
+        count_packet(dest, end - 14, False)
         hdr = self._ext_hdr.get(caddr)
         if hdr is None:
             return self._neigh_miss(EXT, caddr, None)
