@@ -144,6 +144,12 @@ class NodeConfig:
     """False: plain recvmsg + PACKET_AUXDATA instead of a PACKET_RX_RING (``workers: 1`` only)."""
     tx_ring: bool = True
     """False: one send() per frame instead of a PACKET_TX_RING (``workers: 1`` only)."""
+    forward_fragments: bool = False
+    """Forward IPv4 and IPv6 fragments without reassembly (``CoreConfig.forward_fragments``)."""
+    icmp_echo: bool = True
+    """The master answers pings to its VIPs and gateway addresses (``CoreConfig.icmp_echo``)."""
+    icmp_ratelimit: int = 100
+    """ICMP errors the director originates, per second (``CoreConfig.icmp_ratelimit``)."""
     stats_file: str | None = None
     """Write a JSON snapshot of the data plane's counters here every 200 ms (lab tests, benchmarks)."""
     services_file: str | None = None
@@ -172,7 +178,8 @@ _STATIC_ONLY = ("services_file", "static_role", "fence_file")
 _KNOWN = ("node_id", "cluster", "etcd", "interfaces", "vmac_id", "sync", "admin", "lease_ttl",
           "sloppy_grace", "metrics", "priority", "preempt", "log_json", "gateways", "int_addr", "int_mtu",
           "table_bits", "events_file", "defense", "workers", "notify", "neigh_max_entries",
-          "neigh_learn_rate", "rx_ring", "tx_ring", "stats_file", *_STATIC_ONLY)
+          "neigh_learn_rate", "rx_ring", "tx_ring", "stats_file", "forward_fragments", "icmp_echo",
+          "icmp_ratelimit", *_STATIC_ONLY)
 STATIC_ROLES = ("master", "backup")
 MAX_NEIGH_ENTRIES = 1 << 24
 _DEFENSE_KEYS = ("drop_entry", "drop_packet", "secure_tcp", "am_droprate", "conn_threshold", "max_conns",
@@ -307,11 +314,14 @@ def _static(d: Mapping[str, Any], errs: Errors) -> dict[str, Any]:
 
 
 def _data_plane(d: Mapping[str, Any], workers: int, errs: Errors) -> dict[str, Any]:
-    """Neighbour caches, packet I/O choices and the stats file."""
+    """Neighbour caches, packet I/O choices, fragments, the director's own ICMP and the stats file."""
     out = {"neigh_max_entries": v.integer(d, "neigh_max_entries", "", errs, 1, MAX_NEIGH_ENTRIES, 16384),
            "neigh_learn_rate": v.number(d, "neigh_learn_rate", "", errs, 0.0, 1e9, 1000.0),
            "rx_ring": v.boolean(d, "rx_ring", "", errs, True),
            "tx_ring": v.boolean(d, "tx_ring", "", errs, True),
+           "forward_fragments": v.boolean(d, "forward_fragments", "", errs, False),
+           "icmp_echo": v.boolean(d, "icmp_echo", "", errs, True),
+           "icmp_ratelimit": v.integer(d, "icmp_ratelimit", "", errs, 0, 100000, 100),
            "stats_file": v.optional_string(d, "stats_file", "", errs, pattern=_PATH, what="a file path")}
     for key in ("rx_ring", "tx_ring"):
         if workers > 1 and not out[key]:

@@ -40,7 +40,12 @@ class CoreConfig:
     """Forward IP fragments without reassembly (see director.dataplane.packet); False: drop them all
     (``FRAGMENT``). Read once, at Director creation."""
     icmp_ratelimit: int = 100
-    """ICMP errors the director itself originates (time exceeded), at most per second."""
+    """ICMP and ICMPv6 errors the director itself originates (time exceeded, frag-needed, Packet Too
+    Big), at most per second."""
+    icmp_echo: bool = True
+    """The master answers ICMP / ICMPv6 echo requests to its owned addresses (VIPs, gateways)."""
+    echo_ratelimit: int = 1000
+    """Echo replies, at most per second (past it: ``ICMP_RATELIMIT`` drops)."""
     neigh_max_entries: int = 16384
     """Neighbour cache bound per side; a new entry in a full cache evicts the least recently confirmed."""
     neigh_max_age: float = 3600.0

@@ -49,6 +49,7 @@ import logging
 import struct
 from collections.abc import Callable
 
+from director.dataplane.budget import PerSecond
 from director.dataplane.config import CoreConfig
 from director.dataplane.gate import NewConnGate
 from director.dataplane.neigh import EXT, INT, Action, Neighbours, NeighEvent
@@ -71,6 +72,7 @@ from director.dataplane.path6 import Path6
 from director.dataplane.xmit import (
     IP_DF,
     dr_rewrite,
+    echo_reply,
     icmp_error,
     icmp_quote,
     ip_rewrite,
@@ -98,6 +100,7 @@ _SYN_ONLY = TH_SYN | TH_ACK
 _ACK_ONLY_MASK = TH_FIN | TH_SYN | TH_RST | TH_ACK
 """``tflags & _ACK_ONLY_MASK == TH_ACK``: a plain ACK (PSH/URG/ECE/CWR may be set)."""
 _ICMP_ERRORS = frozenset((3, 4, 11))
+ICMP_ECHO = 8
 _VLAN_TPIDS = frozenset((0x8100, 0x88A8, 0x9100))
 _int_and = int.__and__  # dest.flags is an IntFlag: test bits without its Python-level __and__
 _FAST = struct.Struct("!6s6xHBBHHHBBHIIHHHH4xBB2xH").unpack_from
@@ -135,8 +138,9 @@ class Director:
         self.sched = Scheduling(table, cfg, clock)
         self.path6 = Path6(self)  # IPv6 frames (from the slow path: ``_not_ip``)
         self._ipid = 0
-        self._icmp_window = 0.0
-        self._icmp_sent = 0
+        self.icmp_budget = PerSecond(cfg.icmp_ratelimit)  # errors this node originates (both families)
+        self.echo_budget = PerSecond(cfg.echo_ratelimit)
+        self.echo_replies = 0  # echo requests to an owned address answered (both families)
         self._drops = self.counters.counts
         self._int_hdr = self.neigh[INT].hdr
         self._ext_hdr = self.neigh[EXT].hdr
@@ -507,7 +511,7 @@ class Director:
         if not self.active:
             self._drops[Drop.NOT_ACTIVE] += 1
             return None
-        if r[7] <= 1:
+        if r[7] <= 1 and not (r[0] == 1 and r[2] == ICMP_ECHO):  # a ping that reached us is answered
             self._drops[Drop.TTL_EXCEEDED] += 1
             return self._time_exceeded(frame, side, r)
         return self._icmp(frame, side, r)
@@ -518,21 +522,32 @@ class Director:
         proto, saddr, _sport, daddr, dport, _l4, end, _ttl, _ = r
         if side != EXT or proto == 1 or self.services.get(proto, daddr, dport) is None:
             return None
-        now = self.clock()
-        if now - self._icmp_window >= 1.0:
-            self._icmp_window = now
-            self._icmp_sent = 0
-        if self._icmp_sent >= self.cfg.icmp_ratelimit:
-            return None
         hdr = self._ext_hdr.get(saddr) or self.nb.route(saddr)
-        if hdr is None:
+        if hdr is None or not self.icmp_budget.take(self.clock()):
             return None
-        self._icmp_sent += 1
         return EXT, icmp_error(hdr, self.cfg.ext_addr or daddr, saddr, 11, 0, 0, memoryview(frame)[14:end])
 
+    def echo_reply(self, frame: bytearray, side: int, daddr: int, owned: set[int] | frozenset[int],
+                   build: Callable[[bytes], bytearray]) -> Action | None:
+        """An echo request (either family) to ``daddr``: answered (``build(hdr12)`` makes the reply,
+        back to the frame's source MAC) when ``daddr`` is one of the ``owned`` addresses of ``side``
+        and ``icmp_echo`` is on, within ``echo_ratelimit``; else counted and dropped."""
+        if not self.cfg.icmp_echo or daddr not in owned:
+            self._drops[Drop.ICMP_UNRELATED] += 1
+            return None
+        if not self.echo_budget.take(self.clock()):
+            self._drops[Drop.ICMP_RATELIMIT] += 1
+            return None
+        self.echo_replies += 1
+        return side, build(bytes(frame[6:12]) + self._vmac)
+
     def _icmp(self, frame: bytearray, side: int, r: IPv4Info) -> Action | None:
-        """ICMP errors about a known flow: translate (NAT) or forward (DR/TUN) to the other side."""
-        _p, _saddr, icmp_type, _daddr, _code, l4, end, ttl, _ = r
+        """ICMP errors about a known flow: translate (NAT) or forward (DR/TUN) to the other side;
+        echo requests to an owned address: answered."""
+        _p, saddr, icmp_type, daddr, _code, l4, end, ttl, _ = r
+        if icmp_type == ICMP_ECHO:
+            return self.echo_reply(frame, side, daddr, self.owned(side),
+                                   lambda hdr: echo_reply(hdr, daddr, saddr, frame, l4, end))
         q = icmp_quote(frame, l4, end) if icmp_type in _ICMP_ERRORS else None
         if q is None:
             self._drops[Drop.ICMP_UNRELATED] += 1

@@ -89,7 +89,7 @@ class Drop(IntEnum):
     NO_DEST = 14         # the scheduler found no usable dest
     DEST_UNAVAILABLE = 15  # the conn's dest was removed (expire_nodest_conn rules)
     NO_NEIGH = 16        # next hop MAC unknown yet (an ARP request was sent instead)
-    ICMP_UNRELATED = 17  # ICMP that is not an error about a known flow (echo to a VIP, ...)
+    ICMP_UNRELATED = 17  # ICMP neither an error about a known flow nor an echo we answer
     TOO_BIG = 18         # TUN: encapsulated packet exceeds the MTU (frag-needed sent if DF)
     ARP_IGNORED = 19     # ARP not answered: not for an owned address, malformed, or a reply
     RST_NO_CONN = 20     # TCP RST with no entry (never creates one)
@@ -104,6 +104,7 @@ class Drop(IntEnum):
     BAD_EXTHDR = 29      # IPv6 extension headers: truncated, too many, hop-by-hop not first, a routing
     #                      header with segments left (the director is no routing hop)
     BAD_ADDR = 30        # IPv6 from/to ::/96 or ::ffff:0:0/96, or from a multicast source (never on a wire)
+    ICMP_RATELIMIT = 31  # an echo request to an owned address past echo_ratelimit (not answered)
 
 
 class DropCounters:

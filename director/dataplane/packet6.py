@@ -77,16 +77,21 @@ def bad_addr(saddr: int, daddr: int) -> bool:
             or saddr >> 120 == 0xFF)
 
 
-def walk_ext(frame: bytes | bytearray | memoryview, nh: int, end: int) -> tuple[int, int] | Drop:
-    """(upper-layer protocol, its offset) after the extension headers, or why the packet is dropped."""
-    off = _MIN_FRAME
+def walk_ext(frame: bytes | bytearray | memoryview, nh: int, end: int, off: int = _MIN_FRAME,
+             first_fragment: bool = False) -> tuple[int, int] | Drop:
+    """(upper-layer protocol, its offset) after the extension headers, or why the packet is dropped.
+
+    ``off``: where the first extension header starts (a quoted packet inside an ICMPv6 error starts
+    deeper than a frame's own). ``first_fragment``: a fragment header with offset 0 passes even
+    with M set (the first fragment of a datagram carries the upper-layer header)."""
+    frag_mask = 0xFFF8 if first_fragment else 0xFFF9
     for i in range(MAX_EXT_HEADERS + 1):
         if nh not in _EXT:
             return nh, off
         if i == MAX_EXT_HEADERS or off + 8 > end or (nh == IPPROTO_HOPOPTS and i):
             return Drop.BAD_EXTHDR
         if nh == IPPROTO_FRAGMENT:
-            if _U16.unpack_from(frame, off + 2)[0] & 0xFFF9:  # offset or M set: a real fragment
+            if _U16.unpack_from(frame, off + 2)[0] & frag_mask:  # offset (or M) set: a real fragment
                 return Drop.FRAGMENT
             size = 8
         else:

@@ -31,13 +31,37 @@ ARP is ever sent for an IPv6 address.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
+from director.dataplane.budget import PerSecond
 from director.dataplane.config import CoreConfig
+from director.dataplane.icmp6 import (
+    ERRORS,
+    ICMP6_ECHO_REQUEST,
+    ICMP6_PACKET_TOO_BIG,
+    ICMP6_TIME_EXCEEDED,
+    MIN_MTU6,
+    Quote6,
+    echo6_reply,
+    icmp6_error,
+    nat6_icmp,
+    ptb_mtu,
+    quote6,
+    quote6_at,
+)
 from director.dataplane.nd import ND_NA, ND_NS, NeighbourDiscovery
 from director.dataplane.neigh import EXT, INT, Action, Neighbours
 from director.dataplane.packet import TH_ACK, TH_SYN, Drop, DropCounters, IPv4Info
-from director.dataplane.packet6 import IP6_HLEN, IPPROTO_ICMPV6, OFF_DADDR, OFF_SADDR, IPv6Info, parse_ipv6
+from director.dataplane.packet6 import (
+    IP6_HLEN,
+    IPPROTO_ICMPV6,
+    IPPROTO_IPV6,
+    OFF_DADDR,
+    OFF_SADDR,
+    IPv6Info,
+    parse_ipv6,
+)
 from director.dataplane.xmit6 import dr6_rewrite, nat6_rewrite, tun6_encap
 from director.services.service import Dest, ServiceTable, count_packet
 from director.table import proto_state
@@ -66,10 +90,14 @@ class Director(Protocol):
     @property
     def table(self) -> ConnTable: ...
     @property
+    def icmp_budget(self) -> PerSecond: ...
+    @property
     def _timeouts(self) -> Timeouts: ...
     def _reuse(self, conn: Conn) -> bool: ...
     def _miss(self, frame: bytearray, side: int, r: IPv4Info) -> Conn | None: ...
     def _nodest(self, frame: bytearray, side: int, conn: Conn, r: IPv4Info) -> Action | None: ...
+    def echo_reply(self, frame: bytearray, side: int, daddr: int, owned: set[int] | frozenset[int],
+                   build: Callable[[bytes], bytearray]) -> Action | None: ...
 
 _FWD_MASK = int(ConnFlags.FWD_MASK)
 _MASQ = int(ConnFlags.MASQ)
@@ -104,11 +132,14 @@ class Path6:
         d = self.d
         if r[0] == IPPROTO_ICMPV6 and r[2] in (ND_NS, ND_NA):
             return self.nd.handle(frame, side, d.active, d.clock())
-        reason = (Drop.ICMP_UNRELATED if r[0] == IPPROTO_ICMPV6 else Drop.NOT_ACTIVE if not d.active
-                  else Drop.TTL_EXCEEDED if r[7] <= 1 else None)
-        if reason is not None:
-            self._drops[reason] += 1
+        if not d.active:
+            self._drops[Drop.NOT_ACTIVE] += 1
             return None
+        if r[0] == IPPROTO_ICMPV6:
+            return self._icmp6(frame, side, r)
+        if r[7] <= 1:
+            self._drops[Drop.TTL_EXCEEDED] += 1
+            return self._time_exceeded(frame, side, r)
         proto, saddr, sport, daddr, dport = r[:5]
         conn = d.table.out_get(proto, saddr, sport, daddr, dport) if side else None
         if conn is not None and not conn.flags & _FWD_MASK:
@@ -179,10 +210,96 @@ class Path6:
             dr6_rewrite(frame, hdr, hlim)
             return INT, frame
         if end - 14 + IP6_HLEN > self.d.cfg.mtu:
-            self._drops[Drop.TOO_BIG] += 1
-            return None
+            return self._too_big(frame, r)
         src = self.d.cfg.tun_src6 or conn.vaddr
         return INT, tun6_encap(frame, end, hdr, hlim, src, conn.daddr)
+
+    def _too_big(self, frame: bytearray, r: IPv6Info) -> Action | None:
+        """ip6ip6 would exceed the inside MTU: Packet Too Big to the client (the MTU left for the
+        inner packet, at least 1280), never about an ICMPv6 message; the packet is dropped."""
+        self._drops[Drop.TOO_BIG] += 1
+        if r[0] == IPPROTO_ICMPV6:
+            return None
+        mtu = max(self.d.cfg.mtu - IP6_HLEN, MIN_MTU6)
+        return self._originate(self._back(frame), r[3], r[1], ICMP6_PACKET_TOO_BIG, 0, mtu,
+                               memoryview(frame)[14:r[6]])
+
+    def _time_exceeded(self, frame: bytearray, side: int, r: IPv6Info) -> Action | None:
+        """Time exceeded to a client whose packet to a virtual service ran out of hop limit (the IPv4
+        rule: never about ICMPv6, never inside, within ``icmp_ratelimit``)."""
+        proto, saddr, _sport, daddr, dport, _l4, end, _hlim, _ = r
+        if side != EXT or self.d.services.get(proto, daddr, dport) is None:
+            return None
+        return self._originate(self._back(frame), daddr, saddr, ICMP6_TIME_EXCEEDED, 0, 0,
+                               memoryview(frame)[14:end])
+
+    def _back(self, frame: bytearray) -> bytes:
+        """The Ethernet header back to a frame's sender (the client, or the router it came through)."""
+        return bytes(frame[6:12]) + self.d.cfg.vmac
+
+    def _originate(self, hdr: bytes | None, saddr: int, client: int, icmp_type: int, code: int, rest: int,
+                   quote: memoryview) -> Action | None:
+        """An ICMPv6 error from ``saddr`` to a client on the outside, within the ICMP budget."""
+        if hdr is None or not self.d.icmp_budget.take(self.d.clock()):
+            return None
+        return EXT, icmp6_error(hdr, saddr, client, icmp_type, code, rest, quote)
+
+    # ---- ICMPv6 -------------------------------------------------------------------------------
+
+    def _icmp6(self, frame: bytearray, side: int, r: IPv6Info) -> Action | None:
+        """ICMPv6 (not ND) on the master: echo to an owned address answered; an error about a known
+        flow translated (NAT) or forwarded (DR/TUN) to the other side; a Packet Too Big about one of
+        our ip6ip6 packets turned into one to the client; anything else ``ICMP_UNRELATED``."""
+        _p, saddr, icmp_type, daddr, _code, l4, end, hlim, _ = r
+        d = self.d
+        if icmp_type == ICMP6_ECHO_REQUEST:
+            return d.echo_reply(frame, side, daddr, self.nd.owned(side),
+                                lambda hdr: echo6_reply(hdr, daddr, saddr, frame, l4, end))
+        q = quote6(frame, l4, end) if icmp_type in ERRORS else None
+        if q is None:
+            self._drops[Drop.ICMP_UNRELATED] += 1
+            return None
+        if hlim <= 1:
+            self._drops[Drop.TTL_EXCEEDED] += 1
+            return None
+        if q[0] == IPPROTO_IPV6:
+            return self._tunnel_ptb(frame, side, r, q)
+        qproto, qsaddr, qsport, qdaddr, qdport, _q, _ql4 = q
+        if side:  # from the servers' side: the quote is client -> dest (what the dest received)
+            conn = d.table.out_get(qproto, qdaddr, qdport, qsaddr, qsport)
+            if conn is not None and conn.flags & _FWD_MASK == _MASQ:
+                hdr = self._ext_hdr.get(conn.caddr)
+                if hdr is None:
+                    return self._neigh_miss(EXT, conn.caddr, None)
+                count_packet(conn.dest, end - 14, False)
+                nat6_icmp(frame, hdr, hlim, l4, end, q, True, conn.vaddr, conn.vport)
+                return EXT, frame
+        # From the clients' side: the quote is VIP -> client (a reply that left through us or a DR/TUN dest).
+        conn = d.table.in_get(qproto, qdaddr, qdport, qsaddr, qsport)
+        if conn is None:
+            self._drops[Drop.ICMP_UNRELATED] += 1
+            return None
+        count_packet(conn.dest, end - 14, True)
+        if conn.flags & _FWD_MASK != _MASQ:
+            return self._xmit(frame, conn, r)
+        hdr = self._int_hdr.get(conn.daddr)
+        if hdr is None:
+            return self._neigh_miss(INT, conn.daddr, conn.dest)
+        nat6_icmp(frame, hdr, hlim, l4, end, q, False, conn.daddr, conn.dport)
+        return INT, frame
+
+    def _tunnel_ptb(self, frame: bytearray, side: int, r: IPv6Info, q: Quote6) -> Action | None:
+        """A Packet Too Big from the inside about an ip6ip6 packet we sent to a TUN dest: the client
+        gets one about its own packet, announcing the reported MTU less the outer header (PMTU through
+        the tunnel, as IPVS's ``ip_vs_in_icmp_v6`` does for its tunnels)."""
+        inner = quote6_at(frame, q[6], r[6]) if side and r[2] == ICMP6_PACKET_TOO_BIG else None
+        conn = self.d.table.in_get(inner[0], inner[1], inner[2], inner[3], inner[4]) if inner else None
+        if inner is None or conn is None or conn.flags & _FWD_MASK != _TUNNEL or conn.daddr != q[3]:
+            self._drops[Drop.ICMP_UNRELATED] += 1
+            return None
+        mtu = max(ptb_mtu(frame, r[5]) - IP6_HLEN, MIN_MTU6)
+        return self._originate(self._ext_hdr.get(inner[1]), inner[3], inner[1], ICMP6_PACKET_TOO_BIG, 0, mtu,
+                               memoryview(frame)[q[6]:r[6]])
 
     def _ops_reply(self, frame: bytearray, dest: Dest, r: IPv6Info) -> Action | None:
         """A datagram from a NAT dest of a one-packet service, no entry: source back to the VIP."""

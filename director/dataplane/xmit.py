@@ -177,6 +177,22 @@ def icmp_error(hdr12: bytes, saddr: int, daddr: int, icmp_type: int, code: int, 
     return out
 
 
+def echo_reply(hdr12: bytes, saddr: int, daddr: int, frame: bytes | bytearray | memoryview, l4: int,
+               end: int, ipid: int = 0) -> bytearray:
+    """The ICMP echo reply from ``saddr`` (the address pinged) to ``daddr`` for the echo request at
+    ``l4`` in ``frame``: identifier, sequence and data copied; a fresh 20-byte IP header, TTL 64."""
+    icmp = bytearray(frame[l4:end])
+    icmp[0] = 0
+    icmp[2] = icmp[3] = 0
+    _p16(icmp, 2, checksum(icmp))
+    out = bytearray(hdr12)
+    out += _OUTER.pack(0x0800, 0x45, 0, 20 + len(icmp), ipid, 0, 64, 1, 0, saddr, daddr)
+    _p16(out, 24, checksum(memoryview(out)[14:34]))
+    out += icmp
+    return out
+
+
 __all__ = [
-    "IP_DF", "dr_rewrite", "icmp_error", "icmp_quote", "ip_rewrite", "nat_icmp", "nat_rewrite", "tun_encap",
+    "IP_DF", "dr_rewrite", "echo_reply", "icmp_error", "icmp_quote", "ip_rewrite", "nat_icmp", "nat_rewrite",
+    "tun_encap",
 ]

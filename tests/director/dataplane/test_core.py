@@ -388,12 +388,54 @@ def test_icmp_errors_are_translated_both_ways() -> None:
     p2 = Ether(out2[1])
     assert p2[IP].dst == rs and p2[IPerror].src == rs and p2[IPerror].sport == 8080
     assert p2.dst == RS_MAC[RS.index(rs)]
-    # echo requests to the VIP and errors about unknown flows are dropped
-    assert send(lab, Ether(dst=VMAC) / IP(src="198.18.1.10", dst=VIP) / ICMP(), EXT) is None
+    # errors about unknown flows and echo replies to the VIP are dropped
     unknown = IP(src=VIP, dst="198.18.1.99") / UDP(sport=53, dport=1)
     err3 = Ether(dst=VMAC) / IP(src="198.18.1.99", dst=VIP) / ICMP(type=3) / IPerror(bytes(unknown))
     assert send(lab, err3, EXT) is None
+    assert send(lab, Ether(dst=VMAC) / IP(src="198.18.1.10", dst=VIP) / ICMP(type=0), EXT) is None
     assert drops(lab, Drop.ICMP_UNRELATED) == 2
+
+
+def echo_request(dst: str = VIP, src: str = "198.18.1.10", ttl: int = 64, seq: int = 1) -> Ether:
+    return (Ether(src=CLIENT_MAC, dst=VMAC) / IP(src=src, dst=dst, ttl=ttl) /
+            ICMP(type=8, id=0x4242, seq=seq) / b"ping-data")
+
+
+def test_echo_to_a_vip_is_answered_byte_exact_from_the_vip() -> None:
+    lab = make_lab()
+    out = send(lab, echo_request(ttl=1), EXT)  # a ping that reached the VIP: answered whatever its TTL
+    assert out is not None and out[0] == EXT
+    expected = (Ether(src=VMAC, dst=CLIENT_MAC) / IP(src=VIP, dst="198.18.1.10", ttl=64, id=0) /
+                ICMP(type=0, id=0x4242, seq=1) / b"ping-data")
+    assert out[1] == bytes(expected)
+    assert lab.director.echo_replies == 1
+    # the NAT gateway address answers on the inside too
+    gw_ping = Ether(src=RS_MAC[0], dst=VMAC) / IP(src=RS[0], dst=GW) / ICMP(type=8) / b"x"
+    out2 = send(lab, gw_ping, INT)
+    assert out2 is not None and out2[0] == INT and Ether(out2[1])[IP].src == GW
+    assert Ether(out2[1]).dst == RS_MAC[0]
+
+
+def test_echo_not_answered_for_other_addresses_by_a_backup_or_when_off() -> None:
+    lab = make_lab()
+    assert send(lab, echo_request(dst="198.18.0.77"), EXT) is None  # not owned
+    assert send(lab, echo_request(dst=GW), EXT) is None  # the inside gateway is not owned outside
+    assert drops(lab, Drop.ICMP_UNRELATED) == 2
+    lab.director.set_active(False)
+    assert send(lab, echo_request(), EXT) is None
+    assert drops(lab, Drop.NOT_ACTIVE) == 1
+    off = make_lab(icmp_echo=False)
+    assert send(off, echo_request(), EXT) is None
+    assert drops(off, Drop.ICMP_UNRELATED) == 1 and off.director.echo_replies == 0
+
+
+def test_echo_replies_stop_at_the_echo_ratelimit_and_resume_next_second() -> None:
+    lab = make_lab(echo_ratelimit=3)
+    answered = [send(lab, echo_request(seq=i), EXT) is not None for i in range(5)]
+    assert answered == [True, True, True, False, False]
+    assert drops(lab, Drop.ICMP_RATELIMIT) == 2
+    lab.advance(1.0)
+    assert send(lab, echo_request(seq=9), EXT) is not None
 
 
 # ---- ARP, roles, neighbours --------------------------------------------------------------------
