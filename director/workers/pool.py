@@ -83,7 +83,7 @@ MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
 _SLOTS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
 _SUMMED = ("ring_packets", "ring_drops", "handler_errors", "tx_errors", "tx_fenced", "ctl_fenced",
-           "arp_replies", "csum_fixed", "cpu")
+           "arp_replies", "echo_replies", "csum_fixed", "cpu")
 
 
 class WorkerProc:

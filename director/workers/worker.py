@@ -351,7 +351,7 @@ class Worker:
             "handler_errors": plane.handler_errors, "tx_errors": plane.tx_errors,
             "tx_fenced": sum(r.fenced for r in plane.tx_rings), "ctl_fenced": plane.ctl_fenced,
             "cpu": t.user + t.system, "pid": os.getpid(), "neigh": d.nb.stats.as_dict(),
-            "arp_replies": d.arp_replies, "csum_fixed": plane.csum_fixed,
+            "arp_replies": d.arp_replies, "echo_replies": d.echo_replies, "csum_fixed": plane.csum_fixed,
             "neigh_entries": [len(n) for n in d.neigh],
         }
 
