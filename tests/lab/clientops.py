@@ -12,6 +12,13 @@
     and on until stdin is closed); prints the count per kind.
 ``python -m tests.lab.clientops arp ADDR``
     One ARP request for ADDR; prints the MAC that answered within 1 s, or null.
+``python -m tests.lab.clientops ping ADDR N``
+    N ICMP / ICMPv6 echo requests (raw socket, 1 s apart at most); prints the sequence numbers
+    answered by an echo reply from ADDR carrying our identifier and data.
+``python -m tests.lab.clientops refused VIP PORT TRIES``
+    A connected UDP socket sends to VIP:PORT until a receive fails with ECONNREFUSED (the kernel
+    accepted a port unreachable quoting exactly this socket's datagram); prints true, or false after
+    TRIES sends.
 ``python -m tests.lab.clientops hold VIP PORT``
     Opens one TCP connection and then obeys stdin lines: ``get`` sends an HTTP request on it and
     prints the answer (or ``null`` after 3 s); ``quit``.
@@ -148,6 +155,58 @@ def hold(vip: str, port: int) -> None:
     s.close()
 
 
+def _inet_sum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def ping(addr: str, n: int) -> list[int]:
+    v6 = ":" in addr
+    family, proto, req, rep = ((socket.AF_INET6, socket.IPPROTO_ICMPV6, 128, 129) if v6
+                               else (socket.AF_INET, socket.IPPROTO_ICMP, 8, 0))
+    ident, data = os.getpid() & 0xFFFF, b"lab-ping-payload"
+    answered: list[int] = []
+    with socket.socket(family, socket.SOCK_RAW, proto) as s:
+        for seq in range(n):
+            msg = bytearray(bytes((req, 0, 0, 0)) + ident.to_bytes(2, "big") + seq.to_bytes(2, "big") + data)
+            if not v6:  # the kernel fills in an ICMPv6 checksum (RFC 3542), not an ICMP one
+                msg[2:4] = _inet_sum(bytes(msg)).to_bytes(2, "big")
+            s.sendto(bytes(msg), (addr, 0))
+            deadline = time.monotonic() + 1.0
+            while (left := deadline - time.monotonic()) > 0:
+                s.settimeout(left)
+                try:
+                    pkt, src = s.recvfrom(4096)
+                except TimeoutError:
+                    break
+                icmp = pkt if v6 else pkt[(pkt[0] & 0x0F) * 4:]
+                if (src[0] == addr and icmp[0] == rep and icmp[4:6] == ident.to_bytes(2, "big")
+                        and icmp[6:8] == seq.to_bytes(2, "big") and icmp[8:] == data):
+                    answered.append(seq)
+                    break
+    return answered
+
+
+def refused(vip: str, port: int, tries: int) -> bool:
+    family = socket.AF_INET6 if ":" in vip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.connect((vip, port))
+        s.settimeout(1.0)
+        for _ in range(tries):
+            try:
+                s.send(b"anyone?")
+                s.recv(100)
+            except ConnectionRefusedError:
+                return True
+            except TimeoutError:
+                continue
+    return False
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -174,6 +233,13 @@ def main() -> None:
     p.add_argument("--until-eof", action="store_true")
     p = sub.add_parser("arp")
     p.add_argument("addr")
+    p = sub.add_parser("ping")
+    p.add_argument("addr")
+    p.add_argument("n", type=int)
+    p = sub.add_parser("refused")
+    p.add_argument("vip")
+    p.add_argument("port", type=int)
+    p.add_argument("tries", type=int)
     p = sub.add_parser("hold")
     p.add_argument("vip")
     p.add_argument("port", type=int)
@@ -189,6 +255,10 @@ def main() -> None:
         result = udp(a.vip, a.port, a.n, a.cport)
     elif a.cmd == "arp":
         result = arp(a.addr)
+    elif a.cmd == "ping":
+        result = ping(a.addr, a.n)
+    elif a.cmd == "refused":
+        result = refused(a.vip, a.port, a.tries)
     elif a.cmd == "garbage":
         result = garbage(a.vip, a.dmac, a.count, a.until_eof)
     else:

@@ -19,10 +19,13 @@ from typing import Any
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import (
+    ICMPv6DestUnreach,
+    ICMPv6EchoReply,
     ICMPv6EchoRequest,
     ICMPv6ND_NA,
     ICMPv6ND_NS,
     ICMPv6NDOptSrcLLAddr,
+    ICMPv6PacketTooBig,
     IPv6,
     IPv6ExtHdrDestOpt,
     IPv6ExtHdrFragment,
@@ -299,7 +302,10 @@ def hostile_v6(mac: str) -> dict[str, list[bytes]]:
         "bad_l4": [_v6(mac, UDP(sport=40010, dport=HTTP, chksum=0) / Raw(b"z" * 8)),
                    _v6(mac, TCP(sport=40011, dport=HTTP, flags="S", dataofs=15))],
         "unknown_proto": [_v6(mac, Raw(b"\0" * 16), nh=50), _v6(mac, Raw(b"\0" * 8), nh=59)],
-        "icmp_unrelated": [_v6(mac, ICMPv6EchoRequest(id=1, seq=1))],
+        "icmp_unrelated": [_v6(mac, ICMPv6EchoRequest(id=1, seq=1), dst="fd00:18::1e"),  # not owned
+                           _v6(mac, ICMPv6EchoReply(id=1, seq=1)),
+                           _v6(mac, ICMPv6DestUnreach() / IPv6(src=VIP6_NAT, dst=c6) / UDP(sport=1, dport=2)),
+                           _v6(mac, ICMPv6PacketTooBig(mtu=1280) / b"\x60\x00")],  # quote cut short
         "ttl_exceeded": [_v6(mac, syn(40012), hlim=1)],
         "nd_malformed": [_ns(mac, hlim=64), _ns(mac, code=1), _ns(mac, opt_len=0), _ns(mac, cksum=0x1234),
                          _ns(mac, dst_mac=VMAC, dst=VIP6_NAT, hlim=1),
