@@ -23,8 +23,8 @@ the packet before it is read:
 * routing (43): skipped when no segment is left; with segments left the packet asks this node to
   route it on, which a load balancer does not do: ``BAD_EXTHDR``;
 * fragment (44): an atomic fragment (offset 0, no more fragments, RFC 6946) is read as a whole
-  packet; any other fragment is ``FRAGMENT`` (IPv6 fragments are never forwarded yet, whatever
-  ``forward_fragments`` says: docs/IPV6.md);
+  packet; any other fragment is ``FRAGMENT``, except a first fragment when the caller forwards
+  fragments (``first_fragment``; the later ones are followed by :func:`fragment6`);
 * anything else ends the walk: TCP, UDP, ICMPv6 are parsed, the rest is ``UNKNOWN_PROTO``
   (ESP, AH, no next header, ...).
 
@@ -64,6 +64,7 @@ _FIXED = struct.Struct("!12xHIHBB")  # ethertype, ver/tclass/flow, payload lengt
 _UDP = struct.Struct("!HHHH")
 _PORTS = struct.Struct("!HH")
 _U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
 _MIN_FRAME = L3_OFF + IP6_HLEN
 _V6_MIN = 1 << 32
 _EXT = frozenset((IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_DSTOPTS))
@@ -105,8 +106,28 @@ def walk_ext(frame: bytes | bytearray | memoryview, nh: int, end: int, off: int 
     return Drop.BAD_EXTHDR  # (not reached: the loop returns at i == MAX_EXT_HEADERS)
 
 
-def parse_ipv6(frame: bytes | bytearray | memoryview) -> IPv6Info | Drop:
-    """Parse an Ethernet/IPv6 frame: the fields of :data:`IPv6Info`, or why it is unusable."""
+def fragment6(frame: bytes | bytearray | memoryview, end: int) -> tuple[int, int, int, int] | None:
+    """(next header after it, identification, fragment offset in bytes, M flag) of the fragment
+    header of a frame whose IPv6 header ``parse_ipv6`` validated; None if it has none (walked like
+    :func:`walk_ext`, bounded)."""
+    nh, off = frame[20], _MIN_FRAME
+    for _ in range(MAX_EXT_HEADERS):
+        if nh not in _EXT or off + 8 > end:
+            return None
+        if nh == IPPROTO_FRAGMENT:
+            fo = _U16.unpack_from(frame, off + 2)[0]
+            return frame[off], _U32.unpack_from(frame, off + 4)[0], fo & 0xFFF8, fo & 1
+        nh, off = frame[off], off + (frame[off + 1] + 1) * 8
+    return None
+
+
+def parse_ipv6(frame: bytes | bytearray | memoryview, first_fragment: bool = False) -> IPv6Info | Drop:
+    """Parse an Ethernet/IPv6 frame: the fields of :data:`IPv6Info`, or why it is unusable.
+
+    ``first_fragment`` (``forward_fragments``): the first fragment of a datagram (offset 0, M set,
+    the upper-layer header inside) is parsed like a whole packet, its UDP length allowed past the
+    fragment's end; later fragments stay ``FRAGMENT`` (the caller follows them by
+    :func:`fragment6`)."""
     n = len(frame)
     if n < _MIN_FRAME:
         return Drop.TRUNCATED
@@ -122,15 +143,18 @@ def parse_ipv6(frame: bytes | bytearray | memoryview) -> IPv6Info | Drop:
     daddr = _from(frame[OFF_DADDR:_MIN_FRAME], "big")
     if bad_addr(saddr, daddr):
         return Drop.BAD_ADDR
-    w = walk_ext(frame, nh, end) if nh in _EXT else (nh, _MIN_FRAME)
+    w = walk_ext(frame, nh, end, _MIN_FRAME, first_fragment) if nh in _EXT else (nh, _MIN_FRAME)
     if isinstance(w, Drop):
         return w
     proto, l4 = w
-    return _l4(frame, proto, saddr, daddr, l4, end, hlim)
+    r = _l4(frame, proto, saddr, daddr, l4, end, hlim)
+    if r is Drop.BAD_L4 and first_fragment and proto == 17 and (f := fragment6(frame, end)) and f[3]:
+        return _l4(frame, proto, saddr, daddr, l4, end, hlim, partial=True)
+    return r
 
 
 def _l4(frame: bytes | bytearray | memoryview, proto: int, saddr: int, daddr: int, l4: int, end: int,
-        hlim: int) -> IPv6Info | Drop:
+        hlim: int, partial: bool = False) -> IPv6Info | Drop:
     if proto == 6:
         if l4 + 20 > end or not 20 <= (frame[l4 + 12] >> 4) * 4 <= end - l4:
             return Drop.BAD_L4
@@ -140,7 +164,7 @@ def _l4(frame: bytes | bytearray | memoryview, proto: int, saddr: int, daddr: in
         if l4 + 8 > end:
             return Drop.BAD_L4
         sport, dport, ulen, csum = _UDP.unpack_from(frame, l4)
-        if ulen < 8 or ulen > end - l4 or not csum:
+        if ulen < 8 or (ulen > end - l4 and not partial) or not csum:
             return Drop.BAD_L4
         return proto, saddr, sport, daddr, dport, l4, end, hlim, 0
     if proto == IPPROTO_ICMPV6:
@@ -158,5 +182,5 @@ def ip6_str(addr: int) -> str:
 __all__ = [
     "ETH_P_IPV6", "IP6_HLEN", "IPPROTO_DSTOPTS", "IPPROTO_FRAGMENT", "IPPROTO_HOPOPTS", "IPPROTO_ICMPV6",
     "IPPROTO_IPV6", "IPPROTO_ROUTING", "L3_OFF", "MAX_EXT_HEADERS", "OFF_DADDR", "OFF_HLIM", "OFF_SADDR",
-    "IPv6Info", "bad_addr", "ip6_str", "parse_ipv6", "walk_ext",
+    "IPv6Info", "bad_addr", "fragment6", "ip6_str", "parse_ipv6", "walk_ext",
 ]

@@ -52,17 +52,23 @@ from director.dataplane.icmp6 import (
 )
 from director.dataplane.nd import ND_NA, ND_NS, NeighbourDiscovery
 from director.dataplane.neigh import EXT, INT, Action, Neighbours
-from director.dataplane.packet import TH_ACK, TH_SYN, Drop, DropCounters, IPv4Info
+from director.dataplane.packet import TH_ACK, TH_SYN, Drop, DropCounters, FragTable, IPv4Info
 from director.dataplane.packet6 import (
     IP6_HLEN,
+    IPPROTO_DSTOPTS,
+    IPPROTO_FRAGMENT,
+    IPPROTO_HOPOPTS,
     IPPROTO_ICMPV6,
     IPPROTO_IPV6,
+    IPPROTO_ROUTING,
+    L3_OFF,
     OFF_DADDR,
     OFF_SADDR,
     IPv6Info,
+    fragment6,
     parse_ipv6,
 )
-from director.dataplane.xmit6 import dr6_rewrite, nat6_rewrite, tun6_encap
+from director.dataplane.xmit6 import addr6_rewrite, dr6_rewrite, nat6_rewrite, tun6_encap
 from director.services.service import Dest, ServiceTable, count_packet
 from director.table import proto_state
 from director.table.conn import Conn, ConnTable
@@ -92,6 +98,8 @@ class Director(Protocol):
     @property
     def icmp_budget(self) -> PerSecond: ...
     @property
+    def frags(self) -> FragTable: ...
+    @property
     def _timeouts(self) -> Timeouts: ...
     def _reuse(self, conn: Conn) -> bool: ...
     def _miss(self, frame: bytearray, side: int, r: IPv4Info) -> Conn | None: ...
@@ -109,12 +117,13 @@ _REUSABLE = frozenset({int(TcpState.TIME_WAIT), int(TcpState.CLOSE)})
 _IN = int(Direction.INPUT)
 _OUT = int(Direction.OUTPUT)
 _int_and = int.__and__
+_EXT_HDRS = frozenset((IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_DSTOPTS))
 
 
 class Path6:
     """IPv6 frames of one :class:`~director.dataplane.core.Director` (shares its tables and counters)."""
 
-    __slots__ = ("d", "nd", "_drops", "_ext_hdr", "_int_hdr")
+    __slots__ = ("d", "nd", "_drops", "_ext_hdr", "_int_hdr", "_fwd_frags")
 
     def __init__(self, director: Director) -> None:
         self.d = director
@@ -122,14 +131,19 @@ class Path6:
         self.nd = NeighbourDiscovery(director.nb, self._drops)
         self._ext_hdr = director.nb.caches[EXT].hdr
         self._int_hdr = director.nb.caches[INT].hdr
+        self._fwd_frags = director.cfg.forward_fragments
 
     def handle(self, frame: bytearray, side: int) -> Action | None:
         """One IPv6 frame to the virtual MAC: the action to send, or None (counted)."""
-        r = parse_ipv6(frame)
+        r = parse_ipv6(frame, self._fwd_frags)
         if isinstance(r, Drop):
+            if r is Drop.FRAGMENT and self._fwd_frags:
+                return self._fragment(frame, side)
             self._drops[r] += 1
             return None
         d = self.d
+        if self._fwd_frags and frame[20] in _EXT_HDRS and r[0] != IPPROTO_ICMPV6:
+            self._remember(frame, r)
         if r[0] == IPPROTO_ICMPV6 and r[2] in (ND_NS, ND_NA):
             return self.nd.handle(frame, side, d.active, d.clock())
         if not d.active:
@@ -243,6 +257,52 @@ class Path6:
         if hdr is None or not self.d.icmp_budget.take(self.d.clock()):
             return None
         return EXT, icmp6_error(hdr, saddr, client, icmp_type, code, rest, quote)
+
+    # ---- fragments (forward_fragments) ---------------------------------------------------------
+
+    def _remember(self, frame: bytearray, r: IPv6Info) -> None:
+        """A first fragment (about to be forwarded like a whole packet): keep its ports for the rest."""
+        f = fragment6(frame, r[6])
+        if f is not None and f[3]:
+            self.d.frags.remember((r[0], r[1], r[3], f[1]), r[2], r[4], self.d.clock())
+
+    def _fragment(self, frame: bytearray, side: int) -> Action | None:
+        """A fragment after the first: its flow by the ports its first fragment left, then the
+        address (NAT), the MACs (DR) or ip6ip6 (TUN); the IPv4 rule (``Director._fragment``)."""
+        d = self.d
+        end = L3_OFF + IP6_HLEN + (frame[18] << 8 | frame[19])  # parse_ipv6 checked it
+        f = fragment6(frame, end)
+        saddr = int.from_bytes(frame[OFF_SADDR:OFF_DADDR], "big")
+        daddr = int.from_bytes(frame[OFF_DADDR:OFF_DADDR + 16], "big")
+        ports = d.frags.ports((f[0], saddr, daddr, f[1]), d.clock()) if f is not None else None
+        hlim = frame[21]
+        if f is None or ports is None:
+            self._drops[Drop.FRAGMENT] += 1
+            return None
+        if not d.active or hlim <= 1:
+            self._drops[Drop.NOT_ACTIVE if not d.active else Drop.TTL_EXCEEDED] += 1
+            return None
+        proto, (sport, dport) = f[0], ports
+        conn = d.table.out_get(proto, saddr, sport, daddr, dport) if side else None
+        if conn is not None and conn.flags & _FWD_MASK == _MASQ:
+            hdr = self._ext_hdr.get(daddr)
+            if hdr is None:
+                return self._neigh_miss(EXT, daddr, None)
+            count_packet(conn.dest, end - 14, False)
+            addr6_rewrite(frame, hdr, hlim, OFF_SADDR, conn.vaddr)
+            return EXT, frame
+        conn = d.table.in_get(proto, saddr, sport, daddr, dport)
+        if conn is None or (conn.dest is not None and not _int_and(conn.dest.flags, _AVAILABLE)):
+            self._drops[Drop.FRAGMENT if conn is None else Drop.DEST_UNAVAILABLE] += 1
+            return None
+        count_packet(conn.dest, end - 14, True)
+        if conn.flags & _FWD_MASK != _MASQ:
+            return self._xmit(frame, conn, (proto, saddr, sport, daddr, dport, 0, end, hlim, 0))
+        hdr = self._int_hdr.get(conn.daddr)
+        if hdr is None:
+            return self._neigh_miss(INT, conn.daddr, conn.dest)
+        addr6_rewrite(frame, hdr, hlim, OFF_DADDR, conn.daddr)
+        return INT, frame
 
     # ---- ICMPv6 -------------------------------------------------------------------------------
 

@@ -46,6 +46,14 @@ def nat6_rewrite(frame: bytearray, hdr12: bytes, hlim: int, l4: int, proto: int,
     _p16(frame, c, new if proto == 6 or new else 0xFFFF)
 
 
+def addr6_rewrite(frame: bytearray, hdr12: bytes, hlim: int, addr_off: int, new_addr: int) -> None:
+    """NAT of a fragment after the first: only the address (and MACs, hop limit) changes; the L4
+    checksum, in the first fragment, was patched there for the whole datagram."""
+    frame[0:12] = hdr12
+    frame[21] = hlim - 1
+    frame[addr_off:addr_off + 16] = new_addr.to_bytes(16, "big")
+
+
 def dr6_rewrite(frame: bytearray, hdr12: bytes, hlim: int) -> None:
     """Direct routing: the dest's MACs, hop limit - 1; nothing else changes (no header checksum)."""
     frame[0:12] = hdr12
@@ -65,4 +73,4 @@ def tun6_encap(frame: bytearray, end: int, hdr12: bytes, hlim: int, saddr: int, 
     return out
 
 
-__all__ = ["IP6IP6", "dr6_rewrite", "nat6_rewrite", "tun6_encap"]
+__all__ = ["IP6IP6", "addr6_rewrite", "dr6_rewrite", "nat6_rewrite", "tun6_encap"]

@@ -8,6 +8,7 @@ ICMPv6 checksum must equal scapy's ``in6_chksum`` over the pseudo-header.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 
 import pytest
@@ -227,7 +228,7 @@ def test_echo_to_a_v6_vip_and_the_link_local_is_answered_byte_exact() -> None:
     expected = (Ether(src=VMAC, dst=CLIENT_MAC) / IPv6(src=VIP6, dst=CLIENT6, hlim=64) /
                 ICMPv6EchoReply(id=7, seq=3, data=b"abc"))
     assert bytes(out[1]) == bytes(expected)
-    ll = str(__import__("ipaddress").IPv6Address(link_local(mb(VMAC))))
+    ll = str(ipaddress.IPv6Address(link_local(mb(VMAC))))
     out2 = lab.send(rpkt(RS6[0], ICMPv6EchoRequest(id=1), dst=ll), INT)
     assert out2 is not None and out2[0] == INT and out2[1][IPv6].src == ll and out2[1].dst == RS_MAC[0]
     assert lab.d.echo_replies == 2
