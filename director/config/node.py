@@ -128,6 +128,8 @@ class NodeConfig:
     int_addr: str | None = None
     """This node's own address on the internal side (ARP sender, IPIP source); default: the gateway."""
     int_mtu: int = 1500
+    ext_mtu: int = 1500
+    """The outside MTU: IPv6 NAT replies bigger than it get Packet Too Big back (``CoreConfig.ext_mtu``)."""
     table_bits: int = 16
     events_file: str | None = None
     """Append role changes and takeover timings as JSON lines here (drills read it)."""
@@ -177,7 +179,7 @@ _CLUSTER_ONLY = ("etcd", "sync", "lease_ttl", "priority", "preempt")
 _STATIC_ONLY = ("services_file", "static_role", "fence_file")
 _KNOWN = ("node_id", "cluster", "etcd", "interfaces", "vmac_id", "sync", "admin", "lease_ttl",
           "sloppy_grace", "metrics", "priority", "preempt", "log_json", "gateways", "int_addr", "int_mtu",
-          "table_bits", "events_file", "defense", "workers", "notify", "neigh_max_entries",
+          "ext_mtu", "table_bits", "events_file", "defense", "workers", "notify", "neigh_max_entries",
           "neigh_learn_rate", "rx_ring", "tx_ring", "stats_file", "forward_fragments", "icmp_echo",
           "icmp_ratelimit", *_STATIC_ONLY)
 STATIC_ROLES = ("master", "backup")
@@ -367,6 +369,7 @@ def node_config_from_dict(raw: Any) -> NodeConfig:
         gateways=_gateways(d, errs),
         int_addr=v.ipv4(d, "int_addr", "", errs, unicast=True) if d.get("int_addr") is not None else None,
         int_mtu=v.integer(d, "int_mtu", "", errs, MIN_MTU, MAX_MTU, 1500),
+        ext_mtu=v.integer(d, "ext_mtu", "", errs, MIN_MTU, MAX_MTU, 1500),
         table_bits=v.integer(d, "table_bits", "", errs, MIN_TABLE_BITS, MAX_TABLE_BITS, 16),
         events_file=v.optional_string(d, "events_file", "", errs, pattern=_PATH, what="a file path"),
         defense=_defense(d, errs),

@@ -32,6 +32,8 @@ class CoreConfig:
     """Outer source address of ip6ip6 packets (TUN to an IPv6 dest; 0 = the conn's VIP)."""
     mtu: int = 1500
     """MTU of the internal side (TUN: bigger packets get frag-needed)."""
+    ext_mtu: int = 1500
+    """MTU of the external side: an IPv6 NAT reply bigger than it gets Packet Too Big back to its dest."""
     expire_nodest_conn: bool = False
     expire_quiescent_template: bool = False
     verify_ip_csum: bool = True

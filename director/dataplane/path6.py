@@ -180,6 +180,8 @@ class Path6:
     def _nat_out(self, frame: bytearray, conn: Conn, r: IPv6Info) -> Action | None:
         """A NAT reply from the dest: source back to the VIP, out to the client."""
         proto, saddr, sport, caddr, _dport, l4, end, hlim, tflags = r
+        if end - 14 > self.d.cfg.ext_mtu:
+            return self._reply_too_big(frame, r)
         count_packet(conn.dest, end - 14, False)
         self._state(conn, _OUT, tflags)
         hdr = self._ext_hdr.get(caddr)
@@ -251,12 +253,24 @@ class Path6:
         """The Ethernet header back to a frame's sender (the client, or the router it came through)."""
         return bytes(frame[6:12]) + self.d.cfg.vmac
 
-    def _originate(self, hdr: bytes | None, saddr: int, client: int, icmp_type: int, code: int, rest: int,
-                   quote: memoryview) -> Action | None:
-        """An ICMPv6 error from ``saddr`` to a client on the outside, within the ICMP budget."""
+    def _reply_too_big(self, frame: bytearray, r: IPv6Info) -> Action | None:
+        """A NAT reply bigger than the outside MTU (``ext_mtu``; a real server on a bigger inside
+        MTU, e.g. UDP fragments cut at 1600): Packet Too Big back to the dest, from the director's
+        link-local address (a router's answer), so its kernel lowers its path MTU; dropped."""
+        self._drops[Drop.TOO_BIG] += 1
+        if r[0] == IPPROTO_ICMPV6:
+            return None
+        mtu = max(self.d.cfg.ext_mtu, MIN_MTU6)
+        return self._originate(self._back(frame), self.nd.ll, r[1], ICMP6_PACKET_TOO_BIG, 0, mtu,
+                               memoryview(frame)[14:r[6]], INT)
+
+    def _originate(self, hdr: bytes | None, saddr: int, daddr: int, icmp_type: int, code: int, rest: int,
+                   quote: memoryview, side: int = EXT) -> Action | None:
+        """An ICMPv6 error from ``saddr`` to ``daddr`` (a client outside, unless ``side``), within the
+        ICMP budget."""
         if hdr is None or not self.d.icmp_budget.take(self.d.clock()):
             return None
-        return EXT, icmp6_error(hdr, saddr, client, icmp_type, code, rest, quote)
+        return side, icmp6_error(hdr, saddr, daddr, icmp_type, code, rest, quote)
 
     # ---- fragments (forward_fragments) ---------------------------------------------------------
 
@@ -285,6 +299,8 @@ class Path6:
         proto, (sport, dport) = f[0], ports
         conn = d.table.out_get(proto, saddr, sport, daddr, dport) if side else None
         if conn is not None and conn.flags & _FWD_MASK == _MASQ:
+            if end - 14 > d.cfg.ext_mtu:
+                return self._reply_too_big(frame, (proto, saddr, sport, daddr, dport, 0, end, hlim, 0))
             hdr = self._ext_hdr.get(daddr)
             if hdr is None:
                 return self._neigh_miss(EXT, daddr, None)
@@ -364,6 +380,8 @@ class Path6:
     def _ops_reply(self, frame: bytearray, dest: Dest, r: IPv6Info) -> Action | None:
         """A datagram from a NAT dest of a one-packet service, no entry: source back to the VIP."""
         proto, saddr, sport, caddr, _cport, l4, end, hlim, _ = r
+        if end - 14 > self.d.cfg.ext_mtu:
+            return self._reply_too_big(frame, r)
         svc = dest.svc
         count_packet(dest, end - 14, False)
         hdr = self._ext_hdr.get(caddr)

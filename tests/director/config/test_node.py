@@ -60,7 +60,7 @@ def test_every_problem_is_collected() -> None:
         "gateways: [198.18.2.1, 127.0.0.1, x]\nint_mtu: 70000\ntable_bits: 40\n"
     errs = errors_of(text)
     assert errs[0].startswith("bogus: unknown field (allowed: admin, cluster, defense, etcd, events_file, "
-                              "fence_file, forward_fragments, gateways, icmp_echo, icmp_ratelimit, "
+                              "ext_mtu, fence_file, forward_fragments, gateways, icmp_echo, icmp_ratelimit, "
                               "int_addr, int_mtu, interfaces, lease_ttl, log_json, ")
     assert errs[1:] == (
         "vmac_id: must be an integer in 1..255, got 0",

@@ -242,3 +242,19 @@ def test_echo_v6_not_answered(case: str) -> None:
         lab.d.set_active(False)
     assert lab.send(cpkt(ICMPv6EchoRequest(), dst=dst)) is None
     assert lab.drops() == {"not_active" if case == "backup" else "icmp_unrelated": 1}
+
+
+def test_nat_reply_over_the_outside_mtu_gets_packet_too_big_back_to_the_dest() -> None:
+    lab = Lab6(proto=17, ext_mtu=1500)
+    assert lab.send(cpkt(UDP(sport=5353, dport=80) / b"q")) is not None
+    big = rpkt(RS6[0], UDP(sport=8080, dport=5353) / (b"r" * 1600))
+    out = lab.send(big, INT)
+    assert out is not None and out[0] == INT
+    p = out[1]
+    ll = str(ipaddress.IPv6Address(link_local(mb(VMAC))))
+    assert p.dst == RS_MAC[0] and (p[IPv6].src, p[IPv6].dst) == (ll, RS6[0])
+    assert p[ICMPv6PacketTooBig].mtu == 1500 and quoted(p) == bytes(big[IPv6])[:QUOTE_MAX]
+    assert icmp_csum_ok(p)
+    assert lab.drops() == {"too_big": 1} and lab.svc.dests[0].counters.outpkts == 0
+    fits = rpkt(RS6[0], UDP(sport=8080, dport=5353) / (b"r" * 1400))
+    assert lab.send(fits, INT) is not None and lab.svc.dests[0].counters.outpkts == 1
