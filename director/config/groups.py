@@ -16,6 +16,11 @@ make is written in the service itself::
       persistence: {timeout: 300}
       dests: [{address: 198.18.2.1}, {address: 198.18.2.2}]   # port 0 (default): the packet's port
 
+A group is IPv4 or IPv6 as a whole: its selectors' VIPs and its dests are of one family (IPv6 VIPs
+like ``2001:db8::10``; the persistence netmask is then a prefix length). IPVS keys a fwmark service
+by (family, mark); here a mark names one group, so IPv4 and IPv6 VIPs sticky to the same real
+servers take two groups with two marks.
+
 A group service has no ``protocol``/``vip``/``port`` of its own (refused with ``fwmark``); its dests'
 port defaults to 0, which keeps the packet's port (a dest port translates every selected port to
 it, NAT only). ``group_fields`` parses the two keys; ``check_selectors`` refuses, across the whole
@@ -54,14 +59,27 @@ def group_fields(d: Mapping[str, Any], path: str, errs: Errors) -> tuple[int, tu
     items = [] if raw is None else v.sequence(raw, gpath, errs, max_items=MAX_SELECTORS)
     if not items and "group" in d and isinstance(raw, list | type(None)):
         errs.add(gpath, "must list at least one selector {protocol, vip, port or ports}")
-    return fwmark, tuple(_selector(x, v.item(gpath, i), errs) for i, x in enumerate(items))
+    selectors = tuple(_selector(x, v.item(gpath, i), errs) for i, x in enumerate(items))
+    _one_family(selectors, gpath, errs)
+    return fwmark, selectors
+
+
+def _one_family(selectors: tuple[Selector, ...], gpath: str, errs: Errors) -> None:
+    """A group forwards within one family (its dests are that family's): every VIP like the first."""
+    for i, sel in enumerate(selectors[1:], 1):
+        if (":" in sel.vip) != (":" in selectors[0].vip) and sel.vip != "0.0.0.0":
+            fam, other = ("IPv6", "IPv4") if ":" in selectors[0].vip else ("IPv4", "IPv6")
+            errs.add(v.join(v.item(gpath, i), "vip"),
+                     f"must be an {fam} address like {v.item(gpath, 0)}.vip {selectors[0].vip} (a group "
+                     f"forwards within one family: give the {other} VIPs a group of their own), "
+                     f"got {sel.vip}")
 
 
 def _selector(raw: Any, path: str, errs: Errors) -> Selector:
     d = v.mapping(raw, path, errs)
     v.keys(d, _SELECTOR_KEYS, ("protocol", "vip"), path, errs)
     protocol = v.choice(d, "protocol", path, errs, PROTOCOLS, "tcp")
-    vip = v.ipv4(d, "vip", path, errs, unicast=True)
+    vip = v.ip_address(d, "vip", path, errs, unicast=True)
     if ("port" in d) == ("ports" in d):
         errs.add(path, "give port (one port) or ports (a range 'lo-hi'), one of them")
         return Selector(protocol, vip, 1, 1)

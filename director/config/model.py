@@ -137,8 +137,9 @@ class ServiceConfig:
 
     @property
     def family(self) -> int:
-        """4 or 6: the family of the VIP, which every dest shares (a group's selectors: IPv4 only yet)."""
-        return 6 if ":" in self.vip else 4
+        """4 or 6: the family of the VIP (a group's: its selectors'), which every dest shares."""
+        vip = self.group[0].vip if self.fwmark and self.group else self.vip
+        return 6 if ":" in vip else 4
 
     @property
     def key(self) -> tuple[int, int, int]:

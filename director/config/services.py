@@ -228,7 +228,7 @@ def _ops(d: Mapping[str, Any], path: str, protocols: frozenset[str], persistence
 def _service_body(d: Mapping[str, Any], name: str, path: str, errs: Errors) -> ServiceConfig:
     fwmark, group = groups.group_fields(d, path, errs) if groups.is_group(d) else (0, ())
     port = 0 if fwmark else v.integer(d, "port", path, errs, 0, 65535, 1)
-    v6 = not groups.is_group(d) and isinstance(d.get("vip"), str) and ":" in d["vip"]
+    v6 = (":" in group[0].vip) if group else (isinstance(d.get("vip"), str) and ":" in d["vip"])
     persistence = _persistence(d.get("persistence"), v.join(path, "persistence"), errs, v6)
     if port == 0 and "port" in d and persistence is None:
         errs.add(v.join(path, "port"), "0 (any port) needs persistence, like ipvsadm")

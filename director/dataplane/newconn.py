@@ -12,7 +12,9 @@ dest and creates the entry, in this order:
    else its scheduler picks one and a template is created (``table.new(..., TEMPLATE)``). A service
    group (fwmark service) keys its templates as IPVS keys fwmark templates: the mark in place of the
    VIP, port 0, so one client network sticks to one dest over all the group's VIPs and ports. IPVS's
-   fwmark template is protocol-less; here a template is of its conns' protocol (sync requires it), and
+   fwmark template is protocol-less (its IPv6 twin has the mark in the address's first 32 bits,
+   ``mark << 96``, so it is an IPv6 address like its client's); here a template is of its conns'
+   protocol (sync requires it), and
    a client's first template of the other protocol takes the dest of a valid one of this protocol, so
    TCP and UDP selectors stick together too. Its conns carry the mark (``Conn.fwmark``) and the
    packet's own VIP and port;
@@ -103,8 +105,9 @@ class Scheduling:
         if not snet and caddr > 0xFFFFFFFF:  # an IPv6 network masked to ::/p stays in the IPv6 key space
             snet = V6_MIN
         fwmark = svc.fwmark
-        if fwmark:  # a group: one template per client network over all its selectors (the mark as vaddr)
-            vaddr, tvport = fwmark, 0
+        if fwmark:  # a group: one template per client network over all its selectors (the mark as vaddr;
+            # IPv6: in the address's first 32 bits, as IPVS stores htonl(mark) in an nf_inet_addr)
+            vaddr, tvport = (fwmark << 96 if caddr > 0xFFFFFFFF else fwmark), 0
         else:
             tvport = vport if svc.port else 0
         ct = self._valid_template(svc, proto, snet, vaddr, tvport)

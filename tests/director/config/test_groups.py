@@ -135,3 +135,39 @@ def test_group_documents_in_etcd() -> None:
     with pytest.raises(ConfigError) as e:
         config_from_texts({"shop": text, "other": text.replace("name: shop", "name: other")})
     assert "services[shop].fwmark: duplicate fwmark 7 (also services[other])" in e.value.errors
+
+
+def group6(**over: Any) -> dict[str, Any]:
+    v6: dict[str, Any] = {"group": [{"protocol": "tcp", "vip": "2001:DB8::10", "port": 80},
+                                    {"protocol": "udp", "vip": "2001:db8::10", "port": 53},
+                                    {"protocol": "tcp", "vip": "2001:db8::11", "ports": "70-80"}],
+                          "persistence": {"timeout": 300, "netmask": 64},
+                          "dests": [{"address": "fd00:2::1"}, {"address": "fd00:2::2"}]}
+    return group(**{**v6, **over})
+
+
+def test_an_ipv6_group_round_trips_with_a_prefix_persistence() -> None:
+    cfg = config_from_dict({"services": [group6(), plain()]})
+    shop = cfg.services[0]
+    assert shop.group[0] == Selector("tcp", "2001:db8::10", 80, 80)  # canonical text
+    assert shop.family == 6 and shop.persistence is not None
+    assert shop.persistence.netmask == "ffff:ffff:ffff:ffff::"
+    assert parse_config(dump_config(cfg)) == cfg
+    assert parse_service("shop", dump_service(shop)) == shop
+
+
+@pytest.mark.parametrize(("over", "line"), [
+    ({"group": [{"protocol": "tcp", "vip": "2001:db8::10", "port": 80},
+                {"protocol": "tcp", "vip": "198.18.0.10", "port": 80}]},
+     "services[0].group[1].vip: must be an IPv6 address like services[0].group[0].vip 2001:db8::10 (a group "
+     "forwards within one family: give the IPv4 VIPs a group of their own), got 198.18.0.10"),
+    ({"dests": [{"address": "198.18.2.1"}]},
+     "services[0].dests[0].address: must be an IPv6 address like the vip 2001:db8::10"),
+    ({"group": [{"protocol": "tcp", "vip": "fe80::1", "port": 80}]},
+     "services[0].group[0].vip: must be a unicast address a host can own, got fe80::1"),
+    ({"persistence": {"timeout": 300, "netmask": 129}},
+     "services[0].persistence.netmask: must be"),
+])
+def test_ipv6_group_refusals_name_the_field(over: dict[str, Any], line: str) -> None:
+    errs = errors(group6(**over))
+    assert any(e.startswith(line) for e in errs), errs

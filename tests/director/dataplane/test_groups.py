@@ -11,10 +11,11 @@ import ipaddress
 from collections import Counter
 
 from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
 from director.dataplane.core import EXT, INT
-from director.dataplane.packet import Drop
+from director.dataplane.packet import Drop, mac_bytes
 from director.types import ConnFlags
 from syncd.apply import BackupApplier
 from syncd.convert import decode_sync_message, encode_batch
@@ -152,3 +153,54 @@ def test_tcp_and_udp_selectors_stick_together_with_same_protocol_templates_that_
     assert applier.apply(msg.updates) == 4 and applier.stats["apply_errors"] == 0
     copy = backup.table.in_get(17, _i(CLIENT), 5300, _i(VIP2), 53)
     assert copy is not None and copy.control is not None and copy.control.protocol == 17
+
+
+VIP6A, VIP6B = "2001:db8::10", "2001:db8::11"
+RS6 = {"fd00:2::1": "02:00:00:00:06:01", "fd00:2::2": "02:00:00:00:06:02"}
+CLIENT6 = "2001:db8:1::77"
+
+
+def group6_yaml() -> str:
+    rows = "".join(f'      - {{address: "{a}"}}\n' for a in RS6)
+    return ("services:\n  - name: shop6\n    fwmark: 9\n    scheduler: rr\n    group:\n"
+            f'      - {{protocol: tcp, vip: "{VIP6A}", port: 80}}\n'
+            f'      - {{protocol: tcp, vip: "{VIP6A}", port: 443}}\n'
+            f'      - {{protocol: tcp, vip: "{VIP6B}", ports: 10000-10100}}\n'
+            f"    persistence: {{timeout: 300, netmask: 64}}\n    dests:\n{rows}")
+
+
+def tcp6(vip: str, dport: int, sport: int, src: str = CLIENT6) -> Ether:
+    return Ether(src=CLIENT_MAC, dst=VMAC) / IPv6(src=src, dst=vip) / TCP(sport=sport, dport=dport, flags="S")
+
+
+def test_an_ipv6_group_binds_a_client_prefix_over_every_selector_and_syncs() -> None:
+    text = group6_yaml()
+    master, backup = make_node(text), make_node(text)
+    for node in (master, backup):
+        for a, m in RS6.items():
+            node.director.neigh[INT].learn(_i6(a), mac_bytes(m), node.now[0])
+    first = master.send(tcp6(VIP6A, 80, 41000), EXT)
+    assert first is not None and first[0] == INT
+    dest = first[1][IPv6].dst
+    for vip, port, sport in ((VIP6A, 443, 41001), (VIP6B, 10000, 41002), (VIP6B, 10100, 41003)):
+        out = master.send(tcp6(vip, port, sport, src="2001:db8:1::99"), EXT)  # same /64, another host
+        assert out is not None and out[1][IPv6].dst == dest and out[1][TCP].dport == port
+    other = master.send(tcp6(VIP6A, 80, 41004, src="2001:db8:2::77"), EXT)
+    assert other is not None and other[1][IPv6].dst != dest  # rr: the next prefix, the next dest
+    (tpl,) = [c for c in master.table if c.flags & ConnFlags.TEMPLATE and c.caddr == _i6("2001:db8:1::")]
+    assert (tpl.vaddr, tpl.fwmark, tpl.n_control) == (9 << 96, 9, 4)  # IPVS: htonl(mark) in an in6_addr
+    assert master.send(tcp6(VIP6A, 81, 41005), EXT) is None and master.drops(Drop.BYPASS) == 1
+    # sync: the backup gets the conns and the template, and keeps the prefix on the dest
+    entries = sorted(master.table, key=lambda c: not c.flags & ConnFlags.TEMPLATE)
+    msg = decode_sync_message(encode_batch(1, 1, 1, 0, [update_from_conn(SyncKind.NEW, c, 1000.0)
+                                                         for c in entries]))
+    assert isinstance(msg, BatchMsg)
+    BackupApplier(backup.table, backup.services).apply(msg.updates)
+    copy = backup.table.in_get(6, _i6(CLIENT6), 41000, _i6(VIP6A), 80)
+    assert copy is not None and copy.fwmark == 9 and copy.control is not None
+    out = backup.send(tcp6(VIP6B, 10050, 41006), EXT)
+    assert out is not None and out[1][IPv6].dst == dest
+
+
+def _i6(a: str) -> int:
+    return int(ipaddress.IPv6Address(a))
