@@ -57,7 +57,7 @@ def core_config_for(cfg: NodeConfig) -> CoreConfig:
     v4 = [g for g in gws if not is_v6(g)]
     int_addr = _ip(cfg.int_addr) if cfg.int_addr else (min(v4) if v4 else 0)
     return CoreConfig(vmac=vrrp_mac(cfg.vmac_id), gw_addrs=gws, int_addr=int_addr, mtu=cfg.int_mtu,
-                      ext_mtu=cfg.ext_mtu,
+                      ext_mtu=cfg.ext_mtu, tun_src6=_ip(cfg.tun_src6) if cfg.tun_src6 else 0,
                       neigh_max_entries=cfg.neigh_max_entries, neigh_learn_rate=cfg.neigh_learn_rate,
                       forward_fragments=cfg.forward_fragments, icmp_echo=cfg.icmp_echo,
                       icmp_ratelimit=cfg.icmp_ratelimit)

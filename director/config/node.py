@@ -129,6 +129,8 @@ class NodeConfig:
     """This node's own address on the internal side (ARP sender, IPIP source); default: the gateway."""
     int_mtu: int = 1500
     ext_mtu: int = 1500
+    tun_src6: str | None = None
+    """Outer source of ip6ip6 (TUN to IPv6 dests); default: the conn's VIP (``CoreConfig.tun_src6``)."""
     """The outside MTU: IPv6 NAT replies bigger than it get Packet Too Big back (``CoreConfig.ext_mtu``)."""
     table_bits: int = 16
     events_file: str | None = None
@@ -179,9 +181,9 @@ _CLUSTER_ONLY = ("etcd", "sync", "lease_ttl", "priority", "preempt")
 _STATIC_ONLY = ("services_file", "static_role", "fence_file")
 _KNOWN = ("node_id", "cluster", "etcd", "interfaces", "vmac_id", "sync", "admin", "lease_ttl",
           "sloppy_grace", "metrics", "priority", "preempt", "log_json", "gateways", "int_addr", "int_mtu",
-          "ext_mtu", "table_bits", "events_file", "defense", "workers", "notify", "neigh_max_entries",
-          "neigh_learn_rate", "rx_ring", "tx_ring", "stats_file", "forward_fragments", "icmp_echo",
-          "icmp_ratelimit", *_STATIC_ONLY)
+          "ext_mtu", "tun_src6", "table_bits", "events_file", "defense", "workers", "notify",
+          "neigh_max_entries", "neigh_learn_rate", "rx_ring", "tx_ring", "stats_file", "forward_fragments",
+          "icmp_echo", "icmp_ratelimit", *_STATIC_ONLY)
 STATIC_ROLES = ("master", "backup")
 MAX_NEIGH_ENTRIES = 1 << 24
 _DEFENSE_KEYS = ("drop_entry", "drop_packet", "secure_tcp", "am_droprate", "conn_threshold", "max_conns",
@@ -315,6 +317,17 @@ def _static(d: Mapping[str, Any], errs: Errors) -> dict[str, Any]:
             "fence_file": v.optional_string(d, "fence_file", "", errs, **path)}
 
 
+def _tun_src6(d: Mapping[str, Any], errs: Errors) -> str | None:
+    """``tun_src6``: an IPv6 unicast address (the outer source of ip6ip6), or unset."""
+    raw = d.get("tun_src6")
+    if raw is None:
+        return None
+    addr = v.ip_address(d, "tun_src6", "", errs, unicast=True)
+    if ":" not in addr and addr != "0.0.0.0":
+        errs.add("tun_src6", f"must be an IPv6 address (the outer source of ip6ip6), got {addr}")
+    return addr if ":" in addr else None
+
+
 def _data_plane(d: Mapping[str, Any], workers: int, errs: Errors) -> dict[str, Any]:
     """Neighbour caches, packet I/O choices, fragments, the director's own ICMP and the stats file."""
     out = {"neigh_max_entries": v.integer(d, "neigh_max_entries", "", errs, 1, MAX_NEIGH_ENTRIES, 16384),
@@ -370,6 +383,7 @@ def node_config_from_dict(raw: Any) -> NodeConfig:
         int_addr=v.ipv4(d, "int_addr", "", errs, unicast=True) if d.get("int_addr") is not None else None,
         int_mtu=v.integer(d, "int_mtu", "", errs, MIN_MTU, MAX_MTU, 1500),
         ext_mtu=v.integer(d, "ext_mtu", "", errs, MIN_MTU, MAX_MTU, 1500),
+        tun_src6=_tun_src6(d, errs),
         table_bits=v.integer(d, "table_bits", "", errs, MIN_TABLE_BITS, MAX_TABLE_BITS, 16),
         events_file=v.optional_string(d, "events_file", "", errs, pattern=_PATH, what="a file path"),
         defense=_defense(d, errs),

@@ -1,3 +1,4 @@
+import ipaddress
 import os
 
 import pytest
@@ -102,3 +103,29 @@ def test_non_utf8_and_bombs_are_clean_errors() -> None:
     assert errors_of(b"node_id: \xff\n") == ("(top level): not valid UTF-8: byte 0xff at offset 9",)
     (err,) = errors_of(bomb(9))
     assert err.startswith("(top level): refused: more than")
+
+
+def test_packet_path_keys_reach_the_core_config() -> None:
+    from director.node import core_config_for
+
+    cfg = parse_node_config(GOOD + "forward_fragments: true\nicmp_echo: false\nicmp_ratelimit: 5\n"
+                            "ext_mtu: 9000\ntun_src6: 'FD00:19::FE'\n")
+    core = core_config_for(cfg)
+    got = (core.forward_fragments, core.icmp_echo, core.icmp_ratelimit, core.ext_mtu)
+    assert got == (True, False, 5, 9000)
+    assert core.tun_src6 == int(ipaddress.IPv6Address("fd00:19::fe"))
+    default = core_config_for(parse_node_config(GOOD))
+    assert (default.forward_fragments, default.icmp_echo, default.icmp_ratelimit, default.ext_mtu,
+            default.tun_src6) == (False, True, 100, 1500, 0)
+
+
+@pytest.mark.parametrize(("line", "error"), [
+    ("tun_src6: 198.18.1.1", "tun_src6: must be an IPv6 address (the outer source of ip6ip6)"),
+    ("tun_src6: 'ff02::1'", "tun_src6: must be a unicast address a host can own, got ff02::1"),
+    ("ext_mtu: 100", "ext_mtu: must be an integer in 576..65535, got 100"),
+    ("icmp_echo: maybe", "icmp_echo: must be true or false"),
+    ("icmp_ratelimit: -1", "icmp_ratelimit: must be an integer in 0..100000, got -1"),
+])
+def test_packet_path_keys_are_checked_by_name(line: str, error: str) -> None:
+    errs = errors_of(GOOD + line + "\n")
+    assert any(e.startswith(error) for e in errs), errs
