@@ -37,7 +37,8 @@ a small method. The steps, in order:
    MACs, TUN encapsulates; out of the INT side.
 
 ICMP errors (dest unreachable incl. frag-needed, source quench, time exceeded) quoting a known
-flow are translated (NAT) or forwarded (DR/TUN) to the other side; other ICMP is dropped.
+flow are translated (NAT) or forwarded (DR/TUN) to the other side; an echo request to an owned
+address is answered (``icmp_echo``, ``echo_ratelimit``); other ICMP is dropped.
 A next hop whose MAC is unknown turns the packet into an ARP request (rate-limited) and a drop.
 Fragments are dropped (``FRAGMENT``) unless ``cfg.forward_fragments``: then they are forwarded
 without reassembly (a first fragment leaves its ports in ``frags``, the later ones follow its conn).

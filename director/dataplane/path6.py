@@ -10,9 +10,12 @@ differ:
 
 1. **parse**: :func:`~director.dataplane.packet6.parse_ipv6` (extension headers walked, bounded);
 2. **guards**: neighbour discovery (NS/NA, also those to a multicast MAC: :meth:`Path6.multicast`)
-   goes to :class:`~director.dataplane.nd.NeighbourDiscovery`; other ICMPv6 is not handled yet
-   (``ICMP_UNRELATED``: errors about flows are future work, docs/IPV6.md); a backup drops
-   (``NOT_ACTIVE``); hop limit <= 1 drops (``TTL_EXCEEDED``, no ICMPv6 time exceeded yet);
+   goes to :class:`~director.dataplane.nd.NeighbourDiscovery`; a backup drops (``NOT_ACTIVE``); other
+   ICMPv6 goes to :meth:`Path6._icmp6` (echo to an owned address answered, errors about a flow
+   translated or forwarded, a Packet Too Big about our ip6ip6 turned into one for the client:
+   :mod:`director.dataplane.icmp6`); hop limit <= 1 drops (``TTL_EXCEEDED``, time exceeded to the
+   client); with ``forward_fragments`` a first fragment leaves its ports for the later ones, which
+   :meth:`Path6._fragment` forwards;
 3. **lookup**: ``out_get`` for a NAT reply from the inside, else ``in_get``, with the SYN-reuse rule;
 4. **miss**: the director's own ``_miss`` (service, BYPASS / NO_SERVICE, SYN rule, defense gate,
    :class:`~director.dataplane.newconn.Scheduling`: persistence templates with the service's IPv6
@@ -20,7 +23,8 @@ differ:
    translated back to its VIP without an entry, as in IPv4;
 5. **state**, **count**, **transmit**: NAT rewrites one address and port (the L4 checksum patched
    over the pseudo-header), DR the MACs, TUN encapsulates in ip6ip6 (bigger than ``cfg.mtu``:
-   ``TOO_BIG``, no Packet Too Big sent yet). Every forwarded packet's hop limit goes down by one.
+   ``TOO_BIG`` and Packet Too Big to the client; a NAT reply bigger than ``cfg.ext_mtu``: Packet Too
+   Big back to the dest). Every forwarded packet's hop limit goes down by one.
 
 Neighbours: IPv6 addresses live in the same per-side caches as IPv4 ones (their ints never meet).
 Clients are learned from their NS (for a VIP) and their data frames (the rule of docs/DATAPLANE.md:
