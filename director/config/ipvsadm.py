@@ -11,8 +11,9 @@ group's selectors: on an IPVS box the iptables rules that set the mark) is liste
 
 ``parse_rules(text, running)`` reads such rules back, e.g. from an existing IPVS box, by replaying
 the commands in order (``-A -E -D -C -a -e -d --set``) over plain service documents (the ``apply -f``
-schema): it does no I/O and never raises on bad input. Every line it cannot translate (IPv6,
-hostnames instead of numbers, ``--pe``, unknown options, a dest of an unknown service, a fwmark
+schema): it does no I/O and never raises on bad input. IPv6 is ipvsadm's: ``[ADDR]:PORT``, ``-M``
+a prefix length, ``-6`` accepted (needed there for fwmark services only). Every line it cannot
+translate (hostnames instead of numbers, ``--pe``, unknown options, a dest of an unknown service, a fwmark
 service whose selectors the running config does not know) becomes a problem ``line N: ...``;
 nothing is dropped silently. Defaults are ipvsadm's: scheduler wlc, persistence 300 s, forwarding
 ``-g`` (direct routing), weight 1, the dest port the service's (0 for a fwmark service). With
@@ -47,7 +48,8 @@ _WITH_VALUE = {"-t": "tcp", "--tcp-service": "tcp", "-u": "udp", "--udp-service"
                "-x": "u_threshold", "--u-threshold": "u_threshold", "-y": "l_threshold",
                "--l-threshold": "l_threshold", "-b": "flags", "--sched-flags": "flags", "--pe": "pe",
                "--tun-type": "tun_type", "--tun-port": "tun_type", "--tun-nocsum": "tun_type"}
-_UNSUPPORTED_FLAGS = {"-6": "IPv6 services (-6)", "--ipv6": "IPv6 services (-6)"}
+_V6_FLAGS = ("-6", "--ipv6")
+"""ipvsadm's IPv6 flag: needed there for fwmark services only (an address says its family)."""
 _OPS = ("-o", "--ops", "ops")
 """One-packet scheduling; old ipvsadm -S wrote a bare ``ops``."""
 _KEPT = ("expire_nodest_conn", "expire_quiescent_template")
@@ -89,10 +91,15 @@ def _common_forward(svc: Mapping[str, Any]) -> dict[str, Any]:
 # ---- config -> rules --------------------------------------------------------------------------
 
 
+def _hp(addr: str, port: int) -> str:
+    """ipvsadm's ADDR:PORT, an IPv6 address in brackets."""
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
 def _svc_arg(svc: ServiceConfig) -> str:
     if svc.fwmark:
-        return f"-f {svc.fwmark}"
-    return f"{'-t' if svc.protocol == 'tcp' else '-u'} {svc.vip}:{svc.port}"
+        return f"-f {svc.fwmark}" + (" -6" if svc.family == 6 else "")
+    return f"{'-t' if svc.protocol == 'tcp' else '-u'} {_hp(svc.vip, svc.port)}"
 
 
 def _key(svc: ServiceConfig) -> SvcKey:
@@ -109,7 +116,10 @@ def service_rule(svc: ServiceConfig) -> str:
     line = f"-A {_svc_arg(svc)} -s {svc.scheduler}{_sched_flags(svc)}"
     if svc.persistence is not None:
         line += f" -p {svc.persistence.timeout}"
-        if svc.persistence.netmask != "255.255.255.255":
+        if ":" in svc.persistence.netmask:  # IPv6: ipvsadm writes a prefix length
+            plen = bin(int(ipaddress.IPv6Address(svc.persistence.netmask))).count("1")
+            line += f" -M {plen}" if plen != 128 else ""
+        elif svc.persistence.netmask != "255.255.255.255":
             line += f" -M {svc.persistence.netmask}"
     if svc.ops:
         line += " -o"
@@ -119,7 +129,7 @@ def service_rule(svc: ServiceConfig) -> str:
 def dest_rules(svc: ServiceConfig) -> Iterator[str]:
     for d in svc.dests:
         fwd = FWD_FLAG[d.forward or svc.forward]
-        line = f"-a {_svc_arg(svc)} -r {d.address}:{d.port} {fwd} -w {d.weight}"
+        line = f"-a {_svc_arg(svc)} -r {_hp(d.address, d.port)} {fwd} -w {d.weight}"
         if d.u_threshold or d.l_threshold:
             line += f" -x {d.u_threshold} -y {d.l_threshold}"
         yield line
@@ -176,15 +186,24 @@ class _Line:
     persistent: str | None = None
     fwd: str | None = None
     ops: bool = False
+    v6: bool = False
     args: list[str] = field(default_factory=list)
 
 
 def _hostport(text: str, what: str) -> tuple[str, int | None]:
-    if text.startswith("[") or text.count(":") > 1:
-        raise RuleError(f"{what} {text}: IPv6 services are not supported yet")
-    host, sep, port = text.partition(":")
+    """``A.B.C.D[:PORT]``, ``[IPV6][:PORT]`` (ipvsadm's IPv6 form) or a bare IPv6 address."""
+    if text.startswith("["):
+        host, close, rest = text[1:].partition("]")
+        sep, port = rest[:1], rest[1:]
+        if not close or rest[:1] not in ("", ":"):
+            raise RuleError(f"{what} {text!r}: write [IPV6]:PORT (ipvsadm -S -n)")
+    elif text.count(":") > 1:
+        host, sep, port = text, "", ""
+    else:
+        host, sep, port = text.partition(":")
     try:
-        addr = ipaddress.IPv4Address(host)
+        addr: ipaddress.IPv4Address | ipaddress.IPv6Address = (
+            ipaddress.IPv6Address(host) if ":" in host else ipaddress.IPv4Address(host))
     except ValueError:
         raise RuleError(f"{what} {text!r}: write numeric addresses and ports (ipvsadm -S -n)") from None
     if not sep:
@@ -214,8 +233,8 @@ def _tokens(words: list[str]) -> _Line:
             line.fwd = _FLAG_FWD[word]
         elif word in _OPS:
             line.ops = True
-        elif word in _UNSUPPORTED_FLAGS:
-            raise RuleError(f"{_UNSUPPORTED_FLAGS[word]} not supported")
+        elif word in _V6_FLAGS:
+            line.v6 = True
         elif word in _WITH_VALUE:
             if not inline and i >= len(words):
                 raise RuleError(f"{word} needs a value")
@@ -243,6 +262,8 @@ def _service_key(line: _Line) -> SvcKey:
     if proto is None:
         raise RuleError("no service: give -t VIP:PORT, -u VIP:PORT or -f MARK")
     vip, port = _hostport(line.values[proto], "service")
+    if line.v6 and ":" not in vip:
+        raise RuleError(f"-6 with the IPv4 service {vip}")
     return proto, vip, port if port is not None else 0
 
 

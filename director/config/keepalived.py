@@ -32,7 +32,7 @@ from typing import Any
 
 from director.config import keepalived_checks as checks
 from director.config.keepalived_checks import Ctx, Stmt, Untranslated
-from director.config.model import FORWARDS, MAX_SECONDS, MAX_THRESHOLD, MAX_WEIGHT
+from director.config.model import FORWARDS, MAX_SECONDS, MAX_THRESHOLD, MAX_WEIGHT, default_name
 from director.services.sched import registry
 
 LB_KINDS = {name.upper(): name for name in FORWARDS}
@@ -180,11 +180,9 @@ def _vs_defaults(ctx: Ctx, s: Stmt, defaults: dict[str, Any]) -> bool:
 def _addr_problem(addr: str, port: str = "0") -> str | None:
     """Why an address and port cannot be a service's or dest's (None: they can)."""
     try:
-        ip = ipaddress.ip_address(addr)
+        ipaddress.ip_address(addr)
     except ValueError:
         return f"not an IP address: {addr} (names are not resolved)"
-    if ip.version != 4:
-        return "IPv6 addresses are not supported yet"
     if not port.isdigit() or int(port) > 65535:
         return f"not a port: {port}"
     return None
@@ -301,7 +299,7 @@ def _virtual_server(ctx: Ctx, s: Stmt, out: Imported) -> None:
     label = ctx.path = f"virtual_server {vip} {port}"
     svc: dict[str, Any] = {"name": "", "protocol": "tcp", "vip": vip, "port": int(port), "dests": []}
     _service_body(ctx, s, svc, label)
-    svc["name"] = f"{svc['protocol']}-{vip}-{port}"
+    svc["name"] = default_name(svc["protocol"], vip, port)
     out.services.append(svc)
 
 
@@ -335,7 +333,11 @@ def _group_members(ctx: Ctx, name: str) -> list[tuple[str, int]]:
             ctx.path = f"virtual_server_group {name}"
             ctx.skip(e, why or f"not an address range: {e.key}")
             continue
-        base = ipaddress.IPv4Address(first)
+        if dash and ":" in first:
+            ctx.path = f"virtual_server_group {name}"
+            ctx.skip(e, f"IPv6 address ranges are not supported (list the addresses): {e.key}")
+            continue
+        base = ipaddress.ip_address(first)
         count = int(last) - int(first.rsplit(".", 1)[1]) + 1 if dash else 1
         members.extend((str(base + i), int(e.args[0])) for i in range(max(count, 0)))
     return members
@@ -353,7 +355,7 @@ def _group_server(ctx: Ctx, s: Stmt, out: Imported) -> None:
     _service_body(ctx, s, template, label)
     for vip, port in members:
         svc = copy.deepcopy(template)
-        svc.update(name=f"{template['protocol']}-{vip}-{port}", vip=vip, port=port)
+        svc.update(name=default_name(template["protocol"], vip, port), vip=vip, port=port)
         out.services.append(svc)
 
 

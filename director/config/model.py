@@ -26,8 +26,9 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
 def default_name(protocol: str, vip: str, port: int, fwmark: int = 0) -> str:
-    """A service's name when none is given: ``tcp-198.18.0.10-80``, or ``fwm-MARK`` for a service group."""
-    return f"fwm-{fwmark}" if fwmark else f"{protocol}-{vip}-{port}"
+    """A service's name when none is given: ``tcp-198.18.0.10-80``, ``tcp-2001.db8..10-80`` (an IPv6
+    VIP's colons as dots: a name has no colon), or ``fwm-MARK`` for a service group."""
+    return f"fwm-{fwmark}" if fwmark else f"{protocol}-{vip.replace(':', '.')}-{port}"
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ def test_untranslatable_lines_are_reported_with_their_number() -> None:
     rules = parse_rules("""-A -t 198.18.0.10:80 -s wlc
 -A -f 5 -s rr
 -a -f 5 -r 198.18.1.2:80 -g
--A -t [2001:db8::1]:80 -s rr
+-A -t [2001:db8::1:80 -s rr
 -A -t www.example.com:http -s rr
 -a -t 198.18.0.10:80 -r 198.18.1.2:80 -g --frobnicate
 -a -t 198.18.0.99:80 -r 198.18.1.2:80
@@ -102,8 +102,9 @@ def test_untranslatable_lines_are_reported_with_their_number() -> None:
     lines = [p.split(":")[0] for p in rules.problems]
     assert lines == [f"line {n}" for n in range(2, 11)], rules.problems
     text = "\n".join(rules.problems)
-    for needle in ("fwmark 5: its selectors", "IPv6", "numeric addresses and ports (ipvsadm -S -n)",
-                   "unknown option '--frobnicate'", "no service tcp/198.18.0.99:80", "IPv6 services (-6)",
+    for needle in ("fwmark 5: its selectors", "write [IPV6]:PORT",
+                   "numeric addresses and ports (ipvsadm -S -n)", "unknown option '--frobnicate'",
+                   "no service tcp/198.18.0.99:80", "-6 with the IPv4 service",
                    "--pe not supported", "weight must be an integer"):
         assert needle in text
     (svc,) = config_from_dict(rules.document()).services  # what did translate is kept
@@ -158,3 +159,25 @@ def test_fwmark_services_round_trip_with_their_running_selectors() -> None:
     unknown = parse_rules(text)  # no running service knows which packets carry mark 7
     assert [p.split(":")[0] for p in unknown.problems] == ["line 1", "line 2", "line 3"]
     assert "add the service with its group:" in unknown.problems[0]
+
+
+V6_RULES = """-A -t [2001:db8::10]:80 -s rr -p 300 -M 64
+-a -t [2001:db8::10]:80 -r [fd00:2::1]:8080 -m -w 2
+-a -t [2001:db8::10]:80 -r [fd00:2::2]:8080 -m -w 1
+-A -u [2001:DB8::10]:53 -s wrr -6
+-a -u [2001:db8::10]:53 -r [fd00:2::1]:53 -g -w 1
+"""
+
+
+def test_ipv6_rules_read_in_ipvsadm_layout_and_written_back_the_same() -> None:
+    rules = parse_rules(V6_RULES)
+    assert rules.problems == []
+    web, dns = config_from_dict(rules.document()).services
+    assert (web.name, web.vip, web.port) == ("tcp-2001.db8..10-80", "2001:db8::10", 80)
+    assert web.persistence is not None and web.persistence.netmask == "ffff:ffff:ffff:ffff::"
+    assert [(d.address, d.port, d.weight) for d in web.dests] == [("fd00:2::1", 8080, 2),
+                                                                  ("fd00:2::2", 8080, 1)]
+    assert (dns.vip, dns.protocol, dns.dests[0].address) == ("2001:db8::10", "udp", "fd00:2::1")
+    text, _dropped = format_rules(config_from_dict(rules.document()))
+    assert text == V6_RULES.replace("DB8", "db8").replace(" -6", "")  # canonical, -6 implied by the address
+    assert config_from_dict(parse_rules(text).document()) == config_from_dict(rules.document())

@@ -120,7 +120,7 @@ def test_checker_defaults_and_overrides() -> None:
 
 
 def test_addresses_it_cannot_use_are_listed_not_written() -> None:
-    imp = translate("""virtual_server 2001:db8::1 80 {
+    imp = translate("""virtual_server 2001:db8::zz 80 {
   real_server 198.18.1.2 80 {
   }
 }
@@ -134,7 +134,39 @@ virtual_server 198.18.0.11 80 {
 }
 """)
     assert [(u.line, u.why) for u in imp.untranslated] == [
-        (1, "IPv6 addresses are not supported yet"), (5, "not a port: http"),
+        (1, "not an IP address: 2001:db8::zz (names are not resolved)"), (5, "not a port: http"),
         (8, "not an IP address: www.example.test (names are not resolved)")]
     (svc,) = config_from_dict(imp.document()).services
     assert [d.address for d in svc.dests] == ["198.18.1.3"]
+
+
+def test_ipv6_virtual_servers_translate() -> None:
+    imp = translate("""virtual_server 2001:db8::10 443 {
+  lb_algo wrr
+  lb_kind NAT
+  persistence_timeout 600
+  real_server fd00:2::1 8443 {
+    weight 3
+    TCP_CHECK { connect_timeout 2 }
+  }
+  real_server fd00:2::2 8443 {
+  }
+}
+virtual_server_group v6 {
+  2001:db8::20 80
+  2001:db8::21-29 80
+}
+virtual_server group v6 {
+  real_server fd00:2::3 80 {
+  }
+}
+""")
+    svcs = config_from_dict(imp.document()).services
+    web = next(x for x in svcs if x.port == 443)
+    assert (web.vip, web.scheduler, web.forward) == ("2001:db8::10", "wrr", "nat")
+    assert [(d.address, d.port, d.weight) for d in web.dests] == [("fd00:2::1", 8443, 3),
+                                                                  ("fd00:2::2", 8443, 1)]
+    assert web.dests[0].healthcheck is not None
+    assert {x.vip for x in svcs if x.port == 80} == {"2001:db8::20"}  # the range is listed, not guessed
+    assert [u.why for u in imp.untranslated] == [
+        "IPv6 address ranges are not supported (list the addresses): 2001:db8::21-29"]
