@@ -219,9 +219,23 @@ def _cell(text: str, ok: bool | None = None) -> str:
     return f"<td{cls}>{html.escape(text)}</td>"
 
 
+def _v6_cells(p: Mapping[str, Any]) -> list[str]:
+    """The IPv6 part of a phase (the drill's ``*_v6`` keys), "-" for a drill without IPv6 streams."""
+    out = []
+    for kept, total in (("connections_survived_v6", "connections_total_v6"),
+                        ("templates_kept_v6", "templates_total_v6")):
+        if total not in p:
+            out.append(_cell("-"))
+            continue
+        n, of = int(p.get(kept, 0)), int(p[total])
+        out.append(_cell(f"{n}/{of}", n == of))
+    return out
+
+
 def summary_table(phases: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     head = ("phase", "connections survived", "resets", "worst TCP stall", "median stall", "UDP worst gap",
-            "UDP lost", "takeover", "nobody forwarding", "overlap", "templates kept", "split brain")
+            "UDP lost", "takeover", "nobody forwarding", "overlap", "templates kept", "IPv6 survived",
+            "IPv6 templates", "split brain")
     rows = []
     for name, p in phases:
         stalls = sorted(float(x) for x in p.get("timeline", {}).get("stalls_ms", []))
@@ -242,6 +256,7 @@ def summary_table(phases: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
             _cell(f"{float(p.get('nobody_forwarding_ms', 0.0)):.0f} ms"),
             _cell(f"{float(p.get('overlap_ms', 0.0)):.0f} ms", float(p.get("overlap_ms", 0.0)) == 0),
             _cell(f"{p.get('templates_kept', 0)}/{p.get('templates_total', 0)}"),
+            *_v6_cells(p),
             _cell("YES" if split else "no", not split),
         ]) + "</tr>")
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)

@@ -133,3 +133,13 @@ def test_traffic_report_lists_every_connections_worst_stall() -> None:
     stalls = t.report()["stalls_ms"]
     assert isinstance(stalls, list) and len(stalls) == 3
     assert stalls[0] == 40.0 and stalls[1] == 120.0 and 2000.0 <= stalls[2] < 2500.0
+
+
+def test_summary_shows_the_ipv6_part_of_each_phase() -> None:
+    report = synthetic_report()
+    report["kill"].update(connections_total_v6=50, connections_survived_v6=49, templates_total_v6=10,
+                          templates_kept_v6=10)
+    page = render_html(report)
+    assert "<th>IPv6 survived</th>" in page and "<th>IPv6 templates</th>" in page
+    assert '<td class="bad">49/50</td>' in page and '<td class="ok">10/10</td>' in page
+    assert page.count("<td>-</td>") >= len(PHASE_ORDER) - 1  # phases without IPv6 keys
