@@ -299,7 +299,7 @@ def _virtual_server(ctx: Ctx, s: Stmt, out: Imported) -> None:
     label = ctx.path = f"virtual_server {vip} {port}"
     svc: dict[str, Any] = {"name": "", "protocol": "tcp", "vip": vip, "port": int(port), "dests": []}
     _service_body(ctx, s, svc, label)
-    svc["name"] = default_name(svc["protocol"], vip, port)
+    svc["name"] = default_name(svc["protocol"], vip, int(port))
     out.services.append(svc)
 
 

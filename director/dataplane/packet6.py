@@ -60,7 +60,8 @@ MAX_EXT_HEADERS = 8
 IPv6Info = tuple[int, int, int, int, int, int, int, int, int]
 """(proto, saddr, sport, daddr, dport, l4_off, end, hop_limit, extra), as ``IPv4Info``."""
 
-_FIXED = struct.Struct("!12xHIHBB")  # ethertype, ver/tclass/flow, payload length, next header, hop limit
+_FIXED = struct.Struct("!12xHIHBB16s16s")  # ethertype, ver/tclass/flow, payload length, next header,
+#                                            hop limit, source, destination
 _UDP = struct.Struct("!HHHH")
 _PORTS = struct.Struct("!HH")
 _U16 = struct.Struct("!H")
@@ -131,7 +132,7 @@ def parse_ipv6(frame: bytes | bytearray | memoryview, first_fragment: bool = Fal
     n = len(frame)
     if n < _MIN_FRAME:
         return Drop.TRUNCATED
-    etype, vtf, plen, nh, hlim = _FIXED.unpack_from(frame, 0)
+    etype, vtf, plen, nh, hlim, sbytes, dbytes = _FIXED.unpack_from(frame, 0)
     if etype != ETH_P_IPV6:
         return Drop.NOT_IPV4
     if vtf >> 28 != 6:
@@ -139,8 +140,8 @@ def parse_ipv6(frame: bytes | bytearray | memoryview, first_fragment: bool = Fal
     end = _MIN_FRAME + plen
     if not plen or end > n:
         return Drop.BAD_TOTLEN
-    saddr = _from(frame[OFF_SADDR:OFF_DADDR], "big")
-    daddr = _from(frame[OFF_DADDR:_MIN_FRAME], "big")
+    saddr = _from(sbytes, "big")
+    daddr = _from(dbytes, "big")
     if bad_addr(saddr, daddr):
         return Drop.BAD_ADDR
     w = walk_ext(frame, nh, end, _MIN_FRAME, first_fragment) if nh in _EXT else (nh, _MIN_FRAME)
