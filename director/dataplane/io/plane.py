@@ -177,23 +177,24 @@ class DataPlane:
         self.close()
 
     def _make_reader(self, sock: PacketSocket, side: int) -> Callable[[], None]:
-        drain = sock.drain
         sink = self.director.learn_arp
         handle = self.director.handle if self.arp_answer or sock not in self.arp_socks else sink
         fenced = self.fenced
         drops = self.director.counters.counts
         rx = self.rx_frames
         blocks = self.batch_blocks
-        sends: list[Callable[[bytes | bytearray], int]]
-        flushes: list[Callable[[], None]] = []
-        if self.tx_rings:
-            sends = [t.send for t in self.tx_rings]
-            flushes = [t.flush for t in self.tx_rings]
-        else:
-            sends = [s.send for s in self.socks]
+        flushes = [t.flush for t in self.tx_rings]
+        rings, drain_tx = self.tx_rings, sock.drain_tx
+        sends = [] if rings else [s.send for s in self.socks]
+        drain = sock.drain
+
+        def pull() -> tuple[int, int, int]:
+            if rings:  # the TX rings' slot writes inlined in the RX ring walk
+                return drain_tx(handle, side, rings, blocks, fenced, sink)
+            return drain(handle, side, sends, blocks, fenced, sink)
 
         def on_readable() -> None:
-            n, errors, dropped = drain(handle, side, sends, blocks, fenced, sink)
+            n, errors, dropped = pull()
             for flush in flushes:  # (each flush checks the deadline again)
                 flush()
             rx[side] += n + dropped
