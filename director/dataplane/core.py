@@ -84,6 +84,7 @@ from director.dataplane.xmit import (
 from director.services.service import Dest, ServiceTable, count_packet
 from director.table import proto_state
 from director.table.conn import Conn, ConnTable
+from director.table.entry import F_NO_CPORT
 from director.table.tcp import Direction, TcpState
 from director.types import Clock, ConnFlags, DestFlags
 
@@ -109,9 +110,11 @@ _FAST = struct.Struct("!6s6xHBBHHHBBHIIHHHH4xBB2xH").unpack_from
 then at 38/40 the UDP length/checksum, at 46/47 the TCP data offset/flags and at 50 the TCP checksum.
 The IPv4 header checksum is verified from these fields: the header's 16-bit words sum to 0 modulo 0xFFFF
 (a 32-bit address counts as the sum of its halves, as 2**16 == 1 modulo 0xFFFF)."""
-_IP_TAIL = struct.Struct("!BBHII").pack_into  # ttl proto csum saddr daddr at offset 22
-_PORTS_CSUM_UDP = struct.Struct("!HHHH").pack_into  # sport dport len csum at 34
-_PORTS = struct.Struct("!HH").pack_into
+_NAT_TCP = struct.Struct("!12sHBBHHHBBHIIHH").pack_into
+"""NAT of a fast-parsed frame in one write: MACs, then ethertype and the IPv4 header as read (ttl, checksum,
+addresses rewritten), then the ports (TCP; its checksum at 50 is written apart)."""
+_NAT_UDP = struct.Struct("!12sHBBHHHBBHIIHHHH").pack_into
+"""The same for UDP, through the UDP length and checksum (42 bytes)."""
 _U16 = struct.Struct("!H").pack_into
 _U32_AT = struct.Struct("!I").unpack_from
 _IN = int(Direction.INPUT)
@@ -177,12 +180,14 @@ class Director:
         miss, nodest, ext_miss, neigh_miss, xmit_other = (self._miss, self._nodest, self._ext_miss,
                                                           self._neigh_miss, self._xmit_other)
         ops_dest, ops_reply = self.services.ops_dest, self._ops_reply
-        fast_unpack, ip_tail, ports, u16 = _FAST, _IP_TAIL, _PORTS, _U16
-        ports_csum_udp, int_and = _PORTS_CSUM_UDP, _int_and
+        fast_unpack, u16, int_and = _FAST, _U16, _int_and
         fwd_mask, ack_only, th_ack, established = _FWD_MASK, _ACK_ONLY_MASK, TH_ACK, _ESTABLISHED
         available, masq = _AVAILABLE, _MASQ
         way_in, way_out = _IN, _OUT
         reusable, syn_only, th_syn, reuse = _REUSABLE, _SYN_ONLY, TH_SYN, self._reuse
+        tab, mask, no_cport = table._tab, table._mask, F_NO_CPORT  # the bucket list is never replaced
+        tclock = table._clock
+        nat_udp, nat_tcp = _NAT_UDP, _NAT_TCP
 
         def handle(frame: bytearray, side: int) -> Action | None:
             # Fast parse of the common case (Ethernet II, IPv4 without options, not a fragment, TCP or
@@ -233,7 +238,15 @@ class Director:
                     c.outbytes += n
             else:
                 way = way_in
-                conn = in_get(proto, saddr, sport, daddr, dport)
+                if sport:  # table.in_get inlined for a real port (entries without NO_CPORT; else its retry)
+                    conn = tab[(saddr ^ sport) & mask].get(saddr << 24 | proto << 16 | sport)
+                    while conn is not None and (conn.vport != dport or conn.vaddr != daddr
+                                                or conn.flags & no_cport):
+                        conn = conn._next
+                    if conn is None and table.no_cport_count:
+                        conn = in_get(proto, saddr, sport, daddr, dport)
+                else:
+                    conn = in_get(proto, saddr, sport, daddr, dport)
                 if conn is not None and tflags & syn_only == th_syn and conn.state in reusable \
                         and proto == 6 and reuse(conn):
                     conn = None  # a new connection on a closed one's 4-tuple: scheduled anew
@@ -260,14 +273,22 @@ class Director:
                     learn_client(saddr, bytes(frame[6:12]), clock())
             # State, both ways: an ESTABLISHED conn hit by a plain ACK (or a UDP datagram) whose timeout
             # stays the same only needs its timer refreshed; anything else runs the state machine.
+            # (table.refresh inlined: expires := now + timeout; the table re-slots it only when that
+            # is before its slot, or when it is not armed)
             if proto == 6:
                 if (conn.state == established and tflags & ack_only == th_ack
-                        and conn.timeout == tmo.tcp[established]):
-                    refresh(conn)
+                        and (t := conn.timeout) == tmo.tcp[established]):
+                    if (ts := conn._tslot) is None or (e := tclock() + t) < ts.deadline:
+                        refresh(conn)
+                    else:
+                        conn.expires = e
                 else:
                     update(table, conn, way, tflags, tmo)
-            elif conn.timeout == tmo.udp:
-                refresh(conn)
+            elif (t := conn.timeout) == tmo.udp:
+                if (ts := conn._tslot) is None or (e := tclock() + t) < ts.deadline:
+                    refresh(conn)
+                else:
+                    conn.expires = e
             else:
                 update(table, conn, way, tflags, tmo)
             if way:  # NAT reply out to the client
@@ -275,18 +296,19 @@ class Director:
                 if hdr is None or not fast:
                     return ext_miss(frame, hdr, daddr, (proto, saddr, sport, daddr, dport, l4, end, ttl,
                                                               tflags), conn)
-                # nat_rewrite(..., 26, 0, saddr, vaddr, sport, vport) inlined, fewest writes
+                # nat_rewrite(..., 26, 0, saddr, vaddr, sport, vport) inlined: the headers rewritten
+                # in one write (the fields that stay, as read)
                 na = conn.vaddr
                 np = conn.vport
-                frame[0:12] = hdr
                 da = na - saddr
-                ip_tail(frame, 22, ttl - 1, proto, (ipsum - da + 0x100) % 0xFFFF, na, daddr)
                 if proto == 6:
-                    ports(frame, 34, np, dport)
+                    nat_tcp(frame, 0, hdr, etype, ver_ihl, tos, tot_len, ipid, frag, ttl - 1, proto,
+                            (ipsum - da + 0x100) % 0xFFFF, na, daddr, np, dport)
                     u16(frame, 50, (tsum - da - np + sport) % 0xFFFF)
                 else:
-                    ports_csum_udp(frame, 34, np, dport, ulen,
-                                    ((usum - da - np + sport) % 0xFFFF or 0xFFFF) if usum else 0)
+                    nat_udp(frame, 0, hdr, etype, ver_ihl, tos, tot_len, ipid, frag, ttl - 1, proto,
+                            (ipsum - da + 0x100) % 0xFFFF, na, daddr, np, dport, ulen,
+                            ((usum - da - np + sport) % 0xFFFF or 0xFFFF) if usum else 0)
                 return EXT, frame
             fwd = conn.flags & fwd_mask
             if fwd == masq:
@@ -298,16 +320,16 @@ class Director:
                 if not fast:
                     nat_rewrite(frame, hdr, ttl, l4, proto, 30, 2, daddr, na, dport, np)
                     return INT, frame
-                # nat_rewrite(..., 30, 2, daddr, conn.daddr, dport, conn.dport) inlined, fewest writes
-                frame[0:12] = hdr
+                # nat_rewrite(..., 30, 2, daddr, conn.daddr, dport, conn.dport) inlined, one write
                 da = na - daddr
-                ip_tail(frame, 22, ttl - 1, proto, (ipsum - da + 0x100) % 0xFFFF, saddr, na)
                 if proto == 6:
-                    ports(frame, 34, sport, np)
+                    nat_tcp(frame, 0, hdr, etype, ver_ihl, tos, tot_len, ipid, frag, ttl - 1, proto,
+                            (ipsum - da + 0x100) % 0xFFFF, saddr, na, sport, np)
                     u16(frame, 50, (tsum - da - np + dport) % 0xFFFF)
                 else:
-                    ports_csum_udp(frame, 34, sport, np, ulen,
-                                    ((usum - da - np + dport) % 0xFFFF or 0xFFFF) if usum else 0)
+                    nat_udp(frame, 0, hdr, etype, ver_ihl, tos, tot_len, ipid, frag, ttl - 1, proto,
+                            (ipsum - da + 0x100) % 0xFFFF, saddr, na, sport, np, ulen,
+                            ((usum - da - np + dport) % 0xFFFF or 0xFFFF) if usum else 0)
                 return INT, frame
             return xmit_other(frame, conn, fwd, (proto, saddr, sport, daddr, dport, l4, end, ttl, tflags))
 
