@@ -29,9 +29,10 @@ IPv6 (ULA only, never a routed prefix): the client, the directors, the real serv
 dual-stack on fd00:18::/64 outside (client fd00:18::64 (hex 100) with aliases ::65-::6d, director N
 fd00:18::N, router ::fe, VIPs fd00:18::10 NAT .. ::12 TUN) and fd00:19::/64 inside (real server N
 fd00:19::(9+N), director N fd00:19::N, router ::fd). A real server's default IPv6 route is the
-directors' link-local address ``fe80::200:5eff:fe00:101`` (EUI-64 of virtual MAC 1, answered by the
-active director's neighbour discovery: its NAT gateway for IPv6). The IPv6 DR VIP sits on the real
-servers' lo (the kernel answers NS only for addresses of the interface asked: no arp_ignore needed), the
+directors' link-local address ``fe80::200:5eff:fe00:201`` (EUI-64 of IPv6's virtual MAC
+00:00:5e:00:02:01, answered by the active director's neighbour discovery: its NAT gateway for IPv6).
+The IPv6 DR VIP sits on the real servers' lo (the kernel answers NS only for addresses of the
+interface asked: no arp_ignore needed), the
 IPv6 TUN VIP on the tun device, fed with ip6ip6 by the same user-space decapsulator (no ``ip6_tunnel``
 module here); replies from both go to the router by a source policy rule, as in IPv4. Every address is
 ``nodad`` and DAD, router solicitations and autoconfiguration are off, so nothing waits and the kernels
@@ -87,7 +88,7 @@ VIP6_NAT = "fd00:18::10"
 VIP6_DR = "fd00:18::11"
 VIP6_TUN = "fd00:18::12"
 VIP6_RANGE = "fd00:18::10-fd00:18::1f"
-GATEWAY6 = "fe80::200:5eff:fe00:101"
+GATEWAY6 = "fe80::200:5eff:fe00:201"
 """The directors' IPv6 link-local address (EUI-64 of virtual MAC 1): the real servers' IPv6 default route."""
 ROUTER6_EXT = "fd00:18::fe"
 ROUTER6_INT = "fd00:19::fd"

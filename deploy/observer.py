@@ -6,8 +6,8 @@ The directors' own reports cannot judge split brain: a frozen node does not know
 it resumed. The observer looks at the fabric instead. In the lab's switch namespace it runs one
 ``tcpdump`` per director port on both bridges (``d<N>e`` on br-ext, ``d<N>i`` on br-int), capturing
 only frames coming *from* the director (``-Q in`` on the bridge side of the veth) with the virtual
-MAC as source and an IPv4 or IPv6 payload other than neighbour discovery (ARP is not IP either):
-exactly the frames a forwarding director emits. Kernel timestamps
+MAC as source and an IPv4 payload, or IPv6's virtual MAC and an IPv6 payload other than neighbour
+discovery (ARP is not IP either): exactly the frames a forwarding director emits. Kernel timestamps
 in the pcap files are the evidence.
 
 `forwarding_intervals` turns each director's frame times into intervals (frames closer than `gap`
@@ -113,18 +113,25 @@ def longest_silence(frames: dict[str, list[float]], start: float, end: float) ->
     return max(gaps) if gaps else (0.0, start)
 
 
-FORWARDED = "(ip or (ip6 and not (ip6[6] == 58 and ip6[40] >= 133 and ip6[40] <= 137)))"
-"""The frames a forwarding director emits: IPv4, and IPv6 except neighbour discovery (router and
-neighbour solicitations and advertisements, redirects: ICMPv6 types 133-137, never behind an
-extension header), which a takeover announces without forwarding anything."""
+NOT_ND = "not (ip6[6] == 58 and ip6[40] >= 133 and ip6[40] <= 137)"
+"""IPv6 but neighbour discovery (router and neighbour solicitations and advertisements, redirects:
+ICMPv6 types 133-137, never behind an extension header), which a takeover announces without
+forwarding anything."""
+
+
+def forwarded(vmac: str, vmac6: str) -> str:
+    """The frames a forwarding director emits: IPv4 from the virtual MAC, IPv6 (not ND) from IPv6's."""
+    return f"(ether src {vmac} and ip) or (ether src {vmac6} and ip6 and {NOT_ND})"
 
 
 class FabricObserver:
     """Captures every director port of a lab's bridges; see the module docstring."""
 
-    def __init__(self, lab: Lab, directors: Sequence[int], vmac: str = "00:00:5e:00:01:01") -> None:
+    def __init__(self, lab: Lab, directors: Sequence[int], vmac: str = "00:00:5e:00:01:01",
+                 vmac6: str = "00:00:5e:00:02:01") -> None:
         self.lab = lab
         self.vmac = vmac
+        self.vmac6 = vmac6
         self.ports = {f"d{n}": (f"d{n}e", f"d{n}i") for n in directors}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.files: dict[str, list[Path]] = {}
@@ -138,7 +145,7 @@ class FabricObserver:
                 self.tails.pop(path, None)
                 self.files.setdefault(name, []).append(path)
                 argv = ["tcpdump", "-i", port, "-Q", "in", "-U", "-s", "64", "-n", "-w", str(path),
-                        f"ether src {self.vmac} and {FORWARDED}"]
+                        forwarded(self.vmac, self.vmac6)]
                 self.procs.append(self.lab.popen(self.lab.switch, argv, stdout=subprocess.DEVNULL,
                                                  stderr=subprocess.DEVNULL))
         deadline = time.monotonic() + timeout  # tcpdump writes the pcap header once it listens

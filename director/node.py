@@ -36,7 +36,7 @@ from director.cluster.store import ConfigSnapshot, EtcdStore, EtcdUnavailable
 from director.config.node import STATIC, DefenseConfig, NodeConfig, read_deadline
 from director.config.services import Config, ConfigError, load_config
 from director.config.watch import ConfigUpdate
-from director.dataplane.arp import vrrp_mac
+from director.dataplane.arp import vrrp_mac, vrrp_mac6
 from director.dataplane.core import CoreConfig
 from director.services.service import ServiceTable
 from director.table.defense_policy import DefenseSettings, mode_of
@@ -56,7 +56,8 @@ def core_config_for(cfg: NodeConfig) -> CoreConfig:
     gws = frozenset(_ip(g) for g in cfg.gateways)
     v4 = [g for g in gws if not is_v6(g)]
     int_addr = _ip(cfg.int_addr) if cfg.int_addr else (min(v4) if v4 else 0)
-    return CoreConfig(vmac=vrrp_mac(cfg.vmac_id), gw_addrs=gws, int_addr=int_addr, mtu=cfg.int_mtu,
+    return CoreConfig(vmac=vrrp_mac(cfg.vmac_id), vmac6=vrrp_mac6(cfg.vmac_id), gw_addrs=gws,
+                      int_addr=int_addr, mtu=cfg.int_mtu,
                       ext_mtu=cfg.ext_mtu, tun_src6=_ip(cfg.tun_src6) if cfg.tun_src6 else 0,
                       neigh_max_entries=cfg.neigh_max_entries, neigh_learn_rate=cfg.neigh_learn_rate,
                       forward_fragments=cfg.forward_fragments, icmp_echo=cfg.icmp_echo,

@@ -37,6 +37,11 @@ def vrrp_mac(vrid: int) -> bytes:
     return VRRP_MAC_PREFIX + bytes((vrid,))
 
 
+def vrrp_mac6(vrid: int) -> bytes:
+    """The VRRP (RFC 5798) virtual MAC of an IPv6 router ``vrid``: ``00:00:5e:00:02:vrid``."""
+    return VRRP_MAC_PREFIX[:4] + bytes((2,)) + vrrp_mac(vrid)[5:]
+
+
 def parse_arp(frame: bytes | bytearray | memoryview) -> tuple[int, bytes, int, bytes, int] | None:
     """(op, sha, spa, tha, tpa) of an Ethernet/IPv4 ARP frame, or None if it is not one."""
     if len(frame) < ARP_FRAME_LEN:
@@ -76,5 +81,5 @@ def usable_mac(mac: bytes) -> bool:
 
 __all__ = [
     "ARP_FRAME_LEN", "ARP_REPLY", "ARP_REQUEST", "BROADCAST", "arp_frame", "arp_reply",
-    "arp_request", "gratuitous_arp", "parse_arp", "usable_mac", "vrrp_mac",
+    "arp_request", "gratuitous_arp", "parse_arp", "usable_mac", "vrrp_mac", "vrrp_mac6",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from director.dataplane.arp import vrrp_mac
+from director.dataplane.arp import vrrp_mac, vrrp_mac6
 from director.table.tcp import Timeouts
 
 
@@ -13,7 +13,10 @@ class CoreConfig:
     """Node-level settings of the packet path."""
 
     vmac: bytes = field(default_factory=lambda: vrrp_mac(1))
-    """Virtual MAC: source of every frame sent and the answer to ARP for owned addresses."""
+    """Virtual MAC: source of every IPv4 frame sent and the answer to ARP for owned addresses."""
+    vmac6: bytes = field(default_factory=lambda: vrrp_mac6(1))
+    """IPv6's virtual MAC (VRRP's ``00:00:5e:00:02:XX``): source of every IPv6 frame sent, the answer
+    to NS for owned addresses, the base of the link-local address."""
     ext_addr: int = 0
     """The director's own address on the external side (sender of its ARP requests; 0 = probe)."""
     int_addr: int = 0

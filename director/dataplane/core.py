@@ -461,6 +461,8 @@ class Director:
             reason = Drop.TRUNCATED
         elif frame[12] << 8 | frame[13] in _VLAN_TPIDS:
             reason = Drop.VLAN_TAGGED
+        elif frame[0:6] == self.cfg.vmac6 and frame[12] << 8 | frame[13] == ETH_P_IPV6:
+            return self.path6.handle(frame, side)  # IPv6 to IPv6's virtual MAC
         elif frame[0] & 1:
             if frame[12] << 8 | frame[13] == ETH_P_ARP:
                 return self.nb.arp(frame, side, self.active, self.clock())
@@ -551,10 +553,11 @@ class Director:
         return EXT, icmp_error(hdr, self.cfg.ext_addr or daddr, saddr, 11, 0, 0, memoryview(frame)[14:end])
 
     def echo_reply(self, frame: bytearray, side: int, daddr: int, owned: set[int] | frozenset[int],
-                   build: Callable[[bytes], bytearray]) -> Action | None:
+                   build: Callable[[bytes], bytearray], own_mac: bytes | None = None) -> Action | None:
         """An echo request (either family) to ``daddr``: answered (``build(hdr12)`` makes the reply,
-        back to the frame's source MAC) when ``daddr`` is one of the ``owned`` addresses of ``side``
-        and ``icmp_echo`` is on, within ``echo_ratelimit``; else counted and dropped."""
+        back to the frame's source MAC, from ``own_mac``, default the virtual MAC) when ``daddr`` is
+        one of the ``owned`` addresses of ``side`` and ``icmp_echo`` is on, within ``echo_ratelimit``;
+        else counted and dropped."""
         if not self.cfg.icmp_echo or daddr not in owned:
             self._drops[Drop.ICMP_UNRELATED] += 1
             return None
@@ -562,7 +565,7 @@ class Director:
             self._drops[Drop.ICMP_RATELIMIT] += 1
             return None
         self.echo_replies += 1
-        return side, build(bytes(frame[6:12]) + self._vmac)
+        return side, build(bytes(frame[6:12]) + (own_mac or self._vmac))
 
     def _icmp(self, frame: bytearray, side: int, r: IPv4Info) -> Action | None:
         """ICMP errors about a known flow: translate (NAT) or forward (DR/TUN) to the other side;

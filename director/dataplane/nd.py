@@ -3,13 +3,13 @@
 Theory of operation
 -------------------
 IPv6's ARP. Nothing on the director's kernel owns a VIP, so the packet path answers Neighbor
-Solicitations for the IPv6 addresses it owns, from the virtual MAC, exactly as it answers ARP
+Solicitations for the IPv6 addresses it owns, from IPv6's virtual MAC (VRRP's ``00:00:5e:00:02:XX``,
+``CoreConfig.vmac6``), as it answers ARP from ``00:00:5e:00:01:XX``
 (:mod:`director.dataplane.neigh`): the IPv6 VIPs outside, IPv6 NAT gateway addresses inside, and
-on both sides the director's **link-local address** ``fe80::`` + EUI-64 of the virtual MAC
-(:func:`link_local`: ``fe80::200:5eff:fe00:101`` for vmac id 1). That link-local address is what a
+on both sides the director's **link-local address** ``fe80::`` + EUI-64 of that MAC
+(:func:`link_local`: ``fe80::200:5eff:fe00:201`` for vmac id 1). That link-local address is what a
 VRRPv3 router's IPv6 virtual address is; it is the source of the director's own solicitations and
-the natural default route of IPv6 real servers behind a NAT director (``via fe80::200:5eff:fe00:1XX``).
-One virtual MAC serves both families (docs/IPV6.md says why: not VRRP's ``00:00:5e:00:02:XX``).
+the natural default route of IPv6 real servers behind a NAT director (``via fe80::200:5eff:fe00:2XX``).
 
 :class:`NeighbourDiscovery` shares the :class:`~director.dataplane.neigh.Neighbours` caches, stats
 and rule (IPv6 addresses are ints >= 2**32 in the same caches):
@@ -157,8 +157,8 @@ class NeighbourDiscovery:
 
     def __init__(self, nb: Neighbours, drops: list[int]) -> None:
         self.nb = nb
-        self.vmac = nb.cfg.vmac
-        self.ll = link_local(nb.cfg.vmac)
+        self.vmac = nb.cfg.vmac6
+        self.ll = link_local(nb.cfg.vmac6)
         self._drops = drops
 
     def owned(self, side: int) -> set[int]:

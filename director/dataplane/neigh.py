@@ -109,12 +109,15 @@ class NeighCache:
     ``hdr`` is read directly by the packet path: ``hdr.get(ip)`` -> 12 bytes or None.
     """
 
-    __slots__ = ("own_mac", "hdr", "macs", "seen", "_probed", "probe_interval", "max_entries", "max_age",
-                 "stats")
+    __slots__ = ("own_mac", "own_mac6", "hdr", "macs", "seen", "_probed", "probe_interval", "max_entries",
+                 "max_age", "stats")
 
     def __init__(self, own_mac: bytes, probe_interval: float = 1.0, max_entries: int = 16384,
-                 max_age: float = 3600.0, stats: NeighStats | None = None) -> None:
+                 max_age: float = 3600.0, stats: NeighStats | None = None, own_mac6: bytes | None = None
+                 ) -> None:
         self.own_mac = own_mac
+        self.own_mac6 = own_mac if own_mac6 is None else own_mac6
+        """Source MAC of the prefixes of IPv6 entries (ints above 32 bits): IPv6's virtual MAC."""
         self.hdr: dict[int, bytes] = {}
         self.macs: dict[int, bytes] = {}
         self.seen: dict[int, float] = {}
@@ -140,7 +143,7 @@ class NeighCache:
         if self.macs.get(ip) == mac:
             return False
         self.macs[ip] = mac
-        self.hdr[ip] = mac + self.own_mac
+        self.hdr[ip] = mac + (self.own_mac6 if ip > _U32 else self.own_mac)
         return True
 
     def get(self, ip: int) -> bytes | None:
@@ -153,11 +156,14 @@ class NeighCache:
     def forget(self, ip: int) -> None:
         self._forget(ip)
 
-    def set_own_mac(self, mac: bytes) -> None:
-        """Change the source MAC of frames sent on this side; rebuilds every prefix."""
+    def set_own_mac(self, mac: bytes, mac6: bytes | None = None) -> None:
+        """Change the source MAC of frames sent on this side (and of IPv6 ones, ``mac6``); rebuilds
+        every prefix."""
         self.own_mac = bytes(mac)
+        self.own_mac6 = self.own_mac if mac6 is None else bytes(mac6)
         self.hdr.clear()  # in place: the packet path holds a reference to this dict
-        self.hdr.update((ip, m + self.own_mac) for ip, m in self.macs.items())
+        self.hdr.update((ip, m + (self.own_mac6 if ip > _U32 else self.own_mac))
+                        for ip, m in self.macs.items())
 
     def should_probe(self, ip: int, now: float) -> bool:
         """True at most once per ``probe_interval`` per address: time to send an ARP request."""
@@ -202,8 +208,8 @@ class Neighbours:
     def __init__(self, cfg: CoreConfig, vaddrs: Callable[[], Collection[int]], drops: list[int]) -> None:
         self.cfg = cfg
         self.stats = NeighStats()
-        self.caches = tuple(NeighCache(cfg.vmac, max_entries=cfg.neigh_max_entries,
-                                       max_age=cfg.neigh_max_age, stats=self.stats) for _ in (EXT, INT))
+        self.caches = tuple(NeighCache(cfg.vmac, max_entries=cfg.neigh_max_entries, max_age=cfg.neigh_max_age,
+                                       stats=self.stats, own_mac6=cfg.vmac6) for _ in (EXT, INT))
         self._vaddrs = vaddrs
         self._drops = drops
         self._tokens = float(cfg.neigh_learn_burst)

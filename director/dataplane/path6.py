@@ -109,7 +109,7 @@ class Director(Protocol):
     def _miss(self, frame: bytearray, side: int, r: IPv4Info) -> Conn | None: ...
     def _nodest(self, frame: bytearray, side: int, conn: Conn, r: IPv4Info) -> Action | None: ...
     def echo_reply(self, frame: bytearray, side: int, daddr: int, owned: set[int] | frozenset[int],
-                   build: Callable[[bytes], bytearray]) -> Action | None: ...
+                   build: Callable[[bytes], bytearray], own_mac: bytes | None = None) -> Action | None: ...
 
 _FWD_MASK = int(ConnFlags.FWD_MASK)
 _MASQ = int(ConnFlags.MASQ)
@@ -268,7 +268,7 @@ class Path6:
 
     def _back(self, frame: bytearray) -> bytes:
         """The Ethernet header back to a frame's sender (the client, or the router it came through)."""
-        return bytes(frame[6:12]) + self.d.cfg.vmac
+        return bytes(frame[6:12]) + self.d.cfg.vmac6
 
     def _reply_too_big(self, frame: bytearray, r: IPv6Info) -> Action | None:
         """A NAT reply bigger than the outside MTU (``ext_mtu``; a real server on a bigger inside
@@ -347,7 +347,7 @@ class Path6:
         d = self.d
         if icmp_type == ICMP6_ECHO_REQUEST:
             return d.echo_reply(frame, side, daddr, self.nd.owned(side),
-                                lambda hdr: echo6_reply(hdr, daddr, saddr, frame, l4, end))
+                                lambda hdr: echo6_reply(hdr, daddr, saddr, frame, l4, end), d.cfg.vmac6)
         q = quote6(frame, l4, end) if icmp_type in ERRORS else None
         if q is None:
             self._drops[Drop.ICMP_UNRELATED] += 1

@@ -139,7 +139,7 @@ def test_the_director_kernel_does_not_own_the_v6_vip(lab: Lab, director6: Direct
     assert VIP6_NAT not in out
     neigh = lab.exec(lab.client.ns, f"ip -6 neigh show {VIP6_NAT}").stdout
     if neigh.strip():  # resolved (by the test above): to the virtual MAC, never a kernel's
-        assert "00:00:5e:00:01:01" in neigh, neigh
+        assert "00:00:5e:00:02:01" in neigh, neigh  # IPv6's virtual MAC (VRRP 00:00:5e:00:02:XX)
 
 
 def test_ipv4_still_works_beside_ipv6(lab: Lab, director6: DirectorProc) -> None:

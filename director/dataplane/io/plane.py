@@ -239,8 +239,8 @@ class DataPlane:
             cache = d.neigh[side]
             if addr in cache or not cache.should_probe(addr, now):
                 continue
-            if is_v6(addr):  # a Neighbor Solicitation: from the link-local of the virtual MAC, or DAD-form
-                acts.append((side, ns_frame(d.cfg.vmac, d.path6.nd.ll, addr) if loud else
+            if is_v6(addr):  # a Neighbor Solicitation: from IPv6's virtual MAC and link-local, or DAD-form
+                acts.append((side, ns_frame(d.cfg.vmac6, d.path6.nd.ll, addr) if loud else
                              ns_frame(macs[side], 0, addr)))
             elif loud:
                 acts.append((side, arp_request(d.cfg.vmac, d.cfg.int_addr if side == INT else d.cfg.ext_addr,

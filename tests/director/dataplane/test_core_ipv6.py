@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 import pytest
-from scapy.layers.inet import TCP, UDP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import (
     ICMPv6EchoReply,
     ICMPv6EchoRequest,
@@ -37,7 +37,10 @@ RS6 = ["fd00:2::1", "fd00:2::2"]
 RS_MAC = ["02:00:00:00:02:01", "02:00:00:00:02:02"]
 CLIENT6 = "2001:db8:1::77"
 CLIENT_MAC = "02:00:00:00:01:01"
-VMAC = "00:00:5e:00:01:01"
+VMAC = "00:00:5e:00:02:01"
+"""IPv6's virtual MAC (VRRP's 00:00:5e:00:02:XX): what clients resolve an IPv6 VIP to, the source of
+IPv6 frames."""
+VMAC4 = "00:00:5e:00:01:01"
 VIP4 = "198.18.0.100"
 RS4 = "198.18.2.1"
 
@@ -259,7 +262,7 @@ def test_v4_and_v6_services_side_by_side() -> None:
     assert [p[ARP].psrc for p in garp if ARP in p] == [VIP4]  # no ARP for a v6 VIP: an unsolicited NA
     assert VIP6 in {p[ICMPv6ND_NA].tgt for p in garp if ICMPv6ND_NA in p}
     lab.d.neigh[INT].learn(a6(RS4), mb(RS_MAC[0]), lab.now)
-    v4 = lab.send(Ether(src=CLIENT_MAC, dst=VMAC) / IP(src="198.18.1.10", dst=VIP4) /
+    v4 = lab.send(Ether(src=CLIENT_MAC, dst=VMAC4) / IP(src="198.18.1.10", dst=VIP4) /
                   TCP(sport=40000, dport=80, flags="S"))
     v6 = lab.send(cpkt())
     assert v4 is not None and v4[1][IP].dst == RS4
@@ -314,3 +317,23 @@ def test_fuzz_random_and_truncated_v6_frames_never_raise() -> None:
             frame = _mutants(rng, seeds)
             lab.d.handle(bytearray(frame), rng.randrange(2))
         assert lab.d.counters.total() > 0
+
+
+def test_ipv6_has_vrrps_ipv6_virtual_mac_and_ipv4_keeps_its_own() -> None:
+    lab = Lab6()
+    assert lab.d.cfg.vmac6 == mb("00:00:5e:00:02:01") and lab.d.cfg.vmac == mb(VMAC4)
+    out = lab.send(cpkt())  # to IPv6's virtual MAC: forwarded from it
+    assert out is not None and out[1].src == VMAC
+    to_v4_mac = cpkt(TCP(sport=40001, dport=80, flags="S"))
+    to_v4_mac[Ether].dst = VMAC4  # IPv6 to the IPv4 virtual MAC is taken too (a stale neighbour entry)
+    out2 = lab.send(to_v4_mac)
+    assert out2 is not None and out2[1].src == VMAC
+    v4_to_v6_mac = Ether(src=CLIENT_MAC, dst=VMAC) / IP(src="198.18.1.10", dst=VIP4) / TCP(flags="S")
+    assert lab.send(v4_to_v6_mac) is None and lab.drops() == {"not_vmac": 1}
+    # one cache per side holds both families: each prefix has its family's source MAC
+    cache = lab.d.neigh[INT]
+    cache.learn(a6(RS4), mb("02:00:00:00:04:01"), lab.now)
+    assert cache.hdr[a6(RS4)][6:] == mb(VMAC4) and cache.hdr[a6(RS6[0])][6:] == mb(VMAC)
+    cache.set_own_mac(mb("02:aa:00:00:00:01"), mb("02:aa:00:00:00:02"))
+    assert cache.hdr[a6(RS4)][6:] == mb("02:aa:00:00:00:01")
+    assert cache.hdr[a6(RS6[0])][6:] == mb("02:aa:00:00:00:02")

@@ -43,7 +43,7 @@ from tests.director.dataplane.test_core_ipv6 import (
     cpkt,
 )
 
-LL = "fe80::200:5eff:fe00:101"
+LL = "fe80::200:5eff:fe00:201"  # EUI-64 of 00:00:5e:00:02:01
 GW6 = "fd00:2::fe"
 
 
