@@ -188,6 +188,7 @@ class Director:
         tab, mask, no_cport = table._tab, table._mask, F_NO_CPORT  # the bucket list is never replaced
         tclock = table._clock
         nat_udp, nat_tcp = _NAT_UDP, _NAT_TCP
+        vmacs, path6_handle = (bytes(self._vmac), bytes(self.cfg.vmac6)), self.path6.handle
 
         def handle(frame: bytearray, side: int) -> Action | None:
             # Fast parse of the common case (Ethernet II, IPv4 without options, not a fragment, TCP or
@@ -212,6 +213,8 @@ class Director:
                 if ttl <= 1 or not director.active:
                     return guard(frame, side, (proto, saddr, sport, daddr, dport, l4, end, ttl, tflags))
             else:
+                if frame[12:14] == b"\x86\xdd" and frame[0:6] in vmacs:  # IPv6 to either virtual MAC
+                    return path6_handle(frame, side)
                 if frame[0:6] != vmac:
                     return not_vmac(frame, side)
                 r = parse_ipv4(frame, verify, fwd_frags)
