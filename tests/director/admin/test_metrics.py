@@ -214,3 +214,17 @@ async def get(port: int, path: str, *headers: str) -> tuple[int, str, str]:
     writer.close()
     head, _, body = data.decode().partition("\r\n\r\n")
     return int(head.split()[1]), head, body
+
+
+def test_ipv6_services_and_dests_are_labelled_in_ipvsadm_form() -> None:
+    n = FakeNode()
+    n.docs_from("services:\n  - name: web6\n    protocol: tcp\n    vip: '2001:db8::10'\n    port: 443\n"
+                "    dests: [{address: 'fd00:2::1', port: 8443}]\n")
+    web6 = n.svc(443)
+    n.add_conn(web6, "2001:db8:1::7", 7000, web6.dests[0], state=int(TcpState.ESTABLISHED))
+    n.traffic(web6, web6.dests[0], 10, 1000, 2.0)
+    fams = families(scrape(n))
+    d = {"service": "tcp/[2001:db8::10]:443", "dest": "[fd00:2::1]:8443"}
+    assert value(fams, "lbd_dest_active_connections", **d) == 1
+    assert value(fams, "lbd_dest_bytes_total", direction="in", **d) == 1000
+    assert value(fams, "lbd_service_packets_total", service=d["service"], direction="in") == 10
