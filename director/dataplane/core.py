@@ -77,6 +77,7 @@ from director.dataplane.xmit import (
     icmp_error,
     icmp_quote,
     ip_rewrite,
+    ipip_quote,
     nat_icmp,
     nat_rewrite,
     tun_encap,
@@ -573,12 +574,14 @@ class Director:
     def _icmp(self, frame: bytearray, side: int, r: IPv4Info) -> Action | None:
         """ICMP errors about a known flow: translate (NAT) or forward (DR/TUN) to the other side;
         echo requests to an owned address: answered."""
-        _p, saddr, icmp_type, daddr, _code, l4, end, ttl, _ = r
+        _p, saddr, icmp_type, daddr, code, l4, end, ttl, _ = r
         if icmp_type == ICMP_ECHO:
             return self.echo_reply(frame, side, daddr, self.owned(side),
                                    lambda hdr: echo_reply(hdr, daddr, saddr, frame, l4, end))
         q = icmp_quote(frame, l4, end) if icmp_type in _ICMP_ERRORS else None
         if q is None:
+            if icmp_type == 3 and code == 4 and side == INT and (t := ipip_quote(frame, l4, end)):
+                return self._tunnel_pmtu(frame, r, *t)
             self._drops[Drop.ICMP_UNRELATED] += 1
             return None
         qproto, qsaddr, qsport, qdaddr, qdport, ql4 = q
@@ -605,6 +608,22 @@ class Director:
             return self._neigh_miss(INT, conn.daddr, conn.dest)
         nat_icmp(frame, hdr, ttl, l4, end, ql4, qproto, False, 0, 0, conn.daddr, conn.dport)
         return INT, frame
+
+    def _tunnel_pmtu(self, frame: bytearray, r: IPv4Info, outer_daddr: int, inner: int) -> Action | None:
+        """Frag-needed from the inside about one of our IPIP packets (to the conn's dest): the client
+        gets frag-needed about its own packet, announcing the reported MTU less the 20-byte outer
+        header (PMTU through the tunnel; the router must quote the inner header and 8 bytes)."""
+        l4, end = r[5], r[6]
+        q = icmp_quote(frame, l4, end, inner)
+        conn = self._in_get(q[0], q[1], q[2], q[3], q[4]) if q is not None else None
+        if conn is None or conn.flags & _FWD_MASK != _TUNNEL or conn.daddr != outer_daddr:
+            self._drops[Drop.ICMP_UNRELATED] += 1
+            return None
+        hdr = self._ext_hdr.get(conn.caddr) or self.nb.route(conn.caddr)
+        if hdr is None or not self.icmp_budget.take(self.clock()):
+            return None
+        mtu = max((frame[l4 + 6] << 8 | frame[l4 + 7]) - 20, 68)
+        return EXT, icmp_error(hdr, conn.vaddr, conn.caddr, 3, 4, mtu, memoryview(frame)[inner:end])
 
     # ---- role ------------------------------------------------------------------------------
 

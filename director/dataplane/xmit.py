@@ -100,13 +100,14 @@ def tun_encap(frame: bytearray, end: int, hdr12: bytes, ttl: int, saddr: int, da
     return out
 
 
-def icmp_quote(frame: bytes | bytearray | memoryview, l4: int, end: int
+def icmp_quote(frame: bytes | bytearray | memoryview, l4: int, end: int, q: int = 0
                ) -> tuple[int, int, int, int, int, int] | None:
     """The flow an ICMP error quotes: (proto, saddr, sport, daddr, dport, quoted_l4) or None.
 
-    Only TCP and UDP quotes with both ports present are returned.
+    Only TCP and UDP quotes with both ports present are returned. ``q``: where the quoted IP header
+    starts when not right after the ICMP header at ``l4`` (the inner packet of a quoted IPIP one).
     """
-    q = l4 + 8
+    q = q or l4 + 8
     if q + 28 > end:
         return None
     ver_ihl, proto, saddr, daddr = _QUOTED.unpack_from(frame, q)
@@ -117,6 +118,18 @@ def icmp_quote(frame: bytes | bytearray | memoryview, l4: int, end: int
         return None
     sport, dport = struct.unpack_from("!HH", frame, ql4)
     return proto, saddr, sport, daddr, dport, ql4
+
+
+def ipip_quote(frame: bytes | bytearray | memoryview, l4: int, end: int) -> tuple[int, int] | None:
+    """(outer destination, inner header offset) when the ICMP error at ``l4`` quotes an IPIP packet
+    (protocol 4: one of our TUN packets), else None."""
+    q = l4 + 8
+    if q + 20 > end:
+        return None
+    ver_ihl, proto, _saddr, daddr = _QUOTED.unpack_from(frame, q)
+    if ver_ihl >> 4 != 4 or (ver_ihl & 0x0F) < 5 or proto != 4:
+        return None
+    return daddr, q + (ver_ihl & 0x0F) * 4
 
 
 def nat_icmp(frame: bytearray, hdr12: bytes, ttl: int, l4: int, end: int, ql4: int, qproto: int,
@@ -193,6 +206,7 @@ def echo_reply(hdr12: bytes, saddr: int, daddr: int, frame: bytes | bytearray | 
 
 
 __all__ = [
-    "IP_DF", "dr_rewrite", "echo_reply", "icmp_error", "icmp_quote", "ip_rewrite", "nat_icmp", "nat_rewrite",
+    "IP_DF", "dr_rewrite", "echo_reply", "icmp_error", "icmp_quote", "ip_rewrite", "ipip_quote", "nat_icmp",
+    "nat_rewrite",
     "tun_encap",
 ]

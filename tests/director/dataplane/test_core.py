@@ -360,6 +360,38 @@ def test_tun_encapsulates_and_sends_frag_needed_when_too_big() -> None:
     assert drops(lab, Drop.TOO_BIG) == 1
 
 
+def test_frag_needed_about_our_ipip_packet_reaches_the_client_for_its_own_packet() -> None:
+    lab = make_lab(fwd=FwdMethod.TUN)
+    syn = client_pkt("S", payload=b"x" * 100)
+    out = send(lab, syn, EXT)
+    assert out is not None and out[0] == INT
+    tunnelled = Ether(out[1])[IP]
+    rs = tunnelled.dst
+    # a router on the way to the real server: its link is 1400 bytes; it quotes the whole IPIP packet
+    err = (Ether(src=RS_MAC[0], dst=VMAC) / IP(src="198.18.2.250", dst=DIR_INT) /
+           ICMP(type=3, code=4, nexthopmtu=1400) / bytes(tunnelled))
+    res = send(lab, err, INT)
+    assert res is not None and res[0] == EXT
+    p = Ether(res[1])
+    assert (p.dst, p[IP].src, p[IP].dst) == (CLIENT_MAC, VIP, "198.18.1.10")
+    assert (p[ICMP].type, p[ICMP].code, p[ICMP].nexthopmtu) == (3, 4, 1380)
+    inner = bytes(Ether(bytes(syn))[IP])
+    quoted = bytes(p[ICMP].payload)
+    assert quoted[:20] == bytes(tunnelled.payload)[:20] and quoted[20:28] == inner[20:28]
+    chk = p.copy()
+    del chk[ICMP].chksum
+    assert Ether(bytes(chk))[ICMP].chksum == p[ICMP].chksum
+    # about another host's tunnel, or arriving from the outside: not ours
+    other = IP(bytes(tunnelled))
+    other.dst = "198.18.2.99"
+    del other.chksum
+    err2 = (Ether(src=RS_MAC[0], dst=VMAC) / IP(src="198.18.2.250", dst=DIR_INT) /
+            ICMP(type=3, code=4, nexthopmtu=1400) / bytes(other))
+    assert send(lab, err2, INT) is None and rs != "198.18.2.99"
+    assert send(lab, Ether(bytes(err)), EXT) is None
+    assert drops(lab, Drop.ICMP_UNRELATED) == 2
+
+
 # ---- ICMP ------------------------------------------------------------------------------------
 
 
