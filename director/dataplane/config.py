@@ -50,7 +50,7 @@ class CoreConfig:
     icmp_echo: bool = True
     """The master answers ICMP / ICMPv6 echo requests to its owned addresses (VIPs, gateways)."""
     echo_ratelimit: int = 1000
-    """Echo replies, at most per second (past it: ``ICMP_RATELIMIT`` drops)."""
+    """Echo replies, at most per second (past it: ``ECHO_RATELIMIT`` drops)."""
     neigh_max_entries: int = 16384
     """Neighbour cache bound per side; a new entry in a full cache evicts the least recently confirmed."""
     neigh_max_age: float = 3600.0

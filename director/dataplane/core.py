@@ -566,7 +566,7 @@ class Director:
             self._drops[Drop.ICMP_UNRELATED] += 1
             return None
         if not self.echo_budget.take(self.clock()):
-            self._drops[Drop.ICMP_RATELIMIT] += 1
+            self._drops[Drop.ECHO_RATELIMIT] += 1
             return None
         self.echo_replies += 1
         return side, build(bytes(frame[6:12]) + (own_mac or self._vmac))

@@ -104,7 +104,7 @@ class Drop(IntEnum):
     BAD_EXTHDR = 29      # IPv6 extension headers: truncated, too many, hop-by-hop not first, a routing
     #                      header with segments left (the director is no routing hop)
     BAD_ADDR = 30        # IPv6 from/to ::/96 or ::ffff:0:0/96, or from a multicast source (never on a wire)
-    ICMP_RATELIMIT = 31  # an echo request to an owned address past echo_ratelimit (not answered)
+    ECHO_RATELIMIT = 31  # an echo request to an owned address past echo_ratelimit (not answered)
 
 
 class DropCounters:

@@ -465,7 +465,7 @@ def test_echo_replies_stop_at_the_echo_ratelimit_and_resume_next_second() -> Non
     lab = make_lab(echo_ratelimit=3)
     answered = [send(lab, echo_request(seq=i), EXT) is not None for i in range(5)]
     assert answered == [True, True, True, False, False]
-    assert drops(lab, Drop.ICMP_RATELIMIT) == 2
+    assert drops(lab, Drop.ECHO_RATELIMIT) == 2
     lab.advance(1.0)
     assert send(lab, echo_request(seq=9), EXT) is not None
 
