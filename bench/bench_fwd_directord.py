@@ -25,6 +25,9 @@ same run. The traffic is ``bench.bench_fwd``'s: ``trafgen`` pinned to CPU 0 send
 
 ``cores`` is the CPU count of the machine the figures were taken on.
 Cases are interleaved (w1, w2, kernel per round) and medians reported.
+``python -m bench.bench_fwd_directord --w1-only [--rounds N]`` measures only ``fwd_nat_pps_w1`` beside the
+kernel reference (interleaved, one directord start; ``fwd_nat_w1_over_kernel`` is then the median of the
+per-round ratios): a few minutes, for work on the one-worker path.
 """
 
 from __future__ import annotations
@@ -243,9 +246,39 @@ def run(quick: bool = False, workers: int = 2) -> dict[str, float]:
     return out
 
 
+def run_w1(rounds: int = 5, seconds: float = 2.0) -> dict[str, float]:
+    """Only ``fwd_nat_pps_w1`` (and its CPU per packet) beside the kernel reference, interleaved
+    (kernel, w1, kernel, ...): the quick loop for work on the one-worker path (a few minutes)."""
+    lab = Lab(new_name(), n_directors=3, n_reals=1)
+    b = DirectordBench(lab, seconds)
+    res: dict[str, list[float]] = {}
+    try:
+        b.setup()
+        d3 = lab.directors[2]
+        b.start_master(1)
+        for _ in range(rounds):
+            res.setdefault("fwd_directord_kernel_pps", []).append(b.fwd.pps(d3.macs["ext"], VIP_KERNEL))
+            pps, cpu = b.pps_and_cpu()
+            res.setdefault("fwd_nat_pps_w1", []).append(pps)
+            res.setdefault("fwd_cpu_us_per_pkt_w1", []).append(cpu)
+    finally:
+        b.cluster.close()
+        lab.down()
+    log.info("every round: %s", json.dumps(res))
+    out = {k: statistics.median(v) for k, v in res.items()}
+    out["fwd_nat_w1_over_kernel"] = statistics.median(
+        w / k for w, k in zip(res["fwd_nat_pps_w1"], res["fwd_directord_kernel_pps"], strict=True))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``[--quick] [--workers N]``: the module's figures; ``--w1-only [--rounds N]``: :func:`run_w1`."""
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO)
+    if "--w1-only" in argv:
+        rounds = int(argv[argv.index("--rounds") + 1]) if "--rounds" in argv else 5
+        print(json.dumps(run_w1(rounds), indent=1))
+        return 0
     workers = int(argv[argv.index("--workers") + 1]) if "--workers" in argv else 2
     print(json.dumps(run(quick="--quick" in argv, workers=workers), indent=1))
     return 0
