@@ -181,13 +181,8 @@ def icmp_error(hdr12: bytes, saddr: int, daddr: int, icmp_type: int, code: int, 
     """
     ihl = (quote[0] & 0x0F) * 4 if len(quote) else 20
     body = bytes(quote[:ihl + 8])
-    icmp = bytearray(struct.pack("!BBHI", icmp_type, code, 0, rest)) + body
-    _p16(icmp, 2, checksum(icmp))
-    out = bytearray(hdr12)
-    out += _OUTER.pack(0x0800, 0x45, 0, 20 + len(icmp), ipid, 0, 64, 1, 0, saddr, daddr)
-    _p16(out, 24, checksum(memoryview(out)[14:34]))
-    out += icmp
-    return out
+    return _icmp_frame(hdr12, saddr, daddr, bytearray(struct.pack("!BBHI", icmp_type, code, 0, rest)) + body,
+                       ipid)
 
 
 def echo_reply(hdr12: bytes, saddr: int, daddr: int, frame: bytes | bytearray | memoryview, l4: int,
@@ -197,6 +192,11 @@ def echo_reply(hdr12: bytes, saddr: int, daddr: int, frame: bytes | bytearray | 
     icmp = bytearray(frame[l4:end])
     icmp[0] = 0
     icmp[2] = icmp[3] = 0
+    return _icmp_frame(hdr12, saddr, daddr, icmp, ipid)
+
+
+def _icmp_frame(hdr12: bytes, saddr: int, daddr: int, icmp: bytearray, ipid: int) -> bytearray:
+    """``hdr12 | IPv4 (protocol 1, TTL 64) | icmp``, the ICMP checksum (zero in ``icmp``) filled in."""
     _p16(icmp, 2, checksum(icmp))
     out = bytearray(hdr12)
     out += _OUTER.pack(0x0800, 0x45, 0, 20 + len(icmp), ipid, 0, 64, 1, 0, saddr, daddr)
