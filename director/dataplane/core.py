@@ -16,8 +16,9 @@ a small method. The steps, in order:
    from there to :class:`director.dataplane.path6.Path6`: the same steps, v6 codecs (docs/IPV6.md).
 2. **ARP**: :class:`director.dataplane.neigh.Neighbours` learns by its rule and answers requests for
    owned addresses (VIPs outside, NAT gateways inside) from the virtual MAC, only if active.
-3. **guards**: ICMP goes to the ICMP step; "not active" (backup) drops; TTL <= 1 drops and
-   answers a client with ICMP time exceeded (rate-limited).
+3. **guards**: "not active" (backup) drops; TTL <= 1 drops and answers a client with ICMP time
+   exceeded (rate-limited); ICMP goes to :class:`director.dataplane.icmp4.Icmp4` (errors, path MTU,
+   echo).
 4. **lookup**: from the inside ``out_get`` finds a NAT reply (OUTPUT); else ``in_get`` (INPUT), a hit
    whose dest was removed follows ``expire_nodest_conn``; a SYN hitting a TIME_WAIT or CLOSE conn
    expires it and is a miss (``_reuse``, IPVS ``conn_reuse_mode``).
@@ -53,6 +54,7 @@ from collections.abc import Callable
 from director.dataplane.budget import PerSecond
 from director.dataplane.config import CoreConfig
 from director.dataplane.gate import NewConnGate
+from director.dataplane.icmp4 import ICMP_ECHO, Icmp4
 from director.dataplane.neigh import EXT, INT, Action, Neighbours, NeighEvent
 from director.dataplane.newconn import Scheduling
 from director.dataplane.packet import (
@@ -71,14 +73,8 @@ from director.dataplane.packet import (
 from director.dataplane.packet6 import ETH_P_IPV6
 from director.dataplane.path6 import Path6
 from director.dataplane.xmit import (
-    IP_DF,
     dr_rewrite,
-    echo_reply,
-    icmp_error,
-    icmp_quote,
     ip_rewrite,
-    ipip_quote,
-    nat_icmp,
     nat_rewrite,
     tun_encap,
 )
@@ -102,8 +98,6 @@ _REUSABLE = frozenset({int(TcpState.TIME_WAIT), int(TcpState.CLOSE)})
 _SYN_ONLY = TH_SYN | TH_ACK
 _ACK_ONLY_MASK = TH_FIN | TH_SYN | TH_RST | TH_ACK
 """``tflags & _ACK_ONLY_MASK == TH_ACK``: a plain ACK (PSH/URG/ECE/CWR may be set)."""
-_ICMP_ERRORS = frozenset((3, 4, 11))
-ICMP_ECHO = 8
 _VLAN_TPIDS = frozenset((0x8100, 0x88A8, 0x9100))
 _int_and = int.__and__  # dest.flags is an IntFlag: test bits without its Python-level __and__
 _FAST = struct.Struct("!6s6xHBBHHHBBHIIHHHH4xBB2xH").unpack_from
@@ -142,6 +136,7 @@ class Director:
         self.gate = NewConnGate(table, self.counters.counts)  # the defense: max_conns, drop_packet
         self.sched = Scheduling(table, cfg, clock)
         self.path6 = Path6(self)  # IPv6 frames (from the slow path: ``_not_ip``)
+        self.icmp4 = Icmp4(self, self.counters.counts)  # ICMP errors, echo, time exceeded, frag-needed (IPv4)
         self._ipid = 0
         self.icmp_budget = PerSecond(cfg.icmp_ratelimit)  # errors this node originates (both families)
         self.echo_budget = PerSecond(cfg.echo_ratelimit)
@@ -432,22 +427,10 @@ class Director:
     def _tun(self, frame: bytearray, conn: Conn, hdr: bytes, r: IPv4Info) -> Action | None:
         end = r[6]
         if end - 14 + 20 > self.cfg.mtu:
-            return self._too_big(frame, r)
+            return self.icmp4.too_big(frame, r)
         self._ipid = (self._ipid + 1) & 0xFFFF
         src = self.cfg.tun_src or self.cfg.int_addr
         return INT, tun_encap(frame, end, hdr, r[7], src, conn.daddr, self._ipid)
-
-    def _too_big(self, frame: bytearray, r: IPv4Info) -> Action | None:
-        """TUN would exceed the MTU: frag-needed to the client if DF is set, else drop."""
-        self._drops[Drop.TOO_BIG] += 1
-        saddr, daddr, end = r[1], r[3], r[6]
-        if not (frame[20] << 8) & IP_DF:
-            return None
-        hdr = self._ext_hdr.get(saddr) or self.nb.route(saddr)
-        if hdr is None:
-            return None
-        mtu = self.cfg.mtu - 20
-        return EXT, icmp_error(hdr, daddr, saddr, 3, 4, mtu, memoryview(frame)[14:end])
 
     # ---- neighbours ------------------------------------------------------------------------
 
@@ -542,19 +525,8 @@ class Director:
             return None
         if r[7] <= 1 and not (r[0] == 1 and r[2] == ICMP_ECHO):  # a ping that reached us is answered
             self._drops[Drop.TTL_EXCEEDED] += 1
-            return self._time_exceeded(frame, side, r)
-        return self._icmp(frame, side, r)
-
-    def _time_exceeded(self, frame: bytearray, side: int, r: IPv4Info) -> Action | None:
-        """ICMP time exceeded to a client whose packet to a VIP ran out of TTL (like IPVS's
-        decrement_ttl), at most ``icmp_ratelimit`` per second; never about ICMP, never inside."""
-        proto, saddr, _sport, daddr, dport, _l4, end, _ttl, _ = r
-        if side != EXT or proto == 1 or self.services.get(proto, daddr, dport) is None:
-            return None
-        hdr = self._ext_hdr.get(saddr) or self.nb.route(saddr)
-        if hdr is None or not self.icmp_budget.take(self.clock()):
-            return None
-        return EXT, icmp_error(hdr, self.cfg.ext_addr or daddr, saddr, 11, 0, 0, memoryview(frame)[14:end])
+            return self.icmp4.time_exceeded(frame, side, r)
+        return self.icmp4.handle(frame, side, r)
 
     def echo_reply(self, frame: bytearray, side: int, daddr: int, owned: set[int] | frozenset[int],
                    build: Callable[[bytes], bytearray], own_mac: bytes | None = None) -> Action | None:
@@ -570,60 +542,6 @@ class Director:
             return None
         self.echo_replies += 1
         return side, build(bytes(frame[6:12]) + (own_mac or self._vmac))
-
-    def _icmp(self, frame: bytearray, side: int, r: IPv4Info) -> Action | None:
-        """ICMP errors about a known flow: translate (NAT) or forward (DR/TUN) to the other side;
-        echo requests to an owned address: answered."""
-        _p, saddr, icmp_type, daddr, code, l4, end, ttl, _ = r
-        if icmp_type == ICMP_ECHO:
-            return self.echo_reply(frame, side, daddr, self.owned(side),
-                                   lambda hdr: echo_reply(hdr, daddr, saddr, frame, l4, end))
-        q = icmp_quote(frame, l4, end) if icmp_type in _ICMP_ERRORS else None
-        if q is None:
-            if icmp_type == 3 and code == 4 and side == INT and (t := ipip_quote(frame, l4, end)):
-                return self._tunnel_pmtu(frame, r, *t)
-            self._drops[Drop.ICMP_UNRELATED] += 1
-            return None
-        qproto, qsaddr, qsport, qdaddr, qdport, ql4 = q
-        # From the servers' side: the quote is client -> dest (what the dest received).
-        conn = self._out_get(qproto, qdaddr, qdport, qsaddr, qsport)
-        if conn is not None and conn.flags & _FWD_MASK == _MASQ:
-            hdr = self._ext_hdr.get(conn.caddr) or self.nb.route(conn.caddr)
-            if hdr is None:
-                return self._neigh_miss(EXT, self.nb.nexthop(conn.caddr), None)
-            count_packet(conn.dest, end - 14, False)
-            nat_icmp(frame, hdr, ttl, l4, end, ql4, qproto, True, conn.vaddr, conn.vport, 0, 0)
-            return EXT, frame
-        # From the clients' side: the quote is VIP -> client (a reply we sent).
-        conn = self._in_get(qproto, qdaddr, qdport, qsaddr, qsport)
-        if conn is None:
-            self._drops[Drop.ICMP_UNRELATED] += 1
-            return None
-        count_packet(conn.dest, end - 14, True)
-        fwd = conn.flags & _FWD_MASK
-        if fwd != _MASQ:
-            return self._xmit_other(frame, conn, fwd, r)
-        hdr = self._int_hdr.get(conn.daddr)
-        if hdr is None:
-            return self._neigh_miss(INT, conn.daddr, conn.dest)
-        nat_icmp(frame, hdr, ttl, l4, end, ql4, qproto, False, 0, 0, conn.daddr, conn.dport)
-        return INT, frame
-
-    def _tunnel_pmtu(self, frame: bytearray, r: IPv4Info, outer_daddr: int, inner: int) -> Action | None:
-        """Frag-needed from the inside about one of our IPIP packets (to the conn's dest): the client
-        gets frag-needed about its own packet, announcing the reported MTU less the 20-byte outer
-        header (PMTU through the tunnel; the router must quote the inner header and 8 bytes)."""
-        l4, end = r[5], r[6]
-        q = icmp_quote(frame, l4, end, inner)
-        conn = self._in_get(q[0], q[1], q[2], q[3], q[4]) if q is not None else None
-        if conn is None or conn.flags & _FWD_MASK != _TUNNEL or conn.daddr != outer_daddr:
-            self._drops[Drop.ICMP_UNRELATED] += 1
-            return None
-        hdr = self._ext_hdr.get(conn.caddr) or self.nb.route(conn.caddr)
-        if hdr is None or not self.icmp_budget.take(self.clock()):
-            return None
-        mtu = max((frame[l4 + 6] << 8 | frame[l4 + 7]) - 20, 68)
-        return EXT, icmp_error(hdr, conn.vaddr, conn.caddr, 3, 4, mtu, memoryview(frame)[inner:end])
 
     # ---- role ------------------------------------------------------------------------------
 

@@ -76,7 +76,8 @@ from typing import Any
 
 from director.config.services import Config, apply_timeouts, apply_to_services
 from director.dataplane.core import EXT, INT, CoreConfig, Director
-from director.dataplane.io.afpacket import ETH_P_ARP, PacketSocket, TxRing, attach_filter
+from director.dataplane.io.afpacket import ETH_P_ARP, PacketSocket, TxRing
+from director.dataplane.io.bpf import attach_filter
 from director.dataplane.io.plane import DEFAULT_RING, DataPlane
 from director.dataplane.io.shard import DST, SRC, shard_filter, shard_of
 from director.services.service import ServiceTable, set_dest_weights

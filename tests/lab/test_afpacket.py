@@ -23,7 +23,8 @@ PORT = 9999
 RECEIVER = r"""
 import json, select, sys, time
 from director.dataplane.checksum import l4_checksum
-from director.dataplane.io.afpacket import PacketSocket, RingSpec, Fanout, FANOUT_CBPF_SRC
+from director.dataplane.io.afpacket import PacketSocket, RingSpec
+from director.dataplane.io.bpf import FANOUT_CBPF_SRC, Fanout
 mode, want = sys.argv[1], int(sys.argv[2])
 PORT = int(sys.argv[3]).to_bytes(2, "big")
 if mode == "fanout":

@@ -34,11 +34,7 @@ plane uses with TX rings) is the same walk with the TX slot writes inlined, and 
 page (which a veth then copied again, page by page): together 5.41 -> 4.79 us of director CPU per
 forwarded frame (static directord, same lab, medians of 8 interleaved rounds).
 
-Fanout: ``fanout`` joins a PACKET_FANOUT group so several worker processes share an interface;
-``FANOUT_CBPF_SRC``/``FANOUT_CBPF_DST`` select the worker by the client address (source on the
-external side, destination on the internal side) so both directions of a NAT flow, and all flows of
-one client (persistence), land on the same worker. Fanout programs see the frame from its network
-header on, so their offsets are IP-header offsets.
+Fanout and socket filters (classic BPF): :mod:`director.dataplane.io.bpf`.
 
 :func:`blocking_loop` is the same loop without asyncio: poll both rings, hand frames to a handler,
 send what it returns.
@@ -47,7 +43,6 @@ send what it returns.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import mmap
 import select
@@ -57,6 +52,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from director.dataplane.checksum import fix_partial_csum
+from director.dataplane.io.bpf import Fanout, attach_filter, cbpf_not_arp, join_fanout
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +62,7 @@ PACKET_RX_RING = 5
 PACKET_STATISTICS = 6
 PACKET_AUXDATA = 8
 PACKET_VERSION = 10
-PACKET_FANOUT = 18
 PACKET_QDISC_BYPASS = 20
-PACKET_FANOUT_DATA = 22
 PACKET_IGNORE_OUTGOING = 23
 PACKET_MR_PROMISC = 1
 TPACKET_V2 = 1
@@ -77,7 +71,6 @@ PACKET_TX_RING = 13
 PACKET_VNET_HDR = 15
 ETH_P_ALL = 0x0003
 ETH_P_ARP = 0x0806
-SO_ATTACH_FILTER = 26
 
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
@@ -88,12 +81,6 @@ TP_STATUS_VLAN_VALID = 1 << 4
 TP_STATUS_VLAN_TPID_VALID = 1 << 6
 ETH_P_8021Q = 0x8100
 
-PACKET_FANOUT_HASH = 0
-PACKET_FANOUT_LB = 1
-PACKET_FANOUT_CPU = 2
-PACKET_FANOUT_CBPF = 6
-FANOUT_CBPF_SRC = "cbpf-src"
-FANOUT_CBPF_DST = "cbpf-dst"
 
 _BLOCK_HDR = struct.Struct("=III")      # block_status, num_pkts, offset_to_first_pkt (at block + 8)
 _PKT_HDR = struct.Struct("=I8xIIIH")    # tp_next_offset, tp_snaplen, tp_len, tp_status, tp_mac
@@ -155,15 +142,6 @@ class RingSpec:
     retire_ms: int = 2
 
 
-@dataclass(frozen=True)
-class Fanout:
-    """PACKET_FANOUT membership: ``group`` id (per interface), ``mode`` a PACKET_FANOUT_* int or a
-    FANOUT_CBPF_* name selecting the worker by client address."""
-
-    group: int
-    mode: int | str = PACKET_FANOUT_HASH
-
-
 class PacketSocket:
     """An AF_PACKET socket bound to one interface; see the module docstring."""
 
@@ -180,7 +158,7 @@ class PacketSocket:
         self._block = 0
         try:
             if bpf is not None or drop_arp:  # before bind: the socket never sees a frame it would refuse
-                attach_filter(self.sock, bpf if bpf is not None else _cbpf_not_arp())
+                attach_filter(self.sock, bpf if bpf is not None else cbpf_not_arp())
             self._setup(ring, fanout, promisc, qdisc_bypass, rcvbuf)
         except BaseException:
             self.close()
@@ -584,57 +562,6 @@ class TxRing:
 def read_mac(ifname: str) -> bytes:
     with open(f"/sys/class/net/{ifname}/address") as f:
         return bytes.fromhex(f.read().strip().replace(":", ""))
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
-def _cbpf_client_key(ip_off: int) -> bytes:
-    """Fanout cBPF: return the IPv4 address at ``ip_off`` from the IP header (12 = source,
-    16 = destination); non-IPv4 frames return their protocol. The kernel takes it modulo the group
-    size. Fanout programs run before the MAC header is pushed back: offsets start at the network
-    header, and the ethertype comes from the ancillary load ``SKF_AD_PROTOCOL``."""
-    prog = [
-        (0x28, 0, 0, 0xFFFFF000),  # ldh [SKF_AD_OFF + SKF_AD_PROTOCOL]
-        (0x15, 0, 1, 0x0800),      # jeq #0x800, next, skip
-        (0x20, 0, 0, ip_off),      # ld [ip_off]       client address
-        (0x16, 0, 0, 0),           # ret a
-    ]
-    return b"".join(struct.pack("=HBBI", *ins) for ins in prog)
-
-
-def _cbpf_not_arp() -> bytes:
-    """cBPF socket filter: drop ARP, accept everything else."""
-    prog = [
-        (0x28, 0, 0, 12),          # ldh [12]
-        (0x15, 0, 1, 0x0806),      # jeq #ARP, next, skip
-        (0x06, 0, 0, 0),           # ret #0
-        (0x06, 0, 0, 0x40000),     # ret #262144 (whole frame)
-    ]
-    return b"".join(struct.pack("=HBBI", *ins) for ins in prog)
-
-
-def _fprog(code: bytes) -> tuple[bytes, ctypes.Array[ctypes.c_char]]:
-    buf = ctypes.create_string_buffer(code, len(code))
-    return bytes(_SockFprog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))), buf
-
-
-def attach_filter(sock: socket.socket, code: bytes) -> None:
-    """SO_ATTACH_FILTER a classic BPF program (8-byte instructions)."""
-    fprog, _keep = _fprog(code)
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-
-
-def join_fanout(sock: socket.socket, fanout: Fanout) -> None:
-    """Join ``fanout.group``; FANOUT_CBPF_* modes install the client-address program."""
-    if isinstance(fanout.mode, str):
-        ip_off = {FANOUT_CBPF_SRC: 12, FANOUT_CBPF_DST: 16}[fanout.mode]
-        sock.setsockopt(SOL_PACKET, PACKET_FANOUT, fanout.group | (PACKET_FANOUT_CBPF << 16))
-        fprog, _keep = _fprog(_cbpf_client_key(ip_off))
-        sock.setsockopt(SOL_PACKET, PACKET_FANOUT_DATA, fprog)
-    else:
-        sock.setsockopt(SOL_PACKET, PACKET_FANOUT, fanout.group | (fanout.mode << 16))
 
 
 def blocking_loop(socks: list[PacketSocket], handler: Handler, should_stop: Callable[[], bool],

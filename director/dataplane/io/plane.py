@@ -47,15 +47,13 @@ from director.dataplane.arp import arp_request
 from director.dataplane.core import EXT, INT, Action, Director
 from director.dataplane.io.afpacket import (
     ETH_P_ARP,
-    FANOUT_CBPF_DST,
-    FANOUT_CBPF_SRC,
     INF,
-    Fanout,
     PacketSocket,
     RingSpec,
     TxRing,
     blocking_loop,
 )
+from director.dataplane.io.bpf import FANOUT_CBPF_DST, FANOUT_CBPF_SRC, Fanout
 from director.dataplane.nd import ns_frame
 from director.dataplane.packet import Drop
 from director.services.service import Dest, ServiceTable
