@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from director.dataplane.budget import PerSecond
+from director.dataplane.checksum import checksum
 from director.dataplane.config import CoreConfig
 from director.dataplane.neigh import EXT, INT, Action, Neighbours
 from director.dataplane.packet import Drop, IPv4Info
@@ -86,8 +87,12 @@ class Icmp4:
 
     def handle(self, frame: bytearray, side: int, r: IPv4Info) -> Action | None:
         """ICMP errors about a known flow: translate (NAT) or forward (DR/TUN) to the other side;
-        echo requests to an owned address: answered."""
+        echo requests to an owned address: answered. A wrong ICMP checksum is ``BAD_L4`` first
+        (translating recomputes it, which would launder a corrupted error; IPVS verifies it too)."""
         _p, saddr, icmp_type, daddr, code, l4, end, ttl, _ = r
+        if checksum(memoryview(frame)[l4:end]):
+            self._drops[Drop.BAD_L4] += 1
+            return None
         if icmp_type == ICMP_ECHO:
             return self.d.echo_reply(frame, side, daddr, self.d.owned(side),
                                      lambda hdr: echo_reply(hdr, daddr, saddr, frame, l4, end))

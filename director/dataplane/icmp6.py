@@ -89,6 +89,11 @@ def quote6_at(frame: bytes | bytearray | memoryview, q: int, end: int) -> Quote6
     return proto, saddr, sport, daddr, dport, q, ql4
 
 
+def icmp6_ok(frame: bytes | bytearray | memoryview, saddr: int, daddr: int, l4: int, end: int) -> bool:
+    """The ICMPv6 message at ``l4`` (up to ``end``) has a valid checksum over the pseudo-header."""
+    return checksum(memoryview(frame)[l4:end], saddr + daddr + (end - l4) + IPPROTO_ICMPV6) == 0
+
+
 def icmp6_sum(frame: bytearray, l4: int, end: int) -> None:
     """Recompute the ICMPv6 checksum at ``l4`` (message up to ``end``) over the frame's addresses."""
     frame[l4 + 2] = frame[l4 + 3] = 0
@@ -164,5 +169,5 @@ def ptb_mtu(frame: bytes | bytearray | memoryview, l4: int) -> int:
 __all__ = [
     "ERRORS", "HOP_LIMIT", "ICMP6_DST_UNREACH", "ICMP6_ECHO_REPLY", "ICMP6_ECHO_REQUEST",
     "ICMP6_PACKET_TOO_BIG", "ICMP6_PARAM_PROB", "ICMP6_TIME_EXCEEDED", "MIN_MTU6", "QUOTE_MAX", "Quote6",
-    "echo6_reply", "icmp6_error", "icmp6_sum", "nat6_icmp", "ptb_mtu", "quote6", "quote6_at",
+    "echo6_reply", "icmp6_error", "icmp6_ok", "icmp6_sum", "nat6_icmp", "ptb_mtu", "quote6", "quote6_at",
 ]

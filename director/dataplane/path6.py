@@ -49,6 +49,7 @@ from director.dataplane.icmp6 import (
     Quote6,
     echo6_reply,
     icmp6_error,
+    icmp6_ok,
     nat6_icmp,
     ptb_mtu,
     quote6,
@@ -342,9 +343,14 @@ class Path6:
     def _icmp6(self, frame: bytearray, side: int, r: IPv6Info) -> Action | None:
         """ICMPv6 (not ND) on the master: echo to an owned address answered; an error about a known
         flow translated (NAT) or forwarded (DR/TUN) to the other side; a Packet Too Big about one of
-        our ip6ip6 packets turned into one to the client; anything else ``ICMP_UNRELATED``."""
+        our ip6ip6 packets turned into one to the client; anything else ``ICMP_UNRELATED``. A message
+        whose checksum is wrong is ``BAD_L4`` first: translating recomputes the checksum, which would
+        launder a corrupted error (IPVS verifies it too)."""
         _p, saddr, icmp_type, daddr, _code, l4, end, hlim, _ = r
         d = self.d
+        if not icmp6_ok(frame, saddr, daddr, l4, end):
+            self._drops[Drop.BAD_L4] += 1
+            return None
         if icmp_type == ICMP6_ECHO_REQUEST:
             return d.echo_reply(frame, side, daddr, self.nd.owned(side),
                                 lambda hdr: echo6_reply(hdr, daddr, saddr, frame, l4, end), d.cfg.vmac6)

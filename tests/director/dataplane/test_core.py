@@ -919,3 +919,21 @@ def test_reuse_under_persistence_follows_the_current_template() -> None:
     assert send(lab, client_pkt("S", sport=43000), EXT) is not None  # the reused port
     again = lab.table.in_get(6, _i("198.18.1.10"), 43000, _i(VIP), 80)
     assert again is not None and again is not old and again.dest is b.dest  # sticky to the template
+
+
+def test_an_icmp_error_with_a_bad_checksum_is_not_translated() -> None:
+    """Translating recomputes the checksum: a corrupted error must be dropped first, not laundered."""
+    lab = make_lab(proto=17, port=53)
+    fwd = send(lab, Ether(src=CLIENT_MAC, dst=VMAC) / IP(src="198.18.1.10", dst=VIP) /
+               UDP(sport=5353, dport=53) / b"q", EXT)
+    assert fwd is not None
+    rs = Ether(fwd[1])[IP].dst
+    err = bytearray(bytes(Ether(src=RS_MAC[RS.index(rs)], dst=VMAC) / IP(src=rs, dst="198.18.1.10") /
+                          ICMP(type=3, code=3) / IPerror(fwd[1][14:])))
+    good = send(lab, Ether(bytes(err)), INT)
+    assert good is not None and good[0] == EXT
+    err[-1] ^= 0x01
+    assert lab.director.handle(err, INT) is None and drops(lab, Drop.BAD_L4) == 1
+    ping = bytearray(bytes(echo_request()))
+    ping[-1] ^= 0x01
+    assert lab.director.handle(ping, EXT) is None and drops(lab, Drop.BAD_L4) == 2

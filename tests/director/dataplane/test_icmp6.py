@@ -258,3 +258,46 @@ def test_nat_reply_over_the_outside_mtu_gets_packet_too_big_back_to_the_dest() -
     assert lab.drops() == {"too_big": 1} and lab.svc.dests[0].counters.outpkts == 0
     fits = rpkt(RS6[0], UDP(sport=8080, dport=5353) / (b"r" * 1400))
     assert lab.send(fits, INT) is not None and lab.svc.dests[0].counters.outpkts == 1
+
+
+def _emitted_icmp6_ok(out: tuple[int, Packet] | None) -> bool:
+    """An ICMPv6 frame the director emits (no extension header) carries a valid checksum."""
+    if out is None or IPv6 not in out[1] or out[1][IPv6].nh != 58:
+        return True
+    return icmp_csum_ok(out[1])
+
+
+def test_fuzzed_errors_quoting_live_flows_never_raise_and_emit_valid_checksums() -> None:
+    """Mutated ICMPv6 errors whose quotes name live NAT, DR and TUN flows (and mutated echo requests):
+    the translation, forwarding and tunnel-PMTU paths run on hostile quotes; nothing raises and every
+    ICMPv6 frame that comes out has a checksum scapy agrees with."""
+    from tests.director.dataplane.test_core_ipv6 import _mutants
+
+    rng = random.Random(4443)
+    emitted = 0
+    for fwd in (FwdMethod.NAT, FwdMethod.DR, FwdMethod.TUN):
+        lab = Lab6(fwd, proto=17, forward_fragments=True, mtu=1500)
+        sent = cpkt(UDP(sport=5353, dport=80) / b"q")
+        fwd_out = lab.send(sent)
+        assert fwd_out is not None
+        inside = bytes(fwd_out[1][IPv6])  # client -> dest, or our ip6ip6
+        reply = bytes(IPv6(src=VIP6, dst=CLIENT6, hlim=63) / UDP(sport=80, dport=5353) / b"a")
+        seeds = [bytes(rpkt(RS6[0], ICMPv6DestUnreach(code=4) / inside)),
+                 bytes(rpkt("fd00:2::fd", ICMPv6PacketTooBig(mtu=1400) / inside, dst=VIP6)),
+                 bytes(Ether(src=CLIENT_MAC, dst=VMAC) / IPv6(src="2001:db8:1::1", dst=VIP6) /
+                       ICMPv6PacketTooBig(mtu=1280) / reply),
+                 bytes(cpkt(ICMPv6EchoRequest(id=3, seq=4, data=b"ping")))]
+        handled = [lab.send(Ether(seed), side) is not None  # unmutated: translated, forwarded, answered
+                   for seed, side in zip(seeds, (INT, INT, EXT, EXT), strict=True)]
+        assert handled == {FwdMethod.NAT: [True, True, True, True], FwdMethod.DR: [False, False, True, True],
+                           FwdMethod.TUN: [False, True, True, True]}[fwd], fwd
+        corrupt = bytearray(seeds[2])
+        corrupt[-1] ^= 0xFF  # a bit flipped in the quote: the checksum no longer matches
+        assert lab.d.handle(corrupt, EXT) is None and lab.drops()["bad_l4"] == 1
+        for _ in range(1500):
+            frame = _mutants(rng, seeds)
+            out = lab.d.handle(bytearray(frame), rng.randrange(2))
+            parsed = None if out is None else (out[0], Ether(bytes(out[1])))
+            emitted += parsed is not None
+            assert _emitted_icmp6_ok(parsed), parsed[1].summary() if parsed else None
+    assert emitted > 0
