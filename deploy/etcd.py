@@ -46,6 +46,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -115,8 +116,9 @@ class EtcdServer:
         self.client_port = client_port
         self.peer_port = peer_port
         # on tmpfs when there is one: the lab's etcd should not stall on a busy disk's fsync (a
-        # production etcd runs on its own disk); its data still lives exactly as long as the run
-        self.run_dir = tempfile.mkdtemp(prefix="lbd-etcd-", dir=SCRATCH)
+        # production etcd runs on its own disk); its data still lives exactly as long as the run.
+        # Named here, made when etcd is spawned: a server built and never started leaves nothing.
+        self.run_dir = os.path.join(SCRATCH or tempfile.gettempdir(), f"lbd-etcd-{uuid.uuid4().hex[:12]}")
         self.data_dir = os.path.join(self.run_dir, "data")
         self.log_path = os.path.join(self.run_dir, "etcd.log")
         self._proc: subprocess.Popen[bytes] | None = None

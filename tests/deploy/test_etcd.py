@@ -73,7 +73,11 @@ def test_restart_keeps_address_and_data(etcd_factory: Callable[..., EtcdServer])
 
 
 def test_close_removes_the_run_dir() -> None:
+    idle = EtcdServer()  # built, never started: nothing on disk, nothing to leak
+    assert not os.path.exists(idle.run_dir)
+    idle.close()
     server = EtcdServer()
+    assert not os.path.exists(server.run_dir)
     server.start()
     run_dir = server.run_dir
     assert os.path.isdir(os.path.join(run_dir, "data"))
