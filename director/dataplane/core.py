@@ -12,8 +12,9 @@ a small method. The steps, in order:
 1. **L2 and parse**: only frames to the virtual MAC are taken (ARP and ND also to group MACs; see
    ``docs/DATAPLANE.md``: ``NOT_VMAC``, ``TO_HOST``, ``VLAN_TAGGED``); plain IPv4 TCP/UDP frames are
    read with one ``unpack_from`` (checksum fields included, the header checksum verified from them);
-   anything else takes :func:`director.dataplane.packet.parse_ipv4`'s full checks; IPv6 frames go
-   from there to :class:`director.dataplane.path6.Path6`: the same steps, v6 codecs (docs/IPV6.md).
+   anything else takes :func:`director.dataplane.packet.parse_ipv4`'s full checks; IPv6 frames to
+   either virtual MAC leave at the first test for :class:`director.dataplane.path6.Path6`: the same
+   steps, v6 codecs (docs/IPV6.md).
 2. **ARP**: :class:`director.dataplane.neigh.Neighbours` learns by its rule and answers requests for
    owned addresses (VIPs outside, NAT gateways inside) from the virtual MAC, only if active.
 3. **guards**: "not active" (backup) drops; TTL <= 1 drops and answers a client with ICMP time
@@ -135,7 +136,7 @@ class Director:
         self.frags = FragTable()
         self.gate = NewConnGate(table, self.counters.counts)  # the defense: max_conns, drop_packet
         self.sched = Scheduling(table, cfg, clock)
-        self.path6 = Path6(self)  # IPv6 frames (from the slow path: ``_not_ip``)
+        self.path6 = Path6(self)  # IPv6 frames (handed over by the hot path's first test)
         self.icmp4 = Icmp4(self, self.counters.counts)  # ICMP errors, echo, time exceeded, frag-needed (IPv4)
         self._ipid = 0
         self.icmp_budget = PerSecond(cfg.icmp_ratelimit)  # errors this node originates (both families)
@@ -274,16 +275,9 @@ class Director:
             # stays the same only needs its timer refreshed; anything else runs the state machine.
             # (table.refresh inlined: expires := now + timeout; the table re-slots it only when that
             # is before its slot, or when it is not armed)
-            if proto == 6:
-                if (conn.state == established and tflags & ack_only == th_ack
-                        and (t := conn.timeout) == tmo.tcp[established]):
-                    if (ts := conn._tslot) is None or (e := tclock() + t) < ts.deadline:
-                        refresh(conn)
-                    else:
-                        conn.expires = e
-                else:
-                    update(table, conn, way, tflags, tmo)
-            elif (t := conn.timeout) == tmo.udp:
+            t = conn.timeout
+            if (conn.state == established and tflags & ack_only == th_ack and t == tmo.tcp[established]
+                    if proto == 6 else t == tmo.udp):
                 if (ts := conn._tslot) is None or (e := tclock() + t) < ts.deadline:
                     refresh(conn)
                 else:
@@ -448,8 +442,6 @@ class Director:
             reason = Drop.TRUNCATED
         elif frame[12] << 8 | frame[13] in _VLAN_TPIDS:
             reason = Drop.VLAN_TAGGED
-        elif frame[0:6] == self.cfg.vmac6 and frame[12] << 8 | frame[13] == ETH_P_IPV6:
-            return self.path6.handle(frame, side)  # IPv6 to IPv6's virtual MAC
         elif frame[0] & 1:
             if frame[12] << 8 | frame[13] == ETH_P_ARP:
                 return self.nb.arp(frame, side, self.active, self.clock())
@@ -466,10 +458,8 @@ class Director:
         return None
 
     def _not_ip(self, frame: bytearray, side: int, reason: Drop) -> Action | None:
-        if reason == Drop.NOT_IPV4:
+        if reason == Drop.NOT_IPV4:  # (IPv6 to a virtual MAC never gets here: the hot path hands it over)
             etype = frame[12] << 8 | frame[13]
-            if etype == ETH_P_IPV6:
-                return self.path6.handle(frame, side)
             if etype == ETH_P_ARP:
                 return self.nb.arp(frame, side, self.active, self.clock())
             if etype in _VLAN_TPIDS:
