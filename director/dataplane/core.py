@@ -272,7 +272,8 @@ class Director:
                 if not side and saddr not in ext_hdr:  # a new client (or synced conn): never inside
                     learn_client(saddr, bytes(frame[6:12]), clock())
             # State, both ways: an ESTABLISHED conn hit by a plain ACK (or a UDP datagram) whose timeout
-            # stays the same only needs its timer refreshed; anything else runs the state machine.
+            # stays the same only needs its timer refreshed; anything else runs the state machine (the rule of
+            # proto_state.step, inlined).
             # (table.refresh inlined: expires := now + timeout; the table re-slots it only when that
             # is before its slot, or when it is not armed)
             t = conn.timeout

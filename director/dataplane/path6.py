@@ -57,7 +57,7 @@ from director.dataplane.icmp6 import (
 )
 from director.dataplane.nd import ND_NA, ND_NS, NeighbourDiscovery
 from director.dataplane.neigh import EXT, INT, Action, Neighbours
-from director.dataplane.packet import TH_ACK, TH_FIN, TH_RST, TH_SYN, Drop, DropCounters, FragTable, IPv4Info
+from director.dataplane.packet import TH_ACK, TH_SYN, Drop, DropCounters, FragTable, IPv4Info
 from director.dataplane.packet6 import (
     IP6_HLEN,
     IPPROTO_DSTOPTS,
@@ -119,8 +119,6 @@ _DROUTE = int(ConnFlags.DROUTE)
 _LOCALNODE = int(ConnFlags.LOCALNODE)
 _AVAILABLE = int(DestFlags.AVAILABLE)
 _REUSABLE = frozenset({int(TcpState.TIME_WAIT), int(TcpState.CLOSE)})
-_ESTABLISHED = int(TcpState.ESTABLISHED)
-_ACK_ONLY = TH_FIN | TH_SYN | TH_RST | TH_ACK
 _IN = int(Direction.INPUT)
 _OUT = int(Direction.OUTPUT)
 _int_and = int.__and__
@@ -212,19 +210,7 @@ class Path6:
         return self._xmit(frame, conn, r)
 
     def _state(self, conn: Conn, way: int, tflags: int) -> None:
-        """The IPv4 hot path's rule: an ESTABLISHED conn hit by a plain ACK (a UDP datagram) whose
-        timeout stays the same only needs its timer refreshed; anything else runs the state machine."""
-        d = self.d
-        tmo = d._timeouts
-        if conn.protocol == 6:
-            if (conn.state == _ESTABLISHED and tflags & _ACK_ONLY == TH_ACK
-                    and conn.timeout == tmo.tcp[_ESTABLISHED]):
-                d.table.refresh(conn)
-                return
-        elif conn.timeout == tmo.udp:
-            d.table.refresh(conn)
-            return
-        proto_state.update(d.table, conn, way, tflags if conn.protocol == 6 else 0, tmo)
+        proto_state.step(self.d.table, conn, way, tflags, self.d._timeouts)
 
     # ---- transmit ------------------------------------------------------------------------------
 

@@ -12,15 +12,29 @@ timeout are applied with ``ConnTable.set_state``, which re-arms the timer, moves
 between its dest's active/inactive counters on entering/leaving ESTABLISHED and emits UPDATE
 when the state changed. UDP and ICMP have one state; each packet re-arms the conn with the
 UDP (300 s) or ICMP (60 s) timeout. Other protocols are just refreshed.
+
+``step`` is what the packet path runs per packet: an ESTABLISHED TCP conn hit by a plain ACK, or a
+UDP conn, whose timeout stays the same only needs its timer refreshed (no transition, no event);
+anything else is ``update``. The IPv4 hot path (``director.dataplane.core``) inlines the same rule.
 """
 
 from __future__ import annotations
 
 from director.table.conn import Conn, ConnTable
-from director.table.tcp import TCP_TIMEOUTS_DOS_CAP, Direction, TcpState, Timeouts, tcp_transition
+from director.table.tcp import (
+    ACK,
+    FIN,
+    RST,
+    SYN,
+    TCP_TIMEOUTS_DOS_CAP,
+    Direction,
+    TcpState,
+    Timeouts,
+    tcp_transition,
+)
 from director.types import ConnFlags, Proto
 
-__all__ = ["Direction", "TcpState", "Timeouts", "update"]
+__all__ = ["Direction", "TcpState", "Timeouts", "step", "update"]
 
 _TCP, _UDP, _ICMP = int(Proto.TCP), int(Proto.UDP), int(Proto.ICMP)
 _FWD_MASK = int(ConnFlags.FWD_MASK)
@@ -48,3 +62,21 @@ def update(table: ConnTable, conn: Conn, direction: int, tcp_flags: int, timeout
         return 0
     table.refresh(conn)
     return conn.state
+
+
+_ESTABLISHED = int(TcpState.ESTABLISHED)
+_ACK_ONLY_MASK = FIN | SYN | RST | ACK
+
+
+def step(table: ConnTable, conn: Conn, direction: int, tcp_flags: int, timeouts: Timeouts) -> None:
+    """One packet of a known conn: a timer refresh when nothing else can change, else ``update``."""
+    t = conn.timeout
+    if conn.protocol == _TCP:
+        if (conn.state == _ESTABLISHED and tcp_flags & _ACK_ONLY_MASK == ACK
+                and t == timeouts.tcp[_ESTABLISHED]):
+            table.refresh(conn)
+            return
+    elif conn.protocol == _UDP and t == timeouts.udp:
+        table.refresh(conn)
+        return
+    update(table, conn, direction, tcp_flags if conn.protocol == _TCP else 0, timeouts)
