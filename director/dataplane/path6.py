@@ -122,6 +122,7 @@ _REUSABLE = frozenset({int(TcpState.TIME_WAIT), int(TcpState.CLOSE)})
 _IN = int(Direction.INPUT)
 _OUT = int(Direction.OUTPUT)
 _int_and = int.__and__
+_step = proto_state.step
 _EXT_HDRS = frozenset((IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_DSTOPTS))
 
 
@@ -188,7 +189,7 @@ class Path6:
         if end - 14 > self.d.cfg.ext_mtu:
             return self._reply_too_big(frame, r)
         count_packet(conn.dest, end - 14, False)
-        self._state(conn, _OUT, tflags)
+        _step(self.d.table, conn, _OUT, tflags, self.d._timeouts)
         hdr = self._ext_hdr.get(caddr)
         if hdr is None:
             return self._neigh_miss(EXT, caddr, None)
@@ -206,11 +207,8 @@ class Path6:
         saddr = r[1]
         if not side and saddr not in self._ext_hdr:  # a new client (or a synced conn): never inside
             d.nb.learn_client(saddr, bytes(frame[6:12]), d.clock())
-        self._state(conn, _IN, r[8])
+        _step(d.table, conn, _IN, r[8], d._timeouts)
         return self._xmit(frame, conn, r)
-
-    def _state(self, conn: Conn, way: int, tflags: int) -> None:
-        proto_state.step(self.d.table, conn, way, tflags, self.d._timeouts)
 
     # ---- transmit ------------------------------------------------------------------------------
 
